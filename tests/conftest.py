@@ -1,0 +1,23 @@
+"""Test-wide settings: deterministic, single-threaded torch per worker (the CI machine has 2 cores and
+pytest-xdist runs one worker per core), and paths to the real captured data shipped beside the repo."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REAL_HANDS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_hands"
+
+
+@pytest.fixture(scope="session")
+def real_hands_dir() -> Path:
+    if not REAL_HANDS.is_dir():
+        pytest.skip(f"real captured data not found at {REAL_HANDS}")
+    return REAL_HANDS
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
