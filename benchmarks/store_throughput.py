@@ -1,0 +1,58 @@
+"""Throughput of the episode store: write (parquet + H.264 encode + fsync'd commit) and read (full, no video,
+1 s windows). Prints JSON. Usage: python bench_store.py [N_EPISODES] [T_FRAMES] [H] [W]"""
+import json, shutil, sys, tempfile, time
+import numpy as np
+from handvla.data.schema import Camera, Episode
+from handvla.data.store import EpisodeStore, EpisodeWriter
+from handvla.hand.motion import HandMotion
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 40
+T = int(sys.argv[2]) if len(sys.argv) > 2 else 150
+H = int(sys.argv[3]) if len(sys.argv) > 3 else 192
+W = int(sys.argv[4]) if len(sys.argv) > 4 else 256
+FPS = 15
+DURABLE = (sys.argv[5] != "0") if len(sys.argv) > 5 else True
+rng = np.random.default_rng(0)
+yy, xx = np.mgrid[:H, :W]
+
+def episode(i):
+    hands, joints = {}, {}
+    for side in ("left", "right"):
+        hands[side] = HandMotion(rng.normal(size=(T, 3)), rng.normal(size=(T, 15, 3)) * 0.3, rng.normal(size=(T, 3)) * 0.1,
+                                 rng.normal(size=10), side=side, fps=FPS)
+        joints[side] = rng.normal(size=(T, 21, 3)).astype(np.float32)
+    if not H:  # motion only: no video feature
+        return Episode(hands=hands, camera=Camera(200.0, 200.0, 128, 96, 256, 192), fps=FPS, key=f"e{i}",
+                       joints=joints, tasks=[f"task {i % 7}"], source="bench", rig="r0")
+    t = np.arange(T)[:, None, None]
+    # moving gradient: a video with motion, not a constant image the encoder can skip
+    frame = ((xx[None] + 3 * t) % 256).astype(np.uint8)
+    video = np.stack([frame, ((yy[None] + 2 * t) % 256).astype(np.uint8), np.full((T, H, W), 90, np.uint8)], -1)
+    return Episode(hands=hands, camera=Camera(200.0, 200.0, W / 2, H / 2, W, H), fps=FPS, key=f"e{i}", video=video,
+                   joints=joints, tasks=[f"task {i % 7}"], source="bench", rig="r0")
+
+eps = [episode(i) for i in range(N)]
+root = tempfile.mkdtemp(prefix="bench_store")
+try:
+    t0 = time.perf_counter()
+    with EpisodeWriter(root, fps=FPS, joints=True, camera="main" if H else None, durable=DURABLE) as w:
+        for ep in eps:
+            w.add_episode(ep)
+    t_write = time.perf_counter() - t0
+    s = EpisodeStore(root)
+    t0 = time.perf_counter(); n_full = sum(e.num_frames for e in s.iter_episodes()); t_full = time.perf_counter() - t0
+    t0 = time.perf_counter(); n_nov = sum(e.num_frames for e in s.iter_episodes(with_video=False)); t_nov = time.perf_counter() - t0
+    starts = rng.uniform(0, T / FPS - 1.0, size=N)
+    t0 = time.perf_counter()
+    n_win = sum(s.load_episode(k, st, st + 1.0).num_frames for k, st in enumerate(starts))
+    t_win = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in __import__("pathlib").Path(root).rglob("*") if p.is_file())
+    print(json.dumps({
+        "episodes": N, "durable": DURABLE, "frames_per_episode": T, "video": f"{W}x{H}" if H else None, "fps": FPS, "bytes_per_frame": round(size / (N * T), 1),
+        "write": {"episodes_per_s": round(N / t_write, 2), "frames_per_s": round(N * T / t_write, 1)},
+        "read_full_with_video": {"episodes_per_s": round(N / t_full, 2), "frames_per_s": round(n_full / t_full, 1)},
+        "read_params_only": {"episodes_per_s": round(N / t_nov, 2), "frames_per_s": round(n_nov / t_nov, 1)},
+        "read_1s_window_with_video": {"windows_per_s": round(N / t_win, 2), "frames_per_s": round(n_win / t_win, 1)},
+    }, indent=1))
+finally:
+    shutil.rmtree(root)
