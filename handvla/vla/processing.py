@@ -1,0 +1,417 @@
+"""Turning (image, text, motion ids) into model inputs, and the canonical-camera warp.
+
+Sequence format (Qwen chat template, InternVL image tokens, Being-H0 motion blocks)::
+
+    <|im_start|>system\\n{system}<|im_end|>\\n                 (omitted when system is None)
+    <|im_start|>user\\n{prompt}<|im_end|>\\n
+    <|im_start|>assistant\\n{answer}<|im_end|>
+
+In ``prompt`` and ``answer`` two placeholders are expanded:
+
+- ``<image>`` -> ``<img>`` + ``<IMG_CONTEXT>`` x (tokens_per_tile x tiles) + ``</img>``; the image is cut into
+  1..max_tiles tiles that keep its aspect ratio plus a thumbnail tile when more than one tile is used
+  (InternVL dynamic tiling); the model replaces the ``<IMG_CONTEXT>`` embeddings by visual features.
+- ``<motion>`` -> motion blocks, one per hand-second: ``<mot>`` + ids_per_block motion tokens (wrist ids
+  then finger ids) + ``</mot>``. A motion array has shape (seconds, hands, ids_per_block); blocks are
+  emitted second by second, and within a second in hand order LEFT then RIGHT (mode "both"), or the one
+  hand of mode "left" / "right". Motion id -1 stands for "no motion" and becomes ``<MOT_NOOP>``.
+
+Labels are -100 everywhere except the answer tokens and the closing ``<|im_end|>``, so the loss covers the
+answer only. Text between special tokens is tokenised piecewise; because added tokens always split text,
+this equals tokenising the expanded string (a test checks it).
+
+``warp_to_canonical`` maps an image from its own camera to the canonical camera of ``handvla.camera``
+(weak-perspective alignment): output pixel = H @ input pixel with H = K_canon K^-1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import EllipsisType
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import GotOcr2ImageProcessorPil, PreTrainedTokenizerBase
+
+from handvla.camera import CANONICAL_IMAGE_SIZE, CANONICAL_K, as_intrinsics
+from handvla.errors import InputError
+from handvla.vla.configuration import DEFAULT_SYSTEM_PROMPT, IM_END_TOKEN, IM_START_TOKEN, HandVLAConfig
+from handvla.vla.text_tokenizer import MotionVocab
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+MOTION_PLACEHOLDER = "<motion>"
+HAND_ORDER = ("left", "right")
+HAND_MODES: dict[str, tuple[str, ...]] = {"both": ("left", "right"), "left": ("left",), "right": ("right",)}
+HAND_PHRASES = {"both": "the both hands", "left": "the left hand", "right": "the right hand"}
+
+
+def hands_for_mode(hand_mode: str) -> tuple[str, ...]:
+    """Hands (in block order) of a hand mode: "both" -> ("left", "right"), "left", "right"."""
+    if hand_mode not in HAND_MODES:
+        raise InputError("hand_mode", None, f"one of {sorted(HAND_MODES)}", repr(hand_mode))
+    return HAND_MODES[hand_mode]
+
+
+def _check_seconds(seconds: int, field_name: str = "seconds") -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, np.integer)) or seconds <= 0:
+        raise InputError("motion request", field_name, "a positive integer number of seconds", repr(seconds))
+    return int(seconds)
+
+
+def generation_prompt(task: str, seconds: int, hand_mode: str, fps: int = 15) -> str:
+    """Being-H0's motion-generation prompt (one ``<image>``): "In <image>, {task}, what is the
+    {fps*s}-step motion sequence for {the both hands|the left hand|the right hand}?"."""
+    seconds = _check_seconds(seconds)
+    hands_for_mode(hand_mode)
+    task = task.strip().rstrip(".")
+    return f"In {IMAGE_PLACEHOLDER}, {task}, what is the {fps * seconds}-step motion sequence for {HAND_PHRASES[hand_mode]}?"
+
+
+def translation_prompt(seconds: int, hand_mode: str, fps: int = 15) -> str:
+    """Motion -> text prompt (one ``<image>``, one ``<motion>``)."""
+    seconds = _check_seconds(seconds)
+    hands_for_mode(hand_mode)
+    return (
+        f"In {IMAGE_PLACEHOLDER}, {HAND_PHRASES[hand_mode]} perform the {fps * seconds}-step motion sequence "
+        f"{MOTION_PLACEHOLDER}. What is being done?"
+    )
+
+
+def continuation_prompt(task: str, history_seconds: int, seconds: int, hand_mode: str, fps: int = 15) -> str:
+    """Contextual prediction prompt (one ``<image>``, one ``<motion>`` = the history)."""
+    history_seconds = _check_seconds(history_seconds, "history_seconds")
+    seconds = _check_seconds(seconds)
+    hands_for_mode(hand_mode)
+    task = task.strip().rstrip(".")
+    return (
+        f"In {IMAGE_PLACEHOLDER}, {task}. Given the previous {fps * history_seconds}-step motion sequence "
+        f"{MOTION_PLACEHOLDER} of {HAND_PHRASES[hand_mode]}, what is the next {fps * seconds}-step motion sequence?"
+    )
+
+
+def chat_text(prompt: str, system: str | None = DEFAULT_SYSTEM_PROMPT, answer: str | None = None) -> str:
+    """The chat template as a string (placeholders left as they are), ending after the assistant header
+    when ``answer`` is None."""
+    out = f"{IM_START_TOKEN}system\n{system}{IM_END_TOKEN}\n" if system is not None else ""
+    out += f"{IM_START_TOKEN}user\n{prompt}{IM_END_TOKEN}\n{IM_START_TOKEN}assistant\n"
+    if answer is not None:
+        out += f"{answer}{IM_END_TOKEN}"
+    return out
+
+
+@dataclass
+class EncodedSample:
+    """One tokenised sample. ``input_ids``/``labels``: (L,) int64; ``pixel_values``: (tiles, 3, S, S) or
+    None; ``num_tiles``: tiles per image, in placeholder order."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor | None = None
+    num_tiles: list[int] = field(default_factory=list)
+
+
+class HandVLAProcessor:
+    """Tokenizer + InternVL tiling + motion blocks for one `HandVLAConfig` (whose vocabulary is extended)."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        config: HandVLAConfig,
+        system_prompt: str | None | EllipsisType = ...,
+    ):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.vocab = MotionVocab.from_config(config)
+        # default: the config's, so a checkpoint reproduces the prompts it was trained with
+        self.system_prompt = config.system_prompt if system_prompt is ... else system_prompt
+        self.tile_size = config.tile_size
+        self.tokens_per_tile = config.tokens_per_tile
+        self.image_processor = GotOcr2ImageProcessorPil(
+            size={"height": self.tile_size, "width": self.tile_size},
+            crop_to_patches=True,
+            min_patches=config.min_tiles,
+            max_patches=config.max_tiles,
+            image_mean=list(config.image_mean),
+            image_std=list(config.image_std),
+            do_convert_rgb=True,
+        )
+        self._im_start = self._single_id(IM_START_TOKEN)
+        self._im_end = self._single_id(IM_END_TOKEN)
+
+    def _single_id(self, token: str) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == self.tokenizer.unk_token_id:
+            raise InputError(
+                f"tokenizer {self.tokenizer.name_or_path}", None, f"the token '{token}'", "missing"
+            )
+        return int(tid)
+
+    # ---- images --------------------------------------------------------------------------------------
+    def num_tiles(self, width: int, height: int) -> int:
+        """Tiles (thumbnail included) an image of this size in pixels is cut into."""
+        return self.image_processor.get_number_of_image_patches(int(height), int(width))
+
+    def tile_image(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """Normalised tiles of one image, (tiles, 3, tile, tile) float32; the thumbnail (if any) is last."""
+        image = _as_pil(image, "image")
+        out = self.image_processor(images=[image], return_tensors="pt")
+        return out["pixel_values"].to(torch.float32)
+
+    def image_token_ids(self, num_tiles: int) -> list[int]:
+        v = self.vocab
+        return (
+            [v.img_start_id] + [v.img_context_id] * (self.tokens_per_tile * int(num_tiles)) + [v.img_end_id]
+        )
+
+    # ---- motion --------------------------------------------------------------------------------------
+    def motion_token_ids(self, motion: np.ndarray | torch.Tensor | Sequence) -> list[int]:
+        """Motion blocks as token ids. ``motion``: (seconds, hands, ids_per_block), (blocks, ids_per_block)
+        or (ids_per_block,) ints in [0, K) or -1 (no motion -> ``<MOT_NOOP>``); blocks in row-major order."""
+        arr = np.asarray(motion.cpu() if isinstance(motion, torch.Tensor) else motion)
+        n = self.vocab.layout.ids_per_block
+        if arr.ndim == 0 or arr.shape[-1] != n or arr.ndim > 3:
+            raise InputError(
+                "motion",
+                None,
+                f"an array of shape (seconds, hands, {n}) or (blocks, {n})",
+                f"shape {arr.shape}",
+            )
+        if arr.size == 0:
+            raise InputError("motion", None, "at least one block", f"shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise InputError("motion", None, "integer motion ids", f"dtype {arr.dtype}")
+        blocks = arr.reshape(-1, n).astype(np.int64)
+        noop = blocks == -1
+        if blocks.min() < -1 or blocks.max() >= self.vocab.num_motion_ids:
+            raise InputError(
+                "motion",
+                None,
+                f"ids in [0, {self.vocab.num_motion_ids}) or -1",
+                f"[{blocks.min()}, {blocks.max()}]",
+            )
+        tokens = np.where(noop, self.vocab.mot_noop_id, blocks + self.vocab.motion_offset)
+        full = np.empty((blocks.shape[0], n + 2), dtype=np.int64)
+        full[:, 0] = self.vocab.mot_start_id
+        full[:, 1:-1] = tokens
+        full[:, -1] = self.vocab.mot_end_id
+        return full.reshape(-1).tolist()
+
+    # ---- text ----------------------------------------------------------------------------------------
+    def _text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _expand(
+        self, text: str, images: list, motions: list, where: str
+    ) -> tuple[list[int], list[torch.Tensor], list[int]]:
+        """Tokenise ``text`` with placeholders consumed from ``images`` / ``motions`` (front first)."""
+        ids: list[int] = []
+        pixels: list[torch.Tensor] = []
+        tiles: list[int] = []
+        pos = 0
+        while True:
+            i_img = text.find(IMAGE_PLACEHOLDER, pos)
+            i_mot = text.find(MOTION_PLACEHOLDER, pos)
+            cands = [i for i in (i_img, i_mot) if i >= 0]
+            if not cands:
+                ids += self._text_ids(text[pos:])
+                break
+            nxt = min(cands)
+            ids += self._text_ids(text[pos:nxt])
+            if nxt == i_img:
+                if not images:
+                    raise InputError(
+                        where, "images", f"one image per '{IMAGE_PLACEHOLDER}' placeholder", "too few"
+                    )
+                px = self.tile_image(images.pop(0))
+                pixels.append(px)
+                tiles.append(px.shape[0])
+                ids += self.image_token_ids(px.shape[0])
+                pos = nxt + len(IMAGE_PLACEHOLDER)
+            else:
+                if not motions:
+                    raise InputError(
+                        where,
+                        "motions",
+                        f"one motion array per '{MOTION_PLACEHOLDER}' placeholder",
+                        "too few",
+                    )
+                ids += self.motion_token_ids(motions.pop(0))
+                pos = nxt + len(MOTION_PLACEHOLDER)
+        return ids, pixels, tiles
+
+    def encode(
+        self,
+        prompt: str,
+        answer: str | None = None,
+        images: Sequence[Image.Image | np.ndarray] = (),
+        prompt_motions: Sequence[np.ndarray] = (),
+        answer_motions: Sequence[np.ndarray] = (),
+        system: str | None | EllipsisType = ...,
+    ) -> EncodedSample:
+        """Tokenise one chat turn. Placeholders: ``<image>`` (prompt only) consumes ``images`` in order,
+        ``<motion>`` consumes ``prompt_motions`` in the prompt and ``answer_motions`` in the answer. With
+        ``answer=None`` the sequence ends after the assistant header (a generation prompt, no labels).
+        ``system``: the system prompt (default: the processor's; None: no system turn)."""
+        system = self.system_prompt if system is ... else system
+        images, prompt_motions, answer_motions = list(images), list(prompt_motions), list(answer_motions)
+        nl = self._text_ids("\n")
+        head: list[int] = []
+        if system is not None:
+            head += [self._im_start] + self._text_ids(f"system\n{system}") + [self._im_end] + nl
+        head += [self._im_start] + self._text_ids("user\n")
+        p_ids, pixels, tiles = self._expand(prompt, images, prompt_motions, "prompt")
+        head += p_ids + [self._im_end] + nl + [self._im_start] + self._text_ids("assistant\n")
+        if images:
+            raise InputError(
+                "prompt",
+                "images",
+                f"as many images as '{IMAGE_PLACEHOLDER}' placeholders",
+                f"{len(images)} left over",
+            )
+        if prompt_motions:
+            raise InputError(
+                "prompt",
+                "prompt_motions",
+                f"as many as '{MOTION_PLACEHOLDER}' placeholders",
+                f"{len(prompt_motions)} left over",
+            )
+        ans: list[int] = []
+        if answer is not None:
+            if IMAGE_PLACEHOLDER in answer:
+                raise InputError("answer", None, f"no '{IMAGE_PLACEHOLDER}' in the answer", "one")
+            a_ids, _, _ = self._expand(answer, [], answer_motions, "answer")
+            ans = a_ids + [self._im_end]
+            if answer_motions:
+                raise InputError(
+                    "answer",
+                    "answer_motions",
+                    f"as many as '{MOTION_PLACEHOLDER}' placeholders",
+                    f"{len(answer_motions)} left over",
+                )
+        elif answer_motions:
+            raise InputError(
+                "answer", "answer_motions", "no motions without an answer", f"{len(answer_motions)}"
+            )
+        input_ids = torch.tensor(head + ans, dtype=torch.long)
+        labels = torch.tensor([IGNORE_INDEX] * len(head) + ans, dtype=torch.long)
+        pv = torch.cat(pixels, 0) if pixels else None
+        return EncodedSample(input_ids=input_ids, labels=labels, pixel_values=pv, num_tiles=tiles)
+
+    def motion_generation_sample(
+        self,
+        image: Image.Image | np.ndarray,
+        task: str,
+        motion: np.ndarray,
+        hand_mode: str,
+        system: str | None | EllipsisType = ...,
+    ) -> EncodedSample:
+        """A training sample of instructed motion generation: ``motion`` (seconds, hands, ids_per_block) is the
+        answer for the reference prompt; ``hands`` must match ``hand_mode``."""
+        arr = np.asarray(motion)
+        hands = hands_for_mode(hand_mode)
+        if arr.ndim != 3 or arr.shape[1] != len(hands):
+            raise InputError(
+                "motion",
+                None,
+                f"shape (seconds, {len(hands)}, ids_per_block) for hand_mode '{hand_mode}'",
+                f"shape {arr.shape}",
+            )
+        prompt = generation_prompt(task, arr.shape[0], hand_mode, self.config.motion_fps)
+        return self.encode(prompt, MOTION_PLACEHOLDER, images=[image], answer_motions=[arr], system=system)
+
+    def collate(
+        self, samples: Sequence[EncodedSample], padding_side: str = "right"
+    ) -> dict[str, torch.Tensor]:
+        """Pad to a batch: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``labels`` (B, L) (-100 on padding),
+        ``pixel_values`` (all tiles of all samples in order, or absent). Use ``padding_side="left"`` for generation."""
+        if not samples:
+            raise InputError("collate", "samples", "at least one sample", "none")
+        if padding_side not in ("left", "right"):
+            raise InputError("collate", "padding_side", "'left' or 'right'", repr(padding_side))
+        L = max(len(s.input_ids) for s in samples)
+        B = len(samples)
+        ids = torch.full((B, L), self.vocab.pad_id, dtype=torch.long)
+        lab = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for b, s in enumerate(samples):
+            n = len(s.input_ids)
+            sl = slice(L - n, L) if padding_side == "left" else slice(0, n)
+            ids[b, sl] = s.input_ids
+            lab[b, sl] = s.labels
+            mask[b, sl] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "labels": lab}
+        pix = [s.pixel_values for s in samples if s.pixel_values is not None]
+        if pix:
+            out["pixel_values"] = torch.cat(pix, 0)
+        return out
+
+    def decode(self, token_ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+
+# ---- canonical camera ----------------------------------------------------------------------------------
+
+
+def _as_pil(image, where: str) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise InputError(
+            where, None, "a PIL image or a uint8 array (H, W) / (H, W, 3|4)", f"{arr.dtype} {arr.shape}"
+        )
+    return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+
+
+def canonical_homography(
+    K: np.ndarray | Sequence,
+    K_canon: np.ndarray | Sequence = CANONICAL_K,
+    canon_size: tuple[int, int] = CANONICAL_IMAGE_SIZE,
+    out_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """3x3 map from input pixels to output pixels: H = S K_canon K^-1, S = diag(out_w/canon_w,
+    out_h/canon_h, 1) (identity when ``out_size`` is None). Sizes are (width, height) in pixels."""
+    K = as_intrinsics(K, "warp_to_canonical")
+    Kc = as_intrinsics(K_canon, "warp_to_canonical (canonical)")
+    H = Kc @ np.linalg.inv(K)
+    if out_size is not None:
+        H = np.diag([out_size[0] / canon_size[0], out_size[1] / canon_size[1], 1.0]) @ H
+    return H
+
+
+def warp_to_canonical(
+    image: Image.Image | np.ndarray,
+    K: np.ndarray | Sequence,
+    K_canon: np.ndarray | Sequence = CANONICAL_K,
+    canon_size: tuple[int, int] = CANONICAL_IMAGE_SIZE,
+    out_size: tuple[int, int] | None = None,
+    resample: int = Image.BILINEAR,
+) -> Image.Image | np.ndarray:
+    """Re-render ``image`` (taken with intrinsics ``K``) as the canonical camera would see it.
+
+    The output is the canonical image (``canon_size`` = (width, height), default 1920 x 1080) resized to
+    ``out_size`` if given; pixels outside the input are black. Input pixel p (continuous coordinates,
+    pixel centres at +0.5) lands at H p, H = `canonical_homography`. Returns the input's type (PIL or uint8
+    array). Since both cameras are pinhole without distortion, H is affine (scale f'/f and shift).
+    """
+    pil = _as_pil(image, "warp_to_canonical image")
+    H = canonical_homography(K, K_canon, canon_size, out_size)
+    size = tuple(int(v) for v in (out_size or canon_size))
+    if min(size) <= 0:
+        raise InputError("warp_to_canonical", "out_size", "positive (width, height)", str(size))
+    sx, sy = H[0, 0], H[1, 1]
+    if sx < 1.0 and sy < 1.0:
+        # Shrinking: an affine warp samples without averaging (aliasing), so first resize with PIL's
+        # antialiasing filter by (about) the same factor, then warp the small image with H D^-1.
+        w, h = pil.size
+        small = (max(1, round(w * sx)), max(1, round(h * sy)))
+        D = np.diag([small[0] / w, small[1] / h, 1.0])
+        pil = pil.resize(small, resample=Image.BILINEAR)
+        H = H @ np.linalg.inv(D)
+    Hinv = np.linalg.inv(H)  # PIL asks, for each output pixel, where to sample the input
+    coeffs = tuple(float(c) for c in Hinv[:2].reshape(-1))
+    out = pil.transform(size, Image.AFFINE, coeffs, resample=resample)
+    return out if isinstance(image, Image.Image) else np.asarray(out)
