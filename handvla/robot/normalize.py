@@ -1,0 +1,377 @@
+"""Normalisation of robot features (state, action): statistics, the per-feature mode, and how they travel.
+
+Statistics per feature (each an array over the feature's last axis, float64): ``mean``, ``std``
+(population), ``min``, ``max``, the quantiles ``q01 q10 q50 q90 q99`` and ``count`` (frames). They are
+computed once from a dataset with ``compute_stats``. Quantiles are exact: ``numpy.quantile`` with linear
+interpolation between order statistics over every frame (LeRobot approximates them with 5000-bin
+histograms; robot datasets are small enough to sort, and exact values make the stats reproducible).
+Only when a feature has more than ``max_frames`` frames (default: no limit) are the quantiles taken over
+an evenly strided subset of ``max_frames`` frames (deterministic); mean, std, min and max always use all.
+
+Modes (chosen per feature, as in LeRobot's ``NormalizationMode``):
+- ``mean_std``:  (x - mean) / std
+- ``min_max``:   2 (x - min) / (max - min) - 1          -> [-1, 1] over the data
+- ``quantile``:  2 (x - q01) / (q99 - q01) - 1          -> [-1, 1] over the central 98 %, robust to outliers
+- ``identity``:  x
+A dimension whose scale (std, max - min, q99 - q01) is below ``eps`` (a joint that never moves) is only
+shifted, never divided by a tiny number: it normalises to 0 and unnormalises back to its constant.
+``unnormalize(normalize(x)) == x`` up to float rounding for every mode.
+
+A ``Normalizer`` is saved beside a checkpoint as two files, so inference unnormalises with exactly the
+training statistics: ``normalization.safetensors`` (every statistic as a float64 tensor
+``"<feature>/<stat>"``) and ``normalization.json`` (format version, per-feature mode, shape and names,
+and the same numbers as lists, for reading). Loading takes the tensors (bit-exact) and checks that the
+JSON agrees with them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
+
+MODES = ("mean_std", "min_max", "quantile", "identity")
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+STAT_NAMES = ("mean", "std", "min", "max", *QUANTILES)
+NORM_FORMAT_VERSION = 1
+SAFETENSORS_NAME = "normalization.safetensors"
+JSON_NAME = "normalization.json"
+DEFAULT_EPS = 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureStats:
+    """Statistics of one feature over the last axis; every array has shape ``shape`` (float64)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    q01: np.ndarray
+    q10: np.ndarray
+    q50: np.ndarray
+    q90: np.ndarray
+    q99: np.ndarray
+    count: int
+
+    def __post_init__(self) -> None:
+        shape = None
+        for name in STAT_NAMES:
+            a = np.asarray(getattr(self, name), np.float64)
+            if a.ndim == 0:
+                a = a.reshape(1)
+            if shape is None:
+                shape = a.shape
+            if a.shape != shape:
+                raise InputError("FeatureStats", name, f"shape {shape} like 'mean'", str(a.shape))
+            setattr(self, name, a)
+        self.count = int(self.count)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.mean.shape
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (LeRobot's stats.json layout: each statistic a list, ``count`` a one-element list)."""
+        d: dict[str, Any] = {k: getattr(self, k).tolist() for k in STAT_NAMES}
+        d["count"] = [self.count]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "stats") -> FeatureStats:
+        missing = [k for k in ("mean", "std", "min", "max") if k not in d]
+        if missing:
+            raise InputError(where, missing[0], "mean, std, min and max of the feature", "missing")
+        vals = {}
+        for k in STAT_NAMES:
+            v = d.get(k)
+            if v is None:  # stats written without quantiles (older LeRobot): quantile mode will refuse them
+                v = np.full(np.shape(d["mean"]) or (1,), np.nan)
+            vals[k] = np.asarray(v, np.float64).reshape(-1)
+        count = d.get("count", [0])
+        count = int(np.asarray(count).reshape(-1)[0]) if np.size(count) else 0
+        return cls(**vals, count=count)
+
+
+def compute_feature_stats(values: np.ndarray, max_frames: int | None = None) -> FeatureStats:
+    """Statistics of ``values`` (N, ...) over the frames axis (0), per remaining element (flattened).
+
+    A scalar feature (N,) gives shape (1,) statistics, like LeRobot's scalar features."""
+    v = np.asarray(values)
+    if v.ndim == 0 or v.shape[0] == 0:
+        raise InputError("compute_feature_stats", "values", "at least one frame (N >= 1, ...)", str(v.shape))
+    v = v.reshape(v.shape[0], -1).astype(np.float64, copy=False)
+    if not np.isfinite(v).all():
+        row = int(np.argmax(~np.isfinite(v).all(axis=1)))
+        raise InputError("compute_feature_stats", "values", "finite values", f"NaN/inf at frame {row}")
+    n = v.shape[0]
+    qv = v
+    if max_frames is not None and n > max_frames:
+        qv = v[np.linspace(0, n - 1, int(max_frames)).round().astype(np.int64)]
+    qs = np.quantile(qv, list(QUANTILES.values()), axis=0, method="linear")
+    return FeatureStats(
+        mean=v.mean(0),
+        std=v.std(0),
+        min=v.min(0),
+        max=v.max(0),
+        **{k: qs[i] for i, k in enumerate(QUANTILES)},
+        count=n,
+    )
+
+
+def compute_stats(arrays: Mapping[str, np.ndarray], max_frames: int | None = None) -> dict[str, FeatureStats]:
+    """{feature: (N, ...) values} -> {feature: FeatureStats}."""
+    out = {}
+    for name, a in arrays.items():
+        try:
+            out[name] = compute_feature_stats(a, max_frames)
+        except InputError as e:
+            raise InputError(f"feature '{name}'", e.field, e.expected, e.got) from None
+    return out
+
+
+def stats_from_json(obj: Mapping[str, Any], where: str = "stats.json") -> dict[str, FeatureStats]:
+    """LeRobot's stats.json layout ({feature: {stat: list}}) -> {feature: FeatureStats}. Image stats
+    (shape (3, 1, 1)) are flattened like any other."""
+    if not isinstance(obj, Mapping):
+        raise InputError(where, None, "a JSON object {feature: {stat: values}}", type(obj).__name__)
+    out = {}
+    for name, d in obj.items():
+        if not isinstance(d, Mapping):
+            raise InputError(where, name, "an object of statistics", type(d).__name__)
+        out[name] = FeatureStats.from_dict(d, f"{where}: feature '{name}'")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# normaliser
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _backend(x):
+    """(module with where/asarray semantics, converter of a float64 numpy array to x's kind)."""
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+
+            def conv(a: np.ndarray):
+                return torch.as_tensor(a, dtype=dtype, device=x.device)
+
+            return conv, (x if x.is_floating_point() else x.to(dtype))
+    except ImportError:  # pragma: no cover - torch is a dependency, but normalisation itself needs numpy only
+        pass
+    arr = np.asarray(x)
+    dtype = arr.dtype if arr.dtype.kind == "f" else np.float32
+
+    def conv_np(a: np.ndarray):
+        return a.astype(dtype)
+
+    return conv_np, arr.astype(dtype, copy=False)
+
+
+@dataclass
+class Normalizer:
+    """Per-feature statistics and modes; ``normalize`` / ``unnormalize`` numpy arrays or torch tensors whose
+    last axis is the feature (any leading batch / time axes)."""
+
+    stats: dict[str, FeatureStats]
+    modes: dict[str, str]
+    names: dict[str, list[str] | None] = field(default_factory=dict)
+    eps: float = DEFAULT_EPS
+
+    def __post_init__(self) -> None:
+        for name, mode in self.modes.items():
+            if mode not in MODES:
+                raise ConfigError(f"normalisation mode of '{name}' must be one of {MODES}, got {mode!r}")
+            if name not in self.stats:
+                raise ConfigError(f"normalisation mode given for '{name}', which has no statistics")
+            if mode == "quantile" and not (
+                np.isfinite(self.stats[name].q01).all() and np.isfinite(self.stats[name].q99).all()
+            ):
+                raise ConfigError(
+                    f"'{name}' uses quantile normalisation but its statistics have no q01/q99 "
+                    "(recompute them with handvla.robot.normalize.compute_stats)"
+                )
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ConfigError(f"eps must be a positive number, got {self.eps!r}")
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, np.ndarray],
+        modes: Mapping[str, str],
+        names: Mapping[str, list[str] | None] | None = None,
+        max_frames: int | None = None,
+    ) -> Normalizer:
+        """Compute the statistics of the features named in ``modes`` from ``arrays`` ({name: (N, D)})."""
+        missing = [k for k in modes if k not in arrays]
+        if missing:
+            raise ConfigError(f"no data for feature(s) {missing}; have {sorted(arrays)}")
+        stats = compute_stats({k: arrays[k] for k in modes}, max_frames)
+        return cls(stats, dict(modes), dict(names or {}))
+
+    # -- the affine map x_norm = (x - center) / scale ----------------------------------------------------
+    def _affine(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name in self._cache:
+            return self._cache[name]
+        if name not in self.modes:
+            raise InputError(
+                "Normalizer", name, f"one of the normalised features {sorted(self.modes)}", "unknown"
+            )
+        s, mode = self.stats[name], self.modes[name]
+        if mode == "mean_std":
+            center, scale = s.mean, s.std
+        elif mode == "min_max":
+            center, scale = (s.max + s.min) / 2, (s.max - s.min) / 2
+        elif mode == "quantile":
+            center, scale = (s.q99 + s.q01) / 2, (s.q99 - s.q01) / 2
+        else:
+            center, scale = np.zeros_like(s.mean), np.ones_like(s.mean)
+        # why: a constant dimension would be divided by ~0 and blow noise up; shift it only
+        scale = np.where(scale < self.eps, 1.0, scale)
+        self._cache[name] = (center, scale)
+        return center, scale
+
+    def _check(self, name: str, x, center: np.ndarray):
+        if tuple(x.shape[-1:]) != center.shape:
+            raise InputError(
+                "Normalizer", name, f"a last axis of size {center.shape[0]}", f"shape {tuple(x.shape)}"
+            )
+
+    def normalize(self, name: str, x):
+        center, scale = self._affine(name)
+        conv, xf = _backend(x)
+        self._check(name, xf, center)
+        return (xf - conv(center)) / conv(scale)
+
+    def unnormalize(self, name: str, x):
+        center, scale = self._affine(name)
+        conv, xf = _backend(x)
+        self._check(name, xf, center)
+        return xf * conv(scale) + conv(center)
+
+    # -- saving and loading -----------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": NORM_FORMAT_VERSION,
+            "eps": self.eps,
+            "features": {
+                name: {
+                    "mode": self.modes.get(name, "identity"),
+                    "shape": list(s.shape),
+                    "names": self.names.get(name),
+                    "stats": s.to_dict(),
+                }
+                for name, s in self.stats.items()
+            },
+        }
+
+    def save(self, directory: str | Path) -> tuple[Path, Path]:
+        """Write ``normalization.safetensors`` and ``normalization.json`` into ``directory`` (atomically)."""
+        from safetensors.numpy import save as st_save
+
+        from handvla.data.store import _atomic_write_bytes, _atomic_write_json
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            f"{name}/{k}": np.ascontiguousarray(getattr(s, k))
+            for name, s in self.stats.items()
+            for k in STAT_NAMES
+        }
+        tensors |= {f"{name}/count": np.asarray([s.count], np.int64) for name, s in self.stats.items()}
+        meta = {"format_version": str(NORM_FORMAT_VERSION), "modes": json.dumps(self.modes, sort_keys=True)}
+        st_path, js_path = d / SAFETENSORS_NAME, d / JSON_NAME
+        _atomic_write_bytes(st_path, st_save(tensors, metadata=meta))
+        _atomic_write_json(js_path, self.to_json())
+        return st_path, js_path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Normalizer:
+        """Load what ``save`` wrote; CheckpointError naming the file if it is missing or inconsistent."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load as st_load
+
+        d = Path(directory)
+        st_path, js_path = d / SAFETENSORS_NAME, d / JSON_NAME
+        for p in (st_path, js_path):
+            if not p.is_file():
+                raise CheckpointError(
+                    f"{p}: normalisation statistics missing (expected {SAFETENSORS_NAME} and {JSON_NAME})"
+                )
+        try:
+            meta = json.loads(js_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{js_path}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format_version") != NORM_FORMAT_VERSION:
+            raise CheckpointError(
+                f"{js_path}: field 'format_version': expected {NORM_FORMAT_VERSION}, got "
+                f"{meta.get('format_version') if isinstance(meta, dict) else type(meta).__name__!r}"
+            )
+        try:
+            tensors = st_load(st_path.read_bytes())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{st_path}: unreadable safetensors file ({e})") from None
+        feats = meta.get("features")
+        if not isinstance(feats, dict):
+            raise CheckpointError(f"{js_path}: field 'features': expected an object")
+        stats, modes, names = {}, {}, {}
+        for name, f in feats.items():
+            try:
+                vals = {k: tensors[f"{name}/{k}"] for k in STAT_NAMES}
+                count = int(tensors[f"{name}/count"][0])
+            except KeyError as e:
+                raise CheckpointError(
+                    f"{st_path}: tensor {e.args[0]!r} missing (listed in {js_path.name})"
+                ) from None
+            s = FeatureStats(**vals, count=count)
+            if list(s.shape) != list(f.get("shape", [])):
+                raise CheckpointError(
+                    f"{js_path}: feature '{name}': shape {f.get('shape')} disagrees with {st_path.name} {list(s.shape)}"
+                )
+            js_mean = np.asarray(f.get("stats", {}).get("mean", []), np.float64)
+            if js_mean.shape != s.mean.shape or not np.array_equal(js_mean, s.mean):
+                raise CheckpointError(f"{js_path}: feature '{name}': mean disagrees with {st_path.name}")
+            stats[name], modes[name], names[name] = s, f.get("mode", "identity"), f.get("names")
+        extra = sorted({k.split("/")[0] for k in tensors} - set(feats))
+        if extra:
+            raise CheckpointError(f"{st_path}: feature(s) {extra} not described in {js_path.name}")
+        try:
+            return cls(stats, modes, names, eps=float(meta.get("eps", DEFAULT_EPS)))
+        except ConfigError as e:
+            raise CheckpointError(f"{js_path}: {e}") from None
+
+    @classmethod
+    def maybe_load(cls, directory: str | Path) -> Normalizer | None:
+        """``load`` if the files are there, else None (a checkpoint trained without normalisation)."""
+        d = Path(directory)
+        if not (d / SAFETENSORS_NAME).exists() and not (d / JSON_NAME).exists():
+            return None
+        return cls.load(d)
+
+
+def load_dataset_stats(path: str | Path) -> dict[str, FeatureStats]:
+    """Read a LeRobot ``meta/stats.json`` (MissingResourceError naming the file if absent)."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingResourceError(f"{p}: dataset statistics not found (meta/stats.json)")
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(p, None, "valid JSON", str(e)) from None
+    return stats_from_json(obj, str(p))
