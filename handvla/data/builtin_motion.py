@@ -45,6 +45,8 @@ from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from handvla.errors import ConfigError, InputError
+from handvla.hand import anatomy
+from handvla.hand.anatomy import anatomical_to_pose, pose_to_anatomical  # noqa: F401  (part of this module's API)
 from handvla.hand.motion import HandMotion
 from handvla.hand.topology import MANO_PARENTS, MANO_TO_OPENPOSE, NUM_BETAS, check_side
 
@@ -69,22 +71,9 @@ _MIRROR = np.array([-1.0, 1.0, 1.0])  # x -> -x: the camera-frame mirror that tu
 _AA_MIRROR = np.array([1.0, -1.0, -1.0])  # the same mirror acting on an axis-angle vector
 
 
-def _limits_deg() -> np.ndarray:
-    """(15, 3, 2) [min, max] degrees of (twist, spread, bend) per hand_pose row, right-hand convention."""
-    L = np.zeros((15, 3, 2))
-    for f in _FINGERS4:
-        r = FINGER_ROW[f]
-        L[r] = [[0, 0], [-5, 5], [0, 90]]  # MCP
-        L[r + 1] = L[r + 2] = [[0, 0], [0, 0], [0, 90]]  # PIP, DIP: bend only
-    L[12] = [[-45, 45], [-15, 45], [0, 45]]  # thumb CMC
-    L[13] = [[0, 0], [-10, 10], [0, 90]]  # thumb MCP
-    L[14] = [[0, 0], [0, 0], [0, 90]]  # thumb IP
-    return L
-
-
-#: anatomical joint limits (degrees; twist, spread, bend; [min, max]), as in docs/datasets.md
-JOINT_LIMITS_DEG = _limits_deg()
-JOINT_LIMITS_RAD = np.deg2rad(JOINT_LIMITS_DEG)
+#: anatomical joint limits (degrees and radians; twist, spread, bend; [min, max]): ``handvla.hand.anatomy``
+JOINT_LIMITS_DEG = anatomy.JOINT_LIMITS_DEG
+JOINT_LIMITS_RAD = anatomy.JOINT_LIMITS_RAD
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -117,27 +106,6 @@ def anatomical_frames(
     if side == "left":  # the left model's frames are the right's mirrored: twist M t, spread M s, bend -M b
         F = _MIRROR[None, :, None] * F * np.array([1.0, 1.0, -1.0])
     return F
-
-
-def anatomical_to_pose(anat: np.ndarray, frames: np.ndarray, side: str = "right") -> np.ndarray:
-    """(..., 15, 3) anatomical angles (radians, right-hand convention) -> (..., 15, 3) axis-angle hand_pose.
-
-    An axis-angle vector is the rotation axis times the angle, so its coordinates in a joint frame F are
-    F^T aa: the anatomical angles are those coordinates, and aa = F @ angles.
-    """
-    a = np.asarray(anat, np.float64)
-    if side == "left":
-        a = a * np.array([-1.0, -1.0, 1.0])  # mirrored poses have opposite twist and spread (module doc)
-    return np.einsum("jab,...jb->...ja", frames, a)
-
-
-def pose_to_anatomical(hand_pose: np.ndarray, frames: np.ndarray, side: str = "right") -> np.ndarray:
-    """(..., 15, 3) axis-angle hand_pose -> (..., 15, 3) anatomical (twist, spread, bend), radians,
-    right-hand convention (see ``anatomical_to_pose``)."""
-    a = np.einsum("jba,...jb->...ja", frames, np.asarray(hand_pose, np.float64))
-    if side == "left":
-        a = a * np.array([-1.0, -1.0, 1.0])
-    return a
 
 
 def clip_to_limits(anat: np.ndarray) -> np.ndarray:

@@ -132,14 +132,15 @@ class HandModel(nn.Module):
         """Rest-pose frames of the 15 finger joints, (B, 15, 3, 3), columns (twist, spread, bend).
 
         twist = the bone leaving the joint; bend = the axis whose positive rotation flexes the finger
-        towards the palm; spread = bend x twist. Joint limits are stated in these frames (see fitting).
+        towards the palm; spread = bend x twist. Joint limits and the conversion to angles, including the
+        sign convention that makes both hands share one limit table, are in ``handvla.hand.anatomy``.
         """
         betas = torch.zeros(1, NUM_BETAS, dtype=self.dtype) if betas is None else torch.as_tensor(betas, dtype=self.dtype)
         betas = betas.reshape(-1, NUM_BETAS)
         J, tips = self.rest_joints_and_tips(betas)
         pts = torch.cat([J, tips], 1)  # (B, 21, 3): MANO 16 then tips thumb, index, middle, ring, little
         n = self.palm_normal(J)
-        tip_of = {3: 17, 6: 18, 9: 20, 12: 19, 15: 16}
+        tip_of = {3: 17, 6: 18, 9: 20, 12: 19, 15: 16}  # last joint of each finger -> its tip in ``pts``
         frames = []
         for i in range(1, 16):
             child = tip_of.get(i, i + 1)
@@ -251,7 +252,7 @@ class BuiltinHand(HandModel):
         bone = self._dirs * bone_len[..., None]  # (B, 16, 3) the bone leaving each joint
         J = torch.zeros(B, 16, 3, dtype=betas.dtype, device=betas.device)
         tips = []
-        for finger, (j1, j2, j3) in MANO_FINGERS.items():
+        for j1, j2, j3 in MANO_FINGERS.values():
             J[:, j1] = bases[:, j1]
             J[:, j2] = J[:, j1] + bone[:, j1]
             J[:, j3] = J[:, j2] + bone[:, j2]

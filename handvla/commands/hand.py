@@ -1,0 +1,106 @@
+"""``handvla hand ...``: hand-motion tools.
+
+One function pair per subcommand: ``add_<name>(sub)`` declares its arguments and ``run_<name>(args)``
+does the work and returns the exit code. To add a subcommand (render, ...), write the pair and append
+``add_<name>`` to ``SUBCOMMANDS``; ``register`` builds the group from that list.
+
+- ``hand fit``: fit a joints file (T, 21, 3) to hand parameters and write a parameter file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from handvla.commands._util import print_json
+from handvla.errors import ConfigError, InputError, MissingResourceError
+
+
+def add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="fit 3D joints (T, 21, 3) to hand parameters",
+        description=(
+            "Fit a joints file (keys joints (T, 21, 3) metres with NaN for missing, t, side, fps, joint_order) "
+            "to hand parameters (global_orient, hand_pose, wrist_pos, betas) and write them as a .npz "
+            "parameter file. Prints a JSON summary with the fit error."
+        ),
+    )
+    p.add_argument("--joints", required=True, type=Path, help="input joints .npz")
+    p.add_argument("--out", required=True, type=Path, help="output hand-parameter .npz (written atomically)")
+    p.add_argument("--hand-model", default="builtin", choices=("builtin", "mano"), help="default: builtin")
+    p.add_argument("--mano-dir", type=Path, default=None, help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl")
+    p.add_argument("--fps", type=float, default=None, help="resample the joints to this rate first")
+    p.add_argument("--iters", type=int, default=None, help="L-BFGS iterations of the full stage (default 50)")
+    p.add_argument(
+        "--acc-hz", type=float, default=None, help="smoothness cutoff in Hz (default 8, 0 = no smoothing)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from handvla.hand.fitting import FitConfig, fit_recording
+    from handvla.hand.io import JointsRecording, load_any, save_motion
+    from handvla.hand.model import load_hand_model
+
+    config = FitConfig()
+    if args.iters is not None:
+        if args.iters < 1:
+            raise ConfigError(f"--iters must be a positive integer, got {args.iters}")
+        config.iters = args.iters
+    if args.acc_hz is not None:
+        if not args.acc_hz >= 0:
+            raise ConfigError(f"--acc-hz must be >= 0, got {args.acc_hz}")
+        config.acc_hz = args.acc_hz
+    if args.hand_model == "mano" and args.mano_dir is None:
+        raise ConfigError(
+            "--hand-model mano needs --mano-dir (the folder with MANO_RIGHT.pkl / MANO_LEFT.pkl)"
+        )
+    if args.fps is not None and not args.fps > 0:
+        raise ConfigError(f"--fps must be a positive frame rate, got {args.fps}")
+
+    rec = load_any(args.joints)
+    if not isinstance(rec, JointsRecording):
+        raise InputError(args.joints, None, "a joints file (key 'joints')", "a hand-parameter file")
+    if args.fps is not None:
+        rec = rec.resample(args.fps)
+    try:
+        model = load_hand_model(
+            args.hand_model, rec.side, None if args.mano_dir is None else str(args.mano_dir)
+        )
+    except ModuleNotFoundError as e:
+        raise MissingResourceError(f"hand model '{args.hand_model}' is not available here ({e})") from None
+
+    result = fit_recording(rec, hand_model=model, config=config, progress=not args.quiet)
+    save_motion(args.out, result.motion)
+    summary = result.summary()
+    print_json(
+        {
+            "joints": str(args.joints),
+            "out": str(args.out),
+            "hand_model": args.hand_model,
+            "side": rec.side,
+            "fps": rec.fps,
+            "joint_scheme": rec.joint_scheme,
+            **summary,
+        }
+    )
+    return 0
+
+
+#: the ``hand`` subcommands, in help order
+SUBCOMMANDS = [add_fit]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("hand", help="hand-motion tools (fit joints to hand parameters, ...)")
+    sub = parser.add_subparsers(dest="hand_command", metavar="SUBCOMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+
+    def show_help(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 1
+
+    parser.set_defaults(func=show_help)
