@@ -152,10 +152,11 @@ def features_to_params(spec: FeatureSpec, feats: torch.Tensor) -> dict[str, torc
 
 def motion_to_features(spec: FeatureSpec, motion: HandMotion, hand_model=None) -> torch.Tensor:
     """A ``HandMotion`` -> (T, D) float32 features. Needs the hand model for sets with joints."""
-    go = torch.from_numpy(motion.global_orient)
-    hp = torch.from_numpy(motion.hand_pose)
-    wp = torch.from_numpy(motion.wrist_pos)
-    betas = torch.from_numpy(motion.betas)
+    # copies: the arrays may be read-only views (memory-mapped or from parquet)
+    go = torch.tensor(motion.global_orient)
+    hp = torch.tensor(motion.hand_pose)
+    wp = torch.tensor(motion.wrist_pos)
+    betas = torch.tensor(motion.betas)
     joints = None
     if spec.has_joints:
         if hand_model is None:

@@ -1,6 +1,6 @@
 """Process-group set-up and model wrapping. The model code never knows about any of this.
 
-Launch with ``torchrun --nproc-per-node N -m handvla ...`` (or the ``handvla`` script): torchrun sets
+Launch with ``torchrun --nproc-per-node N -m handvla pretrain ...`` (or the ``handvla`` script): torchrun sets
 RANK / WORLD_SIZE / LOCAL_RANK and this module joins the group (NCCL on GPUs, gloo on CPU).
 """
 

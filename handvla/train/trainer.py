@@ -120,6 +120,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings and LM head): give each key its own
+    copy. Loading assigns every key, so tied parameters come back tied and equal."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        out[k] = v.clone().contiguous() if ptr in seen else v.contiguous()
+        if ptr != -1:
+            seen.add(ptr)
+    return out
+
+
 class Trainer:
     """Train ``model`` on ``dataset`` with ``loss_fn(model, batch) -> (loss, metrics)``.
 
@@ -207,7 +220,7 @@ class Trainer:
             tmp.mkdir(parents=True)
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
+            save_file(_unshare(model_sd), str(tmp / "model.safetensors"))
             torch.save(optim_sd, tmp / "optimizer.pt")
             torch.save({"scheduler": self.scheduler.state_dict(), "ranks": rng}, tmp / "state.pt")
             (tmp / "trainer_state.json").write_text(

@@ -1,0 +1,241 @@
+"""``handvla generate``: hand motion from one image and an instruction with a VLA checkpoint.
+
+Writes ``OUT.npz`` (the motion of each hand, camera frame of the input image) and ``OUT.mp4`` (the motion
+drawn over the input image under its camera) and prints a JSON summary.
+
+Camera: with ``--intrinsics fx,fy,cx,cy`` (pixels of the given image) the image is warped to the
+canonical camera before the model sees it (when the checkpoint was trained with alignment, see
+``handvla.vla.data``) and the video is drawn with those intrinsics. Without them the image is taken to be
+a canonical-camera image (``handvla.camera``: focal 736.6339 px at 1920 x 1080, scaled to the image size).
+Weak-perspective alignment leaves 3D unchanged, so the generated motion is in the input camera's frame.
+
+``OUT.npz`` keys: ``hands`` (the sides), per side ``{side}.global_orient`` (T, 3), ``{side}.hand_pose``
+(T, 15, 3), ``{side}.wrist_pos`` (T, 3, metres), ``{side}.betas``, ``{side}.valid``, ``{side}.fps``,
+``{side}.joints`` (T, 21, 3, metres, camera frame), ``{side}.motion_ids`` (seconds, ids_per_block); and
+``instruction``, ``seconds``, ``camera`` (fx, fy, cx, cy, width, height). `load_generated` reads it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from handvla.commands._util import print_json
+from handvla.errors import CheckpointError, InputError, MissingResourceError
+
+
+def parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | None:
+    """'fx,fy,cx,cy' in pixels -> a tuple (None passes through)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise InputError("--intrinsics", None, "four numbers fx,fy,cx,cy in pixels", repr(text)) from None
+    if len(vals) != 4 or not all(np.isfinite(vals)):
+        raise InputError("--intrinsics", None, "four finite numbers fx,fy,cx,cy in pixels", repr(text))
+    if vals[0] <= 0 or vals[1] <= 0:
+        raise InputError("--intrinsics", "fx/fy", "positive focal lengths in pixels", f"{vals[0]}, {vals[1]}")
+    return vals  # type: ignore[return-value]
+
+
+def read_image(path: str | Path):
+    """An RGB PIL image, or a clear error for a missing or undecodable file."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise MissingResourceError(f"{p}: image file not found")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(
+            p, None, "an image file that decodes (PNG, JPEG, ...)", f"{type(e).__name__}: {e}"
+        ) from None
+
+
+def _out_base(out: str) -> Path:
+    p = Path(out)
+    if p.suffix in (".npz", ".mp4"):
+        p = p.with_suffix("")
+    if not p.parent.is_dir():
+        raise InputError("--out", None, "a path in an existing folder", f"missing folder {p.parent}")
+    return p
+
+
+def _atomic_savez(path: Path, arrays: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_generated(path: str | Path) -> dict:
+    """Read ``OUT.npz``: {side: HandMotion} (plus the joints under ``joints``)."""
+    from handvla.hand.motion import HandMotion
+
+    with np.load(path, allow_pickle=False) as d:
+        sides = [str(s) for s in d["hands"]]
+        out = {}
+        for s in sides:
+            fields = {k.split(".", 1)[1]: d[k] for k in d.files if k.startswith(f"{s}.")}
+            out[s] = HandMotion.from_dict(fields, where=f"{path} ({s})")
+        out["joints"] = {s: d[f"{s}.joints"] for s in sides}
+    return out
+
+
+def canonical_camera_for(width: int, height: int) -> tuple[float, float, float, float]:
+    """The canonical camera's intrinsics scaled to an image of ``width`` x ``height`` pixels."""
+    from handvla.camera import CANONICAL_IMAGE_SIZE, CANONICAL_K
+
+    sx, sy = width / CANONICAL_IMAGE_SIZE[0], height / CANONICAL_IMAGE_SIZE[1]
+    return (CANONICAL_K[0, 0] * sx, CANONICAL_K[1, 1] * sy, CANONICAL_K[0, 2] * sx, CANONICAL_K[1, 2] * sy)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    # Cheap checks first: a bad request fails before the model loads.
+    from handvla.vla.processing import hands_for_mode
+
+    hands = hands_for_mode(args.hands)
+    if args.seconds <= 0:
+        raise InputError("--seconds", None, "a positive whole number of seconds", str(args.seconds))
+    if not args.instruction or not args.instruction.strip():
+        raise InputError("--instruction", None, "a non-empty instruction", repr(args.instruction))
+    if args.temperature <= 0:
+        raise InputError("--temperature", None, "a positive number", str(args.temperature))
+    K = parse_intrinsics(args.intrinsics)
+    image = read_image(args.image)
+    base = _out_base(args.out)
+    if not Path(args.ckpt).is_dir():
+        raise MissingResourceError(f"{args.ckpt}: VLA checkpoint folder not found")
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from handvla.hand.render import Camera, render_motions
+    from handvla.vla.data import prepare_image
+    from handvla.vla.evaluate import model_alignment, model_image_size
+    from handvla.vla.generation import generate_motion
+    from handvla.vla.modeling import load_vla
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    hf_logging.disable_progress_bar()  # one JSON document on stdout, one error line on stderr
+    bundle = load_vla(args.ckpt)
+    mt = bundle.motion_tokenizer
+    if mt is None:
+        raise CheckpointError(
+            f"{args.ckpt}: the checkpoint has no motion tokenizer (motion_tokenizer/), so generated ids cannot "
+            "be decoded to hand motion; save it with save_vla(..., motion_tokenizer=...)"
+        )
+    align = model_alignment(bundle.model.config)
+    size = model_image_size(bundle.model.config, bundle.processor)
+    W, H = image.size
+    cam = K if K is not None else canonical_camera_for(W, H)
+    view = prepare_image(image, K if align else None, align, size)
+
+    t0 = time.perf_counter()
+    out = generate_motion(
+        bundle.model,
+        bundle.processor,
+        view,
+        args.instruction,
+        int(args.seconds),
+        args.hands,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    gen_s = time.perf_counter() - t0
+    ids = out.motion[0]  # (seconds, hands, ids_per_block)
+    new_tokens = int((out.sequences[0, out.prompt_length :] != bundle.processor.vocab.pad_id).sum())
+
+    arrays: dict[str, np.ndarray] = {
+        "hands": np.array(list(hands)),
+        "instruction": np.array(args.instruction),
+        "seconds": np.array(int(args.seconds)),
+        "camera": np.array([*cam, W, H], np.float64),
+    }
+    motions, info = {}, {}
+    for j, side in enumerate(hands):
+        m = mt.decode_motion(ids[:, j], side=side)
+        joints = mt.motion_joints(m)  # (T, 21, 3) camera frame, metres
+        motions[side] = m
+        for k, v in m.to_dict().items():
+            arrays[f"{side}.{k}"] = v
+        arrays[f"{side}.joints"] = joints.astype(np.float32)
+        arrays[f"{side}.motion_ids"] = ids[:, j]
+        info[side] = {
+            "frames": len(m),
+            "wrist_start_m": m.wrist_pos[0].round(4).tolist(),
+            "wrist_end_m": m.wrist_pos[-1].round(4).tolist(),
+        }
+    npz = base.with_suffix(".npz")
+    _atomic_savez(npz, arrays)
+    mp4 = None
+    if not args.no_video:
+        mp4 = base.with_suffix(".mp4")
+        render_motions(
+            mp4,
+            motions,
+            camera=Camera(*map(float, cam), W, H),
+            background=np.asarray(image),
+            side_tags=True,
+            title=args.instruction[:60],
+        )
+    print_json(
+        {
+            "npz": str(npz),
+            "mp4": None if mp4 is None else str(mp4),
+            "hands": list(hands),
+            "seconds": int(args.seconds),
+            "fps": float(mt.config.fps),
+            "aligned": bool(align and K is not None),
+            "image_assumed_canonical": K is None,
+            "generated_tokens": new_tokens,
+            "generate_seconds": gen_s,
+            "tokens_per_s": new_tokens / gen_s if gen_s > 0 else None,
+            "motion": info,
+        }
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate hand motion for an image + instruction with a VLA checkpoint (npz + overlay mp4)",
+        description="Instructed motion generation with constrained decoding; writes OUT.npz (HandMotion per "
+        "hand, camera frame) and OUT.mp4 (the motion over the input image).",
+    )
+    p.add_argument("--ckpt", required=True, help="VLA checkpoint folder (with motion_tokenizer/)")
+    p.add_argument("--image", required=True, help="input image (PNG, JPEG, ...)")
+    p.add_argument(
+        "--intrinsics", default=None, help="fx,fy,cx,cy of the image in pixels (default: canonical)"
+    )
+    p.add_argument("--instruction", required=True, help='e.g. "pick up the red cube"')
+    p.add_argument("--hands", default="right", help="left, right or both (default right)")
+    p.add_argument("--seconds", type=int, default=2, help="seconds of motion (whole number, default 2)")
+    p.add_argument("--out", required=True, help="output path without extension (OUT.npz, OUT.mp4)")
+    p.add_argument("--sample", action="store_true", help="sample (default: greedy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--no-video", action="store_true", help="write only the npz")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=run_generate)

@@ -1,0 +1,766 @@
+"""Training samples of the motion VLA: the three instruction task types, tokenized and ready to collate.
+
+Task types (Being-H0's physical instruction data, docs/being-h0-reference.md sections 1 and 7):
+
+- ``generation`` (instructed motion generation): image + instruction + duration + hand mode -> motion
+  blocks (answer);
+- ``translation`` (motion translation): image + motion blocks in the prompt -> text (answer);
+- ``prediction`` (contextual motion prediction): image + history blocks in the prompt -> the next blocks.
+
+Where samples come from (`collect_samples`):
+
+- an instruction manifest (``handvla.data.instructions``, ``.jsonl`` / ``.parquet``): each record names the
+  store, episode, target span, hands, task type and the filled prompt / answer text;
+- or, without a manifest, straight from the episodes of the stores: the episode's task text with the
+  reference prompts of ``handvla.vla.processing`` (`generation_prompt`, `translation_prompt`,
+  `continuation_prompt`) over windows that start at the episode start (generation, translation) or at
+  every whole second after a history (prediction).
+
+Images: the episode frame at the sample's ``image_s`` (the start of the target span). With alignment on,
+it is warped to the canonical camera (``handvla.camera``) from the episode's own intrinsics
+(`warp_to_canonical`, the weak-perspective alignment: 3D motion is unchanged, only the image moves); both
+with and without alignment the image is then ``image_size`` pixels (default one square tile, as the
+reference resizes to 448 x 448), so both variants cost the same number of visual tokens.
+
+Motion: one block of ``ids_per_block`` ids per hand-second, from the motion tokenizer. Blocks are cut on
+the episode's frame grid (a block starting at frame f covers frames [f, f + frames_per_block)), so the
+tokens of a window are the tokens of its blocks and overlapping windows share them. Every block a sample
+needs is tokenized once when the dataset is built (`MotionTokenCache`: in memory, optionally in an
+``.npz`` file keyed by a fingerprint of the tokenizer weights and the stores) - deterministic, so a
+resumed run sees the same ids. A block in which the hand has no valid frame is ``-1`` (``<MOT_NOOP>``);
+samples whose answer would contain such a block are dropped (the constrained decoder never emits NOOP).
+
+Batches (`VLAInstructionDataset.collate`): plain padding with ``HandVLAProcessor.collate``, or, with
+``pack = True``, sequence packing: samples are grouped (first fit, in a seeded order fixed at build time)
+into packs of at most ``max_length`` tokens; a pack is one row whose ``position_ids`` restart at 0 at each
+sample. With no ``attention_mask`` and no cache, transformers turns restarting position ids into a
+block-diagonal causal mask (every attention implementation), so packed samples never see each other; the
+loss is unchanged because every sample's first label is -100 (its prompt). The model must be called with
+``use_cache=False`` on packed batches (a cache disables the detection); ``handvla.vla.pretrain`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch.utils.data import Dataset
+
+from handvla.errors import ConfigError, InputError
+from handvla.vla.processing import (
+    IGNORE_INDEX,
+    IMAGE_PLACEHOLDER,
+    MOTION_PLACEHOLDER,
+    EncodedSample,
+    HandVLAProcessor,
+    continuation_prompt,
+    generation_prompt,
+    hands_for_mode,
+    translation_prompt,
+    warp_to_canonical,
+)
+
+TASK_TYPES = ("generation", "translation", "prediction")
+#: UniHand-2.5M proportions: 1.6M generation, 0.4M translation, 0.5M contextual prediction
+DEFAULT_TASK_MIX = {"generation": 1.6, "translation": 0.4, "prediction": 0.5}
+SIDE_CODE = {"left": 0, "right": 1}
+#: fields every instruction-manifest record must have (``handvla.data.instructions.build.make_sample``)
+REQUIRED_RECORD_FIELDS = (
+    "dataset",
+    "episode_index",
+    "episode_key",
+    "task_type",
+    "hands",
+    "start_s",
+    "end_s",
+    "prompt",
+)
+
+
+class VLADataConfig(BaseModel):
+    """Where pretraining samples come from and how they are made (YAML section ``data``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stores: list[str] = Field(default_factory=list, description="episode store folders (without a manifest)")
+    manifest: str | None = Field(None, description="instruction manifest (.jsonl / .parquet); else episodes")
+    task_mix: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_TASK_MIX),
+        description="relative weight per task type; 0 leaves a type out",
+    )
+    size: int | None = Field(
+        None, gt=0, description="samples to draw, balanced by task_mix (None: every candidate once)"
+    )
+    seconds: list[int] | None = Field(
+        None, description="window lengths in seconds for episode-built samples (None: the whole episode)"
+    )
+    history_seconds: list[int] = Field(default_factory=lambda: [1], description="prediction history lengths")
+    hand_modes: list[str] = Field(default_factory=lambda: ["both", "left", "right"])
+    align: bool = Field(True, description="warp images to the canonical camera (weak-perspective alignment)")
+    image_size: tuple[int, int] | None = Field(
+        None, description="(width, height) of the image given to the model; None: one square tile"
+    )
+    max_length: int | None = Field(None, gt=0, description="longer samples are dropped; pack length")
+    pack: bool = Field(False, description="pack samples into rows of up to max_length tokens")
+    cache: str | None = Field(None, description="motion-token cache file (.npz); None: memory only")
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="share of episodes held out for validation")
+    seed: int = 0
+
+    @field_validator("task_mix")
+    @classmethod
+    def _check_mix(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in TASK_TYPES]
+        if bad:
+            raise ValueError(f"unknown task type(s) {bad}; expected {list(TASK_TYPES)}")
+        if any((not math.isfinite(w)) or w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("weights must be >= 0 with at least one positive")
+        return v
+
+    @field_validator("hand_modes")
+    @classmethod
+    def _check_modes(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in ("both", "left", "right")]
+        if bad or not v:
+            raise ValueError(f"expected a non-empty list of 'both', 'left', 'right', got {v}")
+        return v
+
+    @field_validator("seconds", "history_seconds")
+    @classmethod
+    def _check_seconds(cls, v):
+        if v is not None and (not v or any(int(s) != s or s < 1 for s in v)):
+            raise ValueError(f"expected whole numbers of seconds >= 1, got {v}")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _check_size(cls, v):
+        if v is not None and (v[0] < 8 or v[1] < 8):
+            raise ValueError(f"expected (width, height) of at least 8 x 8 pixels, got {v}")
+        return v
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One training sample by reference: the motion is tokenized and the image read when it is encoded.
+
+    ``dataset``: index into the dataset's store list; ``episode``: episode index in that store.
+    ``start_s``/``end_s``: the target span (seconds from the episode start): the answer motion of generation
+    and prediction, the prompt motion of translation. ``history_start_s``: prediction's history span is
+    [history_start_s, start_s). ``prompt``: text with ``<image>`` / ``<motion>`` placeholders; ``answer``:
+    the text answer of translation (None for motion answers).
+    """
+
+    dataset: int
+    episode: int
+    task_type: str
+    hand_mode: str
+    start_s: float
+    end_s: float
+    image_s: float
+    prompt: str
+    answer: str | None = None
+    history_start_s: float | None = None
+
+
+# ---- images -------------------------------------------------------------------------------------------
+
+
+def prepare_image(
+    frame: np.ndarray | Image.Image,
+    K: np.ndarray | Sequence[float] | None,
+    align: bool,
+    image_size: tuple[int, int],
+) -> Image.Image:
+    """The model's view of a frame: warped to the canonical camera from intrinsics ``K`` (3x3 or
+    (fx, fy, cx, cy), pixels) when ``align``, then ``image_size`` = (width, height) pixels. With ``align``
+    and ``K=None`` the frame is taken to be canonical already (only resized)."""
+    pil = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame, np.uint8))
+    size = (int(image_size[0]), int(image_size[1]))
+    if align and K is not None:
+        return warp_to_canonical(pil.convert("RGB"), K, out_size=size)
+    return pil.convert("RGB").resize(size, Image.BILINEAR)
+
+
+def default_image_size(processor: HandVLAProcessor) -> tuple[int, int]:
+    """One square tile of the model (the reference resizes every aligned image to 448 x 448)."""
+    return (processor.tile_size, processor.tile_size)
+
+
+# ---- samples --------------------------------------------------------------------------------------------
+
+
+def _in_split(key: str, val_fraction: float, split: str) -> bool:
+    """Stable hash split by episode key: the same episode is in the same split in every process."""
+    if split == "all" or val_fraction <= 0:
+        return split != "val"
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") / 2**64
+    return (h < val_fraction) == (split == "val")
+
+
+def _episode_candidates(
+    store, di: int, k: int, cfg: VLADataConfig, fps: float
+) -> dict[str, list[SampleSpec]]:
+    row = store.meta(k)
+    tasks = [t for t in (row["tasks"] or []) if t and t.strip()]
+    if not tasks:
+        return {}
+    task = tasks[0]
+    present = [s for s in ("left", "right") if s in (row["hands"] or [])]
+    modes = [m for m in cfg.hand_modes if (m == "both" and len(present) == 2) or m in present]
+    whole = int(math.floor(int(row["length"]) / fps + 1e-6))
+    if whole < 1:
+        return {}
+    lengths = sorted({s for s in (cfg.seconds or [whole]) if s <= whole})
+    out: dict[str, list[SampleSpec]] = {t: [] for t in TASK_TYPES}
+    f = int(fps)
+    for mode in modes:
+        for s in lengths:
+            span = dict(dataset=di, episode=k, hand_mode=mode, start_s=0.0, end_s=float(s), image_s=0.0)
+            prompt = generation_prompt(task, s, mode, f)
+            out["generation"].append(SampleSpec(task_type="generation", prompt=prompt, **span))
+            prompt = translation_prompt(s, mode, f)
+            out["translation"].append(SampleSpec(task_type="translation", prompt=prompt, answer=task, **span))
+        for h in cfg.history_seconds:
+            futures = cfg.seconds or [whole - h]
+            for n in sorted({n for n in futures if n >= 1}):
+                for t in range(int(h), whole - int(n) + 1):
+                    out["prediction"].append(
+                        SampleSpec(
+                            dataset=di,
+                            episode=k,
+                            task_type="prediction",
+                            hand_mode=mode,
+                            start_s=float(t),
+                            end_s=float(t + n),
+                            image_s=float(t),
+                            prompt=continuation_prompt(task, int(h), int(n), mode, f),
+                            history_start_s=float(t - h),
+                        )
+                    )
+    return out
+
+
+def _open_stores(paths: Sequence[str | Path]) -> list:
+    from handvla.data.store import EpisodeStore
+
+    return [EpisodeStore(p) for p in paths]
+
+
+def collect_samples(
+    cfg: VLADataConfig, split: str = "train"
+) -> tuple[list[SampleSpec], list[str], dict[str, Any]]:
+    """Sample specs of ``split`` ('train', 'val' or 'all'), the store folders they index, and a report.
+
+    With ``cfg.manifest`` the records of the manifest (filtered by task types with a positive weight and by
+    ``hand_modes``; ``size`` draws a seeded subset); else candidates from the episodes of ``cfg.stores``,
+    balanced over task types by ``task_mix`` (``handvla.data.instructions.sampling.balanced_sample``) when
+    ``size`` is given, all of them otherwise.
+    """
+    if split not in ("train", "val", "all"):
+        raise ConfigError(f"collect_samples: split must be 'train', 'val' or 'all', got {split!r}")
+    if cfg.manifest:
+        return _manifest_samples(cfg, split)
+    if not cfg.stores:
+        raise ConfigError("data: give 'stores' (episode store folders) or a 'manifest'")
+    stores = _open_stores(cfg.stores)
+    weights = {t: w for t, w in cfg.task_mix.items() if w > 0}
+    pool: list[SampleSpec] = []
+    strata: dict[tuple[str, str], list[int]] = {}
+    n_episodes = 0
+    for di, store in enumerate(stores):
+        fps = float(store.fps)
+        for k in range(len(store)):
+            row = store.meta(k)
+            if not _in_split(row["key"], cfg.val_fraction, split):
+                continue
+            n_episodes += 1
+            source = row["source"] or Path(cfg.stores[di]).name
+            for t, specs in _episode_candidates(store, di, k, cfg, fps).items():
+                if t not in weights:
+                    continue
+                idx = strata.setdefault((source, t), [])
+                idx.extend(range(len(pool), len(pool) + len(specs)))
+                pool.extend(specs)
+    report: dict[str, Any] = {"episodes": n_episodes, "candidates": len(pool)}
+    if cfg.size is not None and pool:
+        from handvla.data.instructions.sampling import BalanceConfig, balanced_sample
+
+        sel, bal = balanced_sample(
+            {k: np.asarray(v, np.int64) for k, v in strata.items()},
+            BalanceConfig(int(cfg.size), int(cfg.seed), dict(weights)),
+        )
+        specs = [pool[i] for i in sel.tolist()]
+        report["balance"] = {t: d["count"] for t, d in bal["task_types"].items()}
+    else:
+        specs = pool
+    report["samples"] = len(specs)
+    report["task_types"] = {t: sum(1 for s in specs if s.task_type == t) for t in TASK_TYPES}
+    return specs, [str(Path(p)) for p in cfg.stores], report
+
+
+def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec], list[str], dict[str, Any]]:
+    from handvla.data.instructions.build import read_manifest
+
+    path = Path(cfg.manifest)
+    records = read_manifest(path)
+    weights = {t for t, w in cfg.task_mix.items() if w > 0}
+    roots: dict[str, int] = {}
+    specs: list[SampleSpec] = []
+    skipped = 0
+    for i, r in enumerate(records):
+        where = f"{path}: record {i + 1}"
+        for field in REQUIRED_RECORD_FIELDS:
+            if r.get(field) is None:
+                raise InputError(where, field, "a value (an instruction manifest record)", "missing")
+        if r["task_type"] not in TASK_TYPES:
+            raise InputError(where, "task_type", f"one of {TASK_TYPES}", repr(r["task_type"]))
+        if r["hands"] not in ("both", "left", "right"):
+            raise InputError(where, "hands", "'both', 'left' or 'right'", repr(r["hands"]))
+        if r["task_type"] not in weights or r["hands"] not in cfg.hand_modes:
+            skipped += 1
+            continue
+        if not _in_split(str(r["episode_key"]), cfg.val_fraction, split):
+            continue
+        prompt = str(r["prompt"])
+        if prompt.count(IMAGE_PLACEHOLDER) != 1:
+            raise InputError(where, "prompt", f"exactly one '{IMAGE_PLACEHOLDER}'", repr(prompt))
+        needs_motion = r["task_type"] in ("translation", "prediction")
+        if prompt.count(MOTION_PLACEHOLDER) != int(needs_motion):
+            raise InputError(
+                where, "prompt", f"{int(needs_motion)} '{MOTION_PLACEHOLDER}' placeholder(s)", repr(prompt)
+            )
+        if r["task_type"] == "translation" and not r.get("answer"):
+            raise InputError(where, "answer", "the text answer of a translation sample", "missing")
+        if r["task_type"] == "prediction" and r.get("history_start_s") is None:
+            raise InputError(where, "history_start_s", "the history start of a prediction sample", "missing")
+        root = str(Path(r["dataset"]))
+        di = roots.setdefault(root, len(roots))
+        specs.append(
+            SampleSpec(
+                dataset=di,
+                episode=int(r["episode_index"]),
+                task_type=r["task_type"],
+                hand_mode=r["hands"],
+                start_s=float(r["start_s"]),
+                end_s=float(r["end_s"]),
+                image_s=float(r["image_s"]) if r.get("image_s") is not None else float(r["start_s"]),
+                prompt=prompt,
+                answer=str(r["answer"]) if r["task_type"] == "translation" else None,
+                history_start_s=None if r.get("history_start_s") is None else float(r["history_start_s"]),
+            )
+        )
+    if cfg.size is not None and len(specs) > cfg.size:
+        rng = np.random.default_rng(cfg.seed)
+        specs = [specs[i] for i in np.sort(rng.choice(len(specs), size=cfg.size, replace=False))]
+    report = {
+        "manifest": str(path),
+        "records": len(records),
+        "filtered_out": skipped,
+        "samples": len(specs),
+        "task_types": {t: sum(1 for s in specs if s.task_type == t) for t in TASK_TYPES},
+    }
+    return specs, list(roots), report
+
+
+def sample_texts(specs: Sequence[SampleSpec]) -> list[str]:
+    """Every prompt and text answer (a corpus for a small text tokenizer)."""
+    out = []
+    for s in specs:
+        out.append(s.prompt)
+        if s.answer:
+            out.append(s.answer)
+    return out
+
+
+# ---- motion tokens --------------------------------------------------------------------------------------
+
+
+def tokenizer_fingerprint(motion_tokenizer) -> str:
+    """sha256 of the tokenizer's config and weights: a cache made with other weights is never reused."""
+    h = hashlib.sha256(json.dumps(motion_tokenizer.config.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(motion_tokenizer.inference_state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class MotionTokenCache:
+    """Motion ids per (dataset, episode, first frame, side) block, computed once, optionally kept in an
+    ``.npz`` file (written atomically) whose fingerprint covers the tokenizer and the stores' episode keys."""
+
+    def __init__(self, motion_tokenizer, stores: list, path: str | Path | None = None):
+        self.mt = motion_tokenizer
+        self.stores = stores
+        self.path = None if path is None else Path(path)
+        self.F = int(motion_tokenizer.config.frames_per_block)
+        self.W = int(motion_tokenizer.config.window_frames)
+        self.n = int(motion_tokenizer.layout.tokens_per_block)
+        h = hashlib.sha256(tokenizer_fingerprint(motion_tokenizer).encode())
+        for s in stores:
+            h.update(str(Path(s.root).resolve()).encode())
+            for k in range(len(s)):
+                r = s.meta(k)
+                h.update(f"{r['key']}|{r['length']}".encode())
+        self.fingerprint = h.hexdigest()
+        self.blocks: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self.loaded_from_file = 0
+        if self.path is not None and self.path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            with np.load(self.path, allow_pickle=False) as d:
+                if str(d["fingerprint"]) != self.fingerprint:
+                    return  # made with another tokenizer or other stores: rebuilt and overwritten
+                keys, ids = d["keys"], d["ids"]
+        except (OSError, KeyError, ValueError) as e:
+            raise InputError(
+                self.path, None, "a motion-token cache (.npz) written by handvla", str(e)
+            ) from None
+        for key, row in zip(keys.tolist(), ids):
+            self.blocks[tuple(key)] = row.astype(np.int64)
+        self.loaded_from_file = len(keys)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        keys = np.array(sorted(self.blocks), np.int64).reshape(-1, 4)
+        ids = np.stack([self.blocks[tuple(k)] for k in keys.tolist()]) if len(keys) else np.zeros((0, self.n))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, fingerprint=np.array(self.fingerprint), keys=keys, ids=ids.astype(np.int32))
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def block_starts(self, start_s: float, end_s: float, fps: float) -> list[int]:
+        """First frames of the blocks covering [start_s, end_s) (one block per frames_per_block frames)."""
+        a = int(round(start_s * fps))
+        n = max(1, math.ceil((end_s - start_s) * fps / self.F - 1e-6))
+        return [a + i * self.F for i in range(n)]
+
+    @torch.no_grad()
+    def fill(self, needed: dict[tuple[int, int], set[tuple[int, int]]], progress: bool = False) -> int:
+        """Tokenize the missing blocks. ``needed``: {(dataset, episode): {(first frame, side code)}}.
+        Returns how many blocks were computed."""
+        from tqdm.auto import tqdm
+
+        todo = {
+            ep: sorted(b for b in blocks if (ep[0], ep[1], b[0], b[1]) not in self.blocks)
+            for ep, blocks in needed.items()
+        }
+        todo = {ep: b for ep, b in todo.items() if b}
+        computed = 0
+        for (di, k), blocks in tqdm(
+            sorted(todo.items()), desc="motion tokens", unit="ep", disable=not progress, leave=False
+        ):
+            ep = self.stores[di].load_episode(k, with_video=False)
+            T = ep.num_frames
+            for side in ("left", "right"):
+                starts = [f for f, s in blocks if s == SIDE_CODE[side]]
+                if not starts:
+                    continue
+                motion = ep.hands[side]
+                valid = np.asarray(motion.valid, bool)
+                ok = [f for f in starts if 0 <= f < T and valid[f : f + self.F].any()]
+                for f in starts:
+                    if f not in ok:
+                        self.blocks[(di, k, f, SIDE_CODE[side])] = np.full(self.n, -1, np.int64)
+                if ok:
+                    feats = self.mt.motion_features(motion)  # (T, D) right-hand frame, invalid frames filled
+                    windows = []
+                    # frames [f, f + F), padded to W by repeating the last one (as the tokenizer's own cut)
+                    for f in ok:
+                        idx = np.minimum(np.arange(f, f + self.W), min(f + self.F, T) - 1)
+                        windows.append(feats[idx])
+                    ids = torch.cat(
+                        [self.mt.encode(torch.stack(windows[i : i + 256])) for i in range(0, len(ok), 256)]
+                    )
+                    for f, row in zip(ok, ids.numpy()):
+                        self.blocks[(di, k, f, SIDE_CODE[side])] = row.astype(np.int64)
+                computed += len(starts)
+        return computed
+
+    def motion(
+        self, di: int, k: int, start_s: float, end_s: float, hands: Sequence[str], fps: float
+    ) -> np.ndarray:
+        """Motion ids (blocks, hands, ids_per_block) of a span (blocks must have been filled)."""
+        starts = self.block_starts(start_s, end_s, fps)
+        return np.stack([np.stack([self.blocks[(di, k, f, SIDE_CODE[h])] for h in hands]) for f in starts])
+
+
+# ---- the dataset ----------------------------------------------------------------------------------------
+
+
+class VLAInstructionDataset(Dataset):
+    """Map-style dataset of processor-encoded samples (or of packs of them, with ``pack``).
+
+    Built from `collect_samples`' specs: the motion blocks of every sample are tokenized here (see
+    `MotionTokenCache`); samples longer than ``max_length`` and samples whose answer hand is absent are
+    dropped (counted in ``report``). ``__getitem__`` reads the image frame (cached, ``image_cache`` frames),
+    warps it and encodes the sample with the processor; it draws no random numbers.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[SampleSpec],
+        store_dirs: Sequence[str | Path],
+        processor: HandVLAProcessor,
+        motion_tokenizer,
+        align: bool = True,
+        image_size: tuple[int, int] | None = None,
+        max_length: int | None = None,
+        pack: bool = False,
+        cache: str | Path | None = None,
+        seed: int = 0,
+        image_cache: int = 2048,
+        progress: bool = False,
+    ):
+        if motion_tokenizer is None:
+            raise ConfigError("VLAInstructionDataset: a motion tokenizer is needed to tokenize motion")
+        if pack and not max_length:
+            raise ConfigError("data.pack needs data.max_length (the length of a packed row)")
+        self.processor = processor
+        self.align = bool(align)
+        self.image_size = tuple(image_size) if image_size else default_image_size(processor)
+        self.max_length = max_length
+        self.stores = _open_stores(store_dirs)
+        self.fps = [float(s.fps) for s in self.stores]
+        mfps = float(processor.config.motion_fps)
+        for s, fps in zip(self.stores, self.fps):
+            if abs(fps - mfps) > 1e-6 or abs(fps - float(motion_tokenizer.config.fps)) > 1e-6:
+                raise ConfigError(
+                    f"{s.root}: episodes at {fps:g} fps, but the VLA (motion_fps {mfps:g}) and the motion "
+                    f"tokenizer ({motion_tokenizer.config.fps:g} fps) need the same rate: resample the store"
+                )
+        self.cache = MotionTokenCache(motion_tokenizer, self.stores, cache)
+        specs = list(specs)
+        for s in specs:
+            if not 0 <= s.dataset < len(self.stores):
+                raise InputError(
+                    "sample", "dataset", f"a store index in [0, {len(self.stores)})", str(s.dataset)
+                )
+            self.stores[s.dataset]._check_index(s.episode)
+        needed: dict[tuple[int, int], set[tuple[int, int]]] = {}
+        for s in specs:
+            blocks = needed.setdefault((s.dataset, s.episode), set())
+            for a, b in self._spans(s):
+                for f in self.cache.block_starts(a, b, self.fps[s.dataset]):
+                    for h in hands_for_mode(s.hand_mode):
+                        blocks.add((f, SIDE_CODE[h]))
+        computed = self.cache.fill(needed, progress)
+        if computed:
+            self.cache.save()
+        # Lengths without reading images: <image> -> one added token stands in for <img> ... </img>, so the
+        # text splits exactly as in the real encoding (added tokens always split text).
+        n_tiles = processor.num_tiles(*self.image_size)
+        image_tokens = n_tiles * processor.tokens_per_tile + 2
+        kept, lengths = [], []
+        self.report: dict[str, Any] = {"absent_hand": 0, "too_long": 0}
+        for s in specs:
+            prompt_m, answer_m = self._motions(s)
+            if answer_m and (answer_m[0] < 0).all(axis=-1).any():
+                self.report["absent_hand"] += 1
+                continue
+            enc = processor.encode(
+                s.prompt.replace(IMAGE_PLACEHOLDER, "<img>"),
+                s.answer if s.answer is not None else MOTION_PLACEHOLDER,
+                prompt_motions=prompt_m,
+                answer_motions=answer_m,
+            )
+            n = len(enc.input_ids) - 1 + image_tokens
+            if max_length and n > max_length:
+                self.report["too_long"] += 1
+                continue
+            kept.append(s)
+            lengths.append(n)
+        self.specs = kept
+        self.lengths = np.asarray(lengths, np.int64)
+        self.packs: list[list[int]] | None = None
+        if pack:
+            self.packs = self._pack(int(max_length), seed)
+        self._images: OrderedDict[tuple[int, int, int], Image.Image] = OrderedDict()
+        self._image_cache = int(image_cache)
+        self.report.update(
+            samples=len(self.specs),
+            packs=None if self.packs is None else len(self.packs),
+            blocks_tokenized=computed,
+            blocks_from_cache_file=self.cache.loaded_from_file,
+            tokens=int(self.lengths.sum()),
+            mean_length=float(self.lengths.mean()) if len(self.lengths) else 0.0,
+            max_length=int(self.lengths.max()) if len(self.lengths) else 0,
+            task_types={t: sum(1 for s in self.specs if s.task_type == t) for t in TASK_TYPES},
+        )
+        if not self.specs:
+            raise ConfigError(f"VLAInstructionDataset: no samples left ({self.report})")
+
+    # -- spans and motion ----------------------------------------------------------------------------------
+    @staticmethod
+    def _spans(s: SampleSpec) -> list[tuple[float, float]]:
+        spans = [(s.start_s, s.end_s)]
+        if s.task_type == "prediction":
+            spans.append((float(s.history_start_s), s.start_s))
+        return spans
+
+    def _motions(self, s: SampleSpec) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(prompt motions, answer motions) of a sample, each (blocks, hands, ids_per_block)."""
+        fps, hands = self.fps[s.dataset], hands_for_mode(s.hand_mode)
+        target = self.cache.motion(s.dataset, s.episode, s.start_s, s.end_s, hands, fps)
+        if s.task_type == "generation":
+            return [], [target]
+        if s.task_type == "translation":
+            return [target], []
+        history = self.cache.motion(s.dataset, s.episode, float(s.history_start_s), s.start_s, hands, fps)
+        return [history], [target]
+
+    def _pack(self, max_length: int, seed: int) -> list[list[int]]:
+        """First-fit packing in a seeded order (fixed at build time, so a resumed run sees the same packs)."""
+        order = np.random.default_rng([int(seed), 0x9ACC]).permutation(len(self.specs))
+        packs: list[list[int]] = []
+        room: list[int] = []
+        for i in order.tolist():
+            n = int(self.lengths[i])
+            for p, r in enumerate(room):
+                if n <= r:
+                    packs[p].append(i)
+                    room[p] -= n
+                    break
+            else:
+                packs.append([i])
+                room.append(max_length - n)
+        return packs
+
+    # -- images ---------------------------------------------------------------------------------------------
+    def image(self, s: SampleSpec) -> Image.Image:
+        fps = self.fps[s.dataset]
+        f = int(round(s.image_s * fps))
+        key = (s.dataset, s.episode, f)
+        img = self._images.get(key)
+        if img is None:
+            ep = self.stores[s.dataset].load_episode(s.episode, f / fps, (f + 1) / fps, with_video=True)
+            if ep.video is None or len(ep.video) == 0:
+                raise InputError(
+                    f"{self.stores[s.dataset].root} episode {s.episode}",
+                    "video",
+                    f"a frame at {s.image_s} s",
+                    "none",
+                )
+            img = prepare_image(ep.video[0], ep.camera.K, self.align, self.image_size)
+            self._images[key] = img
+            if len(self._images) > self._image_cache:
+                self._images.popitem(last=False)
+        else:
+            self._images.move_to_end(key)
+        return img
+
+    # -- Dataset ----------------------------------------------------------------------------------------------
+    def encode(self, i: int) -> EncodedSample:
+        s = self.specs[i]
+        prompt_m, answer_m = self._motions(s)
+        return self.processor.encode(
+            s.prompt,
+            s.answer if s.answer is not None else MOTION_PLACEHOLDER,
+            images=[self.image(s)],
+            prompt_motions=prompt_m,
+            answer_motions=answer_m,
+        )
+
+    def __len__(self) -> int:
+        return len(self.packs) if self.packs is not None else len(self.specs)
+
+    def __getitem__(self, i: int) -> EncodedSample | list[EncodedSample]:
+        if self.packs is not None:
+            return [self.encode(j) for j in self.packs[i]]
+        return self.encode(i)
+
+    def collate(self, items: Sequence[EncodedSample | list[EncodedSample]]) -> dict[str, torch.Tensor]:
+        """Padded batch (``input_ids``, ``attention_mask``, ``labels``, ``pixel_values``), or with packing
+        (``input_ids``, ``labels``, ``position_ids``, ``pixel_values``; no attention mask, see the module doc)."""
+        if self.packs is None:
+            return self.processor.collate(items)
+        return collate_packs(items, self.processor.vocab.pad_id)
+
+
+def collate_packs(packs: Sequence[Sequence[EncodedSample]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows of concatenated samples, position ids restarting at 0 per sample (and for the padding run)."""
+    rows = []
+    for pack in packs:
+        ids = torch.cat([s.input_ids for s in pack])
+        lab = torch.cat([s.labels for s in pack])
+        pos = torch.cat([torch.arange(len(s.input_ids)) for s in pack])
+        rows.append((ids, lab, pos))
+    L = max(len(r[0]) for r in rows)
+    B = len(rows)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((B, L), dtype=torch.long)
+    for b, (ids, lab, pos) in enumerate(rows):
+        n = len(ids)
+        input_ids[b, :n], labels[b, :n], position_ids[b, :n] = ids, lab, pos
+        position_ids[b, n:] = torch.arange(L - n)  # the padding is a sequence of its own
+    out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    pix = [s.pixel_values for pack in packs for s in pack if s.pixel_values is not None]
+    if pix:
+        out["pixel_values"] = torch.cat(pix, 0)
+    return out
+
+
+def build_datasets(
+    cfg: VLADataConfig,
+    processor: HandVLAProcessor,
+    motion_tokenizer,
+    specs: dict[str, tuple[list[SampleSpec], list[str]]],
+    progress: bool = False,
+) -> dict[str, VLAInstructionDataset]:
+    """One `VLAInstructionDataset` per split in ``specs`` ({split: (specs, store dirs)}); packing only for
+    'train' (validation losses are per sample)."""
+    out = {}
+    for split, (sp, dirs) in specs.items():
+        if not sp:
+            continue
+        out[split] = VLAInstructionDataset(
+            sp,
+            dirs,
+            processor,
+            motion_tokenizer,
+            align=cfg.align,
+            image_size=cfg.image_size,
+            max_length=cfg.max_length,
+            pack=cfg.pack and split == "train",
+            cache=cfg.cache,
+            seed=cfg.seed,
+            progress=progress,
+        )
+    return out
+
+
+__all__ = [
+    "DEFAULT_TASK_MIX",
+    "TASK_TYPES",
+    "MotionTokenCache",
+    "SampleSpec",
+    "VLADataConfig",
+    "VLAInstructionDataset",
+    "build_datasets",
+    "collate_packs",
+    "collect_samples",
+    "default_image_size",
+    "prepare_image",
+    "sample_texts",
+    "tokenizer_fingerprint",
+]

@@ -1,0 +1,429 @@
+"""Physical-instruction pretraining of the motion VLA (Being-H0 stage 1) on the shared trainer.
+
+One typed config (`PretrainConfig`, YAML sections ``data``, ``model``, ``train``, ``eval``) drives it::
+
+    data:   stores / manifest, task mix, window seconds, hand modes, alignment, packing (handvla.vla.data)
+    model:  preset (tiny, small, internvl3-*) or backbone (an InternVL3 -hf folder) or init_checkpoint
+            (a VLA to continue from); motion_tokenizer (a MotionTokenizer folder); loss options
+    train:  handvla.train.trainer.TrainConfig (output_dir, steps, batch, lr, bf16, DDP/FSDP2, ...)
+    eval:   validation loss on held-out episodes, and generation metrics on HandWorld stores
+
+`run_pretrain` builds the samples, the model and the datasets, runs ``Trainer`` (answer-token loss with
+motion-logit masking p and the loss-quantile curriculum, periodic eval), and exports the final VLA with
+``save_vla`` (motion tokenizer included) to ``OUTPUT_DIR/final``. Resume (``resume=True``) continues from
+the trainer's latest checkpoint with the same text tokenizer (saved in ``OUTPUT_DIR/text_tokenizer`` on the
+first run) and the same data (everything is rebuilt deterministically). Under ``torchrun`` rank 0 prepares
+the tokenizer and the motion-token cache first, the other ranks then read them.
+
+Loss: ``HandVLAForConditionalGeneration.forward``'s cross-entropy on answer tokens only. ``loss_quantiles``
+(q_lo, q_hi) keeps per-token losses between those batch quantiles (Being-H0: 0.15 / 0.95) from step
+``quantile_start_step`` on; before it every answer token counts (at the start every loss is high and the
+filter would only drop useful tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from handvla.errors import CheckpointError, ConfigError, MissingResourceError
+from handvla.train.trainer import TrainConfig, Trainer
+from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
+
+TEXT_TOKENIZER_DIR = "text_tokenizer"
+FINAL_DIR = "final"
+SUMMARY_NAME = "pretrain_summary.json"
+
+
+class ModelConfig(BaseModel):
+    """Which model to train (YAML section ``model``). Exactly one of preset / backbone / init_checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str | None = Field("tiny", description="random init from a HandVLAConfig preset")
+    backbone: str | None = Field(None, description="InternVL3 -hf folder (real weights) to extend")
+    init_checkpoint: str | None = Field(None, description="a VLA checkpoint (save_vla folder) to continue")
+    motion_tokenizer: str | None = Field(
+        None, description="MotionTokenizer folder (default: the checkpoint's)"
+    )
+    text_vocab_size: int = Field(1024, ge=259, description="BPE size of the text tokenizer of random presets")
+    dtype: str | None = Field(None, description="load dtype of real weights: float32, bfloat16, float16")
+    seed: int = 0
+    motion_logit_mask_prob: float = Field(0.5, ge=0.0, le=1.0, description="Being-H0's p = 50%")
+    loss_quantiles: tuple[float, float] = Field((0.0, 1.0), description="(q_lo, q_hi); Being-H0 (0.15, 0.95)")
+    quantile_start_step: int = Field(0, ge=0, description="the quantile filter applies from this step on")
+
+    @field_validator("loss_quantiles")
+    @classmethod
+    def _check_q(cls, v):
+        if not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError(f"expected 0 <= q_lo < q_hi <= 1, got {v}")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, v):
+        if v is not None and v not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"expected float32, bfloat16 or float16, got {v!r}")
+        return v
+
+
+class EvalConfig(BaseModel):
+    """Evaluation during and after training (YAML section ``eval``; ``train.eval_every`` sets the period)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    val_samples: int = Field(64, ge=0, description="held-out samples for the validation loss (0: none)")
+    val_batch_size: int = Field(8, gt=0)
+    handworld: dict[str, str] = Field(
+        default_factory=dict, description="name -> HandWorld store for generation metrics (held-out episodes)"
+    )
+    handworld_episodes: int = Field(8, ge=0, description="episodes per store at each periodic eval")
+    final_episodes: int | None = Field(
+        None, ge=1, description="episodes per store after training (None: all)"
+    )
+    max_seconds: int | None = Field(None, ge=1, description="cap on the generated seconds per episode")
+    batch_size: int = Field(4, gt=0, description="generation batch size")
+
+
+class PretrainConfig(BaseModel):
+    """The whole ``handvla pretrain`` configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: VLADataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# ---- config files and overrides ------------------------------------------------------------------------
+
+
+def _set_dotted(d: dict, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: bad key {key!r}: expected section.field, e.g. train.lr")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where}: {key!r}: '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
+    """``["train.lr=3e-4", "data.seconds=[1,2]"]`` -> [(key, value)]; values are read as YAML."""
+    import yaml
+
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=3e-4")
+        k, v = item.split("=", 1)
+        try:
+            out.append((k.strip(), yaml.safe_load(v)))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+    return out
+
+
+def load_pretrain_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None
+) -> PretrainConfig:
+    """Read a YAML/JSON config file (or start from ``base``), apply ``key=value`` overrides, validate."""
+    import yaml
+
+    raw: dict = dict(base or {})
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise MissingResourceError(f"{path}: pretrain config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping with sections data, model, train, eval")
+        raw.update(loaded)
+    for k, v in parse_overrides(overrides):
+        _set_dotted(raw, k, v, where)
+    try:
+        return PretrainConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"{where}: field '{loc}': {first['msg']} (got {first.get('input')!r})") from None
+
+
+# ---- model ----------------------------------------------------------------------------------------------
+
+
+def _dtype(name: str | None):
+    return None if name is None else getattr(torch, name)
+
+
+def load_motion_tokenizer(path: str | Path):
+    from handvla.tokenizer.modeling import MotionTokenizer
+
+    return MotionTokenizer.from_pretrained(path)
+
+
+def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: bool, barrier) -> Any:
+    """The `VLABundle` to train. A random preset gets a BPE text tokenizer trained on the DEFAULT_CORPUS
+    plus ``corpus``, saved under ``out_dir/text_tokenizer`` by rank 0 and reused on resume (so token ids
+    never change between sessions)."""
+    from handvla.vla.modeling import build_vla, load_vla, vla_from_backbone
+    from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
+
+    m = cfg.model
+    chosen = [n for n in ("backbone", "init_checkpoint") if getattr(m, n)]
+    if len(chosen) > 1:
+        raise ConfigError(f"model: give one of preset, backbone, init_checkpoint (got {', '.join(chosen)})")
+    mt = load_motion_tokenizer(m.motion_tokenizer) if m.motion_tokenizer else None
+    if m.init_checkpoint:
+        bundle = load_vla(m.init_checkpoint, dtype=_dtype(m.dtype), load_motion_tokenizer=mt is None)
+        if mt is not None:
+            bundle.motion_tokenizer = mt
+            bundle.model.config.has_motion_tokenizer = True
+    elif m.backbone:
+        bundle = vla_from_backbone(m.backbone, motion_tokenizer=mt, dtype=_dtype(m.dtype), seed=m.seed)
+    else:
+        if not m.preset:
+            raise ConfigError("model: give a preset, a backbone or an init_checkpoint")
+        if mt is None:
+            raise ConfigError("model.motion_tokenizer: a random preset needs a motion tokenizer folder")
+        tok_dir = out_dir / TEXT_TOKENIZER_DIR
+        if is_main and not (tok_dir / "tokenizer.json").is_file():
+            tok = build_text_tokenizer(list(DEFAULT_CORPUS) + list(corpus), vocab_size=m.text_vocab_size)
+            tmp = out_dir / f".{TEXT_TOKENIZER_DIR}.tmp"
+            tok.save_pretrained(str(tmp))
+            tmp.replace(tok_dir)
+        barrier()
+        tok = load_text_tokenizer(tok_dir)
+        bundle = build_vla(m.preset, tokenizer=tok, motion_tokenizer=mt, seed=m.seed, dtype=_dtype(m.dtype))
+    if bundle.motion_tokenizer is None:
+        raise CheckpointError(
+            "model: no motion tokenizer (give model.motion_tokenizer or a checkpoint that holds motion_tokenizer/)"
+        )
+    c = bundle.model.config
+    c.motion_logit_mask_prob = float(m.motion_logit_mask_prob)
+    c.loss_quantile_low, c.loss_quantile_high = 0.0, 1.0  # set per step by the loss (curriculum start)
+    c.image_alignment = "canonical" if cfg.data.align else "none"
+    return bundle
+
+
+# ---- loss and eval --------------------------------------------------------------------------------------
+
+
+def vla_loss(model, batch: dict[str, torch.Tensor], quantiles: tuple[float, float] | None = None):
+    """Answer-token loss and token accuracy. ``use_cache=False``: no KV cache in training, and packed rows
+    rely on it (see handvla.vla.data). ``quantiles``: the curriculum's (q_lo, q_hi) for this step."""
+    kw = {} if quantiles is None else {"loss_quantiles": quantiles}
+    out = model(**batch, use_cache=False, **kw)
+    with torch.no_grad():
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        pred = out.logits[:, :-1].argmax(-1)
+        acc = ((pred == labels) & mask).sum().float() / mask.sum().clamp(min=1)
+    return out.loss, {"token_acc": float(acc), "answer_tokens": float(mask.sum())}
+
+
+@torch.no_grad()
+def validation_loss(model, dataset, max_samples: int, batch_size: int) -> dict[str, float]:
+    """Mean answer-token cross-entropy (no masking, no quantile filter) and token accuracy over the first
+    ``max_samples`` samples of ``dataset``, token-weighted."""
+    was = model.training
+    model.eval()
+    n = min(len(dataset), max_samples)
+    tot_loss = tot_tok = tot_hit = 0.0
+    device = next(model.parameters()).device
+    for i in range(0, n, batch_size):
+        batch = dataset.collate([dataset[j] for j in range(i, min(n, i + batch_size))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
+        out = model(**batch, use_cache=False)
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        k = float(mask.sum())
+        tot_loss += float(out.loss) * k
+        tot_tok += k
+        tot_hit += float(((out.logits[:, :-1].argmax(-1) == labels) & mask).sum())
+    model.train(was)
+    return {"val_loss": tot_loss / max(tot_tok, 1.0), "val_token_acc": tot_hit / max(tot_tok, 1.0)}
+
+
+def _handworld_metrics(bundle, cfg: PretrainConfig, episodes: int | None, progress: bool) -> dict[str, Any]:
+    from handvla.vla.evaluate import evaluate_handworld
+
+    out = {}
+    for name, store in cfg.eval.handworld.items():
+        res = evaluate_handworld(
+            bundle,
+            store,
+            max_episodes=episodes,
+            max_seconds=cfg.eval.max_seconds,
+            batch_size=cfg.eval.batch_size,
+            image_size=cfg.data.image_size,
+            progress=progress,
+        )
+        out[name] = res["summary"]
+    return out
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+
+
+def _layer_types(model) -> tuple[type, ...]:
+    """Decoder / encoder layer classes of the backbone (FSDP2 shards each one)."""
+    names = {"Qwen2DecoderLayer", "Qwen3DecoderLayer", "InternVLVisionLayer"}
+    return tuple({type(m) for m in model.modules() if type(m).__name__ in names})
+
+
+def run_pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train, then export ``OUTPUT_DIR/final`` (rank 0) and write ``pretrain_summary.json``. Returns the
+    summary (trainer result, data report, final eval)."""
+    from handvla.train.distributed import barrier, init_distributed, unwrap
+    from handvla.vla.modeling import HandVLAForConditionalGeneration, VLABundle, save_vla
+
+    t0 = time.time()
+    info = init_distributed(cfg.train.device)
+    out_dir = Path(cfg.train.output_dir)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "pretrain_config.json").write_text(cfg.model_dump_json(indent=2))
+    barrier(info)
+
+    specs_train, dirs_train, rep_train = collect_samples(cfg.data, "train")
+    # validation: every held-out candidate (the size / balance settings are for training)
+    val_cfg = cfg.data.model_copy(update={"size": None})
+    specs_val, dirs_val, rep_val = (
+        collect_samples(val_cfg, "val") if cfg.data.val_fraction > 0 else ([], [], {"samples": 0})
+    )
+    if not specs_train:
+        raise ConfigError(f"data: no training samples ({rep_train})")
+    bundle = build_model(cfg, sample_texts(specs_train), out_dir, info.is_main, lambda: barrier(info))
+    mt = bundle.motion_tokenizer
+    if info.is_main:  # rank 0 fills the motion-token cache file first; the others then read it
+        sets = build_datasets(
+            cfg.data,
+            bundle.processor,
+            mt,
+            {"train": (specs_train, dirs_train), "val": (specs_val, dirs_val)},
+            progress,
+        )
+    barrier(info)
+    if not info.is_main:
+        sets = build_datasets(
+            cfg.data, bundle.processor, mt, {"train": (specs_train, dirs_train), "val": (specs_val, dirs_val)}
+        )
+    train_set, val_set = sets["train"], sets.get("val")
+
+    trainer_ref: dict[str, Trainer] = {}
+    q = tuple(cfg.model.loss_quantiles)
+
+    def loss_fn(model, batch):
+        step = trainer_ref["t"].step if "t" in trainer_ref else 0
+        active = q if step >= cfg.model.quantile_start_step else (0.0, 1.0)
+        return vla_loss(model, batch, active)
+
+    def eval_fn(model, step):
+        metrics: dict[str, Any] = {}
+        if val_set is not None and cfg.eval.val_samples:
+            metrics.update(validation_loss(model, val_set, cfg.eval.val_samples, cfg.eval.val_batch_size))
+        if cfg.eval.handworld and cfg.eval.handworld_episodes:
+            view = VLABundle(model, bundle.processor, mt)
+            for name, summ in _handworld_metrics(view, cfg, cfg.eval.handworld_episodes, False).items():
+                for k in ("valid_output_rate", "target_accuracy", "mpjpe_mm", "mwte_mm"):
+                    if summ.get(k) is not None:
+                        metrics[f"{name}/{k}"] = summ[k]
+            model.train()
+        return metrics
+
+    trainer = Trainer(
+        bundle.model,
+        train_set,
+        cfg.train,
+        collate_fn=train_set.collate,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        layer_types=_layer_types(bundle.model),
+    )
+    trainer_ref["t"] = trainer
+    result = trainer.train(resume=resume)
+
+    # Export from the trainer's own (full, unsharded) checkpoint, so DDP and FSDP2 runs export the same way.
+    summary: dict[str, Any] = {
+        "train": result,
+        "data": {
+            "train": {**rep_train, **train_set.report},
+            "val": {**rep_val, **(val_set.report if val_set else {})},
+        },
+        "output_dir": str(out_dir),
+    }
+    final = None
+    if info.is_main:
+        from safetensors.torch import load_file
+
+        ckpt = trainer.latest_checkpoint()
+        model = unwrap(trainer.model)
+        if ckpt is not None and cfg.train.distributed != "none" and info.enabled:
+            model = HandVLAForConditionalGeneration(bundle.model.config)
+            try:
+                model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+            except RuntimeError as e:
+                raise CheckpointError(
+                    f"{ckpt}: the trainer checkpoint does not match the model ({e})"
+                ) from None
+        model = model.to("cpu").eval()
+        model.config.image_size = list(train_set.image_size)
+        model.config.image_alignment = "canonical" if cfg.data.align else "none"
+        export = VLABundle(model, bundle.processor, mt)
+        final = save_vla(out_dir / FINAL_DIR, export)
+        summary["final"] = str(final)
+        if val_set is not None and cfg.eval.val_samples:
+            summary["final_val"] = validation_loss(
+                model, val_set, cfg.eval.val_samples, cfg.eval.val_batch_size
+            )
+        if cfg.eval.handworld:
+            summary["final_eval"] = _handworld_metrics(export, cfg, cfg.eval.final_episodes, progress)
+        summary["minutes"] = (time.time() - t0) / 60
+        tmp = out_dir / f".{SUMMARY_NAME}.tmp"
+        tmp.write_text(json.dumps(_jsonable(summary), indent=2))
+        tmp.replace(out_dir / SUMMARY_NAME)
+    barrier(info)
+    return summary
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item"):
+        return x.item()
+    return x
+
+
+__all__ = [
+    "EvalConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "load_pretrain_config",
+    "parse_overrides",
+    "run_pretrain",
+    "validation_loss",
+    "vla_loss",
+]
