@@ -18,13 +18,12 @@ Weak-perspective alignment leaves 3D unchanged, so the generated motion is in th
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from handvla.atomic import atomic_savez
 from handvla.commands._util import print_json
 from handvla.errors import CheckpointError, InputError, MissingResourceError
 
@@ -69,17 +68,6 @@ def _out_base(out: str) -> Path:
     if not p.parent.is_dir():
         raise InputError("--out", None, "a path in an existing folder", f"missing folder {p.parent}")
     return p
-
-
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_generated(path: str | Path) -> dict:
@@ -185,7 +173,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "wrist_end_m": m.wrist_pos[-1].round(4).tolist(),
         }
     npz = base.with_suffix(".npz")
-    _atomic_savez(npz, arrays)
+    atomic_savez(npz, arrays)
     mp4 = None
     if not args.no_video:
         mp4 = base.with_suffix(".mp4")

@@ -62,6 +62,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from handvla.atomic import atomic_write_text
 from handvla.data.align import (
     AlignConfig,
     BalanceConfig,
@@ -402,15 +403,6 @@ def _process(job: Job, cfg: BuildConfig, written: list[Path]) -> JobResult:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _report_line(r: JobResult, status: str | None = None, reason: str | None = None, keys=None) -> dict:
     line = {
         "key": r.job.out_key,
@@ -535,8 +527,8 @@ def build(
             **counts,
         }
         text = "".join(json.dumps(lines[n], sort_keys=True) + "\n" for n in sorted(lines))
-        _atomic_text(out / REPORT_NAME, text)
-        _atomic_text(out / SUMMARY_NAME, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(out / REPORT_NAME, text)
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 

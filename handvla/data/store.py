@@ -50,6 +50,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from handvla.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    fsync_dir,
+    fsync_file,
+    is_tmp_name,
+    tmp_path,
+)
 from handvla.data import video as V
 from handvla.data.schema import (
     CODEBASE_VERSION,
@@ -87,67 +96,11 @@ STATS_STATE_PATH = "meta/handvla_stats.json"
 LOCK_PATH = "meta/handvla_writer.lock"
 EPISODES_PER_META_FILE = 1000
 ROW_GROUP_FRAMES = 256  # parquet row group size: window reads only read the groups they need
-TMP_MARK = ".tmp"
 AS_STORED = object()  # EpisodeWriter option default: the value of the existing store (or the default for a new one)  # every temporary file is named ".<name>...tmp..." in the folder of its target
 
 # ---------------------------------------------------------------------------------------------------------
 # small file helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.parent / f".{path.name}{TMP_MARK}-{os.getpid()}"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def _atomic_write_parquet(
-    path: Path, table: pa.Table, row_group_size: int | None = None, durable: bool = True
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, row_group_size=row_group_size)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def _is_tmp(name: str) -> bool:
-    return name.startswith(".") and TMP_MARK in name
 
 
 def _chunk_file(index: int, per_file: int = 1) -> tuple[int, int]:
@@ -563,7 +516,7 @@ class EpisodeWriter:
                     "video_sizes": [],
                 },
             }
-            _atomic_write_json(info_path, self.info)
+            atomic_write_json(info_path, self.info)
         hv = self.info["handvla"]
         self.fps = float(self.info["fps"])
         self.hand_model = hv["hand_model"]
@@ -608,7 +561,7 @@ class EpisodeWriter:
             for dirpath, _, filenames in os.walk(base):
                 for name in filenames:
                     p = Path(dirpath) / name
-                    if _is_tmp(name):
+                    if is_tmp_name(name):
                         p.unlink(missing_ok=True)
                     elif sub != "meta" and name.startswith("file-"):
                         k = self._episode_of_file(p)
@@ -675,7 +628,7 @@ class EpisodeWriter:
             "dataset_to_index": self._frames + T,
         }
         # data first, then video, then the journal line: the line is the commit
-        _atomic_write_parquet(
+        atomic_write_parquet(
             self.root / DATA_PATH.format(chunk_index=chunk, file_index=file),
             pa.table(columns),
             ROW_GROUP_FRAMES,
@@ -868,11 +821,11 @@ class EpisodeWriter:
                     f"{self.fps} frames/s (the store's rate)",
                     f"{vi.fps:g} frames/s",
                 )
-            tmp = _tmp_name(path)
+            tmp = tmp_path(path)
             try:
                 shutil.copyfile(src, tmp)
                 if self.durable:
-                    _fsync_file(tmp)
+                    fsync_file(tmp)
                 os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -888,9 +841,9 @@ class EpisodeWriter:
                 )
             V.write_video(path, frames, fps=self.fps, crf=self.crf, preset=self.preset)
             if self.durable:
-                _fsync_file(path)
+                fsync_file(path)
         if self.durable:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         self._video_sizes.add((cam.height, cam.width))
 
     # -- compaction ------------------------------------------------------------------------------------------
@@ -915,9 +868,9 @@ class EpisodeWriter:
                 old = old.select(self.schema.names).cast(self.schema).slice(0, start - lo)
                 table = pa.concat_tables([old, pa.Table.from_pylist(rows[: hi - start], schema=self.schema)])
             chunk, fi = _chunk_file(f)
-            _atomic_write_parquet(self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=fi), table)
+            atomic_write_parquet(self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=fi), table)
         # 2. tasks, 3. stats (old aggregate merged with the new episodes), 4. info
-        _atomic_write_parquet(self.root / TASKS_PATH, _tasks_table(list(self._tasks)))
+        atomic_write_parquet(self.root / TASKS_PATH, _tasks_table(list(self._tasks)))
         new_rows = rows[self._stats_n - start :]
         stats = {}
         for name in _stat_features(self.with_joints):
@@ -927,8 +880,8 @@ class EpisodeWriter:
             merged = _merge_stats(parts)
             if merged is not None:
                 stats[name] = merged
-        _atomic_write_json(self.root / STATS_STATE_PATH, {"episodes": n, "stats": stats})
-        _atomic_write_json(self.root / STATS_PATH, stats)
+        atomic_write_json(self.root / STATS_STATE_PATH, {"episodes": n, "stats": stats})
+        atomic_write_json(self.root / STATS_PATH, stats)
         self._stats, self._stats_n = stats, n
         sizes = sorted(self._video_sizes)
         self.info["total_episodes"] = n
@@ -938,10 +891,10 @@ class EpisodeWriter:
         shape = sizes[0] if len(sizes) == 1 else None
         self.info["features"] = build_features(self.with_joints, self.camera, shape, self.info["fps"])
         self.info["handvla"]["video_sizes"] = [list(s) for s in sizes]
-        _atomic_write_json(self.root / INFO_PATH, self.info)
+        atomic_write_json(self.root / INFO_PATH, self.info)
         # 5. empty the journal: everything in it is now in meta/episodes
         self._journal.close()
-        _atomic_write_bytes(self.root / JOURNAL_PATH, b"")
+        atomic_write_bytes(self.root / JOURNAL_PATH, b"")
         self._journal = open(self.root / JOURNAL_PATH, "ab")
         self._n_compacted = n
         # keep the rows of the last, partly filled episode file? No: they are re-read from disk when needed.

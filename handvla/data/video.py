@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -32,6 +31,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from handvla.atomic import tmp_path
 from handvla.errors import InputError, MissingResourceError
 
 #: extensions written with H.264 and the container format PyAV is given for each
@@ -86,11 +86,9 @@ class VideoWriter:
             )
         self.fps = float(fps)
         self.crf, self.preset = int(crf), str(preset)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.stem}.", suffix=f".tmp{self._ext}", dir=self.path.parent
-        )
-        os.close(fd)
-        self._tmp = Path(tmp)
+        # a temporary name in the same folder (keeping the extension, which picks the container);
+        # created with the usual permissions, unlike mkstemp's owner-only ones
+        self._tmp = Path(f"{tmp_path(self.path)}{self._ext}")
         self._size: tuple[int, int] | None = None  # (H, W) of the input frames
         self._container = None
         self._stream = None

@@ -27,14 +27,13 @@ All writers are atomic: a temporary file in the same folder, then ``os.replace``
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from handvla.atomic import atomic_savez
 from handvla.errors import InputError
 from handvla.hand.motion import HandMotion
 from handvla.hand.topology import NUM_JOINTS, SIDES
@@ -243,27 +242,10 @@ def load_joints(path: str | Path) -> JointsRecording:
         )
 
 
-def _atomic_savez(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """``np.savez`` to a temporary file next to ``path``, then rename over it (readers never see half a file)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
 def save_joints(path: str | Path, rec: JointsRecording) -> Path:
     """Write a joints file in the layout ``load_joints`` reads (atomically)."""
     rec.validate()
-    return _atomic_savez(
+    return atomic_savez(
         path,
         {
             "joints": rec.joints.astype(np.float32),
@@ -280,7 +262,7 @@ def save_joints(path: str | Path, rec: JointsRecording) -> Path:
 
 def save_motion(path: str | Path, motion: HandMotion) -> Path:
     """Write a hand-parameter file (``HandMotion.to_dict``) atomically."""
-    return _atomic_savez(path, motion.to_dict())
+    return atomic_savez(path, motion.to_dict())
 
 
 def load_motion(path: str | Path) -> HandMotion:

@@ -276,9 +276,9 @@ def run_sim_eval(
     ``out_dir`` (atomically) if given, return the result as a dict."""
     res = evaluate_closed_loop(policy, task=task, episodes=episodes, seed=seed, **kwargs).to_dict()
     if out_dir is not None:
-        from handvla.data.store import _atomic_write_json
+        from handvla.atomic import atomic_write_json
 
-        _atomic_write_json(Path(out_dir) / f"sim_eval_{task}.json", res)
+        atomic_write_json(Path(out_dir) / f"sim_eval_{task}.json", res)
     return res
 
 
@@ -429,8 +429,8 @@ def plot_open_loop(res: OpenLoopResult, path: str | Path) -> Path:
 
 def save_result(result: ClosedLoopResult | OpenLoopResult, path: str | Path) -> Path:
     """Write a result as JSON (atomically)."""
-    from handvla.data.store import _atomic_write_json
+    from handvla.atomic import atomic_write_json
 
     path = Path(path)
-    _atomic_write_json(path, json.loads(json.dumps(result.to_dict(), default=float)))
+    atomic_write_json(path, json.loads(json.dumps(result.to_dict(), default=float)))
     return path

@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from handvla.atomic import atomic_write_json, atomic_write_parquet, is_tmp_name
 from handvla.data import video as V
 from handvla.data.schema import (
     CODEBASE_VERSION,
@@ -61,14 +62,7 @@ from handvla.data.schema import (
     TASKS_PATH,
     VIDEO_PATH,
 )
-from handvla.data.store import (
-    LOCK_PATH,
-    _atomic_write_json,
-    _atomic_write_parquet,
-    _is_tmp,
-    _read_parquet_table,
-    _tasks_table,
-)
+from handvla.data.store import LOCK_PATH, _read_parquet_table, _tasks_table
 from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.robot.normalize import FeatureStats, compute_feature_stats, load_dataset_stats
 
@@ -728,8 +722,8 @@ class RobotDatasetWriter:
         self._next_file = 0
         self.root.mkdir(parents=True, exist_ok=True)
         # an empty dataset is a dataset: a second writer appends to it, a reader sees 0 episodes
-        _atomic_write_parquet(self.root / TASKS_PATH, _tasks_table([]))
-        _atomic_write_json(self.root / INFO_PATH, self.info)
+        atomic_write_parquet(self.root / TASKS_PATH, _tasks_table([]))
+        atomic_write_json(self.root / INFO_PATH, self.info)
 
     def _open_existing(self, fps, features) -> None:
         ds = RobotDataset(self.root, columns=[])  # metadata and the bookkeeping columns only
@@ -766,7 +760,7 @@ class RobotDatasetWriter:
         for sub in ("data", "videos", "meta"):
             for dirpath, _, names in os.walk(self.root / sub):
                 for name in names:
-                    if _is_tmp(name):
+                    if is_tmp_name(name):
                         (Path(dirpath) / name).unlink(missing_ok=True)
 
     # -- public --------------------------------------------------------------------------------------------
@@ -874,7 +868,7 @@ class RobotDatasetWriter:
             return
         chunk, file = _file_chunk(self._next_file)
         data = pa.concat_tables([b["table"] for b in self._buffer])
-        _atomic_write_parquet(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file), data)
+        atomic_write_parquet(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file), data)
         for w in self._videos.values():
             w.close()
         self._videos, self._video_frames = {}, 0
@@ -883,10 +877,10 @@ class RobotDatasetWriter:
         self._buffer = []
         self._next_file += 1
         # the meta/episodes file of this data file (LeRobot packs by size; any packing reads the same)
-        _atomic_write_parquet(
+        atomic_write_parquet(
             self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=file), pa.Table.from_pylist(rows)
         )
-        _atomic_write_parquet(self.root / TASKS_PATH, _tasks_table(list(self._tasks)))
+        atomic_write_parquet(self.root / TASKS_PATH, _tasks_table(list(self._tasks)))
         self._write_stats()
         n = len(self._episode_rows)
         self.info |= {
@@ -895,7 +889,7 @@ class RobotDatasetWriter:
             "total_tasks": len(self._tasks),
             "splits": {"train": f"0:{n}"},
         }
-        _atomic_write_json(self.root / INFO_PATH, self.info)
+        atomic_write_json(self.root / INFO_PATH, self.info)
 
     def _write_stats(self) -> None:
         """Exact stats over every committed frame, re-read from the committed data files (robot datasets
@@ -910,7 +904,7 @@ class RobotDatasetWriter:
                     _column_to_numpy(t.column(name), _feature_width(self.features[name]), str(f), name)
                 )
         stats = {name: compute_feature_stats(np.concatenate(v)).to_dict() for name, v in cols.items()}
-        _atomic_write_json(self.root / STATS_PATH, stats)
+        atomic_write_json(self.root / STATS_PATH, stats)
 
     def close(self) -> None:
         if self._closed:

@@ -285,7 +285,7 @@ class Normalizer:
         """Write ``normalization.safetensors`` and ``normalization.json`` into ``directory`` (atomically)."""
         from safetensors.numpy import save as st_save
 
-        from handvla.data.store import _atomic_write_bytes, _atomic_write_json
+        from handvla.atomic import atomic_write_bytes, atomic_write_json
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -297,8 +297,8 @@ class Normalizer:
         tensors |= {f"{name}/count": np.asarray([s.count], np.int64) for name, s in self.stats.items()}
         meta = {"format_version": str(NORM_FORMAT_VERSION), "modes": json.dumps(self.modes, sort_keys=True)}
         st_path, js_path = d / SAFETENSORS_NAME, d / JSON_NAME
-        _atomic_write_bytes(st_path, st_save(tensors, metadata=meta))
-        _atomic_write_json(js_path, self.to_json())
+        atomic_write_bytes(st_path, st_save(tensors, metadata=meta))
+        atomic_write_json(js_path, self.to_json())
         return st_path, js_path
 
     @classmethod

@@ -44,8 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +56,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import Dataset
 
+from handvla.atomic import atomic_savez
 from handvla.errors import ConfigError, InputError
 from handvla.vla.processing import (
     IGNORE_INDEX,
@@ -438,15 +437,7 @@ class MotionTokenCache:
             return
         keys = np.array(sorted(self.blocks), np.int64).reshape(-1, 4)
         ids = np.stack([self.blocks[tuple(k)] for k in keys.tolist()]) if len(keys) else np.zeros((0, self.n))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, fingerprint=np.array(self.fingerprint), keys=keys, ids=ids.astype(np.int32))
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_savez(self.path, {"fingerprint": np.array(self.fingerprint), "keys": keys, "ids": ids.astype(np.int32)})
 
     def block_starts(self, start_s: float, end_s: float, fps: float) -> list[int]:
         """First frames of the blocks covering [start_s, end_s) (one block per frames_per_block frames)."""

@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from handvla.atomic import atomic_write_text
 from handvla.data.annotate.base import ClipAnnotation, clip_id, stable_hash
 from handvla.data.annotate.segments import SegmentConfig, segment_episode
-from handvla.data.annotate.table import ANNOTATIONS_DIR, atomic_write_text, load_annotations
+from handvla.data.annotate.table import ANNOTATIONS_DIR, load_annotations
 from handvla.data.instructions.sampling import BalanceConfig, balanced_sample
 from handvla.data.instructions.templates import TASK_TYPES, Template, fill, templates_for
 from handvla.errors import ConfigError, InputError

@@ -1,0 +1,107 @@
+"""Atomic file writes: the one implementation every module uses.
+
+A file is written under a temporary name in its own folder (``.<name>.tmp-<pid>-<random>``) and renamed
+over the target, so a reader sees the old file or the new one, never half of one, and a crash leaves at
+most a temporary file that ``is_tmp_name`` recognises (stores delete those when they resume).
+``durable=True`` also fsyncs the file and its folder, so the rename survives a power loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+TMP_MARK = ".tmp"
+
+
+def tmp_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}{TMP_MARK}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def is_tmp_name(name: str) -> bool:
+    """True for names made by ``tmp_path`` (leftovers of an interrupted write)."""
+    return name.startswith(".") and TMP_MARK in name
+
+
+def fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", durable: bool = True) -> Iterator[IO[Any]]:
+    """``with atomic_open(p) as f: f.write(...)``: ``p`` appears only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_replace_from(src_tmp: str | Path, path: str | Path, durable: bool = True) -> None:
+    """Move an already written temporary file (from ``tmp_path``) into place."""
+    if durable:
+        fsync_file(src_tmp)
+    os.replace(src_tmp, path)
+    if durable:
+        fsync_dir(Path(path).parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:
+    with atomic_open(path, "wb", durable) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path:
+    with atomic_open(path, "w", durable) as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | Path, obj: Any, durable: bool = True, **dumps_kwargs: Any) -> Path:
+    dumps_kwargs.setdefault("indent", 2)
+    return atomic_write_text(path, json.dumps(obj, **dumps_kwargs) + "\n", durable)
+
+
+def atomic_savez(path: str | Path, arrays: dict[str, Any], durable: bool = True) -> Path:
+    """``np.savez`` (uncompressed) written atomically; the path is used as given (no '.npz' is added)."""
+    import numpy as np
+
+    with atomic_open(path, "wb", durable) as f:
+        np.savez(f, **arrays)
+    return Path(path)
+
+
+def atomic_write_parquet(path: str | Path, table, row_group_size: int | None = None, durable: bool = True) -> Path:
+    import pyarrow.parquet as pq
+
+    with atomic_open(path, "wb", durable) as f:
+        pq.write_table(table, f, row_group_size=row_group_size)
+    return Path(path)
