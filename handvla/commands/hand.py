@@ -90,11 +90,41 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 #: the ``hand`` subcommands, in help order
-SUBCOMMANDS = [add_fit]
+def add_render(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "render",
+        help="render hand motion (parameter or joints files) to MP4/GIF",
+        description="Render one or two hands' motion through a hand model to a video (skeleton for the built-in "
+        "hand, mesh with MANO). --compare draws a second motion beside it under the same virtual camera.",
+    )
+    p.add_argument("--motion", action="append", required=True, help="parameter .npz (HandMotion); repeat for two hands")
+    p.add_argument("--compare", action="append", help="second set of parameter files, shown on the right")
+    p.add_argument("--out", required=True, help="output .mp4 or .gif")
+    p.add_argument("--hand-model", default=None, help="builtin or mano (default: each file's own)")
+    p.add_argument("--mano-dir", default=None, help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=run_render)
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from handvla.hand.io import load_motion
+    from handvla.hand.render import render_motions
+
+    motions = [load_motion(m) for m in args.motion]
+    compare = [load_motion(m) for m in args.compare] if args.compare else None
+    kwargs = {"title": args.title} if args.title and compare is None else {}
+    if compare is not None:
+        kwargs["titles"] = ("motion", "compare")
+    path = render_motions(args.out, motions, compare=compare, hand_model=args.hand_model, mano_dir=args.mano_dir, **kwargs)
+    print_json({"out": str(path), "frames": max(len(m) for m in motions), "hands": [m.side for m in motions]})
+    return 0
+
+
+SUBCOMMANDS = [add_fit, add_render]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("hand", help="hand-motion tools (fit joints to hand parameters, ...)")
+    parser = subparsers.add_parser("hand", help="hand-motion tools: fit joints to hand parameters, render motion to video")
     sub = parser.add_subparsers(dest="hand_command", metavar="SUBCOMMAND")
     for add in SUBCOMMANDS:
         add(sub)
