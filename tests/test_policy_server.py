@@ -87,6 +87,16 @@ def test_bad_requests_get_error_replies_and_the_server_keeps_serving(server, pay
         np.testing.assert_allclose(c.infer(obs), policy.expected(obs["state"]), rtol=1e-6)
 
 
+def test_task_string_passes_through_and_non_strings_are_refused():
+    from handvla.robot.server import validate_observation
+
+    spec = LinearPolicy().metadata()["observation"]
+    obs = {"state": np.zeros(13, np.float32), "image": np.zeros((2, 2, 3), np.uint8)}
+    assert validate_observation({**obs, "task": "open the door"}, spec)["task"] == "open the door"
+    with pytest.raises(ProtocolError, match="task"):
+        validate_observation({**obs, "task": np.zeros(3)}, spec)
+
+
 def test_client_raises_policy_error_for_wrong_shapes(server):
     _, url, _ = server
     with PolicyClient(url) as c, pytest.raises(PolicyError, match="shape"):

@@ -34,7 +34,7 @@ class Policy(Protocol):
     def infer(self, observation: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-def validate_observation(obs: Any, spec: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+def validate_observation(obs: Any, spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Check an observation against the policy's spec; raise ProtocolError('bad_observation', ...)."""
     if not isinstance(obs, dict):
         raise ProtocolError("bad_observation", "'observation' must be a map from key to array")
@@ -61,6 +61,11 @@ def validate_observation(obs: Any, spec: dict[str, dict[str, Any]]) -> dict[str,
                 raise ProtocolError("bad_observation", f"observation '{key}' has dtype {arr.dtype}, expected {dtype}")
             arr = arr.astype(dtype)
         out[key] = arr
+    task = obs.get("task")  # the language instruction travels as a plain string, outside the array spec
+    if task is not None:
+        if not isinstance(task, str) or len(task) > 2000:
+            raise ProtocolError("bad_observation", "'task' must be a string of at most 2000 characters")
+        out["task"] = task
     return out
 
 

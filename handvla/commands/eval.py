@@ -1,0 +1,168 @@
+"""``handvla eval``: measure a post-trained policy (``handvla.robot.evaluate``).
+
+    handvla eval sim --ckpt runs/relocate/final --task relocate --episodes 50 [--seed 10000] [--json]
+    handvla eval sim --url ws://127.0.0.1:8765 --task relocate --episodes 50     # a running policy server
+    handvla eval open-loop --ckpt runs/relocate/final --data data/relocate_demos [--plot err.png] [--json]
+
+``sim``: closed loop in the Adroit simulator on seeds seed .. seed+N-1 (default 10000 on, away from the
+demonstration seeds); success rate with its 95 % Wilson interval. ``open-loop``: predicted vs recorded
+action chunks on a dataset's frames, error by horizon step (action units) and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from handvla.commands._util import print_json
+from handvla.errors import ConfigError
+
+
+def _load_policy(args: argparse.Namespace):
+    import torch
+
+    from handvla.robot.policy import HandVLAPolicy
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    return HandVLAPolicy.load(args.ckpt, device=args.device, task=getattr(args, "instruction", None))
+
+
+def _episodes(text: str | None) -> list[int] | None:
+    """'0,3,5-9' -> [0, 3, 5, 6, 7, 8, 9]."""
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, sep, b = part.strip().partition("-")
+            out += list(range(int(a), int(b) + 1)) if sep else [int(a)]
+    except ValueError:
+        raise ConfigError(f"--episodes {text!r}: expected indices like 0,3,5-9") from None
+    return out
+
+
+def run_eval_sim(args: argparse.Namespace) -> int:
+    from handvla.robot.evaluate import EVAL_SEED, evaluate_remote, run_sim_eval
+
+    if (args.ckpt is None) == (args.url is None):
+        raise ConfigError("eval sim: give exactly one of --ckpt DIR and --url ws://HOST:PORT")
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: expected >= 1, got {args.episodes}")
+    seed = EVAL_SEED if args.seed is None else args.seed
+    kwargs = dict(
+        task=args.task,
+        episodes=args.episodes,
+        seed=seed,
+        replan_every=args.replan_every,
+        max_steps=args.max_steps,
+        video_dir=args.video_dir,
+        video_episodes=args.video_episodes,
+        progress=not args.quiet,
+    )
+    if args.url:
+        res = evaluate_remote(args.url, **kwargs).to_dict()
+        if args.out:
+            from handvla.atomic import atomic_write_json
+
+            atomic_write_json(Path(args.out) / f"sim_eval_{args.task}.json", res)
+    else:
+        policy = _load_policy(args)
+        res = run_sim_eval(policy, out_dir=args.out, **kwargs)
+    res["policy"] = args.ckpt or args.url
+    if args.json:
+        print_json(res if args.per_seed else {k: v for k, v in res.items() if k != "per_seed"})
+    else:
+        lo, hi = res["success_ci95"]
+        print(
+            f"{res['task']}: success {res['success_rate']:.3f} (95% CI {lo:.3f}-{hi:.3f}) over {res['episodes']} "
+            f"episodes, seeds {res['seeds'][0]}..{res['seeds'][-1]}; success at end {res['success_at_end_rate']:.3f}; "
+            f"mean return {res['mean_return']:.2f}; chunk {res['chunk_size']}, replan every {res['replan_every']}; "
+            f"{res['steps_per_s']:.1f} steps/s"
+        )
+    return 0
+
+
+def run_eval_open_loop(args: argparse.Namespace) -> int:
+    from handvla.robot.evaluate import evaluate_open_loop
+    from handvla.robot.lerobot_format import RobotDataset
+
+    policy = _load_policy(args)
+    c = policy.config
+    ds = RobotDataset(args.data, columns=[c.state_key, c.action_key])
+    plot = None if args.no_plot else Path(args.plot)
+    res = evaluate_open_loop(
+        policy,
+        ds,
+        episodes=_episodes(args.episodes),
+        stride=args.stride,
+        max_samples=args.max_samples,
+        image_key=args.image_key or (c.image_keys[0] if c.image_keys else None),
+        state_key=c.state_key,
+        action_key=c.action_key,
+        plot_path=plot,
+        progress=not args.quiet,
+    ).to_dict()
+    res["policy"], res["data"] = str(args.ckpt), str(args.data)
+    if args.out:
+        from handvla.atomic import atomic_write_json
+
+        atomic_write_json(Path(args.out), res)
+    if args.json:
+        print_json(res)
+    else:
+        steps = " ".join(f"{v:.3g}" for v in res["l1_by_step"])
+        print(
+            f"open loop on {res['samples']} frames of {args.data}: L1 {res['l1']:.4g}, L2 {res['l2']:.4g} "
+            f"(action units); L1 by horizon step: {steps}"
+            + (f"; plot {res['plot']}" if res.get("plot") else "")
+        )
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a post-trained policy: closed loop in simulation or open loop on a dataset",
+        description="Closed-loop success rate in the Adroit simulator (sim) or open-loop action error on a "
+        "recorded LeRobot v3 dataset (open-loop).",
+    )
+    sub = p.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
+
+    s = sub.add_parser("sim", help="closed loop in the Adroit simulator: success rate with 95% CI")
+    s.add_argument("--ckpt", default=None, help="policy checkpoint folder (handvla posttrain's final/)")
+    s.add_argument("--url", default=None, help="or a running policy server, ws://HOST:PORT")
+    s.add_argument("--task", default="relocate", help="sim task: relocate or door")
+    s.add_argument("--episodes", type=int, default=50)
+    s.add_argument("--seed", type=int, default=None, help="first seed (default 10000, away from demo seeds)")
+    s.add_argument("--replan-every", type=int, default=None, help="actions executed per chunk (default: all)")
+    s.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: the task's)")
+    s.add_argument("--instruction", default=None, help="instruction text (default: the checkpoint's)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--out", default=None, help="folder for sim_eval_<task>.json")
+    s.add_argument("--video-dir", default=None, help="save the first --video-episodes episodes as mp4 here")
+    s.add_argument("--video-episodes", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--per-seed", action="store_true", help="with --json: include per-episode rows")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=run_eval_sim)
+
+    o = sub.add_parser(
+        "open-loop", help="predicted vs recorded action chunks on a dataset, error by horizon step"
+    )
+    o.add_argument("--ckpt", required=True, help="policy checkpoint folder")
+    o.add_argument("--data", required=True, help="LeRobot v3 dataset folder")
+    o.add_argument("--episodes", default=None, help="episode indices, e.g. 0,3,5-9 (default all)")
+    o.add_argument("--stride", type=int, default=1, help="every k-th frame of each episode")
+    o.add_argument("--max-samples", type=int, default=500, help="at most this many frames, evenly spread")
+    o.add_argument("--image-key", default=None, help="camera feature (default: the policy's)")
+    o.add_argument("--instruction", default=None, help="instruction text (default: the checkpoint's)")
+    o.add_argument("--plot", default="open_loop_error.png", help="PNG of error against horizon step")
+    o.add_argument("--no-plot", action="store_true")
+    o.add_argument("--out", default=None, help="write the result as JSON to this file")
+    o.add_argument("--device", default="auto")
+    o.add_argument("--threads", type=int, default=None)
+    o.add_argument("--json", action="store_true", help="print the result as JSON")
+    o.add_argument("--quiet", action="store_true")
+    o.set_defaults(func=run_eval_open_loop)

@@ -1,0 +1,533 @@
+"""Robot post-training of the VLA (Being-H0 stage 3) on a LeRobot v3 dataset, with the shared trainer.
+
+One typed config (`PosttrainConfig`, YAML sections ``data``, ``model``, ``train``, ``eval``)::
+
+    data:   dataset (a LeRobot v3 folder), chunk_size, image_keys, state_key / action_key, task override,
+            held-out episodes, where the normalisation statistics come from and their modes
+    model:  init_checkpoint (a handvla VLA, load_vla) | backbone (an InternVL3 -hf folder) | preset
+            (random init); backbone_mode full / frozen / lora; head sizes; loss l1 / mse; tiles per camera
+    train:  handvla.train.trainer.TrainConfig (output_dir, steps, batch, lr, bf16, DDP / FSDP2, time budget)
+    eval:   validation error on the held-out episodes during training, open-loop error at the end
+
+State and action sizes, camera keys and image sizes come from the dataset's ``meta/info.json`` (and one
+decoded frame per camera), never from source edits. The statistics are fixed once per run: read from the
+dataset's ``meta/stats.json`` (``data.stats: dataset``, LeRobot's way) or computed exactly from the training
+episodes (``data.stats: compute``), then saved as ``OUTPUT_DIR/normalization/`` and reused on resume, and
+finally stored in the exported checkpoint so inference unnormalises with exactly these numbers.
+
+Outputs under ``train.output_dir``: ``checkpoints/`` (the trainer's, for ``--resume``), ``metrics.jsonl``,
+``normalization/``, ``text_tokenizer/`` (random presets), ``final/`` (the `HandVLAPolicyModel` checkpoint)
+and ``posttrain_summary.json``. Under ``torchrun`` every rank builds the same model; rank 0 writes.
+
+Motion-pretrained vs plain backbone at equal budget is two configs differing in one line
+(``model.init_checkpoint: runs/pretrain/final`` vs ``model.backbone: /models/InternVL3-1B-hf``, or
+``model.preset: tiny`` for the tiny random backbone) with the same ``train.max_steps`` / ``max_minutes``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from handvla.errors import ConfigError, InputError, MissingResourceError
+from handvla.robot.action_head import DEFAULT_PROMPT, LoraSettings, PolicyConfig
+from handvla.train.trainer import TrainConfig, Trainer
+
+NormMode = Literal["mean_std", "min_max", "quantile", "identity"]
+FINAL_DIR = "final"
+NORM_DIR = "normalization"
+TEXT_TOKENIZER_DIR = "text_tokenizer"
+SUMMARY_NAME = "posttrain_summary.json"
+
+
+class PosttrainDataConfig(BaseModel):
+    """The robot dataset (YAML section ``data``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(..., description="LeRobot v3.0 dataset folder")
+    chunk_size: int = Field(16, gt=0, description="Na: actions predicted per observation")
+    image_keys: list[str] | None = Field(
+        None, description="cameras (video/image features); None: all, []: none"
+    )
+    state_key: str = "observation.state"
+    action_key: str = "action"
+    task: str | None = Field(None, description="instruction used instead of the dataset's task text")
+    max_episodes: int | None = Field(None, gt=0, description="use only the first N episodes")
+    val_episodes: int = Field(0, ge=0, description="hold out the last N episodes (validation, open loop)")
+    stats: Literal["dataset", "compute"] = Field(
+        "dataset", description="dataset: meta/stats.json; compute: exact stats of the training episodes"
+    )
+    state_norm: NormMode = "mean_std"
+    action_norm: NormMode = "mean_std"
+
+    @field_validator("image_keys", mode="before")
+    @classmethod
+    def _one_key(cls, v):
+        return [v] if isinstance(v, str) else v
+
+
+class PolicyModelConfig(BaseModel):
+    """The model to post-train (YAML section ``model``). ``init_checkpoint`` or ``backbone`` wins over
+    ``preset``; giving both of them is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    init_checkpoint: str | None = Field(None, description="handvla VLA checkpoint folder (load_vla)")
+    backbone: str | None = Field(None, description="InternVL3 -hf folder (vla_from_backbone)")
+    preset: str | None = Field("tiny", description="random init from a HandVLAConfig preset")
+    backbone_mode: Literal["full", "frozen", "lora"] = "full"
+    freeze_vision: bool = Field(False, description="full mode: keep the vision tower and projector fixed")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    max_tiles: int | None = Field(1, ge=1, description="image tiles per camera (None: the VLA's setting)")
+    proprio_hidden_size: int | None = Field(None, gt=0)
+    head_hidden_size: int | None = Field(None, gt=0)
+    loss: Literal["l1", "mse"] = "l1"
+    prompt_template: str = DEFAULT_PROMPT
+    dtype: str | None = Field(None, description="backbone load dtype: float32, bfloat16, float16")
+    gradient_checkpointing: bool = False
+    text_vocab_size: int = Field(1024, ge=259, description="BPE size of a random preset's text tokenizer")
+    seed: int = 0
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, v):
+        if v is not None and v not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"expected float32, bfloat16 or float16, got {v!r}")
+        return v
+
+
+class PosttrainEvalConfig(BaseModel):
+    """Validation (YAML section ``eval``; ``train.eval_every`` sets the period)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    val_samples: int = Field(256, ge=0, description="held-out frames for the periodic validation error")
+    val_batch_size: int = Field(16, gt=0)
+    open_loop_samples: int = Field(200, ge=0, description="held-out frames for the final open-loop eval")
+
+
+class PosttrainConfig(BaseModel):
+    """The whole ``handvla posttrain`` configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: PosttrainDataConfig
+    model: PolicyModelConfig = Field(default_factory=PolicyModelConfig)
+    train: TrainConfig
+    eval: PosttrainEvalConfig = Field(default_factory=PosttrainEvalConfig)
+
+
+# ---- config files ---------------------------------------------------------------------------------------
+
+
+def _set_dotted(d: dict, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: bad key {key!r}: expected section.field, e.g. train.lr")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where}: {key!r}: '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def load_posttrain_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None
+) -> PosttrainConfig:
+    """Read a YAML/JSON config (or start from ``base``), apply ``key=value`` overrides (YAML values), validate."""
+    import yaml
+
+    from handvla.vla.pretrain import parse_overrides
+
+    raw: dict = json.loads(json.dumps(base or {}))
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise MissingResourceError(f"{path}: posttrain config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping with sections data, model, train, eval")
+        raw.update(loaded)
+    for k, v in parse_overrides(overrides):
+        _set_dotted(raw, k, v, where)
+    try:
+        return PosttrainConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"{where}: field '{loc}': {first['msg']} (got {first.get('input')!r})") from None
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _feature_dim(ds, key: str) -> int:
+    from handvla.data.schema import INFO_PATH
+
+    spec = ds.features.get(key)
+    if spec is None:
+        raise InputError(ds.root / INFO_PATH, f"features.{key}", "a feature of the dataset", "missing")
+    if spec.get("dtype") in ("video", "image", "string"):
+        raise InputError(
+            ds.root / INFO_PATH, f"features.{key}", "a numeric vector feature", spec.get("dtype")
+        )
+    return int(np.prod(spec.get("shape") or [1]))
+
+
+def split_episodes(
+    num_episodes: int, max_episodes: int | None, val_episodes: int, where: str
+) -> tuple[list[int], list[int]]:
+    """(training episodes, held-out episodes): the first ``max_episodes``, of which the last ``val_episodes``
+    are held out."""
+    n = min(num_episodes, max_episodes or num_episodes)
+    if val_episodes >= n:
+        raise ConfigError(f"{where}: data.val_episodes = {val_episodes} leaves no training episode (of {n})")
+    return list(range(n - val_episodes)), list(range(n - val_episodes, n))
+
+
+def build_normalizer(ds, cfg: PosttrainDataConfig, train_episodes: list[int]):
+    """The run's `Normalizer` for the state and action features (see the module doc)."""
+    from handvla.data.schema import STATS_PATH
+    from handvla.robot.normalize import Normalizer
+
+    keys = (cfg.state_key, cfg.action_key)
+    modes = {cfg.state_key: cfg.state_norm, cfg.action_key: cfg.action_norm}
+    names = {k: ds.feature_names(k) for k in keys}
+    if cfg.stats == "compute":
+        rows = np.concatenate(
+            [np.arange(ds.episode_slice(k).start, ds.episode_slice(k).stop) for k in train_episodes]
+        )
+        arrays = {k: ds.column(k).reshape(len(ds), -1)[rows] for k in keys}
+        return Normalizer.from_arrays(arrays, modes, names)
+    path = ds.root / STATS_PATH
+    if not path.is_file():
+        raise MissingResourceError(
+            f"{path}: dataset statistics not found; the normalisation needs them (or set data.stats=compute "
+            "to compute them from the training episodes)"
+        )
+    stats = ds.stats
+    for k in keys:
+        if k not in stats:
+            raise InputError(path, k, "statistics of the state and action features", "missing")
+        dim = _feature_dim(ds, k)
+        if stats[k].shape != (dim,):
+            raise InputError(
+                path, f"{k}.mean", f"{dim} values (meta/info.json shape)", str(stats[k].shape[0])
+            )
+    try:
+        return Normalizer({k: stats[k] for k in keys}, modes, names)
+    except ConfigError as e:
+        raise InputError(path, None, "statistics usable by the chosen normalisation modes", str(e)) from None
+
+
+class PolicyTrainDataset:
+    """Training samples: an ``ActionChunkDataset`` (normalised state and actions, camera frames, task)
+    encoded by the policy's `PolicyProcessor` (the same code the deployed policy runs)."""
+
+    def __init__(self, chunks, processor, task: str | None = None):
+        self.chunks, self.processor, self.task = chunks, processor, task
+        self.image_keys = list(processor.config.image_keys)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.chunks[i]
+        images = [item["images"][k] for k in self.image_keys]
+        out = self.processor.encode(
+            self.task if self.task is not None else item["task"], images, item["state"]
+        )
+        out["actions"] = item["actions"]
+        out["action_mask"] = item["action_mask"]
+        return out
+
+    def collate(self, samples):
+        return self.processor.collate(samples)
+
+
+# ---- model ------------------------------------------------------------------------------------------
+
+
+def _dtype(name: str | None):
+    return None if name is None else getattr(torch, name)
+
+
+def load_vla_bundle(m: PolicyModelConfig, corpus: list[str], out_dir: Path, is_main: bool, barrier):
+    """The VLA to start from: a handvla checkpoint, an InternVL3 backbone, or a random preset (whose BPE
+    text tokenizer is trained on the default corpus plus the task texts, saved under
+    ``out_dir/text_tokenizer`` by rank 0 and reused on resume). Returns (bundle, init description)."""
+    from handvla.vla.modeling import build_vla, load_vla, vla_from_backbone
+    from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
+
+    if m.init_checkpoint and m.backbone:
+        raise ConfigError("model: give one of init_checkpoint and backbone (got both)")
+    if m.init_checkpoint:
+        bundle = load_vla(m.init_checkpoint, dtype=_dtype(m.dtype), load_motion_tokenizer=False)
+        return bundle, {"type": "checkpoint", "path": str(m.init_checkpoint)}
+    if m.backbone:
+        bundle = vla_from_backbone(m.backbone, dtype=_dtype(m.dtype), seed=m.seed)
+        return bundle, {"type": "backbone", "path": str(m.backbone)}
+    if not m.preset:
+        raise ConfigError("model: give an init_checkpoint, a backbone or a preset")
+    tok_dir = out_dir / TEXT_TOKENIZER_DIR
+    if is_main and not (tok_dir / "tokenizer.json").is_file():
+        tok = build_text_tokenizer(list(DEFAULT_CORPUS) + list(corpus), vocab_size=m.text_vocab_size)
+        tmp = out_dir / f".{TEXT_TOKENIZER_DIR}.tmp-{os.getpid()}"
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, tok_dir)
+    barrier()
+    tok = load_text_tokenizer(tok_dir)
+    bundle = build_vla(m.preset, tokenizer=tok, seed=m.seed, dtype=_dtype(m.dtype))
+    return bundle, {"type": "preset", "preset": m.preset, "seed": m.seed}
+
+
+def policy_config_from_dataset(
+    ds, cfg: PosttrainConfig, image_keys: list[str], image_shapes: list[list[int]], tasks: list[str]
+) -> PolicyConfig:
+    d, m = cfg.data, cfg.model
+    return PolicyConfig(
+        state_dim=_feature_dim(ds, d.state_key),
+        action_dim=_feature_dim(ds, d.action_key),
+        chunk_size=d.chunk_size,
+        proprio_hidden_size=m.proprio_hidden_size,
+        head_hidden_size=m.head_hidden_size,
+        loss=m.loss,
+        prompt_template=m.prompt_template,
+        default_task=d.task if d.task is not None else (tasks[0] if tasks else ""),
+        image_keys=image_keys,
+        image_shapes=image_shapes,
+        state_key=d.state_key,
+        action_key=d.action_key,
+        state_names=ds.feature_names(d.state_key),
+        action_names=ds.feature_names(d.action_key),
+        fps=float(ds.fps),
+    )
+
+
+def _camera_shapes(ds, keys: list[str]) -> list[list[int]]:
+    """(H, W, 3) of each camera, from one decoded frame (also proves the video decodes)."""
+    shapes = []
+    for k in keys:
+        frame = ds.frame(k, 0)
+        shapes.append([int(s) for s in frame.shape])
+    return shapes
+
+
+def build_policy(cfg: PosttrainConfig, ds, normalizer, out_dir: Path, is_main: bool, barrier):
+    """The `HandVLAPolicyModel` to train (same result on every rank and on every resume)."""
+    from handvla.robot.action_head import HandVLAPolicyModel
+
+    d, m = cfg.data, cfg.model
+    cams = list(ds.video_keys + ds.image_keys) if d.image_keys is None else list(d.image_keys)
+    for k in cams:
+        if k not in ds.video_keys + ds.image_keys:
+            from handvla.data.schema import INFO_PATH
+
+            raise InputError(
+                ds.root / INFO_PATH, f"features.{k}", "a video or image feature (data.image_keys)", "missing"
+            )
+    tasks = [t for t in ds.tasks if t]
+    bundle, init = load_vla_bundle(m, tasks + ([d.task] if d.task else []), out_dir, is_main, barrier)
+    pcfg = policy_config_from_dataset(ds, cfg, cams, _camera_shapes(ds, cams), tasks)
+    pcfg.init = init
+    model = HandVLAPolicyModel.from_vla(bundle, pcfg, max_tiles=m.max_tiles, seed=m.seed)
+    if m.init_checkpoint and (Path(m.init_checkpoint) / "motion_tokenizer").is_dir():
+        model.motion_tokenizer_dir = Path(m.init_checkpoint) / "motion_tokenizer"
+    model.apply_backbone_mode(m.backbone_mode, m.lora, m.freeze_vision)
+    if m.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.normalizer = normalizer
+    return model
+
+
+def _layer_types(model) -> tuple[type, ...]:
+    names = {"Qwen2DecoderLayer", "Qwen3DecoderLayer", "InternVLVisionLayer"}
+    return tuple({type(mod) for mod in model.modules() if type(mod).__name__ in names})
+
+
+# ---- loss and validation ------------------------------------------------------------------------------
+
+
+def policy_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The trainer's loss hook: L1 or MSE of normalised action chunks (padding excluded)."""
+    out = model(**batch)
+    return out.loss, {"l1": float(out.l1.detach()), "mse": float(out.mse.detach())}
+
+
+@torch.no_grad()
+def validation_error(
+    model, dataset: PolicyTrainDataset, max_samples: int, batch_size: int
+) -> dict[str, float]:
+    """Normalised-action L1 / MSE over up to ``max_samples`` evenly spread held-out frames (step-weighted)."""
+    was = model.training
+    model.eval()
+    n = len(dataset)
+    idx = np.linspace(0, n - 1, min(n, max_samples)).round().astype(int) if n else np.zeros(0, int)
+    device = next(model.parameters()).device
+    tot_l1 = tot_mse = tot_w = 0.0
+    for i in range(0, len(idx), batch_size):
+        batch = dataset.collate([dataset[int(j)] for j in idx[i : i + batch_size]])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(**batch)
+        w = float(batch["action_mask"].sum())
+        tot_l1 += float(out.l1) * w
+        tot_mse += float(out.mse) * w
+        tot_w += w
+    model.train(was)
+    return {"val_l1": tot_l1 / max(tot_w, 1.0), "val_mse": tot_mse / max(tot_w, 1.0)}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item"):
+        return x.item()
+    return x
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+
+def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the policy, export ``OUTPUT_DIR/final`` and write ``posttrain_summary.json`` (rank 0).
+    Returns the summary."""
+    from handvla.robot.lerobot_format import ActionChunkDataset, RobotDataset
+    from handvla.robot.normalize import Normalizer
+    from handvla.train.distributed import barrier, init_distributed, unwrap
+
+    t0 = time.time()
+    info = init_distributed(cfg.train.device)
+    out_dir = Path(cfg.train.output_dir)
+    d = cfg.data
+    ds = RobotDataset(d.dataset, columns=[d.state_key, d.action_key])
+    train_eps, val_eps = split_episodes(ds.num_episodes, d.max_episodes, d.val_episodes, str(ds.root))
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out_dir / "posttrain_config.json", cfg.model_dump_json(indent=2))
+        if Normalizer.maybe_load(out_dir / NORM_DIR) is None:
+            build_normalizer(ds, d, train_eps).save(out_dir / NORM_DIR)
+    barrier(info)
+    # fixed once per run: a resumed run keeps the statistics its first session computed
+    normalizer = Normalizer.load(out_dir / NORM_DIR)
+    model = build_policy(cfg, ds, normalizer, out_dir, info.is_main, lambda: barrier(info))
+    pcfg = model.config
+
+    def chunks(eps):
+        return ActionChunkDataset(
+            ds, d.chunk_size, pcfg.image_keys, d.state_key, d.action_key, normalizer, eps
+        )
+
+    train_set = PolicyTrainDataset(chunks(train_eps), model.processor, d.task)
+    val_set = PolicyTrainDataset(chunks(val_eps), model.processor, d.task) if val_eps else None
+
+    def eval_fn(m, step):
+        if val_set is None or not cfg.eval.val_samples:
+            return {}
+        return validation_error(m, val_set, cfg.eval.val_samples, cfg.eval.val_batch_size)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainer = Trainer(
+        model,
+        train_set,
+        cfg.train,
+        collate_fn=train_set.collate,
+        loss_fn=policy_loss,
+        eval_fn=eval_fn,
+        layer_types=_layer_types(model),
+    )
+    result = trainer.train(resume=resume)
+
+    summary: dict[str, Any] = {
+        "train": result,
+        "output_dir": str(out_dir),
+        "dataset": str(ds.root),
+        "episodes": {"train": len(train_eps), "val": len(val_eps)},
+        "frames": {"train": len(train_set), "val": len(val_set) if val_set else 0},
+        "state_dim": pcfg.state_dim,
+        "action_dim": pcfg.action_dim,
+        "chunk_size": pcfg.chunk_size,
+        "cameras": pcfg.image_keys,
+        "backbone_mode": pcfg.backbone_mode,
+        "init": pcfg.init,
+        "parameters": {"total": n_params, "trainable": n_train},
+    }
+    if info.is_main:
+        export = unwrap(trainer.model)
+        if info.enabled and cfg.train.distributed == "fsdp2":
+            # sharded parameters: rebuild on this rank and load the trainer's full checkpoint
+            from safetensors.torch import load_file
+
+            export = build_policy(cfg, ds, normalizer, out_dir, True, lambda: None)
+            export.load_state_dict(load_file(str(trainer.latest_checkpoint() / "model.safetensors")))
+        export = export.to("cpu").eval()
+        final = export.save_pretrained(out_dir / FINAL_DIR)
+        summary["final"] = str(final)
+        if val_set is not None and cfg.eval.val_samples:
+            summary["final_val"] = validation_error(
+                export, val_set, cfg.eval.val_samples, cfg.eval.val_batch_size
+            )
+        if val_eps and cfg.eval.open_loop_samples and len(pcfg.image_keys) <= 1:
+            # (the open-loop evaluator sends one camera as "image")
+            from handvla.robot.evaluate import evaluate_open_loop
+            from handvla.robot.policy import HandVLAPolicy
+
+            policy = HandVLAPolicy(export, task=d.task)
+            ol = evaluate_open_loop(
+                policy,
+                ds,
+                episodes=val_eps,
+                max_samples=cfg.eval.open_loop_samples,
+                image_key=pcfg.image_keys[0] if pcfg.image_keys else None,
+                state_key=d.state_key,
+                action_key=d.action_key,
+                plot_path=out_dir / "open_loop_val.png",
+            )
+            summary["open_loop_val"] = ol.to_dict()
+        summary["minutes"] = (time.time() - t0) / 60
+        _atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(_jsonable(summary), indent=2))
+    barrier(info)
+    return summary
+
+
+__all__ = [
+    "PolicyModelConfig",
+    "PolicyTrainDataset",
+    "PosttrainConfig",
+    "PosttrainDataConfig",
+    "PosttrainEvalConfig",
+    "build_normalizer",
+    "build_policy",
+    "load_posttrain_config",
+    "policy_loss",
+    "run_posttrain",
+    "split_episodes",
+    "validation_error",
+]
