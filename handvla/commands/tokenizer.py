@@ -1,0 +1,103 @@
+"""``handvla tokenizer``: train and evaluate the part-level GRQ-VAE motion tokenizer.
+
+handvla tokenizer train [--config YAML] [--preset default|tiny] [--data builtin] [--data PATH ...]
+                        [--features D162] [--max-minutes M] [--steps N] --out DIR [--resume]
+handvla tokenizer eval --ckpt DIR --data PATH ... [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from handvla.commands._util import print_json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tokenizer", help="train / evaluate the motion tokenizer (motion <-> ids)")
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+
+    t = sub.add_parser("train", help="train a tokenizer (resumable)")
+    t.add_argument("--config", help="YAML/JSON with model and training fields (flat or model:/train:)")
+    t.add_argument("--preset", default="default", help="model + training preset: default or tiny")
+    t.add_argument(
+        "--data",
+        action="append",
+        help="'builtin', a joints or parameter .npz, or a folder of them; repeatable (default: builtin)",
+    )
+    t.add_argument("--features", help="feature set: D51, D99, D109, D114 or D162")
+    t.add_argument("--max-minutes", type=float, help="wall-clock budget for this run")
+    t.add_argument("--steps", type=int, help="optimiser steps (the LR schedule length)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--threads", type=int, help="torch CPU threads (1 is faster on a busy shared CPU)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--fit-cache", help="folder for fitted joint files (default: OUT/fit_cache)")
+    t.add_argument("--out", required=True, help="output folder (model, checkpoint, log)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="reconstruction error of a trained tokenizer")
+    e.add_argument(
+        "--ckpt", required=True, help="folder written by 'tokenizer train' (config.json + weights)"
+    )
+    e.add_argument(
+        "--data", action="append", required=True, help="joints / parameter .npz, folder or 'builtin'"
+    )
+    e.add_argument("--fit-cache", help="folder to cache fits of joint files")
+    e.add_argument("--per-clip", action="store_true", help="include one row per clip")
+    e.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_eval)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from handvla.tokenizer.configuration import TokenizerConfig, TrainConfig, load_config_file, preset
+    from handvla.tokenizer.training import train
+
+    model_cfg, train_cfg = preset(args.preset)
+    if args.config:
+        model_cfg, train_cfg = load_config_file(args.config, base=(model_cfg, train_cfg))
+    md, td = model_cfg.to_dict(), train_cfg.to_dict()
+    if args.features:
+        md["features"] = args.features
+    for name in ("max_minutes", "steps", "batch_size", "lr", "threads", "seed"):
+        v = getattr(args, name)
+        if v is not None:
+            td[name] = v
+    model_cfg, train_cfg = TokenizerConfig.from_dict(md), TrainConfig.from_dict(td)
+    result = train(
+        model_cfg,
+        train_cfg,
+        args.data or ["builtin"],
+        args.out,
+        resume=args.resume,
+        fit_cache=args.fit_cache,
+        progress=not args.no_progress,
+    )
+    print_json(
+        {
+            "out": str(result.out_dir),
+            "step": result.step,
+            "schedule_steps": result.schedule_steps,
+            "stopped_by": result.stopped_by,
+            "elapsed_s": result.elapsed_s,
+            "last": {k: v for k, v in result.last_log.items() if not k.startswith("_")},
+        }
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from handvla.tokenizer.evaluation import evaluate_files
+    from handvla.tokenizer.modeling import MotionTokenizer
+
+    model = MotionTokenizer.from_pretrained(args.ckpt)
+    res = evaluate_files(model, args.data, fit_cache=args.fit_cache, progress=not args.no_progress)
+    if not args.per_clip:
+        res.pop("per_clip", None)
+    print_json(res)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,349 @@
+"""Training and evaluation data for the motion tokenizer: hand motions -> feature clips -> random windows.
+
+Sources (``load_sources``):
+- ``builtin``: procedural motion from ``handvla.data.builtin_motion.generate_dataset`` (left and right).
+- joint files (``.npz`` with ``joints``, the layout of ``/work/shared/data/real_hands``): resampled to the
+  tokenizer's fps (``JointsRecording.resample``) and fitted to hand parameters
+  (``handvla.hand.fitting.fit_recording``); fits are cached by file content when a cache folder is given.
+- parameter files (``.npz`` from ``HandMotion.to_dict``): resampled to the tokenizer's fps if needed.
+A folder stands for the ``.npz`` files in it.
+
+Left hands are mirrored into the right-hand frame (``modeling.mirror_motion``) before features are
+computed: one tokenizer serves both hands. Training windows are ``frames_per_block`` (15) consecutive
+frames at a random offset, padded to ``window_frames`` (16) by repeating the last frame, as at encoding
+time; the loss mask excludes padding and invalid frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from handvla.errors import InputError, MissingResourceError
+from handvla.hand import rotations as R
+from handvla.hand.features import FeatureNormalizer, FeatureSpec, motion_to_features
+from handvla.hand.motion import HandMotion
+from handvla.tokenizer.configuration import TokenizerConfig
+from handvla.tokenizer.modeling import fill_invalid, mirror_motion
+
+BUILTIN = "builtin"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading motions
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedMotion:
+    """One hand's motion at the tokenizer's fps, and where it came from."""
+
+    name: str
+    motion: HandMotion
+    kind: str  # 'builtin', 'params' or 'joints'
+    observed: np.ndarray | None = None  # (T, 21, 3) observed joints (joint files), metres, NaN = missing
+    root_is_palm: bool = False
+    palm_offset: np.ndarray | None = None  # (3,) wrist frame, when point 0 is the palm centre
+    fit_mpjpe_mm: float | None = None
+
+
+def expand_paths(sources: list[str]) -> list[str]:
+    """Keep ``builtin``; replace each folder by its sorted ``.npz`` files; check files exist."""
+    out: list[str] = []
+    for s in sources:
+        if s == BUILTIN:
+            out.append(s)
+            continue
+        p = Path(s)
+        if p.is_dir():
+            files = sorted(str(f) for f in p.glob("*.npz"))
+            if not files:
+                raise MissingResourceError(f"{p}: folder holds no .npz motion files")
+            out.extend(files)
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise MissingResourceError(
+                f"{p}: motion data not found (expected 'builtin', a .npz file or a folder)"
+            )
+    return out
+
+
+def resample_motion(motion: HandMotion, fps: float) -> HandMotion:
+    """Resample a motion to ``fps`` on the grid k / fps: slerp for every rotation, linear positions."""
+    if abs(motion.fps - fps) <= 1e-6 * fps:
+        return motion
+    from scipy.spatial.transform import Rotation, Slerp
+
+    T = len(motion)
+    t_src = np.arange(T) / motion.fps
+    n = int(np.floor(t_src[-1] * fps + 1e-6)) + 1
+    tq = np.minimum(np.arange(n) / fps, t_src[-1])
+    if T == 1:
+        idx = np.zeros(n, int)
+        return replace(
+            motion,
+            global_orient=motion.global_orient[idx],
+            hand_pose=motion.hand_pose[idx],
+            wrist_pos=motion.wrist_pos[idx],
+            valid=motion.valid[idx],
+            fps=float(fps),
+        )
+    rots = np.concatenate([motion.global_orient[:, None], motion.hand_pose], 1)  # (T, 16, 3)
+    out = np.stack([Slerp(t_src, Rotation.from_rotvec(rots[:, j]))(tq).as_rotvec() for j in range(16)], 1)
+    wrist = np.stack([np.interp(tq, t_src, motion.wrist_pos[:, k]) for k in range(3)], -1)
+    near = np.clip(np.round(tq * motion.fps).astype(int), 0, T - 1)
+    return replace(
+        motion,
+        global_orient=out[:, 0],
+        hand_pose=out[:, 1:],
+        wrist_pos=wrist,
+        valid=motion.valid[near],
+        fps=float(fps),
+    )
+
+
+def _fit_cache_key(path: str, fps: float) -> str:
+    from handvla.hand import fitting
+
+    h = hashlib.sha256(Path(path).read_bytes())
+    h.update(f"fps={fps}".encode())
+    h.update(repr(fitting.FitConfig()).encode())
+    h.update(inspect.getsource(fitting).encode())  # a changed fitter invalidates old fits
+    return h.hexdigest()[:24]
+
+
+def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) -> LoadedMotion:
+    """A joint recording -> resampled to ``fps`` -> fitted ``HandMotion`` (cached under ``fit_cache``)."""
+    from handvla.hand.fitting import fit_recording
+    from handvla.hand.io import load_joints, load_motion, save_motion
+
+    rec = load_joints(path).resample(fps)
+    name = Path(path).stem
+    cache_file = meta_file = None
+    if fit_cache is not None:
+        key = _fit_cache_key(path, fps)
+        cache_file = Path(fit_cache) / f"{name}.{key}.npz"
+        meta_file = cache_file.with_suffix(".json")
+    if cache_file is not None and cache_file.is_file() and meta_file.is_file():
+        motion = load_motion(cache_file)
+        meta = json.loads(meta_file.read_text())
+        palm = np.asarray(meta["palm_offset"], np.float32) if meta.get("palm_offset") is not None else None
+        fit_mm = meta["fit_mpjpe_mm"]
+    else:
+        res = fit_recording(rec)
+        motion, palm, fit_mm = res.motion, res.palm_offset, float(res.fit_mpjpe_mm)
+        if cache_file is not None:
+            from handvla.tokenizer.modeling import atomic_write_bytes
+
+            save_motion(cache_file, motion)
+            meta = {
+                "source": str(path),
+                "fit_mpjpe_mm": fit_mm,
+                "palm_offset": None if palm is None else [float(v) for v in palm],
+            }
+            atomic_write_bytes(meta_file, json.dumps(meta).encode())
+    return LoadedMotion(
+        name,
+        motion,
+        "joints",
+        observed=rec.joints,
+        root_is_palm=rec.root_is_palm,
+        palm_offset=palm,
+        fit_mpjpe_mm=fit_mm,
+    )
+
+
+def load_motion_file(path: str, fps: float, fit_cache: str | Path | None = None) -> LoadedMotion:
+    """A joint file or a parameter file -> ``LoadedMotion`` at ``fps``."""
+    from handvla.hand.io import load_any
+
+    loaded = load_any(path)
+    if isinstance(loaded, HandMotion):
+        return LoadedMotion(Path(path).stem, resample_motion(loaded, fps), "params")
+    return load_joint_file(path, fps, fit_cache)
+
+
+def builtin_motions(n_sequences: int, seconds: float, seed: int, fps: float) -> list[LoadedMotion]:
+    from handvla.data.builtin_motion import generate_dataset
+
+    motions = generate_dataset(n_sequences, seconds, seed=seed, fps=fps)
+    return [LoadedMotion(f"builtin_{seed}_{i}", m, BUILTIN) for i, m in enumerate(motions)]
+
+
+def load_sources(
+    sources: list[str],
+    fps: float,
+    builtin_sequences: int = 512,
+    builtin_seconds: float = 10.0,
+    seed: int = 0,
+    fit_cache: str | Path | None = None,
+    progress: bool = False,
+) -> list[LoadedMotion]:
+    """Every source -> motions at ``fps``. ``builtin`` expands to ``builtin_sequences`` sequences."""
+    from tqdm import tqdm
+
+    out: list[LoadedMotion] = []
+    paths = expand_paths(sources)
+    for s in tqdm(paths, desc="loading motion", disable=not progress or len(paths) < 2, leave=False):
+        if s == BUILTIN:
+            out.extend(builtin_motions(builtin_sequences, builtin_seconds, seed, fps))
+        else:
+            out.append(load_motion_file(s, fps, fit_cache))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Feature clips and windows
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureClip:
+    """One motion's features in the right-hand frame."""
+
+    feats: torch.Tensor  # (T, D) raw features
+    betas: torch.Tensor  # (10,)
+    valid: torch.Tensor  # (T,) bool
+    name: str
+    weight: float = 1.0
+
+
+def make_clips(
+    config: TokenizerConfig, motions: list[LoadedMotion], real_weight: float = 1.0
+) -> list[FeatureClip]:
+    """Features of each motion (left hands mirrored to right; invalid frames filled, masked later)."""
+    from handvla.hand.model import load_hand_model
+
+    hand = load_hand_model(config.hand_model, "right")
+    clips = []
+    for lm in motions:
+        m = fill_invalid(lm.motion)
+        if m.side == "left":
+            m = mirror_motion(m)
+        feats = motion_to_features(config.spec, m, hand)
+        w = 1.0 if lm.kind == BUILTIN else real_weight
+        clips.append(
+            FeatureClip(feats, torch.from_numpy(m.betas.copy()), torch.from_numpy(m.valid.copy()), lm.name, w)
+        )
+    return clips
+
+
+def _yaw_matrices(angles: np.ndarray) -> torch.Tensor:
+    """(B,) radians -> (B, 3, 3) rotations about the y axis (the vertical of both the OpenCV camera frame,
+    y down, and y-up device frames)."""
+    c, s = np.cos(angles), np.sin(angles)
+    z, o = np.zeros_like(c), np.ones_like(c)
+    m = np.stack([c, z, s, z, o, z, -s, z, c], -1).reshape(-1, 3, 3)
+    return torch.as_tensor(m, dtype=torch.float32)
+
+
+def rotate_features(spec: FeatureSpec, feats: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate the whole scene: feats (B, W, D) raw, rot (B, 3, 3) -> features of the rotated motion
+    (wrist rotation R -> rot R, wrist position p -> rot p; camera-frame joints rotate too; hand-frame
+    finger features do not change)."""
+    s = spec.slices()
+    out = feats.clone()
+    go = feats[..., s["global_orient"]]
+    G = R.rot6d_to_matrix(go) if spec.rot == "6d" else R.axis_angle_to_matrix(go)
+    G = rot[:, None] @ G
+    out[..., s["global_orient"]] = R.matrix_to_rot6d(G) if spec.rot == "6d" else R.matrix_to_axis_angle(G)
+    out[..., s["wrist_pos"]] = (rot[:, None] @ feats[..., s["wrist_pos"]][..., None])[..., 0]
+    if spec.has_joints and spec.joints_frame == "camera":
+        j = feats[..., s["joints"]].reshape(feats.shape[:-1] + (21, 3))
+        out[..., s["joints"]] = (j @ rot[:, None].transpose(-1, -2)).reshape(feats.shape[:-1] + (63,))
+    return out
+
+
+@dataclass
+class Batch:
+    feats: torch.Tensor  # (B, W, D) raw features
+    betas: torch.Tensor  # (B, 10)
+    mask: torch.Tensor  # (B, W) bool: real, valid frames (not padding)
+
+
+class WindowSampler:
+    """Random training windows: a clip (weighted by its frame count x weight), a random start, then
+    ``frames_per_block`` frames padded to ``window_frames``; optional scene augmentation.
+
+    All randomness comes from ``self.rng`` (a numpy Generator), whose state is saved in checkpoints so a
+    resumed run draws the same batches."""
+
+    def __init__(
+        self,
+        config: TokenizerConfig,
+        clips: list[FeatureClip],
+        seed: int = 0,
+        aug_yaw_deg: float = 0.0,
+        aug_shift_m: float = 0.0,
+    ):
+        if not clips:
+            raise InputError("tokenizer training", "data", "at least one motion clip", "none")
+        self.config, self.clips = config, clips
+        self.spec = config.spec
+        self.F, self.W = config.frames_per_block, config.window_frames
+        self.aug_yaw = np.deg2rad(aug_yaw_deg)
+        self.aug_shift = aug_shift_m
+        self.rng = np.random.default_rng(seed)
+        n_starts = np.array([max(len(c.feats) - self.F + 1, 1) for c in clips], np.float64)
+        w = n_starts * np.array([c.weight for c in clips])
+        self.p = w / w.sum()
+        self.n_starts = n_starts.astype(int)
+
+    def sample(self, batch_size: int) -> Batch:
+        ci = self.rng.choice(len(self.clips), size=batch_size, p=self.p)
+        starts = (self.rng.random(batch_size) * self.n_starts[ci]).astype(int)
+        feats, betas, mask = [], [], []
+        k = np.arange(self.W)
+        for c, s in zip(ci, starts):
+            clip = self.clips[c]
+            T = len(clip.feats)
+            real = (k < self.F) & (s + k < T)  # padding: past the block, or past the clip's end
+            idx = np.minimum(s + np.minimum(k, self.F - 1), T - 1)
+            feats.append(clip.feats[idx])
+            betas.append(clip.betas)
+            mask.append(torch.from_numpy(real) & clip.valid[idx])
+        batch = Batch(torch.stack(feats), torch.stack(betas), torch.stack(mask))
+        if self.aug_yaw > 0:
+            ang = self.rng.uniform(-self.aug_yaw, self.aug_yaw, batch_size)
+            batch.feats = rotate_features(self.spec, batch.feats, _yaw_matrices(ang))
+        if self.aug_shift > 0:
+            shift = torch.as_tensor(
+                self.rng.uniform(-self.aug_shift, self.aug_shift, (batch_size, 1, 3)), dtype=torch.float32
+            )
+            batch.feats[..., self.spec.slices()["wrist_pos"]] += shift
+        return batch
+
+    def fit_normalizer(self, n_windows: int = 4096, seed: int = 12345) -> FeatureNormalizer:
+        """Per-dimension mean/std over ``n_windows`` windows drawn like training windows (augmentation
+        included) from a separate generator, over real frames only."""
+        saved = self.rng
+        self.rng = np.random.default_rng(seed)
+        try:
+            b = self.sample(n_windows)
+        finally:
+            self.rng = saved
+        return FeatureNormalizer.fit(b.feats[b.mask])
+
+
+__all__ = [
+    "BUILTIN",
+    "Batch",
+    "FeatureClip",
+    "LoadedMotion",
+    "WindowSampler",
+    "builtin_motions",
+    "expand_paths",
+    "load_joint_file",
+    "load_motion_file",
+    "load_sources",
+    "make_clips",
+    "resample_motion",
+    "rotate_features",
+]

@@ -1,0 +1,887 @@
+"""The part-level GRQ-VAE motion tokenizer: hand motion features <-> discrete motion ids.
+
+Per part (wrist, finger; or one whole-hand part) a 1D conv encoder downsamples a block of
+``window_frames`` (16) frames by ``alpha`` (4) to ``latent_steps`` (4) latent vectors of ``code_dim``
+(512); a grouped residual vector quantiser splits each vector into ``groups`` (2) groups and quantises
+each with ``residual_layers`` (8) codebooks of ``codebook_size`` (4096) codes; a mirrored decoder
+(nearest upsampling) maps the summed codes back to features.
+
+Token layout (``token_layout``, the single source of truth the VLA relies on): one block per hand per
+``seconds_per_block`` holds, for each part in order (wrist, finger), ``groups x latent_steps x layers``
+ids (index ``g * latent_steps * layers + t * layers + l``), and part ``p`` adds ``p * codebook_size`` to
+its codes. Defaults: 64 wrist ids in [0, 4096) then 64 finger ids in [4096, 8192): 128 ids per
+hand-second, 8192 distinct ids.
+
+Left hands: the tokenizer works in the right-hand frame. ``encode_motion`` mirrors a left hand through
+the x = 0 plane (axis-angle (x, y, z) -> (x, -y, -z) per joint, wrist position x -> -x) before encoding
+and ``decode_motion(..., side='left')`` mirrors back, so left and right hands share every code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from handvla.errors import CheckpointError, InputError, MissingResourceError
+from handvla.hand.features import (
+    FeatureNormalizer,
+    features_to_params,
+    merge_parts,
+    motion_to_features,
+    split_parts,
+)
+from handvla.hand import rotations as R
+from handvla.hand.model import HandModel, forward_kinematics, load_hand_model
+from handvla.hand.motion import HandMotion
+from handvla.hand.topology import MANO_TO_OPENPOSE
+from handvla.tokenizer.configuration import FORMAT_VERSION, TokenizerConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token layout: the one definition of how codes become motion ids
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Motion ids of one block (one hand, ``seconds_per_block`` seconds).
+
+    ids[k] for k = p * tokens_per_part + g * latent_steps * layers + t * layers + l is code
+    (part p, group g, latent time step t, residual layer l) plus ``p * codebook_size``.
+    """
+
+    parts: tuple[str, ...]
+    groups: int
+    latent_steps: int
+    layers: int
+    codebook_size: int
+
+    @property
+    def tokens_per_part(self) -> int:
+        return self.groups * self.latent_steps * self.layers
+
+    @property
+    def tokens_per_block(self) -> int:
+        return len(self.parts) * self.tokens_per_part
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct motion ids (8192 for the default part-level tokenizer)."""
+        return len(self.parts) * self.codebook_size
+
+    def part_offset(self, part: str) -> int:
+        return self.parts.index(part) * self.codebook_size
+
+    def part_positions(self, part: str) -> slice:
+        """Positions of ``part``'s ids inside a block."""
+        i = self.parts.index(part)
+        return slice(i * self.tokens_per_part, (i + 1) * self.tokens_per_part)
+
+    def id_range(self, part: str) -> tuple[int, int]:
+        """[lo, hi) of ``part``'s ids."""
+        lo = self.part_offset(part)
+        return lo, lo + self.codebook_size
+
+    def pack(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{part: (B, latent_steps, groups, layers) codes in [0, codebook_size)} -> (B, tokens_per_block)."""
+        out = []
+        for part in self.parts:
+            c = codes[part]
+            B = c.shape[0]
+            assert c.shape[1:] == (self.latent_steps, self.groups, self.layers), c.shape
+            out.append(c.permute(0, 2, 1, 3).reshape(B, self.tokens_per_part) + self.part_offset(part))
+        return torch.cat(out, 1)
+
+    def unpack(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, tokens_per_block) ids -> {part: (B, latent_steps, groups, layers) codes}. Validate first."""
+        B = ids.shape[0]
+        out = {}
+        for part in self.parts:
+            c = ids[:, self.part_positions(part)] - self.part_offset(part)
+            out[part] = c.reshape(B, self.groups, self.latent_steps, self.layers).permute(0, 2, 1, 3)
+        return out
+
+    def validate(self, ids: Any, where: str = "motion ids") -> torch.Tensor:
+        """Check dtype, block length and per-part id ranges; return a (B, tokens_per_block) int64 tensor."""
+        if isinstance(ids, torch.Tensor):
+            t = ids.detach().cpu()
+        else:
+            try:
+                t = torch.as_tensor(np.asarray(ids))
+            except (TypeError, ValueError) as e:
+                raise InputError(where, "ids", "an integer array", f"{type(ids).__name__} ({e})") from None
+        if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
+            raise InputError(where, "ids", "integer motion ids", f"dtype {t.dtype}")
+        n = self.tokens_per_block
+        if t.dim() == 1 and t.numel() % n == 0 and t.numel() > 0:
+            t = t.reshape(-1, n)
+        if t.dim() != 2 or t.shape[-1] != n or t.shape[0] == 0:
+            raise InputError(where, "ids", f"blocks of {n} ids, shape (blocks, {n})", str(tuple(t.shape)))
+        t = t.long()
+        for part in self.parts:
+            lo, hi = self.id_range(part)
+            sl = t[:, self.part_positions(part)]
+            bad = (sl < lo) | (sl >= hi)
+            if bad.any():
+                b, k = (int(v) for v in bad.nonzero()[0])
+                pos = self.part_positions(part).start + k
+                raise InputError(
+                    where, f"ids[{b}, {pos}]", f"a {part} id in [{lo}, {hi})", str(int(sl[b, k]))
+                )
+        return t
+
+
+def token_layout(config: TokenizerConfig) -> TokenLayout:
+    """The id layout of a tokenizer config (the VLA builds its motion vocabulary from this)."""
+    return TokenLayout(
+        parts=config.parts,
+        groups=config.groups,
+        latent_steps=config.latent_steps,
+        layers=config.residual_layers,
+        codebook_size=config.codebook_size,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoder / decoder
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ResBlock1d(nn.Module):
+    """Pre-activation residual block: x + conv1x1(relu(dilated conv3(relu(x))))."""
+
+    def __init__(self, width: int, dilation: int, zero_init: bool = False):
+        super().__init__()
+        self.conv = nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation)
+        self.proj = nn.Conv1d(width, width, 1)
+        if zero_init:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(x)
+        if self.conv.dilation[0] >= x.shape[-1]:
+            # Both side taps only ever see zero padding (dilation 9 on 8 or 4 latent steps): the
+            # convolution is exactly its centre tap, at a third of the cost.
+            h = F.conv1d(h, self.conv.weight[:, :, 1:2], self.conv.bias)
+        else:
+            h = self.conv(h)
+        return x + self.proj(F.relu(h))
+
+
+class Encoder(nn.Module):
+    """(B, in_dim, W) -> (B, code_dim, W / alpha): conv, then per stride-2 stage a strided conv and
+    residual blocks (dilations 9/3/1), then a conv to the code dimension."""
+
+    def __init__(
+        self, in_dim: int, width: int, code_dim: int, stages: int, dilations: tuple[int, ...], zero_init: bool = False
+    ):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(in_dim, width, 3, padding=1), nn.ReLU()]
+        for _ in range(stages):
+            layers.append(nn.Conv1d(width, width, 4, stride=2, padding=1))
+            layers.extend(ResBlock1d(width, d, zero_init) for d in dilations)
+        layers.append(nn.Conv1d(width, code_dim, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """The encoder mirrored: (B, code_dim, W / alpha) -> (B, out_dim, W), nearest x2 upsampling per stage."""
+
+    def __init__(
+        self, out_dim: int, width: int, code_dim: int, stages: int, dilations: tuple[int, ...], zero_init: bool = False
+    ):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(code_dim, width, 3, padding=1), nn.ReLU()]
+        for _ in range(stages):
+            layers.extend(ResBlock1d(width, d, zero_init) for d in dilations)
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            layers.append(nn.Conv1d(width, width, 3, padding=1))
+        layers += [nn.Conv1d(width, width, 3, padding=1), nn.ReLU(), nn.Conv1d(width, out_dim, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grouped residual vector quantiser
+# ---------------------------------------------------------------------------------------------------------
+
+
+def nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(M, d), (K, d) -> (M,) index of the nearest code in Euclidean distance."""
+    # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is the same for every code, so it is left out.
+    dist = torch.addmm((codebook * codebook).sum(-1)[None], x, codebook.t(), beta=1.0, alpha=-2.0)
+    return dist.argmin(-1)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on (N, d) -> centres (k, d) and cluster shares (k,) (fractions of N).
+
+    Starts from k random data points (drawn with replacement when N < k); empty clusters keep their
+    centre; stops early once no assignment changes. Uses the global torch RNG (reproducible under a seed).
+    """
+    N = x.shape[0]
+    idx = torch.randperm(N)[:k] if N >= k else torch.randint(0, N, (k,))
+    centres = x[idx].clone()
+    assign = _assign_chunked(x, centres)
+    for _ in range(max(iters, 0)):
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+        new_assign = _assign_chunked(x, centres)
+        converged = torch.equal(new_assign, assign)
+        assign = new_assign
+        if converged:
+            break
+    shares = torch.bincount(assign, minlength=k).to(x.dtype) / N
+    return centres, shares
+
+
+def _assign_chunked(x: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    return torch.cat([nearest_code(x[i : i + chunk], centres) for i in range(0, x.shape[0], chunk)])
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor  # (B, N, dim), straight-through gradient to the input
+    codes: torch.Tensor  # (B, N, groups, layers) int64 in [0, codebook_size)
+    commit_loss: torch.Tensor  # scalar: mean over groups and layers of ||residual - code||^2 / dim
+
+
+class GroupedResidualQuantizer(nn.Module):
+    """Grouped residual VQ with k-means initialisation, EMA codebooks and dead-code reset.
+
+    The input's channels are split into ``groups`` equal groups; each group is quantised by
+    ``layers`` codebooks in turn, each quantising what the previous ones left (the residual).
+
+    Codebooks are not trained by gradients: each is the ratio of two exponential moving averages, of
+    the mean of the vectors assigned to every code (``ema_sum``) and of every code's share of the
+    assignments (``ema_usage``, which sums to 1 and does not depend on the batch size). A code whose
+    share falls below ``dead_threshold / codebook_size`` is replaced by a random vector of the current
+    batch. Same semantics as vector-quantize-pytorch's ``GroupedResidualVQ(kmeans_init=True, decay,
+    threshold_ema_dead_code)`` and the same codes for the same codebooks (tests compare the two), but
+    one matmul per layer instead of a distance, a one-hot product and an EMA einsum, which makes a
+    training step several times faster on CPU at 4096 codes; and a batch-size-free dead-code rule.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        groups: int,
+        layers: int,
+        codebook_size: int,
+        decay: float = 0.99,
+        dead_threshold: float = 0.05,
+        kmeans_iters: int = 10,
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        if dim % groups:
+            raise ValueError(f"dim {dim} is not a multiple of groups {groups}")
+        self.dim, self.groups, self.layers, self.codebook_size = dim, groups, layers, codebook_size
+        self.group_dim = dim // groups
+        self.decay, self.dead_threshold, self.kmeans_iters, self.eps = (
+            decay,
+            dead_threshold,
+            kmeans_iters,
+            eps,
+        )
+        G, L, K, d = groups, layers, codebook_size, self.group_dim
+        self.register_buffer("codebook", torch.zeros(G, L, K, d))
+        self.register_buffer("ema_usage", torch.full((G, L, K), 1.0 / K))
+        self.register_buffer("ema_sum", torch.zeros(G, L, K, d))
+        self.register_buffer("initted", torch.zeros((), dtype=torch.bool))
+
+    # --- codebook maintenance ------------------------------------------------------------------------
+    def _smoothed_usage(self, usage: torch.Tensor) -> torch.Tensor:
+        # Laplace smoothing keeps the division finite for codes that were never used.
+        K = self.codebook_size
+        return (usage + self.eps) / (usage.sum(-1, keepdim=True) + K * self.eps)
+
+    @torch.no_grad()
+    def init_codebooks(self, z: torch.Tensor) -> None:
+        """k-means initialisation from latents (..., dim), layer by layer on the residuals."""
+        x_all = z.detach().reshape(-1, self.dim).float()
+        for g in range(self.groups):
+            residual = x_all[:, g * self.group_dim : (g + 1) * self.group_dim].clone()
+            for layer in range(self.layers):
+                centres, shares = kmeans(residual, self.codebook_size, self.kmeans_iters)
+                # codes nobody chose start at the uniform share so they are not all reset at once
+                shares = torch.where(shares > 0, shares, torch.full_like(shares, 1.0 / self.codebook_size))
+                shares = shares / shares.sum()
+                self.codebook[g, layer] = centres
+                self.ema_usage[g, layer] = shares
+                self.ema_sum[g, layer] = centres * self._smoothed_usage(shares)[:, None]
+                residual = residual - centres[nearest_code(residual, centres)]
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def _update(self, g: int, layer: int, x: torch.Tensor, idx: torch.Tensor) -> None:
+        K, M, decay = self.codebook_size, x.shape[0], self.decay
+        share = torch.bincount(idx, minlength=K).to(x.dtype) / M
+        mean_sum = torch.zeros(K, x.shape[1], dtype=x.dtype).index_add_(0, idx, x) / M
+        usage, sums = self.ema_usage[g, layer], self.ema_sum[g, layer]
+        usage.mul_(decay).add_(share, alpha=1 - decay)
+        sums.mul_(decay).add_(mean_sum, alpha=1 - decay)
+        self.codebook[g, layer] = sums / self._smoothed_usage(usage)[:, None]
+        if self.dead_threshold <= 0:
+            return
+        dead = (usage < self.dead_threshold / K).nonzero()[:, 0]
+        if dead.numel() == 0:
+            return
+        n = min(dead.numel(), M)
+        dead = dead[torch.randperm(dead.numel())[:n]]
+        samples = x[torch.randperm(M)[:n]] if M >= n else x[torch.randint(0, M, (n,))]
+        self.codebook[g, layer, dead] = samples
+        usage[dead] = 1.0 / K
+        sums[dead] = samples * self._smoothed_usage(usage)[dead, None]
+
+    # --- quantisation --------------------------------------------------------------------------------
+    def forward(self, z: torch.Tensor, update: bool | None = None) -> QuantizerOutput:
+        """z (B, N, dim) -> quantised (B, N, dim), codes (B, N, groups, layers), commitment loss.
+
+        ``update`` (default: ``self.training``) runs the EMA / dead-code maintenance on this batch
+        (and the k-means initialisation first, if the codebooks were never initialised).
+        """
+        update = self.training if update is None else update
+        B, N, _ = z.shape
+        if update and not bool(self.initted):
+            self.init_codebooks(z)
+        zf = z.reshape(B * N, self.dim)
+        outs, codes, commit = [], [], z.new_zeros(())
+        for g in range(self.groups):
+            x = zf[:, g * self.group_dim : (g + 1) * self.group_dim]
+            residual, total, gcodes = x, torch.zeros_like(x), []
+            for layer in range(self.layers):
+                cb = self.codebook[g, layer]
+                idx = nearest_code(residual.detach(), cb)
+                q = cb[idx]  # (M, d), no gradient: codebooks follow the EMA, not the loss
+                commit = commit + F.mse_loss(residual, q)
+                if update:
+                    self._update(g, layer, residual.detach(), idx)
+                residual = residual - q
+                total = total + q
+                gcodes.append(idx)
+            outs.append(x + (total - x).detach())  # straight-through estimator
+            codes.append(torch.stack(gcodes, -1))
+        quantized = torch.cat(outs, -1).reshape(B, N, self.dim)
+        codes_t = torch.stack(codes, 1).reshape(B, N, self.groups, self.layers)
+        return QuantizerOutput(quantized, codes_t, commit / (self.groups * self.layers))
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, N, groups, layers) codes -> (B, N, dim) quantised latents (sum of the layers' codes)."""
+        B, N = codes.shape[:2]
+        outs = []
+        for g in range(self.groups):
+            total = 0
+            for layer in range(self.layers):
+                total = total + self.codebook[g, layer][codes[:, :, g, layer]]
+            outs.append(total)
+        return torch.cat(outs, -1).reshape(B, N, self.dim)
+
+    @torch.no_grad()
+    def usage_stats(self, codes: torch.Tensor | None = None) -> dict[str, float]:
+        """Codebook health. From the EMA: fraction of live codes (share above the dead threshold).
+        From ``codes`` (..., groups, layers) if given: mean perplexity and fraction of codes used."""
+        K = self.codebook_size
+        live = (self.ema_usage >= max(self.dead_threshold, 1e-3) / K).float().mean().item()
+        out = {"live_codes": live}
+        if codes is not None:
+            c = codes.reshape(-1, self.groups, self.layers)
+            perps, used = [], []
+            for g in range(self.groups):
+                for layer in range(self.layers):
+                    counts = torch.bincount(c[:, g, layer], minlength=K).float()
+                    p = counts / counts.sum()
+                    ent = -(p[p > 0] * p[p > 0].log()).sum()
+                    perps.append(ent.exp().item())
+                    used.append((counts > 0).float().mean().item())
+            out["perplexity"] = float(np.mean(perps))
+            out["batch_used_codes"] = float(np.mean(used))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The tokenizer
+# ---------------------------------------------------------------------------------------------------------
+
+
+class PartAutoencoder(nn.Module):
+    """Encoder + grouped residual quantiser + decoder for one part (wrist, finger or whole hand)."""
+
+    def __init__(self, in_dim: int, config: TokenizerConfig):
+        super().__init__()
+        stages = int(round(math.log2(config.alpha)))
+        zi = config.zero_init_residual
+        self.encoder = Encoder(in_dim, config.width, config.code_dim, stages, config.dilations, zi)
+        self.quantizer = GroupedResidualQuantizer(
+            config.code_dim,
+            config.groups,
+            config.residual_layers,
+            config.codebook_size,
+            decay=config.ema_decay,
+            dead_threshold=config.dead_code_threshold,
+            kmeans_iters=config.kmeans_iters if config.kmeans_init else 0,
+        )
+        self.decoder = Decoder(in_dim, config.width, config.code_dim, stages, config.dilations, zi)
+        if config.init == "kaiming":
+            for m in (*self.encoder.modules(), *self.decoder.modules()):
+                if isinstance(m, nn.Conv1d) and not (zi and _is_zero(m)):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
+
+
+def _is_zero(conv: nn.Conv1d) -> bool:
+    return not bool(conv.weight.any())
+
+
+@dataclass
+class TokenizerOutput:
+    recon: torch.Tensor  # (B, W, D) normalised features
+    codes: dict[str, torch.Tensor]  # part -> (B, latent_steps, groups, layers); empty when not quantised
+    commit_loss: torch.Tensor  # scalar, summed over parts
+
+
+@dataclass
+class MotionTokens:
+    """The tokens of one hand's motion: ``ids`` (blocks, tokens_per_block) int64 plus what decoding
+    needs to give back the same clip (its true length, side and frame rate)."""
+
+    ids: np.ndarray
+    num_frames: int
+    side: str = "right"
+    fps: float = 15.0
+
+
+def mirror_motion(motion: HandMotion) -> HandMotion:
+    """Reflect a hand's motion through the x = 0 plane and swap its side (right <-> left).
+
+    Per joint axis-angle (x, y, z) -> (x, -y, -z), wrist position (x, y, z) -> (-x, y, z): the model's
+    left hand is the mirror image of its right hand, so the joints are mirrored exactly.
+    """
+    flip = np.array([1.0, -1.0, -1.0], np.float32)
+    return replace(
+        motion,
+        global_orient=motion.global_orient * flip,
+        hand_pose=motion.hand_pose * flip,
+        wrist_pos=motion.wrist_pos * np.array([-1.0, 1.0, 1.0], np.float32),
+        side="left" if motion.side == "right" else "right",
+    )
+
+
+def fill_invalid(motion: HandMotion) -> HandMotion:
+    """Replace frames with ``valid == False`` by the nearest valid frame (values there are meaningless)."""
+    valid = np.asarray(motion.valid, bool)
+    if valid.all():
+        return motion
+    if not valid.any():
+        raise InputError("HandMotion", "valid", "at least one valid frame", "none")
+    idx = np.flatnonzero(valid)
+    T = len(valid)
+    pos = np.searchsorted(idx, np.arange(T))
+    left = idx[np.clip(pos - 1, 0, len(idx) - 1)]
+    right = idx[np.clip(pos, 0, len(idx) - 1)]
+    src = np.where(np.abs(np.arange(T) - left) <= np.abs(right - np.arange(T)), left, right)
+    return replace(
+        motion,
+        global_orient=motion.global_orient[src],
+        hand_pose=motion.hand_pose[src],
+        wrist_pos=motion.wrist_pos[src],
+    )
+
+
+def pad_frames(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(T, ...) -> (n, ...) by repeating the last frame (n >= T >= 1)."""
+    if x.shape[0] >= n:
+        return x[:n]
+    return torch.cat([x, x[-1:].expand((n - x.shape[0],) + x.shape[1:])], 0)
+
+
+def features_to_joints(
+    config: TokenizerConfig, feats: torch.Tensor, betas: torch.Tensor, hand_model: HandModel
+) -> torch.Tensor:
+    """Differentiable: raw features (B, W, D) + betas (B, 10) -> joints (B, W, 21, 3) in metres, in the
+    features' frame (wrist joint at the decoded wrist position).
+
+    For hand models that use the interface's forward kinematics (the built-in hand), the rotations go
+    straight from 6D (Gram-Schmidt) to matrices to the kinematic chain: no detour through axis-angle,
+    whose conversion from a matrix has branch switches that make gradients noisy. Other models are
+    called through their own forward on axis-angle parameters."""
+    spec = config.spec
+    B, W = feats.shape[:2]
+    f = feats.reshape(B * W, spec.dim)
+    b = betas[:, None].expand(B, W, betas.shape[-1]).reshape(B * W, -1)
+    if type(hand_model).forward is HandModel.forward:
+        s = spec.slices()
+        to_mat = R.rot6d_to_matrix if spec.rot == "6d" else R.axis_angle_to_matrix
+        hand_pose = to_mat(f[:, s["hand_pose"]].reshape(B * W, 15, spec.rot_dim))
+        mats = torch.cat([to_mat(f[:, s["global_orient"]])[:, None], hand_pose], 1)  # (BW, 16, 3, 3)
+        rest_j, rest_tips = hand_model.rest_joints_and_tips(b)
+        _, P, tips = forward_kinematics(mats, rest_j, rest_tips)
+        joints = torch.cat([P, tips], 1)[:, torch.as_tensor(MANO_TO_OPENPOSE)]
+        joints = joints - joints[:, :1] + f[:, s["wrist_pos"]][:, None]
+    else:
+        p = features_to_params(spec, f)
+        joints = hand_model(p["global_orient"], p["hand_pose"], b, p["wrist_pos"]).joints
+    return joints.reshape(B, W, -1, 3)
+
+
+class MotionTokenizer(nn.Module):
+    """Part-level GRQ-VAE. Features are given raw (un-normalised); normalisation stats are buffers
+    saved with the weights."""
+
+    def __init__(self, config: TokenizerConfig, normalizer: FeatureNormalizer | None = None):
+        super().__init__()
+        self.config = config
+        self.spec = config.spec
+        self.layout = token_layout(config)
+        D = self.spec.dim
+        norm = normalizer or FeatureNormalizer(torch.zeros(D), torch.ones(D))
+        self.register_buffer("feature_mean", norm.mean.clone().float())
+        self.register_buffer("feature_std", norm.std.clone().float())
+        self.parts = nn.ModuleDict({p: PartAutoencoder(config.part_dim(p), config) for p in config.parts})
+        self._hand_models: dict[str, HandModel] = {}
+
+    # --- normalisation -------------------------------------------------------------------------------
+    @property
+    def normalizer(self) -> FeatureNormalizer:
+        return FeatureNormalizer(self.feature_mean, self.feature_std, min_std=0.0)
+
+    def set_normalizer(self, normalizer: FeatureNormalizer) -> None:
+        D = self.spec.dim
+        if normalizer.mean.shape != (D,) or normalizer.std.shape != (D,):
+            raise InputError("normalizer", "mean/std", f"shape ({D},)", str(tuple(normalizer.mean.shape)))
+        self.feature_mean.copy_(normalizer.mean)
+        self.feature_std.copy_(normalizer.std)
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.feature_mean) / self.feature_std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.feature_std + self.feature_mean
+
+    def _split(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"hand": x} if not self.config.part_level else split_parts(self.spec, x)
+
+    def _merge(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return parts["hand"] if not self.config.part_level else merge_parts(self.spec, parts)
+
+    # --- hand model ------------------------------------------------------------------------------------
+    def hand_model(self, side: str = "right", mano_dir: str | None = None) -> HandModel:
+        """The hand model named by the config (cached per side)."""
+        if side not in self._hand_models:
+            self._hand_models[side] = load_hand_model(self.config.hand_model, side, mano_dir)
+        return self._hand_models[side]
+
+    def set_hand_model(self, model: HandModel) -> None:
+        self._hand_models[model.side] = model
+
+    # --- core ------------------------------------------------------------------------------------------
+    def _check_window(self, feats: torch.Tensor, where: str) -> torch.Tensor:
+        W, D = self.config.window_frames, self.spec.dim
+        if not isinstance(feats, torch.Tensor):
+            feats = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+        if feats.dim() != 3 or feats.shape[1:] != (W, D):
+            raise InputError(
+                where,
+                "features",
+                f"shape (batch, {W}, {D}) ({self.spec.name}, one block)",
+                str(tuple(feats.shape)),
+            )
+        if not torch.isfinite(feats).all():
+            raise InputError(where, "features", "finite values", "NaN or inf")
+        return feats.float()
+
+    def forward(self, feats: torch.Tensor, quantize: bool = True) -> TokenizerOutput:
+        """Training pass. feats (B, W, D) raw -> reconstruction (normalised), codes, commitment loss.
+
+        With ``quantize=False`` the latents bypass the quantiser (auto-encoder warm-up)."""
+        x = self.normalize(self._check_window(feats, "MotionTokenizer.forward"))
+        recon, codes, commit = {}, {}, x.new_zeros(())
+        for part, xp in self._split(x).items():
+            m = self.parts[part]
+            z = m.encoder(xp.transpose(1, 2)).transpose(1, 2)  # (B, latent_steps, code_dim)
+            if quantize:
+                q = m.quantizer(z)
+                z, codes[part] = q.quantized, q.codes
+                commit = commit + q.commit_loss
+            recon[part] = m.decoder(z.transpose(1, 2)).transpose(1, 2)  # (B, W, Dp)
+        return TokenizerOutput(self._merge(recon), codes, commit)
+
+    @torch.no_grad()
+    def encode_codes(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw features (B, W, D) -> {part: (B, latent_steps, groups, layers) codes}. Never updates codebooks."""
+        x = self.normalize(self._check_window(feats, "MotionTokenizer.encode"))
+        codes = {}
+        for part, xp in self._split(x).items():
+            m = self.parts[part]
+            z = m.encoder(xp.transpose(1, 2)).transpose(1, 2)
+            codes[part] = m.quantizer(z, update=False).codes
+        return codes
+
+    @torch.no_grad()
+    def encode(self, feats: torch.Tensor) -> torch.Tensor:
+        """Raw features (B, window_frames, D) of B blocks -> motion ids (B, tokens_per_block) int64."""
+        return self.layout.pack(self.encode_codes(feats))
+
+    @torch.no_grad()
+    def decode(self, ids: Any) -> torch.Tensor:
+        """Motion ids (B, tokens_per_block) -> raw features (B, window_frames, D) (the last
+        window_frames - frames_per_block frames are padding)."""
+        codes = self.layout.unpack(self.layout.validate(ids, "MotionTokenizer.decode"))
+        parts = {}
+        for part, c in codes.items():
+            m = self.parts[part]
+            z = m.quantizer.decode_codes(c)
+            parts[part] = m.decoder(z.transpose(1, 2)).transpose(1, 2)
+        return self.denormalize(self._merge(parts))
+
+    # --- sequences -------------------------------------------------------------------------------------
+    def blocks_from_sequence(self, feats: torch.Tensor) -> torch.Tensor:
+        """(T, D) -> (blocks, window_frames, D): cut into blocks of frames_per_block frames; the last
+        partial block and every block's padding repeat the block's last frame."""
+        F_, W = self.config.frames_per_block, self.config.window_frames
+        T = feats.shape[0]
+        if T == 0:
+            raise InputError("features", "frames", "at least one frame", "0")
+        n = math.ceil(T / F_)
+        return torch.stack([pad_frames(feats[i * F_ : (i + 1) * F_], W) for i in range(n)])
+
+    @torch.no_grad()
+    def encode_sequence(self, feats: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Raw features (T, D) at the tokenizer's fps -> ids (ceil(T / frames_per_block), tokens_per_block)."""
+        if not isinstance(feats, torch.Tensor):
+            feats = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
+        if feats.dim() != 2 or feats.shape[1] != self.spec.dim:
+            raise InputError(
+                "encode_sequence", "features", f"shape (T, {self.spec.dim})", str(tuple(feats.shape))
+            )
+        blocks = self.blocks_from_sequence(feats.float())
+        return torch.cat([self.encode(blocks[i : i + batch_size]) for i in range(0, len(blocks), batch_size)])
+
+    @torch.no_grad()
+    def decode_sequence(self, ids: Any, num_frames: int | None = None, batch_size: int = 256) -> torch.Tensor:
+        """ids (blocks, tokens_per_block) -> raw features (T, D): each block's padding frames are dropped,
+        the blocks joined, then cut to ``num_frames`` (default: blocks x frames_per_block)."""
+        ids = self.layout.validate(ids, "decode_sequence")
+        F_ = self.config.frames_per_block
+        total = ids.shape[0] * F_
+        if num_frames is not None and not (1 <= num_frames <= total):
+            raise InputError(
+                "decode_sequence",
+                "num_frames",
+                f"between 1 and {total} for {ids.shape[0]} blocks",
+                str(num_frames),
+            )
+        feats = torch.cat([self.decode(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
+        return feats[:, :F_].reshape(total, -1)[: num_frames or total]
+
+    # --- motion ----------------------------------------------------------------------------------------
+    def _check_fps(self, fps: float, where: str) -> None:
+        if abs(float(fps) - self.config.fps) > 1e-3 * self.config.fps:
+            raise InputError(
+                where,
+                "fps",
+                f"{self.config.fps:g} frames per second (resample first, see handvla.hand.io)",
+                f"{fps:g}",
+            )
+
+    def motion_features(self, motion: HandMotion) -> torch.Tensor:
+        """A motion (either side) -> raw features (T, D) in the right-hand frame (left hands mirrored)."""
+        motion = fill_invalid(motion)
+        if motion.side == "left":
+            motion = mirror_motion(motion)
+        return motion_to_features(self.spec, motion, self.hand_model("right"))
+
+    @torch.no_grad()
+    def encode_motion(self, motion: HandMotion) -> MotionTokens:
+        """One hand's motion at the tokenizer's fps -> ``MotionTokens`` (ids (blocks, 128) int64).
+
+        Invalid frames are filled from the nearest valid frame; the last partial second is padded by
+        repeating its last frame and the true length is recorded in ``num_frames``."""
+        if not isinstance(motion, HandMotion):
+            raise InputError("encode_motion", "motion", "a HandMotion", type(motion).__name__)
+        self._check_fps(motion.fps, "encode_motion")
+        ids = self.encode_sequence(self.motion_features(motion))
+        return MotionTokens(ids.numpy().astype(np.int64), len(motion), motion.side, self.config.fps)
+
+    @torch.no_grad()
+    def decode_motion(
+        self,
+        ids: Any,
+        side: str | None = None,
+        betas: np.ndarray | None = None,
+        fps: float | None = None,
+        num_frames: int | None = None,
+    ) -> HandMotion:
+        """Motion ids (blocks, 128) or ``MotionTokens`` -> ``HandMotion`` of ``side`` (default right, or
+        the tokens' side) with shape ``betas`` (default zeros), at the tokenizer's fps."""
+        if isinstance(ids, MotionTokens):
+            side = side or ids.side
+            num_frames = num_frames if num_frames is not None else ids.num_frames
+            ids = ids.ids
+        side = side or "right"
+        if side not in ("left", "right"):
+            raise InputError("decode_motion", "side", "'left' or 'right'", repr(side))
+        if fps is not None:
+            self._check_fps(fps, "decode_motion")
+        betas = np.zeros(10, np.float32) if betas is None else np.asarray(betas, np.float32)
+        if betas.shape != (10,):
+            raise InputError("decode_motion", "betas", "shape (10,)", str(betas.shape))
+        feats = self.decode_sequence(ids, num_frames)
+        p = features_to_params(self.spec, feats)
+        motion = HandMotion(
+            global_orient=p["global_orient"].numpy(),
+            hand_pose=p["hand_pose"].numpy(),
+            wrist_pos=p["wrist_pos"].numpy(),
+            betas=betas,
+            side="right",
+            fps=self.config.fps,
+            hand_model=self.config.hand_model,
+        )
+        return mirror_motion(motion) if side == "left" else motion
+
+    @torch.no_grad()
+    def motion_joints(self, motion: HandMotion) -> np.ndarray:
+        """Joints (T, 21, 3) in metres of a motion through the tokenizer's hand model (its side, betas)."""
+        out = self.hand_model(motion.side)(
+            torch.tensor(motion.global_orient),  # copies: the arrays may be read-only
+            torch.tensor(motion.hand_pose),
+            torch.tensor(motion.betas),
+            torch.tensor(motion.wrist_pos),
+        )
+        return out.joints.numpy()
+
+    # --- save / load -----------------------------------------------------------------------------------
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights for ``save_pretrained``: everything but the EMA sums (rebuilt from codebook x usage)."""
+        return {
+            k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.endswith(".ema_sum")
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (weights, codebooks, normalisation stats)."""
+        from safetensors.torch import save as st_save
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": str(FORMAT_VERSION),
+            "model_type": self.config.model_type,
+            "features": self.config.features,
+        }
+        atomic_write_bytes(directory / WEIGHTS_NAME, st_save(self.inference_state_dict(), metadata=meta))
+        self.config.save(directory / CONFIG_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MotionTokenizer:
+        """Load a folder written by ``save_pretrained``. Missing or corrupted files -> CheckpointError."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise MissingResourceError(f"{directory}: tokenizer checkpoint folder not found")
+        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise CheckpointError(
+                    f"{p}: missing (a tokenizer checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+                )
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+        from handvla.errors import ConfigError
+
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{cfg_path}: expected a JSON object with the tokenizer config")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{cfg_path}: field 'format_version': expected {FORMAT_VERSION}, got {version!r}"
+            )
+        try:
+            config = TokenizerConfig.from_dict(raw, str(cfg_path))
+        except (ConfigError, TypeError) as e:
+            raise CheckpointError(f"{cfg_path}: {e}") from None
+        try:
+            state = load_file(str(w_path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{w_path}: not a readable safetensors file ({e})") from None
+        model = cls(config)
+        expected = model.inference_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{w_path}: tensors do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        for k, v in expected.items():
+            if state[k].shape != v.shape or state[k].dtype != v.dtype:
+                raise CheckpointError(
+                    f"{w_path}: tensor '{k}': expected {tuple(v.shape)} {v.dtype}, got "
+                    f"{tuple(state[k].shape)} {state[k].dtype}"
+                )
+            if v.dtype.is_floating_point and not torch.isfinite(state[k]).all():
+                raise CheckpointError(f"{w_path}: tensor '{k}' holds NaN or inf")
+        model.load_state_dict(state, strict=False)
+        with torch.no_grad():
+            for part in model.parts.values():
+                q = part.quantizer
+                q.ema_sum.copy_(q.codebook * q._smoothed_usage(q.ema_usage)[..., None])
+        return model.eval()
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "GroupedResidualQuantizer",
+    "MotionTokenizer",
+    "MotionTokens",
+    "TokenLayout",
+    "atomic_write_bytes",
+    "features_to_joints",
+    "fill_invalid",
+    "mirror_motion",
+    "token_layout",
+]

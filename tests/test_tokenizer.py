@@ -1,0 +1,386 @@
+"""Motion tokenizer: id layout, quantiser against vector-quantize-pytorch, save/load, determinism, mirroring,
+training that learns, exact resume, bad input and corrupted checkpoints. Tiny preset, single thread."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from handvla.cli import main as cli_main
+from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
+from handvla.hand.features import feature_spec, motion_to_features
+from handvla.hand.io import save_motion
+from handvla.hand.model import BuiltinHand
+from handvla.hand.motion import HandMotion
+from handvla.tokenizer.configuration import TokenizerConfig, TrainConfig, load_config_file, preset
+from handvla.tokenizer.data import (
+    FeatureClip,
+    WindowSampler,
+    _yaw_matrices,
+    load_sources,
+    make_clips,
+    resample_motion,
+    rotate_features,
+)
+from handvla.tokenizer.evaluation import evaluate_files
+from handvla.tokenizer.modeling import (
+    GroupedResidualQuantizer,
+    MotionTokenizer,
+    features_to_joints,
+    mirror_motion,
+    token_layout,
+)
+from handvla.tokenizer.training import train
+
+
+def _motion(T=40, side="right", seed=0, fps=15.0):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, T)[:, None]
+    return HandMotion(
+        global_orient=rng.normal(size=3) * 0.8 + t * rng.normal(size=3) * 0.5,
+        hand_pose=0.3 * rng.normal(size=(15, 3)) + 0.2 * t[:, :, None] * rng.normal(size=(15, 3)),
+        wrist_pos=np.array([0.05, 0.1, 0.45]) + 0.1 * t * rng.normal(size=3),
+        betas=rng.normal(size=10) * 0.5,
+        side=side,
+        fps=fps,
+    )
+
+
+def _tiny_model(seed=0) -> MotionTokenizer:
+    """A tiny tokenizer with codebooks initialised on random latents and normalisation from a motion."""
+    torch.manual_seed(seed)
+    cfg, _ = preset("tiny")
+    model = MotionTokenizer(cfg)
+    feats = model.motion_features(_motion(60, seed=seed + 1))
+    from handvla.hand.features import FeatureNormalizer
+
+    model.set_normalizer(FeatureNormalizer.fit(feats))
+    for part in model.parts.values():
+        part.quantizer.init_codebooks(torch.randn(256, cfg.code_dim))
+    return model.eval()
+
+
+def _tiny_train_config(**kw) -> TrainConfig:
+    _, tc = preset("tiny")
+    d = tc.to_dict()
+    d.update({"builtin_sequences": 6, "builtin_seconds": 3.0, "threads": 1, **kw})
+    return TrainConfig.from_dict(d)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layout
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_default_config_reproduces_reference_layout():
+    cfg = TokenizerConfig()
+    assert (cfg.frames_per_block, cfg.window_frames, cfg.latent_steps) == (15, 16, 4)
+    assert cfg.dilations == (9, 3, 1) and cfg.parts == ("wrist", "finger")
+    assert (cfg.part_dim("wrist"), cfg.part_dim("finger")) == (9, 150)
+    lay = token_layout(cfg)
+    assert (lay.tokens_per_part, lay.tokens_per_block, lay.vocab_size) == (64, 128, 8192)
+    assert lay.id_range("wrist") == (0, 4096) and lay.id_range("finger") == (4096, 8192)
+    # code (finger, group 1, time 2, layer 3) = 77 sits at 64 + 1*32 + 2*8 + 3 and reads 4096 + 77
+    codes = {p: torch.zeros(1, 4, 2, 8, dtype=torch.long) for p in lay.parts}
+    codes["finger"][0, 2, 1, 3] = 77
+    ids = lay.pack(codes)
+    assert ids.shape == (1, 128) and int(ids[0, 64 + 32 + 16 + 3]) == 4096 + 77
+    assert int((ids[0, 64:] == 4096).sum()) == 63 and int(ids[0, :64].max()) == 0
+    rnd = {p: torch.randint(0, 4096, (3, 4, 2, 8)) for p in lay.parts}
+    back = lay.unpack(lay.validate(lay.pack(rnd)))
+    assert all(torch.equal(back[p], rnd[p]) for p in lay.parts)
+
+
+def test_whole_hand_layout_and_preset_sizes():
+    cfg = TokenizerConfig(part_level=False, groups=4)
+    lay = token_layout(cfg)
+    assert lay.parts == ("hand",) and lay.tokens_per_block == 4 * 4 * 8 and lay.vocab_size == 4096
+    tiny, _ = preset("tiny")
+    assert token_layout(tiny).tokens_per_block == 128 and token_layout(tiny).vocab_size == 128
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quantiser
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_quantizer_matches_vector_quantize_pytorch():
+    from vector_quantize_pytorch import GroupedResidualVQ
+
+    torch.manual_seed(1)
+    ours = GroupedResidualQuantizer(32, groups=2, layers=3, codebook_size=16)
+    ours.init_codebooks(torch.randn(500, 32))
+    ref = GroupedResidualVQ(dim=32, groups=2, num_quantizers=3, codebook_size=16).eval()
+    with torch.no_grad():
+        for g in range(2):
+            for layer in range(3):
+                ref.rvqs[g].layers[layer]._codebook.embed.copy_(ours.codebook[g, layer][None])
+        z = torch.randn(4, 5, 32)
+        q = ours(z, update=False)
+        ref_q, ref_idx, _ = ref(z)
+    assert torch.equal(ref_idx.permute(1, 2, 0, 3), q.codes)  # (groups, B, N, L) -> (B, N, groups, L)
+    torch.testing.assert_close(q.quantized, ref_q, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.decode_codes(q.codes), q.quantized, atol=1e-5, rtol=0)
+
+
+def test_quantizer_ema_kmeans_and_dead_code_reset():
+    torch.manual_seed(0)
+    q = GroupedResidualQuantizer(4, groups=1, layers=1, codebook_size=8, decay=0.5, dead_threshold=0.0)
+    centres = torch.tensor([[5.0, 0, 0, 0], [-5.0, 0, 0, 0], [0, 5.0, 0, 0], [0, -5.0, 0, 0]])
+    data = centres.repeat_interleave(50, 0) + 0.01 * torch.randn(200, 4)
+    q.init_codebooks(data)
+    # k-means finds the four clusters: every data point is within noise of its code
+    out = q(data[None], update=False)
+    assert (out.quantized[0] - data).abs().max() < 0.1
+    assert torch.allclose(q.ema_usage.sum(-1), torch.ones(1, 1))
+    # EMA: the codes follow the data when it moves (decay 0.5: the old position fades as 0.5^steps)
+    q.train()
+    shifted = data + torch.tensor([1.0, 0, 0, 0])
+    for _ in range(15):
+        q(shifted[None])
+    err = q(shifted[None], update=False).quantized[0] - shifted
+    assert err.abs().max() < 0.1
+    # one EMA step by hand: the code becomes the usage-weighted mean of its EMA statistics
+    before_sum, before_use = q.ema_sum.clone(), q.ema_usage.clone()
+    codes = q(shifted[None]).codes.flatten()
+    share = torch.bincount(codes, minlength=8).float() / 200
+    use = 0.5 * before_use[0, 0] + 0.5 * share
+    torch.testing.assert_close(q.ema_usage[0, 0], use)
+    smoothed = (use + q.eps) / (use.sum() + 8 * q.eps)
+    torch.testing.assert_close(q.codebook[0, 0], q.ema_sum[0, 0] / smoothed[:, None])
+    assert not torch.equal(before_sum, q.ema_sum)
+    # a code far from everything is never chosen; below the dead threshold it is reset to a batch vector
+    q.dead_threshold = 0.5
+    q.codebook[0, 0, 0] = torch.tensor([100.0, 100, 100, 100])
+    q.ema_usage[0, 0, 0] = 0.0
+    q(shifted[None])
+    assert ((shifted - q.codebook[0, 0, 0]).abs().sum(-1) < 1e-6).any()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model: shapes, determinism, save / load, mirroring
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_encode_decode_shapes_ranges_and_determinism():
+    model = _tiny_model()
+    x = model.motion_features(_motion(16))[None].repeat(3, 1, 1)
+    ids = model.encode(x)
+    assert ids.shape == (3, 128) and ids.dtype == torch.int64
+    assert ids[:, :64].min() >= 0 and ids[:, :64].max() < 64
+    assert ids[:, 64:].min() >= 64 and ids[:, 64:].max() < 128
+    assert torch.equal(ids, model.encode(x))
+    f1, f2 = model.decode(ids), model.decode(ids)
+    assert f1.shape == (3, 16, 162) and torch.equal(f1, f2)
+    motion = _motion(40)
+    tokens = model.encode_motion(motion)
+    assert tokens.ids.shape == (3, 128) and tokens.num_frames == 40 and tokens.side == "right"
+    rec = model.decode_motion(tokens, betas=motion.betas)
+    assert len(rec) == 40 and rec.side == "right" and rec.fps == 15.0
+    # the last partial second is the first 10 frames of a block padded with the 10th frame
+    feats = model.motion_features(motion)
+    padded = torch.cat([feats[30:40], feats[39:40].expand(6, -1)])
+    assert torch.equal(model.encode(padded[None])[0], torch.as_tensor(tokens.ids[2]))
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    model = _tiny_model()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "config.json").read_text())["format_version"] == 1
+    loaded = MotionTokenizer.from_pretrained(tmp_path)
+    sd0, sd1 = model.state_dict(), loaded.state_dict()
+    for k, v in sd0.items():
+        if k.endswith("ema_sum"):  # rebuilt from codebook x usage
+            torch.testing.assert_close(sd1[k], v, rtol=1e-5, atol=1e-7)
+        else:
+            assert torch.equal(sd1[k], v), k
+    motion = _motion(33, seed=3)
+    t0, t1 = model.encode_motion(motion), loaded.encode_motion(motion)
+    assert np.array_equal(t0.ids, t1.ids)
+    m0, m1 = model.decode_motion(t0), loaded.decode_motion(t1)
+    assert np.array_equal(m0.hand_pose, m1.hand_pose) and np.array_equal(m0.wrist_pos, m1.wrist_pos)
+
+
+def test_mirroring_left_hands_shares_codes():
+    model = _tiny_model()
+    hand_r, hand_l = BuiltinHand("right"), BuiltinHand("left")
+    right = _motion(20, seed=4)
+    left = mirror_motion(right)
+    assert left.side == "left" and mirror_motion(left).side == "right"
+    # the left model's joints of the mirrored motion are the right joints reflected through x = 0
+    jr = hand_r(right.global_orient, right.hand_pose, right.betas, right.wrist_pos).joints
+    jl = hand_l(left.global_orient, left.hand_pose, left.betas, left.wrist_pos).joints
+    torch.testing.assert_close(jl, jr * torch.tensor([-1.0, 1.0, 1.0]), atol=1e-6, rtol=0)
+    tl, tr = model.encode_motion(left), model.encode_motion(right)
+    assert tl.side == "left" and np.array_equal(tl.ids, tr.ids)
+    dl, dr = model.decode_motion(tl, betas=left.betas), model.decode_motion(tr, betas=right.betas)
+    assert dl.side == "left"
+    np.testing.assert_allclose(model.motion_joints(dl), model.motion_joints(dr) * [-1, 1, 1], atol=1e-6)
+
+
+def test_differentiable_joints_match_hand_model():
+    model = _tiny_model()
+    motion = _motion(16, seed=5)
+    feats = model.motion_features(motion)[None].requires_grad_(True)
+    j = features_to_joints(model.config, feats, torch.from_numpy(motion.betas)[None], BuiltinHand("right"))
+    ref = model.motion_joints(motion)
+    np.testing.assert_allclose(j[0].detach().numpy(), ref, atol=2e-5)
+    j.sum().backward()
+    assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
+
+
+def test_scene_rotation_augmentation_matches_rotated_motion():
+    spec = feature_spec("D162")
+    motion = _motion(16, seed=6)
+    rot = _yaw_matrices(np.array([0.7]))
+    feats = motion_to_features(spec, motion)[None]
+    R = rot[0].numpy()
+    from scipy.spatial.transform import Rotation
+
+    go = (Rotation.from_matrix(R) * Rotation.from_rotvec(motion.global_orient)).as_rotvec()
+    rotated = HandMotion(go, motion.hand_pose, motion.wrist_pos @ R.T, motion.betas)
+    expected = motion_to_features(spec, rotated)[None]
+    torch.testing.assert_close(rotate_features(spec, feats, rot), expected, atol=1e-5, rtol=0)
+
+
+def test_resample_motion_keeps_frames_on_the_grid():
+    m30 = _motion(31, fps=30.0, seed=7)
+    m15 = resample_motion(m30, 15.0)
+    assert m15.fps == 15.0 and len(m15) == 16
+    np.testing.assert_allclose(m15.wrist_pos, m30.wrist_pos[::2], atol=1e-6)
+    np.testing.assert_allclose(m15.hand_pose, m30.hand_pose[::2], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input, bad config, bad checkpoints
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_bad_ids_and_features_raise_clear_errors():
+    model = _tiny_model()
+    ok = model.encode(model.motion_features(_motion(16))[None])
+    bad = ok.clone()
+    bad[0, 70] = 5  # a wrist-range id in a finger position
+    with pytest.raises(InputError, match=r"ids\[0, 70\].*finger id in \[64, 128\)"):
+        model.decode(bad)
+    with pytest.raises(InputError, match="blocks of 128 ids"):
+        model.decode(ok[:, :100])
+    with pytest.raises(InputError, match="integer"):
+        model.decode(ok.float())
+    with pytest.raises(InputError, match=r"shape \(batch, 16, 162\)"):
+        model.encode(torch.zeros(2, 15, 162))
+    with pytest.raises(InputError, match="finite"):
+        model.encode(torch.full((1, 16, 162), float("nan")))
+    with pytest.raises(InputError, match="fps"):
+        model.encode_motion(_motion(20, fps=30.0))
+    with pytest.raises(InputError, match="num_frames"):
+        model.decode_sequence(ok, num_frames=16)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="features"):
+        TokenizerConfig(features="D77")
+    with pytest.raises(ConfigError, match="alpha"):
+        TokenizerConfig(alpha=3)
+    with pytest.raises(ConfigError, match="unknown field"):
+        TokenizerConfig.from_dict({"widht": 3})
+    y = tmp_path / "c.yaml"
+    y.write_text("width: 48\nmodel:\n  codebook_size: 32\ntrain:\n  lr: 0.002\nbatch_size: 8\n")
+    mc, tc = load_config_file(y, base=preset("tiny"))
+    assert (mc.width, mc.codebook_size, tc.lr, tc.batch_size, mc.code_dim) == (48, 32, 0.002, 8, 32)
+    y.write_text("colour: red\n")
+    with pytest.raises(ConfigError, match="colour"):
+        load_config_file(y)
+    assert (
+        cli_main(["tokenizer", "train", "--features", "D77", "--out", str(tmp_path / "x"), "--steps", "1"])
+        == 2
+    )
+
+
+def test_corrupted_or_missing_checkpoint_files(tmp_path):
+    model = _tiny_model()
+    model.save_pretrained(tmp_path)
+    w = tmp_path / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        MotionTokenizer.from_pretrained(tmp_path)
+    w.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        MotionTokenizer.from_pretrained(tmp_path)
+    w.write_bytes(data)
+    cfg = tmp_path / "config.json"
+    good = cfg.read_text()
+    cfg.write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        MotionTokenizer.from_pretrained(tmp_path)
+    cfg.write_text(good.replace('"width": 32', '"width": 48'))
+    with pytest.raises(CheckpointError, match="model.safetensors.*expected"):
+        MotionTokenizer.from_pretrained(tmp_path)
+    cfg.write_text(good.replace('"format_version": 1', '"format_version": 99'))
+    with pytest.raises(CheckpointError, match="format_version"):
+        MotionTokenizer.from_pretrained(tmp_path)
+    cfg.unlink()
+    with pytest.raises(CheckpointError, match="config.json"):
+        MotionTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(MissingResourceError):
+        MotionTokenizer.from_pretrained(tmp_path / "nope")
+    assert cli_main(["tokenizer", "eval", "--ckpt", str(tmp_path), "--data", "builtin"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_window_sampler_pads_like_encoding():
+    cfg, _ = preset("tiny")
+    feats = torch.arange(10, dtype=torch.float32)[:, None].expand(10, cfg.spec.dim).clone()
+    clip = FeatureClip(feats, torch.zeros(10), torch.ones(10, dtype=torch.bool), "short")
+    b = WindowSampler(cfg, [clip], seed=0).sample(2)
+    assert b.feats.shape == (2, 16, cfg.spec.dim)
+    assert b.feats[0, :, 0].tolist() == list(range(10)) + [9.0] * 6
+    assert b.mask[0].tolist() == [True] * 10 + [False] * 6
+
+
+def test_training_reduces_loss_and_resume_is_exact(tmp_path):
+    mc, _ = preset("tiny")
+    data = []
+    for i in range(4):  # smooth random motions as parameter files (cheaper than built-in generation)
+        data.append(
+            str(save_motion(tmp_path / f"m{i}.npz", _motion(60, side=("left", "right")[i % 2], seed=20 + i)))
+        )
+    tc = _tiny_train_config(steps=32, warmup_steps=3, checkpoint_every=1000)
+    full = train(mc, tc, data, tmp_path / "full", progress=False)
+    first, last = np.mean(full.losses[:4]), np.mean(full.losses[-4:])
+    assert last < 0.6 * first, (first, last)
+    log = [json.loads(x) for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert {"finger_perplexity", "wrist_live_codes", "joint_mm"} <= set(log[-1])
+    model = MotionTokenizer.from_pretrained(tmp_path / "full")
+    assert model.config == mc
+    # interrupted at step 16 then resumed: the same losses as the uninterrupted run
+    part = train(mc, tc, data, tmp_path / "part", progress=False, stop_at_step=16)
+    assert part.stopped_by == "stop_at_step" and part.step == 16
+    assert part.losses == full.losses[:16]
+    rest = train(mc, tc, [], tmp_path / "part", resume=True, progress=False)
+    assert rest.step == 32 and rest.losses == full.losses[16:]
+
+
+def test_evaluate_param_file_and_cli(tmp_path):
+    model = _tiny_model()
+    model.save_pretrained(tmp_path / "ckpt")
+    save_motion(tmp_path / "clip.npz", _motion(25, side="left", seed=9))
+    res = evaluate_files(model, [str(tmp_path / "clip.npz")])
+    assert res["tokens_per_hand_second"] == 128 and res["frames"] == 25
+    for k in ("mpjpe_mm", "pa_mpjpe_mm", "mwte_mm"):
+        assert np.isfinite(res[k]) and res[k] >= 0
+    assert res["pa_mpjpe_mm"] <= res["mpjpe_mm"] + 1e-6
+    motions = load_sources([str(tmp_path / "clip.npz")], 15.0)
+    clips = make_clips(model.config, motions)
+    assert clips[0].feats.shape == (25, 162)
+    rc = cli_main(
+        ["tokenizer", "eval", "--ckpt", str(tmp_path / "ckpt"), "--data", str(tmp_path / "clip.npz")]
+    )
+    assert rc == 0
