@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from handvla.errors import CheckpointError, InputError, MissingResourceError
+from handvla.hand import rotations as R
 from handvla.hand.features import (
     FeatureNormalizer,
     features_to_params,
@@ -40,7 +41,6 @@ from handvla.hand.features import (
     motion_to_features,
     split_parts,
 )
-from handvla.hand import rotations as R
 from handvla.hand.model import HandModel, forward_kinematics, load_hand_model
 from handvla.hand.motion import HandMotion
 from handvla.hand.topology import MANO_TO_OPENPOSE
