@@ -35,8 +35,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from handvla.atomic import atomic_write_text
+from handvla.config import load_config
 from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.robot.action_head import DEFAULT_PROMPT, LoraSettings, PolicyConfig
 from handvla.train.trainer import TrainConfig, Trainer
@@ -129,59 +131,14 @@ class PosttrainConfig(BaseModel):
 # ---- config files ---------------------------------------------------------------------------------------
 
 
-def _set_dotted(d: dict, key: str, value: Any, where: str) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise ConfigError(f"{where}: bad key {key!r}: expected section.field, e.g. train.lr")
-    cur = d
-    for p in parts[:-1]:
-        nxt = cur.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{where}: {key!r}: '{p}' is not a section")
-        cur = nxt
-    cur[parts[-1]] = value
-
-
 def load_posttrain_config(
     path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None
 ) -> PosttrainConfig:
     """Read a YAML/JSON config (or start from ``base``), apply ``key=value`` overrides (YAML values), validate."""
-    import yaml
-
-    from handvla.vla.pretrain import parse_overrides
-
-    raw: dict = json.loads(json.dumps(base or {}))
-    where = "config"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.is_file():
-            raise MissingResourceError(f"{path}: posttrain config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping with sections data, model, train, eval")
-        raw.update(loaded)
-    for k, v in parse_overrides(overrides):
-        _set_dotted(raw, k, v, where)
-    try:
-        return PosttrainConfig.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"{where}: field '{loc}': {first['msg']} (got {first.get('input')!r})") from None
+    return load_config(PosttrainConfig, path, overrides, base, "posttrain config")
 
 
 # ---- data -------------------------------------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _feature_dim(ds, key: str) -> int:
@@ -430,7 +387,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
     train_eps, val_eps = split_episodes(ds.num_episodes, d.max_episodes, d.val_episodes, str(ds.root))
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out_dir / "posttrain_config.json", cfg.model_dump_json(indent=2))
+        atomic_write_text(out_dir / "posttrain_config.json", cfg.model_dump_json(indent=2))
         if Normalizer.maybe_load(out_dir / NORM_DIR) is None:
             build_normalizer(ds, d, train_eps).save(out_dir / NORM_DIR)
     barrier(info)
@@ -512,7 +469,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
             )
             summary["open_loop_val"] = ol.to_dict()
         summary["minutes"] = (time.time() - t0) / 60
-        _atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(_jsonable(summary), indent=2))
+        atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(_jsonable(summary), indent=2))
     barrier(info)
     return summary
 

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from handvla.errors import CheckpointError, ConfigError, MissingResourceError
+from handvla.config import load_config
+from handvla.errors import CheckpointError, ConfigError
 from handvla.train.trainer import TrainConfig, Trainer
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
 
@@ -106,63 +107,11 @@ class PretrainConfig(BaseModel):
 # ---- config files and overrides ------------------------------------------------------------------------
 
 
-def _set_dotted(d: dict, key: str, value: Any, where: str) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise ConfigError(f"{where}: bad key {key!r}: expected section.field, e.g. train.lr")
-    cur = d
-    for p in parts[:-1]:
-        nxt = cur.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{where}: {key!r}: '{p}' is not a section")
-        cur = nxt
-    cur[parts[-1]] = value
-
-
-def parse_overrides(items: list[str] | None) -> list[tuple[str, Any]]:
-    """``["train.lr=3e-4", "data.seconds=[1,2]"]`` -> [(key, value)]; values are read as YAML."""
-    import yaml
-
-    out = []
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=3e-4")
-        k, v = item.split("=", 1)
-        try:
-            out.append((k.strip(), yaml.safe_load(v)))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
-    return out
-
-
 def load_pretrain_config(
     path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None
 ) -> PretrainConfig:
-    """Read a YAML/JSON config file (or start from ``base``), apply ``key=value`` overrides, validate."""
-    import yaml
-
-    raw: dict = dict(base or {})
-    where = "config"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.is_file():
-            raise MissingResourceError(f"{path}: pretrain config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping with sections data, model, train, eval")
-        raw.update(loaded)
-    for k, v in parse_overrides(overrides):
-        _set_dotted(raw, k, v, where)
-    try:
-        return PretrainConfig.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"{where}: field '{loc}': {first['msg']} (got {first.get('input')!r})") from None
+    """Read a YAML/JSON config (or start from ``base``), apply ``key=value`` overrides (YAML values), validate."""
+    return load_config(PretrainConfig, path, overrides, base, "pretrain config")
 
 
 # ---- model ----------------------------------------------------------------------------------------------
@@ -422,7 +371,6 @@ __all__ = [
     "ModelConfig",
     "PretrainConfig",
     "load_pretrain_config",
-    "parse_overrides",
     "run_pretrain",
     "validation_loss",
     "vla_loss",
