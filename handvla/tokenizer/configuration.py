@@ -65,6 +65,17 @@ class TokenizerConfig:
     #: weight init of the convolutions: 'kaiming' (He normal, fan-in, keeps activations at unit scale
     #: through the ReLUs; trains faster at a higher learning rate) or 'torch' (PyTorch's default)
     init: str = "kaiming"
+    #: feature normalisation: 'field' = per-dimension mean, one std per feature field (finger rotations,
+    #: wrist rotation, wrist position, betas, joints), so normalised distances stay proportional to
+    #: physical ones and near-constant dimensions are not blown up to unit variance; 'dim' = per-dimension
+    #: mean and std (the reference's)
+    normalization: str = "field"
+    #: extra weight of the wrist position after normalisation (x this factor: it gets more of the loss and
+    #: of the codebooks' resolution; 1 = none)
+    wrist_pos_weight: float = 1.0
+    #: a linear patch path beside the conv encoder and decoder, initialised to PCA of the training
+    #: windows (see ``modeling.PartAutoencoder``); False gives the reference's conv-only networks
+    linear_skip: bool = True
     #: commitment loss weight (lambda_commit)
     commitment_weight: float = 0.02
     #: codebook health: k-means initialisation, EMA updates, dead-code reset
@@ -86,7 +97,8 @@ class TokenizerConfig:
             raise ConfigError(
                 f"tokenizer config: field '{e.field}': expected {e.expected}, got {e.got}"
             ) from None
-        _check(isinstance(self.part_level, bool), "part_level", "true or false", self.part_level)
+        for name in ("part_level", "linear_skip", "zero_init_residual", "kmeans_init"):
+            _check(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
         _check(self.fps > 0, "fps", "a positive number", self.fps)
         _check(self.seconds_per_block > 0, "seconds_per_block", "a positive number", self.seconds_per_block)
         _check(
@@ -126,6 +138,8 @@ class TokenizerConfig:
         _check(
             self.dead_code_threshold >= 0, "dead_code_threshold", "a number >= 0", self.dead_code_threshold
         )
+        _check(self.normalization in ("field", "dim"), "normalization", "'field' or 'dim'", self.normalization)
+        _check(self.wrist_pos_weight > 0, "wrist_pos_weight", "a positive number", self.wrist_pos_weight)
         _check(self.init in ("kaiming", "torch"), "init", "'kaiming' or 'torch'", self.init)
         _check(self.hand_model in ("builtin", "mano"), "hand_model", "'builtin' or 'mano'", self.hand_model)
         _check(
@@ -207,6 +221,10 @@ class TrainConfig:
     vq_start_step: int = 0
     #: windows (x latent steps per window vectors) encoded for the k-means codebook initialisation
     kmeans_init_windows: int = 1024
+    #: after the k-means init, steps that only refine the codebooks (encoder forward + EMA updates, no
+    #: gradients; about a third of a training step each) on batches of ``vq_warmup_batch`` windows
+    vq_warmup_steps: int = 0
+    vq_warmup_batch: int = 64
     #: augmentation: random rotation of the whole scene about the vertical (y) axis, degrees (0 = off)
     aug_yaw_deg: float = 0.0
     #: augmentation: random shift of the wrist path, metres per axis (0 = off)
@@ -244,11 +262,12 @@ class TrainConfig:
             "log_every",
             "checkpoint_every",
             "kmeans_init_windows",
+            "vq_warmup_batch",
             "builtin_sequences",
         ):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, name, "an integer >= 1", v)
-        for name in ("warmup_steps", "vq_start_step", "seed"):
+        for name in ("warmup_steps", "vq_start_step", "vq_warmup_steps", "seed"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 0, name, "an integer >= 0", v)
         for name in ("lr", "builtin_seconds", "real_weight", "checkpoint_minutes"):

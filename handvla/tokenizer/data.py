@@ -321,15 +321,28 @@ class WindowSampler:
         return batch
 
     def fit_normalizer(self, n_windows: int = 4096, seed: int = 12345) -> FeatureNormalizer:
-        """Per-dimension mean/std over ``n_windows`` windows drawn like training windows (augmentation
-        included) from a separate generator, over real frames only."""
+        """Normalisation stats over ``n_windows`` windows drawn like training windows (augmentation
+        included) from a separate generator, over real frames only (see ``normalizer_from_features``)."""
         saved = self.rng
         self.rng = np.random.default_rng(seed)
         try:
             b = self.sample(n_windows)
         finally:
             self.rng = saved
-        return FeatureNormalizer.fit(b.feats[b.mask])
+        return normalizer_from_features(self.config, b.feats[b.mask])
+
+
+def normalizer_from_features(config: TokenizerConfig, feats: torch.Tensor) -> FeatureNormalizer:
+    """Mean per dimension; std per dimension ('dim') or one per feature field ('field': the RMS of the
+    field's per-dimension stds); then the wrist position's std divided by ``wrist_pos_weight``."""
+    norm = FeatureNormalizer.fit(feats)
+    std = norm.std.clone()
+    spec = config.spec
+    if config.normalization == "field":
+        for _, sl in spec.slices().items():
+            std[sl] = std[sl].square().mean().sqrt()
+    std[spec.slices()["wrist_pos"]] /= config.wrist_pos_weight
+    return FeatureNormalizer(norm.mean, std)
 
 
 __all__ = [

@@ -208,6 +208,7 @@ def train(
         _set_rng_state(sampler, state["rng"])
     else:
         model.set_normalizer(sampler.fit_normalizer())
+        model.init_linear_skip(sampler.sample(tc.kmeans_init_windows).feats)
     data_s = time.perf_counter() - t_start
     t_budget = time.perf_counter()  # the time budget covers training (k-means init and steps), not data
     model.train()
@@ -258,6 +259,7 @@ def train(
         quantize = step >= tc.vq_start_step
         if quantize and not all(bool(p.quantizer.initted) for p in model.parts.values()):
             _init_codebooks(model, sampler, tc.kmeans_init_windows)
+            _refine_codebooks(model, sampler, tc.vq_warmup_steps, tc.vq_warmup_batch)
             now = time.perf_counter()
         # schedule length from the speed of the first quantised steps (time budget only)
         if schedule_steps is None and quantize:
@@ -316,6 +318,16 @@ def _init_codebooks(model: MotionTokenizer, sampler: WindowSampler, n_windows: i
         m = model.parts[part]
         z = torch.cat([m.encoder(c.transpose(1, 2)).transpose(1, 2) for c in xp.split(512)])
         m.quantizer.init_codebooks(z)
+
+
+@torch.no_grad()
+def _refine_codebooks(model: MotionTokenizer, sampler: WindowSampler, steps: int, batch_size: int) -> None:
+    """EMA / dead-code updates of the codebooks on fresh batches with the encoder frozen."""
+    for _ in range(steps):
+        x = model.normalize(sampler.sample(batch_size).feats)
+        for part, xp in model._split(x).items():
+            m = model.parts[part]
+            m.quantizer(m.encoder(xp.transpose(1, 2)).transpose(1, 2), update=True)
 
 
 __all__ = ["TrainResult", "compute_loss", "load_checkpoint", "lr_at", "train"]
