@@ -245,6 +245,41 @@ def test_scene_rotation_augmentation_matches_rotated_motion():
     torch.testing.assert_close(rotate_features(spec, feats, rot), expected, atol=1e-5, rtol=0)
 
 
+def test_linear_skip_starts_as_pca_autoencoder():
+    """After init_linear_skip the continuous model is the PCA auto-encoder of alpha-frame patches: exact
+    for the wrist (4 x 9 = 36 <= 64 latent dims) and, for the fingers, as good as numpy's rank-64 PCA."""
+    cfg = TokenizerConfig(width=16, code_dim=64, codebook_size=16, res_depth=1)
+    model = MotionTokenizer(cfg)
+    feats = torch.stack([model.motion_features(_motion(16, seed=s)) for s in range(40)])
+    from handvla.tokenizer.data import normalizer_from_features
+
+    model.set_normalizer(normalizer_from_features(cfg, feats.reshape(-1, 162)))
+    model.init_linear_skip(feats)
+    with torch.no_grad():
+        rec = model(feats, quantize=False).recon
+    x = model.normalize(feats)
+    wi, fi = (torch.as_tensor(cfg.spec.part_indices(p)) for p in ("wrist", "finger"))
+    assert (rec[..., wi] - x[..., wi]).abs().max() < 1e-4
+    patches = x[..., fi].reshape(40, 4, 4 * 150).reshape(-1, 600).double().numpy()
+    _, sv, _ = np.linalg.svd(patches, full_matrices=False)  # uncentred, as the model's init
+    pca_err = (sv[64:] ** 2).sum() / patches.size  # mean squared error of the rank-64 reconstruction
+    ours = float(((rec[..., fi] - x[..., fi]).double() ** 2).mean())
+    assert ours == pytest.approx(pca_err, rel=0.05, abs=1e-7)
+
+
+def test_field_normalisation_shares_one_std_per_field():
+    from handvla.tokenizer.data import normalizer_from_features
+
+    cfg = TokenizerConfig(wrist_pos_weight=2.0)
+    feats = motion_to_features(cfg.spec, _motion(50, seed=8))
+    norm = normalizer_from_features(cfg, feats)
+    for field, sl in cfg.spec.slices().items():
+        std = norm.std[sl]
+        assert torch.allclose(std, std[0].expand_as(std)), field
+    raw = feats[:, cfg.spec.slices()["wrist_pos"]].std(0).square().mean().sqrt()
+    torch.testing.assert_close(norm.std[96], raw / 2.0)
+
+
 def test_resample_motion_keeps_frames_on_the_grid():
     m30 = _motion(31, fps=30.0, seed=7)
     m15 = resample_motion(m30, 15.0)

@@ -210,6 +210,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
+    #: train only the decoders: encoders (and so the latent space the codebooks live in) stay as
+    #: initialised, the codebooks keep refining by EMA, and the decoders learn to undo quantisation error
+    freeze_encoder: bool = False
     #: reconstruction loss on normalised features: smooth L1 with this beta (0 = plain L1)
     recon_beta: float = 0.1
     #: joint-position loss (mean Euclidean joint error in metres through differentiable FK), this weight

@@ -229,6 +229,8 @@ class Encoder(nn.Module):
         self.skip = nn.Conv1d(in_dim, code_dim, alpha, stride=alpha) if linear_skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.skip is not None and _silent(self.net[-1]):
+            return self.skip(x)
         z = self.net(x)
         return z if self.skip is None else z + self.skip(x)
 
@@ -260,8 +262,18 @@ class Decoder(nn.Module):
         self.skip = nn.ConvTranspose1d(code_dim, out_dim, alpha, stride=alpha) if linear_skip else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.skip is not None and _silent(self.net[-1]):
+            return self.skip(z)
         x = self.net(z)
         return x if self.skip is None else x + self.skip(z)
+
+
+def _silent(last: nn.Conv1d) -> bool:
+    """True when a conv stack's output is exactly zero (its last layer is all zeros) and no gradient
+    is wanted for it, so running the stack can be skipped without changing anything."""
+    if torch.is_grad_enabled() and last.weight.requires_grad:
+        return False
+    return not bool(last.weight.any()) and not bool(last.bias.any())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -509,13 +521,15 @@ class PartAutoencoder(nn.Module):
     def init_linear_skip(self, x: torch.Tensor) -> None:
         """PCA of the patches of normalised windows x (N, W, Dp): the encoder's linear path projects a
         patch (alpha frames, frame-major) onto the principal directions, the decoder's maps back.
-        Components go round-robin over the quantiser's groups so each group gets its share of variance."""
+        Components go round-robin over the quantiser's groups so each group gets its share of variance.
+        The patches are not centred (normalised features have zero mean already, and a transposed conv's
+        bias cannot hold a different mean per frame of the patch), so no biases are needed and the
+        reconstruction is exact whenever a patch has no more dimensions than the latent."""
         enc, dec = self.encoder.skip, self.decoder.skip
         code_dim, Dp, a = enc.weight.shape
         N, W, _ = x.shape
         patches = x.reshape(N, W // a, a * Dp).reshape(-1, a * Dp).double()  # frame-major patches
-        mean = patches.mean(0)
-        _, _, Vh = torch.linalg.svd(patches - mean, full_matrices=False)
+        _, _, Vh = torch.linalg.svd(patches, full_matrices=False)
         k = min(code_dim, Vh.shape[0])
         comps = torch.zeros(code_dim, a * Dp, dtype=torch.float64)
         # latent channel c = g * (code_dim / groups) + j holds component j * groups + g
@@ -526,9 +540,9 @@ class PartAutoencoder(nn.Module):
                 comps[c] = Vh[comp]
         w = comps.reshape(code_dim, a, Dp).permute(0, 2, 1)  # (code_dim, Dp, a): tap t, channel ch
         enc.weight.copy_(w.float())
-        enc.bias.copy_((-(comps @ mean)).float())
         dec.weight.copy_(w.float())  # ConvTranspose1d weight (in=code_dim, out=Dp, k=a)
-        dec.bias.copy_(mean.reshape(a, Dp).mean(0).float())
+        enc.bias.zero_()
+        dec.bias.zero_()
 
 
 def _is_zero(conv: nn.Conv1d) -> bool:

@@ -198,7 +198,11 @@ def train(
         model_config, clips, seed=tc.seed, aug_yaw_deg=tc.aug_yaw_deg, aug_shift_m=tc.aug_shift_m
     )
     model = MotionTokenizer(model_config)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+    if tc.freeze_encoder:
+        for part in model.parts.values():
+            part.encoder.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
     step, schedule_steps, elapsed_before = 0, tc.steps, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -277,7 +281,7 @@ def train(
         loss, parts = compute_loss(model, batch, tc, quantize)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
+        gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else None
         opt.step()
         step += 1
         losses.append(parts["loss"])
