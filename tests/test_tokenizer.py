@@ -28,7 +28,10 @@ from handvla.tokenizer.modeling import (
     GroupedResidualQuantizer,
     MotionTokenizer,
     features_to_joints,
+    kmeans,
+    lattice_codebook,
     mirror_motion,
+    nearest_code,
     token_layout,
 )
 from handvla.tokenizer.training import train
@@ -158,6 +161,65 @@ def test_quantizer_ema_kmeans_and_dead_code_reset():
     assert ((shifted - q.codebook[0, 0, 0]).abs().sum(-1) < 1e-6).any()
 
 
+def _quant_mse(x: torch.Tensor, cb: torch.Tensor) -> float:
+    return float((x - cb[nearest_code(x, cb)]).square().sum(-1).mean())
+
+
+def test_lattice_codebook_tiles_the_principal_axes_and_generalises():
+    torch.manual_seed(1)
+    d, K = 12, 256
+    # anisotropic data in a rotated frame: principal stds 3, 2, 1.5, 1, 0.5, ... along random axes
+    std = torch.tensor([3.0, 2.0, 1.5, 1.0, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.05, 0.05])
+    Q, _ = torch.linalg.qr(torch.randn(d, d))
+    mean = torch.randn(d)
+    train_x = (torch.randn(2 * K, d) * std) @ Q.T + mean
+    test_x = (torch.randn(4000, d) * std) @ Q.T + mean
+    cb = lattice_codebook(train_x, K)
+    assert cb.shape == (K, d) and cb.dtype == torch.float32
+    assert len(torch.unique(cb, dim=0)) == K  # a full grid: every code distinct
+    # all codes lie in the span of the top principal axes, around the data mean
+    top = Q[:, :5]
+    off = (cb - mean) - ((cb - mean) @ top) @ top.T
+    assert off.norm(dim=-1).max() < 0.3 * std[0]
+    # the grid's error on unseen data is close to its error on the training data, while k-means on so
+    # few points memorises them (near-zero training error) and does worse on unseen data
+    km, _ = kmeans(train_x, K, 10)
+    lat_train, lat_test = _quant_mse(train_x, cb), _quant_mse(test_x, cb)
+    km_train, km_test = _quant_mse(train_x, km), _quant_mse(test_x, km)
+    assert lat_test < 1.3 * lat_train
+    assert km_train < 0.5 * lat_train
+    assert lat_test < km_test
+    # codebook sizes that are not a power of 2 repeat grid points; k < 2 gives the mean
+    assert len(torch.unique(lattice_codebook(train_x, 100), dim=0)) == 64
+    torch.testing.assert_close(lattice_codebook(train_x, 1)[0], train_x.mean(0), atol=1e-5, rtol=0)
+
+
+def test_quantizer_init_methods_per_part_and_config_checks():
+    cfg = TokenizerConfig(**{**preset("tiny")[0].to_dict(), "codebook_init": {"wrist": "lattice"}})
+    model = MotionTokenizer(cfg)
+    assert model.parts["wrist"].quantizer.init_method == "lattice"
+    assert model.parts["finger"].quantizer.init_method == "kmeans"  # absent parts: k-means
+    assert TokenizerConfig().codebook_init["finger"] == "lattice"
+    q = GroupedResidualQuantizer(8, groups=2, layers=3, codebook_size=16, init_method="lattice")
+    x = torch.randn(400, 8) * torch.linspace(2, 0.1, 8)
+    q.init_codebooks(x)
+    errs = []
+    for layers in range(1, 4):  # each residual layer lowers the error
+        q.layers = layers
+        errs.append(float((q(x[None], update=False).quantized[0] - x).square().mean()))
+        q.layers = 3
+    assert errs[0] > errs[1] > errs[2]
+    torch.testing.assert_close(q.ema_usage.sum(-1), torch.ones(2, 3))
+    with pytest.raises(ConfigError, match="codebook_init.finger"):
+        TokenizerConfig(codebook_init={"finger": "random"})
+    with pytest.raises(ConfigError, match="codebook_init"):
+        TokenizerConfig(codebook_init={"thumb": "kmeans"})
+    # checkpoints written before per-field weights still load
+    old = {**TokenizerConfig().to_dict(), "wrist_pos_weight": 2.0}
+    del old["field_weights"]
+    assert TokenizerConfig.from_dict(old).field_weights == {"wrist_pos": 2.0}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Model: shapes, determinism, save / load, mirroring
 # ---------------------------------------------------------------------------------------------------------
@@ -270,7 +332,7 @@ def test_linear_skip_starts_as_pca_autoencoder():
 def test_field_normalisation_shares_one_std_per_field():
     from handvla.tokenizer.data import normalizer_from_features
 
-    cfg = TokenizerConfig(wrist_pos_weight=2.0)
+    cfg = TokenizerConfig(field_weights={"wrist_pos": 2.0})
     feats = motion_to_features(cfg.spec, _motion(50, seed=8))
     norm = normalizer_from_features(cfg, feats)
     for field, sl in cfg.spec.slices().items():
@@ -401,6 +463,19 @@ def test_training_reduces_loss_and_resume_is_exact(tmp_path):
     assert part.losses == full.losses[:16]
     rest = train(mc, tc, [], tmp_path / "part", resume=True, progress=False)
     assert rest.step == 32 and rest.losses == full.losses[16:]
+
+
+def test_frozen_encoder_trains_only_the_decoders(tmp_path):
+    mc, _ = preset("tiny")
+    data = [str(save_motion(tmp_path / "m.npz", _motion(40, seed=30)))]
+    tc = _tiny_train_config(steps=3, warmup_steps=1, freeze_encoder=True, vq_warmup_steps=2)
+    train(mc, tc, data, tmp_path / "run", progress=False)
+    model = MotionTokenizer.from_pretrained(tmp_path / "run")
+    for part in model.parts.values():
+        # the conv stacks start silent beside the PCA path; a frozen encoder's stays silent
+        assert not part.encoder.net[-1].weight.any()
+        assert part.decoder.net[-1].weight.any()
+        assert part.encoder.skip.weight.any() and bool(part.quantizer.initted)
 
 
 def test_evaluate_param_file_and_cli(tmp_path):

@@ -334,14 +334,16 @@ class WindowSampler:
 
 def normalizer_from_features(config: TokenizerConfig, feats: torch.Tensor) -> FeatureNormalizer:
     """Mean per dimension; std per dimension ('dim') or one per feature field ('field': the RMS of the
-    field's per-dimension stds); then the wrist position's std divided by ``wrist_pos_weight``."""
+    field's per-dimension stds); then each field's std divided by its ``field_weights`` entry."""
     norm = FeatureNormalizer.fit(feats)
     std = norm.std.clone()
-    spec = config.spec
+    slices = config.spec.slices()
     if config.normalization == "field":
-        for _, sl in spec.slices().items():
+        for sl in slices.values():
             std[sl] = std[sl].square().mean().sqrt()
-    std[spec.slices()["wrist_pos"]] /= config.wrist_pos_weight
+    for name, w in config.field_weights.items():
+        if name in slices:  # fields the feature set lacks (joints in D99) are ignored
+            std[slices[name]] /= float(w)
     return FeatureNormalizer(norm.mean, std)
 
 

@@ -312,6 +312,52 @@ def kmeans(x: torch.Tensor, k: int, iters: int) -> tuple[torch.Tensor, torch.Ten
     return centres, shares
 
 
+def lattice_codebook(x: torch.Tensor, k: int, max_points: int = 50_000, lloyd_iters: int = 10) -> torch.Tensor:
+    """A structured codebook of ``k`` codes for data x (N, d): a product grid along principal directions.
+
+    The directions are the principal axes of x (about its mean). Bits go greedily, one doubling of a
+    direction's level count at a time, to the direction whose quantisation error (variance / levels^2)
+    is largest, until the grid has the largest power of 2 <= k points; each direction's levels are a 1-D
+    Lloyd-Max quantiser of x's coordinate along it (started at equal-mass quantiles). Nearest-code search
+    in the full space picks the nearest level per direction, so the grid is searched by the same matmul
+    as any codebook. Codes past the grid (k not a power of 2) repeat grid points; they are never chosen
+    and the dead-code reset reuses them in training. Uses at most ``max_points`` rows (random, global
+    torch RNG). Returns (k, d) float32.
+    """
+    N, d = x.shape
+    if N == 0:
+        raise ValueError("lattice_codebook: no data")
+    x = x[torch.randperm(N)[:max_points]].double()
+    mean = x.mean(0)
+    xc = x - mean
+    _, S, Vh = torch.linalg.svd(xc, full_matrices=False)
+    var = (S.square() / xc.shape[0]).tolist()
+    levels = [1] * len(var)
+    size = 1
+    while size * 2 <= k:
+        j = max(range(len(var)), key=lambda i: var[i] / levels[i] ** 2)
+        levels[j] *= 2
+        size *= 2
+    dirs = [j for j, n in enumerate(levels) if n > 1]
+    if not dirs:  # k < 2: the mean is the only code
+        return mean.float()[None].expand(k, d).clone()
+    grids = []
+    for j in dirs:
+        c, n = xc @ Vh[j], levels[j]
+        g = torch.quantile(c, (torch.arange(n, dtype=torch.float64) + 0.5) / n)
+        for _ in range(lloyd_iters):
+            a = (c[:, None] - g[None]).abs().argmin(1)
+            cnt = torch.bincount(a, minlength=n)
+            sums = torch.zeros(n, dtype=torch.float64).index_add_(0, a, c)
+            g = torch.where(cnt > 0, sums / cnt.clamp(min=1), g)
+        grids.append(g)
+    mesh = torch.cartesian_prod(*grids) if len(grids) > 1 else grids[0][:, None]
+    codes = mean + mesh @ Vh[dirs]
+    if codes.shape[0] < k:
+        codes = codes[torch.arange(k) % codes.shape[0]]
+    return codes.float()
+
+
 def _assign_chunked(x: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     return torch.cat([nearest_code(x[i : i + chunk], centres) for i in range(0, x.shape[0], chunk)])
 
@@ -349,6 +395,7 @@ class GroupedResidualQuantizer(nn.Module):
         dead_threshold: float = 0.05,
         kmeans_iters: int = 10,
         eps: float = 1e-5,
+        init_method: str = "kmeans",
     ):
         super().__init__()
         if dim % groups:
@@ -361,6 +408,9 @@ class GroupedResidualQuantizer(nn.Module):
             kmeans_iters,
             eps,
         )
+        if init_method not in ("kmeans", "lattice"):
+            raise ValueError(f"init_method must be 'kmeans' or 'lattice', got {init_method!r}")
+        self.init_method = init_method
         G, L, K, d = groups, layers, codebook_size, self.group_dim
         self.register_buffer("codebook", torch.zeros(G, L, K, d))
         self.register_buffer("ema_usage", torch.full((G, L, K), 1.0 / K))
@@ -374,20 +424,27 @@ class GroupedResidualQuantizer(nn.Module):
         return (usage + self.eps) / (usage.sum(-1, keepdim=True) + K * self.eps)
 
     @torch.no_grad()
-    def init_codebooks(self, z: torch.Tensor) -> None:
-        """k-means initialisation from latents (..., dim), layer by layer on the residuals."""
+    def init_codebooks(self, z: torch.Tensor, method: str | None = None) -> None:
+        """Initialisation from latents (..., dim), layer by layer on the residuals, by k-means or a
+        principal-axis grid (``method``, default ``self.init_method``; see ``lattice_codebook``)."""
+        method = method or self.init_method
         x_all = z.detach().reshape(-1, self.dim).float()
         for g in range(self.groups):
             residual = x_all[:, g * self.group_dim : (g + 1) * self.group_dim].clone()
             for layer in range(self.layers):
-                centres, shares = kmeans(residual, self.codebook_size, self.kmeans_iters)
+                if method == "lattice" and self.kmeans_iters > 0:
+                    centres = lattice_codebook(residual, self.codebook_size)
+                else:
+                    centres, _ = kmeans(residual, self.codebook_size, self.kmeans_iters)
+                idx = _assign_chunked(residual, centres)
+                shares = torch.bincount(idx, minlength=self.codebook_size).to(residual.dtype) / residual.shape[0]
                 # codes nobody chose start at the uniform share so they are not all reset at once
                 shares = torch.where(shares > 0, shares, torch.full_like(shares, 1.0 / self.codebook_size))
                 shares = shares / shares.sum()
                 self.codebook[g, layer] = centres
                 self.ema_usage[g, layer] = shares
                 self.ema_sum[g, layer] = centres * self._smoothed_usage(shares)[:, None]
-                residual = residual - centres[nearest_code(residual, centres)]
+                residual = residual - centres[idx]
         self.initted.fill_(True)
 
     @torch.no_grad()
@@ -490,7 +547,7 @@ class PartAutoencoder(nn.Module):
     (near-exact reconstruction for the continuous latent) and the conv stacks learn what is left, which
     gets millimetre errors in hundreds instead of tens of thousands of steps."""
 
-    def __init__(self, in_dim: int, config: TokenizerConfig):
+    def __init__(self, in_dim: int, config: TokenizerConfig, part: str = "hand"):
         super().__init__()
         stages = int(round(math.log2(config.alpha)))
         zi, ls = config.zero_init_residual, config.linear_skip
@@ -504,6 +561,7 @@ class PartAutoencoder(nn.Module):
             decay=config.ema_decay,
             dead_threshold=config.dead_code_threshold,
             kmeans_iters=config.kmeans_iters if config.kmeans_init else 0,
+            init_method=config.codebook_init.get(part, "kmeans"),
         )
         self.decoder = Decoder(in_dim, config.width, config.code_dim, stages, config.dilations, zi, ls)
         if config.init == "kaiming":
@@ -653,7 +711,7 @@ class MotionTokenizer(nn.Module):
         norm = normalizer or FeatureNormalizer(torch.zeros(D), torch.ones(D))
         self.register_buffer("feature_mean", norm.mean.clone().float())
         self.register_buffer("feature_std", norm.std.clone().float())
-        self.parts = nn.ModuleDict({p: PartAutoencoder(config.part_dim(p), config) for p in config.parts})
+        self.parts = nn.ModuleDict({p: PartAutoencoder(config.part_dim(p), config, p) for p in config.parts})
         self._hand_models: dict[str, HandModel] = {}
 
     # --- normalisation -------------------------------------------------------------------------------

@@ -262,7 +262,7 @@ def train(
             break
         quantize = step >= tc.vq_start_step
         if quantize and not all(bool(p.quantizer.initted) for p in model.parts.values()):
-            _init_codebooks(model, sampler, tc.kmeans_init_windows)
+            _init_codebooks(model, sampler, tc.kmeans_init_windows, tc.lattice_init_windows)
             _refine_codebooks(model, sampler, tc.vq_warmup_steps, tc.vq_warmup_batch)
             now = time.perf_counter()
         # schedule length from the speed of the first quantised steps (time budget only)
@@ -314,11 +314,17 @@ def train(
 
 
 @torch.no_grad()
-def _init_codebooks(model: MotionTokenizer, sampler: WindowSampler, n_windows: int) -> None:
-    """k-means initialisation of every part's codebooks on the latents of ``n_windows`` windows."""
-    batch = sampler.sample(n_windows)
+def _init_codebooks(
+    model: MotionTokenizer, sampler: WindowSampler, n_windows: int, n_lattice_windows: int | None = None
+) -> None:
+    """Initialisation of every part's codebooks on the latents of ``n_windows`` windows (k-means parts)
+    or ``n_lattice_windows`` (lattice parts)."""
+    need = {p: (n_lattice_windows or n_windows) if m.quantizer.init_method == "lattice" else n_windows
+            for p, m in model.parts.items()}
+    batch = sampler.sample(max(need.values()))
     x = model.normalize(batch.feats)
     for part, xp in model._split(x).items():
+        xp = xp[: need[part]]
         m = model.parts[part]
         z = torch.cat([m.encoder(c.transpose(1, 2)).transpose(1, 2) for c in xp.split(512)])
         m.quantizer.init_codebooks(z)
@@ -326,11 +332,15 @@ def _init_codebooks(model: MotionTokenizer, sampler: WindowSampler, n_windows: i
 
 @torch.no_grad()
 def _refine_codebooks(model: MotionTokenizer, sampler: WindowSampler, steps: int, batch_size: int) -> None:
-    """EMA / dead-code updates of the codebooks on fresh batches with the encoder frozen."""
+    """EMA / dead-code updates of the k-means codebooks on fresh batches with the encoder frozen (k-means
+    on a few windows memorises them; fresh data spreads the codes out). Lattice codebooks are left as
+    they are: they were fitted to a larger sample and refinement only pulls them towards it."""
     for _ in range(steps):
         x = model.normalize(sampler.sample(batch_size).feats)
         for part, xp in model._split(x).items():
             m = model.parts[part]
+            if m.quantizer.init_method == "lattice":
+                continue
             m.quantizer(m.encoder(xp.transpose(1, 2)).transpose(1, 2), update=True)
 
 
