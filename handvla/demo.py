@@ -39,7 +39,10 @@ class DemoConfig:
     image_size: tuple[int, int] = (96, 72)
     train_rigs: tuple[str, ...] = ("ego", "third")
     unseen_rig: str = "phone"
-    tokenizer_minutes: float = 1.5
+    #: 'default' = the reference-sized tokenizer (the one benchmarks/tokenizer.py measures); 'tiny' for
+    #: smoke tests
+    tokenizer_preset: str = "default"
+    tokenizer_minutes: float = 2.0
     tokenizer_builtin_sequences: int = 96
     vla_minutes: float = 3.0
     vla_max_steps: int = 2000
@@ -48,7 +51,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> DemoConfig:
-        return cls(train_episodes=6, heldout_episodes=2, unseen_rig_episodes=2, tokenizer_minutes=0.1,
+        return cls(train_episodes=6, heldout_episodes=2, unseen_rig_episodes=2, tokenizer_preset="tiny",
+                   tokenizer_minutes=0.1,
                    tokenizer_builtin_sequences=8, vla_minutes=0.15, vla_max_steps=6, videos=1, workers=1)
 
 
@@ -109,8 +113,9 @@ def _store_motions(path: Path) -> list:
 
 
 def train_tokenizer(cfg: DemoConfig, out: Path, worlds: dict[str, Path], progress: bool) -> tuple[Path, dict]:
-    """A small motion tokenizer (reduced width and codebooks, the reference's layout of 128 ids per
-    hand-second) on built-in motion + the training store's motion."""
+    """The motion tokenizer (the reference's layout of 128 ids per hand-second) on built-in motion + the
+    training store's motion: PCA-initialised linear paths, lattice / k-means codebooks, then the decoders
+    trained at a low rate for the rest of ``tokenizer_minutes`` (the recipe of benchmarks/tokenizer.py)."""
     from handvla.hand.io import save_motion
     from handvla.tokenizer.configuration import preset
     from handvla.tokenizer.evaluation import evaluate_motions, reconstruct
@@ -119,14 +124,15 @@ def train_tokenizer(cfg: DemoConfig, out: Path, worlds: dict[str, Path], progres
 
     tok_dir = out / "tokenizer"
     if not _done(tok_dir / "model.safetensors"):
-        model_cfg, train_cfg = preset("tiny")
-        model_cfg.width, model_cfg.code_dim, model_cfg.codebook_size = 128, 64, 256
+        model_cfg, train_cfg = preset(cfg.tokenizer_preset)
         train_cfg.max_minutes = cfg.tokenizer_minutes
         train_cfg.builtin_sequences = cfg.tokenizer_builtin_sequences
         train_cfg.builtin_seconds = 6.0
-        train_cfg.batch_size = 32
-        train_cfg.lr = 2e-3
-        train_cfg.kmeans_init_windows = 256
+        train_cfg.batch_size = 16
+        train_cfg.lr = 5e-5
+        train_cfg.freeze_encoder = True
+        if cfg.tokenizer_preset == "default":
+            train_cfg.lattice_init_windows = 4096
         train_cfg.seed = cfg.seed
         # the training store's hand tracks become parameter files the tokenizer reads
         motion_dir = out / "tokenizer_data"
