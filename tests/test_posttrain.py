@@ -403,3 +403,18 @@ def test_init_from_a_motion_pretrained_checkpoint(state_ds, tmp_path):
     mt2 = MotionTokenizer.from_pretrained(loaded.motion_tokenizer_dir)
     assert mt2.layout == mt.layout
     assert json.loads((tmp_path / "policy" / "config.json").read_text())["has_motion_tokenizer"] is True
+
+
+def test_shipped_relocate_config_loads_both_arms():
+    from handvla.robot.posttrain import load_posttrain_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "posttrain_relocate.yaml"
+    b = load_posttrain_config(path)
+    a = load_posttrain_config(
+        path, ["model.init_checkpoint=runs/demo/vla/final", "train.output_dir=runs/relocate_a"]
+    )
+    assert b.model.preset == "tiny" and b.model.init_checkpoint is None
+    assert a.model.init_checkpoint == "runs/demo/vla/final"
+    # equal budgets: the two arms differ only in the initialisation and the output folder
+    assert (a.train.max_steps, a.train.batch_size, a.train.lr) == (b.train.max_steps, b.train.batch_size, b.train.lr)
+    assert a.data == b.data

@@ -157,6 +157,12 @@ def test_chunk_padding_and_mask(written):
             np.testing.assert_array_equal(item["state"].numpy(), eps[k]["observation.state"][i])
             assert item["task"] == tasks[k] and item["frame_index"] == i and item["episode_index"] == k
             assert item["images"][CAM].dtype == torch.uint8 and item["images"][CAM].shape == (H, W, 3)
+    # the in-memory frame cache (on by default for small datasets) gives exactly the per-item decode
+    uncached = ActionChunkDataset(ds, chunk, frame_cache_mb=0)
+    assert cd._frame_cache is not None and uncached._frame_cache is None
+    for row in (0, ds.episode_slice(4).start + 6, ds.num_frames - 1):
+        torch.testing.assert_close(cd[row]["images"][CAM], uncached[row]["images"][CAM], rtol=0, atol=0)
+    assert ActionChunkDataset(ds, chunk, frame_cache_mb=1e-6)._frame_cache is None  # too big: per item
     rows, mask = chunk_indices(10, 8, 12, 4)
     assert rows.tolist() == [10, 11, 11, 11] and mask.tolist() == [True, True, False, False]
     # through a DataLoader (default collation), without images
@@ -421,6 +427,7 @@ class _ReplayPolicy:
         self.by_state = {ds.column("observation.state")[r].tobytes(): r for r in range(len(ds))}
         self.image = image
         self.images_seen = 0
+        self.tasks_seen: list[tuple[int, str | None]] = []
 
     def metadata(self):
         obs = {"state": {"shape": [SD], "dtype": "float32"}}
@@ -436,14 +443,22 @@ class _ReplayPolicy:
         if self.image:
             assert obs["image"].shape == (H, W, 3)
             self.images_seen += 1
+        self.tasks_seen.append((k, obs.get("task")))
         return self.ds.column("action")[rows] + self.offset
 
 
 def test_open_loop_errors_by_horizon(written, tmp_path):
     root, _, _ = written
     ds = RobotDataset(root)
-    exact = evaluate_open_loop(_ReplayPolicy(ds, 4), ds)
+    replay = _ReplayPolicy(ds, 4)
+    exact = evaluate_open_loop(replay, ds)
     assert exact.samples == ds.num_frames and exact.l1 == 0.0 and max(exact.l2_by_step) == 0.0
+    # each frame is asked with its own episode's task (the fixture's episodes have different tasks)
+    assert {k: t for k, t in replay.tasks_seen} == {k: ds.task(ds.episode_slice(k).start) for k in range(ds.num_episodes)}
+    assert len({t for _, t in replay.tasks_seen}) > 1
+    fixed = _ReplayPolicy(ds, 4)
+    evaluate_open_loop(fixed, ds, instruction="do it")
+    assert {t for _, t in fixed.tasks_seen} == {"do it"}
     policy = _ReplayPolicy(ds, 4, offset=0.25, image=True)
     res = evaluate_open_loop(policy, ds, stride=2, plot_path=tmp_path / "ol.png")
     np.testing.assert_allclose(res.l1_by_step, 0.25, rtol=1e-6)

@@ -102,6 +102,7 @@ def run_eval_open_loop(args: argparse.Namespace) -> int:
         action_key=c.action_key,
         plot_path=plot,
         progress=not args.quiet,
+        instruction=args.instruction,
     ).to_dict()
     res["policy"], res["data"] = str(args.ckpt), str(args.data)
     if args.out:
@@ -157,7 +158,7 @@ def register(subparsers) -> None:
     o.add_argument("--stride", type=int, default=1, help="every k-th frame of each episode")
     o.add_argument("--max-samples", type=int, default=500, help="at most this many frames, evenly spread")
     o.add_argument("--image-key", default=None, help="camera feature (default: the policy's)")
-    o.add_argument("--instruction", default=None, help="instruction text (default: the checkpoint's)")
+    o.add_argument("--instruction", default=None, help="instruction for every frame (default: each frame's task in the dataset)")
     o.add_argument("--plot", default="open_loop_error.png", help="PNG of error against horizon step")
     o.add_argument("--no-plot", action="store_true")
     o.add_argument("--out", default=None, help="write the result as JSON to this file")

@@ -322,11 +322,14 @@ def evaluate_open_loop(
     action_key: str = "action",
     plot_path: str | Path | None = None,
     progress: bool = False,
+    instruction: str | None = None,
 ) -> OpenLoopResult:
     """Compare the policy's chunks with the recorded ones on frames ``0, stride, 2 stride, ...`` of each
     episode (at most ``max_samples`` frames, evenly spread). The observation is the recorded raw state
     (and the frame of ``image_key``, default the first video feature, resized to the policy's image size
-    if it asks for a fixed one); errors are in the dataset's action units."""
+    if it asks for a fixed one) and, as ``task``, the frame's own task text from the dataset (multi-task
+    datasets get each episode's instruction) unless ``instruction`` replaces it for every frame; errors
+    are in the dataset's action units."""
     from handvla.robot.lerobot_format import RobotDataset, chunk_indices
 
     ds = dataset if isinstance(dataset, RobotDataset) else RobotDataset(dataset)
@@ -370,7 +373,7 @@ def evaluate_open_loop(
         it = tqdm(it, desc="open loop", unit="frame")
     for i in it:
         r, (a, b) = rows[i], bounds[i]
-        obs = {"state": states[r]}
+        obs: dict[str, Any] = {"state": states[r], "task": instruction if instruction is not None else ds.task(r)}
         if img_name is not None:
             obs["image"] = _resize(ds.frame(image_key, r), img_hw)
         pred = np.asarray(client.infer(obs), np.float64)  # (chunk, adim)

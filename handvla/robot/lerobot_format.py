@@ -507,6 +507,11 @@ class ActionChunkDataset:
     when ``image_keys`` (default: all video features; [] for none), ``task`` str, ``episode_index`` and
     ``frame_index``. With a ``normalizer`` (``handvla.robot.normalize.Normalizer``), state and actions
     come normalised with the statistics of ``state_key`` / ``action_key``.
+
+    ``frame_cache_mb``: when all decoded frames of the selected episodes fit in this many MB, each
+    episode's video is decoded once, whole, on first use and kept in memory (random access into a video
+    costs a seek and a decode from the previous keyframe per frame, which dominates a small policy's
+    training step); larger datasets decode per item as before. 0 turns the cache off.
     """
 
     def __init__(
@@ -518,6 +523,7 @@ class ActionChunkDataset:
         action_key: str = ACTION_KEY,
         normalizer=None,
         episodes: Sequence[int] | None = None,
+        frame_cache_mb: float = 1024.0,
     ):
         self.ds = dataset if isinstance(dataset, RobotDataset) else RobotDataset(dataset)
         if int(chunk_size) < 1:
@@ -550,6 +556,30 @@ class ActionChunkDataset:
         self._rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         self._start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
         self._stop = np.concatenate(stops) if stops else np.zeros(0, np.int64)
+        self._frame_cache: dict[tuple[str, int], np.ndarray] | None = None
+        if self.image_keys and frame_cache_mb > 0:
+            h_w = [self._frame_shape(k) for k in self.image_keys]
+            if all(hw is not None for hw in h_w):
+                need = sum(h * w * 3 for h, w in h_w) * len(self._rows) / 2**20
+                if need <= frame_cache_mb:
+                    self._frame_cache = {}
+
+    def _frame_shape(self, key: str) -> tuple[int, int] | None:
+        shape = list(self.ds.features[key].get("shape") or [])
+        if self.ds.features[key].get("names") == ["channels", "height", "width"]:
+            shape = shape[1:] + shape[:1]
+        if len(shape) >= 2 and shape[0] and shape[1]:
+            return int(shape[0]), int(shape[1])
+        return None
+
+    def _frame(self, key: str, row: int) -> np.ndarray:
+        if self._frame_cache is None:
+            return self.ds.frame(key, row)
+        k = self.ds.episode_of(row)
+        frames = self._frame_cache.get((key, k))
+        if frames is None:
+            frames = self._frame_cache[(key, k)] = self.ds.frames(key, k)
+        return frames[row - self.ds.episode_slice(k).start]
 
     @property
     def state_dim(self) -> int:
@@ -579,7 +609,7 @@ class ActionChunkDataset:
         }
         if self.image_keys:
             item["images"] = {
-                k: torch.from_numpy(np.ascontiguousarray(self.ds.frame(k, row))) for k in self.image_keys
+                k: torch.from_numpy(np.ascontiguousarray(self._frame(k, row))) for k in self.image_keys
             }
         return item
 

@@ -70,6 +70,9 @@ class PosttrainDataConfig(BaseModel):
     )
     state_norm: NormMode = "mean_std"
     action_norm: NormMode = "mean_std"
+    frame_cache_mb: float = Field(
+        1024.0, ge=0, description="decode whole episodes once and keep them in memory when all fit (MB)"
+    )
 
     @field_validator("image_keys", mode="before")
     @classmethod
@@ -398,7 +401,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
 
     def chunks(eps):
         return ActionChunkDataset(
-            ds, d.chunk_size, pcfg.image_keys, d.state_key, d.action_key, normalizer, eps
+            ds, d.chunk_size, pcfg.image_keys, d.state_key, d.action_key, normalizer, eps, d.frame_cache_mb
         )
 
     train_set = PolicyTrainDataset(chunks(train_eps), model.processor, d.task)
