@@ -23,3 +23,21 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
     t0 = time.perf_counter()
     run_demo(tmp_path, cfg, progress=False)  # every stage's output exists: nothing is trained again
     assert time.perf_counter() - t0 < metrics["minutes"] * 60
+
+
+def test_demo_set_overrides_are_typed():
+    import pytest
+
+    from handvla.commands.demo import apply_overrides
+    from handvla.errors import ConfigError
+
+    cfg = apply_overrides(
+        DemoConfig(), ["train_episodes=240", "vla_minutes=20", "train_rigs=ego,phone", "image_size=[64,48]"]
+    )
+    assert (cfg.train_episodes, cfg.vla_minutes, cfg.train_rigs, cfg.image_size) == (
+        240, 20.0, ("ego", "phone"), (64, 48)
+    )
+    assert isinstance(cfg.vla_minutes, float)
+    for bad, match in (("colour=red", "KEY one of"), ("train_episodes=many", "expected int"), ("seed", "KEY=VALUE")):
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(DemoConfig(), [bad])
