@@ -196,11 +196,11 @@ def track_from_motion(motion, hand_model=None, mano_dir: str | None = None) -> H
             "track_from_motion", "hand_model", f"a {motion.side} hand model", f"a {hand_model.side} one"
         )
     with torch.no_grad():
-        out = hand_model(
-            torch.from_numpy(motion.global_orient),
-            torch.from_numpy(motion.hand_pose),
-            torch.from_numpy(motion.betas),
-            torch.from_numpy(motion.wrist_pos),
+        out = hand_model(  # torch.tensor copies: a motion's arrays may be read-only
+            torch.tensor(motion.global_orient),
+            torch.tensor(motion.hand_pose),
+            torch.tensor(motion.betas),
+            torch.tensor(motion.wrist_pos),
         )
     verts = faces = None
     if out.verts is not None and getattr(hand_model, "faces", None) is not None:

@@ -36,7 +36,7 @@ def _observed_points(lm: LoadedMotion, motion: HandMotion, joints: np.ndarray) -
     """Model joints as the tracker reports them: point 0 = palm centre for Leap-style files."""
     out = joints.copy()
     if lm.root_is_palm and lm.palm_offset is not None:
-        Rw = axis_angle_to_matrix(torch.from_numpy(motion.global_orient)).numpy()  # (T, 3, 3)
+        Rw = axis_angle_to_matrix(torch.tensor(motion.global_orient)).numpy()  # (T, 3, 3)
         out[:, 0] = motion.wrist_pos + Rw @ np.asarray(lm.palm_offset, np.float32)
     return out
 
