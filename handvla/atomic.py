@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +63,29 @@ def atomic_open(path: str | Path, mode: str = "wb", durable: bool = True) -> Ite
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """``with atomic_dir(p) as tmp: <write files into tmp>``: the folder ``p`` becomes ``tmp`` only if the
+    block finishes; an existing ``p`` is moved aside, replaced, then deleted. On an error ``tmp`` is
+    removed and ``p`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    tmp.mkdir()
+    old = None
+    try:
+        yield tmp
+        if path.exists():
+            old = tmp_path(path)
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_replace_from(src_tmp: str | Path, path: str | Path, durable: bool = True) -> None:

@@ -64,9 +64,6 @@ def _parse_stores(items: list[str]) -> dict[str, str]:
 
 
 def run_vla_eval(args: argparse.Namespace) -> int:
-    import json
-    import os
-
     import torch
 
     from handvla.vla.evaluate import evaluate_handworld
@@ -99,11 +96,9 @@ def run_vla_eval(args: argparse.Namespace) -> int:
         )
         results[name] = res
     if args.out:
-        out = Path(args.out)
-        tmp = out.parent / f".{out.name}.tmp"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(results, indent=2, default=float))
-        os.replace(tmp, out)
+        from handvla.atomic import atomic_write_json
+
+        atomic_write_json(Path(args.out), results, default=float)
     print_json({"ckpt": args.ckpt, **{name: r["summary"] for name, r in results.items()}})
     return 0
 

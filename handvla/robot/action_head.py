@@ -37,9 +37,7 @@ Checkpoint folder (`HandVLAPolicyModel.save_pretrained` / ``from_pretrained``; s
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -554,36 +552,29 @@ class HandVLAPolicyModel(nn.Module):
             raise ConfigError("save_pretrained: the model has no processor (build it with from_vla)")
         if self.normalizer is None:
             raise ConfigError("save_pretrained: set model.normalizer (the training statistics) first")
+        from handvla.atomic import atomic_dir
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         vla_cfg = self.backbone.config
         mt_dir = self.motion_tokenizer_dir
         had_mt = getattr(vla_cfg, "has_motion_tokenizer", False)
         try:
-            vla_cfg.has_motion_tokenizer = mt_dir is not None
-            sd = {k: v.detach().cpu().contiguous() for k, v in self.backbone_state_dict().items()}
-            self.backbone.save_pretrained(str(tmp), state_dict=sd, max_shard_size=max_shard_size)
-            save_file(self.head_state_dict(), str(tmp / HEAD_WEIGHTS_NAME))
-            self.processor.tokenizer.save_pretrained(str(tmp))
-            self.normalizer.save(tmp)
-            (tmp / POLICY_CONFIG_NAME).write_text(self.config.model_dump_json(indent=2))
-            if mt_dir is not None:
-                if not Path(mt_dir).is_dir():
-                    raise MissingResourceError(
-                        f"{mt_dir}: motion tokenizer folder to copy into the checkpoint not found"
-                    )
-                shutil.copytree(mt_dir, tmp / MOTION_TOKENIZER_DIR)
-            old = None
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            with atomic_dir(path) as tmp:
+                vla_cfg.has_motion_tokenizer = mt_dir is not None
+                sd = {k: v.detach().cpu().contiguous() for k, v in self.backbone_state_dict().items()}
+                self.backbone.save_pretrained(str(tmp), state_dict=sd, max_shard_size=max_shard_size)
+                save_file(self.head_state_dict(), str(tmp / HEAD_WEIGHTS_NAME))
+                self.processor.tokenizer.save_pretrained(str(tmp))
+                self.normalizer.save(tmp)
+                (tmp / POLICY_CONFIG_NAME).write_text(self.config.model_dump_json(indent=2))
+                if mt_dir is not None:
+                    if not Path(mt_dir).is_dir():
+                        raise MissingResourceError(
+                            f"{mt_dir}: motion tokenizer folder to copy into the checkpoint not found"
+                        )
+                    shutil.copytree(mt_dir, tmp / MOTION_TOKENIZER_DIR)
         except BaseException:
             vla_cfg.has_motion_tokenizer = had_mt
-            shutil.rmtree(tmp, ignore_errors=True)
             raise
         if mt_dir is not None:
             self.motion_tokenizer_dir = path / MOTION_TOKENIZER_DIR

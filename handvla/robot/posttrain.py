@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from handvla.atomic import atomic_write_text
+from handvla.atomic import atomic_dir, atomic_write_text
 from handvla.config import load_config
 from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.robot.action_head import DEFAULT_PROMPT, LoraSettings, PolicyConfig
@@ -255,9 +254,8 @@ def load_vla_bundle(m: PolicyModelConfig, corpus: list[str], out_dir: Path, is_m
     tok_dir = out_dir / TEXT_TOKENIZER_DIR
     if is_main and not (tok_dir / "tokenizer.json").is_file():
         tok = build_text_tokenizer(list(DEFAULT_CORPUS) + list(corpus), vocab_size=m.text_vocab_size)
-        tmp = out_dir / f".{TEXT_TOKENIZER_DIR}.tmp-{os.getpid()}"
-        tok.save_pretrained(str(tmp))
-        os.replace(tmp, tok_dir)
+        with atomic_dir(tok_dir) as tmp:
+            tok.save_pretrained(str(tmp))
     barrier()
     tok = load_text_tokenizer(tok_dir)
     bundle = build_vla(m.preset, tokenizer=tok, seed=m.seed, dtype=_dtype(m.dtype))

@@ -212,7 +212,7 @@ class TokenizerConfig:
         return cls(**_known_fields(cls, d, where))
 
     def save(self, path: str | Path) -> None:
-        from handvla.tokenizer.modeling import atomic_write_bytes
+        from handvla.atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 

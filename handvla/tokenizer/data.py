@@ -140,7 +140,7 @@ def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) 
         res = fit_recording(rec)
         motion, palm, fit_mm = res.motion, res.palm_offset, float(res.fit_mpjpe_mm)
         if cache_file is not None:
-            from handvla.tokenizer.modeling import atomic_write_bytes
+            from handvla.atomic import atomic_write_bytes
 
             save_motion(cache_file, motion)
             meta = {

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handvla.atomic import atomic_write_bytes
 from handvla.errors import CheckpointError, InputError, MissingResourceError
 from handvla.hand import rotations as R
 from handvla.hand.features import (
@@ -48,25 +47,6 @@ from handvla.tokenizer.configuration import FORMAT_VERSION, TokenizerConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1022,7 +1002,6 @@ __all__ = [
     "MotionTokenizer",
     "MotionTokens",
     "TokenLayout",
-    "atomic_write_bytes",
     "features_to_joints",
     "fill_invalid",
     "mirror_motion",

@@ -33,10 +33,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from handvla.atomic import atomic_write_bytes
 from handvla.errors import CheckpointError, ConfigError
 from handvla.tokenizer.configuration import TokenizerConfig, TrainConfig
 from handvla.tokenizer.data import Batch, WindowSampler, load_sources, make_clips
-from handvla.tokenizer.modeling import MotionTokenizer, atomic_write_bytes, features_to_joints
+from handvla.tokenizer.modeling import MotionTokenizer, features_to_joints
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "training_state.pt"

@@ -17,9 +17,6 @@ Entry points (each returns a `VLABundle` = model + processor + motion tokenizer 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -469,25 +466,18 @@ def save_vla(
             raise ConfigError(
                 f"save_vla: motion tokenizer layout {mt_layout} != model layout {model.config.motion_layout}"
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    from handvla.atomic import atomic_dir
+
     had = model.config.has_motion_tokenizer
     try:
-        model.config.has_motion_tokenizer = motion_tokenizer is not None
-        model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(str(tmp))
-        if motion_tokenizer is not None:
-            motion_tokenizer.save_pretrained(tmp / MOTION_TOKENIZER_DIR)
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(path) as tmp:
+            model.config.has_motion_tokenizer = motion_tokenizer is not None
+            model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
+            tokenizer.save_pretrained(str(tmp))
+            if motion_tokenizer is not None:
+                motion_tokenizer.save_pretrained(tmp / MOTION_TOKENIZER_DIR)
     except BaseException:
         model.config.has_motion_tokenizer = had
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 
