@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from handvla.commands._util import print_json
+from handvla.commands._util import add_training_run_args, print_json
 
 
 def run_posttrain_cmd(args: argparse.Namespace) -> int:
@@ -61,15 +61,5 @@ def register(subparsers) -> None:
         "metrics.jsonl, normalization/, final/ (the policy checkpoint) and posttrain_summary.json under "
         "train.output_dir.",
     )
-    p.add_argument("--config", required=True, help="YAML (or JSON) config file")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. train.lr=3e-4 or model.backbone_mode=frozen (YAML values; repeatable)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_training_run_args(p, "train.lr=3e-4 or model.backbone_mode=frozen")
     p.set_defaults(func=run_posttrain_cmd)

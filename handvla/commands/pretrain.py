@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from handvla.commands._util import print_json
+from handvla.commands._util import add_training_run_args, print_json
 from handvla.errors import ConfigError
 
 
@@ -113,17 +113,7 @@ def register(subparsers) -> None:
         "checkpoints/, metrics.jsonl, final/ (the VLA with its motion tokenizer) and pretrain_summary.json "
         "under train.output_dir.",
     )
-    p.add_argument("--config", required=True, help="YAML (or JSON) config file")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. train.lr=3e-4 or data.seconds=[1,2] (YAML values; repeatable)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_training_run_args(p, "train.lr=3e-4 or data.seconds=[1,2]")
     p.set_defaults(func=run_pretrain_cmd)
 
     e = subparsers.add_parser(
