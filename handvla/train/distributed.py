@@ -6,7 +6,6 @@ RANK / WORLD_SIZE / LOCAL_RANK and this module joins the group (NCCL on GPUs, gl
 
 from __future__ import annotations
 
-import atexit
 import os
 from dataclasses import dataclass
 
@@ -46,15 +45,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        # leave the group before the interpreter exits: a process that exits with the backend's threads
-        # still running can abort (SIGABRT) while its peer is still finishing its last write
-        atexit.register(_destroy_group)
     return DistInfo(rank, world, local, dev)
-
-
-def _destroy_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, strategy: str, info: DistInfo, layer_types: tuple[type, ...] = ()) -> nn.Module:

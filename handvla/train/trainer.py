@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -214,18 +215,22 @@ class Trainer:
         else:
             rng = [{"rng": _rng_state(), "epoch": self.epoch, "consumed": self.consumed}]
         if self.info.is_main:
+            tmp = self.ckpt_root / f".tmp-{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
             from safetensors.torch import save_file
 
-            from handvla.atomic import atomic_dir, atomic_write_text
-
-            with atomic_dir(final) as tmp:
-                save_file(_unshare(model_sd), str(tmp / "model.safetensors"))
-                torch.save(optim_sd, tmp / "optimizer.pt")
-                torch.save({"scheduler": self.scheduler.state_dict(), "ranks": rng}, tmp / "state.pt")
-                (tmp / "trainer_state.json").write_text(
-                    json.dumps({"step": self.step, "world_size": self.info.world_size, "config": self.cfg.model_dump()}, indent=2)
-                )
-            atomic_write_text(self.ckpt_root / "latest", name)
+            save_file(_unshare(model_sd), str(tmp / "model.safetensors"))
+            torch.save(optim_sd, tmp / "optimizer.pt")
+            torch.save({"scheduler": self.scheduler.state_dict(), "ranks": rng}, tmp / "state.pt")
+            (tmp / "trainer_state.json").write_text(
+                json.dumps({"step": self.step, "world_size": self.info.world_size, "config": self.cfg.model_dump()}, indent=2)
+            )
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            pointer_tmp = self.ckpt_root / ".latest.tmp"
+            pointer_tmp.write_text(name)
+            os.replace(pointer_tmp, self.ckpt_root / "latest")
             old = sorted(p for p in self.ckpt_root.glob("step-*") if p.is_dir())
             for p in old[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(p, ignore_errors=True)
