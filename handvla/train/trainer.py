@@ -4,6 +4,20 @@ The trainer owns what the model must not know about: devices, the process group 
 (DDP or FSDP2), bf16 autocast, gradient accumulation and clipping, the learning-rate schedule, the data
 position, checkpoints that resume exactly, logging and the time budget.
 
+Time budget: with ``max_minutes`` the run stops when its training time (wall seconds from the first step on,
+summed over resumed sessions; one-off set-up before the first step is not counted) reaches the budget, and
+the cosine schedule decays by whichever ends first, steps or time: after warm-up (always step-based) its
+progress is max((step - warmup) / (max_steps - warmup), (t - t_warm) / (budget - t_warm)), t the training
+seconds and t_warm those at the end of warm-up. So a time-limited run ends at the schedule's final LR
+instead of stopping part-way down it. Checkpoints keep the clock, so a resumed run goes on with the time
+left (raise ``max_minutes`` to give a spent run more). Without ``max_minutes`` the schedule is by step only
+and the clock plays no part (exact resume stays exact).
+
+Honest results: ``train()`` returns (and appends to metrics.jsonl as a final ``"event": "end"`` record) the
+steps done, why it stopped, the final loss, the minutes spent, and a ``warning`` when the run did too few
+steps for its numbers to mean much (fewer than ``min_steps_ok``, or under a quarter of ``max_steps`` because
+the time budget ran out); the warning is also printed to stderr.
+
 Exact resume: a checkpoint holds the model, optimiser, scheduler, step, the data position (epoch and
 samples consumed in it, per rank) and every RNG state, taken after a whole optimiser step. A run killed
 and resumed from step k replays steps k+1.. with the same batches and the same random numbers.
@@ -16,7 +30,9 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +54,14 @@ class TrainConfig(BaseModel):
 
     output_dir: str = Field(..., description="run folder: checkpoints/, metrics.jsonl, tensorboard/")
     max_steps: int = Field(1000, gt=0, description="optimiser steps in all")
-    max_minutes: float | None = Field(None, gt=0, description="stop (and checkpoint) after this wall time")
+    max_minutes: float | None = Field(
+        None, gt=0,
+        description="training-time budget in minutes (wall time from the first step, summed over resumed "
+        "sessions): stop and checkpoint when it is spent; the cosine schedule reaches its end by then",
+    )
+    min_steps_ok: int = Field(
+        200, ge=0, description="fewer optimiser steps than this in all and the result carries a too-few-steps warning"
+    )
     batch_size: int = Field(8, gt=0, description="samples per micro-batch per process")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimiser step")
     lr: float = Field(1e-4, gt=0)
@@ -60,6 +83,37 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, gt=0)
     tensorboard: bool = True
     progress: bool = True
+
+
+#: the clock of the time budget and of the reported durations (seconds; tests replace it with a fake one)
+_now: Callable[[], float] = time.perf_counter
+
+#: logged losses averaged into the result's ``final_loss``
+FINAL_LOSS_WINDOW = 10
+
+#: a run stopped by its time budget before this fraction of ``max_steps`` gets a too-few-steps warning
+MIN_BUDGET_FRACTION = 0.25
+
+
+def budget_warning(steps: int, max_steps: int, stop_reason: str, min_steps_ok: int,
+                   budget_minutes: float | None) -> str | None:
+    """The plain-language warning for a run that did too few optimiser steps, or None when it did enough.
+
+    Too few: fewer than ``min_steps_ok`` in all, or fewer than ``MIN_BUDGET_FRACTION`` x ``max_steps``
+    because the time budget (``budget_minutes``, minutes) ran out.
+    """
+    cut = stop_reason == "time_budget" and steps < MIN_BUDGET_FRACTION * max_steps
+    if steps >= min_steps_ok and not cut:
+        return None
+    if stop_reason == "time_budget":
+        share = f"{100 * steps / max_steps:.2g}%"
+        what = (f"training did only {steps} of its {max_steps} planned optimiser steps ({share}) "
+                f"before its time budget of {budget_minutes:g} min ran out")
+    else:
+        what = f"training was planned for only {max_steps} optimiser steps"
+    if steps < min_steps_ok:
+        what += f" (a meaningful run needs at least {min_steps_ok}, the min_steps_ok setting)"
+    return what + ": the model is barely trained and metrics measured on it do not mean much"
 
 
 class ResumableSampler(Sampler[int]):
@@ -151,7 +205,14 @@ class Trainer:
         layer_types: tuple[type, ...] = (),
         param_groups: Callable[[nn.Module], list[dict]] | None = None,
     ):
+        t_init = _now()
         self.cfg = config
+        # training seconds (the time budget's clock): before this session, and at the last finished step;
+        # _warmup_end_s: training seconds when warm-up ended (the time part of the schedule starts there)
+        self._elapsed_before_s, self.elapsed_s = 0.0, 0.0
+        self._warmup_end_s: float | None = 0.0 if config.warmup_steps == 0 else None
+        self._loop_t0: float | None = None
+        self._recent_losses: deque[float] = deque(maxlen=FINAL_LOSS_WINDOW)  # the last logged losses
         self.info: DistInfo = init_distributed(config.device)
         torch.manual_seed(config.seed)
         self.out = Path(config.output_dir)
@@ -171,6 +232,7 @@ class Trainer:
         self.loss_fn, self.eval_fn = loss_fn, eval_fn
         self.step, self.epoch, self.consumed = 0, 0, 0  # consumed: samples of this epoch on this rank
         self._tb = None
+        self._init_s = _now() - t_init
 
     # -- schedule -------------------------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -180,6 +242,10 @@ class Trainer:
         if c.schedule == "constant":
             return 1.0
         t = min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
+        if c.max_minutes is not None:  # ... or by the deadline, whichever comes first
+            t_warm = self._warmup_end_s or 0.0
+            span = c.max_minutes * 60 - t_warm
+            t = max(t, 1.0 if span <= 0 else min(1.0, (self.elapsed_s - t_warm) / span))
         return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     # -- data -----------------------------------------------------------------------------------------
@@ -223,9 +289,12 @@ class Trainer:
             save_file(_unshare(model_sd), str(tmp / "model.safetensors"))
             torch.save(optim_sd, tmp / "optimizer.pt")
             torch.save({"scheduler": self.scheduler.state_dict(), "ranks": rng}, tmp / "state.pt")
-            (tmp / "trainer_state.json").write_text(
-                json.dumps({"step": self.step, "world_size": self.info.world_size, "config": self.cfg.model_dump()}, indent=2)
-            )
+            (tmp / "trainer_state.json").write_text(json.dumps({
+                "step": self.step, "world_size": self.info.world_size, "config": self.cfg.model_dump(),
+                # seconds of training so far (the time budget's clock) and at the end of warm-up
+                "elapsed_s": self._training_seconds(), "warmup_end_s": self._warmup_end_s,
+                "recent_losses": list(self._recent_losses),
+            }, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             pointer_tmp = self.ckpt_root / ".latest.tmp"
@@ -261,14 +330,24 @@ class Trainer:
         mine = extra["ranks"][self.info.rank]
         self.step, self.epoch, self.consumed = state["step"], mine["epoch"], mine["consumed"]
         _set_rng_state(mine["rng"])
+        # older checkpoints lack the clock: their runs start the budget afresh
+        self._elapsed_before_s = self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self._warmup_end_s = state.get("warmup_end_s", 0.0 if self.step >= self.cfg.warmup_steps else None)
+        self._recent_losses = deque(state.get("recent_losses", []), maxlen=FINAL_LOSS_WINDOW)
+
+    def _training_seconds(self) -> float:
+        """Training seconds now: before this session plus this session's since its first step."""
+        if self._loop_t0 is None:
+            return self.elapsed_s
+        return self._elapsed_before_s + _now() - self._loop_t0
 
     # -- logging --------------------------------------------------------------------------------------
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any], tensorboard: bool = True) -> None:
         if not self.info.is_main:
             return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        if self._tb is not None and tensorboard:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, record["step"])
@@ -279,8 +358,11 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         log = self.out / "metrics.jsonl"
         if log.exists():
-            # keep the curve clean: drop records past the step we resumed from
-            keep = [line for line in log.read_text().splitlines() if resumed and json.loads(line).get("step", 0) <= self.step]
+            # keep the curve clean: drop records past the step we resumed from, and earlier sessions' end records
+            keep = [
+                line for line in log.read_text().splitlines()
+                if resumed and json.loads(line).get("step", 0) <= self.step and "event" not in json.loads(line)
+            ]
             log.write_text("".join(line + "\n" for line in keep))
         if self.cfg.tensorboard:
             try:
@@ -291,7 +373,24 @@ class Trainer:
                 self._tb = None
 
     # -- the loop -------------------------------------------------------------------------------------
+    def _agreed(self, value: float) -> float:
+        """``value`` averaged over the ranks (one number all of them act on: the clock drives the LR)."""
+        if not self.info.enabled:
+            return value
+        return float(all_reduce_mean(torch.tensor(value, dtype=torch.float64, device=self.info.device), self.info))
+
     def train(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``max_steps`` or the time budget, whichever comes first; returns the run's summary.
+
+        Keys: ``step`` (= ``steps_done``, all sessions), ``steps_done_this_run``, ``max_steps``, ``loss`` and
+        ``last_loss`` (the last step's), ``final_loss`` (mean of the last logged losses; None before any),
+        ``final_lr``, ``stopped_early`` and ``stopped_by_time`` (the time budget ended it before max_steps),
+        ``stop_reason`` ('max_steps' or 'time_budget'), ``elapsed_minutes`` (training minutes, all sessions:
+        the budget's clock), ``budget_minutes`` (``max_minutes``), ``minutes`` (wall minutes of this call,
+        set-up included), ``setup_seconds`` (this call's set-up before its first step, trainer construction
+        included), ``too_few_steps`` and ``warning`` (a sentence, or None).
+        """
+        t_call = _now()
         resumed = False
         if resume:
             ckpt = self.latest_checkpoint()
@@ -300,8 +399,10 @@ class Trainer:
                 resumed = True
         self._open_logs(resumed)
         cfg, dev = self.cfg, self.info.device
+        budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-        start_time, last_loss = time.time(), float("nan")
+        last_loss = float("nan")
+        step0 = self.step
         batches = self._batches()
         bar = None
         if cfg.progress and self.info.is_main:
@@ -309,9 +410,12 @@ class Trainer:
 
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         self.model.train()
-        stopped_by_time = False
-        while self.step < cfg.max_steps:
-            t0 = time.time()
+        # a resumed run whose budget is already spent does no step (every rank read the same clock)
+        out_of_time = budget_s is not None and self.elapsed_s >= budget_s
+        self._loop_t0 = _now()
+        setup_s, self._init_s = self._loop_t0 - t_call + self._init_s, 0.0  # construction counts once
+        while self.step < cfg.max_steps and not out_of_time:
+            t0 = _now()
             metrics_sum: dict[str, float] = {}
             loss_sum = torch.zeros((), device=dev)
             for _ in range(cfg.grad_accum):
@@ -326,16 +430,24 @@ class Trainer:
             if cfg.grad_clip:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
             self.optimizer.step()
+            self.step += 1
+            if budget_s is not None:  # the clock the schedule and the stop read, the same on every rank
+                self.elapsed_s = self._agreed(self._training_seconds())
+                out_of_time = self.elapsed_s >= budget_s
+            else:
+                self.elapsed_s = self._training_seconds()
+            if self._warmup_end_s is None and self.step >= cfg.warmup_steps:
+                self._warmup_end_s = self.elapsed_s
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
             last_loss = float(all_reduce_mean(loss_sum, self.info))
-            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or out_of_time:
                 rec = {"step": self.step, "loss": last_loss, "lr": self.scheduler.get_last_lr()[0],
-                       "step_time_s": time.time() - t0, **metrics_sum}
+                       "step_time_s": _now() - t0, **metrics_sum}
                 if grad_norm is not None:
                     rec["grad_norm"] = grad_norm
                 self._log(rec)
+                self._recent_losses.append(last_loss)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.4f}")
@@ -344,20 +456,44 @@ class Trainer:
                 with torch.no_grad():
                     self._log({"step": self.step, **{f"eval/{k}": v for k, v in self.eval_fn(unwrap(self.model), self.step).items()}})
                 self.model.train()
-            out_of_time = cfg.max_minutes is not None and (time.time() - start_time) / 60 >= cfg.max_minutes
-            if self.info.enabled:  # every rank must agree to stop
-                flag = torch.tensor(float(out_of_time), device=dev)
-                out_of_time = bool(all_reduce_mean(flag, self.info) > 0)
             if self.step % cfg.save_every == 0 or out_of_time:
                 self.save_checkpoint()
-            if out_of_time:
-                stopped_by_time = True
-                break
         if bar is not None:
             bar.close()
         if self.step == cfg.max_steps and (self.latest_checkpoint() is None or self.latest_checkpoint().name != f"step-{self.step:08d}"):
             self.save_checkpoint()
+        self.elapsed_s = self._training_seconds()
+        self._loop_t0 = None
+        result = self._summary(last_loss, step0, setup_s, _now() - t_call)
+        self._log({"event": "end", **{k: v for k, v in result.items() if k != "loss"}}, tensorboard=False)
         if self._tb is not None:
             self._tb.close()
-        return {"step": self.step, "loss": last_loss, "stopped_by_time": stopped_by_time,
-                "minutes": (time.time() - start_time) / 60}
+        if result["warning"] and self.info.is_main:
+            print(f"WARNING: {result['warning']}", file=sys.stderr, flush=True)
+        return result
+
+    def _summary(self, last_loss: float, step0: int, setup_s: float, call_s: float) -> dict[str, Any]:
+        """The result of ``train()`` (see there); ``step0`` the step this call started at, times in seconds."""
+        cfg = self.cfg
+        stop_reason = "max_steps" if self.step >= cfg.max_steps else "time_budget"
+        warning = budget_warning(self.step, cfg.max_steps, stop_reason, cfg.min_steps_ok, cfg.max_minutes)
+        recent = list(self._recent_losses)
+        return {
+            "step": self.step,
+            "loss": last_loss,
+            "steps_done": self.step,
+            "steps_done_this_run": self.step - step0,
+            "max_steps": cfg.max_steps,
+            "final_loss": sum(recent) / len(recent) if recent else None,
+            "last_loss": recent[-1] if recent else None,
+            "final_lr": self.scheduler.get_last_lr()[0],
+            "stopped_early": stop_reason != "max_steps",
+            "stopped_by_time": stop_reason == "time_budget",
+            "stop_reason": stop_reason,
+            "elapsed_minutes": self.elapsed_s / 60,
+            "budget_minutes": cfg.max_minutes,
+            "minutes": call_s / 60,
+            "setup_seconds": setup_s,
+            "too_few_steps": warning is not None,
+            "warning": warning,
+        }
