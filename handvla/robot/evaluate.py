@@ -37,26 +37,9 @@ from typing import Any
 import numpy as np
 
 from handvla.errors import ConfigError, InputError
+from handvla.stats import Z95, wilson_interval  # noqa: F401  (re-exported for callers of this module)
 
 EVAL_SEED = 10_000  # first evaluation seed: far from the demonstration seeds (0, 1, ...)
-Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (``successes`` of ``n``); (0, 1) for n = 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    if not 0 <= successes <= n:
-        raise InputError("wilson_interval", "successes", f"0 <= successes <= n = {n}", str(successes))
-    p = successes / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    # exact ends: no rounding residue at 0 / n successes
-    lo = 0.0 if successes == 0 else max(0.0, center - half)
-    hi = 1.0 if successes == n else min(1.0, center + half)
-    return lo, hi
 
 
 # ---------------------------------------------------------------------------------------------------------
