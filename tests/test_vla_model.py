@@ -283,6 +283,7 @@ def test_motion_tokenizer_travels_with_checkpoint(tmp_path):
         wrist_ids_per_block=16,
         finger_ids_per_block=16,
         num_wrist_motion_ids=16,
+        position_layers=(0, 1) * 16,  # 2 groups x 4 latent steps x 2 layers per part, layers fastest
     )
     ck = save_vla(tmp_path / "ck", bundle)
     assert (ck / "motion_tokenizer" / "config.json").is_file()

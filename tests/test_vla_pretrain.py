@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import calibrated_tokenizer
 
 from handvla.errors import ConfigError, InputError
 from handvla.vla.data import (
@@ -22,31 +23,6 @@ from handvla.vla.data import (
     tokenizer_fingerprint,
 )
 from handvla.vla.processing import IGNORE_INDEX, hands_for_mode, warp_to_canonical
-
-
-def calibrated_tokenizer(store_dir: Path):
-    """A tiny motion tokenizer whose normaliser and codebooks (k-means on the encoder's latents) are fitted
-    to the store's motion: untrained weights, but blocks get distinct ids (an all-zero codebook would give
-    every block the same ids)."""
-    from handvla.data.store import EpisodeStore
-    from handvla.hand.features import FeatureNormalizer
-    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
-    from handvla.tokenizer.modeling import MotionTokenizer
-
-    torch.manual_seed(0)
-    mt = MotionTokenizer(TokenizerConfig(**PRESETS["tiny"]))
-    store = EpisodeStore(store_dir)
-    feats = []
-    for k in range(len(store)):
-        ep = store.load_episode(k, with_video=False)
-        feats += [mt.motion_features(m) for m in ep.hands.values() if m.valid.any()]
-    mt.set_normalizer(FeatureNormalizer.fit(feats))
-    blocks = torch.cat([mt.blocks_from_sequence(f) for f in feats])
-    with torch.no_grad():
-        for part, xp in mt._split(mt.normalize(blocks)).items():
-            m = mt.parts[part]
-            m.quantizer.init_codebooks(m.encoder(xp.transpose(1, 2)).transpose(1, 2))
-    return mt.eval()
 
 
 @pytest.fixture(scope="module")

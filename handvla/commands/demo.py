@@ -28,10 +28,20 @@ def apply_overrides(cfg, items: list[str]):
         except json.JSONDecodeError:
             value = raw
         current = getattr(cfg, key)
+        if value is None and "None" in str(fields[key].type):
+            changes[key] = None  # an optional field switched off
+            continue
         if isinstance(current, tuple):
             value = tuple(value) if isinstance(value, list) else tuple(v.strip() for v in str(value).split(","))
-            if current and isinstance(current[0], int):
-                value = tuple(int(v) for v in value)
+            try:
+                if current and isinstance(current[0], bool):
+                    pass
+                elif current and isinstance(current[0], int):
+                    value = tuple(int(v) for v in value)
+                elif current and isinstance(current[0], float):
+                    value = tuple(float(v) for v in value)
+            except ValueError:
+                raise ConfigError(f"demo --set {key}: expected numbers, got {raw!r}") from None
         elif isinstance(current, bool) or not isinstance(value, type(current)):
             ok = isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)
             if not ok and not (isinstance(current, bool) and isinstance(value, bool)):

@@ -7,6 +7,7 @@ Examples::
     handvla pretrain --config configs/pretrain_tiny.yaml --resume          # continue the same run
     torchrun --nproc-per-node 8 -m handvla pretrain --config run.yaml     # DDP / FSDP2 (train.distributed)
     handvla vla-eval --ckpt runs/tiny/final --store seen=data/hw_val --store unseen=data/hw_phone
+    handvla vla-eval --ckpt runs/tiny/final --store seen=data/hw_val --train-store data/hw_train
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ def _parse_stores(items: list[str]) -> dict[str, str]:
 
 
 def run_vla_eval(args: argparse.Namespace) -> int:
+    import sys
+
     import torch
 
-    from handvla.vla.evaluate import evaluate_handworld
+    from handvla.vla.baselines import checkpoint_training_stores, load_training_reference
+    from handvla.vla.evaluate import evaluate_handworld, format_summary_table
     from handvla.vla.modeling import load_vla
 
     if args.threads:
@@ -74,11 +78,23 @@ def run_vla_eval(args: argparse.Namespace) -> int:
     stores = _parse_stores(args.store)
     if args.episodes is not None and args.episodes < 1:
         raise ConfigError(f"--episodes: expected a whole number >= 1, got {args.episodes}")
+    for flag, v in (
+        ("--translation-episodes", args.translation_episodes),
+        ("--prediction-episodes", args.prediction_episodes),
+    ):
+        if v < 0:
+            raise ConfigError(f"{flag}: expected a whole number >= 0, got {v}")
     bundle = load_vla(args.ckpt)
     if bundle.motion_tokenizer is None:
         from handvla.errors import CheckpointError
 
         raise CheckpointError(f"{args.ckpt}: no motion_tokenizer/ (needed to decode generated motion)")
+    # the training stores the input-free baselines are fitted on: given, or the checkpoint's own
+    if args.train_store:
+        train, val_fraction, note = list(args.train_store), 0.0, None
+    else:
+        train, val_fraction, note = checkpoint_training_stores(args.ckpt)
+    ref = load_training_reference(train, val_fraction, progress=not args.quiet) if train else None
     align = None if args.align == "auto" else args.align == "on"
     results = {}
     for name, path in stores.items():
@@ -93,12 +109,35 @@ def run_vla_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
             progress=not args.quiet,
+            train_stores=ref,
+            translation_episodes=args.translation_episodes,
+            prediction_episodes=args.prediction_episodes,
         )
+        if args.shuffle_images:  # input sensitivity: each episode scored with another episode's image
+            sh = evaluate_handworld(
+                bundle, path, max_episodes=args.episodes, max_seconds=args.max_seconds, align=align,
+                constrained=not args.no_constraint, seed=args.seed, batch_size=args.batch_size, shuffle_images=True,
+            )["summary"]  # fmt: skip
+            res["summary"]["images_shuffled"] = {
+                k: sh.get(k) for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m")
+            }
+        if args.counterfactual:  # instruction following: the same image, another object named
+            from handvla.vla.evaluate import evaluate_counterfactual
+
+            res["summary"]["counterfactual"] = evaluate_counterfactual(
+                bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2, batch_size=args.batch_size,
+                align=align,
+            )["summary"]
+        if ref is None and note:
+            res["summary"]["baselines_skipped"] = f"constant / template / retrieval: {note}"
         results[name] = res
     if args.out:
         from handvla.atomic import atomic_write_json
 
         atomic_write_json(Path(args.out), results, default=float)
+    if not args.quiet:  # the table goes to stderr: stdout stays one JSON document
+        for name, r in results.items():
+            print(format_summary_table(name, r["summary"]), file=sys.stderr)
     print_json({"ckpt": args.ckpt, **{name: r["summary"] for name, r in results.items()}})
     return 0
 
@@ -120,7 +159,10 @@ def register(subparsers) -> None:
         "vla-eval",
         help="measure a VLA checkpoint on HandWorld ground truth (target accuracy, MPJPE, MWTE, tokens/s)",
         description="Generate motion for each HandWorld episode's instruction and first frame and score it "
-        "against the episode's ground truth (handvla.vla.evaluate).",
+        "against the episode's ground truth (handvla.vla.evaluate): rates with Wilson 95% intervals, next to "
+        "input-free baselines fitted on the training stores (constant / per-template mean final wrist, "
+        "nearest-instruction retrieval) and the tokenizer floor; also motion translation and contextual "
+        "prediction (against a constant-velocity continuation). JSON on stdout, a table on stderr.",
     )
     e.add_argument(
         "--ckpt", required=True, help="VLA checkpoint folder (save_vla layout, with motion_tokenizer/)"
@@ -141,6 +183,40 @@ def register(subparsers) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--threads", type=int, default=None)
+    e.add_argument(
+        "--train-store",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="TRAINING store the input-free baselines (constant, template, retrieval) are fitted on "
+        "(repeatable; default: data.stores of the checkpoint's pretrain_config.json, one folder above final/)",
+    )
+    e.add_argument(
+        "--translation-episodes",
+        type=int,
+        default=64,
+        metavar="N",
+        help="score motion -> text translation on the first N evaluated episodes with a target (0: off)",
+    )
+    e.add_argument(
+        "--prediction-episodes",
+        type=int,
+        default=64,
+        metavar="N",
+        help="score 1 s contextual prediction after 1 s of true history on the first N episodes (0: off)",
+    )
+    e.add_argument(
+        "--shuffle-images",
+        action="store_true",
+        help="also score every episode with the NEXT episode's image (input sensitivity: a model that reads "
+        "the image drops towards the baselines)",
+    )
+    e.add_argument(
+        "--counterfactual",
+        action="store_true",
+        help="also ask, with each scene's image, for the episode's object and for another object of the scene "
+        "(instruction following: a model that ignores the object's name ends at the same place twice)",
+    )
     e.add_argument("--out", default=None, help="write per-episode results to this JSON file")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress bars and no summary table on stderr")
     e.set_defaults(func=run_vla_eval)

@@ -59,6 +59,14 @@ class TokenizerConfig:
     groups: int = 2
     residual_layers: int = 8
     codebook_size: int = 4096
+    #: motion ids: 'per_part' (one range of ``codebook_size`` ids per part, shared by its residual layers)
+    #: or 'per_layer' (one range per part and residual layer, the reference release's GRVQ-8K arithmetic:
+    #: ``code + codebook_size * layer + part_base``; the id itself says its layer, which the VLA uses for
+    #: per-layer constrained decoding, loss weights and metrics)
+    id_layout: str = "per_part"
+    #: order of a part's ids inside a block: 'group_time_layer' (the reference) or 'layer_group_time'
+    #: (coarse first: all residual-layer-0 codes, then layer 1, ...)
+    token_order: str = "group_time_layer"
     #: start every residual block as the identity (its last conv zero-initialised): a shallow network
     #: at step 0 that deepens as it trains, which makes the first few hundred steps much faster
     zero_init_residual: bool = True
@@ -158,6 +166,13 @@ class TokenizerConfig:
         for k, v in self.codebook_init.items():
             _check(k in ("wrist", "finger", "hand"), "codebook_init", "parts wrist, finger, hand", k)
             _check(v in ("kmeans", "lattice"), f"codebook_init.{k}", "'kmeans' or 'lattice'", v)
+        _check(self.id_layout in ("per_part", "per_layer"), "id_layout", "'per_part' or 'per_layer'", self.id_layout)
+        _check(
+            self.token_order in ("group_time_layer", "layer_group_time"),
+            "token_order",
+            "'group_time_layer' or 'layer_group_time'",
+            self.token_order,
+        )
         _check(self.init in ("kaiming", "torch"), "init", "'kaiming' or 'torch'", self.init)
         _check(self.hand_model in ("builtin", "mano"), "hand_model", "'builtin' or 'mano'", self.hand_model)
         _check(

@@ -8,9 +8,11 @@ each with ``residual_layers`` (8) codebooks of ``codebook_size`` (4096) codes; a
 
 Token layout (``token_layout``, the single source of truth the VLA relies on): one block per hand per
 ``seconds_per_block`` holds, for each part in order (wrist, finger), ``groups x latent_steps x layers``
-ids (index ``g * latent_steps * layers + t * layers + l``), and part ``p`` adds ``p * codebook_size`` to
-its codes. Defaults: 64 wrist ids in [0, 4096) then 64 finger ids in [4096, 8192): 128 ids per
-hand-second, 8192 distinct ids.
+ids in the config's ``token_order`` (the reference: index ``g * latent_steps * layers + t * layers + l``;
+'layer_group_time' puts every layer-0 code first), and ids per part (``p * codebook_size`` added to its
+codes) or per part and residual layer (``id_layout = 'per_layer'``, the reference release:
+``code + codebook_size * layer + p * codebook_size * layers``). Defaults: 64 wrist ids in [0, 4096) then 64
+finger ids in [4096, 8192): 128 ids per hand-second, 8192 distinct ids.
 
 Left hands: the tokenizer works in the right-hand frame. ``encode_motion`` mirrors a left hand through
 the x = 0 plane (axis-angle (x, y, z) -> (x, -y, -z) per joint, wrist position x -> -x) before encoding
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from handvla.atomic import atomic_write_bytes
-from handvla.errors import CheckpointError, InputError, MissingResourceError
+from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
 from handvla.hand import rotations as R
 from handvla.hand.features import (
     FeatureNormalizer,
@@ -54,12 +56,28 @@ WEIGHTS_NAME = "model.safetensors"
 # ---------------------------------------------------------------------------------------------------------
 
 
+#: orders of the ids inside one part's block: the axes from slowest- to fastest-varying
+TOKEN_ORDERS: dict[str, tuple[str, str, str]] = {
+    # the reference release: group, then latent time step, then residual layer
+    "group_time_layer": ("group", "time", "layer"),
+    # coarse first: every code of residual layer 0 (all groups and time steps), then layer 1, ...
+    "layer_group_time": ("layer", "group", "time"),
+}
+#: motion-id layouts: 'per_part' = one id range per part (codes of every layer share it); 'per_layer' =
+#: one id range per (part, residual layer), the reference release's arithmetic
+ID_LAYOUTS = ("per_part", "per_layer")
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Motion ids of one block (one hand, ``seconds_per_block`` seconds).
 
-    ids[k] for k = p * tokens_per_part + g * latent_steps * layers + t * layers + l is code
-    (part p, group g, latent time step t, residual layer l) plus ``p * codebook_size``.
+    A block holds each part's ``groups x latent_steps x layers`` codes in ``order`` (`TOKEN_ORDERS`; the
+    reference's 'group_time_layer' puts position ``g * latent_steps * layers + t * layers + l`` at code
+    (group g, latent step t, residual layer l)). Ids: with ``id_layout = 'per_part'`` a code of part p is
+    ``code + p * codebook_size``; with 'per_layer' (the reference release) it is
+    ``code + codebook_size * layer + part_base`` with ``part_base = p * codebook_size * layers``, so the id
+    itself says its part and residual layer.
     """
 
     parts: tuple[str, ...]
@@ -67,6 +85,14 @@ class TokenLayout:
     latent_steps: int
     layers: int
     codebook_size: int
+    id_layout: str = "per_part"
+    order: str = "group_time_layer"
+
+    def __post_init__(self) -> None:
+        if self.id_layout not in ID_LAYOUTS:
+            raise ConfigError(f"token layout: id_layout must be one of {ID_LAYOUTS}, got {self.id_layout!r}")
+        if self.order not in TOKEN_ORDERS:
+            raise ConfigError(f"token layout: order must be one of {tuple(TOKEN_ORDERS)}, got {self.order!r}")
 
     @property
     def tokens_per_part(self) -> int:
@@ -77,12 +103,17 @@ class TokenLayout:
         return len(self.parts) * self.tokens_per_part
 
     @property
+    def ids_per_part(self) -> int:
+        """Distinct ids of one part (codebook_size, or codebook_size x layers with per-layer ids)."""
+        return self.codebook_size * (self.layers if self.id_layout == "per_layer" else 1)
+
+    @property
     def vocab_size(self) -> int:
         """Number of distinct motion ids (8192 for the default part-level tokenizer)."""
-        return len(self.parts) * self.codebook_size
+        return len(self.parts) * self.ids_per_part
 
     def part_offset(self, part: str) -> int:
-        return self.parts.index(part) * self.codebook_size
+        return self.parts.index(part) * self.ids_per_part
 
     def part_positions(self, part: str) -> slice:
         """Positions of ``part``'s ids inside a block."""
@@ -92,7 +123,37 @@ class TokenLayout:
     def id_range(self, part: str) -> tuple[int, int]:
         """[lo, hi) of ``part``'s ids."""
         lo = self.part_offset(part)
-        return lo, lo + self.codebook_size
+        return lo, lo + self.ids_per_part
+
+    def _axes(self) -> tuple[int, ...]:
+        """Permutation of (time, group, layer) code axes 1..3 into this layout's order."""
+        where = {"time": 1, "group": 2, "layer": 3}
+        return tuple(where[a] for a in TOKEN_ORDERS[self.order])
+
+    def _layer_offsets(self) -> torch.Tensor:
+        """(layers,) id offset of each residual layer inside a part (zeros with per-part ids)."""
+        step = self.codebook_size if self.id_layout == "per_layer" else 0
+        return torch.arange(self.layers, dtype=torch.long) * step
+
+    def position_layers(self) -> np.ndarray:
+        """(tokens_per_block,) residual layer of the code at each position of a block."""
+        grid = torch.arange(self.layers).view(1, 1, 1, -1).expand(1, self.latent_steps, self.groups, -1)
+        one = grid.permute(0, *self._axes()).reshape(-1).numpy()
+        return np.tile(one, len(self.parts)).astype(np.int64)
+
+    def position_id_ranges(self) -> np.ndarray:
+        """(tokens_per_block, 2) legal [lo, hi) id range at each position of a block."""
+        out = np.zeros((self.tokens_per_block, 2), np.int64)
+        layers = self.position_layers()
+        for part in self.parts:
+            sl = self.part_positions(part)
+            lo, hi = self.id_range(part)
+            if self.id_layout == "per_layer":
+                lo_l = lo + layers[sl] * self.codebook_size
+                out[sl, 0], out[sl, 1] = lo_l, lo_l + self.codebook_size
+            else:
+                out[sl, 0], out[sl, 1] = lo, hi
+        return out
 
     def pack(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
         """{part: (B, latent_steps, groups, layers) codes in [0, codebook_size)} -> (B, tokens_per_block)."""
@@ -101,16 +162,21 @@ class TokenLayout:
             c = codes[part]
             B = c.shape[0]
             assert c.shape[1:] == (self.latent_steps, self.groups, self.layers), c.shape
-            out.append(c.permute(0, 2, 1, 3).reshape(B, self.tokens_per_part) + self.part_offset(part))
+            c = c.long() + self._layer_offsets().to(c.device)
+            out.append(c.permute(0, *self._axes()).reshape(B, self.tokens_per_part) + self.part_offset(part))
         return torch.cat(out, 1)
 
     def unpack(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, tokens_per_block) ids -> {part: (B, latent_steps, groups, layers) codes}. Validate first."""
         B = ids.shape[0]
+        sizes = {"time": self.latent_steps, "group": self.groups, "layer": self.layers}
+        shape = tuple(sizes[a] for a in TOKEN_ORDERS[self.order])
+        inverse = tuple(int(i) for i in np.argsort(self._axes()))  # ordered axes -> (time, group, layer)
         out = {}
         for part in self.parts:
             c = ids[:, self.part_positions(part)] - self.part_offset(part)
-            out[part] = c.reshape(B, self.groups, self.latent_steps, self.layers).permute(0, 2, 1, 3)
+            c = c.reshape(B, *shape).permute(0, *(1 + i for i in inverse))
+            out[part] = c - self._layer_offsets().to(c.device)
         return out
 
     def validate(self, ids: Any, where: str = "motion ids") -> torch.Tensor:
@@ -130,16 +196,13 @@ class TokenLayout:
         if t.dim() != 2 or t.shape[-1] != n or t.shape[0] == 0:
             raise InputError(where, "ids", f"blocks of {n} ids, shape (blocks, {n})", str(tuple(t.shape)))
         t = t.long()
-        for part in self.parts:
-            lo, hi = self.id_range(part)
-            sl = t[:, self.part_positions(part)]
-            bad = (sl < lo) | (sl >= hi)
-            if bad.any():
-                b, k = (int(v) for v in bad.nonzero()[0])
-                pos = self.part_positions(part).start + k
-                raise InputError(
-                    where, f"ids[{b}, {pos}]", f"a {part} id in [{lo}, {hi})", str(int(sl[b, k]))
-                )
+        rng = torch.as_tensor(self.position_id_ranges())
+        bad = (t < rng[:, 0]) | (t >= rng[:, 1])
+        if bad.any():
+            b, pos = (int(v) for v in bad.nonzero()[0])
+            part = next(p for p in self.parts if self.part_positions(p).start <= pos < self.part_positions(p).stop)
+            lo, hi = (int(v) for v in rng[pos])
+            raise InputError(where, f"ids[{b}, {pos}]", f"a {part} id in [{lo}, {hi})", str(int(t[b, pos])))
         return t
 
 
@@ -151,6 +214,8 @@ def token_layout(config: TokenizerConfig) -> TokenLayout:
         latent_steps=config.latent_steps,
         layers=config.residual_layers,
         codebook_size=config.codebook_size,
+        id_layout=config.id_layout,
+        order=config.token_order,
     )
 
 

@@ -23,9 +23,11 @@ local checkpoint, so the presets only matter for planning (parameter counts) and
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from transformers import AutoConfig, InternVLConfig
 
 from handvla.errors import ConfigError
@@ -73,8 +75,21 @@ class MotionLayout:
     wrist_ids_per_block: int = 64
     finger_ids_per_block: int = 64
     num_wrist_motion_ids: int = 4096
+    #: > 0 when every residual layer has its own id range of this many ids inside each part (the motion
+    #: tokenizer's ``id_layout = 'per_layer'``): then an id says its layer, ``(id - part_start) // it``
+    codes_per_layer: int = 0
+    #: residual layer of the code at each position of a block (None: unknown, e.g. older checkpoints)
+    position_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.position_layers is not None:
+            object.__setattr__(self, "position_layers", tuple(int(v) for v in self.position_layers))
+            if len(self.position_layers) != self.ids_per_block:
+                raise ConfigError(
+                    f"MotionLayout.position_layers: expected {self.ids_per_block} entries, got {len(self.position_layers)}"
+                )
+        if self.codes_per_layer < 0:
+            raise ConfigError(f"MotionLayout.codes_per_layer: expected >= 0, got {self.codes_per_layer}")
         for name in ("num_motion_ids", "ids_per_block", "wrist_ids_per_block", "num_wrist_motion_ids"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(
@@ -105,6 +120,13 @@ class MotionLayout:
     def from_token_layout(cls, layout: Any) -> MotionLayout:
         """From the motion tokenizer's ``TokenLayout`` (parts ("wrist", "finger") or one part)."""
         parts = tuple(layout.parts)
+        per_layer = getattr(layout, "id_layout", "per_part") == "per_layer"
+        extra = dict(
+            codes_per_layer=int(layout.codebook_size) if per_layer else 0,
+            position_layers=tuple(int(v) for v in layout.position_layers())
+            if hasattr(layout, "position_layers")
+            else None,
+        )
         if parts == ("wrist", "finger"):
             return cls(
                 num_motion_ids=int(layout.vocab_size),
@@ -112,6 +134,7 @@ class MotionLayout:
                 wrist_ids_per_block=int(layout.tokens_per_part),
                 finger_ids_per_block=int(layout.tokens_per_part),
                 num_wrist_motion_ids=int(layout.id_range("wrist")[1]),
+                **extra,
             )
         if len(parts) == 1:
             return cls(
@@ -120,6 +143,7 @@ class MotionLayout:
                 wrist_ids_per_block=int(layout.tokens_per_block),
                 finger_ids_per_block=0,
                 num_wrist_motion_ids=int(layout.vocab_size),
+                **extra,
             )
         raise ConfigError(
             f"motion token layout: expected parts ('wrist', 'finger') or a single part, got {parts}"
@@ -135,13 +159,50 @@ class MotionLayout:
         """Half-open range of finger motion ids."""
         return self.num_wrist_motion_ids, self.num_motion_ids
 
-    def to_dict(self) -> dict[str, int]:
+    def compatible(self, other: MotionLayout) -> bool:
+        """Same ids in the same places: every field equal, ``position_layers`` only where both know it
+        (checkpoints from before it was recorded have None)."""
+        a, b = self.to_dict(), other.to_dict()
+        if a["position_layers"] is None or b["position_layers"] is None:
+            a.pop("position_layers"), b.pop("position_layers")
+        return a == b
+
+    @property
+    def num_layers(self) -> int:
+        """Residual layers per part (1 when unknown)."""
+        return max(self.position_layers) + 1 if self.position_layers else 1
+
+    def position_id_ranges(self) -> np.ndarray:
+        """(ids_per_block, 2) legal [lo, hi) motion-id range at each position of a block: the part's range,
+        narrowed to the position's residual layer when ids are per layer."""
+        out = np.zeros((self.ids_per_block, 2), np.int64)
+        w = self.wrist_ids_per_block
+        out[:w] = self.wrist_id_range
+        out[w:] = self.finger_id_range
+        if self.codes_per_layer and self.position_layers is not None:
+            layers = np.asarray(self.position_layers, np.int64)
+            out[:, 0] = out[:, 0] + layers * self.codes_per_layer
+            out[:, 1] = out[:, 0] + self.codes_per_layer
+        return out
+
+    def id_kinds(self, motion_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(part, layer) of motion ids: part 0 = wrist, 1 = finger; layer -1 when ids do not say it."""
+        ids = np.asarray(motion_ids, np.int64)
+        part = (ids >= self.num_wrist_motion_ids).astype(np.int64) if self.finger_ids_per_block else np.zeros_like(ids)
+        if not self.codes_per_layer:
+            return part, np.full_like(ids, -1)
+        start = np.where(part == 1, self.num_wrist_motion_ids, 0)
+        return part, (ids - start) // self.codes_per_layer
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "num_motion_ids": self.num_motion_ids,
             "ids_per_block": self.ids_per_block,
             "wrist_ids_per_block": self.wrist_ids_per_block,
             "finger_ids_per_block": self.finger_ids_per_block,
             "num_wrist_motion_ids": self.num_wrist_motion_ids,
+            "codes_per_layer": self.codes_per_layer,
+            "position_layers": list(self.position_layers) if self.position_layers is not None else None,
         }
 
 
@@ -164,7 +225,9 @@ class HandVLAConfig(InternVLConfig):
     Loss options: ``motion_logit_mask_prob`` (p: at each target motion token, with probability p, the
     cross-entropy is taken over motion ids only, i.e. non-motion logits are -inf), and
     ``loss_quantile_low`` / ``loss_quantile_high`` (keep only answer tokens whose loss lies between these
-    quantiles of the batch's per-token losses; 0 and 1 keep all).
+    quantiles of the batch's per-token losses; 0 and 1 keep all), ``motion_layer_loss_weights`` (one
+    weight per residual layer for the cross-entropy of motion ids, which need per-layer ids,
+    ``codes_per_layer > 0``; None = every token weighs 1, the reference).
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
@@ -178,6 +241,8 @@ class HandVLAConfig(InternVLConfig):
     wrist_ids_per_block: int = 64
     finger_ids_per_block: int = 64
     num_wrist_motion_ids: int = 4096
+    codes_per_layer: int = 0
+    position_layers: list[int] | None = None
     motion_fps: int = 15
 
     motion_token_offset: int | None = None
@@ -198,6 +263,7 @@ class HandVLAConfig(InternVLConfig):
     motion_logit_mask_prob: float = 0.0
     loss_quantile_low: float = 0.0
     loss_quantile_high: float = 1.0
+    motion_layer_loss_weights: list[float] | None = None
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     has_motion_tokenizer: bool = False
@@ -221,6 +287,17 @@ class HandVLAConfig(InternVLConfig):
                 "HandVLAConfig: expected 0 <= loss_quantile_low < loss_quantile_high <= 1, got "
                 f"{self.loss_quantile_low}, {self.loss_quantile_high}"
             )
+        w = self.motion_layer_loss_weights
+        if w is not None:
+            if self.codes_per_layer <= 0:
+                raise ConfigError(
+                    "HandVLAConfig.motion_layer_loss_weights: needs a motion tokenizer with per-layer ids "
+                    "(tokenizer id_layout 'per_layer')"
+                )
+            if len(w) != self.motion_layout.num_layers or any((not math.isfinite(x)) or x < 0 for x in w):
+                raise ConfigError(
+                    f"HandVLAConfig.motion_layer_loss_weights: expected {self.motion_layout.num_layers} weights >= 0, got {w}"
+                )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")
         side, patch = self.vision_config.image_size[0], self.vision_config.patch_size[0]
@@ -241,6 +318,8 @@ class HandVLAConfig(InternVLConfig):
             wrist_ids_per_block=self.wrist_ids_per_block,
             finger_ids_per_block=self.finger_ids_per_block,
             num_wrist_motion_ids=self.num_wrist_motion_ids,
+            codes_per_layer=int(self.codes_per_layer or 0),
+            position_layers=tuple(self.position_layers) if self.position_layers else None,
         )
 
     @property

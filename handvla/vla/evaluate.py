@@ -17,7 +17,30 @@ default) gives 21 joints. Reported:
 - ``mpjpe_mm`` (absolute, camera frame), ``pa_mpjpe_mm``, ``mwte_mm`` (wrist): against the true motion
   over the generated frames; ``tokenizer_mpjpe_mm``: the true motion through the motion tokenizer
   (encode + decode), the floor any VLA with this tokenizer can reach;
-- ``tokens_per_s``: generated tokens per second of ``generate`` wall time (batched).
+- ``tokens_per_s``: generated tokens per second of ``generate`` wall time (batched);
+- ``final_wrist_error_m``: mean distance (metres) of the generated final wrist to the true one (its last
+  valid frame of the evaluated span), per (episode, acting hand).
+
+Every rate comes with its Wilson 95 % score interval (``handvla.stats.wilson_interval``) as
+``<rate>_ci95: [lo, hi]``; the intervals treat the (hand, target) pairs as independent trials.
+
+``baselines`` (``handvla.vla.baselines``) are scored on the same pairs as the model, each with
+``target_accuracy`` (+ interval) and ``final_wrist_error_m``: ``constant`` (the mean training final wrist
+of that hand side), ``template`` (the same per instruction template, no image), ``retrieval`` (the final
+wrist of the training episode with the nearest instruction text, no image), fitted on TRAINING stores
+(``train_stores``; skipped, with ``baselines_skipped`` saying why, without them), and ``tokenizer_floor``
+(the true motion encoded + decoded: what a perfect VLA with this tokenizer would score, with its MPJPE /
+MWTE). A model that does not beat ``constant`` and ``template`` has not learnt to use the image.
+
+Optionally (``translation_episodes``, ``prediction_episodes``):
+
+- ``translation``: motion -> text from the TRUE motion ids (greedy); ``translation_target_accuracy``: the
+  text names each target object's colour and noun, ``translation_direction_accuracy``: it names the task's
+  direction (left / right / forward / back) and no other; against a ``constant_text`` (the training set's
+  most frequent target object and direction);
+- ``prediction``: the true first second as history, the next second generated; MPJPE / MWTE (mm) of the
+  ``model``, a ``constant_velocity`` continuation of the true history (last wrist velocity, pose held),
+  ``hold_last`` (the last pose held still) and the ``tokenizer_floor``.
 
 A camera rig never seen in training is simply another store: generate one with ``handvla data handworld
 --rigs phone`` and evaluate models trained with and without alignment on it.
@@ -37,12 +60,25 @@ import torch
 from handvla.errors import ConfigError, InputError
 from handvla.hand.metrics import mpjpe, mwte, pa_mpjpe
 from handvla.hand.motion import HandMotion
+from handvla.stats import rate_summary
+from handvla.vla.baselines import (
+    TrainingReference,
+    checkpoint_training_stores,
+    constant_velocity,
+    direction_hit,
+    final_wrist_at,
+    instruction_template,
+    load_training_reference,
+    names_object,
+)
 from handvla.vla.data import default_image_size, prepare_image
 from handvla.vla.generation import (
     MotionBlockConstraint,
     _generate,
     is_valid_motion_output,
     parse_motion_output,
+    predict_motion,
+    translate_motion,
 )
 from handvla.vla.processing import generation_prompt, hands_for_mode
 
@@ -106,25 +142,76 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
+def _rate(hits: Sequence[bool], name: str) -> dict[str, Any]:
+    """{name: the rate (None without trials), name_ci95: its Wilson 95 % interval [lo, hi] (None)}."""
+    r = rate_summary(hits, name)
+    return {name: r[name], f"{name}_ci95": r[f"{name}_ci95"]}
+
+
+def _dist(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
+    """Euclidean distance in metres, None when either point is missing."""
+    if a is None or b is None:
+        return None
+    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+
+
+def _summarise_baselines(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per baseline (in the rows' order): target accuracy with its interval over the same (hand, target)
+    pairs as the model, and the mean final-wrist error (metres)."""
+    names: list[str] = []
+    for r in rows:
+        names += [n for n in r.get("baselines", {}) if n not in names]
+    out: dict[str, Any] = {}
+    for name in names:
+        bl = [r["baselines"][name] for r in rows if name in r.get("baselines", {})]
+        hits = [h for b in bl for h in b["target_hits"]]
+        d: dict[str, Any] = {"target_pairs": len(hits), "target_hits": int(sum(hits))}
+        d.update(_rate(hits, "target_accuracy"))
+        d["final_wrist_error_m"] = _mean([b["final_wrist_error_m"] for b in bl])
+        if name == "tokenizer_floor":
+            d["mpjpe_mm"] = _mean([r["tokenizer_mpjpe_mm"] for r in rows])
+            d["mwte_mm"] = _mean([r["tokenizer_mwte_mm"] for r in rows])
+        if name == "template":
+            d["unseen_template_hands"] = int(sum(b.get("fallbacks", 0) for b in bl))
+        out[name] = d
+    return out
+
+
 def _summarise(rows: list[dict[str, Any]], tokens: int, gen_s: float) -> dict[str, Any]:
     hits = [h for r in rows for h in r["target_hits"]]
     oracle = [h for r in rows for h in r["oracle_hits"]]
     chance = [1.0 / r["n_objects"] for r in rows for _ in r["target_hits"]]
     return {
         "episodes": len(rows),
-        "valid_output_rate": _mean([float(r["valid"]) for r in rows]),
+        **_rate([bool(r["valid"]) for r in rows], "valid_output_rate"),
         "target_pairs": len(hits),
-        "target_accuracy": _mean([float(h) for h in hits]),
-        "oracle_target_accuracy": _mean([float(h) for h in oracle]),
+        "target_hits": int(sum(hits)),
+        **_rate(hits, "target_accuracy"),
+        **_rate(oracle, "oracle_target_accuracy"),
         "chance_target_accuracy": _mean(chance),
+        "final_wrist_error_m": _mean([r["final_wrist_error_m"] for r in rows]),
         "mpjpe_mm": _mean([r["mpjpe_mm"] for r in rows]),
         "pa_mpjpe_mm": _mean([r["pa_mpjpe_mm"] for r in rows]),
         "mwte_mm": _mean([r["mwte_mm"] for r in rows]),
         "tokenizer_mpjpe_mm": _mean([r["tokenizer_mpjpe_mm"] for r in rows]),
+        "tokenizer_mwte_mm": _mean([r["tokenizer_mwte_mm"] for r in rows]),
         "generated_tokens": int(tokens),
         "generate_seconds": float(gen_s),
         "tokens_per_s": tokens / gen_s if gen_s > 0 else None,
+        "baselines": _summarise_baselines(rows),
     }
+
+
+def _training_reference(
+    train_stores: Sequence[str | Path] | TrainingReference | None, val_fraction: float, progress: bool
+) -> TrainingReference | None:
+    if train_stores is None or isinstance(train_stores, TrainingReference):
+        return train_stores
+    if isinstance(train_stores, (str, Path)):
+        train_stores = [train_stores]
+    return (
+        load_training_reference(list(train_stores), val_fraction, progress=progress) if train_stores else None
+    )
 
 
 @torch.no_grad()
@@ -141,12 +228,30 @@ def evaluate_handworld(
     seed: int | None = 0,
     batch_size: int = 4,
     progress: bool = False,
+    train_stores: Sequence[str | Path] | TrainingReference | None = None,
+    train_val_fraction: float = 0.0,
+    translation_episodes: int = 0,
+    prediction_episodes: int = 0,
+    translation_max_tokens: int = 64,
+    shuffle_images: bool = False,
 ) -> dict[str, Any]:
     """Generate and score motion on HandWorld episodes of ``store`` (a folder or an ``EpisodeStore``).
 
     ``episodes``: indices (default all, the first ``max_episodes``); ``max_seconds`` caps the generated
     length (default: the episode's whole seconds). ``align`` / ``image_size`` default to the checkpoint's
-    training settings. Returns {"summary": overall + ``per_rig``, "episodes": one row per episode}.
+    training settings. ``train_stores``: the TRAINING stores (folders, or a loaded `TrainingReference`) the
+    input-free baselines are fitted on (episodes of ``store`` itself are left out of them), with
+    ``train_val_fraction`` > 0 only pretraining's training split of them; None: only the tokenizer floor.
+    ``translation_episodes`` / ``prediction_episodes``: how many of the evaluated episodes also get motion
+    translation (those with a target object) and contextual prediction (those of two seconds or more)
+    scored (0: none; the default, so the periodic evaluation during training stays cheap).
+    ``translation_max_tokens``: cap on generated text tokens. ``shuffle_images``: give each episode the
+    NEXT episode's image (a derangement; instruction and scoring stay the episode's own): a model that uses
+    the image drops towards the input-free baselines, one that ignores it does not (an input-sensitivity
+    probe).
+
+    Returns {"summary": overall + ``per_rig`` + ``baselines`` (+ ``translation``, ``prediction``),
+    "episodes": one row per episode, "translation_episodes", "prediction_episodes": their rows}.
     """
     from tqdm.auto import tqdm
 
@@ -155,6 +260,16 @@ def evaluate_handworld(
     model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
     if mt is None:
         raise ConfigError("evaluate_handworld: the VLA bundle has no motion tokenizer to decode motion with")
+    for name, v in (
+        ("translation_episodes", translation_episodes),
+        ("prediction_episodes", prediction_episodes),
+    ):
+        if isinstance(v, bool) or int(v) != v or v < 0:
+            raise ConfigError(f"evaluate_handworld: {name}: expected a whole number >= 0, got {v!r}")
+    if isinstance(translation_max_tokens, bool) or int(translation_max_tokens) < 1:
+        raise ConfigError(
+            f"evaluate_handworld: translation_max_tokens: expected a whole number >= 1, got {translation_max_tokens!r}"
+        )
     st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
     fps = float(processor.config.motion_fps)
     if abs(st.fps - fps) > 1e-6:
@@ -187,8 +302,12 @@ def evaluate_handworld(
             continue
         image = prepare_image(ep.video[0], ep.camera.K, align, size)
         reqs.append((k, ep, mode, seconds, image))
+    if shuffle_images and len(reqs) > 1:
+        images = [r[4] for r in reqs]
+        reqs = [(*r[:4], images[(i + 1) % len(reqs)]) for i, r in enumerate(reqs)]
 
     rows: list[dict[str, Any]] = []
+    ctxs: list[dict[str, Any]] = []
     tokens, gen_s = 0, 0.0
     was = model.training
     model.eval()
@@ -216,13 +335,57 @@ def evaluate_handworld(
             row_tokens = new[i]
             eos = (row_tokens == vocab.eos_id).nonzero()
             tokens += int(eos[0, 0]) + 1 if len(eos) else len(row_tokens)
-            rows.append(_score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps))
+            row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
+            rows.append(row)
+            ctxs.append(ctx)
         bar.update(len(batch))
     bar.close()
+
+    # Input-free baselines fitted on the training stores (never on the evaluated episodes themselves).
+    ref = _training_reference(train_stores, train_val_fraction, progress)
+    ref_info: dict[str, Any] | None = None
+    if ref is not None:
+        n_all = len(ref)
+        ref = ref.without(ep.key for _k, ep, *_ in reqs)
+        ref_info = {
+            "stores": ref.stores,
+            "val_fraction": ref.val_fraction,
+            "episodes": len(ref),
+            "excluded_evaluated_episodes": n_all - len(ref),
+        }
+        for row, ctx in zip(rows, ctxs):
+            _score_input_free(row, ctx, ref)
+
+    trans_rows: list[dict[str, Any]] = []
+    trans_summary = None
+    if translation_episodes:
+        items = [
+            (k, ep, mode, seconds, image, ctx["motion_ids"])
+            for (k, ep, mode, seconds, image), ctx in zip(reqs, ctxs)
+            if (ep.ground_truth or {}).get("targets")
+        ][: int(translation_episodes)]
+        trans_summary, trans_rows = _evaluate_translation(
+            model, processor, items, ref, batch_size, seed, int(translation_max_tokens), progress
+        )
+    pred_rows: list[dict[str, Any]] = []
+    pred_summary = None
+    if prediction_episodes:
+        items = [(k, ep, mode) for k, ep, mode, _s, _i in reqs if _can_predict(ep, mode, F)]
+        pred_summary, pred_rows = _evaluate_prediction(
+            model, processor, mt, items[: int(prediction_episodes)], align, size, batch_size, seed, progress
+        )
     model.train(was)
 
     summary = _summarise(rows, tokens, gen_s)
-    summary.update(store=str(st.root), align=align, image_size=list(size), constrained=constrained)
+    summary.update(
+        store=str(st.root), align=align, image_size=list(size), constrained=constrained, images_shuffled=bool(shuffle_images)
+    )
+    if ref_info is not None:
+        summary["train_reference"] = ref_info
+    else:
+        summary["baselines_skipped"] = (
+            "constant / template / retrieval: no training stores given (train_stores, --train-store)"
+        )
     summary["per_rig"] = {
         rig: _summarise([r for r in rows if r["rig"] == rig], 0, 0.0)
         for rig in sorted({r["rig"] for r in rows})
@@ -230,11 +393,24 @@ def evaluate_handworld(
     for v in summary["per_rig"].values():
         for key in ("generated_tokens", "generate_seconds", "tokens_per_s"):
             v.pop(key)
-    return {"summary": summary, "episodes": rows}
+    if trans_summary is not None:
+        summary["translation"] = trans_summary
+    if pred_summary is not None:
+        summary["prediction"] = pred_summary
+    return {
+        "summary": summary,
+        "episodes": rows,
+        "translation_episodes": trans_rows,
+        "prediction_episodes": pred_rows,
+    }
 
 
-def _score(ep, k: int, mode: str, hands, seconds: int, new_tokens, vocab, mt, fps: float) -> dict[str, Any]:
-    """Metrics of one episode's generated tokens against its ground truth."""
+def _score(
+    ep, k: int, mode: str, hands, seconds: int, new_tokens, vocab, mt, fps: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics of one episode's generated tokens against its ground truth: the JSON row, and what the
+    input-free baselines and the translation need of the episode (objects, pairs, true final wrists,
+    the true motion's ids (seconds, hands, ids_per_block))."""
     n = seconds * int(round(fps))
     n = min(n, ep.num_frames)
     row: dict[str, Any] = {
@@ -248,20 +424,35 @@ def _score(ep, k: int, mode: str, hands, seconds: int, new_tokens, vocab, mt, fp
         "target_hits": [],
         "oracle_hits": [],
         "n_objects": 0,
+        "final_wrist_error_m": None,
         "mpjpe_mm": None,
         "pa_mpjpe_mm": None,
         "mwte_mm": None,
         "tokenizer_mpjpe_mm": None,
+        "tokenizer_mwte_mm": None,
+        "baselines": {},
     }
     gt = ep.ground_truth
     objects = object_positions_camera(ep, n - 1)
     row["n_objects"] = len(objects)
     true = {h: ep.hands[h].slice(0, n) for h in hands}
     true_joints = {h: mt.motion_joints(true[h]) for h in hands}
+    # the true final wrist: the last valid frame of the evaluated span (None: the hand is never valid)
+    true_final: dict[str, np.ndarray | None] = {}
+    t_last: dict[str, int] = {}
+    for h in hands:
+        last_valid = np.flatnonzero(true[h].valid)
+        t_last[h] = int(last_valid[-1]) if len(last_valid) else n - 1
+        true_final[h] = np.asarray(true[h].wrist_pos[t_last[h]], np.float64) if len(last_valid) else None
     # the tokenizer's floor: the true motion through encode + decode
-    rec = [mt.motion_joints(mt.decode_motion(mt.encode_motion(true[h]), betas=true[h].betas)) for h in hands]
+    codes = {h: mt.encode_motion(true[h]) for h in hands}
+    rec = {h: mt.decode_motion(codes[h], betas=true[h].betas) for h in hands}
+    rec_joints = {h: mt.motion_joints(rec[h]) for h in hands}
     row["tokenizer_mpjpe_mm"] = float(
-        np.mean([mpjpe(r, true_joints[h], true[h].valid) for r, h in zip(rec, hands)])
+        np.mean([mpjpe(rec_joints[h], true_joints[h], true[h].valid) for h in hands])
+    )
+    row["tokenizer_mwte_mm"] = float(
+        np.mean([mwte(rec_joints[h], true_joints[h], true[h].valid) for h in hands])
     )
     # (hand, target object) pairs: scored for every episode with two or more objects; an invalid output
     # misses them all, the oracle (true wrist at its last valid frame) is scored regardless
@@ -272,12 +463,24 @@ def _score(ep, k: int, mode: str, hands, seconds: int, new_tokens, vocab, mt, fp
         if len(objects) >= 2 and tg.get("hand") == h and int(tg["object_id"]) in objects
     ]
     for h, oid in pairs:
-        last_valid = np.flatnonzero(true[h].valid)
-        t_true = int(last_valid[-1]) if len(last_valid) else n - 1
-        row["oracle_hits"].append(target_hit(true[h].wrist_pos[t_true], oid, objects))
+        row["oracle_hits"].append(target_hit(true[h].wrist_pos[t_last[h]], oid, objects))
+    rec_final = {h: np.asarray(rec[h].wrist_pos[-1], np.float64) for h in hands}
+    row["baselines"]["tokenizer_floor"] = {
+        "target_hits": [target_hit(rec_final[h], oid, objects) for h, oid in pairs],
+        "final_wrist_error_m": _mean([_dist(rec_final[h], true_final[h]) for h in hands]),
+    }
+    ctx = {
+        "objects": objects,
+        "pairs": pairs,
+        "hands": tuple(hands),
+        "n": n,
+        "true_final": true_final,
+        "ground_truth": gt,
+        "motion_ids": np.stack([np.asarray(codes[h].ids, np.int64) for h in hands], 1),
+    }
     if not row["valid"]:
         row["target_hits"] = [False] * len(pairs)
-        return row
+        return row, ctx
     ids = parse_motion_output(new_tokens, vocab, seconds, len(hands))  # (seconds, hands, ids_per_block)
     m1, m2, m3, final_wrist = [], [], [], {}
     for j, h in enumerate(hands):
@@ -287,23 +490,373 @@ def _score(ep, k: int, mode: str, hands, seconds: int, new_tokens, vocab, mt, fp
         m1.append(mpjpe(joints, true_joints[h], valid))
         m2.append(pa_mpjpe(joints, true_joints[h], valid))
         m3.append(mwte(joints, true_joints[h], valid))
-        final_wrist[h] = motion.wrist_pos[-1]
+        final_wrist[h] = np.asarray(motion.wrist_pos[-1], np.float64)
     row["target_hits"] = [target_hit(final_wrist[h], oid, objects) for h, oid in pairs]
+    row["final_wrist_error_m"] = _mean([_dist(final_wrist[h], true_final[h]) for h in hands])
     row["mpjpe_mm"], row["pa_mpjpe_mm"], row["mwte_mm"] = _mean(m1), _mean(m2), _mean(m3)
-    return row
+    return row, ctx
 
 
-def evaluate_checkpoint(ckpt: str | Path, stores: dict[str, str | Path], **kwargs) -> dict[str, Any]:
-    """Load a VLA checkpoint and `evaluate_handworld` it on each named store."""
+def _score_input_free(row: dict[str, Any], ctx: dict[str, Any], ref: TrainingReference) -> None:
+    """Add the constant / template / retrieval baselines' target hits and final-wrist errors to ``row``
+    (a hand the baseline has no prediction for misses its targets)."""
+    text, n, hands = row["task"], ctx["n"], ctx["hands"]
+    template = instruction_template(text, ctx["ground_truth"])
+    row["template"] = template
+    preds: dict[str, dict[str, np.ndarray | None]] = {"constant": {}, "template": {}, "retrieval": {}}
+    fallbacks, retrieved = 0, []
+    for h in hands:
+        preds["constant"][h] = ref.constant(h, n)
+        p, seen = ref.template_mean(template, h, n)
+        preds["template"][h] = p
+        fallbacks += int(not seen)
+        i = ref.retrieve_nearest(text, h)
+        e = None if i is None else ref.entries[i]
+        preds["retrieval"][h] = None if e is None else final_wrist_at(e.wrist[h], e.valid[h], n)
+        retrieved.append(None if e is None else e.key)
+    scored = {}
+    for name, pred in preds.items():
+        scored[name] = {
+            "target_hits": [
+                pred[h] is not None and target_hit(pred[h], oid, ctx["objects"]) for h, oid in ctx["pairs"]
+            ],
+            "final_wrist_error_m": _mean([_dist(pred[h], ctx["true_final"][h]) for h in hands]),
+        }
+    scored["template"]["fallbacks"] = fallbacks
+    scored["retrieval"]["episodes"] = retrieved
+    row["baselines"] = {**scored, **row["baselines"]}
+
+
+# ---- motion translation ---------------------------------------------------------------------------------
+
+
+def _translation_hits(text: str, gt: dict[str, Any]) -> tuple[list[bool], bool | None]:
+    """(per target: ``text`` names its colour and noun; ``text`` names the task's direction and no other,
+    None when the task has no direction)."""
+    hits = [names_object(text, t["colour"], t["noun"]) for t in gt.get("targets", []) if "colour" in t]
+    direction = (gt.get("task_params") or {}).get("direction")
+    return hits, (None if direction is None else direction_hit(text, str(direction)))
+
+
+def _translation_rates(rows: list[dict[str, Any]], hits_key: str, dir_key: str) -> dict[str, Any]:
+    hits = [h for r in rows for h in r[hits_key]]
+    dirs = [r[dir_key] for r in rows if r[dir_key] is not None]
+    return {
+        "target_pairs": len(hits),
+        **_rate(hits, "translation_target_accuracy"),
+        "direction_episodes": len(dirs),
+        **_rate(dirs, "translation_direction_accuracy"),
+    }
+
+
+def _evaluate_translation(
+    model,
+    processor,
+    items,
+    ref: TrainingReference | None,
+    batch_size: int,
+    seed,
+    max_tokens: int,
+    progress: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Motion -> text (greedy, `translate_motion`) for ``items`` (k, ep, mode, seconds, image, true motion
+    ids (seconds, hands, ids_per_block)); scored on the episode's target objects and direction, next to a
+    constant text (the training set's most frequent target object and direction)."""
+    from tqdm.auto import tqdm
+
+    const_text = ref.constant_text() if ref is not None and len(ref) else None
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(items), desc="translate", unit="ep", disable=not progress)
+    for b0 in range(0, len(items), batch_size):
+        batch = items[b0 : b0 + batch_size]
+        texts = translate_motion(
+            model,
+            processor,
+            [it[4] for it in batch],
+            [it[5] for it in batch],
+            hand_mode=[it[2] for it in batch],
+            max_new_tokens=max_tokens,
+            seed=seed,
+        )
+        for (k, ep, mode, seconds, _image, _ids), text in zip(batch, texts):
+            gt = ep.ground_truth or {}
+            hits, dir_hit = _translation_hits(text, gt)
+            row = {
+                "episode": k,
+                "key": ep.key,
+                "hands": mode,
+                "seconds": seconds,
+                "instruction": ep.tasks[0],
+                "text": text,
+                "target_hits": hits,
+                "direction_hit": dir_hit,
+            }
+            if const_text is not None:
+                row["constant_text_target_hits"], row["constant_text_direction_hit"] = _translation_hits(
+                    const_text, gt
+                )
+            rows.append(row)
+        bar.update(len(batch))
+    bar.close()
+    summary: dict[str, Any] = {
+        "episodes": len(rows),
+        **_translation_rates(rows, "target_hits", "direction_hit"),
+    }
+    if const_text is not None:
+        summary["baselines"] = {
+            "constant_text": {
+                "text": const_text,
+                **_translation_rates(rows, "constant_text_target_hits", "constant_text_direction_hit"),
+            }
+        }
+    else:
+        summary["baselines_skipped"] = "constant_text: no training stores given (train_stores, --train-store)"
+    return summary, rows
+
+
+# ---- contextual prediction ------------------------------------------------------------------------------
+
+
+def _can_predict(ep, mode: str, F: int) -> bool:
+    """Two whole blocks (history, continuation) with a valid frame of every acting hand in each."""
+    if ep.num_frames < 2 * F:
+        return False
+    return all(
+        np.asarray(ep.hands[h].valid[:F]).any() and np.asarray(ep.hands[h].valid[F : 2 * F]).any()
+        for h in hands_for_mode(mode)
+    )
+
+
+def _object_phrase(obj: dict[str, Any]) -> str:
+    from handvla.data.handworld.scene import SHAPE_NOUNS
+
+    return f"the {obj['colour']} {SHAPE_NOUNS.get(obj['shape'], obj['shape'])}"
+
+
+@torch.no_grad()
+def evaluate_counterfactual(
+    bundle,
+    store,
+    max_episodes: int | None = None,
+    seconds: int = 2,
+    batch_size: int = 8,
+    align: bool | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Instruction following, measured by asking for ANOTHER object of the same scene.
+
+    For each HandWorld episode with a one-hand target among two or more objects whose names are unique in
+    the scene, the model gets the episode's first image twice, with "move your {hand} hand to {object}"
+    naming (a) the episode's own target and (b) the next other object; each generated final wrist is scored
+    against the object it was asked for (objects where the scene placed them). A model that reads the
+    instruction reaches both; one that ignores it goes to the same place twice and scores (b) near 0.
+    Returns the two target accuracies with Wilson 95 % intervals, ``chance`` (mean 1 / objects),
+    ``same_end_point_rate`` (both requests end nearest the same object) and per-request rows.
+    """
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.generation import generate_motion
+
+    model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
+    if mt is None:
+        raise ConfigError("evaluate_counterfactual: the VLA bundle has no motion tokenizer to decode motion with")
+    st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
+    align = model_alignment(model.config) if align is None else bool(align)
+    size = tuple(image_size) if image_size else model_image_size(model.config, processor)
+    reqs = []
+    for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
+        ep = st.load_episode(k, with_video=True)
+        gt = ep.ground_truth or {}
+        objs = {int(o["object_id"]): o for o in (gt.get("scene") or {}).get("objects", [])}
+        targets = [t for t in gt.get("targets", []) if int(t["object_id"]) in objs]
+        if len(objs) < 2 or len(targets) != 1 or len(gt.get("acting_hands", [])) != 1:
+            continue
+        names = [_object_phrase(o) for o in objs.values()]
+        if len(set(names)) != len(names):
+            continue  # an object the words cannot single out
+        tg = int(targets[0]["object_id"])
+        ids = sorted(objs)
+        other = ids[(ids.index(tg) + 1) % len(ids)]
+        hand = targets[0]["hand"]
+        positions = object_positions_camera(ep, 0)
+        image = prepare_image(ep.video[0], ep.camera.K, align, size)
+        for which, oid in (("factual", tg), ("counterfactual", other)):
+            task = f"move your {hand} hand to {_object_phrase(objs[oid])}"
+            reqs.append({"episode": k, "rig": ep.rig, "which": which, "object_id": oid, "hand": hand, "task": task,
+                         "image": image, "objects": positions, "betas": ep.hands[hand].betas})
+    was = model.training
+    model.eval()
+    rows = []
+    for b in range(0, len(reqs), batch_size):
+        batch = reqs[b : b + batch_size]
+        gen = generate_motion(model, processor, [r["image"] for r in batch], [r["task"] for r in batch], seconds,
+                              [r["hand"] for r in batch])  # fmt: skip
+        for r, ids in zip(batch, gen.motion):
+            motion = mt.decode_motion(ids[:, 0], side=r["hand"], betas=r["betas"])
+            w = np.asarray(motion.wrist_pos[-1], np.float64)
+            d = {oid: float(np.linalg.norm(w - p)) for oid, p in r["objects"].items()}
+            rows.append({"episode": r["episode"], "rig": r["rig"], "which": r["which"], "task": r["task"],
+                         "hit": target_hit(w, r["object_id"], r["objects"]), "nearest": min(d, key=d.get),
+                         "n_objects": len(r["objects"])})  # fmt: skip
+    model.train(was)
+    fac = [r for r in rows if r["which"] == "factual"]
+    cf = [r for r in rows if r["which"] == "counterfactual"]
+    same = [a["nearest"] == b["nearest"] for a, b in zip(fac, cf)]
+    out: dict[str, Any] = {"episodes": len(fac), "seconds": int(seconds)}
+    out.update(rate_summary([r["hit"] for r in fac], "named_target_accuracy"))
+    out.update(rate_summary([r["hit"] for r in cf], "other_object_accuracy"))
+    out["chance"] = _mean([1.0 / r["n_objects"] for r in cf])
+    out["same_end_point_rate"] = _mean([float(x) for x in same])
+    return {"summary": out, "rows": rows}
+
+
+def _evaluate_prediction(
+    model, processor, mt, items, align: bool, size, batch_size: int, seed, progress: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Contextual prediction (`predict_motion`, greedy): the true first second as motion ids in the prompt,
+    the frame at 1 s as the image, the next second generated; scored (MPJPE / MWTE, camera frame, mm)
+    against the true second second, next to a constant-velocity continuation of the true history, the
+    history's last pose held still, and the tokenizer floor (the true second second encoded + decoded)."""
+    from tqdm.auto import tqdm
+
+    F = int(mt.config.frames_per_block)
+    kinds = ("model", "constant_velocity", "hold_last", "tokenizer_floor")
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(items), desc="predict", unit="ep", disable=not progress)
+    for b0 in range(0, len(items), batch_size):
+        batch = items[b0 : b0 + batch_size]
+        images, tasks, modes, history = [], [], [], []
+        for _k, ep, mode in batch:
+            hands = hands_for_mode(mode)
+            history.append(np.stack([mt.encode_motion(ep.hands[h].slice(0, F)).ids for h in hands], 1))
+            images.append(prepare_image(ep.video[F], ep.camera.K, align, size))
+            tasks.append(ep.tasks[0])
+            modes.append(mode)
+        gen = predict_motion(model, processor, images, tasks, history, seconds=1, hand_mode=modes, seed=seed)
+        for i, (k, ep, mode) in enumerate(batch):
+            errs: dict[str, dict[str, list[float]]] = {kd: {"mpjpe_mm": [], "mwte_mm": []} for kd in kinds}
+            for j, h in enumerate(hands_for_mode(mode)):
+                truth = ep.hands[h].slice(F, 2 * F)
+                tj = mt.motion_joints(truth)
+                cands = {
+                    "model": mt.decode_motion(gen.motion[i][:, j], side=h, betas=truth.betas, num_frames=F),
+                    "constant_velocity": constant_velocity(ep.hands[h].slice(0, F), F),
+                    "hold_last": constant_velocity(ep.hands[h].slice(0, F), F, hold=True),
+                    "tokenizer_floor": mt.decode_motion(mt.encode_motion(truth), betas=truth.betas),
+                }
+                for kd, motion in cands.items():
+                    joints = mt.motion_joints(motion)
+                    errs[kd]["mpjpe_mm"].append(mpjpe(joints, tj, truth.valid))
+                    errs[kd]["mwte_mm"].append(mwte(joints, tj, truth.valid))
+            rows.append(
+                {
+                    "episode": k,
+                    "key": ep.key,
+                    "hands": mode,
+                    **{kd: {m: _mean(v) for m, v in errs[kd].items()} for kd in kinds},
+                }
+            )
+        bar.update(len(batch))
+    bar.close()
+    summary: dict[str, Any] = {"episodes": len(rows), "history_seconds": 1, "seconds": 1}
+    for kd in kinds:
+        summary[kd] = {m: _mean([r[kd][m] for r in rows]) for m in ("mpjpe_mm", "mwte_mm")}
+    return summary, rows
+
+
+# ---- reporting ------------------------------------------------------------------------------------------
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _fmt_ci(ci) -> str:
+    return "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def format_summary_table(name: str, summary: dict[str, Any]) -> str:
+    """A plain-text table of one store's summary: the model, its input-free baselines, the tokenizer floor
+    and the oracle (target accuracy with its Wilson 95 % interval, final-wrist error in metres), then
+    translation and prediction when they were scored."""
+    lines = [
+        f"{name}: {summary.get('episodes', 0)} episodes, {summary.get('target_pairs', 0)} (hand, target) pairs",
+        f"  {'':<18}{'target acc':>11}  {'95% CI':<17}{'final wrist err m':>18}",
+    ]
+
+    def line(label, acc, ci, err=None):
+        lines.append(f"  {label:<18}{_fmt(acc):>11}  {_fmt_ci(ci):<17}{_fmt(err):>18}")
+
+    line(
+        "model",
+        summary.get("target_accuracy"),
+        summary.get("target_accuracy_ci95"),
+        summary.get("final_wrist_error_m"),
+    )
+    for b, v in (summary.get("baselines") or {}).items():
+        line(b, v.get("target_accuracy"), v.get("target_accuracy_ci95"), v.get("final_wrist_error_m"))
+    line(
+        "oracle (true)",
+        summary.get("oracle_target_accuracy"),
+        summary.get("oracle_target_accuracy_ci95"),
+        0.0,
+    )
+    line("chance", summary.get("chance_target_accuracy"), None)
+    if summary.get("baselines_skipped"):
+        lines.append(f"  (skipped: {summary['baselines_skipped']})")
+    tr = summary.get("translation")
+    if tr:
+        lines.append(
+            f"  {'translation (' + str(tr['episodes']) + ' episodes)':<28}{'target acc':>11}  {'95% CI':<17}"
+            f"{'direction acc':>14}  95% CI"
+        )
+        for label, v in [("model", tr)] + list((tr.get("baselines") or {}).items()):
+            lines.append(
+                f"    {label:<26}{_fmt(v.get('translation_target_accuracy')):>11}  "
+                f"{_fmt_ci(v.get('translation_target_accuracy_ci95')):<17}"
+                f"{_fmt(v.get('translation_direction_accuracy')):>14}  "
+                f"{_fmt_ci(v.get('translation_direction_accuracy_ci95'))}"
+            )
+    pr = summary.get("prediction")
+    if pr:
+        lines.append(
+            f"  {'prediction (' + str(pr['episodes']) + ' episodes, 1 s after 1 s)':<40}{'MPJPE mm':>10}{'MWTE mm':>10}"
+        )
+        for kd in ("model", "constant_velocity", "hold_last", "tokenizer_floor"):
+            v = pr.get(kd) or {}
+            lines.append(
+                f"    {kd:<38}{_fmt(v.get('mpjpe_mm'), '.1f'):>10}{_fmt(v.get('mwte_mm'), '.1f'):>10}"
+            )
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    stores: dict[str, str | Path],
+    train_stores: Sequence[str | Path] | None = None,
+    **kwargs,
+) -> dict[str, Any]:
+    """Load a VLA checkpoint and `evaluate_handworld` it on each named store. ``train_stores`` (default:
+    the stores of the checkpoint's ``pretrain_config.json``, when found) fit the input-free baselines."""
     from handvla.vla.modeling import load_vla
 
     bundle = load_vla(ckpt)
-    return {name: evaluate_handworld(bundle, path, **kwargs) for name, path in stores.items()}
+    vf, note = 0.0, None
+    if train_stores is None:
+        train_stores, vf, note = checkpoint_training_stores(ckpt)
+    ref = load_training_reference(list(train_stores), vf) if train_stores else None
+    out = {}
+    for name, path in stores.items():
+        out[name] = evaluate_handworld(bundle, path, train_stores=ref, **kwargs)
+        if ref is None and note:
+            out[name]["summary"]["baselines_skipped"] = f"constant / template / retrieval: {note}"
+    return out
 
 
 __all__ = [
     "evaluate_checkpoint",
+    "evaluate_counterfactual",
     "evaluate_handworld",
+    "format_summary_table",
     "hand_mode_of",
     "model_alignment",
     "object_positions_camera",

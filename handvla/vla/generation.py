@@ -45,16 +45,19 @@ from handvla.vla.processing import (
 )
 from handvla.vla.text_tokenizer import MotionVocab
 
-# States of the block automaton: which tokens are legal next.
-_S_START, _S_WRIST, _S_FINGER, _S_ANY, _S_END, _S_EOS = range(6)
+# States of the block automaton: which tokens are legal next. States >= _S_POS0 are the positions of a
+# block's motion ids (state _S_POS0 + k: the id at position k).
+_S_START, _S_ANY, _S_END, _S_EOS, _S_POS0 = range(5)
 
 
 class MotionBlockConstraint(LogitsProcessor):
     """Force ``blocks`` motion blocks then the end-of-turn token after a prompt of ``prompt_length`` tokens.
 
     ``blocks``: one int for the whole batch or one per prompt (rows that finish early get only EOS, which
-    ``generate`` then pads). ``restrict_parts``: wrist ids at the first ``wrist_ids_per_block`` positions of
-    a block and finger ids after them (the layout of the part-level tokenizer); False allows any motion id.
+    ``generate`` then pads). ``restrict_parts``: each position of a block allows only the ids its layout
+    gives it (`MotionLayout.position_id_ranges`: wrist ids at the first ``wrist_ids_per_block`` positions,
+    finger ids after them, and with per-layer ids only the position's residual-layer range); False allows
+    any motion id.
     ``allow_noop``: also allow ``<MOT_NOOP>`` inside blocks (off: the output is always real motion).
 
     The state is a function of the number of generated tokens only (every row follows the same structure),
@@ -78,13 +81,12 @@ class MotionBlockConstraint(LogitsProcessor):
         self.restrict_parts = restrict_parts
         self.allow_noop = allow_noop
         lay = vocab.layout
-        L = vocab.block_length
-        states = [_S_START] + [_S_ANY] * lay.ids_per_block + [_S_END]
-        if restrict_parts and lay.finger_ids_per_block > 0:
-            states[1 : 1 + lay.wrist_ids_per_block] = [_S_WRIST] * lay.wrist_ids_per_block
-            states[1 + lay.wrist_ids_per_block : L - 1] = [_S_FINGER] * lay.finger_ids_per_block
+        if restrict_parts:
+            states = [_S_START] + [_S_POS0 + k for k in range(lay.ids_per_block)] + [_S_END]
+        else:
+            states = [_S_START] + [_S_ANY] * lay.ids_per_block + [_S_END]
         self.block_states = torch.tensor(states, dtype=torch.long)  # (L,) state at each offset in a block
-        # (6, V) bool: legal tokens per state, built on the first call for the logits' V and device
+        # (states, V) bool: legal tokens per state, built on the first call for the logits' V and device
         self._table: torch.Tensor | None = None
 
     @property
@@ -94,22 +96,22 @@ class MotionBlockConstraint(LogitsProcessor):
 
     def _build_table(self, V: int, device: torch.device) -> torch.Tensor:
         v = self.vocab
-        t = torch.zeros((6, V), dtype=torch.bool)
-        t[_S_START, v.mot_start_id] = True
-        for state, (lo, hi) in (
-            (_S_WRIST, v.wrist_token_range),
-            (_S_FINGER, v.finger_token_range),
-            (_S_ANY, v.motion_token_range),
-        ):
-            t[state, lo:hi] = True
-            if self.allow_noop:
-                t[state, v.mot_noop_id] = True
-        t[_S_END, v.mot_end_id] = True
-        t[_S_EOS, v.eos_id] = True
         if v.motion_token_range[1] > V:
             raise InputError(
                 "MotionBlockConstraint", "scores", f"at least {v.motion_token_range[1]} logits", str(V)
             )
+        ranges = v.layout.position_id_ranges() + v.motion_offset  # (ids_per_block, 2) token-id ranges
+        t = torch.zeros((_S_POS0 + len(ranges), V), dtype=torch.bool)
+        t[_S_START, v.mot_start_id] = True
+        lo, hi = v.motion_token_range
+        t[_S_ANY, lo:hi] = True
+        for k, (lo, hi) in enumerate(ranges.tolist()):
+            t[_S_POS0 + k, lo:hi] = True
+        if self.allow_noop:
+            t[_S_ANY, v.mot_noop_id] = True
+            t[_S_POS0:, v.mot_noop_id] = True
+        t[_S_END, v.mot_end_id] = True
+        t[_S_EOS, v.eos_id] = True
         return t.to(device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -197,18 +199,15 @@ def _structure_error(
         if not ok.all():
             k = int(np.argmin(ok))
             return f"block {b}: position {k} holds token {ids[k]}, not a motion id"
-        if check_parts and lay.finger_ids_per_block > 0:
+        if check_parts:
             m = ids - vocab.motion_offset
             real = ids != vocab.mot_noop_id
-            w, f = m[: lay.wrist_ids_per_block], m[lay.wrist_ids_per_block :]
-            wl, wh = lay.wrist_id_range
-            fl, fh = lay.finger_id_range
-            bad_w = real[: lay.wrist_ids_per_block] & ((w < wl) | (w >= wh))
-            bad_f = real[lay.wrist_ids_per_block :] & ((f < fl) | (f >= fh))
-            if bad_w.any():
-                return f"block {b}: wrist position {int(np.argmax(bad_w))} holds a non-wrist id"
-            if bad_f.any():
-                return f"block {b}: finger position {int(np.argmax(bad_f))} holds a non-finger id"
+            rng = lay.position_id_ranges()
+            bad = real & ((m < rng[:, 0]) | (m >= rng[:, 1]))
+            if bad.any():
+                k = int(np.argmax(bad))
+                part = "wrist" if k < lay.wrist_ids_per_block else "finger"
+                return f"block {b}: {part} position {k} holds id {int(m[k])}, expected one in [{rng[k, 0]}, {rng[k, 1]})"
     rest = tokens[blocks * L :]
     if len(rest) and rest[0] not in (vocab.eos_id, vocab.pad_id):
         return f"token {rest[0]} after the last block, expected the end of the turn ({vocab.eos_id})"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AutoModelForImageTextToText,
@@ -53,6 +54,7 @@ def motion_lm_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     return_token_losses: bool = False,
+    token_weights: torch.Tensor | None = None,
 ):
     """Next-token cross-entropy on labelled tokens (labels != -100), as a mean over the kept tokens.
 
@@ -62,7 +64,9 @@ def motion_lm_loss(
     ``loss_quantiles`` (q_lo, q_hi): keep tokens whose loss lies within the batch's [q_lo, q_hi] quantiles
     (Being-H0's curriculum uses (0.15, 0.95)); quantiles are taken without gradient.
     ``num_items_in_batch``: divide the summed loss by this instead of the kept count (gradient accumulation).
-    Returns the loss, and with ``return_token_losses`` also (token_losses (N,), kept mask (N,)).
+    ``token_weights`` (V,): weight of each target token id (e.g. per residual layer of motion ids); the loss
+    is then the weighted mean over kept tokens. Returns the loss, and with ``return_token_losses`` also
+    (token_losses (N,), kept mask (N,)).
     """
     if logits.shape[:2] != labels.shape:
         raise ConfigError(
@@ -70,8 +74,26 @@ def motion_lm_loss(
         )
     target = labels[:, 1:]
     valid = target != IGNORE_INDEX
-    lg = logits[:, :-1][valid].float()  # (N, V): only labelled positions, upcast for a stable log-softmax
-    tg = target[valid]  # (N,)
+    return answer_token_loss(
+        logits[:, :-1][valid], target[valid], motion_token_range, motion_logit_mask_prob, loss_quantiles,
+        num_items_in_batch, generator, return_token_losses, token_weights,
+    )  # fmt: skip
+
+
+def answer_token_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    motion_token_range: tuple[int, int] | None = None,
+    motion_logit_mask_prob: float = 0.0,
+    loss_quantiles: tuple[float, float] = (0.0, 1.0),
+    num_items_in_batch: int | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_token_losses: bool = False,
+    token_weights: torch.Tensor | None = None,
+):
+    """`motion_lm_loss` on the labelled positions only: ``logits`` (N, V) predict ``targets`` (N,)."""
+    lg = logits.float()  # upcast for a stable log-softmax
+    tg = targets
     if tg.numel() == 0:
         zero = logits.sum() * 0.0
         return (
@@ -98,8 +120,11 @@ def motion_lm_loss(
         with torch.no_grad():
             bounds = torch.quantile(token_loss.detach(), torch.tensor([q_lo, q_hi], device=token_loss.device))
             keep = (token_loss >= bounds[0]) & (token_loss <= bounds[1])
-    denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
-    loss = (token_loss * keep).sum() / denom
+    w = keep.to(token_loss.dtype)
+    if token_weights is not None:
+        w = w * token_weights.to(token_loss.device, token_loss.dtype)[tg]
+    denom = num_items_in_batch if num_items_in_batch is not None else w.sum().clamp(min=1e-6)
+    loss = (token_loss * w).sum() / denom
     return (loss, token_loss, keep) if return_token_losses else loss
 
 
@@ -127,23 +152,51 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
         motion_logit_mask_prob: float | None = None,
         loss_quantiles: tuple[float, float] | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        answer_logits_only: bool = False,
         **kwargs: Any,
     ) -> InternVLCausalLMOutputWithPast:
         """InternVL forward. With ``labels`` (B, L) (-100 = not scored; see ``HandVLAProcessor``), ``loss`` is
         the answer-token cross-entropy. ``motion_logit_mask_prob`` / ``loss_quantiles`` default to the
         config's ``motion_logit_mask_prob`` / (``loss_quantile_low``, ``loss_quantile_high``) in training
-        mode and to plain cross-entropy in eval mode (so validation losses stay comparable)."""
-        out = super().forward(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            labels=None,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        mode and to plain cross-entropy in eval mode (so validation losses stay comparable); in training
+        mode the config's ``motion_layer_loss_weights`` weigh motion ids by residual layer.
+
+        ``answer_logits_only`` (with ``labels``): the LM head runs on the labelled positions only (the
+        prompt's image and text positions are skipped, the same loss at a fraction of the head's cost,
+        which dominates small models with a large vocabulary); ``logits`` is then (N, V) for the N labelled
+        tokens, in row-major order, and ``answer_targets`` (N,) holds their labels. The output also carries
+        ``answer_token_losses`` (N,), detached, for per-kind metrics."""
+        if labels is not None and answer_logits_only:
+            outputs = self.model(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                **kwargs,
+            )
+            target = labels[:, 1:].to(outputs[0].device)
+            valid = target != IGNORE_INDEX
+            logits = self.lm_head(outputs[0][:, :-1][valid])
+            out = InternVLCausalLMOutputWithPast(logits=logits)
+            targets = target[valid]
+            out.answer_targets = targets
+        else:
+            out = super().forward(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=None,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+            if labels is not None:
+                target = labels[:, 1:].to(out.logits.device)
+                valid = target != IGNORE_INDEX
+                logits, targets = out.logits[:, :-1][valid], target[valid]
         if labels is not None:
             cfg = self.config
             if motion_logit_mask_prob is None:
@@ -157,15 +210,36 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
                 if cfg.motion_token_offset is None:
                     raise ConfigError("HandVLAConfig: motion_logit_mask_prob > 0 needs the motion vocabulary")
                 rng = (cfg.motion_token_offset, cfg.motion_token_offset + cfg.num_motion_ids)
-            out.loss = motion_lm_loss(
-                out.logits,
-                labels.to(out.logits.device),
+            loss, token_loss, _kept = answer_token_loss(
+                logits,
+                targets,
                 motion_token_range=rng,
                 motion_logit_mask_prob=motion_logit_mask_prob,
                 loss_quantiles=tuple(loss_quantiles),
                 num_items_in_batch=num_items_in_batch,
+                return_token_losses=True,
+                token_weights=self.token_loss_weights(logits.shape[-1]) if self.training else None,
             )
+            out.loss = loss
+            out.answer_token_losses = token_loss.detach()
         return out
+
+    def token_loss_weights(self, vocab_rows: int) -> torch.Tensor | None:
+        """(vocab_rows,) loss weight per target token id from ``config.motion_layer_loss_weights`` (motion
+        ids weighted by their residual layer, every other token 1), or None when unset."""
+        w = self.config.motion_layer_loss_weights
+        if not w:
+            return None
+        key = (vocab_rows, tuple(float(x) for x in w))
+        cached = getattr(self, "_token_weight_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        layout, off = self.config.motion_layout, int(self.config.motion_token_offset)
+        _part, layer = layout.id_kinds(np.arange(layout.num_motion_ids))
+        table = torch.ones(vocab_rows)
+        table[off : off + layout.num_motion_ids] = torch.as_tensor(np.asarray(w, np.float32)[layer])
+        self._token_weight_cache = (key, table)
+        return table
 
     @classmethod
     def from_backbone(cls, path: str | Path, **kwargs: Any) -> VLABundle:
@@ -293,7 +367,7 @@ def build_vla(
     With ``motion_tokenizer`` the motion layout is taken from it (and checked against ``layout``)."""
     if motion_tokenizer is not None:
         mt_layout = MotionLayout.from_token_layout(motion_tokenizer.layout)
-        if layout is not None and layout != mt_layout:
+        if layout is not None and not layout.compatible(mt_layout):
             raise ConfigError(f"build_vla: layout {layout} differs from the motion tokenizer's {mt_layout}")
         layout = mt_layout
     if isinstance(preset, HandVLAConfig):
@@ -371,7 +445,7 @@ def vla_from_backbone(
     base = InternVLConfig.from_pretrained(str(path))
     if motion_tokenizer is not None:
         mt_layout = MotionLayout.from_token_layout(motion_tokenizer.layout)
-        if layout is not None and layout != mt_layout:
+        if layout is not None and not layout.compatible(mt_layout):
             raise ConfigError(
                 f"vla_from_backbone: layout {layout} differs from the motion tokenizer's {mt_layout}"
             )
@@ -462,7 +536,7 @@ def save_vla(
         raise ConfigError("save_vla: the tokenizer's motion/image token ids differ from the model config's")
     if motion_tokenizer is not None:
         mt_layout = MotionLayout.from_token_layout(motion_tokenizer.layout)
-        if mt_layout != model.config.motion_layout:
+        if not mt_layout.compatible(model.config.motion_layout):
             raise ConfigError(
                 f"save_vla: motion tokenizer layout {mt_layout} != model layout {model.config.motion_layout}"
             )
@@ -542,9 +616,13 @@ def load_vla(
         loader = motion_tokenizer_loader or _motion_tokenizer_class().from_pretrained
         motion_tokenizer = loader(mt_dir)
         layout = getattr(motion_tokenizer, "layout", None)
-        if layout is not None and MotionLayout.from_token_layout(layout) != config.motion_layout:
-            raise CheckpointError(
-                f"{mt_dir}: motion tokenizer layout {MotionLayout.from_token_layout(layout)} differs from "
-                f"{cfg_path}'s {config.motion_layout}"
-            )
+        if layout is not None:
+            mt_layout = MotionLayout.from_token_layout(layout)
+            if not mt_layout.compatible(config.motion_layout):
+                raise CheckpointError(
+                    f"{mt_dir}: motion tokenizer layout {mt_layout} differs from {cfg_path}'s {config.motion_layout}"
+                )
+            if config.position_layers is None and mt_layout.position_layers is not None:
+                # a checkpoint from before the layers were recorded: take them from its motion tokenizer
+                model.config.position_layers = list(mt_layout.position_layers)
     return VLABundle(model, HandVLAProcessor(tokenizer, model.config), motion_tokenizer)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +49,11 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: str | None = Field("tiny", description="random init from a HandVLAConfig preset")
+    preset_overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="HandVLAConfig fields over the preset's (vision_config / text_config dicts update the "
+        "preset's sub-configs), e.g. {vision_config: {image_size: 112}}",
+    )
     backbone: str | None = Field(None, description="InternVL3 -hf folder (real weights) to extend")
     init_checkpoint: str | None = Field(None, description="a VLA checkpoint (save_vla folder) to continue")
     motion_tokenizer: str | None = Field(
@@ -59,6 +65,11 @@ class ModelConfig(BaseModel):
     motion_logit_mask_prob: float = Field(0.5, ge=0.0, le=1.0, description="Being-H0's p = 50%")
     loss_quantiles: tuple[float, float] = Field((0.0, 1.0), description="(q_lo, q_hi); Being-H0 (0.15, 0.95)")
     quantile_start_step: int = Field(0, ge=0, description="the quantile filter applies from this step on")
+    motion_layer_loss_weights: list[float] | None = Field(
+        None,
+        description="loss weight per residual layer of motion ids (needs a tokenizer with per-layer ids); "
+        "None: every answer token weighs 1 (the reference)",
+    )
 
     @field_validator("loss_quantiles")
     @classmethod
@@ -159,7 +170,9 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
             tmp.replace(tok_dir)
         barrier()
         tok = load_text_tokenizer(tok_dir)
-        bundle = build_vla(m.preset, tokenizer=tok, motion_tokenizer=mt, seed=m.seed, dtype=_dtype(m.dtype))
+        bundle = build_vla(
+            m.preset, tokenizer=tok, motion_tokenizer=mt, seed=m.seed, dtype=_dtype(m.dtype), **m.preset_overrides
+        )
     if bundle.motion_tokenizer is None:
         raise CheckpointError(
             "model: no motion tokenizer (give model.motion_tokenizer or a checkpoint that holds motion_tokenizer/)"
@@ -167,6 +180,19 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     c = bundle.model.config
     c.motion_logit_mask_prob = float(m.motion_logit_mask_prob)
     c.loss_quantile_low, c.loss_quantile_high = 0.0, 1.0  # set per step by the loss (curriculum start)
+    if m.motion_layer_loss_weights is not None:
+        layout = c.motion_layout
+        if not layout.codes_per_layer:
+            raise ConfigError(
+                "model.motion_layer_loss_weights: the motion tokenizer's ids do not say their residual layer "
+                "(train it with id_layout: per_layer)"
+            )
+        if len(m.motion_layer_loss_weights) != layout.num_layers:
+            raise ConfigError(
+                f"model.motion_layer_loss_weights: expected {layout.num_layers} weights (one per residual layer), "
+                f"got {len(m.motion_layer_loss_weights)}"
+            )
+        c.motion_layer_loss_weights = [float(x) for x in m.motion_layer_loss_weights]
     c.image_alignment = "canonical" if cfg.data.align else "none"
     return bundle
 
@@ -174,42 +200,91 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
 # ---- loss and eval --------------------------------------------------------------------------------------
 
 
+def token_kinds(targets: torch.Tensor, config) -> tuple[torch.Tensor, list[str]]:
+    """Kind index of each target token id and the kind names: 'text' (every non-motion token, block
+    delimiters and end of turn included), then per part 'wrist' / 'finger' (or 'hand'), split by residual
+    layer ('wrist_l0', ...) when the ids say their layer."""
+    layout = config.motion_layout
+    off = int(config.motion_token_offset)
+    parts = ("wrist", "finger") if layout.finger_ids_per_block else ("hand",)
+    L = layout.num_layers if layout.codes_per_layer else 1
+    names = ["text"] + [f"{p}_l{k}" if L > 1 else p for p in parts for k in range(L)]
+    ids = targets.detach().cpu().numpy() - off
+    is_motion = (ids >= 0) & (ids < layout.num_motion_ids)
+    part, layer = layout.id_kinds(np.where(is_motion, ids, 0))
+    kind = 1 + part * L + np.maximum(layer, 0)
+    return torch.as_tensor(np.where(is_motion, kind, 0)), names
+
+
+@torch.no_grad()
+def token_kind_metrics(logits: torch.Tensor, targets: torch.Tensor, token_losses: torch.Tensor | None, config) -> dict[str, float]:
+    """Loss (``loss/KIND``) and accuracy (``acc/KIND``) of the answer tokens per kind (`token_kinds`).
+    ``logits`` (N, V) at the N labelled positions, ``targets`` (N,) their labels."""
+    if targets.numel() == 0:
+        return {}
+    hit = (logits.argmax(-1) == targets).float().cpu()
+    kind, names = token_kinds(targets, config)
+    out: dict[str, float] = {}
+    for k, name in enumerate(names):
+        sel = kind == k
+        n = int(sel.sum())
+        if not n:
+            continue
+        out[f"acc/{name}"] = float(hit[sel].mean())
+        if token_losses is not None and token_losses.numel() == targets.numel():
+            out[f"loss/{name}"] = float(token_losses.float().cpu()[sel].mean())
+    return out
+
+
 def vla_loss(model, batch: dict[str, torch.Tensor], quantiles: tuple[float, float] | None = None):
-    """Answer-token loss and token accuracy. ``use_cache=False``: no KV cache in training, and packed rows
-    rely on it (see handvla.vla.data). ``quantiles``: the curriculum's (q_lo, q_hi) for this step."""
+    """Answer-token loss, token accuracy and per-kind losses / accuracies (`token_kind_metrics`).
+    ``use_cache=False``: no KV cache in training, and packed rows rely on it (see handvla.vla.data).
+    ``quantiles``: the curriculum's (q_lo, q_hi) for this step."""
     kw = {} if quantiles is None else {"loss_quantiles": quantiles}
-    out = model(**batch, use_cache=False, **kw)
+    out = model(**batch, use_cache=False, answer_logits_only=True, **kw)
     with torch.no_grad():
-        labels = batch["labels"][:, 1:]
-        mask = labels != -100
-        pred = out.logits[:, :-1].argmax(-1)
-        acc = ((pred == labels) & mask).sum().float() / mask.sum().clamp(min=1)
-    return out.loss, {"token_acc": float(acc), "answer_tokens": float(mask.sum())}
+        targets = out.answer_targets
+        hits = out.logits.argmax(-1) == targets
+        acc = hits.float().mean() if targets.numel() else torch.zeros(())
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "motion_layout"):
+            config = model.module.config  # DDP wrapper
+        kinds = token_kind_metrics(out.logits, targets, getattr(out, "answer_token_losses", None), config)
+    return out.loss, {"token_acc": float(acc), "answer_tokens": float(targets.numel()), **kinds}
 
 
 @torch.no_grad()
 def validation_loss(model, dataset, max_samples: int, batch_size: int) -> dict[str, float]:
-    """Mean answer-token cross-entropy (no masking, no quantile filter) and token accuracy over the first
-    ``max_samples`` samples of ``dataset``, token-weighted."""
+    """Mean answer-token cross-entropy (no masking, no quantile filter, no layer weights) and token accuracy
+    over the first ``max_samples`` samples of ``dataset``, token-weighted, and both per token kind
+    (``val_loss/KIND``, ``val_acc/KIND``, see `token_kinds`)."""
     was = model.training
     model.eval()
     n = min(len(dataset), max_samples)
-    tot_loss = tot_tok = tot_hit = 0.0
     device = next(model.parameters()).device
+    losses, hits, kinds = [], [], []
+    names: list[str] = []
     for i in range(0, n, batch_size):
         batch = dataset.collate([dataset[j] for j in range(i, min(n, i + batch_size))])
         batch = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
-        out = model(**batch, use_cache=False)
-        labels = batch["labels"][:, 1:]
-        mask = labels != -100
-        k = float(mask.sum())
-        tot_loss += float(out.loss) * k
-        tot_tok += k
-        tot_hit += float(((out.logits[:, :-1].argmax(-1) == labels) & mask).sum())
+        out = model(**batch, use_cache=False, answer_logits_only=True)
+        losses.append(out.answer_token_losses.float().cpu())
+        hits.append((out.logits.argmax(-1) == out.answer_targets).float().cpu())
+        kind, names = token_kinds(out.answer_targets, model.config)
+        kinds.append(kind)
     model.train(was)
-    return {"val_loss": tot_loss / max(tot_tok, 1.0), "val_token_acc": tot_hit / max(tot_tok, 1.0)}
+    if not losses:
+        return {"val_loss": float("nan"), "val_token_acc": float("nan")}
+    loss, hit, kind = torch.cat(losses), torch.cat(hits), torch.cat(kinds)
+    res = {"val_loss": float(loss.mean()), "val_token_acc": float(hit.mean())}
+    for k, name in enumerate(names):
+        sel = kind == k
+        if sel.any():
+            res[f"val_loss/{name}"] = float(loss[sel].mean())
+            res[f"val_acc/{name}"] = float(hit[sel].mean())
+    return res
 
 
 def _handworld_metrics(bundle, cfg: PretrainConfig, episodes: int | None, progress: bool) -> dict[str, Any]:
