@@ -129,9 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
         if a_acc is not None and u_acc is not None:
             result["unseen_rig_alignment_gain_points"] = 100 * (a_acc - u_acc)
     result["total_seconds"] = time.perf_counter() - t0
-    print(json.dumps(result, indent=1, default=str))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    import contextlib
+
+    # the pipeline's progress lines go to stderr, so stdout is exactly the JSON
+    with contextlib.redirect_stdout(sys.stderr):
+        res = main()
+    print(json.dumps(res, indent=1, default=str))
