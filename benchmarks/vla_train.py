@@ -23,39 +23,28 @@ import torch
 
 
 def calibrated_tokenizer(store_dir: Path):
+    """The library's untrained, calibrated tiny tokenizer on the store's hand tracks (speed does not depend on
+    its quality)."""
     from handvla.data.store import EpisodeStore
-    from handvla.hand.features import FeatureNormalizer
     from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
-    from handvla.tokenizer.modeling import MotionTokenizer
+    from handvla.tokenizer.modeling import calibrated_tokenizer as calibrate
 
-    torch.manual_seed(0)
-    mt = MotionTokenizer(TokenizerConfig(**PRESETS["tiny"]))
     store = EpisodeStore(store_dir)
-    feats = []
-    for k in range(len(store)):
-        ep = store.load_episode(k, with_video=False)
-        feats += [mt.motion_features(m) for m in ep.hands.values() if m.valid.any()]
-    mt.set_normalizer(FeatureNormalizer.fit(feats))
-    blocks = torch.cat([mt.blocks_from_sequence(f) for f in feats])
-    with torch.no_grad():
-        for part, xp in mt._split(mt.normalize(blocks)).items():
-            m = mt.parts[part]
-            m.quantizer.init_codebooks(m.encoder(xp.transpose(1, 2)).transpose(1, 2))
-    return mt.eval()
+    motions = [m for k in range(len(store)) for m in store.load_episode(k, with_video=False).hands.values()]
+    return calibrate(motions, TokenizerConfig(**PRESETS["tiny"]))
 
 
 def run_mode(args, store: Path, mt, work: Path, pack: bool) -> dict:
     from handvla.train.trainer import TrainConfig, Trainer
     from handvla.vla import build_vla
     from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples, sample_texts
-    from handvla.vla.pretrain import _untie_embeddings, vla_loss
+    from handvla.vla.pretrain import vla_loss
     from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer
 
     cfg = VLADataConfig(stores=[str(store)], seconds=[1, 2], max_length=args.max_length, pack=pack)
     specs, dirs, _ = collect_samples(cfg, "all")
     tok = build_text_tokenizer(list(DEFAULT_CORPUS) + sample_texts(specs), vocab_size=1024)
     bundle = build_vla(args.preset, tokenizer=tok, motion_tokenizer=mt, seed=0)
-    _untie_embeddings(bundle.model)
     bundle.model.config.motion_logit_mask_prob = 0.5
     ds = VLAInstructionDataset(specs, dirs, bundle.processor, mt, max_length=args.max_length, pack=pack)
     counts: list[tuple[int, int, int]] = []  # per batch: (non-pad tokens, answer tokens, samples)

@@ -24,25 +24,12 @@ def _seed():
 
 
 def calibrated_tokenizer(store_dir: Path, **overrides):
-    """A tiny motion tokenizer whose normaliser and codebooks (k-means on the encoder's latents) are fitted
-    to the store's motion: untrained weights, but blocks get distinct ids (an all-zero codebook would give
-    every block the same ids). ``overrides``: TokenizerConfig fields over the tiny preset."""
+    """``handvla.tokenizer.modeling.calibrated_tokenizer`` on every hand track of a store, with the tiny
+    preset and ``overrides`` (TokenizerConfig fields)."""
     from handvla.data.store import EpisodeStore
-    from handvla.hand.features import FeatureNormalizer
     from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
-    from handvla.tokenizer.modeling import MotionTokenizer
+    from handvla.tokenizer.modeling import calibrated_tokenizer as calibrate
 
-    torch.manual_seed(0)
-    mt = MotionTokenizer(TokenizerConfig(**{**PRESETS["tiny"], **overrides}))
     store = EpisodeStore(store_dir)
-    feats = []
-    for k in range(len(store)):
-        ep = store.load_episode(k, with_video=False)
-        feats += [mt.motion_features(m) for m in ep.hands.values() if m.valid.any()]
-    mt.set_normalizer(FeatureNormalizer.fit(feats))
-    blocks = torch.cat([mt.blocks_from_sequence(f) for f in feats])
-    with torch.no_grad():
-        for part, xp in mt._split(mt.normalize(blocks)).items():
-            m = mt.parts[part]
-            m.quantizer.init_codebooks(m.encoder(xp.transpose(1, 2)).transpose(1, 2))
-    return mt.eval()
+    motions = [m for k in range(len(store)) for m in store.load_episode(k, with_video=False).hands.values()]
+    return calibrate(motions, TokenizerConfig(**{**PRESETS["tiny"], **overrides}))

@@ -1060,6 +1060,25 @@ class MotionTokenizer(nn.Module):
         return model.eval()
 
 
+@torch.no_grad()
+def calibrated_tokenizer(motions: list[HandMotion], config: TokenizerConfig, seed: int = 0) -> MotionTokenizer:
+    """An UNTRAINED tokenizer whose feature normaliser and codebooks (k-means on its random encoder's latents)
+    are fitted to ``motions``: blocks get distinct, deterministic ids at once (an all-zero codebook would give
+    every block the same ids), but its decoder does not reconstruct motion. For tests and throughput
+    benchmarks, where the ids' structure matters and their meaning does not."""
+    torch.manual_seed(seed)
+    mt = MotionTokenizer(config)
+    feats = [mt.motion_features(m) for m in motions if np.asarray(m.valid).any()]
+    if not feats:
+        raise InputError("calibrated_tokenizer", "motions", "at least one motion with a valid frame", "none")
+    mt.set_normalizer(FeatureNormalizer.fit(feats))
+    blocks = torch.cat([mt.blocks_from_sequence(f) for f in feats])
+    for part, xp in mt._split(mt.normalize(blocks)).items():
+        m = mt.parts[part]
+        m.quantizer.init_codebooks(m.encoder(xp.transpose(1, 2)).transpose(1, 2))
+    return mt.eval()
+
+
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
@@ -1067,6 +1086,7 @@ __all__ = [
     "MotionTokenizer",
     "MotionTokens",
     "TokenLayout",
+    "calibrated_tokenizer",
     "features_to_joints",
     "fill_invalid",
     "mirror_motion",
