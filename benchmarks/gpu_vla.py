@@ -169,9 +169,9 @@ def _jsonable(x: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1))
-    tmp.replace(path)
+    from handvla.atomic import atomic_write_json
+
+    atomic_write_json(path, _jsonable(obj), indent=1)
 
 
 def peak_bf16_flops(device_name: str | None) -> float | None:

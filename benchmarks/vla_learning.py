@@ -51,6 +51,7 @@ def _curve(run_dir: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     from handvla.commands.demo import apply_overrides
     from handvla.demo import DemoConfig, build_worlds, pretrain_vla, train_tokenizer
+    from handvla.vla.baselines import load_training_reference
     from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld
     from handvla.vla.modeling import load_vla
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tokenizer": tok_metrics,
         "trainings": {},
     }
+    ref = load_training_reference([worlds["train"]])  # the input-free baselines, fitted once for every evaluation
     variants = [("aligned", True)] + ([] if a.no_unaligned else [("unaligned", False)])
     for name, align in variants:
         run_out = out / name
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         evals = {}
         for store_name, key in (("heldout_seen_rigs", "heldout"), ("unseen_rig", "unseen_rig")):
             r = evaluate_handworld(bundle, worlds[key], max_seconds=cfg.eval_seconds, batch_size=16,
-                                   train_stores=[worlds["train"]],
+                                   train_stores=ref,
                                    translation_episodes=a.translation_episodes if key == "heldout" else 0,
                                    prediction_episodes=a.prediction_episodes if key == "heldout" else 0)  # fmt: skip
             evals[store_name] = r["summary"]

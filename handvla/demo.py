@@ -190,8 +190,6 @@ def train_tokenizer(cfg: DemoConfig, out: Path, worlds: dict[str, Path], progres
 
 
 def _budget_of(result: Any) -> dict[str, Any]:
-    from dataclasses import is_dataclass
-
     d = asdict(result) if is_dataclass(result) else dict(result)
     return {k: v for k, v in d.items() if not isinstance(v, (list, dict)) or k == "losses"}
 
@@ -239,16 +237,18 @@ def pretrain_vla(cfg: DemoConfig, out: Path, worlds: dict[str, Path], tok_dir: P
 def evaluate_vla(cfg: DemoConfig, ckpt: Path, worlds: dict[str, Path]) -> dict[str, Any]:
     """Generation metrics with Wilson intervals and the input-free baselines (fitted on the training store),
     on the held-out scenes and on the unseen rig; then the same model with every held-out episode given
-    ANOTHER episode's image (input sensitivity: a model that reads the image drops to the baselines)."""
-    from handvla.vla.evaluate import evaluate_checkpoint, evaluate_counterfactual, evaluate_handworld
+    ANOTHER episode's image (input sensitivity: a model that reads the image drops to the baselines), and
+    asked for another object of the same scene (instruction following, `evaluate_counterfactual`)."""
+    from handvla.vla.baselines import load_training_reference
+    from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld
     from handvla.vla.modeling import load_vla
 
-    res = evaluate_checkpoint(ckpt, {"heldout_seen_rigs": worlds["heldout"], "unseen_rig": worlds["unseen_rig"]},
-                              max_seconds=cfg.eval_seconds, batch_size=8)
-    out = {name: r["summary"] for name, r in res.items()}
     bundle = load_vla(ckpt)
-    shuffled = evaluate_handworld(bundle, worlds["heldout"], max_seconds=cfg.eval_seconds, batch_size=8,
-                                  shuffle_images=True)["summary"]
+    ref = load_training_reference([worlds["train"]])  # fitted once, used for both stores
+    kw = dict(max_seconds=cfg.eval_seconds, batch_size=8)
+    out = {name: evaluate_handworld(bundle, worlds[key], train_stores=ref, **kw)["summary"]
+           for name, key in (("heldout_seen_rigs", "heldout"), ("unseen_rig", "unseen_rig"))}  # fmt: skip
+    shuffled = evaluate_handworld(bundle, worlds["heldout"], shuffle_images=True, **kw)["summary"]
     out["heldout_counterfactual"] = evaluate_counterfactual(bundle, worlds["heldout"], seconds=cfg.eval_seconds,
                                                             batch_size=8)["summary"]
     out["heldout_images_shuffled"] = {k: shuffled.get(k) for k in (
@@ -401,8 +401,8 @@ def learning_curve_svg(records: list[dict[str, Any]], keys: tuple[str, ...] = ("
         pts = [(r["step"], float(r[key])) for r in recs if key in r]
         lo, hi = min(v for _, v in pts), max(v for _, v in pts)
         span = (hi - lo) or 1.0
-        xy = " ".join(f"{pad + (w - pad) * x / x_max:.1f},{height - pad - (height - 2 * pad) * (v - lo) / span:.1f}"
-                      for x, v in pts for w in (width,))  # fmt: skip
+        xy = " ".join(f"{pad + (width - pad) * x / x_max:.1f},{height - pad - (height - 2 * pad) * (v - lo) / span:.1f}"
+                      for x, v in pts)  # fmt: skip
         c = colours[i % len(colours)]
         lines.append(f"<polyline fill='none' stroke='{c}' stroke-width='2' points='{xy}'/>")
         legend.append(f"<text x='{pad + 150 * i}' y='16' fill='{c}' font-size='12'>{html.escape(key)} "

@@ -172,6 +172,21 @@ class MotionLayout:
         """Residual layers per part (1 when unknown)."""
         return max(self.position_layers) + 1 if self.position_layers else 1
 
+    def check_layer_weights(self, weights: Any, where: str) -> list[float]:
+        """``weights`` as one float >= 0 per residual layer, or a one-line ConfigError naming ``where``: the
+        ids must say their layer (a tokenizer with ``id_layout: per_layer``)."""
+        if not self.codes_per_layer:
+            raise ConfigError(
+                f"{where}: the motion tokenizer's ids do not say their residual layer (train it with "
+                "id_layout: per_layer)"
+            )
+        w = [float(x) for x in weights]
+        if len(w) != self.num_layers or any((not math.isfinite(x)) or x < 0 for x in w):
+            raise ConfigError(
+                f"{where}: expected {self.num_layers} weights >= 0 (one per residual layer), got {list(weights)}"
+            )
+        return w
+
     def position_id_ranges(self) -> np.ndarray:
         """(ids_per_block, 2) legal [lo, hi) motion-id range at each position of a block: the part's range,
         narrowed to the position's residual layer when ids are per layer."""
@@ -287,17 +302,10 @@ class HandVLAConfig(InternVLConfig):
                 "HandVLAConfig: expected 0 <= loss_quantile_low < loss_quantile_high <= 1, got "
                 f"{self.loss_quantile_low}, {self.loss_quantile_high}"
             )
-        w = self.motion_layer_loss_weights
-        if w is not None:
-            if self.codes_per_layer <= 0:
-                raise ConfigError(
-                    "HandVLAConfig.motion_layer_loss_weights: needs a motion tokenizer with per-layer ids "
-                    "(tokenizer id_layout 'per_layer')"
-                )
-            if len(w) != self.motion_layout.num_layers or any((not math.isfinite(x)) or x < 0 for x in w):
-                raise ConfigError(
-                    f"HandVLAConfig.motion_layer_loss_weights: expected {self.motion_layout.num_layers} weights >= 0, got {w}"
-                )
+        if self.motion_layer_loss_weights is not None:
+            self.motion_layout.check_layer_weights(
+                self.motion_layer_loss_weights, "HandVLAConfig.motion_layer_loss_weights"
+            )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")
         side, patch = self.vision_config.image_size[0], self.vision_config.patch_size[0]

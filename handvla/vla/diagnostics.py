@@ -22,8 +22,10 @@ from handvla.errors import InputError
 from handvla.vla.generation import generate_motion
 
 
-def _final_wrists(bundle, images, tasks, modes, seconds: int, batch_size: int) -> np.ndarray:
-    """(N, 3) final wrist position (metres, camera frame) of the first hand of each request."""
+def final_wrist_positions(bundle, images, tasks, modes, seconds: int, batch_size: int = 8) -> np.ndarray:
+    """(N, 3) final wrist position (metres, camera frame) of the first hand of each request (greedy,
+    constrained generation of ``seconds`` seconds, decoded by the bundle's motion tokenizer; the wrist joint
+    position does not depend on the hand shape, so none is given)."""
     out = []
     mt = bundle.motion_tokenizer
     for b in range(0, len(tasks), batch_size):
@@ -58,9 +60,9 @@ def input_sensitivity(
     nxt = [(i + 1) % n for i in range(n)]
     was = bundle.model.training
     bundle.model.eval()
-    base = _final_wrists(bundle, images, tasks, modes, seconds, batch_size)
-    img_swap = _final_wrists(bundle, [images[j] for j in nxt], tasks, modes, seconds, batch_size)
-    txt_swap = _final_wrists(bundle, images, [tasks[j] for j in nxt], modes, seconds, batch_size)
+    base = final_wrist_positions(bundle, images, tasks, modes, seconds, batch_size)
+    img_swap = final_wrist_positions(bundle, [images[j] for j in nxt], tasks, modes, seconds, batch_size)
+    txt_swap = final_wrist_positions(bundle, images, [tasks[j] for j in nxt], modes, seconds, batch_size)
     bundle.model.train(was)
     d_img = np.linalg.norm(img_swap - base, axis=1)
     d_txt = np.linalg.norm(txt_swap - base, axis=1)
@@ -73,4 +75,4 @@ def input_sensitivity(
     }
 
 
-__all__ = ["input_sensitivity"]
+__all__ = ["final_wrist_positions", "input_sensitivity"]

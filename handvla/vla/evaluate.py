@@ -627,88 +627,6 @@ def _can_predict(ep, mode: str, F: int) -> bool:
     )
 
 
-def _object_phrase(obj: dict[str, Any]) -> str:
-    from handvla.data.handworld.scene import SHAPE_NOUNS
-
-    return f"the {obj['colour']} {SHAPE_NOUNS.get(obj['shape'], obj['shape'])}"
-
-
-@torch.no_grad()
-def evaluate_counterfactual(
-    bundle,
-    store,
-    max_episodes: int | None = None,
-    seconds: int = 2,
-    batch_size: int = 8,
-    align: bool | None = None,
-    image_size: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """Instruction following, measured by asking for ANOTHER object of the same scene.
-
-    For each HandWorld episode with a one-hand target among two or more objects whose names are unique in
-    the scene, the model gets the episode's first image twice, with "move your {hand} hand to {object}"
-    naming (a) the episode's own target and (b) the next other object; each generated final wrist is scored
-    against the object it was asked for (objects where the scene placed them). A model that reads the
-    instruction reaches both; one that ignores it goes to the same place twice and scores (b) near 0.
-    Returns the two target accuracies with Wilson 95 % intervals, ``chance`` (mean 1 / objects),
-    ``same_end_point_rate`` (both requests end nearest the same object) and per-request rows.
-    """
-    from handvla.data.store import EpisodeStore
-    from handvla.vla.generation import generate_motion
-
-    model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
-    if mt is None:
-        raise ConfigError("evaluate_counterfactual: the VLA bundle has no motion tokenizer to decode motion with")
-    st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
-    align = model_alignment(model.config) if align is None else bool(align)
-    size = tuple(image_size) if image_size else model_image_size(model.config, processor)
-    reqs = []
-    for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
-        ep = st.load_episode(k, with_video=True)
-        gt = ep.ground_truth or {}
-        objs = {int(o["object_id"]): o for o in (gt.get("scene") or {}).get("objects", [])}
-        targets = [t for t in gt.get("targets", []) if int(t["object_id"]) in objs]
-        if len(objs) < 2 or len(targets) != 1 or len(gt.get("acting_hands", [])) != 1:
-            continue
-        names = [_object_phrase(o) for o in objs.values()]
-        if len(set(names)) != len(names):
-            continue  # an object the words cannot single out
-        tg = int(targets[0]["object_id"])
-        ids = sorted(objs)
-        other = ids[(ids.index(tg) + 1) % len(ids)]
-        hand = targets[0]["hand"]
-        positions = object_positions_camera(ep, 0)
-        image = prepare_image(ep.video[0], ep.camera.K, align, size)
-        for which, oid in (("factual", tg), ("counterfactual", other)):
-            task = f"move your {hand} hand to {_object_phrase(objs[oid])}"
-            reqs.append({"episode": k, "rig": ep.rig, "which": which, "object_id": oid, "hand": hand, "task": task,
-                         "image": image, "objects": positions, "betas": ep.hands[hand].betas})
-    was = model.training
-    model.eval()
-    rows = []
-    for b in range(0, len(reqs), batch_size):
-        batch = reqs[b : b + batch_size]
-        gen = generate_motion(model, processor, [r["image"] for r in batch], [r["task"] for r in batch], seconds,
-                              [r["hand"] for r in batch])  # fmt: skip
-        for r, ids in zip(batch, gen.motion):
-            motion = mt.decode_motion(ids[:, 0], side=r["hand"], betas=r["betas"])
-            w = np.asarray(motion.wrist_pos[-1], np.float64)
-            d = {oid: float(np.linalg.norm(w - p)) for oid, p in r["objects"].items()}
-            rows.append({"episode": r["episode"], "rig": r["rig"], "which": r["which"], "task": r["task"],
-                         "hit": target_hit(w, r["object_id"], r["objects"]), "nearest": min(d, key=d.get),
-                         "n_objects": len(r["objects"])})  # fmt: skip
-    model.train(was)
-    fac = [r for r in rows if r["which"] == "factual"]
-    cf = [r for r in rows if r["which"] == "counterfactual"]
-    same = [a["nearest"] == b["nearest"] for a, b in zip(fac, cf)]
-    out: dict[str, Any] = {"episodes": len(fac), "seconds": int(seconds)}
-    out.update(rate_summary([r["hit"] for r in fac], "named_target_accuracy"))
-    out.update(rate_summary([r["hit"] for r in cf], "other_object_accuracy"))
-    out["chance"] = _mean([1.0 / r["n_objects"] for r in cf])
-    out["same_end_point_rate"] = _mean([float(x) for x in same])
-    return {"summary": out, "rows": rows}
-
-
 def _evaluate_prediction(
     model, processor, mt, items, align: bool, size, batch_size: int, seed, progress: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -761,6 +679,87 @@ def _evaluate_prediction(
     for kd in kinds:
         summary[kd] = {m: _mean([r[kd][m] for r in rows]) for m in ("mpjpe_mm", "mwte_mm")}
     return summary, rows
+
+
+# ---- instruction following ------------------------------------------------------------------------------
+
+
+def _object_phrase(obj: dict[str, Any]) -> str:
+    from handvla.data.handworld.scene import SHAPE_NOUNS
+
+    return f"the {obj['colour']} {SHAPE_NOUNS.get(obj['shape'], obj['shape'])}"
+
+
+@torch.no_grad()
+def evaluate_counterfactual(
+    bundle,
+    store,
+    max_episodes: int | None = None,
+    seconds: int = 2,
+    batch_size: int = 8,
+    align: bool | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Instruction following, measured by asking for ANOTHER object of the same scene.
+
+    For each HandWorld episode with a one-hand target among two or more objects whose names are unique in
+    the scene, the model gets the episode's first image twice, with "move your {hand} hand to {object}"
+    naming (a) the episode's own target and (b) the next other object; each generated final wrist is scored
+    against the object it was asked for (objects where the scene placed them). A model that reads the
+    instruction reaches both; one that ignores it goes to the same place twice and scores (b) near 0.
+    Returns the two target accuracies with Wilson 95 % intervals, ``chance`` (mean 1 / objects),
+    ``same_end_point_rate`` (both requests end nearest the same object) and per-request rows.
+    """
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.diagnostics import final_wrist_positions
+
+    model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
+    if mt is None:
+        raise ConfigError("evaluate_counterfactual: the VLA bundle has no motion tokenizer to decode motion with")
+    st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
+    align = model_alignment(model.config) if align is None else bool(align)
+    size = tuple(image_size) if image_size else model_image_size(model.config, processor)
+    reqs = []
+    for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
+        ep = st.load_episode(k, with_video=True)
+        gt = ep.ground_truth or {}
+        objs = {int(o["object_id"]): o for o in (gt.get("scene") or {}).get("objects", [])}
+        targets = [t for t in gt.get("targets", []) if int(t["object_id"]) in objs]
+        if len(objs) < 2 or len(targets) != 1 or len(gt.get("acting_hands", [])) != 1:
+            continue
+        names = [_object_phrase(o) for o in objs.values()]
+        if len(set(names)) != len(names):
+            continue  # an object the words cannot single out
+        tg = int(targets[0]["object_id"])
+        ids = sorted(objs)
+        other = ids[(ids.index(tg) + 1) % len(ids)]
+        hand = targets[0]["hand"]
+        positions = object_positions_camera(ep, 0)
+        image = prepare_image(ep.video[0], ep.camera.K, align, size)
+        for which, oid in (("factual", tg), ("counterfactual", other)):
+            task = f"move your {hand} hand to {_object_phrase(objs[oid])}"
+            reqs.append({"episode": k, "rig": ep.rig, "which": which, "object_id": oid, "hand": hand, "task": task,
+                         "image": image, "objects": positions})
+    was = model.training
+    model.eval()
+    wrists = final_wrist_positions(bundle, [r["image"] for r in reqs], [r["task"] for r in reqs],
+                                   [r["hand"] for r in reqs], seconds, batch_size) if reqs else []  # fmt: skip
+    rows = []
+    for r, w in zip(reqs, wrists):
+        d = {oid: float(np.linalg.norm(w - p)) for oid, p in r["objects"].items()}
+        rows.append({"episode": r["episode"], "rig": r["rig"], "which": r["which"], "task": r["task"],
+                     "hit": target_hit(w, r["object_id"], r["objects"]), "nearest": min(d, key=d.get),
+                     "n_objects": len(r["objects"])})  # fmt: skip
+    model.train(was)
+    fac = [r for r in rows if r["which"] == "factual"]
+    cf = [r for r in rows if r["which"] == "counterfactual"]
+    same = [a["nearest"] == b["nearest"] for a, b in zip(fac, cf)]
+    out: dict[str, Any] = {"episodes": len(fac), "seconds": int(seconds)}
+    out.update(rate_summary([r["hit"] for r in fac], "named_target_accuracy"))
+    out.update(rate_summary([r["hit"] for r in cf], "other_object_accuracy"))
+    out["chance"] = _mean([1.0 / r["n_objects"] for r in cf])
+    out["same_end_point_rate"] = _mean([float(x) for x in same])
+    return {"summary": out, "rows": rows}
 
 
 # ---- reporting ------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from handvla.config import load_config
 from handvla.errors import CheckpointError, ConfigError
+from handvla.train.distributed import unwrap
 from handvla.train.trainer import TrainConfig, Trainer
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
 
@@ -181,18 +182,9 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     c.motion_logit_mask_prob = float(m.motion_logit_mask_prob)
     c.loss_quantile_low, c.loss_quantile_high = 0.0, 1.0  # set per step by the loss (curriculum start)
     if m.motion_layer_loss_weights is not None:
-        layout = c.motion_layout
-        if not layout.codes_per_layer:
-            raise ConfigError(
-                "model.motion_layer_loss_weights: the motion tokenizer's ids do not say their residual layer "
-                "(train it with id_layout: per_layer)"
-            )
-        if len(m.motion_layer_loss_weights) != layout.num_layers:
-            raise ConfigError(
-                f"model.motion_layer_loss_weights: expected {layout.num_layers} weights (one per residual layer), "
-                f"got {len(m.motion_layer_loss_weights)}"
-            )
-        c.motion_layer_loss_weights = [float(x) for x in m.motion_layer_loss_weights]
+        c.motion_layer_loss_weights = c.motion_layout.check_layer_weights(
+            m.motion_layer_loss_weights, "model.motion_layer_loss_weights"
+        )
     c.image_alignment = "canonical" if cfg.data.align else "none"
     return bundle
 
@@ -217,22 +209,32 @@ def token_kinds(targets: torch.Tensor, config) -> tuple[torch.Tensor, list[str]]
 
 
 @torch.no_grad()
-def token_kind_metrics(logits: torch.Tensor, targets: torch.Tensor, token_losses: torch.Tensor | None, config) -> dict[str, float]:
-    """Loss (``loss/KIND``) and accuracy (``acc/KIND``) of the answer tokens per kind (`token_kinds`).
-    ``logits`` (N, V) at the N labelled positions, ``targets`` (N,) their labels."""
+def token_kind_metrics(
+    hits: torch.Tensor,
+    targets: torch.Tensor,
+    token_losses: torch.Tensor | None,
+    config,
+    loss_key: str = "loss",
+    acc_key: str = "acc",
+) -> dict[str, float]:
+    """Loss (``{loss_key}/KIND``) and accuracy (``{acc_key}/KIND``) of answer tokens per kind (`token_kinds`).
+    ``hits`` (N,): whether the argmax was the target; ``targets`` (N,) the labels; ``token_losses`` (N,) or
+    None (accuracies only)."""
     if targets.numel() == 0:
         return {}
-    hit = (logits.argmax(-1) == targets).float().cpu()
+    hit = hits.float().cpu()
+    losses = None
+    if token_losses is not None and token_losses.numel() == targets.numel():
+        losses = token_losses.float().cpu()
     kind, names = token_kinds(targets, config)
     out: dict[str, float] = {}
     for k, name in enumerate(names):
         sel = kind == k
-        n = int(sel.sum())
-        if not n:
+        if not sel.any():
             continue
-        out[f"acc/{name}"] = float(hit[sel].mean())
-        if token_losses is not None and token_losses.numel() == targets.numel():
-            out[f"loss/{name}"] = float(token_losses.float().cpu()[sel].mean())
+        out[f"{acc_key}/{name}"] = float(hit[sel].mean())
+        if losses is not None:
+            out[f"{loss_key}/{name}"] = float(losses[sel].mean())
     return out
 
 
@@ -246,10 +248,7 @@ def vla_loss(model, batch: dict[str, torch.Tensor], quantiles: tuple[float, floa
         targets = out.answer_targets
         hits = out.logits.argmax(-1) == targets
         acc = hits.float().mean() if targets.numel() else torch.zeros(())
-        config = getattr(model, "config", None)
-        if config is None or not hasattr(config, "motion_layout"):
-            config = model.module.config  # DDP wrapper
-        kinds = token_kind_metrics(out.logits, targets, getattr(out, "answer_token_losses", None), config)
+        kinds = token_kind_metrics(hits, targets, out.answer_token_losses, unwrap(model).config)
     return out.loss, {"token_acc": float(acc), "answer_tokens": float(targets.numel()), **kinds}
 
 
@@ -262,8 +261,7 @@ def validation_loss(model, dataset, max_samples: int, batch_size: int) -> dict[s
     model.eval()
     n = min(len(dataset), max_samples)
     device = next(model.parameters()).device
-    losses, hits, kinds = [], [], []
-    names: list[str] = []
+    losses, hits, targets = [], [], []
     for i in range(0, n, batch_size):
         batch = dataset.collate([dataset[j] for j in range(i, min(n, i + batch_size))])
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -271,19 +269,14 @@ def validation_loss(model, dataset, max_samples: int, batch_size: int) -> dict[s
             batch["pixel_values"] = batch["pixel_values"].to(next(model.parameters()).dtype)
         out = model(**batch, use_cache=False, answer_logits_only=True)
         losses.append(out.answer_token_losses.float().cpu())
-        hits.append((out.logits.argmax(-1) == out.answer_targets).float().cpu())
-        kind, names = token_kinds(out.answer_targets, model.config)
-        kinds.append(kind)
+        hits.append((out.logits.argmax(-1) == out.answer_targets).cpu())
+        targets.append(out.answer_targets.cpu())
     model.train(was)
     if not losses:
         return {"val_loss": float("nan"), "val_token_acc": float("nan")}
-    loss, hit, kind = torch.cat(losses), torch.cat(hits), torch.cat(kinds)
-    res = {"val_loss": float(loss.mean()), "val_token_acc": float(hit.mean())}
-    for k, name in enumerate(names):
-        sel = kind == k
-        if sel.any():
-            res[f"val_loss/{name}"] = float(loss[sel].mean())
-            res[f"val_acc/{name}"] = float(hit[sel].mean())
+    loss, hit, target = torch.cat(losses), torch.cat(hits), torch.cat(targets)
+    res = {"val_loss": float(loss.mean()), "val_token_acc": float(hit.float().mean())}
+    res.update(token_kind_metrics(hit, target, loss, model.config, "val_loss", "val_acc"))
     return res
 
 
@@ -317,7 +310,7 @@ def _layer_types(model) -> tuple[type, ...]:
 def run_pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train, then export ``OUTPUT_DIR/final`` (rank 0) and write ``pretrain_summary.json``. Returns the
     summary (trainer result, data report, final eval)."""
-    from handvla.train.distributed import barrier, init_distributed, unwrap
+    from handvla.train.distributed import barrier, init_distributed
     from handvla.vla.modeling import HandVLAForConditionalGeneration, VLABundle, save_vla
 
     t0 = time.time()
