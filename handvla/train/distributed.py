@@ -6,6 +6,7 @@ RANK / WORLD_SIZE / LOCAL_RANK and this module joins the group (NCCL on GPUs, gl
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -45,7 +46,16 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # A process that exits with its group alive can abort in the backend's threads ('terminate called
+        # without an active exception'): leave the group on every exit path.
+        atexit.register(shutdown_distributed)
     return DistInfo(rank, world, local, dev)
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group (idempotent; a no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, strategy: str, info: DistInfo, layer_types: tuple[type, ...] = ()) -> nn.Module:
