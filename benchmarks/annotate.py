@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _make_builtin_store(root: Path, n: int, seed: int) -> None:
-    from handvla.data.builtin_motion import sample_labelled_sequence
+    from handvla.synth.builtin_motion import sample_labelled_sequence
     from handvla.data.schema import Camera, Episode
     from handvla.data.store import EpisodeWriter
 
@@ -51,7 +51,7 @@ def _make_builtin_store(root: Path, n: int, seed: int) -> None:
 
 
 def _main_term(v_cam: np.ndarray) -> str:
-    from handvla.data.annotate.rules import AXIS_TERMS
+    from handvla.language.annotate.rules import AXIS_TERMS
 
     ax = int(np.argmax(np.abs(v_cam)))
     return AXIS_TERMS[(ax, 1 if v_cam[ax] > 0 else -1)]
@@ -59,10 +59,10 @@ def _main_term(v_cam: np.ndarray) -> str:
 
 def accuracy(store_dir: Path, annotations: dict) -> dict:
     """Per-attribute accuracy of the rule annotations of a HandWorld store against its ground truth."""
-    from handvla.data.annotate import rules as R
-    from handvla.data.annotate.run import load_clip, store_clips
-    from handvla.data.annotate.segments import SegmentConfig
-    from handvla.data.handworld.episodes import DIRECTIONS
+    from handvla.language.annotate import rules as R
+    from handvla.language.annotate.run import load_clip, store_clips
+    from handvla.language.annotate.segments import SegmentConfig
+    from handvla.synth.handworld.episodes import DIRECTIONS
     from handvla.data.store import EpisodeStore
 
     store = EpisodeStore(store_dir)
@@ -222,12 +222,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from handvla.data.annotate.rules import RuleAnnotator
-    from handvla.data.annotate.run import annotate_store
-    from handvla.data.annotate.table import AnnotationTable
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
-    from handvla.data.instructions.build import build_instructions
-    from handvla.data.instructions.templates import TEMPLATES, fill
+    from handvla.language.annotate.rules import RuleAnnotator
+    from handvla.language.annotate.run import annotate_store
+    from handvla.language.annotate.table import AnnotationTable
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.language.instructions.build import build_instructions
+    from handvla.language.instructions.templates import TEMPLATES, fill
 
     tmp = tempfile.TemporaryDirectory() if args.keep is None else None
     work = Path(args.keep or tmp.name)

@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from handvla.data.handworld.cameras import parse_size
-    from handvla.data.handworld.episodes import HandWorldConfig, hand_joints, make_episode
+    from handvla.synth.handworld.cameras import parse_size
+    from handvla.synth.handworld.episodes import HandWorldConfig, hand_joints, make_episode
     from handvla.data.store import EpisodeStore, EpisodeWriter
 
     w, h = parse_size(args.size)

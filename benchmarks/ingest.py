@@ -36,10 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from handvla.data.align import AlignConfig, align_episode  # noqa: E402
+from handvla.ingest.align import AlignConfig, align_episode  # noqa: E402
 from handvla.data.schema import Camera, Episode  # noqa: E402
-from handvla.data.sources import get_source  # noqa: E402
-from handvla.data.standardize import (  # noqa: E402
+from handvla.ingest.sources import get_source  # noqa: E402
+from handvla.ingest.standardize import (  # noqa: E402
     ParamTrack,
     StandardizeConfig,
     aa_to_quat,
@@ -277,7 +277,7 @@ def _centre(img, near, radius):
 def bench_alignment(n_points: int) -> dict:
     from PIL import Image
 
-    from handvla.data.handworld.episodes import HandWorldConfig, make_episode
+    from handvla.synth.handworld.episodes import HandWorldConfig, make_episode
 
     cfg = AlignConfig(out_size=(320, 180))
     cams: dict[str, tuple[Camera, np.ndarray]] = {}

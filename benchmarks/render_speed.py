@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from handvla.data.builtin_motion import sample_sequence
+from handvla.synth.builtin_motion import sample_sequence
 from handvla.hand.render import (
     Camera,
     HandTrack,

@@ -108,7 +108,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     out = {

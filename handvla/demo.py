@@ -105,7 +105,7 @@ def _jsonable(x: Any) -> Any:
 
 
 def build_worlds(cfg: DemoConfig, out: Path, progress: bool) -> dict[str, Path]:
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
 
     w, h = cfg.image_size
     stores = {

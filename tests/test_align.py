@@ -13,7 +13,7 @@ from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from handvla.camera import CANONICAL_K
-from handvla.data.align import (
+from handvla.ingest.align import (
     AlignConfig,
     BalanceConfig,
     IntrinsicsConfig,
@@ -29,7 +29,7 @@ from handvla.data.align import (
     swap_left_right_words,
     timescale_episode,
 )
-from handvla.data.handworld.cameras import make_camera
+from handvla.synth.handworld.cameras import make_camera
 from handvla.data.schema import Camera, Episode
 from handvla.errors import InputError
 from handvla.hand.model import BuiltinHand

@@ -18,13 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handvla.data.annotate import rules as R
-from handvla.data.annotate.base import AnnotationFailure, Clip, ClipAnnotation, KnownObject
-from handvla.data.annotate.openai_backend import OpenAIAnnotator, OpenAIConfig, parse_reply
-from handvla.data.annotate.run import annotate_store, load_clip, store_clips
-from handvla.data.annotate.segments import ClipSpec, SegmentConfig, segment_episode
-from handvla.data.annotate.table import AnnotationTable
-from handvla.data.builtin_motion import (
+from handvla.language.annotate import rules as R
+from handvla.language.annotate.base import AnnotationFailure, Clip, ClipAnnotation, KnownObject
+from handvla.language.annotate.openai_backend import OpenAIAnnotator, OpenAIConfig, parse_reply
+from handvla.language.annotate.run import annotate_store, load_clip, store_clips
+from handvla.language.annotate.segments import ClipSpec, SegmentConfig, segment_episode
+from handvla.language.annotate.table import AnnotationTable
+from handvla.synth.builtin_motion import (
     BimanualScript,
     HandScript,
     Workspace,
@@ -467,7 +467,7 @@ def _cfg(url, **kw) -> OpenAIConfig:
 
 
 def test_rate_limiter_spaces_request_starts():
-    from handvla.data.annotate.openai_backend import RateLimiter
+    from handvla.language.annotate.openai_backend import RateLimiter
 
     lim = RateLimiter(20.0)
     starts = []
@@ -635,7 +635,7 @@ def test_handworld_objects_targets_and_grip(tmp_path):
     """On HandWorld episodes (ground truth: objects, target, grip per frame) read back from a store."""
     import torch
 
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.data.store import EpisodeStore
 
     torch.set_num_threads(1)

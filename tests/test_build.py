@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "sources"))
 import fixtures as F  # noqa: E402
 
 from handvla.cli import main  # noqa: E402
-from handvla.data.build import build, list_jobs, load_build_config, parse_build_config, shard_of  # noqa: E402
+from handvla.ingest.build import build, list_jobs, load_build_config, parse_build_config, shard_of  # noqa: E402
 from handvla.data.store import EpisodeStore  # noqa: E402
 from handvla.errors import ConfigError  # noqa: E402
 from handvla.hand.io import JointsRecording, load_joints, save_joints  # noqa: E402
@@ -27,7 +27,7 @@ def _write_real_clip(root: Path, real_hands: Path) -> None:
     copy labelled as the wrong hand, and an all-NaN recording."""
     from PIL import Image
 
-    from handvla.data.video import read_video, write_video
+    from handvla.video import read_video, write_video
 
     rec = load_joints(real_hands / "mediapipe_video_right.npz")
     n = 24

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from handvla.data.builtin_motion import (
+from handvla.synth.builtin_motion import (
     JOINT_LIMITS_RAD,
     PRIMITIVES,
     BimanualScript,

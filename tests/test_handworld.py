@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from handvla.data.handworld import cameras as C
-from handvla.data.handworld import raster as RS
-from handvla.data.handworld import scene as S
+from handvla.synth.handworld import cameras as C
+from handvla.synth.handworld import raster as RS
+from handvla.synth.handworld import scene as S
 from handvla.errors import ConfigError, InputError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -324,14 +324,14 @@ SMALL = dict(width=80, height=60, seconds=3.0)
 
 
 def _cfg(**kw):
-    from handvla.data.handworld.episodes import HandWorldConfig
+    from handvla.synth.handworld.episodes import HandWorldConfig
 
     return HandWorldConfig(**{**SMALL, **kw})
 
 
 def _stored_joints_2d(ep):
     """Joints of the stored hand parameters (hand model run again) projected with the stored intrinsics."""
-    from handvla.data.handworld.episodes import hand_joints
+    from handvla.synth.handworld.episodes import hand_joints
 
     out = {}
     for side in ep.hands_present():
@@ -342,7 +342,7 @@ def _stored_joints_2d(ep):
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
     """Episodes 0-2 of seed 5, kept in memory with the renderer's outputs and written to a store."""
-    from handvla.data.handworld.episodes import make_episode
+    from handvla.synth.handworld.episodes import make_episode
     from handvla.data.store import EpisodeWriter
 
     root = tmp_path_factory.mktemp("handworld") / "store"
@@ -355,7 +355,7 @@ def small_store(tmp_path_factory):
 
 
 def test_body_frame_is_the_motion_generators_workspace():
-    from handvla.data.handworld.episodes import sample_body
+    from handvla.synth.handworld.episodes import sample_body
 
     body = sample_body(np.random.default_rng(0))
     p_world = np.random.default_rng(1).uniform(-0.3, 0.5, (20, 3))
@@ -365,7 +365,7 @@ def test_body_frame_is_the_motion_generators_workspace():
 
 
 def test_episodes_are_deterministic_by_seed():
-    from handvla.data.handworld.episodes import make_episode
+    from handvla.synth.handworld.episodes import make_episode
 
     cfg = _cfg(seconds=2.0)
     a = make_episode(1, 7, cfg).episode
@@ -382,7 +382,7 @@ def test_episodes_are_deterministic_by_seed():
 def test_written_episodes_read_back_and_reproject_onto_the_renderers_joints(small_store):
     import json
 
-    from handvla.data.handworld.episodes import generate_episodes, make_episode
+    from handvla.synth.handworld.episodes import generate_episodes, make_episode
     from handvla.data.store import EpisodeStore
 
     root, cfg, results = small_store
@@ -427,7 +427,7 @@ def test_written_episodes_read_back_and_reproject_onto_the_renderers_joints(smal
 
 
 def test_targets_are_in_view_and_drawn(small_store):
-    from handvla.data.handworld.cameras import RigCamera
+    from handvla.synth.handworld.cameras import RigCamera
 
     _, _, results = small_store
     checked = 0
@@ -454,7 +454,7 @@ def test_targets_are_in_view_and_drawn(small_store):
 
 
 def _episode_with(task, index=0, **kw):
-    from handvla.data.handworld.episodes import make_episode
+    from handvla.synth.handworld.episodes import make_episode
 
     return make_episode(index, 11, _cfg(tasks=(task,), seconds=4.0, **kw), keep_labels=True)
 
@@ -526,8 +526,8 @@ def test_cli_handworld_and_view(small_store, tmp_path):
     import argparse
 
     from handvla.commands import _data_handworld as H
-    from handvla.data.handworld.episodes import TASKS
-    from handvla.data.video import read_video
+    from handvla.synth.handworld.episodes import TASKS
+    from handvla.video import read_video
 
     root, _, _ = small_store
     parser = argparse.ArgumentParser()

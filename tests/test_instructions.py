@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handvla.data.instructions.build import BuildConfig, build_instructions, collect_candidates, read_manifest
-from handvla.data.instructions.sampling import (
+from handvla.language.instructions.build import BuildConfig, build_instructions, collect_candidates, read_manifest
+from handvla.language.instructions.sampling import (
     DEFAULT_TASK_WEIGHTS,
     BalanceConfig,
     balanced_sample,
     largest_remainder,
     parse_task_weights,
 )
-from handvla.data.instructions.templates import (
+from handvla.language.instructions.templates import (
     ALLOWED_FIELDS,
     IMAGE_TOKEN,
     MOTION_TOKEN,
@@ -219,9 +219,9 @@ def stores(tmp_path_factory) -> list[Path]:
     """Two small stores (two sources), annotated with the rule backend; one episode left unannotated."""
     import torch
 
-    from handvla.data.annotate.rules import RuleAnnotator
-    from handvla.data.annotate.run import annotate_store
-    from handvla.data.builtin_motion import sample_labelled_sequence
+    from handvla.language.annotate.rules import RuleAnnotator
+    from handvla.language.annotate.run import annotate_store
+    from handvla.synth.builtin_motion import sample_labelled_sequence
     from handvla.data.schema import Camera, Episode
     from handvla.data.store import EpisodeWriter
 
@@ -312,7 +312,7 @@ def test_manifest_samples_are_consistent_and_deterministic(stores, tmp_path):
     recs3 = read_manifest(out3)
     assert len(recs3) == 400 and [r["id"] for r in recs3] != [r["id"] for r in recs]
     # the generation prompt carries the annotation's own instruction for that span and hand
-    from handvla.data.annotate.table import load_annotations
+    from handvla.language.annotate.table import load_annotations
 
     anns = load_annotations(stores[0])
     gen = [

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from handvla.data.builtin_motion import sample_sequence
-from handvla.data.video import VideoWriter, read_video, video_info, write_video
+from handvla.synth.builtin_motion import sample_sequence
+from handvla.video import VideoWriter, read_video, video_info, write_video
 from handvla.errors import InputError, MissingResourceError
 from handvla.hand.model import BuiltinHand
 from handvla.hand.render import (

@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handvla.data import video as V
+from handvla import video as V
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
 from handvla.robot.evaluate import evaluate_open_loop
 from handvla.robot.lerobot_format import (

@@ -7,9 +7,9 @@ import pytest
 from scipy.spatial.transform import Rotation, Slerp
 
 from handvla.data.schema import Camera, Episode
-from handvla.data.sources import get_source
-from handvla.data.sources.base import SourceEpisode
-from handvla.data.standardize import (
+from handvla.ingest.sources import get_source
+from handvla.ingest.sources.base import SourceEpisode
+from handvla.ingest.standardize import (
     HandModels,
     ParamTrack,
     StandardizeConfig,

@@ -167,7 +167,7 @@ def test_checkpoint_training_stores(tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
     from handvla.tokenizer.modeling import MotionTokenizer
     from handvla.vla import build_vla, save_vla

@@ -18,7 +18,7 @@ from handvla.cli import main
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.data.store import EpisodeStore
     from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
     from handvla.tokenizer.modeling import MotionTokenizer
@@ -56,7 +56,7 @@ def _run(capsys, argv):
 def test_generate_writes_valid_outputs(setup, capsys):
     root, store, ckpt, mt, intr, ep = setup
     from handvla.commands.generate import load_generated
-    from handvla.data.video import read_video
+    from handvla.video import read_video
 
     out = root / "gen"
     argv = ["generate", "--ckpt", str(ckpt), "--image", str(root / "frame.png"), "--intrinsics", intr,

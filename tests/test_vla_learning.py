@@ -26,7 +26,7 @@ LAYOUT = dict(id_layout="per_layer", token_order="layer_group_time")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
 
     root = tmp_path_factory.mktemp("vla_learning")
     store = root / "hw"

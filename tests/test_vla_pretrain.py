@@ -27,7 +27,7 @@ from handvla.vla.processing import IGNORE_INDEX, hands_for_mode, warp_to_canonic
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
 
     root = tmp_path_factory.mktemp("vla_pretrain")
     store = root / "hw"
@@ -187,7 +187,7 @@ def test_pretrain_learns_and_resumes_exactly(world, monkeypatch):
 
 def test_manifest_samples(world, tmp_path):
     root, store, mt = world
-    from handvla.data.instructions import build_instructions
+    from handvla.language.instructions import build_instructions
 
     manifest = tmp_path / "m.jsonl"
     build_instructions([store], manifest, size=24, seed=0, progress=False)

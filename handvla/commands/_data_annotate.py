@@ -42,9 +42,9 @@ def _positive_float(text: str) -> float:
 def run_annotate(args: argparse.Namespace) -> int:
     import torch
 
-    from handvla.data.annotate.run import annotate_store
-    from handvla.data.annotate.segments import SegmentConfig
-    from handvla.data.annotate.table import ANNOTATIONS_DIR
+    from handvla.language.annotate.run import annotate_store
+    from handvla.language.annotate.segments import SegmentConfig
+    from handvla.language.annotate.table import ANNOTATIONS_DIR
     from handvla.errors import InputError
 
     # clips run in parallel threads; torch's own threads would only fight them for the cores
@@ -58,11 +58,11 @@ def run_annotate(args: argparse.Namespace) -> int:
         frame_rate_hz=args.frame_rate,
     )
     if args.backend == "rules":
-        from handvla.data.annotate.rules import RuleAnnotator
+        from handvla.language.annotate.rules import RuleAnnotator
 
         annotator = RuleAnnotator(mano_dir=args.mano_dir)
     else:
-        from handvla.data.annotate.openai_backend import OpenAIAnnotator, OpenAIConfig
+        from handvla.language.annotate.openai_backend import OpenAIAnnotator, OpenAIConfig
 
         cfg = OpenAIConfig.from_env(
             url=args.url,
@@ -189,8 +189,8 @@ def add_annotate_parser(sub) -> None:
 
 
 def run_instructions(args: argparse.Namespace) -> int:
-    from handvla.data.instructions.build import BuildConfig, build_instructions
-    from handvla.data.instructions.sampling import DEFAULT_TASK_WEIGHTS, BalanceConfig, parse_task_weights
+    from handvla.language.instructions.build import BuildConfig, build_instructions
+    from handvla.language.instructions.sampling import DEFAULT_TASK_WEIGHTS, BalanceConfig, parse_task_weights
     from handvla.errors import ConfigError
 
     weights = parse_task_weights(args.proportions) if args.proportions else dict(DEFAULT_TASK_WEIGHTS)

@@ -3,7 +3,7 @@
     handvla data build --config unihand.yaml --out stores/unihand [--workers 4] [--shard i/n] [--limit N]
     handvla data merge stores/unihand stores/shard_0 stores/shard_1 ...
 
-See ``handvla.data.build`` for the config and what a build does.
+See ``handvla.ingest.build`` for the config and what a build does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from handvla.commands._util import print_json
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from handvla.data.build import build, load_build_config, parse_shard
+    from handvla.ingest.build import build, load_build_config, parse_shard
 
     cfg = load_build_config(args.config)
     summary = build(
@@ -30,7 +30,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from handvla.data.build import merge_stores
+    from handvla.ingest.build import merge_stores
 
     print_json(merge_stores(args.out, args.inputs, progress=not args.no_progress))
     return 0
@@ -44,7 +44,7 @@ def register(sub) -> None:
         "15 fps), align to the canonical camera, add balancing copies and write the store. Episodes "
         "already in the store are skipped; failures are reported in OUT/build_report.jsonl and skipped.",
     )
-    p.add_argument("--config", required=True, help="build config (YAML): see handvla.data.build")
+    p.add_argument("--config", required=True, help="build config (YAML): see handvla.ingest.build")
     p.add_argument("--out", required=True, help="the store folder (created or resumed)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's)")
     p.add_argument("--shard", default=None, help="i/n: build only shard i of n (by a stable key hash)")

@@ -18,8 +18,8 @@ from handvla.errors import InputError
 
 
 def run_handworld(args: argparse.Namespace) -> int:
-    from handvla.data.handworld.cameras import parse_rigs, parse_size
-    from handvla.data.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.synth.handworld.cameras import parse_rigs, parse_size
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
 
     width, height = parse_size(args.size)
     cfg = HandWorldConfig(
@@ -82,7 +82,7 @@ def _object_marks(ep, T: int):
     gt = ep.ground_truth or {}
     if ep.source != "handworld" or "targets" not in gt or "camera" not in gt:
         return None
-    from handvla.data.handworld.cameras import RigCamera
+    from handvla.synth.handworld.cameras import RigCamera
 
     cam = RigCamera.from_dict(gt["camera"])
     tracks = gt.get("object_tracks", {})
@@ -103,7 +103,7 @@ def run_view(args: argparse.Namespace) -> int:
     from PIL import Image, ImageDraw
 
     from handvla.data.store import EpisodeStore
-    from handvla.data.video import VideoWriter
+    from handvla.video import VideoWriter
     from handvla.hand import render as HR
 
     store = EpisodeStore(args.dir)

@@ -59,7 +59,7 @@ from handvla.atomic import (
     is_tmp_name,
     tmp_path,
 )
-from handvla.data import video as V
+from handvla import video as V
 from handvla.data.schema import (
     CODEBASE_VERSION,
     DATA_PATH,

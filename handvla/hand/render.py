@@ -16,7 +16,7 @@ Cameras follow OpenCV: x right, y down, z forward, pixel ``u = fx X / Z + cx``. 
 
 ``render_side_by_side`` draws two sets of hands (e.g. ground truth and a tokenizer's reconstruction) under
 one shared virtual camera, next to each other, with titles. ``render_video`` and ``render_motions`` write
-MP4 or GIF files through ``handvla.data.video``.
+MP4 or GIF files through ``handvla.video``.
 """
 
 from __future__ import annotations
@@ -628,7 +628,7 @@ def render_side_by_side(before, after, **kwargs) -> np.ndarray:
 def render_video(path: str | Path, hands, fps: float = 15.0, compare=None, **kwargs) -> Path:
     """Render hands (and, with ``compare``, a side-by-side against a second set) to an MP4 or GIF file,
     chosen by the extension, written atomically. Other arguments as ``iter_frames`` / ``iter_side_by_side``."""
-    from handvla.data.video import VideoWriter
+    from handvla.video import VideoWriter
 
     frames = iter_frames(hands, **kwargs) if compare is None else iter_side_by_side(hands, compare, **kwargs)
     with VideoWriter(path, fps=fps) as w:

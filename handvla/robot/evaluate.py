@@ -211,7 +211,7 @@ def evaluate_closed_loop(
             steps += ro.length
             per_seed.append(ro.summary())
             if record:
-                from handvla.data.video import write_video
+                from handvla.video import write_video
 
                 Path(video_dir).mkdir(parents=True, exist_ok=True)
                 write_video(Path(video_dir) / f"{task}_seed{s}.mp4", ro.images, fps=sim.fps)

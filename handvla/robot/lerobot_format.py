@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from handvla.atomic import atomic_write_json, atomic_write_parquet, is_tmp_name
-from handvla.data import video as V
+from handvla import video as V
 from handvla.data.schema import (
     CODEBASE_VERSION,
     DATA_PATH,

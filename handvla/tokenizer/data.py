@@ -1,7 +1,7 @@
 """Training and evaluation data for the motion tokenizer: hand motions -> feature clips -> random windows.
 
 Sources (``load_sources``):
-- ``builtin``: procedural motion from ``handvla.data.builtin_motion.generate_dataset`` (left and right).
+- ``builtin``: procedural motion from ``handvla.synth.builtin_motion.generate_dataset`` (left and right).
 - joint files (``.npz`` with ``joints``, the layout of ``/work/shared/data/real_hands``): resampled to the
   tokenizer's fps (``JointsRecording.resample``) and fitted to hand parameters
   (``handvla.hand.fitting.fit_recording``); fits are cached by file content when a cache folder is given.
@@ -171,7 +171,7 @@ def load_motion_file(path: str, fps: float, fit_cache: str | Path | None = None)
 
 
 def builtin_motions(n_sequences: int, seconds: float, seed: int, fps: float) -> list[LoadedMotion]:
-    from handvla.data.builtin_motion import generate_dataset
+    from handvla.synth.builtin_motion import generate_dataset
 
     motions = generate_dataset(n_sequences, seconds, seed=seed, fps=fps)
     return [LoadedMotion(f"builtin_{seed}_{i}", m, BUILTIN) for i, m in enumerate(motions)]

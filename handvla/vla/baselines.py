@@ -39,7 +39,7 @@ PRETRAIN_CONFIG_NAME = "pretrain_config.json"
 _WORD = re.compile(r"[a-z0-9]+")
 #: "left hand", "right hands", "both hands": hand words, never directions
 _HAND_PHRASE = re.compile(r"\b(?:left|right|both)\s+hands?\b")
-#: how HandWorld says its directions (``handvla.data.handworld.episodes.DIRECTIONS``), as patterns
+#: how HandWorld says its directions (``handvla.synth.handworld.episodes.DIRECTIONS``), as patterns
 _DIRECTION_PATTERNS: dict[str, re.Pattern] = {
     "left": re.compile(r"\bleft\b"),
     "right": re.compile(r"\bright\b"),
@@ -85,8 +85,8 @@ def instruction_template(instruction: str, ground_truth: dict[str, Any] | None =
     (``ground_truth["task"]`` one of ``TEMPLATES``) the generator's template, as ``"task: template"``
     (e.g. ``"push: push the {obj} {dir}"``); otherwise the normalised text with hand phrases, direction
     phrases, colour words and object nouns replaced by ``{hand}``, ``{dir}``, ``{colour}``, ``{noun}``."""
-    from handvla.data.handworld.episodes import DIRECTIONS, TEMPLATES
-    from handvla.data.handworld.scene import PALETTE, SHAPE_NOUNS
+    from handvla.synth.handworld.episodes import DIRECTIONS, TEMPLATES
+    from handvla.synth.handworld.scene import PALETTE, SHAPE_NOUNS
 
     text = normalise_text(instruction)
     task = (ground_truth or {}).get("task")
@@ -227,7 +227,7 @@ class TrainingReference:
     def constant_text(self) -> str:
         """The input-free translation: the most frequent training target object ("the red cube", ties by
         first occurrence) and the most frequent direction phrase ("" when none)."""
-        from handvla.data.handworld.episodes import DIRECTIONS
+        from handvla.synth.handworld.episodes import DIRECTIONS
 
         objs = Counter(o for e in self.entries for o in e.objects)
         dirs = Counter(e.direction for e in self.entries if e.direction in DIRECTIONS)

@@ -9,7 +9,7 @@ Task types (Being-H0's physical instruction data, docs/being-h0-reference.md sec
 
 Where samples come from (`collect_samples`):
 
-- an instruction manifest (``handvla.data.instructions``, ``.jsonl`` / ``.parquet``): each record names the
+- an instruction manifest (``handvla.language.instructions``, ``.jsonl`` / ``.parquet``): each record names the
   store, episode, target span, hands, task type and the filled prompt / answer text;
 - or, without a manifest, straight from the episodes of the stores: the episode's task text with the
   reference prompts of ``handvla.vla.processing`` (`generation_prompt`, `translation_prompt`,
@@ -75,7 +75,7 @@ TASK_TYPES = ("generation", "translation", "prediction")
 #: UniHand-2.5M proportions: 1.6M generation, 0.4M translation, 0.5M contextual prediction
 DEFAULT_TASK_MIX = {"generation": 1.6, "translation": 0.4, "prediction": 0.5}
 SIDE_CODE = {"left": 0, "right": 1}
-#: fields every instruction-manifest record must have (``handvla.data.instructions.build.make_sample``)
+#: fields every instruction-manifest record must have (``handvla.language.instructions.build.make_sample``)
 REQUIRED_RECORD_FIELDS = (
     "dataset",
     "episode_index",
@@ -264,7 +264,7 @@ def collect_samples(
 
     With ``cfg.manifest`` the records of the manifest (filtered by task types with a positive weight and by
     ``hand_modes``; ``size`` draws a seeded subset); else candidates from the episodes of ``cfg.stores``,
-    balanced over task types by ``task_mix`` (``handvla.data.instructions.sampling.balanced_sample``) when
+    balanced over task types by ``task_mix`` (``handvla.language.instructions.sampling.balanced_sample``) when
     ``size`` is given, all of them otherwise.
     """
     if split not in ("train", "val", "all"):
@@ -294,7 +294,7 @@ def collect_samples(
                 pool.extend(specs)
     report: dict[str, Any] = {"episodes": n_episodes, "candidates": len(pool)}
     if cfg.size is not None and pool:
-        from handvla.data.instructions.sampling import BalanceConfig, balanced_sample
+        from handvla.language.instructions.sampling import BalanceConfig, balanced_sample
 
         sel, bal = balanced_sample(
             {k: np.asarray(v, np.int64) for k, v in strata.items()},
@@ -310,7 +310,7 @@ def collect_samples(
 
 
 def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec], list[str], dict[str, Any]]:
-    from handvla.data.instructions.build import read_manifest
+    from handvla.language.instructions.build import read_manifest
 
     path = Path(cfg.manifest)
     records = read_manifest(path)

@@ -1,6 +1,6 @@
 """Measuring a motion VLA on HandWorld ground truth.
 
-For each held-out HandWorld episode (``handvla.data.handworld``): the VLA sees the episode's first frame
+For each held-out HandWorld episode (``handvla.synth.handworld``): the VLA sees the episode's first frame
 (warped to the canonical camera when the model was trained with alignment) and its instruction, and
 generates ``seconds`` of motion for the acting hand(s) with the block-constrained decoder
 (``handvla.vla.generation``); the motion tokenizer decodes the ids to ``HandMotion`` (camera frame) with
@@ -685,7 +685,7 @@ def _evaluate_prediction(
 
 
 def _object_phrase(obj: dict[str, Any]) -> str:
-    from handvla.data.handworld.scene import SHAPE_NOUNS
+    from handvla.synth.handworld.scene import SHAPE_NOUNS
 
     return f"the {obj['colour']} {SHAPE_NOUNS.get(obj['shape'], obj['shape'])}"
 

@@ -144,7 +144,7 @@ def write_jpgs(paths: list[Path], size=(32, 24)) -> None:
 
 
 def write_mp4(path: Path, T: int, size=(32, 24), fps: float = 30.0) -> Path:
-    from handvla.data.video import write_video
+    from handvla.video import write_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.zeros((T, size[1], size[0], 3), np.uint8)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handvla.data.schema import Camera
-from handvla.data.sources.base import (
+from handvla.ingest.sources.base import (
     SourceEpisode,
     as_array,
     invert_rigid,

@@ -7,7 +7,7 @@ import pytest
 from fixtures import mano, mano_folder, mano_joints_raw, project_joints, write_dexycb
 
 from handvla.data.schema import Episode
-from handvla.data.sources.dexycb import DexYCBSource
+from handvla.ingest.sources.dexycb import DexYCBSource
 from handvla.errors import InputError, MissingResourceError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures import write_egodex
 
-from handvla.data.sources.egodex import EgoDexSource
+from handvla.ingest.sources.egodex import EgoDexSource
 from handvla.errors import ConfigError, InputError
 
 h5py = pytest.importorskip("h5py")  # an optional dependency: only EgoDex needs it

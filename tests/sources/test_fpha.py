@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures import write_fpha
 
-from handvla.data.sources.fpha import FPHASource
+from handvla.ingest.sources.fpha import FPHASource
 from handvla.errors import InputError
 
 

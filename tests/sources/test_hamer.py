@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures import hamer_reference, mano, mano_folder, mano_joints_raw, project_joints, write_hamer
 
-from handvla.data.sources.hamer import HaMeRSource
+from handvla.ingest.sources.hamer import HaMeRSource
 from handvla.errors import InputError, MissingResourceError
 
 

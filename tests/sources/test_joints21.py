@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures import write_joints21
 
-from handvla.data.sources.joints21 import Joints21Source
+from handvla.ingest.sources.joints21 import Joints21Source
 from handvla.errors import InputError
 from handvla.hand.io import resample_joints
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fixtures import mano, mano_folder, project_joints, write_oakink2
 
-from handvla.data.sources.oakink2 import OakInk2Source
+from handvla.ingest.sources.oakink2 import OakInk2Source
 from handvla.errors import ConfigError, InputError
 
 

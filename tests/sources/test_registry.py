@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from handvla.data.schema import Episode
-from handvla.data.sources import SOURCE_KINDS, SOURCES, SourceEpisode, describe_sources, get_source
+from handvla.ingest.sources import SOURCE_KINDS, SOURCES, SourceEpisode, describe_sources, get_source
 from handvla.errors import ConfigError, MissingResourceError
 
 EXPECTED = {"egodex", "arctic", "dexycb", "hoi4d", "h2o", "taco", "fpha", "oakink2", "joints21", "hamer"}

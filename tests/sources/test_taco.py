@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures import mano, mano_folder, project_joints, write_taco
 
-from handvla.data.sources.taco import TACOSource, task_text
+from handvla.ingest.sources.taco import TACOSource, task_text
 from handvla.errors import InputError
 
 

@@ -1,0 +1,1 @@
+"""Language over hand motion: hierarchical text annotation and the instruction data built from it."""

@@ -1,0 +1,1 @@
+"""Synthetic data: built-in hand motion and the HandWorld rendered-scene generator."""
