@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def _make_builtin_store(root: Path, n: int, seed: int) -> None:
-    from handvla.synth.builtin_motion import sample_labelled_sequence
-    from handvla.data.schema import Camera, Episode
+    from handvla.camera import Camera
+    from handvla.data.schema import Episode
     from handvla.data.store import EpisodeWriter
+    from handvla.synth.builtin_motion import sample_labelled_sequence
 
     cam = Camera(736.6, 736.6, 960.0, 540.0, 1920, 1080)
     with EpisodeWriter(root, fps=15.0, hand_model="builtin", joints=False, camera=None) as w:
@@ -59,11 +60,11 @@ def _main_term(v_cam: np.ndarray) -> str:
 
 def accuracy(store_dir: Path, annotations: dict) -> dict:
     """Per-attribute accuracy of the rule annotations of a HandWorld store against its ground truth."""
+    from handvla.data.store import EpisodeStore
     from handvla.language.annotate import rules as R
     from handvla.language.annotate.run import load_clip, store_clips
     from handvla.language.annotate.segments import SegmentConfig
     from handvla.synth.handworld.episodes import DIRECTIONS
-    from handvla.data.store import EpisodeStore
 
     store = EpisodeStore(store_dir)
     seg = SegmentConfig()
@@ -225,9 +226,9 @@ def main() -> None:
     from handvla.language.annotate.rules import RuleAnnotator
     from handvla.language.annotate.run import annotate_store
     from handvla.language.annotate.table import AnnotationTable
-    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.language.instructions.build import build_instructions
     from handvla.language.instructions.templates import TEMPLATES, fill
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
 
     tmp = tempfile.TemporaryDirectory() if args.keep is None else None
     work = Path(args.keep or tmp.name)

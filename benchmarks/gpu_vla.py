@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gc
 import importlib
 import importlib.util
@@ -229,13 +228,15 @@ def build_bundle(preset: str, tile: int, text_vocab_rows: int, seed: int = 0):
     a small BPE text tokenizer; with ``text_vocab_rows`` > 0 the embedding and LM head are padded to that many
     text rows plus the added motion vocabulary, as a real InternVL3 -hf tokenizer would give (the padding
     rows are never produced by the tokenizer but cost what real rows cost). Returns (bundle, info)."""
-    from handvla.vla.configuration import PRESETS, MotionLayout
+    from handvla.tokenizer.configuration import TokenizerConfig
+    from handvla.tokenizer.layout import token_layout
+    from handvla.vla.configuration import PRESETS
     from handvla.vla.modeling import build_vla
     from handvla.vla.processing import generation_prompt
     from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer
 
     t0 = time.perf_counter()
-    layout = MotionLayout()
+    layout = token_layout(TokenizerConfig())
     corpus = list(DEFAULT_CORPUS) + [generation_prompt(t, s, m) for t in TASKS for s in (1, 2)
                                      for m in ("left", "right", "both")]  # fmt: skip
     tok = build_text_tokenizer(corpus, vocab_size=1024)
@@ -247,7 +248,7 @@ def build_bundle(preset: str, tile: int, text_vocab_rows: int, seed: int = 0):
     model = bundle.model
     added = len(tok) - text_tokens  # image tokens + <mot> </mot> <MOT_NOOP> + motion ids
     rows = model.get_input_embeddings().weight.shape[0]
-    target = int(text_vocab_rows) + layout.num_motion_ids + 3 if text_vocab_rows else rows
+    target = int(text_vocab_rows) + layout.vocab_size + 3 if text_vocab_rows else rows
     if target > rows:
         model.resize_token_embeddings(target, mean_resizing=False)
         model.config.text_config.vocab_size = target
@@ -255,7 +256,7 @@ def build_bundle(preset: str, tile: int, text_vocab_rows: int, seed: int = 0):
         "preset": preset,
         "tile": int(tile),
         "tokens_per_tile": int(model.config.tokens_per_tile),
-        "motion_ids": layout.num_motion_ids,
+        "motion_ids": layout.vocab_size,
         "tokenizer_tokens": len(tok),
         "tokenizer_added_tokens": added,
         "vocab_rows": int(model.get_input_embeddings().weight.shape[0]),
@@ -346,7 +347,7 @@ def synthetic_samples(processor, n: int, tile: int, seed: int) -> list[tuple[Any
         mode = ("left", "right", "both")[int(rng.integers(3))]
         seconds = int(rng.integers(1, 3))
         hands = len(hands_for_mode(mode))
-        u = rng.random((seconds, hands, layout.ids_per_block))
+        u = rng.random((seconds, hands, layout.tokens_per_block))
         motion = (ranges[:, 0] + np.floor(u * (ranges[:, 1] - ranges[:, 0]))).astype(np.int64)
         img = Image.fromarray(rng.integers(0, 256, (tile, tile, 3), dtype=np.uint8))
         prompt = generation_prompt(TASKS[i % len(TASKS)], seconds, mode, fps)
@@ -560,7 +561,7 @@ def section_generation(args, ctx: dict[str, Any]) -> dict[str, Any]:
         "decoding": "greedy, MotionBlockConstraint (restrict_parts)",
         "motion_seconds": seconds,
         "hand_mode": hand_mode,
-        "motion_tokens_per_sample": seconds * proc.vocab.layout.ids_per_block,
+        "motion_tokens_per_sample": seconds * proc.vocab.layout.tokens_per_block,
         "warmup_seconds": time.perf_counter() - t0,
         "batches": {},
     }
@@ -577,7 +578,7 @@ def section_generation(args, ctx: dict[str, Any]) -> dict[str, Any]:
             motion_tokens = int(sum(m.size for m in gen.motion))
             runs.append({"seconds": dt, "motion_tokens": motion_tokens, "new_tokens_per_row": new,
                          "prompt_length": int(gen.prompt_length),
-                         "valid": all(m.shape == (seconds, 1, proc.vocab.layout.ids_per_block) for m in gen.motion)})  # fmt: skip
+                         "valid": all(m.shape == (seconds, 1, proc.vocab.layout.tokens_per_block) for m in gen.motion)})  # fmt: skip
         best = min(runs, key=lambda r: r["seconds"])
         med = float(np.median([r["seconds"] for r in runs]))
         out["batches"][str(b)] = {
@@ -628,7 +629,7 @@ def section_small_handworld(args, ctx: dict[str, Any]) -> dict[str, Any]:
 
     hw = ctx["sizes"]["handworld"]
     mod, src = _load_vla_learning()
-    fields = {f.name for f in dataclasses.fields(DemoConfig)}
+    fields = set(DemoConfig.model_fields)
     sets: list[str] = []
     notes: list[str] = []
     preset_fields = sorted(f for f in fields if "preset" in f and not f.startswith("tokenizer"))

@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from handvla.synth.handworld.cameras import parse_size
-    from handvla.synth.handworld.episodes import HandWorldConfig, hand_joints, make_episode
     from handvla.data.store import EpisodeStore, EpisodeWriter
+    from handvla.hand.registry import motion_joints
+    from handvla.synth.handworld.cameras import parse_size
+    from handvla.synth.handworld.episodes import HandWorldConfig, make_episode
 
     w, h = parse_size(args.size)
     cfg = HandWorldConfig(width=w, height=h, seconds=args.seconds)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             ep = store.load_episode(k, with_video=False)
             for side, uv in res.joints_2d.items():
                 e1 = np.linalg.norm(ep.camera.project(ep.joints[side]) - uv, axis=-1)
-                e2 = np.linalg.norm(ep.camera.project(hand_joints(ep.hands[side])) - uv, axis=-1)
+                e2 = np.linalg.norm(ep.camera.project(motion_joints(ep.hands[side])) - uv, axis=-1)
                 err_joints.append(e1[np.isfinite(e1)])
                 err_params.append(e2[np.isfinite(e2)])
                 visible.append(res.joints_visible[side].mean())

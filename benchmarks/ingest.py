@@ -36,23 +36,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from handvla.camera import Camera  # noqa: E402
+from handvla.data.schema import Episode  # noqa: E402
+from handvla.hand import rotations as R  # noqa: E402
+from handvla.hand.fitting import fit_joints  # noqa: E402
+from handvla.hand.model import BuiltinHand  # noqa: E402
+from handvla.hand.motion import interp_points  # noqa: E402
+from handvla.hand.registry import motion_joints  # noqa: E402
 from handvla.ingest.align import AlignConfig, align_episode  # noqa: E402
-from handvla.data.schema import Camera, Episode  # noqa: E402
 from handvla.ingest.sources import get_source  # noqa: E402
 from handvla.ingest.standardize import (  # noqa: E402
     ParamTrack,
     StandardizeConfig,
-    aa_to_quat,
     fill_gaps,
-    interp_points,
-    model_joints,
     outlier_frames,
-    quat_to_aa,
     repair_swaps,
     standardize_episode,
 )
-from handvla.hand.fitting import fit_joints  # noqa: E402
-from handvla.hand.model import BuiltinHand  # noqa: E402
 
 PAIRS = ("leap_three-claps", "leap_flapping", "leap_confidence2")
 
@@ -120,7 +120,7 @@ def bench_swaps(fitted: dict, cfg: StandardizeConfig, seeds: int) -> dict:
         L, R = tr["left"], tr["right"]
         T = len(L)
         models = {"left": BuiltinHand("left"), "right": BuiltinHand("right")}
-        truth = {s: model_joints(models[s], t.to_motion(15.0)) for s, t in tr.items()}
+        truth = {s: motion_joints(t.to_motion(15.0), models[s]) for s, t in tr.items()}
         rec_ok = rec_all = fm = 0
         for seed in range(seeds):
             rng = np.random.default_rng(seed)
@@ -150,10 +150,10 @@ def bench_swaps(fitted: dict, cfg: StandardizeConfig, seeds: int) -> dict:
                         tracks[s].valid &= ~sw.moved[s]
                         tracks[s] = fill_gaps(tracks[s], cfg.max_gap_frames)[0]
                 for s, frames_sel in (("left", ex), ("right", ex | one)):
-                    j = model_joints(models[s], tracks[s].to_motion(15.0))
+                    j = motion_joints(tracks[s].to_motion(15.0), models[s])
                     ok = tracks[s].valid & frames_sel
                     sink.extend((1000 * np.linalg.norm(j - truth[s], axis=-1).mean(-1))[ok].tolist())
-            jl = model_joints(models["left"], Li.to_motion(15.0))
+            jl = motion_joints(Li.to_motion(15.0), models["left"])
             err_none.extend((1000 * np.linalg.norm(jl - truth["left"], axis=-1).mean(-1))[ex].tolist())
         per[key] = {"frames": T, "swapped_frames": rec_all, "repaired": rec_ok, "false_moves": fm}
         moved_ok += rec_ok
@@ -185,12 +185,12 @@ def bench_gaps(fitted: dict, cfg: StandardizeConfig) -> dict:
     for key, (ep, res) in fitted.items():
         for side, tr in _tracks(res).items():
             model = BuiltinHand(side)
-            truth = model_joints(model, tr.to_motion(15.0))
+            truth = motion_joints(tr.to_motion(15.0), model)
             gap = _gap_mask(len(tr), np.random.default_rng(len(key)))
             holed = tr.copy()
             holed.valid[gap] = False
             filled, _ = fill_gaps(holed, cfg.max_gap_frames)
-            e = 1000 * np.linalg.norm(model_joints(model, filled.to_motion(15.0)) - truth, axis=-1).mean(-1)
+            e = 1000 * np.linalg.norm(motion_joints(filled.to_motion(15.0), model) - truth, axis=-1).mean(-1)
             param_err.extend(e[gap].tolist())
             for a, b in _runs(gap):
                 by_len.setdefault(b - a, []).extend(e[a:b].tolist())
@@ -245,9 +245,9 @@ def bench_outliers(fitted: dict, cfg: StandardizeConfig) -> dict:
                 if n % 3 == 0:
                     bad.wrist[s] += 0.08 * d
                 elif n % 3 == 1:
-                    bad.go[s] = aa_to_quat(quat_to_aa(bad.go[s]) + 1.2 * d)
+                    bad.go[s] = R.axis_angle_to_quaternion(R.quaternion_to_axis_angle(bad.go[s]) + 1.2 * d)
                 else:
-                    bad.pose[s] = aa_to_quat(rng.normal(0, 0.8, (15, 3)))
+                    bad.pose[s] = R.axis_angle_to_quaternion(rng.normal(0, 0.8, (15, 3)))
             f = outlier_frames(bad, cfg)
             hit += int(f[spikes].sum())
             injected += len(spikes)

@@ -31,6 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from handvla.commands._util import print_json  # noqa: E402
+from handvla.policy import HandVLAPolicy, HandVLAPolicyModel, Normalizer, PolicyConfig  # noqa: E402
+from handvla.robot.client import PolicyClient  # noqa: E402
+from handvla.robot.protocol import pack  # noqa: E402
+from handvla.robot.server import PolicyServer  # noqa: E402
+from handvla.vla import build_vla  # noqa: E402
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
@@ -39,11 +44,6 @@ def _stats(ms: list[float]) -> dict[str, float]:
 
 
 def build_policy(preset: str, image_size: int, chunk: int, device: str):
-    from handvla.robot.action_head import HandVLAPolicyModel, PolicyConfig
-    from handvla.robot.normalize import Normalizer
-    from handvla.robot.policy import HandVLAPolicy
-    from handvla.vla import build_vla
-
     cfg = PolicyConfig(
         state_dim=39,
         action_dim=30,
@@ -52,7 +52,7 @@ def build_policy(preset: str, image_size: int, chunk: int, device: str):
         image_shapes=[[image_size, image_size, 3]],
         default_task="relocate the ball to the target",
     )
-    model = HandVLAPolicyModel.from_vla(build_vla(preset), cfg, max_tiles=1)
+    model = HandVLAPolicyModel.from_vla(build_vla(preset), cfg)  # config.max_tiles: one tile per camera
     rng = np.random.default_rng(0)
     model.normalizer = Normalizer.from_arrays(
         {"observation.state": rng.normal(size=(100, 39)), "action": rng.uniform(-1, 1, (100, 30))},
@@ -76,12 +76,6 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-
-    from handvla.robot.client import PolicyClient
-    from handvla.robot.policy import HandVLAPolicy
-    from handvla.robot.protocol import pack
-    from handvla.robot.server import PolicyServer
-
     t0 = time.perf_counter()
     policy = (
         HandVLAPolicy.load(args.ckpt, device=args.device)
@@ -111,7 +105,7 @@ def main() -> int:
         t1 = time.perf_counter()
         with torch.inference_mode():
             pred = policy.model(**batch).actions[0].float().cpu().numpy()
-        policy.normalizer.unnormalize(policy.config.action_key, pred)
+        policy.processor.postprocess(pred, policy.normalizer)
         sync()
         t2 = time.perf_counter()
         policy.infer(o)

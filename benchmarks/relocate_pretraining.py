@@ -21,24 +21,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from math import comb
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scipy.stats import binomtest  # noqa: E402
+
 from handvla.commands._util import print_json  # noqa: E402
+from handvla.policy import HandVLAPolicy  # noqa: E402
+from handvla.robot.evaluate import EVAL_SEED, run_sim_eval  # noqa: E402
+from handvla.robot.posttrain import load_posttrain_config, run_posttrain  # noqa: E402
+from handvla.robot.sim.expert import collect_demos  # noqa: E402
 
 CONFIG = ROOT / "configs" / "posttrain_relocate.yaml"
 VAL_EPISODES = 5
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pair counts."""
-    n, k = only_a + only_b, min(only_a, only_b)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
+    """Two-sided exact McNemar p-value from the discordant pair counts (a binomial test at p = 1/2)."""
+    n = only_a + only_b
+    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
 
 
 def main() -> int:
@@ -51,11 +54,6 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="training seed of both arms")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
-
-    from handvla.robot.evaluate import EVAL_SEED, run_sim_eval
-    from handvla.robot.policy import HandVLAPolicy
-    from handvla.robot.posttrain import load_posttrain_config, run_posttrain
-    from handvla.robot.sim.expert import collect_demos
 
     work = Path(args.work)
     demos = work / f"demos_{args.demos + VAL_EPISODES}"

@@ -16,15 +16,15 @@ import time
 
 import numpy as np
 
-from handvla.synth.builtin_motion import sample_sequence
+from handvla.camera import Camera
 from handvla.hand.render import (
-    Camera,
     HandTrack,
     render_frames,
     render_side_by_side,
     render_video,
     track_from_motion,
 )
+from handvla.synth.builtin_motion import sample_sequence
 
 
 def fps(fn, T):

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from handvla.robot.evaluate import wilson_interval
 from handvla.robot.sim import AdroitSim, RelocateExpert, collect_demos, rollout
+from handvla.stats import wilson_interval
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 50
 SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 0

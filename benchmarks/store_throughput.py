@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from handvla.data.schema import Camera, Episode
+from handvla.camera import Camera
+from handvla.data.schema import Episode
 from handvla.data.store import EpisodeStore, EpisodeWriter
 from handvla.hand.motion import HandMotion
 

@@ -27,7 +27,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -49,7 +48,7 @@ def _curve(run_dir: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from handvla.commands.demo import apply_overrides
+    from handvla.config import load_config
     from handvla.demo import DemoConfig, build_worlds, pretrain_vla, train_tokenizer
     from handvla.vla.baselines import load_training_reference
     from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld
@@ -75,9 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     held = a.heldout_episodes or _episodes_for_pairs(a.min_pairs)
     unseen = a.unseen_episodes or _episodes_for_pairs(a.min_pairs)
-    base = replace(DemoConfig(), train_episodes=a.train_episodes, heldout_episodes=held,
-                   unseen_rig_episodes=unseen, vla_max_steps=a.steps, vla_minutes=a.minutes)  # fmt: skip
-    cfg = apply_overrides(base, a.set)
+    base = DemoConfig(train_episodes=a.train_episodes, heldout_episodes=held,
+                      unseen_rig_episodes=unseen, vla_max_steps=a.steps, vla_minutes=a.minutes)  # fmt: skip
+    cfg = load_config(DemoConfig, None, a.set, base.model_dump(), "--set")
     t0 = time.perf_counter()
     worlds = build_worlds(cfg, out, progress=False)
     data_s = time.perf_counter() - t0
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "vla_learning",
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},  # fmt: skip
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+        "config": cfg.model_dump(mode="json"),
         "data_seconds": data_s,
         "tokenizer": tok_metrics,
         "trainings": {},
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, align in variants:
         run_out = out / name
         run_out.mkdir(exist_ok=True)
-        vcfg = replace(cfg, align=align)
+        vcfg = cfg.replace(align=align)
         t1 = time.perf_counter()
         ckpt = pretrain_vla(vcfg, run_out, worlds, tok_dir, progress=False)
         train_s = time.perf_counter() - t1

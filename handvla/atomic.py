@@ -1,9 +1,12 @@
-"""Atomic file writes: the one implementation every module uses.
+"""Atomic file writes and checked JSON reads: the one implementation every module uses.
 
 A file is written under a temporary name in its own folder (``.<name>.tmp-<pid>-<random>``) and renamed
 over the target, so a reader sees the old file or the new one, never half of one, and a crash leaves at
 most a temporary file that ``is_tmp_name`` recognises (stores delete those when they resume).
 ``durable=True`` also fsyncs the file and its folder, so the rename survives a power loss.
+
+``read_json`` is the reading side of ``atomic_write_json``: the parsed file, or an error that names the
+file and says what was expected (an existing file, valid JSON, a JSON object).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from handvla.errors import InputError
 
 TMP_MARK = ".tmp"
 
@@ -114,6 +119,34 @@ def atomic_write_json(path: str | Path, obj: Any, durable: bool = True, **dumps_
     return atomic_write_text(path, json.dumps(obj, **dumps_kwargs) + "\n", durable)
 
 
+_JSON_TYPES = {dict: "a JSON object", list: "a JSON array"}
+
+
+def read_json(path: str | Path, expect: type | None = dict, error: type[Exception] = InputError) -> Any:
+    """The parsed JSON of ``path``; ``expect``: the type it must have (dict, list, or None for any).
+
+    A missing, unreadable or unparsable file, or one of another type, raises ``error`` naming the file:
+    an ``InputError(path, None, expected, got)``, or for another error class (CheckpointError, ...) that
+    class with the same message."""
+    p = Path(path)
+
+    def fail(expected: str, got: str) -> Exception:
+        e = InputError(p, None, expected, got)
+        return e if error is InputError else error(str(e))
+
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise fail("an existing JSON file", "no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise fail("valid JSON", str(e)) from None
+    except OSError as e:
+        raise fail("a readable JSON file", f"{type(e).__name__}: {e}") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise fail(_JSON_TYPES.get(expect, f"JSON of type {expect.__name__}"), type(obj).__name__)
+    return obj
+
+
 def atomic_savez(path: str | Path, arrays: dict[str, Any], durable: bool = True) -> Path:
     """``np.savez`` (uncompressed) written atomically; the path is used as given (no '.npz' is added)."""
     import numpy as np
@@ -123,7 +156,9 @@ def atomic_savez(path: str | Path, arrays: dict[str, Any], durable: bool = True)
     return Path(path)
 
 
-def atomic_write_parquet(path: str | Path, table, row_group_size: int | None = None, durable: bool = True) -> Path:
+def atomic_write_parquet(
+    path: str | Path, table, row_group_size: int | None = None, durable: bool = True
+) -> Path:
     import pyarrow.parquet as pq
 
     with atomic_open(path, "wb", durable) as f:

@@ -1,6 +1,11 @@
-"""The ``handvla`` command. Each job lives in ``handvla/commands/<job>.py`` and defines
-``register(subparsers)``, adding its subcommand with ``set_defaults(func=...)``; they are found here
-automatically, so adding a job never touches this file.
+"""The ``handvla`` command.
+
+Every command lives in one module of ``handvla/commands/`` (``handvla data ...`` in ``data.py``,
+``handvla vla-eval`` in ``vla_eval.py``, ...), which defines ``register(subparsers)``: it adds its
+command and, for a command with subcommands (``_util.add_group``), each subcommand through a function
+``add_<name>(sub)`` listed in help order in the module's ``SUBCOMMANDS``. A subcommand's ``run_<name>(args)``
+does the work and returns the exit code; it imports the job's modules when it runs, so that ``--help``
+does not load torch. ``COMMANDS`` below lists the modules once, in help order.
 
 Errors caused by input (``handvla.errors.HandvlaError``) print one line and exit with status 2.
 """
@@ -8,12 +13,25 @@ Errors caused by input (``handvla.errors.HandvlaError``) print one line and exit
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
 
 import handvla
+from handvla.commands import (
+    data,
+    demo,
+    generate,
+    hand,
+    posttrain,
+    pretrain,
+    serve,
+    tokenizer,
+    vla_eval,
+)
+from handvla.commands import eval as eval_policy
 from handvla.errors import HandvlaError
+
+#: the command modules, in help order
+COMMANDS = (data, demo, eval_policy, generate, hand, posttrain, pretrain, vla_eval, serve, tokenizer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,12 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"handvla {handvla.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import handvla.commands as commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"handvla.commands.{info.name}")
+    for module in COMMANDS:
         module.register(sub)
     return parser
 

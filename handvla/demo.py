@@ -19,18 +19,20 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import field_validator
 
 from handvla.atomic import atomic_write_json, atomic_write_text
+from handvla.config import ConfigModel
 
 
-@dataclass
-class DemoConfig:
+class DemoConfig(ConfigModel):
     """Sizes of the demo. The defaults fit about 10 minutes on 2 CPU cores; ``quick()`` is a smoke test.
+    ``handvla demo --set KEY=VALUE`` changes a field (``handvla.config.load_config``).
 
     The VLA recipe (chosen by the ablations of ``benchmarks/vla_learning.py``, see the README): a motion
     tokenizer with per-layer id ranges (the reference release's id arithmetic) and small codebooks
@@ -75,6 +77,12 @@ class DemoConfig:
     eval_seconds: int = 2
     videos: int = 2
     workers: int = 2
+
+    @field_validator("image_size", "train_rigs", "vla_layer_loss_weights", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        """``--set train_rigs=ego,phone``: comma-separated text is a list."""
+        return [p.strip() for p in v.split(",")] if isinstance(v, str) else v
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -155,7 +163,6 @@ def train_tokenizer(cfg: DemoConfig, out: Path, worlds: dict[str, Path], progres
         model_cfg.codebook_size = cfg.tokenizer_codebook_size
         model_cfg.id_layout = cfg.tokenizer_id_layout
         model_cfg.token_order = cfg.tokenizer_token_order
-        model_cfg.__post_init__()  # validate the changed fields
         train_cfg.max_minutes = cfg.tokenizer_minutes
         train_cfg.builtin_sequences = cfg.tokenizer_builtin_sequences
         train_cfg.builtin_seconds = 6.0
@@ -261,8 +268,9 @@ def generation_videos(cfg: DemoConfig, out: Path, ckpt: Path, worlds: dict[str, 
     GENERATED motion (right), both drawn the same size over the episode's own frames in its camera."""
     from PIL import Image
 
+    from handvla.camera import Camera
     from handvla.data.store import EpisodeStore
-    from handvla.hand.render import Camera, render_motions
+    from handvla.hand.render import render_motions
     from handvla.vla.data import prepare_image
     from handvla.vla.evaluate import hand_mode_of, model_alignment, model_image_size
     from handvla.vla.generation import generate_motion
@@ -482,7 +490,7 @@ def training_budget(summary: Any) -> dict[str, Any]:
         last = losses[-1]
     if last is not None:
         b["last_loss"] = last
-    # the tokenizer says 'steps' / 'time' / 'stop_at_step'
+    # the tokenizer says 'steps' / 'time'
     reason = s.get("stop_reason", {"steps": "max_steps", "time": "time_budget"}.get(s.get("stopped_by"), s.get("stopped_by")))
     if reason is not None:
         b["stop_reason"] = reason
@@ -580,7 +588,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, progress: bool = Tr
     ckpt = pretrain_vla(cfg, out, worlds, tok_dir, progress)
     vla_metrics = evaluate_vla(cfg, ckpt, worlds)
     videos = generation_videos(cfg, out, ckpt, worlds)
-    metrics = {"config": asdict(cfg), "tokenizer": tok_metrics, "vla": vla_metrics,
+    metrics = {"config": cfg.model_dump(), "tokenizer": tok_metrics, "vla": vla_metrics,
                "minutes": (time.perf_counter() - t0) / 60, "checkpoint": str(ckpt),
                "tokenizer_train": _read_json(out / "tokenizer_train.json"),
                "vla_train": _read_json(out / "vla" / "train_result.json"),

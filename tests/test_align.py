@@ -12,11 +12,15 @@ import torch
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-from handvla.camera import CANONICAL_K
+from handvla.camera import CANONICAL_K, Camera
+from handvla.data.schema import Episode
+from handvla.errors import InputError
+from handvla.hand.model import BuiltinHand
+from handvla.hand.motion import HandMotion
 from handvla.ingest.align import (
     AlignConfig,
-    BalanceConfig,
     IntrinsicsConfig,
+    ViewBalanceConfig,
     align_episode,
     apply_augmentation,
     apply_intrinsics,
@@ -24,16 +28,11 @@ from handvla.ingest.align import (
     balance_plan,
     intrinsics_from_exif,
     mirror_episode,
-    mirror_motion,
     rotate_episode,
     swap_left_right_words,
     timescale_episode,
 )
 from handvla.synth.handworld.cameras import make_camera
-from handvla.data.schema import Camera, Episode
-from handvla.errors import InputError
-from handvla.hand.model import BuiltinHand
-from handvla.hand.motion import HandMotion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sources"))
 
@@ -123,8 +122,8 @@ def test_reprojection_after_alignment_is_subpixel(fit):
     1920x1080 colour camera) and a HandWorld third-person rig: stored 3D points project onto the warped
     frames within 1 px with the aligned camera; resizing without the warp is off by many pixels."""
     cfg = AlignConfig(out_size=(320, 180) if fit == "pad" else (160, 160), fit=fit)
-    phone = make_camera("phone", 256, 192, np.random.default_rng(0)).to_store_camera()
-    third = make_camera("third", 200, 150, np.random.default_rng(1)).to_store_camera()
+    phone = make_camera("phone", 256, 192, np.random.default_rng(0))
+    third = make_camera("third", 200, 150, np.random.default_rng(1))
     fpha = Camera(1395.749023, 1395.749268, 935.732544, 540.681030, 1920, 1080)
     for cam, seed in ((phone, 0), (third, 1), (fpha, 2)):
         after, before = reprojection_errors(cam, hand_points(cam, 6, seed), cfg)
@@ -134,7 +133,7 @@ def test_reprojection_after_alignment_is_subpixel(fit):
 
 
 def test_align_keeps_3d_and_records_provenance():
-    cam = make_camera("ego", 128, 96, np.random.default_rng(3)).to_store_camera()
+    cam = make_camera("ego", 128, 96, np.random.default_rng(3))
     m = HandMotion(np.zeros((2, 3)), np.zeros((2, 15, 3)), [[0, 0, 0.5], [0.01, 0, 0.5]], side="left")
     ep = Episode(hands={"left": m}, camera=cam, fps=15.0, key="k", joints={"left": np.ones((2, 21, 3))})
     out, frames = align_episode(ep, None, AlignConfig())
@@ -174,7 +173,7 @@ def _episode(cam: Camera, seed: int, T: int = 4) -> tuple[Episode, np.ndarray]:
 
 
 def test_mirror_round_trip_and_image_consistency():
-    cam = make_camera("phone", 160, 120, np.random.default_rng(4)).to_store_camera()
+    cam = make_camera("phone", 160, 120, np.random.default_rng(4))
     assert abs(cam.cx - cam.width / 2) > 2  # an off-centre principal point: the flip must move it
     ep, frames = _episode(cam, 5)
     mir, mframes = mirror_episode(ep, frames)
@@ -225,7 +224,7 @@ def test_mirror_with_mano_models(tmp_path):
         side="right",
         hand_model="mano",
     )
-    ml = mirror_motion(m)
+    ml = m.mirrored()
 
     def joints(model, mm):
         with torch.no_grad():
@@ -282,10 +281,10 @@ def test_text_swap_words():
 
 
 def test_balance_plan_and_copies():
-    cfg = BalanceConfig(enabled=True, max_copies=3)
+    cfg = ViewBalanceConfig(enabled=True, max_copies=3)
     plan = balance_plan({"big": 100, "mid": 50, "small": 10}, cfg)
     assert plan == {"big": 0.0, "mid": 1.0, "small": 3.0}  # small would need 9: capped
-    plan = balance_plan({"a": 30, "b": 20}, BalanceConfig(enabled=True, target={"a": 1, "b": 1}))
+    plan = balance_plan({"a": 30, "b": 20}, ViewBalanceConfig(enabled=True, target={"a": 1, "b": 1}))
     assert plan["a"] == 0 and plan["b"] == pytest.approx(0.5)
     copies = [augmentations_for(f"b/{i}", 0.5, cfg) for i in range(400)]
     assert 0.4 < np.mean([len(c) for c in copies]) < 0.6  # the expected count, by a stable hash
@@ -293,7 +292,7 @@ def test_balance_plan_and_copies():
     three = augmentations_for("s/1", 3.0, cfg)
     assert [[op for op, _ in c] for c in three] == [["mirror"], ["rotate"], ["mirror", "rotate"]]
     assert all(2.5 <= abs(p) <= 10 for c in three for op, p in c if op == "rotate")
-    assert balance_plan({"a": 5}, BalanceConfig()) == {"a": 0.0}
+    assert balance_plan({"a": 5}, ViewBalanceConfig()) == {"a": 0.0}
 
 
 def _jpeg_with_exif(path: Path, size, **tags) -> Path:

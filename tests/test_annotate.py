@@ -18,6 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from handvla.camera import Camera
+from handvla.data.schema import Episode
+from handvla.errors import ConfigError, InputError
+from handvla.hand.anatomy import anatomical_to_pose
+from handvla.hand.motion import HandMotion
+from handvla.hand.registry import motion_joints
 from handvla.language.annotate import rules as R
 from handvla.language.annotate.base import AnnotationFailure, Clip, ClipAnnotation, KnownObject
 from handvla.language.annotate.openai_backend import OpenAIAnnotator, OpenAIConfig, parse_reply
@@ -29,14 +35,10 @@ from handvla.synth.builtin_motion import (
     HandScript,
     Workspace,
     anatomical_frames,
-    anatomical_to_pose,
     key_shape,
     min_jerk,
     sample_labelled_sequence,
 )
-from handvla.data.schema import Camera, Episode
-from handvla.errors import ConfigError, InputError
-from handvla.hand.motion import HandMotion
 
 FPS = 15.0
 CAM = Camera(500.0, 500.0, 32.0, 24.0, 64, 48)
@@ -179,7 +181,7 @@ def test_rules_grasp_carry_release_of_a_known_object():
     # the cube follows the grasp point while the grip is closed (a known object with a track)
     track = np.repeat(cube[None], T, 0)
     grip = labels.grip_closed
-    joints = R.hand_joints(motion)
+    joints = motion_joints(motion)
     palm = joints[:, [0, 5, 9, 13, 17]].mean(1)
     first = int(np.argmax(grip))
     offset = cube - palm[first]
@@ -635,8 +637,8 @@ def test_handworld_objects_targets_and_grip(tmp_path):
     """On HandWorld episodes (ground truth: objects, target, grip per frame) read back from a store."""
     import torch
 
-    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.data.store import EpisodeStore
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
 
     torch.set_num_threads(1)
     cfg = HandWorldConfig(width=32, height=24, seconds=5.0, shadows=False, rigs=("ego",))

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "sources"))
 import fixtures as F  # noqa: E402
 
 from handvla.cli import main  # noqa: E402
-from handvla.ingest.build import build, list_jobs, load_build_config, parse_build_config, shard_of  # noqa: E402
 from handvla.data.store import EpisodeStore  # noqa: E402
 from handvla.errors import ConfigError  # noqa: E402
 from handvla.hand.io import JointsRecording, load_joints, save_joints  # noqa: E402
+from handvla.ingest.build import build, list_jobs, load_build_config, shard_of  # noqa: E402
 
 
 def _write_real_clip(root: Path, real_hands: Path) -> None:
@@ -201,17 +201,17 @@ def test_shard_and_merge_equal_single_build(data, single):
 
 def test_config_errors(tmp_path):
     good = {"sources": [{"name": "hamer", "root": str(tmp_path)}]}
-    parse_build_config(good)
+    load_build_config(base=good)
     with pytest.raises(ConfigError, match="sources.0.rooot"):
-        parse_build_config({"sources": [{"name": "hamer", "rooot": "x", "root": "y"}]}, "c.yaml")
+        load_build_config(base={"sources": [{"name": "hamer", "rooot": "x", "root": "y"}]})
     with pytest.raises(ConfigError, match="unknown source 'hamr'"):
-        parse_build_config({"sources": [{"name": "hamr", "root": "x"}]})
+        load_build_config(base={"sources": [{"name": "hamr", "root": "x"}]})
     with pytest.raises(ConfigError, match="mano_dir"):
-        parse_build_config({**good, "hand_model": "mano"})
+        load_build_config(base={**good, "hand_model": "mano"})
     with pytest.raises(ConfigError, match="standardize.max_gap_frames"):
-        parse_build_config({**good, "standardize": {"max_gap_frames": -1}})
+        load_build_config(base={**good, "standardize": {"max_gap_frames": -1}})
     with pytest.raises(ConfigError, match="same label|distinct 'label'"):
-        parse_build_config({"sources": [{"name": "hamer", "root": "a"}, {"name": "hamer", "root": "b"}]})
+        load_build_config(base={"sources": [{"name": "hamer", "root": "a"}, {"name": "hamer", "root": "b"}]})
     (tmp_path / "c.yaml").write_text("sources: [\n")
     with pytest.raises(ConfigError, match="YAML"):
         load_build_config(tmp_path / "c.yaml")

@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from handvla.hand.model import BuiltinHand, load_hand_model
+from handvla.hand.model import BuiltinHand
+from handvla.hand.registry import load_hand_model
 from handvla.hand.rotations import mirror_axis_angle
 from handvla.hand.topology import MANO_TO_OPENPOSE, OPENPOSE_FINGERS, OPENPOSE_PARENTS
 

@@ -5,24 +5,22 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from handvla.errors import InputError
+from handvla.hand.anatomy import JOINT_LIMITS_RAD, anatomical_to_pose, pose_to_anatomical
+from handvla.hand.model import BuiltinHand
+from handvla.hand.motion import HandMotion
 from handvla.synth.builtin_motion import (
-    JOINT_LIMITS_RAD,
     PRIMITIVES,
     BimanualScript,
     HandScript,
     Workspace,
     anatomical_frames,
-    anatomical_to_pose,
     generate_dataset,
     key_shape,
     min_jerk,
-    pose_to_anatomical,
     sample_labelled_sequence,
     sample_sequence,
 )
-from handvla.errors import InputError
-from handvla.hand.model import BuiltinHand
-from handvla.hand.motion import HandMotion
 
 MIRROR = np.array([-1.0, 1.0, 1.0])
 

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 
 from handvla.cli import main
+from handvla.hand.io import save_motion
 from handvla.synth.builtin_motion import sample_sequence
 from handvla.video import read_video
-from handvla.hand.io import save_motion
 
 JOBS = ("data", "demo", "eval", "generate", "hand", "posttrain", "pretrain", "serve", "tokenizer", "vla-eval")
 

@@ -35,16 +35,22 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
 def test_demo_set_overrides_are_typed():
     import pytest
 
-    from handvla.commands.demo import apply_overrides
+    from handvla.config import load_config
     from handvla.errors import ConfigError
 
-    cfg = apply_overrides(
-        DemoConfig(), ["train_episodes=240", "vla_minutes=20", "train_rigs=ego,phone", "image_size=[64,48]"]
-    )
+    def demo_set(items):  # what ``handvla demo --set`` does
+        return load_config(DemoConfig, None, items, DemoConfig().model_dump(), "demo --set")
+
+    cfg = demo_set(["train_episodes=240", "vla_minutes=20", "train_rigs=ego,phone", "image_size=[64,48]"])
     assert (cfg.train_episodes, cfg.vla_minutes, cfg.train_rigs, cfg.image_size) == (
         240, 20.0, ("ego", "phone"), (64, 48)
     )
     assert isinstance(cfg.vla_minutes, float)
-    for bad, match in (("colour=red", "KEY one of"), ("train_episodes=many", "expected int"), ("seed", "KEY=VALUE")):
+    assert demo_set(["vla_layer_loss_weights=null"]).vla_layer_loss_weights is None
+    for bad, match in (
+        ("colour=red", "field 'colour': unknown field; expected one of seed, train_episodes"),
+        ("train_episodes=many", "field 'train_episodes': .*integer.*'many'"),
+        ("seed", "expected key=value"),
+    ):
         with pytest.raises(ConfigError, match=match):
-            apply_overrides(DemoConfig(), [bad])
+            demo_set([bad])

@@ -18,7 +18,6 @@ from handvla.hand.anatomy import joint_kinds
 from handvla.hand.fitting import (
     FitConfig,
     anatomical_angles,
-    fill_gaps,
     fit_joints,
     fit_recording,
     limits_rad,
@@ -28,6 +27,7 @@ from handvla.hand.fitting import (
 from handvla.hand.io import JointsRecording, load_joints, load_motion, save_joints
 from handvla.hand.metrics import wrist_rotation_error_deg
 from handvla.hand.model import BuiltinHand
+from handvla.hand.motion import HandMotion
 
 REAL = Path("/work/shared/data/real_hands")
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="real-hands data folder not present")
@@ -148,26 +148,30 @@ def test_gaps_are_filled_by_slerp_and_marked_invalid():
     assert err_fill < 1.5 * np.linalg.norm(lerp_truth - s["joints"][20:26], axis=-1).mean(), err_fill
 
 
-def test_fill_gaps_matches_scipy_slerp():
+def test_motion_filled_matches_scipy_slerp():
+    """``HandMotion.filled`` (how the fitter fills unfitted frames) against scipy's Slerp."""
     rng = np.random.default_rng(6)
-    obs_idx = torch.tensor([1, 5, 9])
+    obs = [1, 5, 9]
     rot = Rotation.from_rotvec(rng.normal(size=(3, 3)))
     pose = Rotation.from_rotvec(rng.normal(size=(3 * 15, 3)) * 0.5)
-    go, hp, wp = fill_gaps(
-        torch.tensor(rot.as_rotvec(), dtype=torch.float32),
-        torch.tensor(pose.as_rotvec().reshape(3, 15, 3), dtype=torch.float32),
-        torch.tensor(rng.normal(size=(3, 3)), dtype=torch.float32),
-        obs_idx,
-        12,
-    )
+    go, hp, wp = np.zeros((12, 3)), np.zeros((12, 15, 3)), np.zeros((12, 3))
+    go[obs], hp[obs], wp[obs] = rot.as_rotvec(), pose.as_rotvec().reshape(3, 15, 3), rng.normal(size=(3, 3))
+    valid = np.isin(np.arange(12), obs)
+    m = HandMotion(go, hp, wp, valid=valid).filled()
+    assert np.array_equal(m.valid, valid)
+    np.testing.assert_array_equal(m.global_orient[obs], go[obs].astype(np.float32))  # fitted frames kept
     ref = Slerp([1, 5, 9], rot)(np.clip(np.arange(12), 1, 9))
-    assert np.degrees((ref.inv() * Rotation.from_rotvec(go.numpy())).magnitude()).max() < 1e-3
+    assert np.degrees((ref.inv() * Rotation.from_rotvec(m.global_orient)).magnitude()).max() < 1e-3
     j = 4  # one finger joint through all frames
     ref_j = Slerp([1, 5, 9], Rotation.from_rotvec(pose.as_rotvec().reshape(3, 15, 3)[:, j]))(
         np.clip(np.arange(12), 1, 9)
     )
-    assert np.degrees((ref_j.inv() * Rotation.from_rotvec(hp[:, j].numpy())).magnitude()).max() < 1e-3
-    torch.testing.assert_close(wp[3], wp[1] + 0.5 * (wp[5] - wp[1]))
+    assert np.degrees((ref_j.inv() * Rotation.from_rotvec(m.hand_pose[:, j])).magnitude()).max() < 1e-3
+    wp = m.wrist_pos
+    np.testing.assert_allclose(wp[3], wp[1] + 0.5 * (wp[5] - wp[1]), atol=1e-6)
+    # with max_gap, gaps that short between valid frames become valid; the ends never do
+    short = HandMotion(go, hp, wp, valid=valid).filled(max_gap=3)
+    assert np.array_equal(short.valid, np.isin(np.arange(12), range(1, 10)))
 
 
 def test_lowpass_keeps_ramps_and_removes_noise():

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from handvla.camera import Camera
+from handvla.errors import ConfigError, InputError
+from handvla.hand.registry import motion_joints
 from handvla.synth.handworld import cameras as C
 from handvla.synth.handworld import raster as RS
 from handvla.synth.handworld import scene as S
-from handvla.errors import ConfigError, InputError
 
 # ---------------------------------------------------------------------------------------------------------
 # Brute-force reference: sphere tracing of signed distance functions
@@ -179,7 +181,8 @@ def test_rigs_differ_and_see_the_workspace():
         assert np.allclose(uv, [cam.cx, cam.cy], atol=1e-6), r
     a = C.make_camera("ego", 64, 48, np.random.default_rng(3))
     b = C.make_camera("ego", 64, 48, np.random.default_rng(3))
-    assert a.to_dict() == b.to_dict() and a.to_dict() != cams["ego"].to_dict()
+    assert a == b and a != cams["ego"]
+    assert C.camera_from_record(C.camera_record("ego", a)) == a
     with pytest.raises(ConfigError):
         C.parse_rigs("ego,drone")
     assert C.parse_rigs("ego, phone") == ["ego", "phone"]
@@ -239,15 +242,13 @@ def test_renderer_draws_objects_where_the_camera_projects_them():
 def test_pixel_centres_are_at_half_integers():
     # A sphere on the optical axis of a camera with (cx, cy) = (W/2, H/2) is drawn symmetrically only if
     # pixel (j, i) samples the point (j + 0.5, i + 0.5), the convention of handvla.camera.
-    cam = C.RigCamera(
-        "test", 70.0, 70.0, 32.0, 24.0, 64, 48, C.look_at([0, 0, 0.6], [0, 0, 0.0], up=[0, 1, 0])
-    )
+    cam = Camera(70.0, 70.0, 32.0, 24.0, 64, 48, C.look_at([0, 0, 0.6], [0, 0, 0.0], up=[0, 1, 0]))
     obj = S.SceneObject(0, "sphere", "red", np.full(3, 0.1), S.yaw_pose(0, 0, 0.05, 0.0))
     mask = RS.render_frame(S.Scene(S.Table(centre_xy=(0.0, 0.0)), [obj]), cam).labels == RS.LABEL_OBJECT0
     assert mask.sum() > 100
     assert np.array_equal(mask, mask[::-1]) and np.array_equal(mask, mask[:, ::-1])
     # half a pixel off centre, the drawing is no longer symmetric left-right
-    off = C.RigCamera("test", 70.0, 70.0, 32.5, 24.0, 64, 48, cam.world_to_cam)
+    off = Camera(70.0, 70.0, 32.5, 24.0, 64, 48, cam.extrinsics)
     mask_off = RS.render_frame(S.Scene(S.Table(), [obj]), off).labels == RS.LABEL_OBJECT0
     assert not np.array_equal(mask_off, mask_off[:, ::-1])
 
@@ -331,19 +332,17 @@ def _cfg(**kw):
 
 def _stored_joints_2d(ep):
     """Joints of the stored hand parameters (hand model run again) projected with the stored intrinsics."""
-    from handvla.synth.handworld.episodes import hand_joints
-
     out = {}
     for side in ep.hands_present():
-        out[side] = ep.camera.project(hand_joints(ep.hands[side]))
+        out[side] = ep.camera.project(motion_joints(ep.hands[side]))
     return out
 
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
     """Episodes 0-2 of seed 5, kept in memory with the renderer's outputs and written to a store."""
-    from handvla.synth.handworld.episodes import make_episode
     from handvla.data.store import EpisodeWriter
+    from handvla.synth.handworld.episodes import make_episode
 
     root = tmp_path_factory.mktemp("handworld") / "store"
     cfg = _cfg()
@@ -382,8 +381,8 @@ def test_episodes_are_deterministic_by_seed():
 def test_written_episodes_read_back_and_reproject_onto_the_renderers_joints(small_store):
     import json
 
-    from handvla.synth.handworld.episodes import generate_episodes, make_episode
     from handvla.data.store import EpisodeStore
+    from handvla.synth.handworld.episodes import generate_episodes, make_episode
 
     root, cfg, results = small_store
     store = EpisodeStore(root)
@@ -427,13 +426,11 @@ def test_written_episodes_read_back_and_reproject_onto_the_renderers_joints(smal
 
 
 def test_targets_are_in_view_and_drawn(small_store):
-    from handvla.synth.handworld.cameras import RigCamera
-
     _, _, results = small_store
     checked = 0
     for res in results:
         gt = res.episode.ground_truth
-        cam = RigCamera.from_dict(gt["camera"])
+        cam = C.camera_from_record(gt["camera"])
         for tg in gt["targets"]:
             assert cam.in_view(np.array(tg["initial_world"]))
             np.testing.assert_allclose(
@@ -525,15 +522,15 @@ def test_push_slides_the_object_and_two_hand_tasks_use_both_hands():
 def test_cli_handworld_and_view(small_store, tmp_path):
     import argparse
 
-    from handvla.commands import _data_handworld as H
+    from handvla.commands import data as H
     from handvla.synth.handworld.episodes import TASKS
     from handvla.video import read_video
 
     root, _, _ = small_store
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    hw = H.add_handworld_parser(sub)
-    H.add_view_parser(sub)
+    hw = H.add_handworld(sub)
+    H.add_view(sub)
     assert all(t in hw.format_help().replace("\n", " ").replace("  ", " ") for t in TASKS)
     out = tmp_path / "v.mp4"
     args = parser.parse_args(["view", str(root), "--episode", "1", "--out", str(out)])

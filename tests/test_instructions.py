@@ -10,10 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handvla.language.instructions.build import BuildConfig, build_instructions, collect_candidates, read_manifest
+from handvla.errors import ConfigError
+from handvla.language.instructions.build import (
+    InstructionBuildConfig,
+    build_instructions,
+    collect_candidates,
+    read_manifest,
+)
 from handvla.language.instructions.sampling import (
     DEFAULT_TASK_WEIGHTS,
-    BalanceConfig,
+    InstructionBalanceConfig,
     balanced_sample,
     largest_remainder,
     parse_task_weights,
@@ -27,7 +33,6 @@ from handvla.language.instructions.templates import (
     fill,
     inline,
 )
-from handvla.errors import ConfigError
 
 FPS = 15.0
 NEUTRAL = "Do the task shown."  # no side words: the hand wording must come from the template alone
@@ -157,7 +162,7 @@ def test_balanced_proportions_sources_and_replacement():
         ("tiny", "generation"): 120, ("tiny", "translation"): 120,  # no prediction candidates
     }  # fmt: skip
     strata = _strata(sizes)
-    sel, rep = balanced_sample(strata, BalanceConfig(size=10_000, seed=3))
+    sel, rep = balanced_sample(strata, InstructionBalanceConfig(size=10_000, seed=3))
     assert len(sel) == 10_000
     task_of = np.empty(sum(sizes.values()), object)
     src_of = np.empty(sum(sizes.values()), object)
@@ -178,14 +183,14 @@ def test_balanced_proportions_sources_and_replacement():
     tiny_gen = sel[(src_of[sel] == "tiny") & (task_of[sel] == "generation")]
     assert set(tiny_gen.tolist()) == set(strata[("tiny", "generation")].tolist())  # every candidate used
     # deterministic by seed, different for another seed
-    sel2, _ = balanced_sample(strata, BalanceConfig(size=10_000, seed=3))
-    sel3, _ = balanced_sample(strata, BalanceConfig(size=10_000, seed=4))
+    sel2, _ = balanced_sample(strata, InstructionBalanceConfig(size=10_000, seed=3))
+    sel3, _ = balanced_sample(strata, InstructionBalanceConfig(size=10_000, seed=4))
     assert np.array_equal(sel, sel2) and not np.array_equal(np.sort(sel), np.sort(sel3))
 
 
 def test_balance_options():
     strata = _strata({("a", "generation"): 900, ("b", "generation"): 100, ("a", "translation"): 50})
-    sel, rep = balanced_sample(strata, BalanceConfig(size=1000, seed=0, source_balance="proportional"))
+    sel, rep = balanced_sample(strata, InstructionBalanceConfig(size=1000, seed=0, source_balance="proportional"))
     gen = rep["strata"]
     quota = {(r["source"], r["task_type"]): r["quota"] for r in gen}
     # prediction has no candidates: its share goes to the others (in their 1.6 : 0.4 ratio)
@@ -194,10 +199,10 @@ def test_balance_options():
         quota[("a", "generation")] + quota[("b", "generation")] == 800 and quota[("a", "translation")] == 200
     )
     assert quota[("a", "generation")] == 720  # 900 : 100 kept
-    _, rep_sqrt = balanced_sample(strata, BalanceConfig(size=1000, seed=0, source_balance="sqrt"))
+    _, rep_sqrt = balanced_sample(strata, InstructionBalanceConfig(size=1000, seed=0, source_balance="sqrt"))
     q = {(r["source"], r["task_type"]): r["quota"] for r in rep_sqrt["strata"]}
     assert q[("a", "generation")] == 600  # sqrt(900) : sqrt(100) = 3 : 1
-    _, rep_w = balanced_sample(strata, BalanceConfig(size=1000, seed=0, source_weights={"a": 1, "b": 3}))
+    _, rep_w = balanced_sample(strata, InstructionBalanceConfig(size=1000, seed=0, source_weights={"a": 1, "b": 3}))
     q = {(r["source"], r["task_type"]): r["quota"] for r in rep_w["strata"]}
     assert q[("b", "generation")] == 600
     assert parse_task_weights("1.6,0.4,0.5") == DEFAULT_TASK_WEIGHTS
@@ -206,7 +211,7 @@ def test_balance_options():
         with pytest.raises(ConfigError):
             parse_task_weights(bad)
     with pytest.raises(ConfigError):
-        BalanceConfig(size=10, source_balance="loud")
+        InstructionBalanceConfig(size=10, source_balance="loud")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,11 +224,12 @@ def stores(tmp_path_factory) -> list[Path]:
     """Two small stores (two sources), annotated with the rule backend; one episode left unannotated."""
     import torch
 
+    from handvla.camera import Camera
+    from handvla.data.schema import Episode
+    from handvla.data.store import EpisodeWriter
     from handvla.language.annotate.rules import RuleAnnotator
     from handvla.language.annotate.run import annotate_store
     from handvla.synth.builtin_motion import sample_labelled_sequence
-    from handvla.data.schema import Camera, Episode
-    from handvla.data.store import EpisodeWriter
 
     torch.set_num_threads(1)
     cam = Camera(500.0, 500.0, 320.0, 240.0, 640, 480)
@@ -253,7 +259,7 @@ def stores(tmp_path_factory) -> list[Path]:
 
 
 def test_candidates_cover_spans_hands_and_tasks(stores):
-    pool = collect_candidates(stores, BuildConfig())
+    pool = collect_candidates(stores, InstructionBuildConfig())
     c = pool.cols
     assert set(pool.sources) == {"alpha", "beta"}
     # every span lies inside its clip and covers whole seconds (or a 1 s window)
@@ -340,12 +346,14 @@ def test_build_without_size_writes_every_candidate_once(stores, tmp_path):
 def test_cli_handlers(stores, tmp_path, capsys):
     import argparse
 
-    from handvla.commands._data_annotate import register
+    from handvla.commands.data import add_annotate, add_instructions
 
     root = tmp_path / "s"
     shutil.copytree(stores[1], root)
     parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
+    sub = parser.add_subparsers()
+    add_annotate(sub)
+    add_instructions(sub)
     args = parser.parse_args(["annotate", str(root), "--quiet"])
     assert args.func(args) == 0
     rep = json.loads(capsys.readouterr().out)

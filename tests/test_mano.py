@@ -21,8 +21,10 @@ from fixtures_mano import write_fake_mano_pickle, write_mano_pickle  # noqa: E40
 
 from handvla.errors import InputError, MissingResourceError  # noqa: E402
 from handvla.hand.mano import OPENPOSE_TO_MANO, MANOHand, load_mano_arrays  # noqa: E402
-from handvla.hand.model import load_hand_model  # noqa: E402
+from handvla.hand.motion import HandMotion  # noqa: E402
 from handvla.hand.pickle_safe import RestrictedUnpickler, UnsafePickleError, restricted_load  # noqa: E402
+from handvla.hand.registry import load_hand_model, motion_output, shared_hand_model  # noqa: E402
+from handvla.hand.rotations import axis_angle_to_matrix  # noqa: E402
 
 smplx = pytest.importorskip("smplx")
 
@@ -170,6 +172,11 @@ def test_wrist_pos_convention(mano_dirs):
     assert (
         out0.verts - (ours(go, hp, betas[:1].expand(B, 10), wrist).verts - wrist[:, None])
     ).abs().max() < 1e-6
+    # the same joints from rotation matrices (what 6D tokenizer features use), whatever the pose options
+    rot = axis_angle_to_matrix(torch.cat([go[:, None], hp.reshape(B, 15, 3)], 1))
+    torch.testing.assert_close(ours.joints_from_rotations(rot, betas, wrist), out.joints)
+    pca = MANOHand.from_dir(root / "ours", "right", use_pca=True, num_pca_comps=6, flat_hand_mean=False)
+    torch.testing.assert_close(pca.joints_from_rotations(rot, betas, wrist), out.joints)
 
 
 def test_rest_joints_tips_and_frames(mano_dirs):
@@ -239,6 +246,17 @@ def test_load_hand_model_factory(mano_dirs):
     root, _ = mano_dirs
     m = load_hand_model("mano", "left", str(root / "ours"))
     assert isinstance(m, MANOHand) and m.side == "left" and m.has_mesh and m.faces.shape == (1538, 3)
+    # a MANO motion through the shared model of its name: the same joints and mesh as the model's own
+    motion = HandMotion(
+        np.zeros((2, 3)), 0.3 * np.ones((2, 15, 3)), [[0.1, 0.0, 0.5]] * 2, side="left", hand_model="mano"
+    )
+    out = motion_output(motion, None, root / "ours")
+    shared = shared_hand_model("mano", "left", str(root / "ours"))
+    assert shared is shared_hand_model("mano", "left", root / "ours")  # loaded once per process
+    go, hp, wp = (torch.tensor(a) for a in (motion.global_orient, motion.hand_pose, motion.wrist_pos))
+    ref = m(go, hp, None, wp)
+    torch.testing.assert_close(out.joints, ref.joints)
+    torch.testing.assert_close(out.verts, ref.verts)
 
 
 # --------------------------------------------------------------------------------------------------------

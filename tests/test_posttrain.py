@@ -1,7 +1,9 @@
 """Robot post-training with tiny models on small LeRobot v3 datasets written here: the loss goes down, the
 exported checkpoint predicts what the trainer's own checkpoint predicts, (un)normalisation uses exactly
 the dataset's statistics (checked against numpy on the raw parquet), frozen / LoRA modes train only what
-they should, resume replays the uninterrupted run, any state/action size works, bad datasets fail clearly."""
+they should, resume replays the uninterrupted run, any state/action size works, bad datasets fail clearly.
+One policy config: the posttrain YAML's ``model`` section is the checkpoint's ``PolicyConfig``, checkpoints
+written before the merge still load, and a run joins the process group once."""
 
 from __future__ import annotations
 
@@ -13,9 +15,27 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file
 
-from handvla.errors import CheckpointError, InputError, MissingResourceError
-from handvla.robot.lerobot_format import RobotDataset, RobotDatasetWriter, vector_feature, video_feature
+from handvla.data.lerobot import vector_feature, video_feature
+from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
+from handvla.policy import HandVLAPolicy, HandVLAPolicyModel, Normalizer, PolicyConfig, load_policy_config
+from handvla.robot.lerobot_format import ActionChunkDataset, RobotDataset, RobotDatasetWriter
+from handvla.robot.posttrain import (
+    PolicyTrainDataset,
+    PosttrainConfig,
+    build_normalizer,
+    build_policy,
+    load_posttrain_config,
+    policy_loss,
+    run_posttrain,
+    validation_error,
+)
+from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
+from handvla.tokenizer.modeling import MotionTokenizer
+from handvla.train.trainer import Trainer
+from handvla.vla import build_vla, save_vla
 
 CAM = "observation.images.cam"
 
@@ -89,9 +109,6 @@ def state_ds(tmp_path_factory) -> Path:
 
 
 def _samples(model, ds_root: Path, normalizer, n=24):
-    from handvla.robot.lerobot_format import ActionChunkDataset
-    from handvla.robot.posttrain import PolicyTrainDataset
-
     c = model.config
     chunks = ActionChunkDataset(RobotDataset(ds_root), c.chunk_size, c.image_keys, normalizer=normalizer)
     return PolicyTrainDataset(chunks, model.processor)
@@ -99,8 +116,6 @@ def _samples(model, ds_root: Path, normalizer, n=24):
 
 @pytest.fixture(scope="module")
 def trained(image_ds, tmp_path_factory):
-    from handvla.robot.posttrain import PosttrainConfig, run_posttrain
-
     out = tmp_path_factory.mktemp("pt_run") / "run"
     cfg = PosttrainConfig.model_validate(
         base_config(image_ds, out, data__val_episodes=1, eval__val_samples=16)
@@ -110,10 +125,6 @@ def trained(image_ds, tmp_path_factory):
 
 
 def test_posttrain_reduces_loss_and_exports(trained, image_ds):
-    from handvla.robot.action_head import HandVLAPolicyModel
-    from handvla.robot.normalize import Normalizer
-    from handvla.robot.posttrain import build_policy, validation_error
-
     cfg, out, summary = trained
     assert summary["state_dim"] == 7 and summary["action_dim"] == 5 and summary["cameras"] == [CAM]
     assert summary["episodes"] == {"train": 3, "val": 1}
@@ -146,12 +157,6 @@ def test_posttrain_reduces_loss_and_exports(trained, image_ds):
 
 def test_export_predicts_like_trainer_checkpoint(trained, image_ds):
     """Second path: the trainer's own checkpoint loaded into a freshly built model."""
-    from safetensors.torch import load_file
-
-    from handvla.robot.action_head import HandVLAPolicyModel
-    from handvla.robot.normalize import Normalizer
-    from handvla.robot.posttrain import build_policy
-
     cfg, out, _ = trained
     norm = Normalizer.load(out / "normalization")
     ref = build_policy(cfg, RobotDataset(image_ds), norm, out, True, lambda: None)
@@ -168,8 +173,6 @@ def test_export_predicts_like_trainer_checkpoint(trained, image_ds):
 
 
 def test_unnormalisation_uses_exactly_the_dataset_stats(trained, image_ds):
-    from handvla.robot.policy import HandVLAPolicy
-
     _, out, _ = trained
     policy = HandVLAPolicy.load(out / "final", device="cpu")
     # numpy reference statistics over every frame of the raw parquet (the run used data.stats = dataset)
@@ -202,16 +205,6 @@ def _params(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("mode", ["frozen", "lora"])
 def test_backbone_modes_train_only_what_they_should(mode, state_ds, tmp_path):
-    from handvla.robot.lerobot_format import ActionChunkDataset
-    from handvla.robot.posttrain import (
-        PolicyTrainDataset,
-        PosttrainConfig,
-        build_normalizer,
-        build_policy,
-        policy_loss,
-    )
-    from handvla.train.trainer import Trainer
-
     cfg = PosttrainConfig.model_validate(
         base_config(state_ds, tmp_path / "run", model__backbone_mode=mode, train__max_steps=3)
     )
@@ -247,9 +240,6 @@ def test_backbone_modes_train_only_what_they_should(mode, state_ds, tmp_path):
 
 
 def test_lora_checkpoint_loads_without_adapters(state_ds, tmp_path):
-    from handvla.robot.action_head import HandVLAPolicyModel
-    from handvla.robot.posttrain import PosttrainConfig, build_normalizer, build_policy
-
     cfg = PosttrainConfig.model_validate(base_config(state_ds, tmp_path / "run", model__backbone_mode="lora"))
     (tmp_path / "run").mkdir()
     ds = RobotDataset(state_ds)
@@ -273,8 +263,6 @@ def test_lora_checkpoint_loads_without_adapters(state_ds, tmp_path):
 
 
 def test_resume_replays_the_uninterrupted_run(state_ds, tmp_path):
-    from handvla.robot.posttrain import load_posttrain_config, run_posttrain
-
     def run(out, steps, resume=False, **kw):
         base = base_config(
             state_ds, out, train__max_steps=steps, train__schedule="constant", train__warmup_steps=0, **kw
@@ -291,8 +279,6 @@ def test_resume_replays_the_uninterrupted_run(state_ds, tmp_path):
 
     la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(la) == 6 and la == lb
-    from safetensors.torch import load_file
-
     wa = load_file(str(tmp_path / "a" / "final" / "policy_head.safetensors"))
     wb = load_file(str(tmp_path / "b" / "final" / "policy_head.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -300,9 +286,6 @@ def test_resume_replays_the_uninterrupted_run(state_ds, tmp_path):
 
 @pytest.mark.parametrize("state_dim, action_dim, chunk", [(3, 2, 1), (11, 17, 6)])
 def test_arbitrary_state_and_action_sizes(state_dim, action_dim, chunk, tmp_path):
-    from handvla.robot.policy import HandVLAPolicy
-    from handvla.robot.posttrain import PosttrainConfig, build_normalizer, build_policy
-
     root = write_dataset(
         tmp_path / "ds", state_dim=state_dim, action_dim=action_dim, episodes=2, T=8, image_hw=None
     )
@@ -331,8 +314,6 @@ def test_arbitrary_state_and_action_sizes(state_dim, action_dim, chunk, tmp_path
 
 
 def test_missing_stats_or_video_fail_clearly(image_ds, tmp_path):
-    from handvla.robot.posttrain import PosttrainConfig, run_posttrain
-
     no_stats = tmp_path / "no_stats"
     shutil.copytree(image_ds, no_stats)
     (no_stats / "meta" / "stats.json").unlink()
@@ -356,8 +337,6 @@ def test_missing_stats_or_video_fail_clearly(image_ds, tmp_path):
 
 
 def test_checkpoint_errors_name_the_file(trained, tmp_path):
-    from handvla.robot.action_head import HandVLAPolicyModel
-
     _, out, _ = trained
     broken = tmp_path / "broken"
     shutil.copytree(out / "final", broken)
@@ -374,12 +353,6 @@ def test_checkpoint_errors_name_the_file(trained, tmp_path):
 def test_init_from_a_motion_pretrained_checkpoint(state_ds, tmp_path):
     """``model.init_checkpoint``: the policy starts from the VLA's weights (only the embedding table grows
     by the policy tokens) and its checkpoint carries the VLA's motion tokenizer."""
-    from handvla.robot.action_head import HandVLAPolicyModel
-    from handvla.robot.posttrain import PosttrainConfig, build_normalizer, build_policy
-    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
-    from handvla.tokenizer.modeling import MotionTokenizer
-    from handvla.vla import build_vla, save_vla
-
     mt = MotionTokenizer(TokenizerConfig(**PRESETS["tiny"]))
     vla = build_vla("tiny", motion_tokenizer=mt, seed=5)
     save_vla(tmp_path / "vla", vla)
@@ -410,8 +383,6 @@ def test_init_from_a_motion_pretrained_checkpoint(state_ds, tmp_path):
 
 
 def test_shipped_relocate_config_loads_both_arms():
-    from handvla.robot.posttrain import load_posttrain_config
-
     path = Path(__file__).resolve().parents[1] / "configs" / "posttrain_relocate.yaml"
     b = load_posttrain_config(path)
     a = load_posttrain_config(
@@ -420,5 +391,87 @@ def test_shipped_relocate_config_loads_both_arms():
     assert b.model.preset == "tiny" and b.model.init_checkpoint is None
     assert a.model.init_checkpoint == "runs/demo/vla/final"
     # equal budgets: the two arms differ only in the initialisation and the output folder
-    assert (a.train.max_steps, a.train.batch_size, a.train.lr) == (b.train.max_steps, b.train.batch_size, b.train.lr)
+    assert (a.train.max_steps, a.train.batch_size, a.train.lr) == (
+        b.train.max_steps,
+        b.train.batch_size,
+        b.train.lr,
+    )
     assert a.data == b.data
+
+
+# the fields of policy_config.json before PolicyConfig and posttrain's model config were merged
+PRE_MERGE_KEYS = (
+    "format_version state_dim action_dim chunk_size hidden_size proprio_hidden_size head_hidden_size loss "
+    "prompt_template default_task image_keys image_shapes state_key action_key state_names action_names fps "
+    "prop_token_id action_token_offset backbone_mode init"
+).split()
+
+
+def test_checkpoint_written_before_the_config_merge_loads(trained, tmp_path):
+    _, out, _ = trained
+    new = json.loads((out / "final" / "policy_config.json").read_text())
+    assert new["init"] == {"type": "preset", "preset": "tiny", "seed": 0} and new["max_tiles"] == 1
+    old_dir = tmp_path / "old"
+    shutil.copytree(out / "final", old_dir)
+    for init, want in [
+        ({"type": "checkpoint", "path": "runs/vla/final"}, {"init_checkpoint": "runs/vla/final"}),
+        ({"type": "backbone", "path": "/models/InternVL3-1B-hf"}, {"backbone": "/models/InternVL3-1B-hf"}),
+        ({"type": "preset", "preset": "tiny", "seed": 3}, {"preset": "tiny", "seed": 3}),
+        ({}, {"preset": None}),
+    ]:
+        old = {k: new[k] for k in PRE_MERGE_KEYS} | {"init": init}
+        (old_dir / "policy_config.json").write_text(json.dumps(old))
+        cfg = load_policy_config(old_dir / "policy_config.json")
+        assert cfg.init == init and all(getattr(cfg, k) == v for k, v in want.items())
+        assert cfg.model_dump(include=set(PRE_MERGE_KEYS)) == old
+    policy = HandVLAPolicy.load(old_dir, device="cpu")
+    assert policy.metadata()["init"] == {}
+    ref = HandVLAPolicy.load(out / "final", device="cpu")
+    obs = {"state": np.zeros(7, np.float32), "image": np.zeros((20, 20, 3), np.uint8)}
+    np.testing.assert_array_equal(policy.infer(obs), ref.infer(obs))
+    del old["state_dim"]
+    (old_dir / "policy_config.json").write_text(json.dumps(old))
+    with pytest.raises(CheckpointError, match="policy_config.json: field 'state_dim'"):
+        load_policy_config(old_dir / "policy_config.json")
+
+
+def test_the_model_section_is_the_policy_config(state_ds, tmp_path):
+    base = base_config(state_ds, tmp_path / "run")
+    cfg = PosttrainConfig.model_validate(base)
+    assert isinstance(cfg.model, PolicyConfig)
+    for field, value, match in [
+        ("state_dim", 7, "model.state_dim: set from the dataset"),
+        ("chunk_size", 8, "model.chunk_size: set from the dataset"),
+        ("dtype", "float64", "expected float32, bfloat16 or float16"),
+        ("proprio_hidden_size", 0, "greater than 0"),
+        ("max_tiles", 0, "greater than or equal to 1"),
+        ("text_vocab_size", 100, "greater than or equal to 259"),
+        ("backbone_mode", "half", "full"),
+        ("init", {"type": "preset"}, "init"),
+    ]:
+        bad = base_config(state_ds, tmp_path / "run", **{f"model__{field}": value})
+        with pytest.raises(ValidationError, match=match):
+            PosttrainConfig.model_validate(bad)
+    both = base_config(state_ds, tmp_path / "run", model__init_checkpoint="a", model__backbone="b")
+    with pytest.raises(ConfigError, match="one of init_checkpoint and backbone"):
+        build_policy(
+            PosttrainConfig.model_validate(both), RobotDataset(state_ds), None, tmp_path, True, lambda: None
+        )
+
+
+def test_posttrain_joins_the_process_group_once(state_ds, tmp_path, monkeypatch):
+    import handvla.robot.posttrain as posttrain
+    import handvla.train.trainer as trainer
+
+    calls = []
+    real = posttrain.init_distributed
+
+    def counted(device):
+        calls.append(device)
+        return real(device)
+
+    monkeypatch.setattr(posttrain, "init_distributed", counted)
+    monkeypatch.setattr(trainer, "init_distributed", counted)
+    cfg = PosttrainConfig.model_validate(base_config(state_ds, tmp_path / "run", train__max_steps=2))
+    run_posttrain(cfg, progress=False)
+    assert calls == ["cpu"]

@@ -20,22 +20,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handvla import video as V
+from handvla.data.lerobot import vector_feature, video_feature
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
-from handvla.robot.evaluate import evaluate_open_loop
-from handvla.robot.lerobot_format import (
-    ActionChunkDataset,
-    RobotDataset,
-    RobotDatasetWriter,
-    chunk_indices,
-    vector_feature,
-    video_feature,
-)
-from handvla.robot.normalize import (
+from handvla.policy.processing import (
     MODES,
     Normalizer,
     compute_feature_stats,
     load_dataset_stats,
 )
+from handvla.robot.evaluate import evaluate_open_loop
+from handvla.robot.lerobot_format import ActionChunkDataset, RobotDataset, RobotDatasetWriter, chunk_indices
 
 FPS = 10
 H, W = 16, 24

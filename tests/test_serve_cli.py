@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from handvla.cli import main
-from handvla.robot.lerobot_format import RobotDataset, RobotDatasetWriter, vector_feature, video_feature
+from handvla.data.lerobot import vector_feature, video_feature
+from handvla.robot.lerobot_format import RobotDataset, RobotDatasetWriter
 
 CAM = "observation.images.top"
 
@@ -67,8 +68,8 @@ def _obs(seed=0):
 
 
 def test_serve_subprocess_round_trip(ckpt):
+    from handvla.policy import HandVLAPolicy
     from handvla.robot.client import PolicyClient, PolicyError
-    from handvla.robot.policy import HandVLAPolicy
 
     final, _ = ckpt
     cmd = [
@@ -115,8 +116,8 @@ def test_serve_subprocess_round_trip(ckpt):
 
 
 def test_eval_open_loop_cli_matches_evaluator(ckpt, tmp_path, capsys):
+    from handvla.policy import HandVLAPolicy
     from handvla.robot.evaluate import evaluate_open_loop
-    from handvla.robot.policy import HandVLAPolicy
 
     final, ds = ckpt
     png = tmp_path / "err.png"
@@ -154,8 +155,7 @@ def test_eval_sim_cli(tmp_path, capsys):
         pytest.skip("gymnasium-robotics is not installed")
     import torch
 
-    from handvla.robot.action_head import HandVLAPolicyModel, PolicyConfig
-    from handvla.robot.normalize import Normalizer
+    from handvla.policy import HandVLAPolicyModel, Normalizer, PolicyConfig
     from handvla.vla import build_vla
 
     # an untrained policy with the relocate task's sizes: the command's plumbing, not a success rate
@@ -167,7 +167,7 @@ def test_eval_sim_cli(tmp_path, capsys):
         image_shapes=[[24, 24, 3]],
         default_task="relocate the ball to the target",
     )
-    model = HandVLAPolicyModel.from_vla(build_vla("tiny"), cfg, max_tiles=1)
+    model = HandVLAPolicyModel.from_vla(build_vla("tiny"), cfg)
     rng = np.random.default_rng(0)
     model.normalizer = Normalizer.from_arrays(
         {"observation.state": rng.normal(size=(50, 39)), "action": rng.uniform(-1, 1, size=(50, 30))},

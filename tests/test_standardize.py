@@ -6,30 +6,26 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation, Slerp
 
-from handvla.data.schema import Camera, Episode
+from handvla.camera import Camera
+from handvla.data.schema import Episode
+from handvla.errors import InputError
+from handvla.hand import rotations as R
+from handvla.hand.model import BuiltinHand
+from handvla.hand.motion import HandMotion, interp_points
+from handvla.hand.registry import motion_joints
 from handvla.ingest.sources import get_source
 from handvla.ingest.sources.base import SourceEpisode
 from handvla.ingest.standardize import (
-    HandModels,
     ParamTrack,
     StandardizeConfig,
-    aa_to_quat,
     fill_gaps,
-    interp_points,
-    model_joints,
     outlier_frames,
     output_times,
-    quat_angle,
-    quat_to_aa,
     repair_swaps,
     resample_track,
-    slerp,
     smooth_track,
     standardize_episode,
 )
-from handvla.errors import InputError
-from handvla.hand.model import BuiltinHand
-from handvla.hand.motion import HandMotion
 
 FAST = StandardizeConfig(fit_iters=20)
 
@@ -57,7 +53,7 @@ def test_fit_real_joints_quality(claps):
         m = res.episode.hands[side]
         assert m.fps == 15.0 and m.hand_model == "builtin" and m.valid.all()
         # the stored joints are the model's joints of the stored parameters
-        again = model_joints(BuiltinHand(side), m)
+        again = motion_joints(m, BuiltinHand(side))
         np.testing.assert_allclose(res.episode.joints[side], again, atol=1e-5)
         # and they follow the real tracker points (not the palm centre point 0) at the output times
         obs = interp_points(ep.joints[side], np.arange(ep.num_frames) / ep.fps, res.times_s)
@@ -129,7 +125,7 @@ def test_gap_interpolation_error_bound(claps):
     _, res = claps
     model = BuiltinHand("right")
     tr = _tracks(res)[1]
-    truth = model_joints(model, tr.to_motion(15.0))
+    truth = motion_joints(tr.to_motion(15.0), model)
     T = len(tr)
     rng = np.random.default_rng(1)
     gap = np.zeros(T, bool)
@@ -142,7 +138,7 @@ def test_gap_interpolation_error_bound(claps):
     holed.valid[gap] = False
     filled, repaired = fill_gaps(holed, 5)
     assert (repaired == gap).all() and filled.valid.all()
-    err = 1000 * np.linalg.norm(model_joints(model, filled.to_motion(15.0)) - truth, axis=-1).mean(-1)
+    err = 1000 * np.linalg.norm(motion_joints(filled.to_motion(15.0), model) - truth, axis=-1).mean(-1)
     assert err[~gap].max() < 1e-3
     assert err[gap].mean() < 15.0, err[gap]  # measured 7.3 mm
     # a gap longer than max_gap stays invalid (but finite)
@@ -167,9 +163,10 @@ def test_outlier_rejection_real(claps):
             if n % 3 == 0:
                 bad.wrist[s] += 0.08 * d  # an 8 cm jump for one frame
             elif n % 3 == 1:
-                bad.go[s] = aa_to_quat(quat_to_aa(bad.go[s]) + 1.2 * d)  # about 70 degrees
+                # about 70 degrees
+                bad.go[s] = R.axis_angle_to_quaternion(R.quaternion_to_axis_angle(bad.go[s]) + 1.2 * d)
             else:
-                bad.pose[s] = aa_to_quat(rng.normal(0, 0.8, (15, 3)))  # garbage fingers
+                bad.pose[s] = R.axis_angle_to_quaternion(rng.normal(0, 0.8, (15, 3)))  # garbage fingers
         flags = outlier_frames(bad, cfg)
         assert flags[spikes].all()
         assert flags.sum() == len(spikes)
@@ -190,22 +187,23 @@ def test_resample_exact_on_known_signal():
         return aa, pose, wrist
 
     aa, pose, wrist = signal(t)
-    tr = ParamTrack(t, aa_to_quat(aa), aa_to_quat(pose), wrist, np.ones(t.size, bool), np.zeros(10))
+    quat = R.axis_angle_to_quaternion
+    tr = ParamTrack(t, quat(aa), quat(pose), wrist, np.ones(t.size, bool), np.zeros(10))
     tq, _, snapped = output_times(t, 50.0, 15.0, snap=False)
     assert not snapped and np.allclose(np.diff(tq), 1 / 15)
     out = resample_track(tr, tq)
     aa_q, pose_q, wrist_q = signal(tq)
     assert out.valid.all()
-    np.testing.assert_allclose(quat_angle(out.go, aa_to_quat(aa_q)), 0, atol=1e-7)
-    np.testing.assert_allclose(quat_angle(out.pose, aa_to_quat(pose_q)), 0, atol=1e-7)
+    np.testing.assert_allclose(R.quaternion_angle(out.go, R.axis_angle_to_quaternion(aa_q)), 0, atol=1e-7)
+    np.testing.assert_allclose(R.quaternion_angle(out.pose, R.axis_angle_to_quaternion(pose_q)), 0, atol=1e-7)
     np.testing.assert_allclose(out.wrist, wrist_q, atol=1e-12)
     # slerp against scipy on random rotations
     r = Rotation.random(2, random_state=4)
     a = np.linspace(0, 1, 7)
     ref = Slerp([0, 1], r)(a).as_quat()[:, [3, 0, 1, 2]]
     q = r.as_quat()[:, [3, 0, 1, 2]]
-    mine = slerp(np.repeat(q[:1], 7, 0), np.repeat(q[1:], 7, 0), a)
-    np.testing.assert_allclose(quat_angle(mine, ref), 0, atol=1e-7)
+    mine = R.slerp(np.repeat(q[:1], 7, 0), np.repeat(q[1:], 7, 0), a)
+    np.testing.assert_allclose(R.quaternion_angle(mine, ref), 0, atol=1e-7)
     # an invalid source frame invalidates the output frames it brackets, nothing else
     tr.valid[60] = False
     out = resample_track(tr, tq)
@@ -230,7 +228,7 @@ def test_smoothing_reduces_jitter_and_keeps_constant_rotation():
     t = np.arange(T) / 30.0
     truth = np.stack([0.2 * np.sin(2 * np.pi * 0.5 * t), 0.1 * t, 0.5 + 0.0 * t], -1)
     noisy = truth + rng.normal(0, 0.004, truth.shape)
-    q = np.tile(aa_to_quat(np.array([0.3, 1.0, -0.2])), (T, 1))
+    q = np.tile(R.axis_angle_to_quaternion(np.array([0.3, 1.0, -0.2])), (T, 1))
     q[::2] *= -1  # sign flips must not matter
     tr = ParamTrack(t, q, np.tile(q[:, None], (1, 15, 1)), noisy, np.ones(T, bool), np.zeros(10))
     tr.valid[50] = False  # smoothing never crosses a gap
@@ -239,7 +237,7 @@ def test_smoothing_reduces_jitter_and_keeps_constant_rotation():
     before = np.linalg.norm(noisy - truth, axis=-1)[inner].mean()
     after = np.linalg.norm(sm.wrist - truth, axis=-1)[inner].mean()
     assert after < 0.6 * before
-    assert quat_angle(sm.go, q).max() < 1e-9 and quat_angle(sm.pose, tr.pose).max() < 1e-9
+    assert R.quaternion_angle(sm.go, q).max() < 1e-9 and R.quaternion_angle(sm.pose, tr.pose).max() < 1e-9
 
 
 def _motion_episode(T=40, fps=30.0, key="mocap/x"):
@@ -309,8 +307,3 @@ def test_refit_to_store_model_and_bad_input(real_hands_dir):
     )
     with pytest.raises(InputError, match="mislabelled"):
         standardize_episode(wrong, FAST.model_copy(update={"fit_iters": 3}), kind="vr", params="joints")
-
-
-def test_hand_models_cache():
-    hm = HandModels()
-    assert hm.get("builtin", "left") is hm.get("builtin", "left")

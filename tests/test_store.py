@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import handvla.data.store as store_mod
+from handvla.camera import Camera
 from handvla.cli import main as cli_main
-from handvla.data.schema import Camera, Episode
+from handvla.data.schema import Episode
 from handvla.data.store import EpisodeStore, EpisodeWriter
 from handvla.errors import ConfigError, InputError
 from handvla.hand.motion import HandMotion

@@ -9,30 +9,28 @@ import torch
 
 from handvla.cli import main as cli_main
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
-from handvla.hand.features import feature_spec, motion_to_features
+from handvla.hand.features import feature_spec, features_to_joints, motion_to_features
 from handvla.hand.io import save_motion
 from handvla.hand.model import BuiltinHand
 from handvla.hand.motion import HandMotion
-from handvla.tokenizer.configuration import TokenizerConfig, TrainConfig, load_config_file, preset
+from handvla.tokenizer import training
+from handvla.tokenizer.configuration import TokenizerConfig, TokenizerTrainConfig, load_config_file, preset
 from handvla.tokenizer.data import (
     FeatureClip,
     WindowSampler,
     _yaw_matrices,
     load_sources,
     make_clips,
-    resample_motion,
     rotate_features,
 )
 from handvla.tokenizer.evaluation import evaluate_files
+from handvla.tokenizer.layout import token_layout
 from handvla.tokenizer.modeling import (
     GroupedResidualQuantizer,
     MotionTokenizer,
-    features_to_joints,
     kmeans,
     lattice_codebook,
-    mirror_motion,
     nearest_code,
-    token_layout,
 )
 from handvla.tokenizer.training import train
 
@@ -64,11 +62,9 @@ def _tiny_model(seed=0) -> MotionTokenizer:
     return model.eval()
 
 
-def _tiny_train_config(**kw) -> TrainConfig:
+def _tiny_train_config(**kw) -> TokenizerTrainConfig:
     _, tc = preset("tiny")
-    d = tc.to_dict()
-    d.update({"builtin_sequences": 6, "builtin_seconds": 3.0, "threads": 1, **kw})
-    return TrainConfig.from_dict(d)
+    return tc.replace(**{"builtin_sequences": 6, "builtin_seconds": 3.0, "threads": 1, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -195,7 +191,7 @@ def test_lattice_codebook_tiles_the_principal_axes_and_generalises():
 
 
 def test_quantizer_init_methods_per_part_and_config_checks():
-    cfg = TokenizerConfig(**{**preset("tiny")[0].to_dict(), "codebook_init": {"wrist": "lattice"}})
+    cfg = preset("tiny")[0].replace(codebook_init={"wrist": "lattice"})
     model = MotionTokenizer(cfg)
     assert model.parts["wrist"].quantizer.init_method == "lattice"
     assert model.parts["finger"].quantizer.init_method == "kmeans"  # absent parts: k-means
@@ -215,9 +211,9 @@ def test_quantizer_init_methods_per_part_and_config_checks():
     with pytest.raises(ConfigError, match="codebook_init"):
         TokenizerConfig(codebook_init={"thumb": "kmeans"})
     # checkpoints written before per-field weights still load
-    old = {**TokenizerConfig().to_dict(), "wrist_pos_weight": 2.0}
+    old = {**TokenizerConfig().model_dump(), "wrist_pos_weight": 2.0}
     del old["field_weights"]
-    assert TokenizerConfig.from_dict(old).field_weights == {"wrist_pos": 2.0}
+    assert TokenizerConfig(**old).field_weights == {"wrist_pos": 2.0}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,8 +265,8 @@ def test_mirroring_left_hands_shares_codes():
     model = _tiny_model()
     hand_r, hand_l = BuiltinHand("right"), BuiltinHand("left")
     right = _motion(20, seed=4)
-    left = mirror_motion(right)
-    assert left.side == "left" and mirror_motion(left).side == "right"
+    left = right.mirrored()
+    assert left.side == "left" and left.mirrored().side == "right"
     # the left model's joints of the mirrored motion are the right joints reflected through x = 0
     jr = hand_r(right.global_orient, right.hand_pose, right.betas, right.wrist_pos).joints
     jl = hand_l(left.global_orient, left.hand_pose, left.betas, left.wrist_pos).joints
@@ -286,7 +282,7 @@ def test_differentiable_joints_match_hand_model():
     model = _tiny_model()
     motion = _motion(16, seed=5)
     feats = model.motion_features(motion)[None].requires_grad_(True)
-    j = features_to_joints(model.config, feats, torch.from_numpy(motion.betas)[None], BuiltinHand("right"))
+    j = features_to_joints(model.spec, feats, torch.from_numpy(motion.betas)[None], BuiltinHand("right"))
     ref = model.motion_joints(motion)
     np.testing.assert_allclose(j[0].detach().numpy(), ref, atol=2e-5)
     j.sum().backward()
@@ -344,7 +340,7 @@ def test_field_normalisation_shares_one_std_per_field():
 
 def test_resample_motion_keeps_frames_on_the_grid():
     m30 = _motion(31, fps=30.0, seed=7)
-    m15 = resample_motion(m30, 15.0)
+    m15 = m30.resampled(15.0)
     assert m15.fps == 15.0 and len(m15) == 16
     np.testing.assert_allclose(m15.wrist_pos, m30.wrist_pos[::2], atol=1e-6)
     np.testing.assert_allclose(m15.hand_pose, m30.hand_pose[::2], atol=1e-5)
@@ -381,8 +377,8 @@ def test_config_errors(tmp_path):
         TokenizerConfig(features="D77")
     with pytest.raises(ConfigError, match="alpha"):
         TokenizerConfig(alpha=3)
-    with pytest.raises(ConfigError, match="unknown field"):
-        TokenizerConfig.from_dict({"widht": 3})
+    with pytest.raises(ConfigError, match="'widht': unknown field"):
+        TokenizerConfig(widht=3)
     y = tmp_path / "c.yaml"
     y.write_text("width: 48\nmodel:\n  codebook_size: 32\ntrain:\n  lr: 0.002\nbatch_size: 8\n")
     mc, tc = load_config_file(y, base=preset("tiny"))
@@ -442,27 +438,51 @@ def test_window_sampler_pads_like_encoding():
     assert b.mask[0].tolist() == [True] * 10 + [False] * 6
 
 
-def test_training_reduces_loss_and_resume_is_exact(tmp_path):
+def test_training_reduces_loss_and_resume_is_exact(tmp_path, monkeypatch):
     mc, _ = preset("tiny")
     data = []
     for i in range(4):  # smooth random motions as parameter files (cheaper than built-in generation)
         data.append(
             str(save_motion(tmp_path / f"m{i}.npz", _motion(60, side=("left", "right")[i % 2], seed=20 + i)))
         )
-    tc = _tiny_train_config(steps=32, warmup_steps=3, checkpoint_every=1000)
+    tc = _tiny_train_config(steps=32, warmup_steps=3, checkpoint_every=16, log_every=4)
     full = train(mc, tc, data, tmp_path / "full", progress=False)
+    assert (full.step, full.schedule_steps, full.stopped_by, len(full.losses)) == (32, 32, "steps", 32)
     first, last = np.mean(full.losses[:4]), np.mean(full.losses[-4:])
     assert last < 0.6 * first, (first, last)
-    log = [json.loads(x) for x in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
-    assert {"finger_perplexity", "wrist_live_codes", "joint_mm"} <= set(log[-1])
+    log = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "end" and log[-1]["steps_done"] == 32 and log[-1]["stop_reason"] == "max_steps"
+    assert {"finger_perplexity", "wrist_live_codes", "joint_mm", "lr"} <= set(log[-2])
+    assert full.last_log["step"] == 32 and "data_s" in full.last_log and full.too_few_steps
     model = MotionTokenizer.from_pretrained(tmp_path / "full")
     assert model.config == mc
-    # interrupted at step 16 then resumed: the same losses as the uninterrupted run
-    part = train(mc, tc, data, tmp_path / "part", progress=False, stop_at_step=16)
-    assert part.stopped_by == "stop_at_step" and part.step == 16
-    assert part.losses == full.losses[:16]
+    # killed in step 20, after the step-16 checkpoint, then resumed in a new session: the same losses from
+    # step 17 on and the same weights as the uninterrupted run
+    calls, real_loss = {"n": 0}, training.compute_loss
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise KeyboardInterrupt("killed")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "compute_loss", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(mc, tc, data, tmp_path / "part", progress=False)
+    monkeypatch.undo()
+    torch.manual_seed(123)  # whatever state the new session starts in
     rest = train(mc, tc, [], tmp_path / "part", resume=True, progress=False)
     assert rest.step == 32 and rest.losses == full.losses[16:]
+    resumed = MotionTokenizer.from_pretrained(tmp_path / "part").state_dict()
+    assert all(torch.equal(v, resumed[k]) for k, v in model.state_dict().items())
+    curves = [
+        [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
+         if "loss" in r]
+        for d in ("full", "part")
+    ]  # fmt: skip
+    assert curves[0] == curves[1] and len(curves[0]) == 8
+    with pytest.raises(CheckpointError, match="run.json"):
+        train(mc, tc, [], tmp_path / "never_trained", resume=True, progress=False)
 
 
 def test_frozen_encoder_trains_only_the_decoders(tmp_path):

@@ -1,4 +1,5 @@
-"""The shared trainer: exact resume, time budget, accumulation, checkpoint errors, and DDP/FSDP2 on CPU."""
+"""The shared trainer: exact resume (datasets and streams), time budget, stage hooks, accumulation, checkpoint
+errors, and DDP/FSDP2 on CPU."""
 
 import json
 import math
@@ -8,13 +9,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 import handvla.train.trainer as trainer_mod
-from handvla.errors import CheckpointError
+from handvla.errors import CheckpointError, ConfigError
 from handvla.train.trainer import ResumableSampler, TrainConfig, Trainer
 
 
@@ -174,6 +176,72 @@ def test_resume_restores_the_training_clock(tmp_path, monkeypatch):
     again = Trainer(Net(), Toy(), cfg, loss_fn=clock.loss).train(resume=True)
     assert again["steps_done"] == 5 and again["steps_done_this_run"] == 0 and again["stop_reason"] == "time_budget"
     assert [r["event"] for r in _records(tmp_path / "r") if "event" in r] == ["end"]  # one end record, the last
+
+
+class Stream(IterableDataset):
+    """Random batches forever from its own generator (its state is the data position)."""
+
+    def __init__(self, batch=5):
+        self.rng, self.batch, self.data = np.random.default_rng(7), batch, Toy()
+
+    def __iter__(self):
+        while True:
+            idx = self.rng.integers(0, len(self.data), self.batch)
+            yield {"x": self.data.x[idx], "y": self.data.y[idx]}
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
+
+
+def test_stream_dataset_and_stage_hooks_resume_exactly(tmp_path):
+    seen = {"before": [], "logged": []}
+
+    def before_step(model, step):
+        assert isinstance(model, Net)
+        seen["before"].append(step)
+
+    def on_log(model, record):
+        record["extra"] = 1.0
+        seen["logged"].append(record["step"])
+
+    torch.manual_seed(0)
+    Trainer(Net(), Stream(), _cfg(tmp_path, "full", log_every=3), before_step=before_step, on_log=on_log).train()
+    assert seen["before"] == list(range(12)) and seen["logged"] == [3, 6, 9, 12]
+    assert all(r["extra"] == 1.0 for r in _records(tmp_path / "full") if "loss" in r)
+    calls = {"n": 0}
+
+    def crashing_loss(model, batch):  # dies in step 10, after the step-8 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 19:
+            raise KeyboardInterrupt("killed")
+        return model(**batch).loss, {}
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(Net(), Stream(), _cfg(tmp_path, "cut", log_every=3), loss_fn=crashing_loss).train()
+    seen["before"].clear()
+    resumed = Trainer(Net(), Stream(), _cfg(tmp_path, "cut", log_every=3), before_step=before_step).train(resume=True)
+    assert resumed["steps_done_this_run"] == 4 and seen["before"] == [8, 9, 10, 11]
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "cut")  # the stream's position came back too
+
+
+def test_run_by_time_only_and_checkpoints_by_minutes(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="max_steps, max_minutes or both"):
+        _cfg(tmp_path, "none", max_steps=None)
+    clock = FakeClock(per_call=6.0)  # 12 s a step: a 1-minute budget is 5 steps
+    monkeypatch.setattr(trainer_mod, "_now", clock)
+    cfg = _cfg(tmp_path, "t", max_steps=None, max_minutes=1.0, warmup_steps=0, save_every=10_000, save_minutes=0.4,
+               keep_checkpoints=10, min_steps_ok=10)  # fmt: skip
+    out = Trainer(Net(), Toy(), cfg, loss_fn=clock.loss).train()
+    assert out["steps_done"] == 5 and out["max_steps"] is None and out["stop_reason"] == "time_budget"
+    lrs = [r["lr"] for r in _records(tmp_path / "t") if "lr" in r]
+    assert lrs == pytest.approx([_cosine(cfg, 12 * k / 60) for k in range(1, 6)])  # the cosine ends at the deadline
+    assert "did only 5 optimiser steps before its time budget of 1 min ran out" in out["warning"]
+    saved = sorted(p.name for p in (tmp_path / "t" / "checkpoints").glob("step-*"))
+    assert saved == ["step-00000002", "step-00000004", "step-00000005"]  # every 24 s of training, and at the end
 
 
 def test_sampler_shards_cover_everything_once_per_epoch():

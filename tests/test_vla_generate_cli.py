@@ -18,8 +18,8 @@ from handvla.cli import main
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.data.store import EpisodeStore
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
     from handvla.tokenizer.modeling import MotionTokenizer
     from handvla.vla import build_vla, save_vla

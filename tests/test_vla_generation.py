@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from handvla.errors import InputError
+from handvla.tokenizer.layout import TokenLayout
 from handvla.vla import (
     MotionBlockConstraint,
-    MotionLayout,
     build_vla,
     generate_motion,
     is_valid_motion_output,
@@ -24,9 +24,8 @@ from handvla.vla.processing import generation_prompt
 
 # A small layout keeps each block short (8 ids) so many decodes fit in a few seconds; the default 128-id
 # layout is exercised once below.
-SMALL = MotionLayout(
-    num_motion_ids=32, ids_per_block=8, wrist_ids_per_block=4, finger_ids_per_block=4, num_wrist_motion_ids=16
-)
+# 32 motion ids: 4 wrist ids in [0, 16) then 4 finger ids in [16, 32) per block
+SMALL = TokenLayout(("wrist", "finger"), groups=1, latent_steps=4, layers=1, codebook_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +42,11 @@ def images():
     ]
 
 
-def _check_blocks(motion: np.ndarray, layout: MotionLayout, seconds: int, hands: int) -> None:
-    assert motion.shape == (seconds, hands, layout.ids_per_block) and motion.dtype == np.int64
-    w, f = motion[..., : layout.wrist_ids_per_block], motion[..., layout.wrist_ids_per_block :]
-    assert ((w >= 0) & (w < layout.num_wrist_motion_ids)).all()
-    assert ((f >= layout.num_wrist_motion_ids) & (f < layout.num_motion_ids)).all()
+def _check_blocks(motion: np.ndarray, layout: TokenLayout, seconds: int, hands: int) -> None:
+    assert motion.shape == (seconds, hands, layout.tokens_per_block) and motion.dtype == np.int64
+    w, f = motion[..., layout.part_positions("wrist")], motion[..., layout.part_positions("finger")]
+    assert ((w >= 0) & (w < layout.id_range("wrist")[1])).all()
+    assert ((f >= layout.id_range("finger")[0]) & (f < layout.vocab_size)).all()
 
 
 def test_constrained_decoding_always_valid(small, images):

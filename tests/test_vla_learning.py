@@ -17,8 +17,9 @@ import pytest
 import torch
 from conftest import calibrated_tokenizer
 
+from handvla.camera import canonical_homography
 from handvla.vla.data import SampleSpec, VLAInstructionDataset, sample_texts
-from handvla.vla.processing import IGNORE_INDEX, canonical_homography, generation_prompt, hands_for_mode
+from handvla.vla.processing import IGNORE_INDEX, generation_prompt, hands_for_mode
 
 TILE = 112  # one tile of 112 px: 8 x 8 patches -> 16 visual tokens (the 56-px tiny tile has 4)
 LAYOUT = dict(id_layout="per_layer", token_order="layer_group_time")
@@ -284,7 +285,7 @@ def test_motion_depends_on_image_and_instruction(world, overfit):
 
 def test_token_layouts_round_trip_and_say_their_layer():
     from handvla.errors import ConfigError, InputError
-    from handvla.tokenizer.modeling import TokenLayout
+    from handvla.tokenizer.layout import TokenLayout
 
     for id_layout in ("per_part", "per_layer"):
         for order in ("group_time_layer", "layer_group_time"):
@@ -308,6 +309,33 @@ def test_token_layouts_round_trip_and_say_their_layer():
         lay.validate(bad)
     with pytest.raises(ConfigError, match="order"):
         TokenLayout(("wrist",), 2, 4, 8, 32, "per_layer", "time_first")
+
+
+def test_vla_config_holds_the_tokenizer_layout_and_reads_configs_written_before_it():
+    """One id layout: the VLA config stores the tokenizer's TokenLayout; a config.json written before that
+    (flat id counts, optional per-layer ids and position layers) converts to the same layout on load."""
+    from handvla.tokenizer.layout import TokenLayout
+    from handvla.vla.configuration import HandVLAConfig
+
+    for id_layout, order in (("per_layer", "layer_group_time"), ("per_layer", "group_time_layer"), ("per_part", "group_time_layer")):
+        lay = TokenLayout(("wrist", "finger"), 2, 4, 8, 32, id_layout, order)
+        assert HandVLAConfig.from_preset("tiny", layout=lay).motion_layout == lay
+        flat = dict(num_motion_ids=lay.vocab_size, ids_per_block=128, wrist_ids_per_block=64, finger_ids_per_block=64,
+                    num_wrist_motion_ids=lay.vocab_size // 2, codes_per_layer=32 if id_layout == "per_layer" else 0,
+                    position_layers=[int(v) for v in lay.position_layers()])  # fmt: skip
+        old = HandVLAConfig.from_preset("tiny", **flat)
+        # the same ids at every position and the same layer per position (how a part's block factors into
+        # groups and time steps is not recorded there; load_vla takes it from the checkpoint's tokenizer)
+        conv = old.motion_layout
+        assert conv.same_ids(lay) and np.array_equal(conv.position_layers(), lay.position_layers())
+        assert not hasattr(old, "num_motion_ids") and "num_motion_ids" not in old.to_dict()
+        assert old.to_dict()["motion_token_layout"] == conv.to_dict()
+    # the oldest configs: flat counts, no layers recorded -> same legal ids as the default tokenizer
+    oldest = HandVLAConfig.from_preset("tiny", num_motion_ids=8192, ids_per_block=128, wrist_ids_per_block=64,
+                                       finger_ids_per_block=64, num_wrist_motion_ids=4096)  # fmt: skip
+    assert oldest.motion_layout.same_ids(HandVLAConfig.from_preset("tiny").motion_layout)
+    part, layer = oldest.motion_layout.id_kinds([0, 4095, 4096, 8191])
+    assert part.tolist() == [0, 0, 1, 1] and layer.tolist() == [-1] * 4
 
 
 def test_constrained_decoding_keeps_every_position_in_its_layer_range(world):

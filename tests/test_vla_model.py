@@ -17,16 +17,15 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-from handvla.camera import CANONICAL_K, intrinsics_matrix
+from handvla.camera import CANONICAL_K, canonical_homography, intrinsics_matrix, warp_to_canonical
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
+from handvla.tokenizer.layout import TokenLayout
 from handvla.vla import (
     HandVLAConfig,
     HandVLAForConditionalGeneration,
-    MotionLayout,
     MotionVocab,
     build_text_tokenizer,
     build_vla,
-    canonical_homography,
     estimate_num_parameters,
     extend_vocabulary,
     generation_prompt,
@@ -34,15 +33,13 @@ from handvla.vla import (
     motion_lm_loss,
     save_vla,
     vla_from_backbone,
-    warp_to_canonical,
 )
 from handvla.vla.configuration import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, motion_token
 from handvla.vla.processing import IGNORE_INDEX, chat_text
 from handvla.vla.text_tokenizer import add_motion_tokens
 
-SMALL_LAYOUT = MotionLayout(
-    num_motion_ids=32, ids_per_block=8, wrist_ids_per_block=4, finger_ids_per_block=4, num_wrist_motion_ids=16
-)
+# 32 motion ids: 4 wrist ids in [0, 16) then 4 finger ids in [16, 32) per block
+SMALL_LAYOUT = TokenLayout(("wrist", "finger"), groups=1, latent_steps=4, layers=1, codebook_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +52,9 @@ def _image(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
 
 
-def _motion(rng: np.random.Generator, layout: MotionLayout, seconds: int, hands: int) -> np.ndarray:
-    w = rng.integers(*layout.wrist_id_range, size=(seconds, hands, layout.wrist_ids_per_block))
-    f = rng.integers(*layout.finger_id_range, size=(seconds, hands, layout.finger_ids_per_block))
+def _motion(rng: np.random.Generator, layout: TokenLayout, seconds: int, hands: int) -> np.ndarray:
+    w = rng.integers(*layout.id_range("wrist"), size=(seconds, hands, layout.tokens_per_part))
+    f = rng.integers(*layout.id_range("finger"), size=(seconds, hands, layout.tokens_per_part))
     return np.concatenate([w, f], -1)
 
 
@@ -112,8 +109,10 @@ def test_presets_shapes_and_parameter_counts():
 
 
 def test_config_validation_and_roundtrip(tmp_path):
-    with pytest.raises(ConfigError, match="wrist_ids_per_block"):
-        MotionLayout(wrist_ids_per_block=60)
+    with pytest.raises(ConfigError, match="groups: expected a positive integer"):
+        HandVLAConfig.from_preset("tiny", motion_token_layout={**SMALL_LAYOUT.to_dict(), "groups": 0})
+    with pytest.raises(ConfigError, match="id_layout"):
+        HandVLAConfig.from_preset("tiny", motion_token_layout={**SMALL_LAYOUT.to_dict(), "id_layout": "flat"})
     with pytest.raises(ConfigError, match="preset"):
         HandVLAConfig.from_preset("huge")
     with pytest.raises(ConfigError, match="motion_logit_mask_prob"):
@@ -142,7 +141,7 @@ def test_config_validation_and_roundtrip(tmp_path):
 def test_vocabulary_extension_contiguous(tiny):
     tok, cfg = tiny.tokenizer, tiny.model.config
     vocab = MotionVocab.from_config(cfg)
-    K = cfg.num_motion_ids
+    K = cfg.motion_layout.vocab_size
     assert K == 8192
     ids = tok.convert_tokens_to_ids([motion_token(i) for i in range(K)])
     assert ids == list(range(vocab.motion_offset, vocab.motion_offset + K))
@@ -277,14 +276,8 @@ def test_motion_tokenizer_travels_with_checkpoint(tmp_path):
     )
     bundle = build_vla("tiny", motion_tokenizer=mt)
     layout = bundle.model.config.motion_layout
-    assert layout == MotionLayout(
-        num_motion_ids=32,
-        ids_per_block=32,
-        wrist_ids_per_block=16,
-        finger_ids_per_block=16,
-        num_wrist_motion_ids=16,
-        position_layers=(0, 1) * 16,  # 2 groups x 4 latent steps x 2 layers per part, layers fastest
-    )
+    assert layout == mt.layout and layout.vocab_size == 32 and layout.tokens_per_block == 32
+    assert list(layout.position_layers()) == [0, 1] * 16  # 2 groups x 4 latent steps x 2 layers, layers fastest
     ck = save_vla(tmp_path / "ck", bundle)
     assert (ck / "motion_tokenizer" / "config.json").is_file()
     back = load_vla(ck)
@@ -368,7 +361,7 @@ def test_loss_only_on_answer_tokens(tiny):
     batch = _sample_batch(tiny, rng, seconds=1, mode="left")
     labels = batch["labels"][0]
     ids = batch["input_ids"][0]
-    n_ans = tiny.model.config.ids_per_block + 3  # <mot> ids </mot> <|im_end|>
+    n_ans = tiny.model.config.motion_layout.tokens_per_block + 3  # <mot> ids </mot> <|im_end|>
     assert (labels != IGNORE_INDEX).sum() == n_ans
     assert torch.equal(labels[-n_ans:], ids[-n_ans:]) and (labels[:-n_ans] == IGNORE_INDEX).all()
     assert ids[-1] == tiny.processor.vocab.eos_id

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import calibrated_tokenizer
 
+from handvla.camera import warp_to_canonical
 from handvla.errors import ConfigError, InputError
 from handvla.vla.data import (
     VLADataConfig,
@@ -22,7 +23,7 @@ from handvla.vla.data import (
     sample_texts,
     tokenizer_fingerprint,
 )
-from handvla.vla.processing import IGNORE_INDEX, hands_for_mode, warp_to_canonical
+from handvla.vla.processing import IGNORE_INDEX, hands_for_mode
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_samples_match_an_independent_encoding(world):
         want = np.stack([mt.encode_motion(ep.hands[h]).ids for h in hands_for_mode(s.hand_mode)], 1)
         ids = enc.input_ids.numpy()
         blocks = ids[
-            np.flatnonzero(ids == vocab.mot_start_id)[:, None] + 1 + np.arange(vocab.layout.ids_per_block)
+            np.flatnonzero(ids == vocab.mot_start_id)[:, None] + 1 + np.arange(vocab.layout.tokens_per_block)
         ]
         got = blocks - vocab.motion_offset  # every <mot> block of the sequence, in order
         target = got[-want.shape[0] * want.shape[1] :] if s.task_type != "translation" else got
@@ -86,7 +87,7 @@ def test_samples_match_an_independent_encoding(world):
         assert scored[-1] == vocab.eos_id
         n_motion = int(
             (
-                (scored >= vocab.motion_offset) & (scored < vocab.motion_offset + vocab.layout.num_motion_ids)
+                (scored >= vocab.motion_offset) & (scored < vocab.motion_offset + vocab.layout.vocab_size)
             ).sum()
         )
         assert n_motion == (0 if s.task_type == "translation" else want.size)

@@ -1,4 +1,4 @@
-"""Small helpers shared by the command modules."""
+"""Small helpers shared by the command modules: JSON output, command groups, training-run arguments."""
 
 from __future__ import annotations
 
@@ -24,6 +24,20 @@ def print_json(obj: Any) -> None:
     json.dump(conv(obj), sys.stdout, indent=2)
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def add_group(subparsers, name: str, dest: str, metavar: str = "SUBCOMMAND", required: bool = False, **kwargs):
+    """Add the command ``name`` that has subcommands (``handvla data stats``, ...) and return the subparsers
+    to add them to. ``kwargs`` (help, description) go to its parser; given alone, the command prints its
+    help and exits with status 1 (with ``required``, argparse asks for a subcommand instead)."""
+    parser = subparsers.add_parser(name, **kwargs)
+
+    def show_help(_args) -> int:
+        parser.print_help()
+        return 1
+
+    parser.set_defaults(func=show_help)
+    return parser.add_subparsers(dest=dest, metavar=metavar, required=required)
 
 
 def add_training_run_args(p, set_example: str) -> None:

@@ -1,19 +1,30 @@
-"""``handvla data ...``: jobs on standardised episode stores (``handvla.data.store``).
+"""``handvla data ...``: every job on standardised episode stores (``handvla.data.store``), from making them
+to checking them.
 
-One function ``_add_<name>(sub)`` per subcommand adds its parser and handler; ``SUBCOMMANDS`` lists them.
-To add a subcommand, either add such a function here and list it, or put a module
-``handvla/commands/_data_<name>.py`` defining ``register(data_subparsers)``: it is found automatically
-(the leading underscore keeps ``handvla.cli`` from registering it as a top-level command).
+    handvla data stats DIR [--json]                   episodes, hours, per-source counts, size on disk
+    handvla data validate DIR [--deep] [--json]       every problem, one line each (exit status 2 if any)
+    handvla data annotate DIR [--backend rules|openai] [--url URL --model NAME] [--workers N]
+    handvla data instructions DIR [DIR ...] --out MANIFEST [--size N] [--seed S]
+    handvla data build --config configs/build_unihand.yaml --out stores/unihand [--workers 4] [--shard i/n]
+    handvla data merge stores/unihand stores/shard_0 stores/shard_1 ...
+    handvla data handworld --episodes N --out DIR     the built-in world's episodes
+    handvla data view DIR --episode K --out F.mp4     an episode's stored hands drawn over its video
+    handvla data sim-demos --episodes N --out DIR     Adroit expert demonstrations (needs the robot extra)
+
+Subcommands are registered as ``handvla/cli.py`` describes. Results are one JSON document on stdout
+(progress bars go to stderr). Reruns resume: annotate skips clips already annotated by that backend (and
+the openai backend answers repeated requests from its reply cache), instructions rewrites its manifest
+atomically, build, merge and handworld skip the episodes already in the store.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
+from pathlib import Path
 
-from handvla.commands._util import print_json
+from handvla.commands._util import add_group, print_json
+from handvla.errors import ConfigError, InputError
 
 
 def _human_bytes(n: int) -> str:
@@ -59,7 +70,7 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_stats(sub) -> None:
+def add_stats(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "stats",
         help="episodes, hours, frames, per-source and per-rig counts, hands present, size on disk",
@@ -68,6 +79,7 @@ def _add_stats(sub) -> None:
     p.add_argument("dir", help="the store folder (LeRobot v3-style layout)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.set_defaults(func=run_stats)
+    return p
 
 
 # -- validate ------------------------------------------------------------------------------------------------
@@ -90,7 +102,7 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0 if not problems else 2
 
 
-def _add_validate(sub) -> None:
+def add_validate(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         help="check files, row and frame counts (and with --deep every value) of an episode store",
@@ -103,28 +115,582 @@ def _add_validate(sub) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run_validate)
+    return p
 
 
-SUBCOMMANDS = [_add_stats, _add_validate]
+# -- annotate ------------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+def run_annotate(args: argparse.Namespace) -> int:
+    import torch
+
+    from handvla.language.annotate.run import annotate_store
+    from handvla.language.annotate.segments import SegmentConfig
+    from handvla.language.annotate.table import ANNOTATIONS_DIR
+
+    # clips run in parallel threads; torch's own threads would only fight them for the cores
+    torch.set_num_threads(1)
+    if not Path(args.dir).is_dir():
+        raise InputError(args.dir, None, "an episode store folder", "missing")
+    seg = SegmentConfig(
+        max_clip_s=args.max_clip_s,
+        window_s=args.window_s,
+        stride_s=args.stride_s,
+        frame_rate_hz=args.frame_rate,
+    )
+    if args.backend == "rules":
+        from handvla.language.annotate.rules import RuleAnnotator
+
+        annotator = RuleAnnotator(mano_dir=args.mano_dir)
+    else:
+        from handvla.language.annotate.openai_backend import OpenAIAnnotator, OpenAIConfig
+
+        cfg = OpenAIConfig.from_env(
+            url=args.url,
+            model=args.model,
+            api_key=None,  # keys come from the environment only, never from the command line (shell history)
+            timeout_s=args.timeout,
+            max_retries=args.retries,
+            rate_per_s=args.rate,
+            max_image_side=args.image_side,
+            json_mode=not args.no_json_mode,
+            include_kinematics=not args.no_hints,
+        )
+        cache = (
+            Path(args.cache_dir) if args.cache_dir else Path(args.dir) / ANNOTATIONS_DIR / "cache" / "openai"
+        )
+        annotator = OpenAIAnnotator(cfg, cache_dir=cache)
+    report = annotate_store(
+        args.dir,
+        annotator,
+        config=seg,
+        workers=args.workers,
+        limit=args.limit,
+        retry_failed=not args.skip_failed,
+        progress=not args.quiet,
+    )
+    print_json(report)
+    return 0 if report["failed"] == 0 else 3
+
+
+def add_annotate(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "annotate",
+        help="write clip-level and per-second text for every clip of a store (rule-based or a VLM endpoint)",
+        description="Cut episodes into clips of at most 10 s, annotate each (clip instruction and summary, "
+        "per-second instruction and description, for both hands and each hand) and append the result to "
+        "DIR/meta/annotations/<backend>.jsonl. Reruns skip clips already annotated by that backend. Exit "
+        "status 3 when some clips failed (they are listed in <backend>.failures.jsonl and retried next time).",
+    )
+    p.add_argument("dir", help="the episode store folder")
+    p.add_argument(
+        "--backend",
+        choices=("rules", "openai"),
+        default="rules",
+        help="rules (default, no model) or openai (a VLM endpoint)",
+    )
+    p.add_argument(
+        "--url",
+        default=None,
+        help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (default $HANDVLA_VLM_URL)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model name at the endpoint (default $HANDVLA_VLM_MODEL); the key is read from $HANDVLA_VLM_API_KEY",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="clips annotated at the same time (concurrent requests for openai)",
+    )
+    p.add_argument(
+        "--rate", type=_positive_float, default=None, help="openai: at most this many requests per second"
+    )
+    p.add_argument(
+        "--timeout", type=_positive_float, default=120.0, help="openai: seconds to wait for one reply"
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="openai: retries per clip (timeouts, 429/5xx, replies that are not the JSON asked for)",
+    )
+    p.add_argument(
+        "--image-side",
+        type=_positive_int,
+        default=448,
+        help="openai: frames are downscaled to this longer side (pixels)",
+    )
+    p.add_argument(
+        "--no-json-mode",
+        action="store_true",
+        help="openai: do not send response_format=json_object (for servers without it)",
+    )
+    p.add_argument(
+        "--no-hints",
+        action="store_true",
+        help="openai: do not add the rule-based motion measurements to the prompt",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="openai: reply cache folder (default DIR/meta/annotations/cache/openai)",
+    )
+    p.add_argument(
+        "--skip-failed", action="store_true", help="do not retry clips that failed in an earlier run"
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="annotate at most this many clips (for a trial run)"
+    )
+    p.add_argument(
+        "--max-clip-s", type=_positive_float, default=10.0, help="longest clip, seconds (default 10)"
+    )
+    p.add_argument(
+        "--window-s", type=_positive_float, default=1.0, help="per-second window length, seconds (default 1)"
+    )
+    p.add_argument(
+        "--stride-s",
+        type=_positive_float,
+        default=0.5,
+        help="per-second window stride, seconds (default 0.5)",
+    )
+    p.add_argument(
+        "--frame-rate", type=_positive_float, default=2.0, help="frames per second shown to a VLM (default 2)"
+    )
+    p.add_argument(
+        "--mano-dir", default=None, help="rules: MANO folder, for stores with hand_model 'mano' and no joints"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_annotate)
+    return p
+
+
+# -- instructions --------------------------------------------------------------------------------------------
+
+
+def run_instructions(args: argparse.Namespace) -> int:
+    from handvla.language.instructions.build import InstructionBuildConfig, build_instructions
+    from handvla.language.instructions.sampling import (
+        DEFAULT_TASK_WEIGHTS,
+        InstructionBalanceConfig,
+        parse_task_weights,
+    )
+
+    weights = parse_task_weights(args.proportions) if args.proportions else dict(DEFAULT_TASK_WEIGHTS)
+    source_weights = None
+    if args.source_weights:
+        try:
+            source_weights = {
+                k.strip(): float(v) for k, v in (p.split("=", 1) for p in args.source_weights.split(","))
+            }
+        except ValueError:
+            raise ConfigError(
+                f"--source-weights: expected name=weight pairs separated by commas, got {args.source_weights!r}"
+            ) from None
+    balance = None
+    if args.size is not None:
+        balance = InstructionBalanceConfig(
+            size=args.size,
+            seed=args.seed,
+            task_weights=weights,
+            source_balance=args.source_balance,
+            source_weights=source_weights,
+        )
+    backends = tuple(args.backend.split(",")) if args.backend != "auto" else None
+    cfg = InstructionBuildConfig(backends=backends)
+    report = build_instructions(
+        args.dirs,
+        args.out,
+        size=args.size,
+        seed=args.seed,
+        balance=balance,
+        config=cfg,
+        progress=not args.quiet,
+    )
+    print_json(report)
+    return 0
+
+
+def add_instructions(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "instructions",
+        help="instruction samples (generation, translation, prediction) from annotated stores, balanced",
+        description="Make samples of the three task types from the annotations of one or more stores, fill "
+        "~20 templates per type (each stating the duration and the hands), pick a subset of --size balanced "
+        "over sources and task types (default proportions 1.6/0.4/0.5 like UniHand-2.5M) and write the "
+        "manifest (.jsonl or .parquet) atomically. Without --size every candidate is written once.",
+    )
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="episode store folder(s), annotated with `handvla data annotate`",
+    )
+    p.add_argument("--out", required=True, help="manifest file (.jsonl or .parquet)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="number of samples in the balanced subset (default: every candidate once)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the template choice")
+    p.add_argument(
+        "--proportions",
+        default=None,
+        help="task-type weights generation,translation,prediction (default 1.6,0.4,0.5)",
+    )
+    p.add_argument(
+        "--source-balance",
+        choices=("uniform", "sqrt", "proportional"),
+        default="uniform",
+        help="how sources share each task type (default uniform)",
+    )
+    p.add_argument(
+        "--source-weights",
+        default=None,
+        help="explicit source shares, e.g. handworld=1,egodex=3 (overrides --source-balance)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="annotation tables to use, in order of preference, e.g. openai,rules (default: all present, openai first)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_instructions)
+    return p
+
+
+# -- build ---------------------------------------------------------------------------------------------------
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from handvla.ingest.build import build, load_build_config, parse_shard
+
+    cfg = load_build_config(args.config)
+    summary = build(
+        cfg,
+        args.out,
+        workers=args.workers,
+        shard=parse_shard(args.shard),
+        limit=args.limit,
+        progress=not args.no_progress,
+    )
+    print_json(summary)
+    return 0
+
+
+def add_build(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "build",
+        help="source datasets -> one standardised, aligned, balanced episode store (resumable, parallel)",
+        description="Read every enabled source of the config, standardise (fit joints, clean pseudo-labels, "
+        "15 fps), align to the canonical camera, add balancing copies and write the store. Episodes "
+        "already in the store are skipped; failures are reported in OUT/build_report.jsonl and skipped.",
+    )
+    p.add_argument("--config", required=True, help="build config (YAML): see handvla.ingest.build")
+    p.add_argument("--out", required=True, help="the store folder (created or resumed)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's)")
+    p.add_argument("--shard", default=None, help="i/n: build only shard i of n (by a stable key hash)")
+    p.add_argument("--limit", type=int, default=None, help="at most N episodes per source (a quick trial)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_build)
+    return p
+
+
+# -- merge ---------------------------------------------------------------------------------------------------
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from handvla.ingest.build import merge_stores
+
+    print_json(merge_stores(args.out, args.inputs, progress=not args.no_progress))
+    return 0
+
+
+def add_merge(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "merge",
+        help="merge shard stores into one (single-build order, mp4 files copied)",
+        description="Merge stores built with --shard into OUT, in the order a single build writes.",
+    )
+    p.add_argument("out", help="the merged store (created or resumed)")
+    p.add_argument("inputs", nargs="+", help="shard stores")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_merge)
+    return p
+
+
+# -- handworld -----------------------------------------------------------------------------------------------
+
+
+def run_handworld(args: argparse.Namespace) -> int:
+    from handvla.synth.handworld.cameras import parse_rigs, parse_size
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
+
+    width, height = parse_size(args.size)
+    cfg = HandWorldConfig(
+        width=width,
+        height=height,
+        seconds=float(args.seconds),
+        rigs=tuple(parse_rigs(args.rigs)),
+        shadows=not args.no_shadows,
+        tasks=None if not args.tasks else tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+    )
+    summary = generate_episodes(
+        args.episodes, args.out, seed=args.seed, workers=args.workers, config=cfg, progress=not args.quiet
+    )
+    print_json(summary)
+    return 0
+
+
+def add_handworld(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "handworld",
+        help="generate episodes of the built-in tabletop world (rendered video, hands, ground truth)",
+        description=(
+            "Render HandWorld episodes: a table with coloured objects, one or two hands performing an "
+            "instructed primitive (reach, grasp, pick up, move, place, push, point, pinch, wave, open, "
+            "close, two-hand variants), seen by a camera rig (ego: head-mounted with Vision Pro "
+            "intrinsics; third: across the table, narrow; phone: wide angle, off-centre). Writes a "
+            "standardised episode store (hands in the camera frame, 15 fps, mp4 video, instruction, "
+            "ground truth). Episode i of a seed is deterministic; an existing store is resumed."
+        ),
+    )
+    p.add_argument(
+        "--episodes", type=int, required=True, metavar="N", help="number of episodes (indices 0..N-1)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="the store folder (created or resumed)")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--rigs", default="ego,third,phone", help="comma list of rigs, used in turn (default all)")
+    p.add_argument("--size", default="256x192", metavar="WxH", help="render size in pixels (default 256x192)")
+    p.add_argument("--seconds", type=float, default=5.0, metavar="S", help="episode length (default 5)")
+    p.add_argument("--workers", type=int, default=1, help="render processes (default 1)")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        metavar="T1,T2",
+        help="only these tasks (default all): reach, grasp, pick_up, move, place, push, point, pinch, wave, open, "
+        "close, both_pick_up, both_push, clap, both_wave, both_open_close",
+    )
+    p.add_argument("--no-shadows", action="store_true", help="skip shadows on the table (faster)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_handworld)
+    return p
+
+
+# -- view ----------------------------------------------------------------------------------------------------
+
+
+def _object_marks(ep, T: int):
+    """Per frame, the pixels of the targets' centres from the ground truth (HandWorld episodes), or None."""
+    import numpy as np
+
+    gt = ep.ground_truth or {}
+    if ep.source != "handworld" or "targets" not in gt or "camera" not in gt:
+        return None
+    from handvla.synth.handworld.cameras import camera_from_record
+
+    cam = camera_from_record(gt["camera"])
+    tracks = gt.get("object_tracks", {})
+    marks = []
+    for tg in gt["targets"]:
+        tr = tracks.get(str(tg["object_id"]))
+        if tr is not None:
+            p = np.asarray(tr["position_world"], np.float64)
+        else:
+            p = np.repeat(np.asarray(tg["initial_world"], np.float64)[None], T, 0)
+        a = ep.frame_offset
+        marks.append(cam.project_world(p[a : a + T]))  # (T, 2)
+    return marks
+
+
+def run_view(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from handvla.data.store import EpisodeStore
+    from handvla.hand import render as HR
+    from handvla.video import VideoWriter
+
+    store = EpisodeStore(args.dir)
+    if store.camera is None:
+        raise InputError(store.root, "video", "a store with video to draw on", "a store without video")
+    ep = store.load_episode(args.episode, args.start, args.end)
+    T = ep.num_frames
+    if T == 0:
+        raise InputError(f"{store.root} episode {args.episode}", "window", "at least one frame", "0 frames")
+    video = np.asarray(ep.video)
+    cam = ep.camera
+    hands = []
+    for side in ep.hands_present():
+        m = ep.hands[side]
+        if ep.joints.get(side) is not None and not args.from_params:
+            hands.append(HR.HandTrack(joints=ep.joints[side], side=side, valid=m.valid))
+        else:
+            hands.append(HR.track_from_motion(m))
+    text = ep.tasks[0] if ep.tasks else ""
+    marks = None if args.no_objects else _object_marks(ep, T)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InputError(out, "path", "a file in an existing folder", f"missing folder {out.parent}")
+    frames = (
+        HR.iter_frames(
+            hands, camera=cam, background=video, title=text if not args.no_text else None, side_tags=True
+        )
+        if hands
+        else iter(video)
+    )
+    n = 0
+    with VideoWriter(out, fps=store.fps) as w:
+        for t, frame in enumerate(frames):
+            if marks:
+                img = Image.fromarray(np.asarray(frame))
+                draw = ImageDraw.Draw(img)
+                rad = max(3, cam.width // 60)
+                for uv in marks:
+                    u, v = uv[t]
+                    if np.isfinite(u) and np.isfinite(v):
+                        draw.ellipse([u - rad, v - rad, u + rad, v + rad], outline=(255, 255, 255), width=1)
+                frame = np.asarray(img)
+            w.write(np.asarray(frame))
+            n += 1
+    print_json(
+        {
+            "out": str(out),
+            "episode": int(args.episode),
+            "key": ep.key,
+            "frames": n,
+            "fps": store.fps,
+            "hands": [h.side for h in hands],
+            "instruction": text,
+            "rig": ep.rig,
+            "camera": {
+                "fx": cam.fx,
+                "fy": cam.fy,
+                "cx": cam.cx,
+                "cy": cam.cy,
+                "width": cam.width,
+                "height": cam.height,
+            },
+        }
+    )
+    return 0
+
+
+def add_view(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "view",
+        help="an episode's video with its stored hand joints drawn over it under the stored camera",
+        description=(
+            "Write an MP4 (or GIF) of one episode: its video with the stored 21 joints per hand (or, with "
+            "--from-params, joints computed from the stored hand parameters) projected through the stored "
+            "intrinsics and drawn over each frame; HandWorld episodes also get rings at the target "
+            "objects' ground-truth positions. Where the skeleton sits on the rendered hand, 3D, camera "
+            "and pixels agree."
+        ),
+    )
+    p.add_argument("dir", help="the store folder")
+    p.add_argument("--episode", type=int, required=True, metavar="K", help="episode index")
+    p.add_argument("--out", required=True, metavar="FILE.mp4", help="output video (.mp4 or .gif)")
+    p.add_argument("--start", type=float, default=None, metavar="S", help="first second (default: start)")
+    p.add_argument(
+        "--end", type=float, default=None, metavar="S", help="last second, exclusive (default: end)"
+    )
+    p.add_argument(
+        "--from-params", action="store_true", help="joints from the hand parameters, not stored joints"
+    )
+    p.add_argument("--no-objects", action="store_true", help="no rings at the target objects")
+    p.add_argument("--no-text", action="store_true", help="no instruction text")
+    p.set_defaults(func=run_view)
+    return p
+
+
+# -- sim-demos -----------------------------------------------------------------------------------------------
+
+
+def run_sim_demos(args: argparse.Namespace) -> int:
+    from handvla.robot.sim.expert import collect_demos
+
+    size = None if args.image_size == 0 else int(args.image_size)
+    summary = collect_demos(
+        args.task,
+        args.episodes,
+        args.out,
+        seed=args.seed,
+        image_size=size,
+        camera=args.camera,
+        only_successful=not args.keep_failures,
+        progress=not args.quiet,
+    )
+    print_json(summary)
+    return 0
+
+
+def add_sim_demos(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "sim-demos",
+        help="expert demonstrations in the Adroit simulator as a LeRobot v3 dataset",
+        description=(
+            "Run the scripted expert of an Adroit task on seeds SEED, SEED+1, ... and write the episodes "
+            "(by default only the solved ones) to a LeRobot v3 dataset: observation.state, action, "
+            "next.reward, next.success and the video observation.images.<camera>."
+        ),
+    )
+    p.add_argument("--task", default="relocate", help="sim task with a scripted expert (default relocate)")
+    p.add_argument("--episodes", type=int, required=True, metavar="N", help="demonstrations to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created, or appended to)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0; evaluation starts at 10000)")
+    p.add_argument("--image-size", type=int, default=128, metavar="PX", help="square frames (0: no video)")
+    p.add_argument("--camera", default=None, help="camera name (default: the wrapper's 'front')")
+    p.add_argument("--keep-failures", action="store_true", help="also write episodes the expert failed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_sim_demos)
+    return p
+
+
+#: the ``handvla data`` subcommands, in help order
+SUBCOMMANDS = (
+    add_stats,
+    add_validate,
+    add_annotate,
+    add_instructions,
+    add_build,
+    add_merge,
+    add_handworld,
+    add_view,
+    add_sim_demos,
+)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    sub = add_group(
+        subparsers,
         "data",
+        dest="data_command",
         help="episode stores: stats, validate, ...",
         description="Jobs on standardised episode stores (LeRobot v3-style: parquet + mp4 + meta).",
     )
-    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     for add in SUBCOMMANDS:
         add(sub)
-    import handvla.commands as commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_data_"):
-            importlib.import_module(f"handvla.commands.{info.name}").register(sub)
-
-    def _help(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 1
-
-    parser.set_defaults(func=_help)

@@ -5,57 +5,14 @@ from __future__ import annotations
 import argparse
 
 from handvla.commands._util import print_json
+from handvla.config import load_config
 
 
-def apply_overrides(cfg, items: list[str]):
-    """``KEY=VALUE`` overrides of DemoConfig fields (VALUE as JSON, else a string; tuples from lists or
-    comma-separated text), checked against the field's type."""
-    import dataclasses
-    import json
-
-    from handvla.errors import ConfigError
-
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in fields:
-            raise ConfigError(
-                f"demo --set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}"
-            )
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        current = getattr(cfg, key)
-        if value is None and "None" in str(fields[key].type):
-            changes[key] = None  # an optional field switched off
-            continue
-        if isinstance(current, tuple):
-            value = tuple(value) if isinstance(value, list) else tuple(v.strip() for v in str(value).split(","))
-            try:
-                if current and isinstance(current[0], bool):
-                    pass
-                elif current and isinstance(current[0], int):
-                    value = tuple(int(v) for v in value)
-                elif current and isinstance(current[0], float):
-                    value = tuple(float(v) for v in value)
-            except ValueError:
-                raise ConfigError(f"demo --set {key}: expected numbers, got {raw!r}") from None
-        elif isinstance(current, bool) or not isinstance(value, type(current)):
-            ok = isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)
-            if not ok and not (isinstance(current, bool) and isinstance(value, bool)):
-                raise ConfigError(f"demo --set {key}: expected {type(current).__name__}, got {raw!r}")
-            value = float(value) if ok else value
-        changes[key] = value
-    return dataclasses.replace(cfg, **changes)
-
-
-def _run(args: argparse.Namespace) -> int:
+def run_demo_cmd(args: argparse.Namespace) -> int:
     from handvla.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
-    cfg = apply_overrides(cfg, args.set)
+    cfg = load_config(DemoConfig, None, args.set, cfg.model_dump(), "demo --set")
     if args.seed is not None:
         cfg.seed = args.seed
     if args.workers is not None:
@@ -89,4 +46,4 @@ def register(subparsers) -> None:
         "finished stages are reused)",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=run_demo_cmd)

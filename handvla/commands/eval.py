@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from handvla.commands._util import print_json
+from handvla.commands._util import add_group, print_json
 from handvla.errors import ConfigError
 
 
 def _load_policy(args: argparse.Namespace):
     import torch
 
-    from handvla.robot.policy import HandVLAPolicy
+    from handvla.policy import HandVLAPolicy
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
@@ -121,16 +121,8 @@ def run_eval_open_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate a post-trained policy: closed loop in simulation or open loop on a dataset",
-        description="Closed-loop success rate in the Adroit simulator (sim) or open-loop action error on a "
-        "recorded LeRobot v3 dataset (open-loop).",
-    )
-    sub = p.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
-
-    s = sub.add_parser("sim", help="closed loop in the Adroit simulator: success rate with 95% CI")
+def add_sim(sub) -> argparse.ArgumentParser:
+    s = sub.add_parser("sim", help="closed loop in the Adroit simulator: success rate with 95%% CI")
     s.add_argument("--ckpt", default=None, help="policy checkpoint folder (handvla posttrain's final/)")
     s.add_argument("--url", default=None, help="or a running policy server, ws://HOST:PORT")
     s.add_argument("--task", default="relocate", help="sim task: relocate or door")
@@ -148,7 +140,10 @@ def register(subparsers) -> None:
     s.add_argument("--per-seed", action="store_true", help="with --json: include per-episode rows")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=run_eval_sim)
+    return s
 
+
+def add_open_loop(sub) -> argparse.ArgumentParser:
     o = sub.add_parser(
         "open-loop", help="predicted vs recorded action chunks on a dataset, error by horizon step"
     )
@@ -167,3 +162,23 @@ def register(subparsers) -> None:
     o.add_argument("--json", action="store_true", help="print the result as JSON")
     o.add_argument("--quiet", action="store_true")
     o.set_defaults(func=run_eval_open_loop)
+    return o
+
+
+#: the ``handvla eval`` kinds, in help order
+SUBCOMMANDS = (add_sim, add_open_loop)
+
+
+def register(subparsers) -> None:
+    sub = add_group(
+        subparsers,
+        "eval",
+        dest="eval_kind",
+        metavar="KIND",
+        required=True,
+        help="evaluate a post-trained policy: closed loop in simulation or open loop on a dataset",
+        description="Closed-loop success rate in the Adroit simulator (sim) or open-loop action error on a "
+        "recorded LeRobot v3 dataset (open-loop).",
+    )
+    for add in SUBCOMMANDS:
+        add(sub)

@@ -112,7 +112,8 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from handvla.hand.render import Camera, render_motions
+    from handvla.camera import Camera
+    from handvla.hand.render import render_motions
     from handvla.vla.data import prepare_image
     from handvla.vla.evaluate import model_alignment, model_image_size
     from handvla.vla.generation import generate_motion

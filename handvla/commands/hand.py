@@ -1,10 +1,7 @@
 """``handvla hand ...``: hand-motion tools.
 
-One function pair per subcommand: ``add_<name>(sub)`` declares its arguments and ``run_<name>(args)``
-does the work and returns the exit code. To add a subcommand (render, ...), write the pair and append
-``add_<name>`` to ``SUBCOMMANDS``; ``register`` builds the group from that list.
-
-- ``hand fit``: fit a joints file (T, 21, 3) to hand parameters and write a parameter file.
+    handvla hand fit --joints IN.npz --out OUT.npz [--hand-model builtin|mano]   joints -> hand parameters
+    handvla hand render --motion M.npz [--motion L.npz] [--compare ...] --out OUT.mp4
 """
 
 from __future__ import annotations
@@ -12,11 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from handvla.commands._util import print_json
+from handvla.commands._util import add_group, print_json
 from handvla.errors import ConfigError, InputError, MissingResourceError
 
 
-def add_fit(sub: argparse._SubParsersAction) -> None:
+def add_fit(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "fit",
         help="fit 3D joints (T, 21, 3) to hand parameters",
@@ -37,12 +34,13 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_fit)
+    return p
 
 
 def run_fit(args: argparse.Namespace) -> int:
     from handvla.hand.fitting import FitConfig, fit_recording
     from handvla.hand.io import JointsRecording, load_any, save_motion
-    from handvla.hand.model import load_hand_model
+    from handvla.hand.registry import load_hand_model
 
     config = FitConfig()
     if args.iters is not None:
@@ -89,8 +87,7 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-#: the ``hand`` subcommands, in help order
-def add_render(sub: argparse._SubParsersAction) -> None:
+def add_render(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "render",
         help="render hand motion (parameter or joints files) to MP4/GIF",
@@ -104,6 +101,7 @@ def add_render(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mano-dir", default=None, help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl")
     p.add_argument("--title", default=None)
     p.set_defaults(func=run_render)
+    return p
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -120,17 +118,16 @@ def run_render(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_fit, add_render]
+#: the ``handvla hand`` subcommands, in help order
+SUBCOMMANDS = (add_fit, add_render)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("hand", help="hand-motion tools: fit joints to hand parameters, render motion to video")
-    sub = parser.add_subparsers(dest="hand_command", metavar="SUBCOMMAND")
+    sub = add_group(
+        subparsers,
+        "hand",
+        dest="hand_command",
+        help="hand-motion tools: fit joints to hand parameters, render motion to video",
+    )
     for add in SUBCOMMANDS:
         add(sub)
-
-    def show_help(_args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 1
-
-    parser.set_defaults(func=show_help)

@@ -19,7 +19,7 @@ import threading
 def run_serve(args: argparse.Namespace) -> int:
     import torch
 
-    from handvla.robot.policy import HandVLAPolicy
+    from handvla.policy import HandVLAPolicy
     from handvla.robot.server import PolicyServer
 
     if args.threads:

@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from handvla.commands._util import print_json
+from handvla.commands._util import add_group, print_json
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("tokenizer", help="train / evaluate the motion tokenizer (motion <-> ids)")
-    sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
-
+def add_train(sub) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a tokenizer (resumable)")
     t.add_argument("--config", help="YAML/JSON with model and training fields (flat or model:/train:)")
     t.add_argument("--preset", default="default", help="model + training preset: default or tiny")
@@ -26,7 +23,7 @@ def register(subparsers) -> None:
         help="'builtin', a joints or parameter .npz, or a folder of them; repeatable (default: builtin)",
     )
     t.add_argument("--features", help="feature set: D51, D99, D109, D114 or D162")
-    t.add_argument("--max-minutes", type=float, help="wall-clock budget for this run")
+    t.add_argument("--max-minutes", type=float, help="training-time budget (all sessions of the run)")
     t.add_argument("--steps", type=int, help="optimiser steps (the LR schedule length)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -36,8 +33,11 @@ def register(subparsers) -> None:
     t.add_argument("--out", required=True, help="output folder (model, checkpoint, log)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=_train)
+    t.set_defaults(func=run_train)
+    return t
 
+
+def add_eval(sub) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="reconstruction error of a trained tokenizer")
     e.add_argument(
         "--ckpt", required=True, help="folder written by 'tokenizer train' (config.json + weights)"
@@ -49,25 +49,21 @@ def register(subparsers) -> None:
     e.add_argument("--per-clip", action="store_true", help="include one row per clip")
     e.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     e.add_argument("--no-progress", action="store_true")
-    e.set_defaults(func=_eval)
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+    e.set_defaults(func=run_eval)
+    return e
 
 
-def _train(args: argparse.Namespace) -> int:
-    from handvla.tokenizer.configuration import TokenizerConfig, TrainConfig, load_config_file, preset
+def run_train(args: argparse.Namespace) -> int:
+    from handvla.tokenizer.configuration import load_config_file, preset
     from handvla.tokenizer.training import train
 
     model_cfg, train_cfg = preset(args.preset)
     if args.config:
         model_cfg, train_cfg = load_config_file(args.config, base=(model_cfg, train_cfg))
-    md, td = model_cfg.to_dict(), train_cfg.to_dict()
     if args.features:
-        md["features"] = args.features
-    for name in ("max_minutes", "steps", "batch_size", "lr", "threads", "seed"):
-        v = getattr(args, name)
-        if v is not None:
-            td[name] = v
-    model_cfg, train_cfg = TokenizerConfig.from_dict(md), TrainConfig.from_dict(td)
+        model_cfg = model_cfg.replace(features=args.features)
+    names = ("max_minutes", "steps", "batch_size", "lr", "threads", "seed")
+    train_cfg = train_cfg.replace(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
     result = train(
         model_cfg,
         train_cfg,
@@ -90,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace) -> int:
     from handvla.tokenizer.evaluation import evaluate_files
     from handvla.tokenizer.modeling import MotionTokenizer
 
@@ -101,3 +97,19 @@ def _eval(args: argparse.Namespace) -> int:
     print_json(res)
     sys.stdout.flush()
     return 0
+
+
+#: the ``handvla tokenizer`` actions, in help order
+SUBCOMMANDS = (add_train, add_eval)
+
+
+def register(subparsers) -> None:
+    sub = add_group(
+        subparsers,
+        "tokenizer",
+        dest="tokenizer_command",
+        metavar="ACTION",
+        help="train / evaluate the motion tokenizer (motion <-> ids)",
+    )
+    for add in SUBCOMMANDS:
+        add(sub)

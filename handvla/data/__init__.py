@@ -1,1 +1,2 @@
-"""The episode store and its schema: the on-disk LeRobot v3 layout shared by human-hand and robot data."""
+"""The episode store and its schema, on the LeRobot v3 layout (``lerobot``) that human-hand and robot
+data share."""

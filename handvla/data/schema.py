@@ -2,31 +2,31 @@
 
 One ``Episode`` = one continuous recording at one frame rate: per hand the MANO-convention parameters of
 ``handvla.hand.motion`` (camera frame), optional 21 OpenPose joints per hand (metres, camera frame), the
-camera that saw it (``Camera``: pinhole intrinsics in pixels, optional world->camera extrinsics), the video
+camera that saw it (``handvla.camera.Camera``: pinhole intrinsics in pixels, optional world->camera extrinsics), the video
 (frames or an existing mp4), text (``tasks``, ``annotations``), provenance (``source``, ``licence``, ``rig``)
 and optional ``ground_truth`` (synthetic worlds know it).
 
-This module also holds the on-disk schema of the store (``handvla.data.store``): the per-frame columns, the
-LeRobot v3 ``features`` block of ``meta/info.json`` and the format version. Camera frame = OpenCV
+This module also holds the store's own schema (``handvla.data.store``): the per-hand per-frame columns,
+the ``features`` block of its ``meta/info.json``, the hand convention and the format version of the
+``handvla`` additions; the LeRobot v3 layout underneath is ``handvla.data.lerobot``. Camera frame = OpenCV
 convention: x right, y down, z forward (points in front of the camera have z > 0).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from handvla.camera import Camera
+from handvla.data.lerobot import index_features, video_feature, video_key
 from handvla.errors import InputError
 from handvla.hand.motion import HandMotion
 from handvla.hand.topology import MANO_JOINT_NAMES, NUM_BETAS, NUM_JOINTS, OPENPOSE_JOINT_NAMES, SIDES
 
-#: LeRobot dataset layout this store follows (``meta/info.json`` ``codebase_version``).
-CODEBASE_VERSION = "v3.0"
 #: Version of the handvla additions (the ``handvla`` block of info.json and the extra episode columns).
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -42,18 +42,7 @@ HAND_CONVENTION_TEXT = (
 HAND_MODELS = ("builtin", "mano")
 DEFAULT_CAMERA = "main"
 
-# LeRobot v3 defaults (src/lerobot/datasets/utils.py).
-DEFAULT_CHUNK_SIZE = 1000  # files per chunk folder
-DEFAULT_DATA_FILE_SIZE_IN_MB = 100
-DEFAULT_VIDEO_FILE_SIZE_IN_MB = 500
-DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-INFO_PATH = "meta/info.json"
-STATS_PATH = "meta/stats.json"
-TASKS_PATH = "meta/tasks.parquet"
-
-#: per-hand per-frame parameter fields: name -> (width, parquet dtype)
+#: per-hand per-frame parameter fields: name -> width (float32 values)
 HAND_FIELDS = {
     "global_orient": 3,
     "wrist_pos": 3,
@@ -61,18 +50,11 @@ HAND_FIELDS = {
     "betas": NUM_BETAS,
 }
 JOINTS_WIDTH = NUM_JOINTS * 3
-#: LeRobot's own per-frame bookkeeping columns
-INDEX_COLUMNS = ("index", "episode_index", "frame_index", "timestamp", "task_index")
 
 
 def hand_column(side: str, name: str) -> str:
     """Per-frame column of one hand field, e.g. ``right_hand.hand_pose``."""
     return f"{side}_hand.{name}"
-
-
-def video_key(camera: str) -> str:
-    """LeRobot video feature name of a camera, e.g. ``observation.images.main``."""
-    return f"observation.images.{camera}"
 
 
 def _xyz(names) -> list[str]:
@@ -127,125 +109,39 @@ def build_features(
             }
     if camera is not None:
         h, w = video_shape if video_shape is not None else (None, None)
-        feats[video_key(camera)] = {
-            "dtype": "video",
-            "shape": [h, w, 3],
-            "names": ["height", "width", "channels"],
-            "info": {
-                "video.height": h,
-                "video.width": w,
-                "video.channels": 3,
-                "video.fps": fps,
-                "video.codec": "h264",
-                "video.pix_fmt": "yuv420p",
-                "video.is_depth_map": False,
-                "has_audio": False,
-            },
-        }
-    feats["timestamp"] = {"dtype": "float32", "shape": [1], "names": None, "info": {"units": "s"}}
-    for name in ("frame_index", "episode_index", "index", "task_index"):
-        feats[name] = {"dtype": "int64", "shape": [1], "names": None}
+        feats[video_key(camera)] = video_feature(h, w, fps)
+    feats |= index_features()
+    feats["timestamp"]["info"] = {"units": "s"}
     return feats
 
 
-@dataclass
-class Camera:
-    """Pinhole camera: intrinsics in pixels, image size, optional world->camera extrinsics (4, 4).
+def camera_to_row(camera: Camera) -> dict[str, Any]:
+    """Episode-table columns of a camera (``camera/fx`` ... ``camera/extrinsics``, the latter a flat
+    list of 16 or None)."""
+    e = camera.extrinsics
+    return {
+        "camera/fx": camera.fx,
+        "camera/fy": camera.fy,
+        "camera/cx": camera.cx,
+        "camera/cy": camera.cy,
+        "camera/width": camera.width,
+        "camera/height": camera.height,
+        "camera/extrinsics": None if e is None else e.reshape(-1).tolist(),
+    }
 
-    Camera frame = OpenCV axes (x right, y down, z forward). Lens distortion is not modelled: sources with
-    distorted images undistort first.
-    """
 
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-    extrinsics: np.ndarray | None = None  # (4, 4) float64, world -> camera; None = unknown
-
-    def __post_init__(self) -> None:
-        for name in ("fx", "fy", "cx", "cy"):
-            v = float(getattr(self, name))
-            if not math.isfinite(v):
-                raise InputError("Camera", name, "a finite number (pixels)", repr(getattr(self, name)))
-            setattr(self, name, v)
-        for name in ("fx", "fy"):
-            if getattr(self, name) <= 0:
-                raise InputError(
-                    "Camera", name, "a positive focal length (pixels)", repr(getattr(self, name))
-                )
-        for name in ("width", "height"):
-            v = getattr(self, name)
-            if int(v) != v or int(v) <= 0:
-                raise InputError("Camera", name, "a positive whole number of pixels", repr(v))
-            setattr(self, name, int(v))
-        if self.extrinsics is not None:
-            e = np.asarray(self.extrinsics, np.float64)
-            if e.shape == (16,):
-                e = e.reshape(4, 4)
-            if e.shape != (4, 4) or not np.isfinite(e).all():
-                raise InputError("Camera", "extrinsics", "a finite (4, 4) world->camera matrix", str(e.shape))
-            self.extrinsics = e
-
-    @property
-    def K(self) -> np.ndarray:
-        """(3, 3) intrinsic matrix."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
-    @classmethod
-    def from_K(cls, K, width: int, height: int, extrinsics=None) -> Camera:
-        K = np.asarray(K, np.float64)
-        if K.shape != (3, 3):
-            raise InputError("Camera", "K", "a (3, 3) intrinsic matrix", str(K.shape))
-        return cls(K[0, 0], K[1, 1], K[0, 2], K[1, 2], width, height, extrinsics)
-
-    def project(self, points_cam: np.ndarray) -> np.ndarray:
-        """Camera-frame points (..., 3) in metres -> pixels (..., 2): u = fx X/Z + cx, v = fy Y/Z + cy.
-
-        Points with Z <= 0 (behind or on the camera plane) have no image and come back as NaN.
-        """
-        p = np.asarray(points_cam, np.float64)
-        if p.shape[-1] != 3:
-            raise InputError("Camera.project", "points_cam", "shape (..., 3)", str(p.shape))
-        z = p[..., 2]
-        ok = z > 0
-        zs = np.where(ok, z, 1.0)
-        uv = np.stack([self.fx * p[..., 0] / zs + self.cx, self.fy * p[..., 1] / zs + self.cy], axis=-1)
-        uv[~ok] = np.nan
-        return uv
-
-    def world_to_camera(self, points_world: np.ndarray) -> np.ndarray:
-        """World-frame points (..., 3) -> camera frame (..., 3) with the extrinsics."""
-        if self.extrinsics is None:
-            raise InputError("Camera", "extrinsics", "a world->camera matrix to map world points", "None")
-        p = np.asarray(points_world, np.float64)
-        return p @ self.extrinsics[:3, :3].T + self.extrinsics[:3, 3]
-
-    def to_row(self) -> dict[str, Any]:
-        """Episode-table columns (``camera/fx`` ...)."""
-        return {
-            "camera/fx": self.fx,
-            "camera/fy": self.fy,
-            "camera/cx": self.cx,
-            "camera/cy": self.cy,
-            "camera/width": self.width,
-            "camera/height": self.height,
-            "camera/extrinsics": None if self.extrinsics is None else self.extrinsics.reshape(-1).tolist(),
-        }
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Camera:
-        e = row.get("camera/extrinsics")
-        return cls(
-            row["camera/fx"],
-            row["camera/fy"],
-            row["camera/cx"],
-            row["camera/cy"],
-            row["camera/width"],
-            row["camera/height"],
-            None if e is None else np.asarray(e, np.float64).reshape(4, 4),
-        )
+def camera_from_row(row: dict[str, Any]) -> Camera:
+    """The ``Camera`` of an episode-table row (inverse of ``camera_to_row``)."""
+    e = row.get("camera/extrinsics")
+    return Camera(
+        row["camera/fx"],
+        row["camera/fy"],
+        row["camera/cx"],
+        row["camera/cy"],
+        row["camera/width"],
+        row["camera/height"],
+        None if e is None else np.asarray(e, np.float64).reshape(4, 4),
+    )
 
 
 def _json_default(x):

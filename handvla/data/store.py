@@ -1,6 +1,7 @@
 """The episode store: standardised human-hand episodes as a LeRobot v3-style dataset (parquet + mp4 + meta).
 
-Layout (``DIR`` = the store)::
+Layout (``DIR`` = the store; the LeRobot v3 part, its path templates, metadata IO, statistics and writer
+lock are ``handvla.data.lerobot``)::
 
     meta/info.json                          codebase_version v3.0, fps, features, path templates, totals,
                                             plus a "handvla" block (format version, hand convention, ...)
@@ -37,7 +38,6 @@ is not included in the stats.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -50,41 +50,64 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from handvla import video as V
 from handvla.atomic import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_parquet,
     fsync_dir,
     fsync_file,
-    is_tmp_name,
+    read_json,
     tmp_path,
 )
-from handvla import video as V
-from handvla.data.schema import (
-    CODEBASE_VERSION,
+from handvla.camera import Camera
+from handvla.data.lerobot import (
     DATA_PATH,
-    DEFAULT_CAMERA,
     DEFAULT_CHUNK_SIZE,
-    DEFAULT_DATA_FILE_SIZE_IN_MB,
-    DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+    EPISODES_DIR,
     EPISODES_PATH,
+    INDEX_FEATURES,
+    INFO_PATH,
+    STATS_PATH,
+    TASKS_PATH,
+    VIDEO_PATH,
+    WriterLock,
+    check_not_foreign,
+    checked_fps,
+    chunk_file,
+    episode_files,
+    episode_stats,
+    index_columns,
+    index_values,
+    merge_stats,
+    new_info,
+    read_info,
+    read_parquet,
+    remove_leftovers,
+    row_stats,
+    set_totals,
+    stats_fields,
+    stats_row,
+    video_key,
+    write_episodes,
+    write_info,
+    write_tasks,
+)
+from handvla.data.schema import (
+    DEFAULT_CAMERA,
     FORMAT_VERSION,
     HAND_CONVENTION,
     HAND_CONVENTION_TEXT,
     HAND_FIELDS,
     HAND_MODELS,
-    INFO_PATH,
     JOINTS_WIDTH,
-    STATS_PATH,
     SUPPORTED_FORMAT_VERSIONS,
-    TASKS_PATH,
-    VIDEO_PATH,
-    Camera,
     Episode,
     build_features,
+    camera_from_row,
+    camera_to_row,
     hand_column,
     to_json,
-    video_key,
 )
 from handvla.errors import ConfigError, InputError
 from handvla.hand.motion import HandMotion
@@ -93,20 +116,10 @@ from handvla.hand.topology import NUM_BETAS, NUM_JOINTS, SIDES
 JOURNAL_PATH = "meta/handvla_journal.jsonl"
 #: aggregated stats with the number of episodes they cover, written in one file so the pair stays consistent
 STATS_STATE_PATH = "meta/handvla_stats.json"
-LOCK_PATH = "meta/handvla_writer.lock"
 EPISODES_PER_META_FILE = 1000
 ROW_GROUP_FRAMES = 256  # parquet row group size: window reads only read the groups they need
-AS_STORED = object()  # EpisodeWriter option default: the value of the existing store (or the default for a new one)  # every temporary file is named ".<name>...tmp..." in the folder of its target
-
-# ---------------------------------------------------------------------------------------------------------
-# small file helpers
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _chunk_file(index: int, per_file: int = 1) -> tuple[int, int]:
-    """Episode (or episode-file) number -> (chunk_index, file_index), ``DEFAULT_CHUNK_SIZE`` files per chunk."""
-    f = index // per_file
-    return f // DEFAULT_CHUNK_SIZE, f % DEFAULT_CHUNK_SIZE
+#: EpisodeWriter option default: the value of the existing store (or the default for a new one)
+AS_STORED = object()
 
 
 def _fixed_list(a: np.ndarray, width: int) -> pa.Array:
@@ -115,95 +128,13 @@ def _fixed_list(a: np.ndarray, width: int) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
 
-def _tasks_table(tasks: list[str]) -> pa.Table:
-    """LeRobot's tasks.parquet: pandas DataFrame indexed by the task string with a ``task_index`` column.
-    pandas is not a dependency here, so the pandas metadata that makes ``task`` the index is written by hand."""
-    table = pa.table(
-        {"task_index": pa.array(range(len(tasks)), pa.int64()), "task": pa.array(tasks, pa.string())}
-    )
-    pandas_meta = {
-        "index_columns": ["task"],
-        "column_indexes": [
-            {
-                "name": None,
-                "field_name": None,
-                "pandas_type": "unicode",
-                "numpy_type": "object",
-                "metadata": {"encoding": "UTF-8"},
-            }
-        ],
-        "columns": [
-            {
-                "name": "task_index",
-                "field_name": "task_index",
-                "pandas_type": "int64",
-                "numpy_type": "int64",
-                "metadata": None,
-            },
-            {
-                "name": "task",
-                "field_name": "task",
-                "pandas_type": "unicode",
-                "numpy_type": "object",
-                "metadata": None,
-            },
-        ],
-        "creator": {"library": "pyarrow", "version": pa.__version__},
-        "pandas_version": "2.2.0",
-    }
-    return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
-
-
-# ---------------------------------------------------------------------------------------------------------
-# per-episode stats (sums that merge exactly across episodes)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _episode_stats(values: np.ndarray) -> dict[str, list]:
-    """(N, D) values -> {min, max, mean, std, count} lists (float64; count [N]). N = 0 gives zeros."""
-    v = np.asarray(values, np.float64)
-    if v.ndim == 1:
-        v = v[:, None]
-    n = v.shape[0]
-    if n == 0:
-        z = [0.0] * v.shape[1]
-        return {"min": z, "max": z, "mean": z, "std": z, "count": [0]}
-    return {
-        "min": v.min(0).tolist(),
-        "max": v.max(0).tolist(),
-        "mean": v.mean(0).tolist(),
-        "std": v.std(0).tolist(),
-        "count": [n],
-    }
-
-
-def _merge_stats(parts: list[dict[str, list]]) -> dict[str, list] | None:
-    """Combine per-episode stats (population std) exactly: pooled mean and pooled second moment."""
-    parts = [p for p in parts if p["count"][0] > 0]
-    if not parts:
-        return None
-    n = np.array([p["count"][0] for p in parts], np.float64)[:, None]
-    mean = np.array([p["mean"] for p in parts], np.float64)
-    std = np.array([p["std"] for p in parts], np.float64)
-    N = n.sum()
-    m = (n * mean).sum(0) / N
-    var = (n * (std**2 + (mean - m) ** 2)).sum(0) / N
-    return {
-        "min": np.min([p["min"] for p in parts], axis=0).tolist(),
-        "max": np.max([p["max"] for p in parts], axis=0).tolist(),
-        "mean": m.tolist(),
-        "std": np.sqrt(np.maximum(var, 0.0)).tolist(),
-        "count": [int(N)],
-    }
-
-
 # ---------------------------------------------------------------------------------------------------------
 # schema of the episode table
 # ---------------------------------------------------------------------------------------------------------
 
 
 def _stat_features(with_joints: bool) -> list[str]:
-    names = ["timestamp", "frame_index", "episode_index", "index", "task_index"]
+    names = list(INDEX_FEATURES)
     for side in SIDES:
         names += [hand_column(side, "valid")] + [hand_column(side, f) for f in HAND_FIELDS]
         if with_joints:
@@ -247,15 +178,8 @@ def _episode_schema(camera: str | None, with_joints: bool) -> pa.Schema:
         ("ground_truth", pa.string()),
         ("hands", pa.list_(pa.string())),
     ]
-    for name in _stat_features(with_joints):
-        for s in ("min", "max", "mean", "std"):
-            fields.append((f"stats/{name}/{s}", pa.list_(pa.float64())))
-        fields.append((f"stats/{name}/count", pa.list_(pa.int64())))
+    fields += stats_fields(_stat_features(with_joints))
     return pa.schema(fields)
-
-
-def _row_stats(row: dict[str, Any], name: str) -> dict[str, list]:
-    return {s: row[f"stats/{name}/{s}"] for s in ("min", "max", "mean", "std", "count")}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,19 +188,11 @@ def _row_stats(row: dict[str, Any], name: str) -> dict[str, list]:
 
 
 def _read_info(root: Path) -> dict[str, Any]:
+    info = read_info(
+        root,
+        InputError(root, INFO_PATH, "an episode store (LeRobot v3 layout with meta/info.json)", "missing"),
+    )
     path = root / INFO_PATH
-    if not path.is_file():
-        raise InputError(
-            root, INFO_PATH, "an episode store (LeRobot v3 layout with meta/info.json)", "missing"
-        )
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(path, None, "valid JSON", str(e)) from None
-    if not isinstance(info, dict):
-        raise InputError(path, None, "a JSON object", type(info).__name__)
-    if info.get("codebase_version") != CODEBASE_VERSION:
-        raise InputError(path, "codebase_version", repr(CODEBASE_VERSION), repr(info.get("codebase_version")))
     hv = info.get("handvla")
     if not isinstance(hv, dict):
         raise InputError(
@@ -295,19 +211,7 @@ def _read_info(root: Path) -> dict[str, Any]:
         )
     if hv.get("hand_model") not in HAND_MODELS:
         raise InputError(path, "handvla.hand_model", f"one of {HAND_MODELS}", repr(hv.get("hand_model")))
-    fps = info.get("fps")
-    if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not math.isfinite(fps) or fps <= 0:
-        raise InputError(path, "fps", "a positive number", repr(fps))
     return info
-
-
-def _read_parquet_table(path: Path, where: str, columns: list[str] | None = None) -> pa.Table:
-    try:
-        return pq.read_table(path, columns=columns)
-    except FileNotFoundError:
-        raise InputError(where, None, "an existing parquet file", "missing") from None
-    except (pa.ArrowException, OSError) as e:
-        raise InputError(where, None, "a complete, readable parquet file", f"unreadable ({e})") from None
 
 
 def _read_journal(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -334,11 +238,10 @@ def _load_episode_rows(
     root: Path, schema: pa.Schema, columns: list[str] | None = None
 ) -> tuple[pa.Table, int]:
     """All committed episode rows (compacted files + journal) as one table, and how many were compacted."""
-    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
     tables = []
-    for f in files:
-        t = _read_parquet_table(f, str(f))
+    for f in episode_files(root):
+        t = read_parquet(f)
         missing = [c for c in wanted.names if c not in t.column_names]
         if missing:
             raise InputError(f, missing[0], "an episode-table column of this store format", "missing")
@@ -351,7 +254,7 @@ def _load_episode_rows(
     idx = table.column("episode_index").to_numpy() if n_compacted else np.zeros(0, np.int64)
     if not np.array_equal(idx, np.arange(n_compacted)):
         raise InputError(
-            root / "meta" / "episodes",
+            root / EPISODES_DIR,
             "episode_index",
             "0, 1, 2, ... across the episode files",
             str(idx[:10].tolist()),
@@ -390,9 +293,9 @@ def _task_order(tasks_per_episode: list[list[str]]) -> dict[str, int]:
 def _read_stats_state(root: Path) -> tuple[int, dict[str, dict[str, list]]]:
     """(episodes covered, aggregated stats); (0, {}) when absent or unreadable (then rebuilt from episodes)."""
     try:
-        state = json.loads((root / STATS_STATE_PATH).read_text())
+        state = read_json(root / STATS_STATE_PATH)
         return int(state["episodes"]), dict(state["stats"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):  # InputError is a ValueError
         return 0, {}
 
 
@@ -435,15 +338,7 @@ class EpisodeWriter:
         self.root = Path(root)
         self.durable = bool(durable)
         self.crf, self.preset, self.compact_every = int(crf), preset, int(compact_every)
-        (self.root / "meta").mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.root / LOCK_PATH, "a+")
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise ConfigError(
-                f"{self.root}: another EpisodeWriter holds {LOCK_PATH}; one writer per store"
-            ) from None
+        self._lock = WriterLock(self.root, "EpisodeWriter", "store")
         self._closed = False
         try:
             self._open(fps, hand_model, joints, camera, robot_type)
@@ -474,36 +369,18 @@ class EpisodeWriter:
         else:
             if fps is None:
                 raise ConfigError(f"{self.root}: a new store needs fps")
-            for sub in ("data", "videos"):  # never clean up (delete) files of something that is not a store
-                if (self.root / sub).is_dir() and any((self.root / sub).iterdir()):
-                    raise ConfigError(
-                        f"{self.root}: has {sub}/ but no {INFO_PATH}; not an episode store, not writing"
-                    )
-            if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-                raise ConfigError(f"{self.root}: fps must be a positive number, got {fps!r}")
+            check_not_foreign(self.root, "an episode store")
+            fps = checked_fps(self.root, fps)
             hand_model = hand_model or "builtin"
             if hand_model not in HAND_MODELS:
                 raise ConfigError(f"{self.root}: hand_model must be one of {HAND_MODELS}, got {hand_model!r}")
-            fps = int(fps) if float(fps).is_integer() else float(fps)
             camera = DEFAULT_CAMERA if camera is AS_STORED else camera
             if camera is not None and (not isinstance(camera, str) or not camera or "/" in camera):
                 raise ConfigError(
                     f"{self.root}: camera must be a name without '/' (or None for no video), got {camera!r}"
                 )
-            self.info = {
-                "codebase_version": CODEBASE_VERSION,
-                "robot_type": robot_type,
-                "total_episodes": 0,
-                "total_frames": 0,
-                "total_tasks": 0,
-                "chunks_size": DEFAULT_CHUNK_SIZE,
-                "data_files_size_in_mb": DEFAULT_DATA_FILE_SIZE_IN_MB,
-                "video_files_size_in_mb": DEFAULT_VIDEO_FILE_SIZE_IN_MB,
-                "fps": fps,
-                "splits": {},
-                "data_path": DATA_PATH,
-                "video_path": VIDEO_PATH if camera is not None else None,
-                "features": build_features(bool(joints), camera, None, fps),
+            features = build_features(bool(joints), camera, None, fps)
+            self.info = new_info(fps, features, robot_type, camera is not None) | {
                 "handvla": {
                     "format_version": FORMAT_VERSION,
                     "hand_convention": HAND_CONVENTION,
@@ -516,7 +393,7 @@ class EpisodeWriter:
                     "video_sizes": [],
                 },
             }
-            atomic_write_json(info_path, self.info)
+            write_info(self.root, self.info)
         hv = self.info["handvla"]
         self.fps = float(self.info["fps"])
         self.hand_model = hv["hand_model"]
@@ -554,19 +431,14 @@ class EpisodeWriter:
 
     def _cleanup(self) -> None:
         """Remove temporary files and data/video files of episodes that were never committed."""
-        for sub in ("data", "videos", "meta"):
-            base = self.root / sub
-            if not base.is_dir():
-                continue
-            for dirpath, _, filenames in os.walk(base):
-                for name in filenames:
-                    p = Path(dirpath) / name
-                    if is_tmp_name(name):
-                        p.unlink(missing_ok=True)
-                    elif sub != "meta" and name.startswith("file-"):
-                        k = self._episode_of_file(p)
-                        if k is not None and k >= self._n:
-                            p.unlink(missing_ok=True)
+
+        def uncommitted(p: Path) -> bool:
+            if p.relative_to(self.root).parts[0] == "meta" or not p.name.startswith("file-"):
+                return False
+            k = self._episode_of_file(p)
+            return k is not None and k >= self._n
+
+        remove_leftovers(self.root, uncommitted)
 
     def _episode_of_file(self, p: Path) -> int | None:
         try:
@@ -616,7 +488,7 @@ class EpisodeWriter:
         T, columns, row_stats, hands_present = self._frame_columns(ep, k, where)
         annotations = to_json(ep.annotations, where, "annotations")  # before any file is written
         ground_truth = None if ep.ground_truth is None else to_json(ep.ground_truth, where, "ground_truth")
-        chunk, file = _chunk_file(k)
+        chunk, file = chunk_file(k)
         row: dict[str, Any] = {
             "episode_index": k,
             "key": key,
@@ -645,10 +517,10 @@ class EpisodeWriter:
                 f"videos/{vk}/from_timestamp": 0.0,
                 f"videos/{vk}/to_timestamp": T / self.fps,
             }
-        mchunk, mfile = _chunk_file(k, EPISODES_PER_META_FILE)
+        mchunk, mfile = chunk_file(k, EPISODES_PER_META_FILE)
         row |= {"meta/episodes/chunk_index": mchunk, "meta/episodes/file_index": mfile}
         row |= {"source": str(ep.source), "licence": str(ep.licence), "rig": str(ep.rig)}
-        row |= ep.camera.to_row()
+        row |= camera_to_row(ep.camera)
         row |= {"annotations": annotations, "ground_truth": ground_truth, "hands": hands_present}
         row |= row_stats
         line = (json.dumps(row, allow_nan=False) + "\n").encode()
@@ -677,7 +549,7 @@ class EpisodeWriter:
         if abs(float(ep.fps) - self.fps) > 1e-9 * self.fps:
             raise InputError(where, "fps", f"{self.fps} (the store's frame rate)", str(ep.fps))
         if not isinstance(ep.camera, Camera):
-            raise InputError(where, "camera", "a handvla.data.schema.Camera", type(ep.camera).__name__)
+            raise InputError(where, "camera", "a handvla.camera.Camera", type(ep.camera).__name__)
         if not isinstance(ep.tasks, (list, tuple)) or not all(isinstance(t, str) for t in ep.tasks):
             raise InputError(where, "tasks", "a list of str", repr(ep.tasks)[:80])
         if not isinstance(ep.annotations, dict):
@@ -714,22 +586,10 @@ class EpisodeWriter:
                 f"joints for {sorted(ep.joints)}",
             )
 
-        idx = np.arange(T, dtype=np.int64)
         task_index = self._tasks.get(ep.tasks[0] if ep.tasks else "", len(self._tasks))
-        cols: dict[str, pa.Array] = {
-            "index": pa.array(idx + self._frames),
-            "episode_index": pa.array(np.full(T, k, np.int64)),
-            "frame_index": pa.array(idx),
-            "timestamp": pa.array((idx / self.fps).astype(np.float32)),
-            "task_index": pa.array(np.full(T, task_index, np.int64)),
-        }
-        stats = {
-            "timestamp": _episode_stats(idx / self.fps),
-            "frame_index": _episode_stats(idx),
-            "episode_index": _episode_stats(np.full(T, k)),
-            "index": _episode_stats(idx + self._frames),
-            "task_index": _episode_stats(np.full(T, task_index)),
-        }
+        index = index_values(T, k, self._frames, task_index, self.fps)
+        stats = {name: episode_stats(v) for name, v in index.items()}
+        cols: dict[str, pa.Array] = {}  # the hand columns, then the bookkeeping columns (info.json order)
         present = []
         for side in SIDES:
             m = ep.hands.get(side)
@@ -780,13 +640,13 @@ class EpisodeWriter:
                         f"NaN/inf at frame {frame}",
                     )
             cols[hand_column(side, "valid")] = pa.array(valid, pa.bool_())
-            stats[hand_column(side, "valid")] = _episode_stats(valid.astype(np.float64))
+            stats[hand_column(side, "valid")] = episode_stats(valid.astype(np.float64))
             for f, a in arrays.items():
                 width = a.shape[1]
                 cols[hand_column(side, f)] = _fixed_list(a, width)
-                stats[hand_column(side, f)] = _episode_stats(a[valid])
-        row_stats = {f"stats/{name}/{s}": v for name, st in stats.items() for s, v in st.items()}
-        return T, cols, row_stats, present
+                stats[hand_column(side, f)] = episode_stats(a[valid])
+        cols |= index_columns(index)
+        return T, cols, stats_row(stats), present
 
     def _write_video(self, ep: Episode, T: int, path: Path, where: str) -> None:
         cam = ep.camera
@@ -861,37 +721,33 @@ class EpisodeWriter:
                 file_rows = rows[lo - start : hi - start]
                 table = pa.Table.from_pylist(file_rows, schema=self.schema)
             else:  # the file starts before the pending rows: keep its existing rows
-                chunk, fi = _chunk_file(f)
-                old = _read_parquet_table(
+                chunk, fi = chunk_file(f)
+                old = read_parquet(
                     self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=fi), "episode file"
                 )
                 old = old.select(self.schema.names).cast(self.schema).slice(0, start - lo)
                 table = pa.concat_tables([old, pa.Table.from_pylist(rows[: hi - start], schema=self.schema)])
-            chunk, fi = _chunk_file(f)
-            atomic_write_parquet(self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=fi), table)
+            write_episodes(self.root, *chunk_file(f), table)
         # 2. tasks, 3. stats (old aggregate merged with the new episodes), 4. info
-        atomic_write_parquet(self.root / TASKS_PATH, _tasks_table(list(self._tasks)))
+        write_tasks(self.root, list(self._tasks))
         new_rows = rows[self._stats_n - start :]
         stats = {}
         for name in _stat_features(self.with_joints):
-            parts = [_row_stats(r, name) for r in new_rows]
+            parts = [row_stats(r, name) for r in new_rows]
             if name in self._stats:
                 parts.append(self._stats[name])
-            merged = _merge_stats(parts)
+            merged = merge_stats(parts)
             if merged is not None:
                 stats[name] = merged
         atomic_write_json(self.root / STATS_STATE_PATH, {"episodes": n, "stats": stats})
         atomic_write_json(self.root / STATS_PATH, stats)
         self._stats, self._stats_n = stats, n
         sizes = sorted(self._video_sizes)
-        self.info["total_episodes"] = n
-        self.info["total_frames"] = self._frames
-        self.info["total_tasks"] = len(self._tasks)
-        self.info["splits"] = {"train": f"0:{n}"} if n else {}
+        set_totals(self.info, n, self._frames, len(self._tasks))
         shape = sizes[0] if len(sizes) == 1 else None
         self.info["features"] = build_features(self.with_joints, self.camera, shape, self.info["fps"])
         self.info["handvla"]["video_sizes"] = [list(s) for s in sizes]
-        atomic_write_json(self.root / INFO_PATH, self.info)
+        write_info(self.root, self.info)
         # 5. empty the journal: everything in it is now in meta/episodes
         self._journal.close()
         atomic_write_bytes(self.root / JOURNAL_PATH, b"")
@@ -917,10 +773,7 @@ class EpisodeWriter:
 
     def _release(self) -> None:
         self._closed = True
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-        finally:
-            self._lock_file.close()
+        self._lock.release()
 
     def __enter__(self) -> EpisodeWriter:
         return self
@@ -1052,7 +905,7 @@ class EpisodeStore:
         gt = row["ground_truth"]
         return Episode(
             hands=hands,
-            camera=Camera.from_row(row),
+            camera=camera_from_row(row),
             fps=self.fps,
             key=row["key"],
             video=video,
@@ -1198,7 +1051,7 @@ class EpisodeStore:
             rows = table.to_pylist()
             raw = {}
             for name in _stat_features(self.with_joints):
-                merged = _merge_stats([_row_stats(r, name) for r in rows])
+                merged = merge_stats([row_stats(r, name) for r in rows])
                 if merged is not None:
                     raw[name] = merged
         return {name: {s: np.asarray(v) for s, v in st.items()} for name, st in raw.items()}

@@ -28,7 +28,9 @@ import torch
 
 from handvla.errors import InputError
 from handvla.hand import rotations as R
+from handvla.hand.model import HandModel
 from handvla.hand.motion import HandMotion
+from handvla.hand.registry import motion_output
 
 FEATURE_SETS = ("D51", "D99", "D109", "D114", "D162")
 PARTS = ("wrist", "finger")
@@ -150,22 +152,37 @@ def features_to_params(spec: FeatureSpec, feats: torch.Tensor) -> dict[str, torc
     return out
 
 
-def motion_to_features(spec: FeatureSpec, motion: HandMotion, hand_model=None) -> torch.Tensor:
-    """A ``HandMotion`` -> (T, D) float32 features. Needs the hand model for sets with joints."""
+def motion_to_features(
+    spec: FeatureSpec, motion: HandMotion, hand_model: HandModel | str = "builtin"
+) -> torch.Tensor:
+    """A ``HandMotion`` -> (T, D) float32 features. Sets with joints take them from ``hand_model`` (a model
+    of the motion's side or a model name, see ``handvla.hand.registry.motion_output``)."""
     # copies: the arrays may be read-only views (memory-mapped or from parquet)
     go = torch.tensor(motion.global_orient)
     hp = torch.tensor(motion.hand_pose)
     wp = torch.tensor(motion.wrist_pos)
     betas = torch.tensor(motion.betas)
-    joints = None
-    if spec.has_joints:
-        if hand_model is None:
-            from handvla.hand.model import load_hand_model
-
-            hand_model = load_hand_model("builtin", motion.side)
-        with torch.no_grad():
-            joints = hand_model(go, hp, betas, wp).joints
+    joints = motion_output(motion, hand_model).joints if spec.has_joints else None
     return params_to_features(spec, go, hp, wp, betas, joints)
+
+
+def features_to_joints(
+    spec: FeatureSpec, feats: torch.Tensor, betas: torch.Tensor, hand_model: HandModel
+) -> torch.Tensor:
+    """Differentiable: raw features (B, W, D) + betas (B, 10) -> joints (B, W, 21, 3) in metres, in the
+    features' frame (wrist joint at the decoded wrist position).
+
+    The rotations go straight from their feature form (6D by Gram-Schmidt, or axis-angle) to matrices and
+    through ``HandModel.joints_from_rotations``: no detour through axis-angle, whose conversion from a
+    matrix has branch switches that make gradients noisy."""
+    B, W = feats.shape[:2]
+    f = feats.reshape(B * W, spec.dim)
+    b = betas[:, None].expand(B, W, betas.shape[-1]).reshape(B * W, -1)
+    s = spec.slices()
+    to_mat = R.rot6d_to_matrix if spec.rot == "6d" else R.axis_angle_to_matrix
+    hand_pose = to_mat(f[:, s["hand_pose"]].reshape(B * W, 15, spec.rot_dim))
+    mats = torch.cat([to_mat(f[:, s["global_orient"]])[:, None], hand_pose], 1)  # (BW, 16, 3, 3)
+    return hand_model.joints_from_rotations(mats, b, f[:, s["wrist_pos"]]).reshape(B, W, -1, 3)
 
 
 def split_parts(spec: FeatureSpec, feats: torch.Tensor) -> dict[str, torch.Tensor]:

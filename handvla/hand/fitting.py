@@ -44,9 +44,9 @@ base, the same point as the model's thumb CMC, so nothing else changes. The wris
 Leap clip observes it): it sits where the model's rest geometry puts it relative to the palm points.
 
 Gaps: a frame is fitted when all 21 points are finite. Other frames are filled from the nearest fitted
-frames on each side (slerp for every rotation, linear for the wrist position, the nearest fitted frame
-before the first / after the last) and get ``valid = False``. Smoothness terms only link frames that are
-adjacent in the input and both fitted.
+frames on each side (``HandMotion.filled``: slerp for every rotation, linear for the wrist position, the
+nearest fitted frame before the first / after the last) and get ``valid = False``. Smoothness terms only
+link frames that are adjacent in the input and both fitted.
 
 Time: smoothness terms use the timestamps (non-uniform finite differences), so a dropped frame is a
 longer step, not a jump; spacings are clamped to at least half the nominal 1/fps because trackers stamp
@@ -65,18 +65,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
+from handvla.config import ConfigModel
 from handvla.errors import ConfigError, InputError
 from handvla.hand import anatomy
 from handvla.hand.metrics import similarity_transform
-from handvla.hand.model import HandModel, load_hand_model
+from handvla.hand.model import HandModel
 from handvla.hand.motion import HandMotion
+from handvla.hand.registry import shared_hand_model
 from handvla.hand.rotations import (
     axis_angle_to_matrix,
-    axis_angle_to_quaternion,
     matrix_to_axis_angle,
     matrix_to_quaternion,
-    quaternion_to_axis_angle,
     quaternion_to_matrix,
 )
 from handvla.hand.topology import MANO_FINGERS, MANO_TO_OPENPOSE, NUM_BETAS, NUM_JOINTS, OPENPOSE_PARENTS
@@ -107,8 +108,7 @@ def limit_violation(angles: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) ->
 # --------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FitConfig:
+class FitConfig(ConfigModel):
     """Weights are relative to the data term: per frame, the mean over the 21 points of the squared error
     in cm^2, summed over frames. Limits and smoothness are summed over frames too; the betas prior is
     once per sequence (a Gaussian prior, so long clips let the data speak)."""
@@ -130,7 +130,8 @@ class FitConfig:
     # costs more than it gains. Fit several files in parallel processes to use more cores. 0 = leave as is.
     num_threads: int = 1
 
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> FitConfig:
         for name in ("iters", "global_iters", "history_size", "num_threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -139,6 +140,7 @@ class FitConfig:
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ConfigError(f"fitting: {name} must be a non-negative number, got {v!r}")
+        return self
 
 
 @dataclass
@@ -263,53 +265,6 @@ def init_finger_pose(R_wrist: torch.Tensor, obs: torch.Tensor, rest: torch.Tenso
         pose[:, idx - 1] = aa
         G_parent = G_parent @ axis_angle_to_matrix(aa)
     return pose
-
-
-def _slerp_fill_quat(q: torch.Tensor, obs_idx: torch.Tensor, T: int) -> torch.Tensor:
-    """(N, ..., 4) quaternions at frames ``obs_idx`` (sorted) -> (T, ..., 4), slerp between neighbours."""
-    tq = torch.arange(T)
-    hi = torch.searchsorted(obs_idx, tq).clamp(max=len(obs_idx) - 1)
-    lo = (hi - 1).clamp(min=0)
-    lo = torch.where(obs_idx[hi] <= tq, hi, lo)  # exact hits and frames after the last observed one
-    span = (obs_idx[hi] - obs_idx[lo]).to(q.dtype)
-    a = torch.where(span > 0, (tq - obs_idx[lo]).to(q.dtype) / span.clamp(min=1), torch.zeros_like(span))
-    a = a.clamp(0, 1).reshape((T,) + (1,) * (q.dim() - 1))
-    q0, q1 = q[lo], q[hi]
-    dot = (q0 * q1).sum(-1, keepdim=True)
-    q1 = torch.where(dot < 0, -q1, q1)  # shortest arc
-    dot = dot.abs().clamp(max=1.0)
-    omega = torch.acos(dot)
-    so = torch.sin(omega)
-    small = so < 1e-6
-    w0 = torch.where(small, 1 - a, torch.sin((1 - a) * omega) / so.clamp(min=1e-6))
-    w1 = torch.where(small, a, torch.sin(a * omega) / so.clamp(min=1e-6))
-    out = w0 * q0 + w1 * q1
-    return out / out.norm(dim=-1, keepdim=True)
-
-
-def _lerp_fill(x: torch.Tensor, obs_idx: torch.Tensor, T: int) -> torch.Tensor:
-    tq = torch.arange(T)
-    hi = torch.searchsorted(obs_idx, tq).clamp(max=len(obs_idx) - 1)
-    lo = (hi - 1).clamp(min=0)
-    lo = torch.where(obs_idx[hi] <= tq, hi, lo)
-    span = (obs_idx[hi] - obs_idx[lo]).to(x.dtype)
-    a = torch.where(span > 0, (tq - obs_idx[lo]).to(x.dtype) / span.clamp(min=1), torch.zeros_like(span))
-    a = a.clamp(0, 1).reshape((T,) + (1,) * (x.dim() - 1))
-    return x[lo] * (1 - a) + x[hi] * a
-
-
-def fill_gaps(
-    global_orient: torch.Tensor,
-    hand_pose: torch.Tensor,
-    wrist_pos: torch.Tensor,
-    obs_idx: torch.Tensor,
-    T: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Parameters at the N observed frames ``obs_idx`` -> all T frames: slerp for the wrist and every
-    finger rotation, linear for the wrist position, constant beyond the first and last observed frame."""
-    go = quaternion_to_axis_angle(_slerp_fill_quat(axis_angle_to_quaternion(global_orient), obs_idx, T))
-    hp = quaternion_to_axis_angle(_slerp_fill_quat(axis_angle_to_quaternion(hand_pose), obs_idx, T))
-    return go, hp, _lerp_fill(wrist_pos, obs_idx, T)
 
 
 #: point pairs whose distance is the same in every pose: the finger bones, and every pair of palm points
@@ -455,7 +410,6 @@ def fit_joints(
     where: the name used in error messages (a file path).
     """
     cfg = config or FitConfig()
-    cfg.validate()
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -488,7 +442,7 @@ def fit_recording(
 def _check_inputs(joints, side, fps, t, hand_model, where) -> tuple[HandModel, torch.Tensor, torch.Tensor]:
     if not (isinstance(fps, (int, float, np.floating)) and np.isfinite(fps) and fps > 0):
         raise InputError(where, "fps", "a positive frame rate", repr(fps))
-    model = hand_model if hand_model is not None else load_hand_model("builtin", side)
+    model = hand_model if hand_model is not None else shared_hand_model("builtin", side)
     if getattr(model, "side", side) != side:
         raise InputError(where, "side", f"the hand model's side '{model.side}'", repr(side))
     arr = joints.detach().cpu().numpy() if isinstance(joints, torch.Tensor) else np.asarray(joints)
@@ -687,24 +641,29 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
         _, parts = loss_fn(with_parts=True)
         err = (j - x).norm(dim=-1) * 1000.0  # (N, 21) mm
         viol_strict = limit_violation(anatomical_angles(pose, frames, model.side), *limits_rad(0.0))
-        go, hp, wp = fill_gaps(matrix_to_axis_angle(R), pose, wrist, obs_idx, T)
+        obs = obs_idx.numpy()
+        go, wp = np.zeros((T, 3), np.float32), np.zeros((T, 3), np.float32)
+        hp = np.zeros((T, 15, 3), np.float32)
+        go[obs], hp[obs], wp[obs] = matrix_to_axis_angle(R).numpy(), pose.numpy(), wrist.numpy()
+        motion = HandMotion(
+            global_orient=go,
+            hand_pose=hp,
+            wrist_pos=wp,
+            betas=betas.numpy(),
+            side=model.side,
+            fps=float(fps),
+            valid=observed.numpy(),
+            hand_model=getattr(model, "name", "hand"),
+        ).filled()  # the unfitted frames slerped / interpolated from their fitted neighbours, still invalid
         # Joints on all T frames from the filled parameters (gap frames included, e.g. for rendering).
-        R_all = axis_angle_to_matrix(go)
-        j_all = local_fn(hp, betas) @ R_all.transpose(-1, -2) + wp[:, None]
+        R_all = axis_angle_to_matrix(torch.from_numpy(motion.global_orient))
+        wp_all = torch.from_numpy(motion.wrist_pos)
+        j_all = local_fn(torch.from_numpy(motion.hand_pose), betas) @ R_all.transpose(-1, -2)
+        j_all = j_all + wp_all[:, None]
         if root_is_palm:
-            j_all = torch.cat([(wp + (R_all @ palm_offset[:, None])[..., 0])[:, None], j_all[:, 1:]], 1)
+            j_all = torch.cat([(wp_all + (R_all @ palm_offset[:, None])[..., 0])[:, None], j_all[:, 1:]], 1)
     per_frame = np.full(T, np.nan, np.float32)
-    per_frame[obs_idx.numpy()] = err.mean(-1).numpy()
-    motion = HandMotion(
-        global_orient=go.numpy(),
-        hand_pose=hp.numpy(),
-        wrist_pos=wp.numpy(),
-        betas=betas.numpy(),
-        side=model.side,
-        fps=float(fps),
-        valid=observed.numpy(),
-        hand_model=getattr(model, "name", "hand"),
-    )
+    per_frame[obs] = err.mean(-1).numpy()
     seconds = time.perf_counter() - t_start
     return FitResult(
         motion=motion,

@@ -35,7 +35,7 @@ import numpy as np
 
 from handvla.atomic import atomic_savez
 from handvla.errors import InputError
-from handvla.hand.motion import HandMotion
+from handvla.hand.motion import HandMotion, interp_points
 from handvla.hand.topology import NUM_JOINTS, SIDES
 
 #: joint_order scheme -> whether point 0 is the palm centre (True) or the wrist joint (False)
@@ -147,16 +147,7 @@ def resample_joints(
         raise InputError(where, "t", "strictly increasing timestamps", "non-increasing values")
     n = int(np.floor((t[-1] - t[0]) * fps + 1e-6)) + 1
     tq = t[0] + np.arange(n) / fps  # (K,)
-    hi = np.clip(np.searchsorted(t, tq, side="left"), 0, t.size - 1)  # first source time >= tq
-    lo = np.clip(hi - 1, 0, t.size - 1)
-    exact = np.isclose(t[hi], tq, rtol=0, atol=1e-9)
-    lo = np.where(exact, hi, lo)
-    span = t[hi] - t[lo]
-    a = np.where(span > 0, (tq - t[lo]) / np.where(span > 0, span, 1.0), 0.0)  # (K,)
-    a = a.reshape((n,) + (1,) * (joints.ndim - 1))
-    jl, jh = joints[lo], joints[hi]
-    out = jl * (1 - a) + jh * a
-    out = np.where(exact.reshape(a.shape), jh, out)  # exact hits keep the sample (NaN * 0 would poison)
+    out = interp_points(joints, t, np.minimum(tq, t[-1]))  # (the last grid time may pass t[-1] by round-off)
     return out.astype(np.float32), tq
 
 

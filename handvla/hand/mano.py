@@ -339,15 +339,13 @@ class MANOHand(HandModel):
         J = torch.einsum("jv,bvc->bjc", self.J_regressor, v_shaped)
         return J, v_shaped[:, self.tip_ids]
 
-    def skin(
-        self, global_orient: torch.Tensor, hand_pose_flat: torch.Tensor, betas: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """MANO in its own frame (no translation): (B, 3), flat (B, 15, 3), (B, 10) ->
-        vertices (B, 778, 3) and the 16 posed joints (B, 16, 3), metres. The root rotates about J0."""
-        B = global_orient.shape[0]
+    def skin(self, rot: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MANO in its own frame (no translation): local rotations (B, 16, 3, 3) (the wrist, then the 15
+        finger joints, flat convention), betas (B, 10) -> vertices (B, 778, 3) and the 16 posed joints
+        (B, 16, 3), metres. The root rotates about J0."""
+        B = rot.shape[0]
         v_shaped = self.shaped_vertices(betas)  # (B, 778, 3)
         J = torch.einsum("jv,bvc->bjc", self.J_regressor, v_shaped)  # (B, 16, 3)
-        rot = axis_angle_to_matrix(torch.cat([global_orient[:, None], hand_pose_flat], 1))  # (B, 16, 3, 3)
         eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
         pose_feature = (rot[:, 1:] - eye).reshape(B, 9 * NUM_FINGER_JOINTS)  # (B, 135)
         v_posed = v_shaped + (pose_feature @ self.posedirs).reshape(B, NUM_VERTS, 3)
@@ -372,9 +370,25 @@ class MANOHand(HandModel):
             raise InputError(
                 "MANOHand", "hand_pose", f"batch size {B} (as global_orient)", str(pose.shape[0])
             )
-        verts, P = self.skin(global_orient, pose, self._betas(betas, B))
+        rot = axis_angle_to_matrix(torch.cat([global_orient[:, None], pose], 1))  # (B, 16, 3, 3)
+        return self._skinned(rot, self._betas(betas, B))
+
+    def _skinned(self, rot: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joints (B, 21, 3) OpenPose order and vertices (B, 778, 3), model frame (``skin``)."""
+        verts, P = self.skin(rot, betas)
         joints = torch.cat([P, verts[:, self.tip_ids]], 1)[:, self._openpose_index]  # (B, 21, 3) OpenPose
         return joints, verts
+
+    def joints_from_rotations(
+        self, rot_mats: torch.Tensor, betas: torch.Tensor, wrist_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Differentiable: local rotation matrices (B, 16, 3, 3) in the flat convention (whatever
+        ``use_pca`` / ``flat_hand_mean`` say about ``forward``'s input), betas (B, 10), wrist_pos (B, 3) ->
+        joints (B, 21, 3) with ``joints[:, 0] == wrist_pos`` (the origin when None)."""
+        rot_mats = torch.as_tensor(rot_mats, dtype=self.dtype, device=self.v_template.device)
+        joints, _ = self._skinned(rot_mats, self._betas(betas, rot_mats.shape[0]))
+        joints = joints - joints[:, :1]
+        return joints if wrist_pos is None else joints + wrist_pos[:, None]
 
     def forward(
         self,

@@ -2,6 +2,9 @@
 
 Every hand model maps the project's parameters (see ``handvla.hand.motion``) to 21 joints in OpenPose
 order, in metres, with joint 0 exactly at ``wrist_pos``; models with a mesh also return 778 vertices.
+``HandModel.joints_from_rotations`` is the same map from rotation matrices (differentiable, for 6D
+features). Models are made by name in ``handvla.hand.registry`` (the built-in hand here, MANO in
+``handvla.hand.mano``), which also runs motions through them.
 
 ``BuiltinHand`` is the default everywhere: MANO's 16-joint topology and joint order, adult bone lengths,
 10 shape coefficients with a meaning (size, finger length, palm width, ...), forward kinematics. Its
@@ -107,13 +110,21 @@ class HandModel(nn.Module):
         betas = torch.zeros(NUM_BETAS, dtype=self.dtype) if betas is None else betas
         betas = _as_batch(betas, (NUM_BETAS,), global_orient)
         rot = axis_angle_to_matrix(torch.cat([global_orient[:, None], hand_pose], 1))  # (B, 16, 3, 3)
+        wrist = None if wrist_pos is None else _as_batch(wrist_pos, (3,), global_orient)
+        return HandOutput(joints=self.joints_from_rotations(rot, betas, wrist))
+
+    def joints_from_rotations(
+        self, rot_mats: torch.Tensor, betas: torch.Tensor, wrist_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Differentiable: local rotation matrices (B, 16, 3, 3) (0 = the wrist, then the 15 finger joints in
+        the flat convention), betas (B, 10), wrist_pos (B, 3) -> joints (B, 21, 3) in OpenPose order with
+        ``joints[:, 0] == wrist_pos`` (the origin when None). ``forward`` is this on axis-angle inputs;
+        callers that hold matrices (6D features) skip the detour through axis-angle."""
         J, tips_rest = self.rest_joints_and_tips(betas)
-        _, P, tips = forward_kinematics(rot, J, tips_rest)
+        _, P, tips = forward_kinematics(rot_mats, J, tips_rest)
         joints = torch.cat([P, tips], 1)[:, torch.as_tensor(MANO_TO_OPENPOSE)]
         joints = joints - joints[:, :1]
-        if wrist_pos is not None:
-            joints = joints + _as_batch(wrist_pos, (3,), global_orient)[:, None]
-        return HandOutput(joints=joints)
+        return joints if wrist_pos is None else joints + wrist_pos[:, None]
 
     def mano_transl(self, betas: torch.Tensor, wrist_pos: torch.Tensor) -> torch.Tensor:
         """MANO's ``transl`` for a wanted wrist position: transl = wrist_pos - J0(betas)."""
@@ -261,17 +272,3 @@ class BuiltinHand(HandModel):
             tips.append(J[:, j3] + bone[:, j3])
         tips_t = torch.stack(tips, 1)
         return J * size[..., None], tips_t * size[..., None]
-
-
-def load_hand_model(name: str = "builtin", side: str = "right", mano_dir: str | None = None) -> HandModel:
-    """The one factory for hand models: 'builtin' (default) or 'mano' (needs ``mano_dir``)."""
-    check_side(side)
-    if name == "builtin":
-        return BuiltinHand(side)
-    if name == "mano":
-        from handvla.hand.mano import MANOHand
-
-        return MANOHand.from_dir(mano_dir, side)
-    from handvla.errors import ConfigError
-
-    raise ConfigError(f"unknown hand model {name!r}: expected 'builtin' or 'mano'")

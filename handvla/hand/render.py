@@ -8,7 +8,8 @@ What is drawn, per hand and frame:
 Everything of all hands in a frame (bones, dots, palm polygons, triangles) is sorted by depth and painted
 far to near (painter's algorithm), so hands and fingers occlude each other by depth.
 
-Cameras follow OpenCV: x right, y down, z forward, pixel ``u = fx X / Z + cx``. Two ways to look:
+Cameras are ``handvla.camera.Camera`` (OpenCV: x right, y down, z forward, pixel ``u = fx X / Z + cx``;
+extrinsics are not used). Two ways to look:
 - ``camera=Camera(fx, fy, cx, cy, width, height)``: the points are in that camera's frame, e.g. to
   overlay the hands on the image or video they were seen in (``background``);
 - no camera: a virtual camera frames all frames of all hands automatically (``auto_view``); ``view`` =
@@ -16,7 +17,8 @@ Cameras follow OpenCV: x right, y down, z forward, pixel ``u = fx X / Z + cx``. 
 
 ``render_side_by_side`` draws two sets of hands (e.g. ground truth and a tokenizer's reconstruction) under
 one shared virtual camera, next to each other, with titles. ``render_video`` and ``render_motions`` write
-MP4 or GIF files through ``handvla.video``.
+MP4 or GIF files through ``handvla.video``. Hand motions become joints (and meshes) through
+``handvla.hand.registry.motion_output``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from handvla.camera import Camera
 from handvla.errors import InputError
+from handvla.hand.model import HandModel
+from handvla.hand.motion import HandMotion
+from handvla.hand.registry import hand_model_for, motion_output
 from handvla.hand.topology import NUM_JOINTS, OPENPOSE_FINGERS, OPENPOSE_PARENTS, check_side
+from handvla.video import VideoWriter
 
 #: RGB colour of each finger's bones; the palm and wrist bones are drawn in PALM_COLOR
 FINGER_COLORS = {
@@ -56,58 +63,6 @@ _BONE_COLOR = np.zeros((NUM_JOINTS, 3), np.int64)  # colour of the bone ending a
 for _finger, _idx in OPENPOSE_FINGERS.items():
     _BONE_COLOR[list(_idx)] = FINGER_COLORS[_finger]
 _BONE_COLOR[[1, 5, 9, 13, 17]] = PALM_COLOR  # wrist -> finger bases belong to the palm
-
-
-@dataclass(frozen=True)
-class Camera:
-    """Pinhole camera (OpenCV convention) with an image size in pixels."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    def __post_init__(self) -> None:
-        for name in ("fx", "fy", "cx", "cy"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v)):
-                raise InputError("Camera", name, "a finite number", repr(v))
-        if self.fx <= 0 or self.fy <= 0:
-            raise InputError("Camera", "fx/fy", "positive focal lengths in pixels", f"{self.fx}, {self.fy}")
-        if int(self.width) < 2 or int(self.height) < 2:
-            raise InputError(
-                "Camera",
-                "width/height",
-                "an image size of at least 2 x 2 pixels",
-                f"{self.width} x {self.height}",
-            )
-
-    @classmethod
-    def from_K(cls, K: np.ndarray | Sequence[float], width: int, height: int) -> Camera:
-        """From a (3, 3) intrinsic matrix or a sequence (fx, fy, cx, cy)."""
-        K = np.asarray(K, np.float64)
-        if K.shape == (3, 3):
-            return cls(
-                float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), int(width), int(height)
-            )
-        if K.shape == (4,):
-            return cls(*map(float, K), int(width), int(height))
-        raise InputError("Camera", "K", "a (3, 3) matrix or (fx, fy, cx, cy)", f"shape {K.shape}")
-
-    @property
-    def K(self) -> np.ndarray:
-        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], np.float64)
-
-    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(..., 3) camera-frame metres -> pixels (..., 2) and depth z (...,). Points with z <= 0 get NaN."""
-        p = np.asarray(points, np.float64)
-        z = p[..., 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            zs = np.where(z > 0, z, np.nan)
-            uv = np.stack([self.fx * p[..., 0] / zs + self.cx, self.fy * p[..., 1] / zs + self.cy], -1)
-        return uv, z
 
 
 @dataclass
@@ -175,39 +130,20 @@ class HandTrack:
         )
 
 
-def track_from_motion(motion, hand_model=None, mano_dir: str | None = None) -> HandTrack:
+def track_from_motion(
+    motion: HandMotion, hand_model: HandModel | str | None = None, mano_dir: str | None = None
+) -> HandTrack:
     """Joints (and, for a model with a mesh, vertices) of a ``HandMotion`` through a hand model.
 
-    ``hand_model``: a ``HandModel``, a model name for ``load_hand_model`` or None (the motion's own
-    ``hand_model`` name). The model must be of the motion's side.
+    ``hand_model``: a ``HandModel`` of the motion's side, a model name, or None (the motion's own
+    ``hand_model`` name); see ``handvla.hand.registry.motion_output``.
     """
-    import torch
-
-    from handvla.hand.model import HandModel, load_hand_model
-
-    if hand_model is None or isinstance(hand_model, str):
-        hand_model = load_hand_model(hand_model or motion.hand_model, motion.side, mano_dir)
-    if not isinstance(hand_model, HandModel):
-        raise InputError(
-            "track_from_motion", "hand_model", "a HandModel, a model name or None", type(hand_model).__name__
-        )
-    if getattr(hand_model, "side", motion.side) != motion.side:
-        raise InputError(
-            "track_from_motion", "hand_model", f"a {motion.side} hand model", f"a {hand_model.side} one"
-        )
-    with torch.no_grad():
-        out = hand_model(  # torch.tensor copies: a motion's arrays may be read-only
-            torch.tensor(motion.global_orient),
-            torch.tensor(motion.hand_pose),
-            torch.tensor(motion.betas),
-            torch.tensor(motion.wrist_pos),
-        )
+    model = hand_model_for(motion, hand_model, mano_dir, "track_from_motion")
+    out = motion_output(motion, model)
     verts = faces = None
-    if out.verts is not None and getattr(hand_model, "faces", None) is not None:
+    if out.verts is not None and getattr(model, "faces", None) is not None:
         verts = out.verts.numpy()
-        faces = np.asarray(
-            hand_model.faces.cpu() if hasattr(hand_model.faces, "cpu") else hand_model.faces, np.int64
-        )
+        faces = np.asarray(model.faces.cpu() if hasattr(model.faces, "cpu") else model.faces, np.int64)
     return HandTrack(
         joints=out.joints.numpy(), side=motion.side, verts=verts, faces=faces, valid=motion.valid
     )
@@ -215,8 +151,6 @@ def track_from_motion(motion, hand_model=None, mano_dir: str | None = None) -> H
 
 def _as_tracks(hands) -> list[HandTrack]:
     """Accept a HandTrack, a HandMotion, a dict side -> either, or a sequence of them."""
-    from handvla.hand.motion import HandMotion
-
     if isinstance(hands, (HandTrack, HandMotion)):
         hands = [hands]
     elif isinstance(hands, Mapping):
@@ -349,7 +283,7 @@ _PALM_IDX = list(PALM_POLYGON)
 def _skeleton_items(tr: HandTrack, t: int, cam: Camera, palm: bool, scale: float) -> list[tuple]:
     """Drawable items (depth, kind, data, colour, extra) of one hand's skeleton at frame t. Kinds: 0 polygon,
     1 line (extra = width), 2 dot (data = x, y, radius; extra = outline colour)."""
-    uv, z = cam.project(tr.joints[t])  # (21, 2), (21,)
+    uv, z = cam.project(tr.joints[t]), tr.joints[t, :, 2]  # (21, 2), (21,)
     ok = (z > _NEAR_M) & np.isfinite(uv).all(1)
     if not ok.any():
         return []
@@ -395,7 +329,7 @@ class _MeshBatch:
 def _mesh_batch(tr: HandTrack, t: int, cam: Camera, winding: float, cull: bool) -> _MeshBatch:
     """Flat-shaded triangles of one hand's mesh at frame t (headlight at the camera)."""
     v = tr.verts[t]  # (V, 3)
-    uv, z = cam.project(v)
+    uv, z = cam.project(v), v[:, 2]
     tri = v[tr.faces]  # (F, 3, 3)
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]) * winding  # outward normals
     area2 = np.linalg.norm(n, axis=1)
@@ -553,7 +487,7 @@ def iter_frames(
             else:
                 items += _skeleton_items(tr, ti, cam, palm, scale)
             if side_tags:
-                uv, z = cam.project(tr.joints[ti, 0])
+                uv, z = cam.project(tr.joints[ti, 0]), tr.joints[ti, 0, 2]
                 if z > _NEAR_M and np.isfinite(uv).all():
                     tags.append((uv, "R" if tr.side == "right" else "L"))
         _paint(draw, items, meshes)
@@ -628,8 +562,6 @@ def render_side_by_side(before, after, **kwargs) -> np.ndarray:
 def render_video(path: str | Path, hands, fps: float = 15.0, compare=None, **kwargs) -> Path:
     """Render hands (and, with ``compare``, a side-by-side against a second set) to an MP4 or GIF file,
     chosen by the extension, written atomically. Other arguments as ``iter_frames`` / ``iter_side_by_side``."""
-    from handvla.video import VideoWriter
-
     frames = iter_frames(hands, **kwargs) if compare is None else iter_side_by_side(hands, compare, **kwargs)
     with VideoWriter(path, fps=fps) as w:
         w.write_all(frames)
@@ -645,10 +577,9 @@ def render_motions(
     fps: float | None = None,
     **kwargs,
 ) -> Path:
-    """HandMotion(s) (one, a list, or a dict side -> motion) to a video through a hand model (a name for
-    ``load_hand_model`` or None for each motion's own); ``compare`` gives a second set for a side-by-side
-    (e.g. ground truth vs reconstruction). fps defaults to the motions' own."""
-    from handvla.hand.motion import HandMotion
+    """HandMotion(s) (one, a list, or a dict side -> motion) to a video through a hand model (a model name
+    or None for each motion's own, see ``track_from_motion``); ``compare`` gives a second set for a
+    side-by-side (e.g. ground truth vs reconstruction). fps defaults to the motions' own."""
 
     def tracks(ms):
         if isinstance(ms, HandMotion):

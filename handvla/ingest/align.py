@@ -2,7 +2,7 @@
 
 **Weak-perspective alignment.** Every episode is re-rendered as the canonical camera would see it
 (``handvla.camera``: K' = EgoDex's Vision Pro intrinsics at 1920 x 1080): each frame is warped by
-H = K_out K^-1 (``handvla.vla.processing.warp_to_canonical``, which anti-aliases when shrinking), where
+H = K_out K^-1 (``handvla.camera.warp_to_canonical``, which anti-aliases when shrinking), where
 K_out is the canonical camera fitted into the stored ``out_size``. Both cameras are pinhole without
 distortion and share the optical centre, so H is an affine map (scale f_out / f, shift) and the 3D hand
 (camera frame, metres) is unchanged: the stored joints project onto the warped pixels exactly with the
@@ -26,9 +26,10 @@ EXIF (focal length in mm with the sensor width, from the config or the EXIF foca
 hand so that its wrist keeps its pixel and its apparent size: Z' = Z f'/f, (X', Y') from the same pixel
 through K' (the hand's shape and rotation are unchanged).
 
-**View-invariant motion distribution balancing** (``BalanceConfig``): small sources get augmented copies so
-that the store's episode counts approach ``target`` proportions (at most ``max_copies`` per episode); the
-camera stays the canonical one, and each copy is recorded in ``annotations['provenance']['augment']``:
+**View-invariant motion distribution balancing** (``ViewBalanceConfig``): small sources get augmented
+copies so that the store's episode counts approach ``target`` proportions (at most ``max_copies`` per
+episode); the camera stays the canonical one, and each copy is recorded in
+``annotations['provenance']['augment']``:
 
 - ``mirror``: the image is flipped horizontally, hands swap sides, every axis-angle (x, y, z) -> (x, -y, -z),
   positions x -> -x, and the principal point becomes cx' = W - cx (a flip about the image centre is a
@@ -57,13 +58,20 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from handvla.camera import CANONICAL_IMAGE_SIZE, CANONICAL_K, as_intrinsics
-from handvla.data.schema import Camera, Episode
+from handvla.camera import (
+    CANONICAL_IMAGE_SIZE,
+    CANONICAL_K,
+    Camera,
+    as_intrinsics,
+    canonical_homography,
+    intrinsics_matrix,
+    warp_image,
+    warp_to_canonical,
+)
+from handvla.data.schema import Episode
 from handvla.errors import ConfigError, InputError
-from handvla.hand.motion import HandMotion
-from handvla.vla.processing import canonical_homography, warp_to_canonical
+from handvla.hand.motion import interp_points
 
-AA_MIRROR = np.array([1.0, -1.0, -1.0])  # a rotation reflected through the x = 0 plane, as axis-angle
 X_MIRROR = np.array([-1.0, 1.0, 1.0])  # a point reflected through the x = 0 plane
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # 43.27 mm: what "35 mm equivalent" refers to
 
@@ -116,7 +124,7 @@ class AlignConfig(BaseModel):
             s = min(ow / cw, oh / ch) if self.fit == "pad" else max(ow / cw, oh / ch)
             sx = sy = s
             ox, oy = (ow - s * cw) / 2.0, (oh - s * ch) / 2.0
-        return np.array([[sx * fx, 0.0, sx * cx + ox], [0.0, sy * fy, sy * cy + oy], [0.0, 0.0, 1.0]])
+        return intrinsics_matrix(sx * fx, sy * fy, sx * cx + ox, sy * cy + oy)
 
     def camera(self, extrinsics: np.ndarray | None = None) -> Camera:
         """The ``Camera`` of every aligned episode."""
@@ -227,13 +235,13 @@ class Intrinsics(BaseModel):
             K = as_intrinsics(self.K, "intrinsics K").copy()
         elif self.hfov_deg is not None:
             f = 0.5 * w0 / math.tan(math.radians(self.hfov_deg) / 2.0)
-            K = np.array([[f, 0, w0 / 2.0], [0, f, h0 / 2.0], [0, 0, 1.0]])
+            K = intrinsics_matrix(f, f, w0 / 2.0, h0 / 2.0)
         else:
             fx = float(self.fx)
             fy = float(self.fy if self.fy is not None else fx)
             cx = w0 / 2.0 if self.cx is None else float(self.cx)
             cy = h0 / 2.0 if self.cy is None else float(self.cy)
-            K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+            K = intrinsics_matrix(fx, fy, cx, cy)
         if (w0, h0) != (width, height):  # the same camera at another resolution
             K = np.diag([width / w0, height / h0, 1.0]) @ K
         return K
@@ -286,7 +294,7 @@ class IntrinsicsConfig(BaseModel):
             if path is None:
                 return None
             fx, fy, cx, cy, info = intrinsics_from_exif(path, self.exif.sensor_width_mm, (width, height))
-            return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), f"exif ({info['method']}, {path})"
+            return intrinsics_matrix(fx, fy, cx, cy), f"exif ({info['method']}, {path})"
         return None
 
 
@@ -474,20 +482,6 @@ def _swap_text(obj: Any) -> Any:
     return obj
 
 
-def mirror_motion(m: HandMotion) -> HandMotion:
-    """The hand reflected through the camera's x = 0 plane: the other side, (x, y, z) -> (x, -y, -z) per
-    axis-angle, wrist x -> -x, betas unchanged."""
-    other = "left" if m.side == "right" else "right"
-    return replace(
-        m,
-        global_orient=(m.global_orient * AA_MIRROR).astype(np.float32),
-        hand_pose=(m.hand_pose * AA_MIRROR).astype(np.float32),
-        wrist_pos=(m.wrist_pos * X_MIRROR).astype(np.float32),
-        side=other,
-        valid=m.valid.copy(),
-    )
-
-
 def _augmented(ep: Episode, suffix: str, record: dict[str, Any], **changes: Any) -> Episode:
     annotations = changes.pop("annotations", ep.annotations)
     annotations = _with_provenance(annotations, "augment", record, append=True)
@@ -501,7 +495,7 @@ def _augmented(ep: Episode, suffix: str, record: dict[str, Any], **changes: Any)
 def mirror_episode(ep: Episode, frames: np.ndarray | None) -> tuple[Episode, np.ndarray | None]:
     """Mirror an episode (see the module docstring); ``frames`` (T, H, W, 3) are flipped horizontally."""
     cam = ep.camera
-    hands = {("left" if s == "right" else "right"): mirror_motion(m) for s, m in ep.hands.items()}
+    hands = {("left" if s == "right" else "right"): m.mirrored() for s, m in ep.hands.items()}
     joints = {
         ("left" if s == "right" else "right"): (np.asarray(j) * X_MIRROR).astype(np.float32)
         for s, j in ep.joints.items()
@@ -534,21 +528,8 @@ def _rz(deg: float) -> np.ndarray:
 def rotate_episode(ep: Episode, frames: np.ndarray | None, deg: float) -> tuple[Episode, np.ndarray | None]:
     """Roll the camera about its optical axis: points p -> Rz p (Rz by ``deg`` about camera z, which turns
     the image clockwise on screen for deg > 0 since y points down), image warped by K Rz K^-1."""
-    import torch
-
-    from handvla.hand.rotations import axis_angle_to_matrix, matrix_to_axis_angle
-
     R = _rz(deg)
-    hands = {}
-    for s, m in ep.hands.items():
-        Rm = axis_angle_to_matrix(torch.as_tensor(np.asarray(m.global_orient, np.float64))).numpy()
-        go = matrix_to_axis_angle(torch.as_tensor(R @ Rm)).numpy()
-        hands[s] = replace(
-            m,
-            global_orient=go.astype(np.float32),
-            wrist_pos=(np.asarray(m.wrist_pos, np.float64) @ R.T).astype(np.float32),
-            valid=m.valid.copy(),
-        )
+    hands = {s: m.transformed(R) for s, m in ep.hands.items()}
     joints = {s: (np.asarray(j, np.float64) @ R.T).astype(np.float32) for s, j in ep.joints.items()}
     cam = ep.camera
     ext = None
@@ -560,18 +541,9 @@ def rotate_episode(ep: Episode, frames: np.ndarray | None, deg: float) -> tuple[
     out_frames = None
     if frames is not None:
         A = cam.K @ R @ np.linalg.inv(cam.K)  # pixel map (affine: R keeps z)
-        inv = np.linalg.inv(A)
-        coeffs = tuple(float(c) for c in inv[:2].reshape(-1))
         size = (cam.width, cam.height)
         out_frames = (
-            np.stack(
-                [
-                    np.asarray(
-                        Image.fromarray(np.asarray(f)).transform(size, Image.AFFINE, coeffs, Image.BILINEAR)
-                    )
-                    for f in frames
-                ]
-            )
+            np.stack([np.asarray(warp_image(Image.fromarray(np.asarray(f)), A, size)) for f in frames])
             if len(frames)
             else np.asarray(frames)
         )
@@ -594,8 +566,6 @@ def timescale_episode(
 ) -> tuple[Episode, np.ndarray | None]:
     """Replay the motion ``factor`` times faster (>1) or slower (<1) at the same frame rate: parameters
     slerped / interpolated at times k factor / fps, joints interpolated, video nearest frame."""
-    from handvla.ingest.standardize import ParamTrack, interp_points, resample_track
-
     if not (0.25 <= factor <= 4.0):
         raise ConfigError(f"timescale factor must be in [0.25, 4], got {factor}")
     T = ep.num_frames
@@ -603,11 +573,7 @@ def timescale_episode(
     t = np.arange(T) / fps
     n = int(np.floor((T - 1) / factor + 1e-9)) + 1
     tq = np.arange(n) * factor / fps
-    hands = {}
-    for s, m in ep.hands.items():
-        tr = resample_track(ParamTrack.from_motion(m, t), tq)
-        tr.times = np.arange(n) / fps
-        hands[s] = tr.to_motion(fps)
+    hands = {s: m.at_times(tq).filled() for s, m in ep.hands.items()}
     joints = {}
     for s, j in ep.joints.items():
         jj = interp_points(np.asarray(j, np.float64), t, tq)
@@ -632,7 +598,7 @@ def timescale_episode(
 AUGMENTATIONS = ("mirror", "rotate", "timescale")
 
 
-class BalanceConfig(BaseModel):
+class ViewBalanceConfig(BaseModel):
     """View-invariant motion distribution balancing (YAML section ``balance``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -663,7 +629,7 @@ def _unit_hash(*parts: Any) -> float:
     return int.from_bytes(h[:8], "big") / 2.0**64
 
 
-def balance_plan(counts: dict[str, int], cfg: BalanceConfig) -> dict[str, float]:
+def balance_plan(counts: dict[str, int], cfg: ViewBalanceConfig) -> dict[str, float]:
     """Augmented copies per episode (a real number) for each source, so that episode counts approach the
     target shares: the source most above its share gets none; none gets more than ``max_copies``."""
     if not cfg.enabled:
@@ -687,7 +653,7 @@ def balance_plan(counts: dict[str, int], cfg: BalanceConfig) -> dict[str, float]
     }
 
 
-def augmentations_for(key: str, copies: float, cfg: BalanceConfig) -> list[list[tuple[str, float]]]:
+def augmentations_for(key: str, copies: float, cfg: ViewBalanceConfig) -> list[list[tuple[str, float]]]:
     """The augmented copies of the episode ``key``: a list of op chains [(op, parameter), ...].
 
     ``copies`` (from ``balance_plan``) is rounded up or down by a stable hash of the key, so the expected

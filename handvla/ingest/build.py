@@ -15,25 +15,8 @@ has one line per episode (``status``: written / exists / failed / skipped, ``rea
 standardisation report: fit error, frames fitted / repaired / dropped, swaps, outliers), and
 ``<out>/build_summary.json`` the totals (both written atomically, also after Ctrl-C).
 
-The config (YAML, every section optional except ``sources``; unknown keys are errors)::
-
-    hand_model: builtin            # store parameters: builtin (default) or mano (needs mano_dir)
-    mano_dir: ~/mano               # MANO_RIGHT.pkl / MANO_LEFT.pkl (MANO-parameter sources need it)
-    joints: true                   # store the 21 joints per hand (from the stored parameters)
-    video: true                    # store aligned video (episodes without video are then skipped)
-    workers: 4
-    standardize: {fps: 15, max_gap_frames: 5, ...}      # handvla.ingest.standardize.StandardizeConfig
-    align: {out_size: [640, 360], fit: pad}              # handvla.ingest.align.AlignConfig
-    balance: {enabled: true, target: uniform, max_copies: 3, augmentations: [mirror, rotate]}
-    sources:
-      - name: egodex               # an adapter of handvla.ingest.sources
-        root: /data/egodex
-        options: {camera_axes: auto}
-      - name: hamer
-        label: tasterob            # key prefix and balancing group (default: the adapter name)
-        root: /data/tasterob
-        intrinsics: {default: {fx: 1450, cx: 960, cy: 540, width: 1920, height: 1080}}
-        # or: {per_key: {"clips/cam2/*": {hfov_deg: 70}}, file: cams.yaml, exif: {sensor_width_mm: 6.4}}
+The config is ``BuildConfig`` below (YAML, every section optional except ``sources``; unknown keys are
+errors), read by ``load_build_config``; ``configs/build_unihand.yaml`` is a commented example.
 
 Clusters (README paragraph): ``handvla data build --config C --out shard_i --shard i/n`` builds only the
 episodes whose stable hash (SHA-1 of the output key; augmented copies follow their original) falls in
@@ -60,13 +43,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from handvla.atomic import atomic_write_text
+from handvla.config import load_config
+from handvla.errors import ConfigError, HandvlaError, InputError
 from handvla.ingest.align import (
     AlignConfig,
-    BalanceConfig,
     IntrinsicsConfig,
+    ViewBalanceConfig,
     align_episode,
     apply_augmentation,
     apply_intrinsics,
@@ -74,8 +59,7 @@ from handvla.ingest.align import (
     balance_plan,
     iter_frames_at,
 )
-from handvla.ingest.standardize import HandModels, StandardizeConfig, standardize_episode
-from handvla.errors import ConfigError, HandvlaError, InputError
+from handvla.ingest.standardize import StandardizeConfig, standardize_episode
 
 REPORT_NAME = "build_report.jsonl"
 SUMMARY_NAME = "build_summary.json"
@@ -133,7 +117,7 @@ class BuildConfig(BaseModel):
     preset: str = "veryfast"
     standardize: StandardizeConfig = Field(default_factory=StandardizeConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
-    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    balance: ViewBalanceConfig = Field(default_factory=ViewBalanceConfig)
     sources: list[SourceConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -153,37 +137,12 @@ class BuildConfig(BaseModel):
         return self
 
 
-def _validation_message(e: ValidationError, where: str) -> str:
-    lines = []
-    for err in e.errors()[:5]:
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        got = err.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"field '{loc}': {err['msg']}{got_s}")
-    return f"{where}: " + "; ".join(lines)
-
-
-def load_build_config(path: str | Path) -> BuildConfig:
-    """Read and validate a build config (YAML or JSON); ``ConfigError`` naming the file and field."""
-    import yaml
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"{p}: build config not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping with at least 'sources', got {type(raw).__name__}")
-    return parse_build_config(raw, str(p))
-
-
-def parse_build_config(raw: dict[str, Any], where: str = "build config") -> BuildConfig:
-    try:
-        return BuildConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_validation_message(e, where)) from None
+def load_build_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> BuildConfig:
+    """The build config from a YAML/JSON file (or ``base``) with ``key=value`` overrides
+    (``handvla.config.load_config``): ``ConfigError`` naming the file, the field and what was expected."""
+    return load_config(BuildConfig, path, overrides, base, "build config")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,7 +249,6 @@ def _worker_init(cfg_json: str, tmp_dir: str) -> None:
     torch.set_num_threads(1)
     _WORKER.clear()
     _WORKER.update(cfg=BuildConfig.model_validate_json(cfg_json), tmp=Path(tmp_dir), sources={})
-    _WORKER["models"] = HandModels(_WORKER["cfg"].mano_dir)
 
 
 def _source_episode_video(ep) -> Any:
@@ -351,7 +309,7 @@ def _process(job: Job, cfg: BuildConfig, written: list[Path]) -> JobResult:
         ep,
         cfg.standardize,
         hand_model=cfg.hand_model,
-        models=_WORKER["models"],
+        mano_dir=cfg.mano_dir,
         kind=src.kind,
         params=src.params,
         has_video=video_src is not None,

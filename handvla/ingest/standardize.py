@@ -55,16 +55,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from handvla.data.schema import Episode
 from handvla.errors import InputError
+from handvla.hand import rotations as R
 from handvla.hand.fitting import FitConfig, fit_joints
 from handvla.hand.io import DEFAULT_JOINT_ORDER, JOINT_SCHEMES
-from handvla.hand.model import HandModel, load_hand_model
-from handvla.hand.motion import HandMotion
-from handvla.hand.rotations import axis_angle_to_quaternion, quaternion_to_axis_angle
+from handvla.hand.model import HandModel
+from handvla.hand.motion import HandMotion, fill_frames, interp_points, sample_frames
+from handvla.hand.registry import motion_joints, shared_hand_model
 from handvla.hand.topology import SIDES
 
 Switch = Literal["auto", "on", "off"]
@@ -125,40 +125,8 @@ class StandardizeConfig(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Quaternions (numpy, wxyz, float64)
+# Quaternions (numpy, wxyz, float64; conversions, slerp and angles are handvla.hand.rotations')
 # ---------------------------------------------------------------------------------------------------------
-
-
-def aa_to_quat(aa: np.ndarray) -> np.ndarray:
-    """(..., 3) axis-angle -> (..., 4) unit quaternions wxyz."""
-    return axis_angle_to_quaternion(torch.as_tensor(np.array(aa, np.float64))).numpy()
-
-
-def quat_to_aa(q: np.ndarray) -> np.ndarray:
-    """(..., 4) quaternions -> (..., 3) axis-angle (angle in [0, pi])."""
-    return quaternion_to_axis_angle(torch.as_tensor(np.array(q, np.float64))).numpy()
-
-
-def quat_angle(q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-    """Rotation angle (radians) between unit quaternions (..., 4): exact near 0 (no arccos of ~1)."""
-    s = np.where((q0 * q1).sum(-1, keepdims=True) < 0, -1.0, 1.0)
-    a = np.linalg.norm(q0 - s * q1, axis=-1)
-    b = np.linalg.norm(q0 + s * q1, axis=-1)
-    return 4.0 * np.arctan2(a, b)
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """Spherical interpolation of unit quaternions (..., 4) by a (...) in [0, 1], shortest arc."""
-    a = np.asarray(a, np.float64)[..., None]
-    q1 = np.where((q0 * q1).sum(-1, keepdims=True) < 0, -q1, q1)
-    phi = 2.0 * np.arctan2(np.linalg.norm(q0 - q1, axis=-1), np.linalg.norm(q0 + q1, axis=-1))[..., None]
-    s = np.sin(phi)
-    small = s < 1e-9
-    safe = np.where(small, 1.0, s)
-    w0 = np.where(small, 1.0 - a, np.sin((1.0 - a) * phi) / safe)
-    w1 = np.where(small, a, np.sin(a * phi) / safe)
-    out = w0 * q0 + w1 * q1
-    return out / np.linalg.norm(out, axis=-1, keepdims=True)
 
 
 def _continuous(q: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -193,12 +161,11 @@ class ParamTrack:
 
     @classmethod
     def from_motion(cls, m: HandMotion, times: np.ndarray | None = None) -> ParamTrack:
-        T = len(m)
-        t = np.arange(T) / float(m.fps) if times is None else np.asarray(times, np.float64)
+        q = m.rotations_quat()
         return cls(
-            times=t,
-            go=aa_to_quat(m.global_orient),
-            pose=aa_to_quat(m.hand_pose),
+            times=m.times if times is None else np.asarray(times, np.float64),
+            go=q[:, 0],
+            pose=q[:, 1:],
             wrist=np.asarray(m.wrist_pos, np.float64).copy(),
             valid=np.asarray(m.valid, bool).copy(),
             betas=np.asarray(m.betas, np.float64).copy(),
@@ -231,11 +198,15 @@ class ParamTrack:
             valid=self.valid[idx],
         )
 
+    def rotations(self) -> np.ndarray:
+        """(T, 16, 4) the wrist rotation then the finger rotations."""
+        return np.concatenate([self.go[:, None], self.pose], 1)
+
     def to_motion(self, fps: float) -> HandMotion:
         """A ``HandMotion``; invalid frames get interpolated/held values so that everything is finite."""
         tr = fill_gaps(self, max_gap=None)[0] if self.valid.any() else self
-        go = quat_to_aa(tr.go) if self.valid.any() else np.zeros((len(self), 3))
-        pose = quat_to_aa(tr.pose) if self.valid.any() else np.zeros((len(self), 15, 3))
+        go = R.quaternion_to_axis_angle(tr.go) if self.valid.any() else np.zeros((len(self), 3))
+        pose = R.quaternion_to_axis_angle(tr.pose) if self.valid.any() else np.zeros((len(self), 15, 3))
         wrist = tr.wrist if self.valid.any() else np.zeros((len(self), 3))
         return HandMotion(
             global_orient=go.astype(np.float32),
@@ -254,83 +225,27 @@ class ParamTrack:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _brackets(t: np.ndarray, tq: np.ndarray, tol: float = 1e-9):
-    """Indices lo, hi of the source samples around each query time, the weight of hi, and whether the
-    query lies inside [t0, t_end] (exact hits take the sample itself)."""
-    hi = np.clip(np.searchsorted(t, tq, side="left"), 0, t.size - 1)
-    lo = np.clip(hi - 1, 0, t.size - 1)
-    exact = np.abs(t[hi] - tq) <= tol
-    lo = np.where(exact, hi, lo)
-    inside = (tq >= t[0] - tol) & (tq <= t[-1] + tol)
-    span = t[hi] - t[lo]
-    a = np.where(span > 0, (tq - t[lo]) / np.where(span > 0, span, 1.0), 0.0)
-    return lo, hi, np.clip(a, 0.0, 1.0), inside
-
-
 def resample_track(tr: ParamTrack, tq: np.ndarray) -> ParamTrack:
-    """The track at times ``tq`` (seconds): slerp for rotations, linear for the wrist. A query is valid when
-    both source samples around it are valid (an exact hit needs only its own sample)."""
+    """The track at times ``tq`` (seconds): slerp for rotations, linear for the wrist
+    (``handvla.hand.motion.sample_frames``: a query is valid when both source samples around it are)."""
     tq = np.asarray(tq, np.float64)
     if len(tr) == 0:
         raise InputError("resample_track", "times", "at least one source frame", "0")
-    lo, hi, a, inside = _brackets(tr.times, tq)
-    return replace(
-        tr,
-        times=tq.copy(),
-        go=slerp(tr.go[lo], tr.go[hi], a),
-        pose=slerp(tr.pose[lo], tr.pose[hi], a[:, None]),
-        wrist=tr.wrist[lo] * (1 - a[:, None]) + tr.wrist[hi] * a[:, None],
-        valid=tr.valid[lo] & tr.valid[hi] & inside,
-    )
-
-
-def interp_points(values: np.ndarray, t: np.ndarray, tq: np.ndarray) -> np.ndarray:
-    """(T, ...) positions at times t -> at times tq, linear; NaN where a bracketing sample is NaN or the
-    query is outside [t0, t_end] (no data is invented)."""
-    v = np.asarray(values, np.float64)
-    lo, hi, a, inside = _brackets(np.asarray(t, np.float64), np.asarray(tq, np.float64))
-    a = a.reshape((-1,) + (1,) * (v.ndim - 1))
-    out = v[lo] * (1 - a) + v[hi] * a
-    exact = lo == hi
-    out[exact] = v[hi[exact]]  # NaN * 0 would poison an exact hit
-    out[~inside] = np.nan
-    return out
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) of each run of True in a 1-D bool array."""
-    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
-    d = np.diff(m.astype(np.int8))
-    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+    q, wrist, valid = sample_frames(tr.times, tq, tr.rotations(), tr.wrist, tr.valid)
+    return replace(tr, times=tq.copy(), go=q[:, 0], pose=q[:, 1:], wrist=wrist, valid=valid)
 
 
 def fill_gaps(tr: ParamTrack, max_gap: int | None) -> tuple[ParamTrack, np.ndarray]:
-    """Interpolate invalid frames from the nearest valid frames around them (slerp / linear, by time).
+    """Interpolate invalid frames from the nearest valid frames around them (slerp / linear, by time;
+    ``handvla.hand.motion.fill_frames``).
 
     Gaps of at most ``max_gap`` frames with valid frames on both sides become valid (``None``: values are
     filled everywhere but validity is unchanged; frames before the first / after the last valid frame hold
     its value). Returns the track and the (T,) mask of frames that were repaired (made valid).
     """
-    out = tr.copy()
-    repaired = np.zeros(len(tr), bool)
-    vidx = np.flatnonzero(tr.valid)
-    if vidx.size == 0:
-        return out, repaired
-    T = len(tr)
-    for a, b in _runs(~tr.valid):
-        if a == 0 or b == T:  # an end: hold the nearest valid frame, never valid
-            src = vidx[0] if a == 0 else vidx[-1]
-            out.go[a:b], out.pose[a:b], out.wrist[a:b] = tr.go[src], tr.pose[src], tr.wrist[src]
-            continue
-        lo, hi = a - 1, b
-        w = (tr.times[a:b] - tr.times[lo]) / (tr.times[hi] - tr.times[lo])
-        out.go[a:b] = slerp(tr.go[lo][None], tr.go[hi][None], w)
-        out.pose[a:b] = slerp(tr.pose[lo][None], tr.pose[hi][None], w[:, None])
-        out.wrist[a:b] = tr.wrist[lo] * (1 - w[:, None]) + tr.wrist[hi] * w[:, None]
-        if max_gap is not None and b - a <= max_gap:
-            out.valid[a:b] = True
-            repaired[a:b] = True
-    return out, repaired
+    q, wrist, valid = fill_frames(tr.times, tr.rotations(), tr.wrist, tr.valid, max_gap)
+    out = replace(tr.copy(), go=q[:, 0], pose=q[:, 1:], wrist=wrist, valid=valid)
+    return out, valid & ~tr.valid
 
 
 def _gaussian_average(
@@ -455,7 +370,7 @@ def _prediction_flags(
             r = np.linalg.norm(vals - pred, axis=-1)
         else:  # quaternions: renormalise the componentwise prediction, mean angle over joints
             pred = pred / np.linalg.norm(np.nan_to_num(pred), axis=-1, keepdims=True).clip(1e-12)
-            r = quat_angle(vals, pred)
+            r = R.quaternion_angle(vals, pred)
             r = r.mean(-1) if r.ndim > 1 else r
         out |= _robust_flags(np.nan_to_num(r), ok, cfg.outlier_mad_k, floors[kind])
         preds.append(pred)
@@ -539,8 +454,8 @@ def repair_swaps(left: ParamTrack, right: ParamTrack, cfg: StandardizeConfig) ->
         dt = left.times[t] - left.times[mt]
         src = tracks[d]
         pos = np.linalg.norm(src.wrist[t] - mw) / (cfg.swap_pos_tol_m + cfg.swap_speed_m_s * dt)
-        rot = float(quat_angle(go[d][t], mq)) / (rot_tol + rot_speed * dt)
-        pose = float(quat_angle(src.pose[t], mp).mean()) / (pose_tol + rot_speed * dt)
+        rot = float(R.quaternion_angle(go[d][t], mq)) / (rot_tol + rot_speed * dt)
+        pose = float(R.quaternion_angle(src.pose[t], mp).mean()) / (pose_tol + rot_speed * dt)
         return pos * pos + rot * rot + pose * pose
 
     # state b assigns detection perm[b][k] to track k
@@ -596,37 +511,6 @@ def repair_swaps(left: ParamTrack, right: ParamTrack, cfg: StandardizeConfig) ->
         out[side] = tr
         moved[side] = ex & src.valid
     return SwapResult(out, moved, int((ex & has.any(1)).sum()), total)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Hand models
-# ---------------------------------------------------------------------------------------------------------
-
-
-class HandModels:
-    """Hand models by (name, side), loaded once per process ('builtin' or 'mano' from ``mano_dir``)."""
-
-    def __init__(self, mano_dir: str | None = None):
-        self.mano_dir = mano_dir
-        self._cache: dict[tuple[str, str], HandModel] = {}
-
-    def get(self, name: str, side: str) -> HandModel:
-        k = (name, side)
-        if k not in self._cache:
-            self._cache[k] = load_hand_model(name, side, self.mano_dir)
-        return self._cache[k]
-
-
-def model_joints(model: HandModel, m: HandMotion) -> np.ndarray:
-    """(T, 21, 3) joints in metres of a motion (camera frame, OpenPose order)."""
-    with torch.no_grad():
-        out = model(
-            torch.as_tensor(m.global_orient),
-            torch.as_tensor(m.hand_pose),
-            torch.as_tensor(m.betas),
-            torch.as_tensor(m.wrist_pos),
-        )
-    return out.joints.double().numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -752,7 +636,7 @@ def standardize_episode(
     cfg: StandardizeConfig | None = None,
     *,
     hand_model: str = "builtin",
-    models: HandModels | None = None,
+    mano_dir: str | None = None,
     kind: str = "mocap",
     params: str = "mano",
     has_video: bool | None = None,
@@ -762,13 +646,14 @@ def standardize_episode(
     """Standardise one ``SourceEpisode`` (or ``Episode``): hands in ``hand_model``'s parameters at
     ``cfg.fps``, joints from those parameters, the camera, text and provenance kept.
 
-    ``kind`` / ``params``: the source's (``Source.kind``, ``Source.params``), which choose the 'auto'
-    steps; ``has_video``: whether a video will be attached (default: the episode has one); ``times_s``:
-    the source frames' timestamps in seconds when they are uneven (default: k / ``ep.fps``).
+    ``mano_dir``: the MANO files, for MANO parameters or a 'mano' store (hand models are loaded once per
+    process, ``handvla.hand.registry.shared_hand_model``). ``kind`` / ``params``: the source's
+    (``Source.kind``, ``Source.params``), which choose the 'auto' steps; ``has_video``: whether a video
+    will be attached (default: the episode has one); ``times_s``: the source frames' timestamps in seconds
+    when they are uneven (default: k / ``ep.fps``).
     Raises ``InputError`` for an episode that cannot be standardised (the build reports and skips it).
     """
     cfg = cfg or StandardizeConfig()
-    models = models or HandModels()
     t_start = time.perf_counter()
     where = f"episode '{ep.key}'" if ep.key else "episode"
     T_src = ep.num_frames
@@ -844,7 +729,7 @@ def standardize_episode(
         raise InputError(where, "joint_order", f"a scheme in {sorted(JOINT_SCHEMES)}", repr(scheme))
     root_is_palm = bool(JOINT_SCHEMES.get(scheme, False))
     for side in needs_fit:
-        model = models.get(hand_model, side)
+        model = shared_hand_model(hand_model, side, mano_dir)
         tr, rep = _fit_side(
             ep.joints[side], t_src, t_out, snap_idx, side, model, root_is_palm, fps_src, cfg, where
         )
@@ -870,8 +755,7 @@ def standardize_episode(
         motion = tr.to_motion(cfg.fps)
         if motion.hand_model != hand_model:
             # another model's parameters: its joints, re-fitted with the store's model
-            src_model = models.get(motion.hand_model, side)
-            jm = model_joints(src_model, motion)
+            jm = motion_joints(motion, None, mano_dir).astype(np.float64)
             jm[~motion.valid] = np.nan
             if not motion.valid.any():
                 continue
@@ -881,7 +765,7 @@ def standardize_episode(
                 t_out,
                 np.arange(t_out.size),
                 side,
-                models.get(hand_model, side),
+                shared_hand_model(hand_model, side, mano_dir),
                 False,
                 cfg.fps,
                 # the parameters are already cleaned: no temporal prior, so the re-fit follows them frame by frame
@@ -901,7 +785,7 @@ def standardize_episode(
             continue
         hands[side] = motion
         if with_joints:
-            joints[side] = model_joints(models.get(hand_model, side), motion).astype(np.float32)
+            joints[side] = motion_joints(motion, hand_model, mano_dir).astype(np.float32)
         report["hands"][side] = rep
     if not hands:
         raise InputError(where, "hands", "at least one hand with a valid frame after standardisation", "none")

@@ -35,9 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
+from handvla.atomic import atomic_open, atomic_write_json
 from handvla.errors import ConfigError, InputError
-from handvla.stats import Z95, wilson_interval  # noqa: F401  (re-exported for callers of this module)
+from handvla.robot.client import ActionChunkBroker, PolicyClient
+from handvla.robot.lerobot_format import ACTION_KEY, STATE_KEY, RobotDataset, chunk_indices
+from handvla.robot.server import REQUIRED_METADATA, validate_observation
+from handvla.stats import wilson_interval
+from handvla.video import write_video
 
 EVAL_SEED = 10_000  # first evaluation seed: far from the demonstration seeds (0, 1, ...)
 
@@ -54,13 +61,11 @@ class _LocalClient:
     def __init__(self, policy: Any):
         self.policy = policy
         self.metadata = dict(policy.metadata())
-        for key in ("chunk_size", "action_dim", "observation"):
+        for key in REQUIRED_METADATA:
             if key not in self.metadata:
                 raise ConfigError(f"policy metadata lacks '{key}' (see handvla.robot.server.Policy)")
 
     def infer(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        from handvla.robot.server import validate_observation
-
         obs = validate_observation(observation, self.metadata["observation"])
         actions = np.asarray(self.policy.infer(obs), np.float32)
         want = (int(self.metadata["chunk_size"]), int(self.metadata["action_dim"]))
@@ -71,8 +76,6 @@ class _LocalClient:
 
 def as_client(policy: Any):
     """A PolicyClient stays as it is; a local Policy gets the client interface."""
-    from handvla.robot.client import PolicyClient
-
     if isinstance(policy, (PolicyClient, _LocalClient)):
         return policy
     if not callable(getattr(policy, "metadata", None)) or not callable(getattr(policy, "infer", None)):
@@ -102,8 +105,6 @@ class PolicyController:
     """A policy driving the simulator (the ``Controller`` of ``handvla.robot.sim.adroit.rollout``)."""
 
     def __init__(self, policy: Any, replan_every: int | None = None):
-        from handvla.robot.client import ActionChunkBroker
-
         self.client = as_client(policy)
         self.broker = ActionChunkBroker(self.client, replan_every)
         self.policy = policy
@@ -175,6 +176,7 @@ def evaluate_closed_loop(
     ``image_size``, default 128). ``sim``: an ``AdroitSim`` to use (else one is made and closed here).
     ``video_dir`` + ``video_episodes``: save the first episodes as mp4 (``<task>_seed<k>.mp4``).
     """
+    # why here: importing the simulator chooses MuJoCo's GL backend; only closed-loop evaluation needs it
     from handvla.robot.sim.adroit import DEFAULT_CAMERA, DEFAULT_IMAGE_SIZE, AdroitSim, rollout
 
     if int(episodes) < 1:
@@ -200,8 +202,6 @@ def evaluate_closed_loop(
     t0 = time.perf_counter()
     it = seeds
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(seeds, desc=f"eval {task}", unit="ep")
     steps = 0
     try:
@@ -211,8 +211,6 @@ def evaluate_closed_loop(
             steps += ro.length
             per_seed.append(ro.summary())
             if record:
-                from handvla.video import write_video
-
                 Path(video_dir).mkdir(parents=True, exist_ok=True)
                 write_video(Path(video_dir) / f"{task}_seed{s}.mp4", ro.images, fps=sim.fps)
     finally:
@@ -240,8 +238,6 @@ def evaluate_closed_loop(
 
 def evaluate_remote(url: str, **kwargs) -> ClosedLoopResult:
     """``evaluate_closed_loop`` against a policy server at ``url`` (ws://host:port)."""
-    from handvla.robot.client import PolicyClient
-
     with PolicyClient(url) as client:
         return evaluate_closed_loop(client, **kwargs)
 
@@ -258,8 +254,6 @@ def run_sim_eval(
     ``out_dir`` (atomically) if given, return the result as a dict."""
     res = evaluate_closed_loop(policy, task=task, episodes=episodes, seed=seed, **kwargs).to_dict()
     if out_dir is not None:
-        from handvla.atomic import atomic_write_json
-
         atomic_write_json(Path(out_dir) / f"sim_eval_{task}.json", res)
     return res
 
@@ -288,8 +282,6 @@ class OpenLoopResult:
 def _resize(img: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
     if hw is None or img.shape[:2] == tuple(hw):
         return img
-    from PIL import Image
-
     return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
@@ -300,8 +292,8 @@ def evaluate_open_loop(
     stride: int = 1,
     max_samples: int | None = None,
     image_key: str | None = None,
-    state_key: str = "observation.state",
-    action_key: str = "action",
+    state_key: str = STATE_KEY,
+    action_key: str = ACTION_KEY,
     plot_path: str | Path | None = None,
     progress: bool = False,
     instruction: str | None = None,
@@ -312,8 +304,6 @@ def evaluate_open_loop(
     if it asks for a fixed one) and, as ``task``, the frame's own task text from the dataset (multi-task
     datasets get each episode's instruction) unless ``instruction`` replaces it for every frame; errors
     are in the dataset's action units."""
-    from handvla.robot.lerobot_format import RobotDataset, chunk_indices
-
     ds = dataset if isinstance(dataset, RobotDataset) else RobotDataset(dataset)
     client = as_client(policy)
     meta = client.metadata
@@ -350,8 +340,6 @@ def evaluate_open_loop(
     count = np.zeros(chunk, np.int64)
     it = range(len(rows))
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc="open loop", unit="frame")
     for i in it:
         r, (a, b) = rows[i], bounds[i]
@@ -385,7 +373,7 @@ def evaluate_open_loop(
 
 def plot_open_loop(res: OpenLoopResult, path: str | Path) -> Path:
     """Error against horizon step (L1 and L2) as a PNG, written atomically."""
-    import matplotlib
+    import matplotlib  # optional (the robot extra); only plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -402,8 +390,6 @@ def plot_open_loop(res: OpenLoopResult, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from handvla.atomic import atomic_open
-
     try:
         with atomic_open(path, "wb") as f:
             fig.savefig(f, format="png")
@@ -414,8 +400,6 @@ def plot_open_loop(res: OpenLoopResult, path: str | Path) -> Path:
 
 def save_result(result: ClosedLoopResult | OpenLoopResult, path: str | Path) -> Path:
     """Write a result as JSON (atomically)."""
-    from handvla.atomic import atomic_write_json
-
     path = Path(path)
     atomic_write_json(path, json.loads(json.dumps(result.to_dict(), default=float)))
     return path

@@ -1,18 +1,12 @@
 """Robot datasets in LeRobot's v3.0 layout: read real LeRobot datasets, write our own (tests, simulator).
 
-Layout (``DIR`` = the dataset; facts checked against LeRobot's ``datasets/utils.py``,
-``dataset_metadata.py``, ``dataset_reader.py`` and ``dataset_writer.py``)::
+The layout, metadata IO, per-episode statistics and writer lock are ``handvla.data.lerobot`` (shared with
+the human-hand episode store); what is particular to robot datasets (``DIR`` = the dataset; facts checked
+against LeRobot's ``dataset_reader.py`` and ``dataset_writer.py``)::
 
-    meta/info.json          codebase_version "v3.0", fps, robot_type, features {name: {dtype, shape, names}},
-                            data_path / video_path templates, chunks_size, totals, splits
     meta/stats.json         {feature: {min, max, mean, std, count, q01, q10, q50, q90, q99}}
-    meta/tasks.parquet      task string (the pandas index) -> task_index
-    meta/episodes/chunk-CCC/file-FFF.parquet   one row per episode: episode_index, tasks, length,
-                            data/chunk_index, data/file_index, dataset_from_index, dataset_to_index,
-                            videos/<key>/{chunk_index, file_index, from_timestamp, to_timestamp},
-                            meta/episodes/{chunk_index, file_index}, stats/<feature>/<stat>
     data/chunk-CCC/file-FFF.parquet            per-frame rows of MANY episodes (observation.state, action,
-                            timestamp, frame_index, episode_index, index, task_index, ...)
+                            ..., then timestamp, frame_index, episode_index, index, task_index)
     videos/<key>/chunk-CCC/file-FFF.mp4        MANY episodes one after the other; an episode starts at its
                             ``from_timestamp`` (seconds) inside the file
 
@@ -34,11 +28,8 @@ access to one frame decodes at most ``gop`` frames.
 
 from __future__ import annotations
 
-import fcntl
 import io
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,26 +39,39 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from handvla.atomic import atomic_write_json, atomic_write_parquet, is_tmp_name
 from handvla import video as V
-from handvla.data.schema import (
-    CODEBASE_VERSION,
+from handvla.atomic import atomic_write_json, atomic_write_parquet
+from handvla.data.lerobot import (
     DATA_PATH,
     DEFAULT_CHUNK_SIZE,
-    DEFAULT_DATA_FILE_SIZE_IN_MB,
-    DEFAULT_VIDEO_FILE_SIZE_IN_MB,
-    EPISODES_PATH,
+    EPISODES_DIR,
+    INDEX_FEATURES,
     INFO_PATH,
     STATS_PATH,
-    TASKS_PATH,
     VIDEO_PATH,
+    WriterLock,
+    check_not_foreign,
+    checked_fps,
+    chunk_file,
+    episode_files,
+    episode_stats,
+    index_columns,
+    index_features,
+    index_values,
+    new_info,
+    read_info,
+    read_parquet,
+    read_tasks,
+    remove_leftovers,
+    set_totals,
+    stats_row,
+    write_episodes,
+    write_info,
+    write_tasks,
 )
-from handvla.data.store import LOCK_PATH, _read_parquet_table, _tasks_table
 from handvla.errors import ConfigError, InputError, MissingResourceError
-from handvla.robot.normalize import FeatureStats, compute_feature_stats, load_dataset_stats
+from handvla.policy.processing import FeatureStats, compute_feature_stats, load_dataset_stats
 
-#: LeRobot's per-frame bookkeeping columns (every dataset has them)
-INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 DEFAULT_EPISODES_PER_FILE = 50
@@ -78,44 +82,6 @@ _NUMERIC = {
     "int32": pa.int32(),
     "bool": pa.bool_(),
 }
-
-
-def _file_chunk(file_number: int) -> tuple[int, int]:
-    """Running file number -> (chunk_index, file_index): ``DEFAULT_CHUNK_SIZE`` files per chunk folder."""
-    return file_number // DEFAULT_CHUNK_SIZE, file_number % DEFAULT_CHUNK_SIZE
-
-
-def index_features(fps: float) -> dict[str, dict[str, Any]]:
-    """The ``features`` entries of LeRobot's bookkeeping columns."""
-    feats: dict[str, dict[str, Any]] = {"timestamp": {"dtype": "float32", "shape": [1], "names": None}}
-    for name in INDEX_FEATURES[1:]:
-        feats[name] = {"dtype": "int64", "shape": [1], "names": None}
-    return feats
-
-
-def video_feature(height: int, width: int, fps: float) -> dict[str, Any]:
-    """A ``video`` feature entry (H.264 yuv420p, as our writer encodes it)."""
-    return {
-        "dtype": "video",
-        "shape": [int(height), int(width), 3],
-        "names": ["height", "width", "channels"],
-        "info": {
-            "video.height": int(height),
-            "video.width": int(width),
-            "video.codec": "h264",
-            "video.pix_fmt": "yuv420p",
-            "video.is_depth_map": False,
-            "video.fps": fps,
-            "video.channels": 3,
-            "has_audio": False,
-        },
-    }
-
-
-def vector_feature(dim: int, names: Sequence[str] | None = None, dtype: str = "float32") -> dict[str, Any]:
-    if names is not None and len(names) != dim:
-        raise ConfigError(f"a feature of {dim} values needs {dim} names, got {len(names)}")
-    return {"dtype": dtype, "shape": [int(dim)], "names": list(names) if names is not None else None}
 
 
 def _feature_width(spec: Mapping[str, Any]) -> int:
@@ -176,7 +142,7 @@ class RobotDataset:
         self.features: dict[str, dict[str, Any]] = self.info["features"]
         self.video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
         self.image_keys = [k for k, f in self.features.items() if f.get("dtype") == "image"]
-        self.tasks = self._read_tasks()
+        self.tasks = read_tasks(self.root)
         self.episodes = self._read_episodes()
         self._check_files()
         numeric = [k for k, f in self.features.items() if f.get("dtype") not in ("video", "image", "string")]
@@ -187,24 +153,11 @@ class RobotDataset:
     # -- metadata ------------------------------------------------------------------------------------------
     def _read_info(self) -> dict[str, Any]:
         path = self.root / INFO_PATH
-        if not path.is_file():
-            raise MissingResourceError(f"{path}: not found (a LeRobot v3.0 dataset has meta/info.json)")
-        try:
-            info = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(path, None, "valid JSON", str(e)) from None
-        if not isinstance(info, dict):
-            raise InputError(path, None, "a JSON object", type(info).__name__)
-        if info.get("codebase_version") != CODEBASE_VERSION:
-            raise InputError(
-                path,
-                "codebase_version",
-                f"{CODEBASE_VERSION!r} (older datasets: convert with LeRobot's convert_dataset_v21_to_v30)",
-                repr(info.get("codebase_version")),
-            )
-        fps = info.get("fps")
-        if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not math.isfinite(fps) or fps <= 0:
-            raise InputError(path, "fps", "a positive number", repr(fps))
+        info = read_info(
+            self.root,
+            MissingResourceError(f"{path}: not found (a LeRobot v3.0 dataset has meta/info.json)"),
+            " (older datasets: convert with LeRobot's convert_dataset_v21_to_v30)",
+        )
         feats = info.get("features")
         if not isinstance(feats, dict) or not feats:
             raise InputError(path, "features", "an object {name: {dtype, shape, names}}", repr(feats)[:80])
@@ -219,27 +172,11 @@ class RobotDataset:
             )
         return info
 
-    def _read_tasks(self) -> list[str]:
-        path = self.root / TASKS_PATH
-        if not path.is_file():
-            raise MissingResourceError(f"{path}: not found (the dataset's task list)")
-        t = _read_parquet_table(path, str(path))
-        # pandas writes the index as a column named "task" (named index) or "__index_level_0__"
-        name = "task" if "task" in t.column_names else "__index_level_0__"
-        if name not in t.column_names or "task_index" not in t.column_names:
-            raise InputError(path, "task", "columns task (the index) and task_index", str(t.column_names))
-        tasks = t.column(name).to_pylist()
-        idx = t.column("task_index").to_pylist()
-        out = [""] * (max(idx) + 1 if idx else 0)
-        for task, i in zip(tasks, idx):
-            out[i] = task
-        return out
-
     def _read_episodes(self) -> list[EpisodeInfo]:
-        files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        files = episode_files(self.root)
         if not files and self.info.get("total_episodes", 0):
             raise MissingResourceError(
-                f"{self.root / 'meta' / 'episodes'}: no episode files (chunk-*/file-*.parquet) but "
+                f"{self.root / EPISODES_DIR}: no episode files (chunk-*/file-*.parquet) but "
                 f"info.json counts {self.info['total_episodes']} episodes"
             )
         rows: list[dict[str, Any]] = []
@@ -263,12 +200,12 @@ class RobotDataset:
                         raise InputError(
                             f, f"videos/{k}/{part}", "a video column of every video feature", "missing"
                         )
-            rows += _read_parquet_table(f, str(f), cols).to_pylist()
+            rows += read_parquet(f, columns=cols).to_pylist()
         rows.sort(key=lambda r: r["episode_index"])
         idx = [r["episode_index"] for r in rows]
         if idx != list(range(len(rows))):
             raise InputError(
-                self.root / "meta" / "episodes", "episode_index", "0, 1, 2, ... without gaps", str(idx[:10])
+                self.root / EPISODES_DIR, "episode_index", "0, 1, 2, ... without gaps", str(idx[:10])
             )
         eps = []
         for r in rows:
@@ -327,7 +264,7 @@ class RobotDataset:
         parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
         for chunk, file in files:
             p = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
-            t = _read_parquet_table(p, str(p))
+            t = read_parquet(p)
             for c in columns:
                 if c not in t.column_names:
                     raise InputError(p, c, "a column declared in meta/info.json features", "missing")
@@ -464,7 +401,7 @@ class RobotDataset:
         from PIL import Image
 
         path = self.data_path(k)
-        t = _read_parquet_table(path, str(path), [key, "index"])
+        t = read_parquet(path, columns=[key, "index"])
         gidx = t.column("index").to_numpy()
         e = self.episodes[k]
         want = np.arange(e.from_index + start, e.from_index + stop)
@@ -505,7 +442,7 @@ class ActionChunkDataset:
     actions of frames i .. i+chunk_size-1 of the same episode, padded past its end by repeating the last
     action, ``action_mask`` bool (chunk_size,) (False = padding), ``images`` {video key: uint8 (H, W, 3)}
     when ``image_keys`` (default: all video features; [] for none), ``task`` str, ``episode_index`` and
-    ``frame_index``. With a ``normalizer`` (``handvla.robot.normalize.Normalizer``), state and actions
+    ``frame_index``. With a ``normalizer`` (``handvla.policy.processing.Normalizer``), state and actions
     come normalised with the statistics of ``state_key`` / ``action_key``.
 
     ``frame_cache_mb``: when all decoded frames of the selected episodes fit in this many MB, each
@@ -683,15 +620,7 @@ class RobotDatasetWriter:
             raise ConfigError(f"episodes_per_file must be >= 1, got {episodes_per_file}")
         self.episodes_per_file = int(episodes_per_file)
         self.crf, self.preset, self.gop = int(crf), preset, int(gop)
-        (self.root / "meta").mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.root / LOCK_PATH, "a+")
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise ConfigError(
-                f"{self.root}: another writer holds {LOCK_PATH}; one writer per dataset"
-            ) from None
+        self._lock = WriterLock(self.root)
         try:
             if (self.root / INFO_PATH).is_file():
                 self._open_existing(fps, features)
@@ -712,13 +641,8 @@ class RobotDatasetWriter:
     def _create(self, fps, features, robot_type) -> None:
         if fps is None or features is None:
             raise ConfigError(f"{self.root}: a new dataset needs fps and features")
-        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-            raise ConfigError(f"{self.root}: fps must be a positive number, got {fps!r}")
-        for sub in ("data", "videos"):
-            if (self.root / sub).is_dir() and any((self.root / sub).iterdir()):
-                raise ConfigError(
-                    f"{self.root}: has {sub}/ but no {INFO_PATH}; not a dataset, not writing into it"
-                )
+        fps = checked_fps(self.root, fps)
+        check_not_foreign(self.root, "a dataset")
         feats: dict[str, Any] = {}
         for name, spec in features.items():
             if name in INDEX_FEATURES:
@@ -728,32 +652,16 @@ class RobotDatasetWriter:
                     f"feature '{name}': dtype must be one of {sorted(_NUMERIC)} or 'video', got {spec.get('dtype')!r}"
                 )
             feats[name] = dict(spec)
-        fps = int(fps) if float(fps).is_integer() else float(fps)
-        feats |= index_features(fps)
-        has_video = any(f["dtype"] == "video" for f in feats.values())
-        self.info = {
-            "codebase_version": CODEBASE_VERSION,
-            "robot_type": robot_type,
-            "total_episodes": 0,
-            "total_frames": 0,
-            "total_tasks": 0,
-            "chunks_size": DEFAULT_CHUNK_SIZE,
-            "data_files_size_in_mb": DEFAULT_DATA_FILE_SIZE_IN_MB,
-            "video_files_size_in_mb": DEFAULT_VIDEO_FILE_SIZE_IN_MB,
-            "fps": fps,
-            "splits": {},
-            "data_path": DATA_PATH,
-            "video_path": VIDEO_PATH if has_video else None,
-            "features": feats,
-        }
+        feats |= index_features()
+        self.info = new_info(fps, feats, robot_type, any(f["dtype"] == "video" for f in feats.values()))
         self._episode_rows: list[dict[str, Any]] = []
         self._tasks: dict[str, int] = {}
         self._n_frames = 0
         self._next_file = 0
         self.root.mkdir(parents=True, exist_ok=True)
         # an empty dataset is a dataset: a second writer appends to it, a reader sees 0 episodes
-        atomic_write_parquet(self.root / TASKS_PATH, _tasks_table([]))
-        atomic_write_json(self.root / INFO_PATH, self.info)
+        write_tasks(self.root, [])
+        write_info(self.root, self.info)
 
     def _open_existing(self, fps, features) -> None:
         ds = RobotDataset(self.root, columns=[])  # metadata and the bookkeeping columns only
@@ -774,8 +682,8 @@ class RobotDatasetWriter:
                     f"{self.root / INFO_PATH}: dataset features {have} differ from the writer's {want}"
                 )
         rows = []
-        for f in sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
-            rows += _read_parquet_table(f, str(f)).to_pylist()
+        for f in episode_files(self.root):
+            rows += read_parquet(f).to_pylist()
         self._episode_rows = sorted(rows, key=lambda r: r["episode_index"])
         self._tasks = {t: i for i, t in enumerate(ds.tasks)}
         self._n_frames = ds.episodes[-1].to_index if ds.episodes else 0  # the next global frame index
@@ -786,12 +694,7 @@ class RobotDatasetWriter:
                 for r in self._episode_rows
             ]
         self._next_file = max(used, default=-1) + 1  # never touch a committed file: append new ones
-        # temporary files of a writer killed mid-file (we hold the lock: nobody else is writing)
-        for sub in ("data", "videos", "meta"):
-            for dirpath, _, names in os.walk(self.root / sub):
-                for name in names:
-                    if is_tmp_name(name):
-                        (Path(dirpath) / name).unlink(missing_ok=True)
+        remove_leftovers(self.root)  # temporary files of a writer killed mid-file (we hold the lock)
 
     # -- public --------------------------------------------------------------------------------------------
     @property
@@ -835,25 +738,12 @@ class RobotDatasetWriter:
                 )
         for t in tasks:
             self._tasks.setdefault(t, len(self._tasks))
-        idx = np.arange(T, dtype=np.int64)
         start = self._n_frames
-        cols |= {
-            "timestamp": pa.array((idx / self.fps).astype(np.float32)),
-            "frame_index": pa.array(idx),
-            "episode_index": pa.array(np.full(T, k, np.int64)),
-            "index": pa.array(idx + start),
-            "task_index": pa.array(np.full(T, self._tasks[tasks[0]], np.int64)),
-        }
-        ep_stats |= {
-            "timestamp": idx / self.fps,
-            "frame_index": idx,
-            "episode_index": np.full(T, k),
-            "index": idx + start,
-            "task_index": np.full(T, self._tasks[tasks[0]]),
-        }
+        index = index_values(T, k, start, self._tasks[tasks[0]], self.fps)
+        cols |= index_columns(index)
+        ep_stats |= index
         # video frames go straight into the open files (nothing is visible before the file is committed)
-        file_number = self._next_file
-        chunk, file = _file_chunk(file_number)
+        chunk, file = chunk_file(self._next_file)
         row: dict[str, Any] = {
             "episode_index": k,
             "tasks": tasks,
@@ -876,15 +766,7 @@ class RobotDatasetWriter:
                 f"videos/{name}/to_timestamp": (self._video_frames + T) / self.fps,
             }
         row |= {"meta/episodes/chunk_index": chunk, "meta/episodes/file_index": file}
-        for name, a in ep_stats.items():
-            s = np.asarray(a, np.float64).reshape(T, -1)
-            row |= {
-                f"stats/{name}/min": s.min(0).tolist(),
-                f"stats/{name}/max": s.max(0).tolist(),
-                f"stats/{name}/mean": s.mean(0).tolist(),
-                f"stats/{name}/std": s.std(0).tolist(),
-                f"stats/{name}/count": [T],
-            }
+        row |= stats_row({name: episode_stats(a) for name, a in ep_stats.items()})
         self._video_frames += T
         self._n_frames += T
         self._buffer.append({"row": row, "table": pa.table(cols)})
@@ -896,7 +778,7 @@ class RobotDatasetWriter:
         """Commit the episodes of the file being filled (data, videos, then metadata; info.json last)."""
         if not self._buffer:
             return
-        chunk, file = _file_chunk(self._next_file)
+        chunk, file = chunk_file(self._next_file)
         data = pa.concat_tables([b["table"] for b in self._buffer])
         atomic_write_parquet(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file), data)
         for w in self._videos.values():
@@ -907,19 +789,11 @@ class RobotDatasetWriter:
         self._buffer = []
         self._next_file += 1
         # the meta/episodes file of this data file (LeRobot packs by size; any packing reads the same)
-        atomic_write_parquet(
-            self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=file), pa.Table.from_pylist(rows)
-        )
-        atomic_write_parquet(self.root / TASKS_PATH, _tasks_table(list(self._tasks)))
+        write_episodes(self.root, chunk, file, pa.Table.from_pylist(rows))
+        write_tasks(self.root, list(self._tasks))
         self._write_stats()
-        n = len(self._episode_rows)
-        self.info |= {
-            "total_episodes": n,
-            "total_frames": self._n_frames,
-            "total_tasks": len(self._tasks),
-            "splits": {"train": f"0:{n}"},
-        }
-        atomic_write_json(self.root / INFO_PATH, self.info)
+        set_totals(self.info, len(self._episode_rows), self._n_frames, len(self._tasks))
+        write_info(self.root, self.info)
 
     def _write_stats(self) -> None:
         """Exact stats over every committed frame, re-read from the committed data files (robot datasets
@@ -928,7 +802,7 @@ class RobotDatasetWriter:
         committed = sorted({(r["data/chunk_index"], r["data/file_index"]) for r in self._episode_rows})
         for chunk, file in committed:
             f = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
-            t = _read_parquet_table(f, str(f))
+            t = read_parquet(f)
             for name in [*self.frame_keys, *INDEX_FEATURES]:
                 cols.setdefault(name, []).append(
                     _column_to_numpy(t.column(name), _feature_width(self.features[name]), str(f), name)
@@ -957,10 +831,7 @@ class RobotDatasetWriter:
             self._release()
 
     def _release(self) -> None:
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-        finally:
-            self._lock.close()
+        self._lock.release()
 
     def __enter__(self) -> RobotDatasetWriter:
         return self

@@ -4,8 +4,10 @@ One typed config (`PosttrainConfig`, YAML sections ``data``, ``model``, ``train`
 
     data:   dataset (a LeRobot v3 folder), chunk_size, image_keys, state_key / action_key, task override,
             held-out episodes, where the normalisation statistics come from and their modes
-    model:  init_checkpoint (a handvla VLA, load_vla) | backbone (an InternVL3 -hf folder) | preset
-            (random init); backbone_mode full / frozen / lora; head sizes; loss l1 / mse; tiles per camera
+    model:  the policy's one config, ``handvla.policy.PolicyConfig``: init_checkpoint (a handvla VLA,
+            load_vla) | backbone (an InternVL3 -hf folder) | preset (random init); backbone_mode full /
+            frozen / lora; head sizes; loss l1 / mse; tiles per camera. Its sizes, keys and cameras are
+            filled in from the dataset and the data section (the YAML does not set them)
     train:  handvla.train.trainer.TrainConfig (output_dir, steps, batch, lr, bf16, DDP / FSDP2, time budget)
     eval:   validation error on the held-out episodes during training, open-loop error at the end
 
@@ -17,7 +19,8 @@ finally stored in the exported checkpoint so inference unnormalises with exactly
 
 Outputs under ``train.output_dir``: ``checkpoints/`` (the trainer's, for ``--resume``), ``metrics.jsonl``,
 ``normalization/``, ``text_tokenizer/`` (random presets), ``final/`` (the `HandVLAPolicyModel` checkpoint)
-and ``posttrain_summary.json``. Under ``torchrun`` every rank builds the same model; rank 0 writes.
+and ``posttrain_summary.json``. Under ``torchrun`` every rank builds the same model; rank 0 writes. The
+process group is joined once, here, and its ``DistInfo`` handed to the trainer.
 
 Motion-pretrained vs plain backbone at equal budget is two configs differing in one line
 (``model.init_checkpoint: runs/pretrain/final`` vs ``model.backbone: /models/InternVL3-1B-hf``, or
@@ -34,15 +37,23 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from safetensors.torch import load_file
 
 from handvla.atomic import atomic_dir, atomic_write_text
 from handvla.config import load_config
+from handvla.data.lerobot import INFO_PATH, STATS_PATH
 from handvla.errors import ConfigError, InputError, MissingResourceError
-from handvla.robot.action_head import DEFAULT_PROMPT, LoraSettings, PolicyConfig
+from handvla.policy.configuration import BUILT_FIELDS, DEFAULT_CHUNK_SIZE, PolicyConfig
+from handvla.policy.modeling import MOTION_TOKENIZER_DIR, HandVLAPolicy, HandVLAPolicyModel
+from handvla.policy.processing import Normalizer, NormMode
+from handvla.robot.evaluate import evaluate_open_loop
+from handvla.robot.lerobot_format import ACTION_KEY, STATE_KEY, ActionChunkDataset, RobotDataset
+from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
+from handvla.vla.modeling import build_vla, load_vla, vla_from_backbone
+from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
 
-NormMode = Literal["mean_std", "min_max", "quantile", "identity"]
 FINAL_DIR = "final"
 NORM_DIR = "normalization"
 TEXT_TOKENIZER_DIR = "text_tokenizer"
@@ -55,12 +66,12 @@ class PosttrainDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(..., description="LeRobot v3.0 dataset folder")
-    chunk_size: int = Field(16, gt=0, description="Na: actions predicted per observation")
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, gt=0, description="Na: actions predicted per observation")
     image_keys: list[str] | None = Field(
         None, description="cameras (video/image features); None: all, []: none"
     )
-    state_key: str = "observation.state"
-    action_key: str = "action"
+    state_key: str = STATE_KEY
+    action_key: str = ACTION_KEY
     task: str | None = Field(None, description="instruction used instead of the dataset's task text")
     max_episodes: int | None = Field(None, gt=0, description="use only the first N episodes")
     val_episodes: int = Field(0, ge=0, description="hold out the last N episodes (validation, open loop)")
@@ -79,36 +90,6 @@ class PosttrainDataConfig(BaseModel):
         return [v] if isinstance(v, str) else v
 
 
-class PolicyModelConfig(BaseModel):
-    """The model to post-train (YAML section ``model``). ``init_checkpoint`` or ``backbone`` wins over
-    ``preset``; giving both of them is an error."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    init_checkpoint: str | None = Field(None, description="handvla VLA checkpoint folder (load_vla)")
-    backbone: str | None = Field(None, description="InternVL3 -hf folder (vla_from_backbone)")
-    preset: str | None = Field("tiny", description="random init from a HandVLAConfig preset")
-    backbone_mode: Literal["full", "frozen", "lora"] = "full"
-    freeze_vision: bool = Field(False, description="full mode: keep the vision tower and projector fixed")
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    max_tiles: int | None = Field(1, ge=1, description="image tiles per camera (None: the VLA's setting)")
-    proprio_hidden_size: int | None = Field(None, gt=0)
-    head_hidden_size: int | None = Field(None, gt=0)
-    loss: Literal["l1", "mse"] = "l1"
-    prompt_template: str = DEFAULT_PROMPT
-    dtype: str | None = Field(None, description="backbone load dtype: float32, bfloat16, float16")
-    gradient_checkpointing: bool = False
-    text_vocab_size: int = Field(1024, ge=259, description="BPE size of a random preset's text tokenizer")
-    seed: int = 0
-
-    @field_validator("dtype")
-    @classmethod
-    def _check_dtype(cls, v):
-        if v is not None and v not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"expected float32, bfloat16 or float16, got {v!r}")
-        return v
-
-
 class PosttrainEvalConfig(BaseModel):
     """Validation (YAML section ``eval``; ``train.eval_every`` sets the period)."""
 
@@ -125,9 +106,26 @@ class PosttrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: PosttrainDataConfig
-    model: PolicyModelConfig = Field(default_factory=PolicyModelConfig)
+    model: PolicyConfig = Field(default_factory=PolicyConfig)
     train: TrainConfig
     eval: PosttrainEvalConfig = Field(default_factory=PosttrainEvalConfig)
+
+    @model_validator(mode="after")
+    def _model_sets_no_built_field(self) -> PosttrainConfig:
+        """The policy's sizes, keys, cameras and token ids come from the dataset (and the ``data`` section)
+        and the backbone when it is built; a value given under ``model`` would be overwritten."""
+        defaults = PolicyConfig()
+        given = [
+            k
+            for k in BUILT_FIELDS
+            if k in self.model.model_fields_set and getattr(self.model, k) != getattr(defaults, k)
+        ]
+        if given:
+            raise ValueError(
+                f"model.{given[0]}: set from the dataset and the backbone when the policy is built (the data "
+                "section chooses chunk_size, image_keys, state_key, action_key and task), not in the config"
+            )
+        return self
 
 
 # ---- config files ---------------------------------------------------------------------------------------
@@ -144,8 +142,6 @@ def load_posttrain_config(
 
 
 def _feature_dim(ds, key: str) -> int:
-    from handvla.data.schema import INFO_PATH
-
     spec = ds.features.get(key)
     if spec is None:
         raise InputError(ds.root / INFO_PATH, f"features.{key}", "a feature of the dataset", "missing")
@@ -169,9 +165,6 @@ def split_episodes(
 
 def build_normalizer(ds, cfg: PosttrainDataConfig, train_episodes: list[int]):
     """The run's `Normalizer` for the state and action features (see the module doc)."""
-    from handvla.data.schema import STATS_PATH
-    from handvla.robot.normalize import Normalizer
-
     keys = (cfg.state_key, cfg.action_key)
     modes = {cfg.state_key: cfg.state_norm, cfg.action_key: cfg.action_norm}
     names = {k: ds.feature_names(k) for k in keys}
@@ -234,21 +227,16 @@ def _dtype(name: str | None):
     return None if name is None else getattr(torch, name)
 
 
-def load_vla_bundle(m: PolicyModelConfig, corpus: list[str], out_dir: Path, is_main: bool, barrier):
-    """The VLA to start from: a handvla checkpoint, an InternVL3 backbone, or a random preset (whose BPE
-    text tokenizer is trained on the default corpus plus the task texts, saved under
-    ``out_dir/text_tokenizer`` by rank 0 and reused on resume). Returns (bundle, init description)."""
-    from handvla.vla.modeling import build_vla, load_vla, vla_from_backbone
-    from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
-
+def load_vla_bundle(m: PolicyConfig, corpus: list[str], out_dir: Path, is_main: bool, barrier):
+    """The VLA to start from (``m.init``): a handvla checkpoint, an InternVL3 backbone, or a random preset
+    (whose BPE text tokenizer is trained on the default corpus plus the task texts, saved under
+    ``out_dir/text_tokenizer`` by rank 0 and reused on resume)."""
     if m.init_checkpoint and m.backbone:
         raise ConfigError("model: give one of init_checkpoint and backbone (got both)")
     if m.init_checkpoint:
-        bundle = load_vla(m.init_checkpoint, dtype=_dtype(m.dtype), load_motion_tokenizer=False)
-        return bundle, {"type": "checkpoint", "path": str(m.init_checkpoint)}
+        return load_vla(m.init_checkpoint, dtype=_dtype(m.dtype), load_motion_tokenizer=False)
     if m.backbone:
-        bundle = vla_from_backbone(m.backbone, dtype=_dtype(m.dtype), seed=m.seed)
-        return bundle, {"type": "backbone", "path": str(m.backbone)}
+        return vla_from_backbone(m.backbone, dtype=_dtype(m.dtype), seed=m.seed)
     if not m.preset:
         raise ConfigError("model: give an init_checkpoint, a backbone or a preset")
     tok_dir = out_dir / TEXT_TOKENIZER_DIR
@@ -258,22 +246,18 @@ def load_vla_bundle(m: PolicyModelConfig, corpus: list[str], out_dir: Path, is_m
             tok.save_pretrained(str(tmp))
     barrier()
     tok = load_text_tokenizer(tok_dir)
-    bundle = build_vla(m.preset, tokenizer=tok, seed=m.seed, dtype=_dtype(m.dtype))
-    return bundle, {"type": "preset", "preset": m.preset, "seed": m.seed}
+    return build_vla(m.preset, tokenizer=tok, seed=m.seed, dtype=_dtype(m.dtype))
 
 
 def policy_config_from_dataset(
     ds, cfg: PosttrainConfig, image_keys: list[str], image_shapes: list[list[int]], tasks: list[str]
 ) -> PolicyConfig:
-    d, m = cfg.data, cfg.model
-    return PolicyConfig(
+    """``cfg.model`` (a copy) with the fields the dataset and the ``data`` section decide filled in."""
+    d = cfg.data
+    update = dict(
         state_dim=_feature_dim(ds, d.state_key),
         action_dim=_feature_dim(ds, d.action_key),
         chunk_size=d.chunk_size,
-        proprio_hidden_size=m.proprio_hidden_size,
-        head_hidden_size=m.head_hidden_size,
-        loss=m.loss,
-        prompt_template=m.prompt_template,
         default_task=d.task if d.task is not None else (tasks[0] if tasks else ""),
         image_keys=image_keys,
         image_shapes=image_shapes,
@@ -283,6 +267,7 @@ def policy_config_from_dataset(
         action_names=ds.feature_names(d.action_key),
         fps=float(ds.fps),
     )
+    return PolicyConfig.model_validate(cfg.model.model_dump() | update)
 
 
 def _camera_shapes(ds, keys: list[str]) -> list[list[int]]:
@@ -296,25 +281,20 @@ def _camera_shapes(ds, keys: list[str]) -> list[list[int]]:
 
 def build_policy(cfg: PosttrainConfig, ds, normalizer, out_dir: Path, is_main: bool, barrier):
     """The `HandVLAPolicyModel` to train (same result on every rank and on every resume)."""
-    from handvla.robot.action_head import HandVLAPolicyModel
-
     d, m = cfg.data, cfg.model
     cams = list(ds.video_keys + ds.image_keys) if d.image_keys is None else list(d.image_keys)
     for k in cams:
         if k not in ds.video_keys + ds.image_keys:
-            from handvla.data.schema import INFO_PATH
-
             raise InputError(
                 ds.root / INFO_PATH, f"features.{k}", "a video or image feature (data.image_keys)", "missing"
             )
     tasks = [t for t in ds.tasks if t]
-    bundle, init = load_vla_bundle(m, tasks + ([d.task] if d.task else []), out_dir, is_main, barrier)
+    bundle = load_vla_bundle(m, tasks + ([d.task] if d.task else []), out_dir, is_main, barrier)
     pcfg = policy_config_from_dataset(ds, cfg, cams, _camera_shapes(ds, cams), tasks)
-    pcfg.init = init
-    model = HandVLAPolicyModel.from_vla(bundle, pcfg, max_tiles=m.max_tiles, seed=m.seed)
-    if m.init_checkpoint and (Path(m.init_checkpoint) / "motion_tokenizer").is_dir():
-        model.motion_tokenizer_dir = Path(m.init_checkpoint) / "motion_tokenizer"
-    model.apply_backbone_mode(m.backbone_mode, m.lora, m.freeze_vision)
+    model = HandVLAPolicyModel.from_vla(bundle, pcfg)
+    if m.init_checkpoint and (Path(m.init_checkpoint) / MOTION_TOKENIZER_DIR).is_dir():
+        model.motion_tokenizer_dir = Path(m.init_checkpoint) / MOTION_TOKENIZER_DIR
+    model.apply_backbone_mode()
     if m.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.normalizer = normalizer
@@ -376,10 +356,6 @@ def _jsonable(x):
 def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train the policy, export ``OUTPUT_DIR/final`` and write ``posttrain_summary.json`` (rank 0).
     Returns the summary."""
-    from handvla.robot.lerobot_format import ActionChunkDataset, RobotDataset
-    from handvla.robot.normalize import Normalizer
-    from handvla.train.distributed import barrier, init_distributed, unwrap
-
     t0 = time.time()
     info = init_distributed(cfg.train.device)
     out_dir = Path(cfg.train.output_dir)
@@ -420,6 +396,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
         loss_fn=policy_loss,
         eval_fn=eval_fn,
         layer_types=_layer_types(model),
+        dist=info,
     )
     result = trainer.train(resume=resume)
 
@@ -441,8 +418,6 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
         export = unwrap(trainer.model)
         if info.enabled and cfg.train.distributed == "fsdp2":
             # sharded parameters: rebuild on this rank and load the trainer's full checkpoint
-            from safetensors.torch import load_file
-
             export = build_policy(cfg, ds, normalizer, out_dir, True, lambda: None)
             export.load_state_dict(load_file(str(trainer.latest_checkpoint() / "model.safetensors")))
         export = export.to("cpu").eval()
@@ -454,9 +429,6 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
             )
         if val_eps and cfg.eval.open_loop_samples and len(pcfg.image_keys) <= 1:
             # (the open-loop evaluator sends one camera as "image")
-            from handvla.robot.evaluate import evaluate_open_loop
-            from handvla.robot.policy import HandVLAPolicy
-
             policy = HandVLAPolicy(export, task=d.task)
             ol = evaluate_open_loop(
                 policy,
@@ -476,7 +448,6 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
 
 
 __all__ = [
-    "PolicyModelConfig",
     "PolicyTrainDataset",
     "PosttrainConfig",
     "PosttrainDataConfig",

@@ -20,6 +20,9 @@ from websockets.exceptions import ConnectionClosed
 
 from handvla.robot.protocol import PROTOCOL_VERSION, ProtocolError, error_message, pack, unpack
 
+#: what every policy's ``metadata()`` must hold (see `Policy`)
+REQUIRED_METADATA = ("chunk_size", "action_dim", "observation")
+
 
 class Policy(Protocol):
     """What the server needs from a policy.
@@ -74,7 +77,7 @@ class PolicyServer:
         self.policy, self.host, self.port = policy, host, port
         self.max_size = max_message_mb * 1024 * 1024
         meta = policy.metadata()
-        for key in ("chunk_size", "action_dim", "observation"):
+        for key in REQUIRED_METADATA:
             if key not in meta:
                 raise ValueError(f"policy metadata lacks '{key}'")
         self._meta = meta

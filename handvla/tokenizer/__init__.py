@@ -1,22 +1,25 @@
 """The part-level GRQ-VAE motion tokenizer: hand motion <-> discrete motion ids (128 per hand-second).
 
-- ``configuration``: ``TokenizerConfig`` (model, saved as config.json), ``TrainConfig``, presets.
+- ``configuration``: ``TokenizerConfig`` (model, saved as config.json),
+  ``TokenizerTrainConfig`` (a training run), presets.
 - ``modeling``: ``MotionTokenizer`` (encode / decode / encode_motion / decode_motion, save_pretrained /
-  from_pretrained), ``token_layout`` (the id layout the VLA relies on), the grouped residual quantiser.
+  from_pretrained), the grouped residual quantiser.
+- ``layout``: ``TokenLayout`` / ``token_layout``, how codes become motion ids (the VLA reads the same layout).
 - ``data``: motion sources (built-in, joint files fitted to hand parameters, parameter files) and windows.
-- ``training``: the resumable training loop. ``evaluation``: reconstruction metrics in millimetres.
+- ``training``: the tokenizer's model, data and loss, trained by the shared ``handvla.train.trainer.Trainer``.
+- ``evaluation``: reconstruction metrics in millimetres.
 """
 
-from handvla.tokenizer.configuration import TokenizerConfig, TrainConfig, preset
-from handvla.tokenizer.modeling import MotionTokenizer, MotionTokens, TokenLayout, mirror_motion, token_layout
+from handvla.tokenizer.configuration import TokenizerConfig, TokenizerTrainConfig, preset
+from handvla.tokenizer.layout import TokenLayout, token_layout
+from handvla.tokenizer.modeling import MotionTokenizer, MotionTokens
 
 __all__ = [
     "MotionTokenizer",
     "MotionTokens",
     "TokenLayout",
     "TokenizerConfig",
-    "TrainConfig",
-    "mirror_motion",
+    "TokenizerTrainConfig",
     "preset",
     "token_layout",
 ]

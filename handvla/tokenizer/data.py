@@ -5,10 +5,11 @@ Sources (``load_sources``):
 - joint files (``.npz`` with ``joints``, the layout of ``/work/shared/data/real_hands``): resampled to the
   tokenizer's fps (``JointsRecording.resample``) and fitted to hand parameters
   (``handvla.hand.fitting.fit_recording``); fits are cached by file content when a cache folder is given.
-- parameter files (``.npz`` from ``HandMotion.to_dict``): resampled to the tokenizer's fps if needed.
+- parameter files (``.npz`` from ``HandMotion.to_dict``): resampled to the tokenizer's fps if needed
+  (``HandMotion.resampled``).
 A folder stands for the ``.npz`` files in it.
 
-Left hands are mirrored into the right-hand frame (``modeling.mirror_motion``) before features are
+Left hands are mirrored into the right-hand frame (``HandMotion.mirrored``) before features are
 computed: one tokenizer serves both hands. Training windows are ``frames_per_block`` (15) consecutive
 frames at a random offset, padded to ``window_frames`` (16) by repeating the last frame, as at encoding
 time; the loss mask excludes padding and invalid frames.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ from handvla.errors import InputError, MissingResourceError
 from handvla.hand import rotations as R
 from handvla.hand.features import FeatureNormalizer, FeatureSpec, motion_to_features
 from handvla.hand.motion import HandMotion
+from handvla.hand.registry import shared_hand_model
 from handvla.tokenizer.configuration import TokenizerConfig
-from handvla.tokenizer.modeling import fill_invalid, mirror_motion
+from handvla.tokenizer.modeling import fill_invalid
 
 BUILTIN = "builtin"
 
@@ -73,40 +75,6 @@ def expand_paths(sources: list[str]) -> list[str]:
                 f"{p}: motion data not found (expected 'builtin', a .npz file or a folder)"
             )
     return out
-
-
-def resample_motion(motion: HandMotion, fps: float) -> HandMotion:
-    """Resample a motion to ``fps`` on the grid k / fps: slerp for every rotation, linear positions."""
-    if abs(motion.fps - fps) <= 1e-6 * fps:
-        return motion
-    from scipy.spatial.transform import Rotation, Slerp
-
-    T = len(motion)
-    t_src = np.arange(T) / motion.fps
-    n = int(np.floor(t_src[-1] * fps + 1e-6)) + 1
-    tq = np.minimum(np.arange(n) / fps, t_src[-1])
-    if T == 1:
-        idx = np.zeros(n, int)
-        return replace(
-            motion,
-            global_orient=motion.global_orient[idx],
-            hand_pose=motion.hand_pose[idx],
-            wrist_pos=motion.wrist_pos[idx],
-            valid=motion.valid[idx],
-            fps=float(fps),
-        )
-    rots = np.concatenate([motion.global_orient[:, None], motion.hand_pose], 1)  # (T, 16, 3)
-    out = np.stack([Slerp(t_src, Rotation.from_rotvec(rots[:, j]))(tq).as_rotvec() for j in range(16)], 1)
-    wrist = np.stack([np.interp(tq, t_src, motion.wrist_pos[:, k]) for k in range(3)], -1)
-    near = np.clip(np.round(tq * motion.fps).astype(int), 0, T - 1)
-    return replace(
-        motion,
-        global_orient=out[:, 0],
-        hand_pose=out[:, 1:],
-        wrist_pos=wrist,
-        valid=motion.valid[near],
-        fps=float(fps),
-    )
 
 
 def _fit_cache_key(path: str, fps: float) -> str:
@@ -166,7 +134,7 @@ def load_motion_file(path: str, fps: float, fit_cache: str | Path | None = None)
 
     loaded = load_any(path)
     if isinstance(loaded, HandMotion):
-        return LoadedMotion(Path(path).stem, resample_motion(loaded, fps), "params")
+        return LoadedMotion(Path(path).stem, loaded.resampled(fps), "params")
     return load_joint_file(path, fps, fit_cache)
 
 
@@ -219,14 +187,12 @@ def make_clips(
     config: TokenizerConfig, motions: list[LoadedMotion], real_weight: float = 1.0
 ) -> list[FeatureClip]:
     """Features of each motion (left hands mirrored to right; invalid frames filled, masked later)."""
-    from handvla.hand.model import load_hand_model
-
-    hand = load_hand_model(config.hand_model, "right")
+    hand = shared_hand_model(config.hand_model, "right")
     clips = []
     for lm in motions:
         m = fill_invalid(lm.motion)
         if m.side == "left":
-            m = mirror_motion(m)
+            m = m.mirrored()
         feats = motion_to_features(config.spec, m, hand)
         w = 1.0 if lm.kind == BUILTIN else real_weight
         clips.append(
@@ -359,6 +325,5 @@ __all__ = [
     "load_motion_file",
     "load_sources",
     "make_clips",
-    "resample_motion",
     "rotate_features",
 ]

@@ -6,13 +6,8 @@ Per part (wrist, finger; or one whole-hand part) a 1D conv encoder downsamples a
 each with ``residual_layers`` (8) codebooks of ``codebook_size`` (4096) codes; a mirrored decoder
 (nearest upsampling) maps the summed codes back to features.
 
-Token layout (``token_layout``, the single source of truth the VLA relies on): one block per hand per
-``seconds_per_block`` holds, for each part in order (wrist, finger), ``groups x latent_steps x layers``
-ids in the config's ``token_order`` (the reference: index ``g * latent_steps * layers + t * layers + l``;
-'layer_group_time' puts every layer-0 code first), and ids per part (``p * codebook_size`` added to its
-codes) or per part and residual layer (``id_layout = 'per_layer'``, the reference release:
-``code + codebook_size * layer + p * codebook_size * layers``). Defaults: 64 wrist ids in [0, 4096) then 64
-finger ids in [4096, 8192): 128 ids per hand-second, 8192 distinct ids.
+Codes become motion ids through the layout in `handvla.tokenizer.layout` (``token_layout(config)``).
+Defaults: 64 wrist ids in [0, 4096) then 64 finger ids in [4096, 8192): 128 ids per hand-second.
 
 Left hands: the tokenizer works in the right-hand frame. ``encode_motion`` mirrors a left hand through
 the x = 0 plane (axis-angle (x, y, z) -> (x, -y, -z) per joint, wrist position x -> -x) before encoding
@@ -21,7 +16,6 @@ and ``decode_motion(..., side='left')`` mirrors back, so left and right hands sh
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handvla.atomic import atomic_write_bytes
+from handvla.atomic import atomic_write_bytes, read_json
+from handvla.config import load_config
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
-from handvla.hand import rotations as R
+from handvla.hand import registry
 from handvla.hand.features import (
     FeatureNormalizer,
     features_to_params,
@@ -42,181 +37,13 @@ from handvla.hand.features import (
     motion_to_features,
     split_parts,
 )
-from handvla.hand.model import HandModel, forward_kinematics, load_hand_model
+from handvla.hand.model import HandModel
 from handvla.hand.motion import HandMotion
-from handvla.hand.topology import MANO_TO_OPENPOSE
 from handvla.tokenizer.configuration import FORMAT_VERSION, TokenizerConfig
+from handvla.tokenizer.layout import token_layout
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Token layout: the one definition of how codes become motion ids
-# ---------------------------------------------------------------------------------------------------------
-
-
-#: orders of the ids inside one part's block: the axes from slowest- to fastest-varying
-TOKEN_ORDERS: dict[str, tuple[str, str, str]] = {
-    # the reference release: group, then latent time step, then residual layer
-    "group_time_layer": ("group", "time", "layer"),
-    # coarse first: every code of residual layer 0 (all groups and time steps), then layer 1, ...
-    "layer_group_time": ("layer", "group", "time"),
-}
-#: motion-id layouts: 'per_part' = one id range per part (codes of every layer share it); 'per_layer' =
-#: one id range per (part, residual layer), the reference release's arithmetic
-ID_LAYOUTS = ("per_part", "per_layer")
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Motion ids of one block (one hand, ``seconds_per_block`` seconds).
-
-    A block holds each part's ``groups x latent_steps x layers`` codes in ``order`` (`TOKEN_ORDERS`; the
-    reference's 'group_time_layer' puts position ``g * latent_steps * layers + t * layers + l`` at code
-    (group g, latent step t, residual layer l)). Ids: with ``id_layout = 'per_part'`` a code of part p is
-    ``code + p * codebook_size``; with 'per_layer' (the reference release) it is
-    ``code + codebook_size * layer + part_base`` with ``part_base = p * codebook_size * layers``, so the id
-    itself says its part and residual layer.
-    """
-
-    parts: tuple[str, ...]
-    groups: int
-    latent_steps: int
-    layers: int
-    codebook_size: int
-    id_layout: str = "per_part"
-    order: str = "group_time_layer"
-
-    def __post_init__(self) -> None:
-        if self.id_layout not in ID_LAYOUTS:
-            raise ConfigError(f"token layout: id_layout must be one of {ID_LAYOUTS}, got {self.id_layout!r}")
-        if self.order not in TOKEN_ORDERS:
-            raise ConfigError(f"token layout: order must be one of {tuple(TOKEN_ORDERS)}, got {self.order!r}")
-
-    @property
-    def tokens_per_part(self) -> int:
-        return self.groups * self.latent_steps * self.layers
-
-    @property
-    def tokens_per_block(self) -> int:
-        return len(self.parts) * self.tokens_per_part
-
-    @property
-    def ids_per_part(self) -> int:
-        """Distinct ids of one part (codebook_size, or codebook_size x layers with per-layer ids)."""
-        return self.codebook_size * (self.layers if self.id_layout == "per_layer" else 1)
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of distinct motion ids (8192 for the default part-level tokenizer)."""
-        return len(self.parts) * self.ids_per_part
-
-    def part_offset(self, part: str) -> int:
-        return self.parts.index(part) * self.ids_per_part
-
-    def part_positions(self, part: str) -> slice:
-        """Positions of ``part``'s ids inside a block."""
-        i = self.parts.index(part)
-        return slice(i * self.tokens_per_part, (i + 1) * self.tokens_per_part)
-
-    def id_range(self, part: str) -> tuple[int, int]:
-        """[lo, hi) of ``part``'s ids."""
-        lo = self.part_offset(part)
-        return lo, lo + self.ids_per_part
-
-    def _axes(self) -> tuple[int, ...]:
-        """Permutation of (time, group, layer) code axes 1..3 into this layout's order."""
-        where = {"time": 1, "group": 2, "layer": 3}
-        return tuple(where[a] for a in TOKEN_ORDERS[self.order])
-
-    def _layer_offsets(self) -> torch.Tensor:
-        """(layers,) id offset of each residual layer inside a part (zeros with per-part ids)."""
-        step = self.codebook_size if self.id_layout == "per_layer" else 0
-        return torch.arange(self.layers, dtype=torch.long) * step
-
-    def position_layers(self) -> np.ndarray:
-        """(tokens_per_block,) residual layer of the code at each position of a block."""
-        grid = torch.arange(self.layers).view(1, 1, 1, -1).expand(1, self.latent_steps, self.groups, -1)
-        one = grid.permute(0, *self._axes()).reshape(-1).numpy()
-        return np.tile(one, len(self.parts)).astype(np.int64)
-
-    def position_id_ranges(self) -> np.ndarray:
-        """(tokens_per_block, 2) legal [lo, hi) id range at each position of a block."""
-        out = np.zeros((self.tokens_per_block, 2), np.int64)
-        layers = self.position_layers()
-        for part in self.parts:
-            sl = self.part_positions(part)
-            lo, hi = self.id_range(part)
-            if self.id_layout == "per_layer":
-                lo_l = lo + layers[sl] * self.codebook_size
-                out[sl, 0], out[sl, 1] = lo_l, lo_l + self.codebook_size
-            else:
-                out[sl, 0], out[sl, 1] = lo, hi
-        return out
-
-    def pack(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
-        """{part: (B, latent_steps, groups, layers) codes in [0, codebook_size)} -> (B, tokens_per_block)."""
-        out = []
-        for part in self.parts:
-            c = codes[part]
-            B = c.shape[0]
-            assert c.shape[1:] == (self.latent_steps, self.groups, self.layers), c.shape
-            c = c.long() + self._layer_offsets().to(c.device)
-            out.append(c.permute(0, *self._axes()).reshape(B, self.tokens_per_part) + self.part_offset(part))
-        return torch.cat(out, 1)
-
-    def unpack(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, tokens_per_block) ids -> {part: (B, latent_steps, groups, layers) codes}. Validate first."""
-        B = ids.shape[0]
-        sizes = {"time": self.latent_steps, "group": self.groups, "layer": self.layers}
-        shape = tuple(sizes[a] for a in TOKEN_ORDERS[self.order])
-        inverse = tuple(int(i) for i in np.argsort(self._axes()))  # ordered axes -> (time, group, layer)
-        out = {}
-        for part in self.parts:
-            c = ids[:, self.part_positions(part)] - self.part_offset(part)
-            c = c.reshape(B, *shape).permute(0, *(1 + i for i in inverse))
-            out[part] = c - self._layer_offsets().to(c.device)
-        return out
-
-    def validate(self, ids: Any, where: str = "motion ids") -> torch.Tensor:
-        """Check dtype, block length and per-part id ranges; return a (B, tokens_per_block) int64 tensor."""
-        if isinstance(ids, torch.Tensor):
-            t = ids.detach().cpu()
-        else:
-            try:
-                t = torch.as_tensor(np.asarray(ids))
-            except (TypeError, ValueError) as e:
-                raise InputError(where, "ids", "an integer array", f"{type(ids).__name__} ({e})") from None
-        if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
-            raise InputError(where, "ids", "integer motion ids", f"dtype {t.dtype}")
-        n = self.tokens_per_block
-        if t.dim() == 1 and t.numel() % n == 0 and t.numel() > 0:
-            t = t.reshape(-1, n)
-        if t.dim() != 2 or t.shape[-1] != n or t.shape[0] == 0:
-            raise InputError(where, "ids", f"blocks of {n} ids, shape (blocks, {n})", str(tuple(t.shape)))
-        t = t.long()
-        rng = torch.as_tensor(self.position_id_ranges())
-        bad = (t < rng[:, 0]) | (t >= rng[:, 1])
-        if bad.any():
-            b, pos = (int(v) for v in bad.nonzero()[0])
-            part = next(p for p in self.parts if self.part_positions(p).start <= pos < self.part_positions(p).stop)
-            lo, hi = (int(v) for v in rng[pos])
-            raise InputError(where, f"ids[{b}, {pos}]", f"a {part} id in [{lo}, {hi})", str(int(t[b, pos])))
-        return t
-
-
-def token_layout(config: TokenizerConfig) -> TokenLayout:
-    """The id layout of a tokenizer config (the VLA builds its motion vocabulary from this)."""
-    return TokenLayout(
-        parts=config.parts,
-        groups=config.groups,
-        latent_steps=config.latent_steps,
-        layers=config.residual_layers,
-        codebook_size=config.codebook_size,
-        id_layout=config.id_layout,
-        order=config.token_order,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -670,22 +497,6 @@ class MotionTokens:
     fps: float = 15.0
 
 
-def mirror_motion(motion: HandMotion) -> HandMotion:
-    """Reflect a hand's motion through the x = 0 plane and swap its side (right <-> left).
-
-    Per joint axis-angle (x, y, z) -> (x, -y, -z), wrist position (x, y, z) -> (-x, y, z): the model's
-    left hand is the mirror image of its right hand, so the joints are mirrored exactly.
-    """
-    flip = np.array([1.0, -1.0, -1.0], np.float32)
-    return replace(
-        motion,
-        global_orient=motion.global_orient * flip,
-        hand_pose=motion.hand_pose * flip,
-        wrist_pos=motion.wrist_pos * np.array([-1.0, 1.0, 1.0], np.float32),
-        side="left" if motion.side == "right" else "right",
-    )
-
-
 def fill_invalid(motion: HandMotion) -> HandMotion:
     """Replace frames with ``valid == False`` by the nearest valid frame (values there are meaningless)."""
     valid = np.asarray(motion.valid, bool)
@@ -712,35 +523,6 @@ def pad_frames(x: torch.Tensor, n: int) -> torch.Tensor:
     if x.shape[0] >= n:
         return x[:n]
     return torch.cat([x, x[-1:].expand((n - x.shape[0],) + x.shape[1:])], 0)
-
-
-def features_to_joints(
-    config: TokenizerConfig, feats: torch.Tensor, betas: torch.Tensor, hand_model: HandModel
-) -> torch.Tensor:
-    """Differentiable: raw features (B, W, D) + betas (B, 10) -> joints (B, W, 21, 3) in metres, in the
-    features' frame (wrist joint at the decoded wrist position).
-
-    For hand models that use the interface's forward kinematics (the built-in hand), the rotations go
-    straight from 6D (Gram-Schmidt) to matrices to the kinematic chain: no detour through axis-angle,
-    whose conversion from a matrix has branch switches that make gradients noisy. Other models are
-    called through their own forward on axis-angle parameters."""
-    spec = config.spec
-    B, W = feats.shape[:2]
-    f = feats.reshape(B * W, spec.dim)
-    b = betas[:, None].expand(B, W, betas.shape[-1]).reshape(B * W, -1)
-    if type(hand_model).forward is HandModel.forward:
-        s = spec.slices()
-        to_mat = R.rot6d_to_matrix if spec.rot == "6d" else R.axis_angle_to_matrix
-        hand_pose = to_mat(f[:, s["hand_pose"]].reshape(B * W, 15, spec.rot_dim))
-        mats = torch.cat([to_mat(f[:, s["global_orient"]])[:, None], hand_pose], 1)  # (BW, 16, 3, 3)
-        rest_j, rest_tips = hand_model.rest_joints_and_tips(b)
-        _, P, tips = forward_kinematics(mats, rest_j, rest_tips)
-        joints = torch.cat([P, tips], 1)[:, torch.as_tensor(MANO_TO_OPENPOSE)]
-        joints = joints - joints[:, :1] + f[:, s["wrist_pos"]][:, None]
-    else:
-        p = features_to_params(spec, f)
-        joints = hand_model(p["global_orient"], p["hand_pose"], b, p["wrist_pos"]).joints
-    return joints.reshape(B, W, -1, 3)
 
 
 class MotionTokenizer(nn.Module):
@@ -794,10 +576,12 @@ class MotionTokenizer(nn.Module):
 
     # --- hand model ------------------------------------------------------------------------------------
     def hand_model(self, side: str = "right", mano_dir: str | None = None) -> HandModel:
-        """The hand model named by the config (cached per side)."""
-        if side not in self._hand_models:
-            self._hand_models[side] = load_hand_model(self.config.hand_model, side, mano_dir)
-        return self._hand_models[side]
+        """The hand model of ``side``: the one given to ``set_hand_model``, else the process-wide model named
+        by the config (``handvla.hand.registry.shared_hand_model``)."""
+        model = self._hand_models.get(side)
+        if model is None:
+            model = registry.shared_hand_model(self.config.hand_model, side, mano_dir)
+        return model
 
     def set_hand_model(self, model: HandModel) -> None:
         self._hand_models[model.side] = model
@@ -916,7 +700,7 @@ class MotionTokenizer(nn.Module):
         """A motion (either side) -> raw features (T, D) in the right-hand frame (left hands mirrored)."""
         motion = fill_invalid(motion)
         if motion.side == "left":
-            motion = mirror_motion(motion)
+            motion = motion.mirrored()
         return motion_to_features(self.spec, motion, self.hand_model("right"))
 
     @torch.no_grad()
@@ -965,18 +749,11 @@ class MotionTokenizer(nn.Module):
             fps=self.config.fps,
             hand_model=self.config.hand_model,
         )
-        return mirror_motion(motion) if side == "left" else motion
+        return motion.mirrored() if side == "left" else motion
 
-    @torch.no_grad()
     def motion_joints(self, motion: HandMotion) -> np.ndarray:
         """Joints (T, 21, 3) in metres of a motion through the tokenizer's hand model (its side, betas)."""
-        out = self.hand_model(motion.side)(
-            torch.tensor(motion.global_orient),  # copies: the arrays may be read-only
-            torch.tensor(motion.hand_pose),
-            torch.tensor(motion.betas),
-            torch.tensor(motion.wrist_pos),
-        )
-        return out.joints.numpy()
+        return registry.motion_joints(motion, self.hand_model(motion.side))
 
     # --- save / load -----------------------------------------------------------------------------------
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
@@ -1015,23 +792,16 @@ class MotionTokenizer(nn.Module):
                 raise CheckpointError(
                     f"{p}: missing (a tokenizer checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME})"
                 )
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
-        from handvla.errors import ConfigError
-
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{cfg_path}: expected a JSON object with the tokenizer config")
+        raw = read_json(cfg_path, dict, CheckpointError)
         version = raw.get("format_version")
         if version != FORMAT_VERSION:
             raise CheckpointError(
                 f"{cfg_path}: field 'format_version': expected {FORMAT_VERSION}, got {version!r}"
             )
         try:
-            config = TokenizerConfig.from_dict(raw, str(cfg_path))
-        except (ConfigError, TypeError) as e:
-            raise CheckpointError(f"{cfg_path}: {e}") from None
+            config = load_config(TokenizerConfig, base=raw, what=str(cfg_path))
+        except ConfigError as e:  # it names the file and the field
+            raise CheckpointError(str(e)) from None
         try:
             state = load_file(str(w_path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -1085,10 +855,6 @@ __all__ = [
     "GroupedResidualQuantizer",
     "MotionTokenizer",
     "MotionTokens",
-    "TokenLayout",
     "calibrated_tokenizer",
-    "features_to_joints",
     "fill_invalid",
-    "mirror_motion",
-    "token_layout",
 ]

@@ -1,4 +1,4 @@
-"""One training loop for every stage (tokenizer-free: the VLA's pretraining and robot post-training).
+"""One training loop for every stage: the motion tokenizer, the VLA's pretraining and robot post-training.
 
 The trainer owns what the model must not know about: devices, the process group and the parallel wrapper
 (DDP or FSDP2), bf16 autocast, gradient accumulation and clipping, the learning-rate schedule, the data
@@ -21,6 +21,16 @@ the time budget ran out); the warning is also printed to stderr.
 Exact resume: a checkpoint holds the model, optimiser, scheduler, step, the data position (epoch and
 samples consumed in it, per rank) and every RNG state, taken after a whole optimiser step. A run killed
 and resumed from step k replays steps k+1.. with the same batches and the same random numbers.
+
+Data: a map-style ``Dataset`` is read in seeded, resumable epochs (``ResumableSampler``). A stream (an
+``IterableDataset`` that yields ready batches forever, e.g. random windows of motion) is read in the
+training process; its position is its own ``state_dict()`` / ``load_state_dict()``, kept in checkpoints
+beside the RNG states (each rank's stream must draw its own batches).
+
+Stage hooks (optional): ``before_step(model, step)`` runs at the start of every optimiser step, inside the
+training clock (work the loss depends on, e.g. the tokenizer's codebook initialisation at a given step);
+``on_log(model, record)`` sees every training log record before it is written and may add entries (e.g.
+codebook usage). Both get the unwrapped model.
 """
 
 from __future__ import annotations
@@ -39,21 +49,22 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from handvla.errors import CheckpointError
+from handvla.config import ConfigModel
+from handvla.errors import CheckpointError, ConfigError
 from handvla.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, unwrap, wrap_model
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(ConfigModel):
     """Options shared by every training stage (YAML section ``train``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     output_dir: str = Field(..., description="run folder: checkpoints/, metrics.jsonl, tensorboard/")
-    max_steps: int = Field(1000, gt=0, description="optimiser steps in all")
+    max_steps: int | None = Field(
+        1000, gt=0, description="optimiser steps in all; None: as many as the time budget (max_minutes) allows"
+    )
     max_minutes: float | None = Field(
         None, gt=0,
         description="training-time budget in minutes (wall time from the first step, summed over resumed "
@@ -79,10 +90,19 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(10, gt=0)
     save_every: int = Field(200, gt=0)
+    save_minutes: float | None = Field(
+        None, gt=0, description="also checkpoint when this many training minutes passed since the last checkpoint"
+    )
     eval_every: int | None = Field(None, gt=0)
     keep_checkpoints: int = Field(2, gt=0)
     tensorboard: bool = True
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _has_an_end(self) -> TrainConfig:
+        if self.max_steps is None and self.max_minutes is None:
+            raise ConfigError("train: field 'max_steps': a run needs max_steps, max_minutes or both, got neither")
+        return self
 
 
 #: the clock of the time budget and of the reported durations (seconds; tests replace it with a fake one)
@@ -95,19 +115,20 @@ FINAL_LOSS_WINDOW = 10
 MIN_BUDGET_FRACTION = 0.25
 
 
-def budget_warning(steps: int, max_steps: int, stop_reason: str, min_steps_ok: int,
+def budget_warning(steps: int, max_steps: int | None, stop_reason: str, min_steps_ok: int,
                    budget_minutes: float | None) -> str | None:
     """The plain-language warning for a run that did too few optimiser steps, or None when it did enough.
 
     Too few: fewer than ``min_steps_ok`` in all, or fewer than ``MIN_BUDGET_FRACTION`` x ``max_steps``
-    because the time budget (``budget_minutes``, minutes) ran out.
+    because the time budget (``budget_minutes``, minutes) ran out (``max_steps`` None: a run by time only).
     """
-    cut = stop_reason == "time_budget" and steps < MIN_BUDGET_FRACTION * max_steps
+    cut = stop_reason == "time_budget" and max_steps is not None and steps < MIN_BUDGET_FRACTION * max_steps
     if steps >= min_steps_ok and not cut:
         return None
     if stop_reason == "time_budget":
-        share = f"{100 * steps / max_steps:.2g}%"
-        what = (f"training did only {steps} of its {max_steps} planned optimiser steps ({share}) "
+        planned = "" if max_steps is None else f" of its {max_steps} planned"
+        share = "" if max_steps is None else f" ({100 * steps / max_steps:.2g}%)"
+        what = (f"training did only {steps}{planned} optimiser steps{share} "
                 f"before its time budget of {budget_minutes:g} min ran out")
     else:
         what = f"training was planned for only {max_steps} optimiser steps"
@@ -188,10 +209,11 @@ def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class Trainer:
-    """Train ``model`` on ``dataset`` with ``loss_fn(model, batch) -> (loss, metrics)``.
+    """Train ``model`` on ``dataset`` (map-style, or a stream of batches: see the module doc) with
+    ``loss_fn(model, batch) -> (loss, metrics)``; ``before_step`` and ``on_log`` are the stage hooks.
 
-    ``save_model(model, dir)`` writes the deliverable model (default: ``save_pretrained`` when the model has
-    it); the trainer's own checkpoints under ``output_dir/checkpoints`` are what ``resume`` reads.
+    The trainer's own checkpoints under ``output_dir/checkpoints`` are what ``resume`` reads; the caller
+    writes the deliverable model (e.g. ``save_pretrained``) from ``unwrap(trainer.model)``.
     """
 
     def __init__(
@@ -204,6 +226,9 @@ class Trainer:
         eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
         layer_types: tuple[type, ...] = (),
         param_groups: Callable[[nn.Module], list[dict]] | None = None,
+        dist: DistInfo | None = None,
+        before_step: Callable[[nn.Module, int], None] | None = None,
+        on_log: Callable[[nn.Module, dict[str, Any]], None] | None = None,
     ):
         t_init = _now()
         self.cfg = config
@@ -212,8 +237,10 @@ class Trainer:
         self._elapsed_before_s, self.elapsed_s = 0.0, 0.0
         self._warmup_end_s: float | None = 0.0 if config.warmup_steps == 0 else None
         self._loop_t0: float | None = None
+        self._saved_at_s = 0.0  # training seconds at the last checkpoint (for save_minutes)
         self._recent_losses: deque[float] = deque(maxlen=FINAL_LOSS_WINDOW)  # the last logged losses
-        self.info: DistInfo = init_distributed(config.device)
+        # a caller that already joined the process group passes its DistInfo (set up once per process)
+        self.info: DistInfo = dist if dist is not None else init_distributed(config.device)
         torch.manual_seed(config.seed)
         self.out = Path(config.output_dir)
         self.ckpt_root = self.out / "checkpoints"
@@ -222,14 +249,19 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.dataset = dataset
-        self.sampler = ResumableSampler(len(dataset), config.seed, self.info.rank, self.info.world_size, config.shuffle)
-        self.loader = DataLoader(
-            dataset, batch_size=config.batch_size, sampler=self.sampler, collate_fn=collate_fn,
-            num_workers=config.num_workers, drop_last=False,
-            # its own generator: creating an iterator must not draw from the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(config.seed),
-        )
+        self.stream = isinstance(dataset, IterableDataset)  # ready batches, read here (see the module doc)
+        self.sampler: ResumableSampler | None = None
+        self.loader: DataLoader | None = None
+        if not self.stream:
+            self.sampler = ResumableSampler(len(dataset), config.seed, self.info.rank, self.info.world_size, config.shuffle)
+            self.loader = DataLoader(
+                dataset, batch_size=config.batch_size, sampler=self.sampler, collate_fn=collate_fn,
+                num_workers=config.num_workers, drop_last=False,
+                # its own generator: creating an iterator must not draw from the global RNG (exact resume)
+                generator=torch.Generator().manual_seed(config.seed),
+            )
         self.loss_fn, self.eval_fn = loss_fn, eval_fn
+        self.before_step, self.on_log = before_step, on_log
         self.step, self.epoch, self.consumed = 0, 0, 0  # consumed: samples of this epoch on this rank
         self._tb = None
         self._init_s = _now() - t_init
@@ -241,7 +273,7 @@ class Trainer:
             return (step + 1) / c.warmup_steps
         if c.schedule == "constant":
             return 1.0
-        t = min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
+        t = 0.0 if c.max_steps is None else min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
         if c.max_minutes is not None:  # ... or by the deadline, whichever comes first
             t_warm = self._warmup_end_s or 0.0
             span = c.max_minutes * 60 - t_warm
@@ -250,6 +282,9 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[Any]:
+        if self.stream:
+            yield from self.dataset
+            raise RuntimeError(f"the training stream {type(self.dataset).__name__} ended; a stream must not end")
         while True:
             self.sampler.set_position(self.epoch, self.consumed)
             for batch in self.loader:
@@ -275,11 +310,14 @@ class Trainer:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=opts)
         name = f"step-{self.step:08d}"
         final = self.ckpt_root / name
+        mine = {"rng": _rng_state(), "epoch": self.epoch, "consumed": self.consumed}
+        if self.stream and hasattr(self.dataset, "state_dict"):
+            mine["stream"] = self.dataset.state_dict()
         rng = [None] * self.info.world_size
         if self.info.enabled:
-            torch.distributed.all_gather_object(rng, {"rng": _rng_state(), "epoch": self.epoch, "consumed": self.consumed})
+            torch.distributed.all_gather_object(rng, mine)
         else:
-            rng = [{"rng": _rng_state(), "epoch": self.epoch, "consumed": self.consumed}]
+            rng = [mine]
         if self.info.is_main:
             tmp = self.ckpt_root / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -303,6 +341,7 @@ class Trainer:
             old = sorted(p for p in self.ckpt_root.glob("step-*") if p.is_dir())
             for p in old[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(p, ignore_errors=True)
+        self._saved_at_s = self._training_seconds()
         barrier(self.info)
         return final
 
@@ -330,8 +369,10 @@ class Trainer:
         mine = extra["ranks"][self.info.rank]
         self.step, self.epoch, self.consumed = state["step"], mine["epoch"], mine["consumed"]
         _set_rng_state(mine["rng"])
+        if "stream" in mine:
+            self.dataset.load_state_dict(mine["stream"])
         # older checkpoints lack the clock: their runs start the budget afresh
-        self._elapsed_before_s = self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self._elapsed_before_s = self.elapsed_s = self._saved_at_s = float(state.get("elapsed_s", 0.0))
         self._warmup_end_s = state.get("warmup_end_s", 0.0 if self.step >= self.cfg.warmup_steps else None)
         self._recent_losses = deque(state.get("recent_losses", []), maxlen=FINAL_LOSS_WINDOW)
 
@@ -382,7 +423,8 @@ class Trainer:
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Train until ``max_steps`` or the time budget, whichever comes first; returns the run's summary.
 
-        Keys: ``step`` (= ``steps_done``, all sessions), ``steps_done_this_run``, ``max_steps``, ``loss`` and
+        Keys: ``step`` (= ``steps_done``, all sessions), ``steps_done_this_run``, ``max_steps`` (None: a run
+        by time only), ``loss`` and
         ``last_loss`` (the last step's), ``final_loss`` (mean of the last logged losses; None before any),
         ``final_lr``, ``stopped_early`` and ``stopped_by_time`` (the time budget ended it before max_steps),
         ``stop_reason`` ('max_steps' or 'time_budget'), ``elapsed_minutes`` (training minutes, all sessions:
@@ -414,8 +456,10 @@ class Trainer:
         out_of_time = budget_s is not None and self.elapsed_s >= budget_s
         self._loop_t0 = _now()
         setup_s, self._init_s = self._loop_t0 - t_call + self._init_s, 0.0  # construction counts once
-        while self.step < cfg.max_steps and not out_of_time:
+        while (cfg.max_steps is None or self.step < cfg.max_steps) and not out_of_time:
             t0 = _now()
+            if self.before_step is not None:
+                self.before_step(unwrap(self.model), self.step)
             metrics_sum: dict[str, float] = {}
             loss_sum = torch.zeros((), device=dev)
             for _ in range(cfg.grad_accum):
@@ -446,6 +490,8 @@ class Trainer:
                        "step_time_s": _now() - t0, **metrics_sum}
                 if grad_norm is not None:
                     rec["grad_norm"] = grad_norm
+                if self.on_log is not None:
+                    self.on_log(unwrap(self.model), rec)
                 self._log(rec)
                 self._recent_losses.append(last_loss)
             if bar is not None:
@@ -456,7 +502,7 @@ class Trainer:
                 with torch.no_grad():
                     self._log({"step": self.step, **{f"eval/{k}": v for k, v in self.eval_fn(unwrap(self.model), self.step).items()}})
                 self.model.train()
-            if self.step % cfg.save_every == 0 or out_of_time:
+            if self.step % cfg.save_every == 0 or out_of_time or self._save_due():
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
@@ -472,10 +518,16 @@ class Trainer:
             print(f"WARNING: {result['warning']}", file=sys.stderr, flush=True)
         return result
 
+    def _save_due(self) -> bool:
+        """``save_minutes`` of training passed since the last checkpoint (every rank decides alike)."""
+        if self.cfg.save_minutes is None:
+            return False
+        return self._agreed(self._training_seconds() - self._saved_at_s) >= self.cfg.save_minutes * 60
+
     def _summary(self, last_loss: float, step0: int, setup_s: float, call_s: float) -> dict[str, Any]:
         """The result of ``train()`` (see there); ``step0`` the step this call started at, times in seconds."""
         cfg = self.cfg
-        stop_reason = "max_steps" if self.step >= cfg.max_steps else "time_budget"
+        stop_reason = "max_steps" if cfg.max_steps is not None and self.step >= cfg.max_steps else "time_budget"
         warning = budget_warning(self.step, cfg.max_steps, stop_reason, cfg.min_steps_ok, cfg.max_minutes)
         recent = list(self._recent_losses)
         return {

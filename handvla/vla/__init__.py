@@ -5,7 +5,7 @@ Importing this package imports transformers (a few seconds); the submodules are 
     from handvla.vla import build_vla, load_vla, save_vla, vla_from_backbone, generate_motion
 """
 
-from handvla.vla.configuration import PRESETS, HandVLAConfig, MotionLayout, estimate_num_parameters
+from handvla.vla.configuration import PRESETS, HandVLAConfig, estimate_num_parameters
 from handvla.vla.generation import (
     MotionBlockConstraint,
     MotionGeneration,
@@ -28,10 +28,8 @@ from handvla.vla.modeling import (
 from handvla.vla.processing import (
     HAND_MODES,
     HandVLAProcessor,
-    canonical_homography,
     generation_prompt,
     hands_for_mode,
-    warp_to_canonical,
 )
 from handvla.vla.text_tokenizer import (
     MotionVocab,
@@ -48,13 +46,11 @@ __all__ = [
     "HandVLAProcessor",
     "MotionBlockConstraint",
     "MotionGeneration",
-    "MotionLayout",
     "MotionVocab",
     "VLABundle",
     "add_motion_tokens",
     "build_text_tokenizer",
     "build_vla",
-    "canonical_homography",
     "estimate_num_parameters",
     "extend_vocabulary",
     "generate_motion",
@@ -69,5 +65,4 @@ __all__ = [
     "save_vla",
     "translate_motion",
     "vla_from_backbone",
-    "warp_to_canonical",
 ]

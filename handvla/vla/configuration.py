@@ -9,9 +9,10 @@ Motion vocabulary (one block per hand-second, see ``handvla.vla.processing`` for
 
     <mot> <motion_id_a1> ... <motion_id_a128> </mot>      128 = wrist 64 ids then finger 64 ids
 
-Motion id ``i`` (0 <= i < num_motion_ids) is token ``<motion_id_i>``, token id ``motion_token_offset + i``:
-the ids are contiguous so the id <-> motion-index map is one subtraction. Wrist ids are
-``[0, num_wrist_motion_ids)``, finger ids ``[num_wrist_motion_ids, num_motion_ids)``.
+Motion id ``i`` (0 <= i < the layout's ``vocab_size``) is token ``<motion_id_i>``, token id
+``motion_token_offset + i``: the ids are contiguous so the id <-> motion-index map is one subtraction. Which
+ids may stand at which position of a block is the motion tokenizer's `TokenLayout`
+(``HandVLAConfig.motion_layout``).
 
 Presets: ``tiny`` (CPU tests and demos), ``small`` (tens of millions of parameters, trains on one GPU),
 and the InternVL3 shapes ``internvl3-1b`` / ``-2b`` / ``-8b`` / ``-14b`` (InternViT-300M-448px-V2.5 with
@@ -23,14 +24,13 @@ local checkpoint, so the presets only matter for planning (parameter counts) and
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from transformers import AutoConfig, InternVLConfig
 
 from handvla.errors import ConfigError
+from handvla.tokenizer.configuration import TokenizerConfig
+from handvla.tokenizer.layout import TokenLayout, token_layout
 
 # Token strings. Chat tokens are Qwen's; image tokens are InternVL's; motion tokens are Being-H0's.
 IM_START_TOKEN = "<|im_start|>"
@@ -57,175 +57,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class MotionLayout:
-    """How motion ids are laid out (defaults: Being-H0's GRVQ-8K tokenizer).
-
-    ``ids_per_block`` ids per hand-second: the first ``wrist_ids_per_block`` come from the wrist tokenizer
-    (ids in ``[0, num_wrist_motion_ids)``), the next ``finger_ids_per_block`` from the finger tokenizer
-    (ids in ``[num_wrist_motion_ids, num_motion_ids)``). A single-part (not part-level) tokenizer has
-    ``finger_ids_per_block = 0`` and ``num_wrist_motion_ids = num_motion_ids``: every position may hold any id.
-
-    The motion tokenizer defines the layout (``handvla.tokenizer.modeling.token_layout``);
-    `MotionLayout.from_token_layout` converts it.
-    """
-
-    num_motion_ids: int = 8192
-    ids_per_block: int = 128
-    wrist_ids_per_block: int = 64
-    finger_ids_per_block: int = 64
-    num_wrist_motion_ids: int = 4096
-    #: > 0 when every residual layer has its own id range of this many ids inside each part (the motion
-    #: tokenizer's ``id_layout = 'per_layer'``): then an id says its layer, ``(id - part_start) // it``
-    codes_per_layer: int = 0
-    #: residual layer of the code at each position of a block (None: unknown, e.g. older checkpoints)
-    position_layers: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.position_layers is not None:
-            object.__setattr__(self, "position_layers", tuple(int(v) for v in self.position_layers))
-            if len(self.position_layers) != self.ids_per_block:
-                raise ConfigError(
-                    f"MotionLayout.position_layers: expected {self.ids_per_block} entries, got {len(self.position_layers)}"
-                )
-        if self.codes_per_layer < 0:
-            raise ConfigError(f"MotionLayout.codes_per_layer: expected >= 0, got {self.codes_per_layer}")
-        for name in ("num_motion_ids", "ids_per_block", "wrist_ids_per_block", "num_wrist_motion_ids"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(
-                    f"MotionLayout.{name}: expected a positive integer, got {getattr(self, name)}"
-                )
-        if self.finger_ids_per_block < 0:
-            raise ConfigError(
-                f"MotionLayout.finger_ids_per_block: expected >= 0, got {self.finger_ids_per_block}"
-            )
-        if self.wrist_ids_per_block + self.finger_ids_per_block != self.ids_per_block:
-            raise ConfigError(
-                "MotionLayout: expected wrist_ids_per_block + finger_ids_per_block == ids_per_block, got "
-                f"{self.wrist_ids_per_block} + {self.finger_ids_per_block} != {self.ids_per_block}"
-            )
-        if self.finger_ids_per_block == 0:
-            if self.num_wrist_motion_ids != self.num_motion_ids:
-                raise ConfigError(
-                    "MotionLayout: a single-part layout (finger_ids_per_block = 0) needs num_wrist_motion_ids == "
-                    f"num_motion_ids, got {self.num_wrist_motion_ids} and {self.num_motion_ids}"
-                )
-        elif not 0 < self.num_wrist_motion_ids < self.num_motion_ids:
-            raise ConfigError(
-                f"MotionLayout.num_wrist_motion_ids: expected in (0, {self.num_motion_ids}), "
-                f"got {self.num_wrist_motion_ids}"
-            )
-
-    @classmethod
-    def from_token_layout(cls, layout: Any) -> MotionLayout:
-        """From the motion tokenizer's ``TokenLayout`` (parts ("wrist", "finger") or one part)."""
-        parts = tuple(layout.parts)
-        per_layer = getattr(layout, "id_layout", "per_part") == "per_layer"
-        extra = dict(
-            codes_per_layer=int(layout.codebook_size) if per_layer else 0,
-            position_layers=tuple(int(v) for v in layout.position_layers())
-            if hasattr(layout, "position_layers")
-            else None,
-        )
-        if parts == ("wrist", "finger"):
-            return cls(
-                num_motion_ids=int(layout.vocab_size),
-                ids_per_block=int(layout.tokens_per_block),
-                wrist_ids_per_block=int(layout.tokens_per_part),
-                finger_ids_per_block=int(layout.tokens_per_part),
-                num_wrist_motion_ids=int(layout.id_range("wrist")[1]),
-                **extra,
-            )
-        if len(parts) == 1:
-            return cls(
-                num_motion_ids=int(layout.vocab_size),
-                ids_per_block=int(layout.tokens_per_block),
-                wrist_ids_per_block=int(layout.tokens_per_block),
-                finger_ids_per_block=0,
-                num_wrist_motion_ids=int(layout.vocab_size),
-                **extra,
-            )
-        raise ConfigError(
-            f"motion token layout: expected parts ('wrist', 'finger') or a single part, got {parts}"
-        )
-
-    @property
-    def wrist_id_range(self) -> tuple[int, int]:
-        """Half-open range of wrist motion ids."""
-        return 0, self.num_wrist_motion_ids
-
-    @property
-    def finger_id_range(self) -> tuple[int, int]:
-        """Half-open range of finger motion ids."""
-        return self.num_wrist_motion_ids, self.num_motion_ids
-
-    def compatible(self, other: MotionLayout) -> bool:
-        """Same ids in the same places: every field equal, ``position_layers`` only where both know it
-        (checkpoints from before it was recorded have None)."""
-        a, b = self.to_dict(), other.to_dict()
-        if a["position_layers"] is None or b["position_layers"] is None:
-            a.pop("position_layers"), b.pop("position_layers")
-        return a == b
-
-    @property
-    def num_layers(self) -> int:
-        """Residual layers per part (1 when unknown)."""
-        return max(self.position_layers) + 1 if self.position_layers else 1
-
-    def check_layer_weights(self, weights: Any, where: str) -> list[float]:
-        """``weights`` as one float >= 0 per residual layer, or a one-line ConfigError naming ``where``: the
-        ids must say their layer (a tokenizer with ``id_layout: per_layer``)."""
-        if not self.codes_per_layer:
-            raise ConfigError(
-                f"{where}: the motion tokenizer's ids do not say their residual layer (train it with "
-                "id_layout: per_layer)"
-            )
-        w = [float(x) for x in weights]
-        if len(w) != self.num_layers or any((not math.isfinite(x)) or x < 0 for x in w):
-            raise ConfigError(
-                f"{where}: expected {self.num_layers} weights >= 0 (one per residual layer), got {list(weights)}"
-            )
-        return w
-
-    def position_id_ranges(self) -> np.ndarray:
-        """(ids_per_block, 2) legal [lo, hi) motion-id range at each position of a block: the part's range,
-        narrowed to the position's residual layer when ids are per layer."""
-        out = np.zeros((self.ids_per_block, 2), np.int64)
-        w = self.wrist_ids_per_block
-        out[:w] = self.wrist_id_range
-        out[w:] = self.finger_id_range
-        if self.codes_per_layer and self.position_layers is not None:
-            layers = np.asarray(self.position_layers, np.int64)
-            out[:, 0] = out[:, 0] + layers * self.codes_per_layer
-            out[:, 1] = out[:, 0] + self.codes_per_layer
-        return out
-
-    def id_kinds(self, motion_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(part, layer) of motion ids: part 0 = wrist, 1 = finger; layer -1 when ids do not say it."""
-        ids = np.asarray(motion_ids, np.int64)
-        part = (ids >= self.num_wrist_motion_ids).astype(np.int64) if self.finger_ids_per_block else np.zeros_like(ids)
-        if not self.codes_per_layer:
-            return part, np.full_like(ids, -1)
-        start = np.where(part == 1, self.num_wrist_motion_ids, 0)
-        return part, (ids - start) // self.codes_per_layer
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "num_motion_ids": self.num_motion_ids,
-            "ids_per_block": self.ids_per_block,
-            "wrist_ids_per_block": self.wrist_ids_per_block,
-            "finger_ids_per_block": self.finger_ids_per_block,
-            "num_wrist_motion_ids": self.num_wrist_motion_ids,
-            "codes_per_layer": self.codes_per_layer,
-            "position_layers": list(self.position_layers) if self.position_layers is not None else None,
-        }
+#: the id-count fields configs held before they stored the token layout (read on load, then dropped)
+_FLAT_LAYOUT_FIELDS = (
+    "num_motion_ids", "ids_per_block", "wrist_ids_per_block", "finger_ids_per_block", "num_wrist_motion_ids",
+    "codes_per_layer", "position_layers",
+)
 
 
 class HandVLAConfig(InternVLConfig):
     r"""InternVL config + motion vocabulary + tiling + loss options.
 
-    Motion layout (see `MotionLayout`): ``num_motion_ids``, ``ids_per_block``, ``wrist_ids_per_block``,
-    ``finger_ids_per_block``, ``num_wrist_motion_ids``. ``motion_fps``: motion frames per second (a block
+    Motion ids: ``motion_token_layout``, the motion tokenizer's `TokenLayout` as a dict (None: the default
+    tokenizer's; configs written before it was stored have flat id-count fields, converted on load);
+    ``motion_layout`` gives the `TokenLayout`. ``motion_fps``: motion frames per second (a block
     covers one second = ``motion_fps`` steps; the generation prompt names ``motion_fps * seconds`` steps).
 
     Token ids (set by ``extend_vocabulary`` once the tokenizer has the tokens; None before):
@@ -251,13 +95,7 @@ class HandVLAConfig(InternVLConfig):
 
     model_type = "handvla"
 
-    num_motion_ids: int = 8192
-    ids_per_block: int = 128
-    wrist_ids_per_block: int = 64
-    finger_ids_per_block: int = 64
-    num_wrist_motion_ids: int = 4096
-    codes_per_layer: int = 0
-    position_layers: list[int] | None = None
+    motion_token_layout: dict[str, Any] | None = None
     motion_fps: int = 15
 
     motion_token_offset: int | None = None
@@ -288,7 +126,18 @@ class HandVLAConfig(InternVLConfig):
         super().__post_init__(**kwargs)
         self.image_mean = list(self.image_mean)
         self.image_std = list(self.image_std)
-        _ = self.motion_layout  # building it validates the layout fields
+        legacy = {k: getattr(self, k) for k in _FLAT_LAYOUT_FIELDS if hasattr(self, k)}
+        for k in legacy:
+            delattr(self, k)
+        if legacy and self.motion_token_layout is not None:
+            raise ConfigError(f"HandVLAConfig: give motion_token_layout or the old fields {sorted(legacy)}, not both")
+        if self.motion_token_layout is None:
+            if legacy:
+                layout = TokenLayout.from_flat_fields(**legacy, where="HandVLAConfig")
+            else:
+                layout = token_layout(TokenizerConfig())
+            self.motion_token_layout = layout.to_dict()
+        _ = self.motion_layout  # building it validates the layout
         if not 1 <= self.min_tiles <= self.max_tiles:
             raise ConfigError(
                 f"HandVLAConfig: expected 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}"
@@ -319,16 +168,8 @@ class HandVLAConfig(InternVLConfig):
             self.image_seq_length = self.tokens_per_tile
 
     @property
-    def motion_layout(self) -> MotionLayout:
-        return MotionLayout(
-            num_motion_ids=self.num_motion_ids,
-            ids_per_block=self.ids_per_block,
-            wrist_ids_per_block=self.wrist_ids_per_block,
-            finger_ids_per_block=self.finger_ids_per_block,
-            num_wrist_motion_ids=self.num_wrist_motion_ids,
-            codes_per_layer=int(self.codes_per_layer or 0),
-            position_layers=tuple(self.position_layers) if self.position_layers else None,
-        )
+    def motion_layout(self) -> TokenLayout:
+        return TokenLayout.from_dict(dict(self.motion_token_layout), "HandVLAConfig.motion_token_layout")
 
     @property
     def tile_size(self) -> int:
@@ -356,7 +197,7 @@ class HandVLAConfig(InternVLConfig):
         return all(v is not None for v in needed)
 
     @classmethod
-    def from_preset(cls, name: str, layout: MotionLayout | None = None, **overrides: Any) -> HandVLAConfig:
+    def from_preset(cls, name: str, layout: TokenLayout | None = None, **overrides: Any) -> HandVLAConfig:
         """Build the config of a preset (see `PRESETS`); ``overrides`` set top-level fields, and
         ``vision_config`` / ``text_config`` dicts in ``overrides`` update the preset's sub-configs."""
         if name not in PRESETS:
@@ -364,7 +205,7 @@ class HandVLAConfig(InternVLConfig):
         spec = copy.deepcopy(PRESETS[name])
         spec["vision_config"].update(overrides.pop("vision_config", {}) or {})
         spec["text_config"].update(overrides.pop("text_config", {}) or {})
-        spec.update((layout or MotionLayout()).to_dict())
+        spec["motion_token_layout"] = layout.to_dict() if layout is not None else None  # None: the default
         spec.update(overrides)
         spec["preset"] = name
         return cls(**spec)

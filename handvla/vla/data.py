@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import Dataset
 
 from handvla.atomic import atomic_savez
+from handvla.camera import warp_to_canonical
 from handvla.errors import ConfigError, InputError
 from handvla.vla.processing import (
     IGNORE_INDEX,
@@ -68,7 +69,6 @@ from handvla.vla.processing import (
     generation_prompt,
     hands_for_mode,
     translation_prompt,
-    warp_to_canonical,
 )
 
 TASK_TYPES = ("generation", "translation", "prediction")
@@ -294,11 +294,11 @@ def collect_samples(
                 pool.extend(specs)
     report: dict[str, Any] = {"episodes": n_episodes, "candidates": len(pool)}
     if cfg.size is not None and pool:
-        from handvla.language.instructions.sampling import BalanceConfig, balanced_sample
+        from handvla.language.instructions.sampling import InstructionBalanceConfig, balanced_sample
 
         sel, bal = balanced_sample(
             {k: np.asarray(v, np.int64) for k, v in strata.items()},
-            BalanceConfig(int(cfg.size), int(cfg.seed), dict(weights)),
+            InstructionBalanceConfig(size=int(cfg.size), seed=int(cfg.seed), task_weights=dict(weights)),
         )
         specs = [pool[i] for i in sel.tolist()]
         report["balance"] = {t: d["count"] for t, d in bal["task_types"].items()}
@@ -388,7 +388,7 @@ def sample_texts(specs: Sequence[SampleSpec]) -> list[str]:
 
 def tokenizer_fingerprint(motion_tokenizer) -> str:
     """sha256 of the tokenizer's config and weights: a cache made with other weights is never reused."""
-    h = hashlib.sha256(json.dumps(motion_tokenizer.config.to_dict(), sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(motion_tokenizer.config.model_dump(), sort_keys=True).encode())
     for name, t in sorted(motion_tokenizer.inference_state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())

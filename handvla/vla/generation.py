@@ -55,7 +55,7 @@ class MotionBlockConstraint(LogitsProcessor):
 
     ``blocks``: one int for the whole batch or one per prompt (rows that finish early get only EOS, which
     ``generate`` then pads). ``restrict_parts``: each position of a block allows only the ids its layout
-    gives it (`MotionLayout.position_id_ranges`: wrist ids at the first ``wrist_ids_per_block`` positions,
+    gives it (`TokenLayout.position_id_ranges`: wrist ids at the wrist's positions,
     finger ids after them, and with per-layer ids only the position's residual-layer range); False allows
     any motion id.
     ``allow_noop``: also allow ``<MOT_NOOP>`` inside blocks (off: the output is always real motion).
@@ -82,9 +82,9 @@ class MotionBlockConstraint(LogitsProcessor):
         self.allow_noop = allow_noop
         lay = vocab.layout
         if restrict_parts:
-            states = [_S_START] + [_S_POS0 + k for k in range(lay.ids_per_block)] + [_S_END]
+            states = [_S_START] + [_S_POS0 + k for k in range(lay.tokens_per_block)] + [_S_END]
         else:
-            states = [_S_START] + [_S_ANY] * lay.ids_per_block + [_S_END]
+            states = [_S_START] + [_S_ANY] * lay.tokens_per_block + [_S_END]
         self.block_states = torch.tensor(states, dtype=torch.long)  # (L,) state at each offset in a block
         # (states, V) bool: legal tokens per state, built on the first call for the logits' V and device
         self._table: torch.Tensor | None = None
@@ -100,7 +100,7 @@ class MotionBlockConstraint(LogitsProcessor):
             raise InputError(
                 "MotionBlockConstraint", "scores", f"at least {v.motion_token_range[1]} logits", str(V)
             )
-        ranges = v.layout.position_id_ranges() + v.motion_offset  # (ids_per_block, 2) token-id ranges
+        ranges = v.layout.position_id_ranges() + v.motion_offset  # (tokens_per_block, 2) token-id ranges
         t = torch.zeros((_S_POS0 + len(ranges), V), dtype=torch.bool)
         t[_S_START, v.mot_start_id] = True
         lo, hi = v.motion_token_range
@@ -206,7 +206,7 @@ def _structure_error(
             bad = real & ((m < rng[:, 0]) | (m >= rng[:, 1]))
             if bad.any():
                 k = int(np.argmax(bad))
-                part = "wrist" if k < lay.wrist_ids_per_block else "finger"
+                part = next(p for p in lay.parts if k < lay.part_positions(p).stop)
                 return f"block {b}: {part} position {k} holds id {int(m[k])}, expected one in [{rng[k, 0]}, {rng[k, 1]})"
     rest = tokens[blocks * L :]
     if len(rest) and rest[0] not in (vocab.eos_id, vocab.pad_id):
@@ -234,7 +234,7 @@ def parse_motion_output(
     L = vocab.block_length
     ids = arr[: blocks * L].reshape(blocks, L)[:, 1:-1]
     out = np.where(ids == vocab.mot_noop_id, -1, ids - vocab.motion_offset)
-    return out.reshape(int(seconds), int(hands), vocab.layout.ids_per_block)
+    return out.reshape(int(seconds), int(hands), vocab.layout.tokens_per_block)
 
 
 def is_valid_motion_output(
@@ -370,12 +370,12 @@ def _motion_request(
             if (
                 h.ndim != 3
                 or h.shape[1] != len(hands[i])
-                or h.shape[2] != processor.vocab.layout.ids_per_block
+                or h.shape[2] != processor.vocab.layout.tokens_per_block
             ):
                 raise InputError(
                     "generation request",
                     f"history[{i}]",
-                    f"shape (seconds, {len(hands[i])}, {processor.vocab.layout.ids_per_block}) for hand_mode '{modes[i]}'",
+                    f"shape (seconds, {len(hands[i])}, {processor.vocab.layout.tokens_per_block}) for hand_mode '{modes[i]}'",
                     f"shape {h.shape}",
                 )
             prompt = continuation_prompt(tasks_l[i], h.shape[0], secs[i], modes[i], fps)

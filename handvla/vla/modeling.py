@@ -32,8 +32,11 @@ from transformers import (
 )
 from transformers.models.internvl.modeling_internvl import InternVLCausalLMOutputWithPast
 
+from handvla.atomic import read_json
 from handvla.errors import CheckpointError, ConfigError, MissingResourceError
-from handvla.vla.configuration import HandVLAConfig, MotionLayout
+from handvla.tokenizer.configuration import TokenizerConfig
+from handvla.tokenizer.layout import TokenLayout, token_layout
+from handvla.vla.configuration import HandVLAConfig
 from handvla.vla.processing import IGNORE_INDEX, HandVLAProcessor
 from handvla.vla.text_tokenizer import (
     MotionVocab,
@@ -209,7 +212,7 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
             if motion_logit_mask_prob > 0.0:
                 if cfg.motion_token_offset is None:
                     raise ConfigError("HandVLAConfig: motion_logit_mask_prob > 0 needs the motion vocabulary")
-                rng = (cfg.motion_token_offset, cfg.motion_token_offset + cfg.num_motion_ids)
+                rng = (cfg.motion_token_offset, cfg.motion_token_offset + cfg.motion_layout.vocab_size)
             loss, token_loss, _kept = answer_token_loss(
                 logits,
                 targets,
@@ -235,9 +238,9 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
         if cached is not None and cached[0] == key:
             return cached[1]
         layout, off = self.config.motion_layout, int(self.config.motion_token_offset)
-        _part, layer = layout.id_kinds(np.arange(layout.num_motion_ids))
+        _part, layer = layout.id_kinds(np.arange(layout.vocab_size))
         table = torch.ones(vocab_rows)
-        table[off : off + layout.num_motion_ids] = torch.as_tensor(np.asarray(w, np.float32)[layer])
+        table[off : off + layout.vocab_size] = torch.as_tensor(np.asarray(w, np.float32)[layer])
         self._token_weight_cache = (key, table)
         return table
 
@@ -295,7 +298,7 @@ def _init_new_rows(
 def extend_vocabulary(
     model: HandVLAForConditionalGeneration,
     tokenizer: PreTrainedTokenizerBase,
-    layout: MotionLayout | None = None,
+    layout: TokenLayout | None = None,
     noise: float = 0.02,
     seed: int = 0,
     pad_to_multiple_of: int | None = None,
@@ -356,7 +359,7 @@ def build_vla(
     tokenizer: PreTrainedTokenizerBase | None = None,
     corpus: Iterable[str] | None = None,
     text_vocab_size: int = 1024,
-    layout: MotionLayout | None = None,
+    layout: TokenLayout | None = None,
     motion_tokenizer: Any = None,
     seed: int = 0,
     dtype: torch.dtype | None = None,
@@ -366,15 +369,14 @@ def build_vla(
     `HandVLAConfig.from_preset`. Without ``tokenizer`` one is trained on ``corpus`` (`build_text_tokenizer`).
     With ``motion_tokenizer`` the motion layout is taken from it (and checked against ``layout``)."""
     if motion_tokenizer is not None:
-        mt_layout = MotionLayout.from_token_layout(motion_tokenizer.layout)
-        if layout is not None and not layout.compatible(mt_layout):
+        mt_layout = motion_tokenizer.layout
+        if layout is not None and not layout.same_ids(mt_layout):
             raise ConfigError(f"build_vla: layout {layout} differs from the motion tokenizer's {mt_layout}")
         layout = mt_layout
     if isinstance(preset, HandVLAConfig):
         config = preset
         if layout is not None and config.motion_layout != layout:
-            for k, v in layout.to_dict().items():
-                setattr(config, k, v)
+            config.motion_token_layout = layout.to_dict()
     else:
         config = HandVLAConfig.from_preset(preset, layout=layout, **overrides)
     if motion_tokenizer is not None:
@@ -412,18 +414,9 @@ def _check_motion_fps(config: HandVLAConfig, motion_tokenizer: Any, where: str) 
         )
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
-
-
 def vla_from_backbone(
     path: str | Path,
-    layout: MotionLayout | None = None,
+    layout: TokenLayout | None = None,
     motion_tokenizer: Any = None,
     dtype: torch.dtype | str | None = None,
     seed: int = 0,
@@ -436,7 +429,7 @@ def vla_from_backbone(
     path = Path(path)
     if not (path / "config.json").is_file():
         raise MissingResourceError(f"{path}: expected an InternVL checkpoint folder with config.json")
-    raw = _read_json(path / "config.json")
+    raw = read_json(path / "config.json", dict, CheckpointError)
     if raw.get("model_type") != "internvl":
         raise ConfigError(
             f"{path / 'config.json'}: field 'model_type': expected 'internvl' (an InternVL3 -hf checkpoint), "
@@ -444,17 +437,17 @@ def vla_from_backbone(
         )
     base = InternVLConfig.from_pretrained(str(path))
     if motion_tokenizer is not None:
-        mt_layout = MotionLayout.from_token_layout(motion_tokenizer.layout)
-        if layout is not None and not layout.compatible(mt_layout):
+        mt_layout = motion_tokenizer.layout
+        if layout is not None and not layout.same_ids(mt_layout):
             raise ConfigError(
                 f"vla_from_backbone: layout {layout} differs from the motion tokenizer's {mt_layout}"
             )
         layout = mt_layout
-    layout = layout or MotionLayout()
+    layout = layout or token_layout(TokenizerConfig())
     extra: dict[str, Any] = {}
     pre = path / "preprocessor_config.json"
     if pre.is_file():
-        p = _read_json(pre)
+        p = read_json(pre, dict, CheckpointError)
         for src, dst in (
             ("image_mean", "image_mean"),
             ("image_std", "image_std"),
@@ -474,7 +467,7 @@ def vla_from_backbone(
         vision_feature_layer=base.vision_feature_layer,
         vision_feature_select_strategy=base.vision_feature_select_strategy,
         tie_word_embeddings=base.tie_word_embeddings,
-        **layout.to_dict(),
+        motion_token_layout=layout.to_dict(),
         **extra,
     )
     if motion_tokenizer is not None:
@@ -535,8 +528,8 @@ def save_vla(
     ):
         raise ConfigError("save_vla: the tokenizer's motion/image token ids differ from the model config's")
     if motion_tokenizer is not None:
-        mt_layout = MotionLayout.from_token_layout(motion_tokenizer.layout)
-        if not mt_layout.compatible(model.config.motion_layout):
+        mt_layout = motion_tokenizer.layout
+        if not mt_layout.same_ids(model.config.motion_layout):
             raise ConfigError(
                 f"save_vla: motion tokenizer layout {mt_layout} != model layout {model.config.motion_layout}"
             )
@@ -574,7 +567,7 @@ def load_vla(
         raise CheckpointError(
             f"{cfg_path}: missing (a VLA checkpoint needs config.json, weights and a tokenizer)"
         )
-    raw = _read_json(cfg_path)
+    raw = read_json(cfg_path, dict, CheckpointError)
     if raw.get("model_type") != HandVLAConfig.model_type:
         hint = (
             " (load InternVL backbones with vla_from_backbone)" if raw.get("model_type") == "internvl" else ""
@@ -617,12 +610,10 @@ def load_vla(
         motion_tokenizer = loader(mt_dir)
         layout = getattr(motion_tokenizer, "layout", None)
         if layout is not None:
-            mt_layout = MotionLayout.from_token_layout(layout)
-            if not mt_layout.compatible(config.motion_layout):
+            if not layout.same_ids(config.motion_layout):
                 raise CheckpointError(
-                    f"{mt_dir}: motion tokenizer layout {mt_layout} differs from {cfg_path}'s {config.motion_layout}"
+                    f"{mt_dir}: motion tokenizer layout {layout} differs from {cfg_path}'s {config.motion_layout}"
                 )
-            if config.position_layers is None and mt_layout.position_layers is not None:
-                # a checkpoint from before the layers were recorded: take them from its motion tokenizer
-                model.config.position_layers = list(mt_layout.position_layers)
+            # a checkpoint written before configs stored the token layout: take its factorisation
+            model.config.motion_token_layout = layout.to_dict()
     return VLABundle(model, HandVLAProcessor(tokenizer, model.config), motion_tokenizer)

@@ -198,11 +198,11 @@ def token_kinds(targets: torch.Tensor, config) -> tuple[torch.Tensor, list[str]]
     layer ('wrist_l0', ...) when the ids say their layer."""
     layout = config.motion_layout
     off = int(config.motion_token_offset)
-    parts = ("wrist", "finger") if layout.finger_ids_per_block else ("hand",)
-    L = layout.num_layers if layout.codes_per_layer else 1
+    parts = layout.parts
+    L = layout.layers if layout.ids_say_layer else 1
     names = ["text"] + [f"{p}_l{k}" if L > 1 else p for p in parts for k in range(L)]
     ids = targets.detach().cpu().numpy() - off
-    is_motion = (ids >= 0) & (ids < layout.num_motion_ids)
+    is_motion = (ids >= 0) & (ids < layout.vocab_size)
     part, layer = layout.id_kinds(np.where(is_motion, ids, 0))
     kind = 1 + part * L + np.maximum(layer, 0)
     return torch.as_tensor(np.where(is_motion, kind, 0)), names

@@ -1,4 +1,4 @@
-"""Turning (image, text, motion ids) into model inputs, and the canonical-camera warp.
+"""Turning (image, text, motion ids) into model inputs.
 
 Sequence format (Qwen chat template, InternVL image tokens, Being-H0 motion blocks)::
 
@@ -20,8 +20,8 @@ Labels are -100 everywhere except the answer tokens and the closing ``<|im_end|>
 answer only. Text between special tokens is tokenised piecewise; because added tokens always split text,
 this equals tokenising the expanded string (a test checks it).
 
-``warp_to_canonical`` maps an image from its own camera to the canonical camera of ``handvla.camera``
-(weak-perspective alignment): output pixel = H @ input pixel with H = K_canon K^-1.
+Images are given as they are; mapping them to the canonical camera first is ``handvla.camera``'s
+``warp_to_canonical``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from transformers import GotOcr2ImageProcessorPil, PreTrainedTokenizerBase
 
-from handvla.camera import CANONICAL_IMAGE_SIZE, CANONICAL_K, as_intrinsics
+from handvla.camera import as_pil_image
 from handvla.errors import InputError
 from handvla.vla.configuration import DEFAULT_SYSTEM_PROMPT, IM_END_TOKEN, IM_START_TOKEN, HandVLAConfig
 from handvla.vla.text_tokenizer import MotionVocab
@@ -156,7 +156,7 @@ class HandVLAProcessor:
 
     def tile_image(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         """Normalised tiles of one image, (tiles, 3, tile, tile) float32; the thumbnail (if any) is last."""
-        image = _as_pil(image, "image")
+        image = as_pil_image(image, "image")
         out = self.image_processor(images=[image], return_tensors="pt")
         return out["pixel_values"].to(torch.float32)
 
@@ -171,7 +171,7 @@ class HandVLAProcessor:
         """Motion blocks as token ids. ``motion``: (seconds, hands, ids_per_block), (blocks, ids_per_block)
         or (ids_per_block,) ints in [0, K) or -1 (no motion -> ``<MOT_NOOP>``); blocks in row-major order."""
         arr = np.asarray(motion.cpu() if isinstance(motion, torch.Tensor) else motion)
-        n = self.vocab.layout.ids_per_block
+        n = self.vocab.layout.tokens_per_block
         if arr.ndim == 0 or arr.shape[-1] != n or arr.ndim > 3:
             raise InputError(
                 "motion",
@@ -350,68 +350,3 @@ class HandVLAProcessor:
 
     def decode(self, token_ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
-
-
-# ---- canonical camera ----------------------------------------------------------------------------------
-
-
-def _as_pil(image, where: str) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-        raise InputError(
-            where, None, "a PIL image or a uint8 array (H, W) / (H, W, 3|4)", f"{arr.dtype} {arr.shape}"
-        )
-    return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
-
-
-def canonical_homography(
-    K: np.ndarray | Sequence,
-    K_canon: np.ndarray | Sequence = CANONICAL_K,
-    canon_size: tuple[int, int] = CANONICAL_IMAGE_SIZE,
-    out_size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """3x3 map from input pixels to output pixels: H = S K_canon K^-1, S = diag(out_w/canon_w,
-    out_h/canon_h, 1) (identity when ``out_size`` is None). Sizes are (width, height) in pixels."""
-    K = as_intrinsics(K, "warp_to_canonical")
-    Kc = as_intrinsics(K_canon, "warp_to_canonical (canonical)")
-    H = Kc @ np.linalg.inv(K)
-    if out_size is not None:
-        H = np.diag([out_size[0] / canon_size[0], out_size[1] / canon_size[1], 1.0]) @ H
-    return H
-
-
-def warp_to_canonical(
-    image: Image.Image | np.ndarray,
-    K: np.ndarray | Sequence,
-    K_canon: np.ndarray | Sequence = CANONICAL_K,
-    canon_size: tuple[int, int] = CANONICAL_IMAGE_SIZE,
-    out_size: tuple[int, int] | None = None,
-    resample: int = Image.BILINEAR,
-) -> Image.Image | np.ndarray:
-    """Re-render ``image`` (taken with intrinsics ``K``) as the canonical camera would see it.
-
-    The output is the canonical image (``canon_size`` = (width, height), default 1920 x 1080) resized to
-    ``out_size`` if given; pixels outside the input are black. Input pixel p (continuous coordinates,
-    pixel centres at +0.5) lands at H p, H = `canonical_homography`. Returns the input's type (PIL or uint8
-    array). Since both cameras are pinhole without distortion, H is affine (scale f'/f and shift).
-    """
-    pil = _as_pil(image, "warp_to_canonical image")
-    H = canonical_homography(K, K_canon, canon_size, out_size)
-    size = tuple(int(v) for v in (out_size or canon_size))
-    if min(size) <= 0:
-        raise InputError("warp_to_canonical", "out_size", "positive (width, height)", str(size))
-    sx, sy = H[0, 0], H[1, 1]
-    if sx < 1.0 and sy < 1.0:
-        # Shrinking: an affine warp samples without averaging (aliasing), so first resize with PIL's
-        # antialiasing filter by (about) the same factor, then warp the small image with H D^-1.
-        w, h = pil.size
-        small = (max(1, round(w * sx)), max(1, round(h * sy)))
-        D = np.diag([small[0] / w, small[1] / h, 1.0])
-        pil = pil.resize(small, resample=Image.BILINEAR)
-        H = H @ np.linalg.inv(D)
-    Hinv = np.linalg.inv(H)  # PIL asks, for each output pixel, where to sample the input
-    coeffs = tuple(float(c) for c in Hinv[:2].reshape(-1))
-    out = pil.transform(size, Image.AFFINE, coeffs, resample=resample)
-    return out if isinstance(image, Image.Image) else np.asarray(out)

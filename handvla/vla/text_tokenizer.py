@@ -23,6 +23,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
+from handvla.tokenizer.layout import TokenLayout
 from handvla.vla.configuration import (
     ENDOFTEXT_TOKEN,
     IM_END_TOKEN,
@@ -34,7 +35,6 @@ from handvla.vla.configuration import (
     MOT_NOOP_TOKEN,
     MOT_START_TOKEN,
     HandVLAConfig,
-    MotionLayout,
     motion_token,
 )
 
@@ -118,7 +118,7 @@ class MotionVocab:
     ``motion_offset``: id of ``<motion_id_0>``; motion id ``i`` is token ``motion_offset + i``.
     """
 
-    layout: MotionLayout
+    layout: TokenLayout
     motion_offset: int
     mot_start_id: int
     mot_end_id: int
@@ -131,16 +131,16 @@ class MotionVocab:
 
     @property
     def num_motion_ids(self) -> int:
-        return self.layout.num_motion_ids
+        return self.layout.vocab_size
 
     @property
     def motion_token_range(self) -> tuple[int, int]:
         """Half-open token-id range of all motion ids."""
-        return self.motion_offset, self.motion_offset + self.layout.num_motion_ids
+        return self.motion_offset, self.motion_offset + self.layout.vocab_size
 
     @property
     def wrist_token_range(self) -> tuple[int, int]:
-        lo, hi = self.layout.wrist_id_range
+        lo, hi = self.layout.first_part_id_range
         return self.motion_offset + lo, self.motion_offset + hi
 
     @property
@@ -150,8 +150,8 @@ class MotionVocab:
 
     @property
     def block_length(self) -> int:
-        """Tokens in one hand-second block: ``<mot>`` + ids_per_block + ``</mot>``."""
-        return self.layout.ids_per_block + 2
+        """Tokens in one hand-second block: ``<mot>`` + the layout's tokens_per_block + ``</mot>``."""
+        return self.layout.tokens_per_block + 2
 
     def special_motion_ids(self) -> list[int]:
         """Token ids that only appear in motion blocks: delimiters, NOOP and all motion ids."""
@@ -204,8 +204,7 @@ class MotionVocab:
         )
 
     def write_to_config(self, config: HandVLAConfig) -> None:
-        for k, v in self.layout.to_dict().items():
-            setattr(config, k, v)
+        config.motion_token_layout = self.layout.to_dict()
         config.motion_token_offset = self.motion_offset
         config.mot_start_token_id = self.mot_start_id
         config.mot_end_token_id = self.mot_end_id
@@ -217,7 +216,7 @@ class MotionVocab:
         config.text_pad_token_id = self.pad_id
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, layout: MotionLayout) -> MotionVocab:
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, layout: TokenLayout) -> MotionVocab:
         """Read the ids from a tokenizer that already has the motion vocabulary; checks contiguity."""
         where = f"tokenizer {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}"
         vocab = tokenizer.get_vocab()
@@ -228,18 +227,18 @@ class MotionVocab:
             return int(vocab[tok])
 
         offset = need(motion_token(0))
-        last = need(motion_token(layout.num_motion_ids - 1))
-        if last - offset != layout.num_motion_ids - 1:
+        last = need(motion_token(layout.vocab_size - 1))
+        if last - offset != layout.vocab_size - 1:
             raise CheckpointError(
                 f"{where}: motion tokens are not contiguous: <motion_id_0> = {offset}, "
-                f"<motion_id_{layout.num_motion_ids - 1}> = {last}"
+                f"<motion_id_{layout.vocab_size - 1}> = {last}"
             )
-        ids = np.array([vocab.get(motion_token(i), -1) for i in range(layout.num_motion_ids)])
-        if not np.array_equal(ids, np.arange(offset, offset + layout.num_motion_ids)):
+        ids = np.array([vocab.get(motion_token(i), -1) for i in range(layout.vocab_size)])
+        if not np.array_equal(ids, np.arange(offset, offset + layout.vocab_size)):
             raise CheckpointError(f"{where}: motion token ids are not contiguous from {offset}")
-        if motion_token(layout.num_motion_ids) in vocab:
+        if motion_token(layout.vocab_size) in vocab:
             raise CheckpointError(
-                f"{where}: has more motion tokens than the layout's num_motion_ids = {layout.num_motion_ids}"
+                f"{where}: has more motion tokens than the layout's vocab_size = {layout.vocab_size}"
             )
         pad = tokenizer.pad_token_id
         return cls(
@@ -264,7 +263,7 @@ def _range_str(arr: np.ndarray) -> str:
     return f"values in [{arr.min()}, {arr.max()}] (dtype {arr.dtype})"
 
 
-def add_motion_tokens(tokenizer: PreTrainedTokenizerBase, layout: MotionLayout) -> MotionVocab:
+def add_motion_tokens(tokenizer: PreTrainedTokenizerBase, layout: TokenLayout) -> MotionVocab:
     """Add the image tokens (when absent) and the motion vocabulary to ``tokenizer`` in place.
 
     All added tokens are special (never split, dropped by ``decode(skip_special_tokens=True)``). The motion
@@ -286,7 +285,7 @@ def add_motion_tokens(tokenizer: PreTrainedTokenizerBase, layout: MotionLayout) 
     present = [t for t in (MOT_START_TOKEN, MOT_END_TOKEN, MOT_NOOP_TOKEN, motion_token(0)) if t in vocab]
     if not present:
         new = [MOT_START_TOKEN, MOT_END_TOKEN, MOT_NOOP_TOKEN] + [
-            motion_token(i) for i in range(layout.num_motion_ids)
+            motion_token(i) for i in range(layout.vocab_size)
         ]
         before = len(tokenizer)
         tokenizer.add_tokens(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fixtures import mano, mano_folder, mano_joints_raw, project_joints, transform, write_arctic
 
-from handvla.ingest.sources.arctic import ArcticSource
 from handvla.errors import ConfigError, InputError, MissingResourceError
+from handvla.ingest.sources.arctic import ArcticSource
 
 
 @pytest.fixture(scope="module")

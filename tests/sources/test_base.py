@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from handvla.data.schema import Camera
+from handvla.camera import Camera
+from handvla.errors import InputError
+from handvla.hand.pickle_safe import UnsafePickleError
 from handvla.ingest.sources.base import (
     SourceEpisode,
     as_array,
@@ -20,8 +22,6 @@ from handvla.ingest.sources.base import (
     quat_wxyz_to_aa,
     rigid_points,
 )
-from handvla.errors import InputError
-from handvla.hand.pickle_safe import UnsafePickleError
 
 
 class _Evil:

@@ -7,8 +7,8 @@ import pytest
 from fixtures import mano, mano_folder, mano_joints_raw, project_joints, write_dexycb
 
 from handvla.data.schema import Episode
-from handvla.ingest.sources.dexycb import DexYCBSource
 from handvla.errors import InputError, MissingResourceError
+from handvla.ingest.sources.dexycb import DexYCBSource
 
 
 @pytest.fixture(scope="module")

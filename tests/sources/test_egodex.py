@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fixtures import write_egodex
 
-from handvla.ingest.sources.egodex import EgoDexSource
 from handvla.errors import ConfigError, InputError
+from handvla.ingest.sources.egodex import EgoDexSource
 
 h5py = pytest.importorskip("h5py")  # an optional dependency: only EgoDex needs it
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fixtures import write_fpha
 
-from handvla.ingest.sources.fpha import FPHASource
 from handvla.errors import InputError
+from handvla.ingest.sources.fpha import FPHASource
 
 
 def test_joints_in_color_camera(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fixtures import mano, mano_folder, project_joints, write_h2o
 
-from handvla.ingest.sources.h2o import H2OSource
 from handvla.errors import InputError
+from handvla.ingest.sources.h2o import H2OSource
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fixtures import hamer_reference, mano, mano_folder, mano_joints_raw, project_joints, write_hamer
 
-from handvla.ingest.sources.hamer import HaMeRSource
 from handvla.errors import InputError, MissingResourceError
+from handvla.ingest.sources.hamer import HaMeRSource
 
 
 @pytest.fixture(scope="module")

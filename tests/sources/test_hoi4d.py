@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fixtures import HOI4D_SEQ, mano, mano_folder, mano_joints_raw, project_joints, write_hoi4d, write_pickle
 
-from handvla.ingest.sources.hoi4d import HOI4DSource
 from handvla.errors import InputError, MissingResourceError
+from handvla.ingest.sources.hoi4d import HOI4DSource
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from fixtures import write_joints21
 
-from handvla.ingest.sources.joints21 import Joints21Source
 from handvla.errors import InputError
 from handvla.hand.io import resample_joints
+from handvla.ingest.sources.joints21 import Joints21Source
 
 
 def test_pairs_video_and_leap(tmp_path):

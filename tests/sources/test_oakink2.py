@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from fixtures import mano, mano_folder, project_joints, write_oakink2
 
-from handvla.ingest.sources.oakink2 import OakInk2Source
 from handvla.errors import ConfigError, InputError
+from handvla.ingest.sources.oakink2 import OakInk2Source
 
 
 def test_all_cameras(tmp_path):

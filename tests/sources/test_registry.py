@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from handvla.data.schema import Episode
-from handvla.ingest.sources import SOURCE_KINDS, SOURCES, SourceEpisode, describe_sources, get_source
 from handvla.errors import ConfigError, MissingResourceError
+from handvla.ingest.sources import SOURCE_KINDS, SOURCES, SourceEpisode, describe_sources, get_source
 
 EXPECTED = {"egodex", "arctic", "dexycb", "hoi4d", "h2o", "taco", "fpha", "oakink2", "joints21", "hamer"}
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fixtures import mano, mano_folder, project_joints, write_taco
 
-from handvla.ingest.sources.taco import TACOSource, task_text
 from handvla.errors import InputError
+from handvla.ingest.sources.taco import TACOSource, task_text
 
 
 @pytest.fixture(scope="module")

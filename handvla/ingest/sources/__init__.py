@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from handvla.errors import ConfigError
 from handvla.ingest.sources.arctic import ArcticSource
 from handvla.ingest.sources.base import PARAM_KINDS, SOURCE_KINDS, Source, SourceEpisode
 from handvla.ingest.sources.dexycb import DexYCBSource
@@ -24,7 +25,6 @@ from handvla.ingest.sources.hoi4d import HOI4DSource
 from handvla.ingest.sources.joints21 import Joints21Source
 from handvla.ingest.sources.oakink2 import OakInk2Source
 from handvla.ingest.sources.taco import TACOSource
-from handvla.errors import ConfigError
 
 SOURCES: dict[str, type[Source]] = {
     cls.name: cls

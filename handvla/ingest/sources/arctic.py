@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from handvla.atomic import read_json
+from handvla.errors import ConfigError, InputError
 from handvla.ingest.sources.base import (
     Provenance,
     Source,
@@ -39,13 +41,11 @@ from handvla.ingest.sources.base import (
     camera_from_K,
     check_rigid,
     constant_betas,
-    load_json,
     load_npy,
     mano_motion,
     mean_to_flat,
     wrist_from_mano_transl,
 )
-from handvla.errors import ConfigError, InputError
 
 ALLOCENTRIC_VIEWS = tuple(range(1, 9))
 EGO_VIEW = 0
@@ -90,7 +90,7 @@ class ArcticSource(Source):
             )
 
         misc_path = r / "meta" / "misc.json"
-        misc = load_json(misc_path)
+        misc = read_json(misc_path)
         if sid not in misc:
             raise InputError(misc_path, sid, "camera parameters of this subject", "missing")
         m = misc[sid]

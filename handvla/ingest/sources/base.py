@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import io
-import json
 import math
 import os
 import re
@@ -39,12 +38,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from handvla.data.schema import Camera, Episode
+from handvla.camera import Camera
+from handvla.data.schema import Episode
 from handvla.errors import HandvlaError, InputError, MissingResourceError
 from handvla.hand.io import DEFAULT_JOINT_ORDER, JointsRecording
 from handvla.hand.motion import HandMotion
 from handvla.hand.pickle_safe import RestrictedUnpickler, UnsafePickleError
-from handvla.hand.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from handvla.hand.rotations import quaternion_to_axis_angle
 from handvla.hand.topology import NUM_BETAS, NUM_JOINTS, SIDES
 
 SOURCE_KINDS = ("mocap", "vr", "rgb")
@@ -337,16 +337,6 @@ def load_npy(path: str | Path) -> Any:
         raise InputError(p, None, "a readable .npy array", f"{type(e).__name__}: {e}") from None
 
 
-def load_json(path: str | Path) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(p, None, "an existing JSON file", "no such file")
-    try:
-        return json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(p, None, "valid JSON", f"{type(e).__name__}: {e}") from None
-
-
 def load_yaml(path: str | Path) -> Any:
     import yaml
 
@@ -424,23 +414,13 @@ def video_size(path: str | Path | None, default: tuple[int, int]) -> tuple[int, 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def aa_to_mat(aa: np.ndarray) -> np.ndarray:
-    return axis_angle_to_matrix(torch.as_tensor(np.asarray(aa, np.float64))).numpy()
-
-
-def mat_to_aa(R: np.ndarray) -> np.ndarray:
-    return matrix_to_axis_angle(torch.as_tensor(np.asarray(R, np.float64))).numpy()
-
-
 def quat_wxyz_to_aa(q: np.ndarray) -> np.ndarray:
     """Quaternions (..., 4) scalar first -> axis-angle (..., 3); normalised first (files store them rounded)."""
-    from handvla.hand.rotations import quaternion_to_axis_angle
-
     q = np.asarray(q, np.float64)
     n = np.linalg.norm(q, axis=-1, keepdims=True)
     if (n < 1e-8).any():
         raise InputError("quaternion", "norm", "non-zero quaternions", "a zero quaternion")
-    return quaternion_to_axis_angle(torch.as_tensor(q / n)).numpy()
+    return quaternion_to_axis_angle(q / n)
 
 
 def orthonormal(R: np.ndarray, where: str | Path, field: str, tol: float = 1e-3) -> np.ndarray:
@@ -537,13 +517,7 @@ def mano_motion(
         np.where(valid[:, None, None], hp, 0.0),
         np.where(valid[:, None], w, 0.0),
     )
-    if world_to_camera is not None:
-        E = np.asarray(world_to_camera, np.float64)
-        R = E[..., :3, :3]
-        go = mat_to_aa(R @ aa_to_mat(go)) if T else go
-        w = rigid_points(E, w)
-        go, w = np.where(valid[:, None], go, 0.0), np.where(valid[:, None], w, 0.0)
-    return HandMotion(
+    m = HandMotion(
         global_orient=go.astype(np.float32),
         hand_pose=hp.astype(np.float32),
         wrist_pos=w.astype(np.float32),
@@ -553,6 +527,12 @@ def mano_motion(
         valid=valid,
         hand_model="mano",
     )
+    if world_to_camera is None:
+        return m
+    E = np.asarray(world_to_camera, np.float64)
+    m = m.transformed(E[..., :3, :3], E[..., :3, 3])
+    m.global_orient[~valid], m.wrist_pos[~valid] = 0.0, 0.0  # invalid frames stay zero
+    return m
 
 
 def wrist_from_mano_transl(model, betas: np.ndarray, transl: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handvla.errors import InputError
 from handvla.ingest.sources.base import (
     Provenance,
     Source,
@@ -37,7 +38,6 @@ from handvla.ingest.sources.base import (
     pca_to_flat,
     wrist_from_mano_transl,
 )
-from handvla.errors import InputError
 
 #: YCB object of each ``ycb_ids`` entry (dex-ycb-toolkit ``dex_ycb.py``), used for the task text
 YCB_CLASSES = {

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.ingest.sources.base import (
     Provenance,
     Source,
@@ -39,7 +40,6 @@ from handvla.ingest.sources.base import (
     numeric_key,
     video_size,
 )
-from handvla.errors import ConfigError, InputError, MissingResourceError
 
 FINGER_POINTS = ("Knuckle", "IntermediateBase", "IntermediateTip", "Tip")
 

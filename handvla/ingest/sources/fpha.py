@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from handvla.data.schema import Camera
-from handvla.ingest.sources.base import Provenance, Source, SourceEpisode, numeric_key
+from handvla.camera import Camera
 from handvla.errors import InputError
+from handvla.ingest.sources.base import Provenance, Source, SourceEpisode, numeric_key
 
 FPHA_TO_OPENPOSE = np.array([0, 1, 6, 7, 8, 2, 9, 10, 11, 3, 12, 13, 14, 4, 15, 16, 17, 5, 18, 19, 20])
 COLOR_K = np.array([[1395.749023, 0.0, 935.732544], [0.0, 1395.749268, 540.681030], [0.0, 0.0, 1.0]])

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handvla.errors import ConfigError, InputError
 from handvla.ingest.sources.base import (
     Provenance,
     Source,
@@ -42,7 +43,6 @@ from handvla.ingest.sources.base import (
     read_numbers,
     wrist_from_mano_transl,
 )
-from handvla.errors import ConfigError, InputError
 
 #: action_label ids (README "action_label"), 0 = background
 ACTIONS = (

@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from handvla.data.schema import Camera
+from handvla.camera import Camera
+from handvla.errors import InputError
+from handvla.hand.rotations import matrix_to_axis_angle, mirror_axis_angle
 from handvla.ingest.sources.base import (
     Provenance,
     Source,
@@ -46,19 +48,16 @@ from handvla.ingest.sources.base import (
     camera_from_K,
     mano_motion,
     mano_root,
-    mat_to_aa,
     numeric_key,
     orthonormal,
     video_size,
 )
-from handvla.errors import InputError
 
 SUFFIX = ".hamer.npz"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 HAMER_FOCAL = 5000.0
 HAMER_CROP = 256.0
 MIRROR = np.array([-1.0, 1.0, 1.0])  # x -> -x: a point of the flipped image
-AA_MIRROR = np.array([1.0, -1.0, -1.0])  # the same reflection acting on an axis-angle
 
 
 def cam_crop_to_full(
@@ -216,9 +215,9 @@ class HaMeRSource(Source):
             wrist, valid = np.zeros((T, 3)), np.zeros(T, bool)
             b = betas[det]
             J0s = mano_root(model, b)  # (n, 3) each detection's own root joint
-            a_go, a_hp = mat_to_aa(go[det]), mat_to_aa(hp[det])
+            a_go, a_hp = matrix_to_axis_angle(go[det]), matrix_to_axis_angle(hp[det])
             if side == "left":
-                a_go, a_hp, J0s = a_go * AA_MIRROR, a_hp * AA_MIRROR, J0s * MIRROR
+                a_go, a_hp, J0s = mirror_axis_angle(a_go), mirror_axis_angle(a_hp), J0s * MIRROR
             go_aa[frames], hp_aa[frames] = a_go, a_hp
             wrist[frames] = J0s + cam_t[det]
             valid[frames] = True

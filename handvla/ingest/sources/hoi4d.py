@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handvla.errors import InputError
 from handvla.ingest.sources.base import (
     Provenance,
     Source,
@@ -38,7 +39,6 @@ from handvla.ingest.sources.base import (
     video_size,
     wrist_from_mano_transl,
 )
-from handvla.errors import InputError
 
 HAND_DIRS = {
     "right": ("handpose/refinehandpose_right", "Hand_pose/handpose_right_hand"),

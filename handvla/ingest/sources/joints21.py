@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from handvla.data.schema import Camera
-from handvla.ingest.sources.base import Provenance, Source, SourceEpisode, numeric_key, video_size
+from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.hand.io import load_joints
+from handvla.ingest.sources.base import Provenance, Source, SourceEpisode, numeric_key, video_size
 
 #: Leap device frame (x right, y up, z towards the user) -> a camera on the sensor looking up (OpenCV axes)
 LEAP_TO_CAMERA = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handvla.errors import ConfigError, InputError
 from handvla.ingest.sources.base import (
     Provenance,
     Source,
@@ -38,7 +39,6 @@ from handvla.ingest.sources.base import (
     mano_motion,
     quat_wxyz_to_aa,
 )
-from handvla.errors import ConfigError, InputError
 
 CAMERAS = ("allocentric_top", "allocentric_left", "allocentric_right", "egocentric")
 WIDTH, HEIGHT = 848, 480  # oakink2_toolkit.meta.VIDEO_SHAPE

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from handvla.errors import InputError
 from handvla.ingest.sources.base import (
     Provenance,
     Source,
@@ -41,7 +42,6 @@ from handvla.ingest.sources.base import (
     read_numbers,
     video_size,
 )
-from handvla.errors import InputError
 
 WIDTH, HEIGHT = 1920, 1080
 

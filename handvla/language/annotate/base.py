@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from handvla.language.annotate.segments import ClipSpec
-from handvla.data.schema import Camera
+from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.hand.motion import HandMotion
+from handvla.language.annotate.segments import ClipSpec
 
 #: keys of the text entries: both hands together, then each hand
 HAND_KEYS = ("both", "left", "right")

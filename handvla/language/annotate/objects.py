@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from handvla.language.annotate.base import KnownObject
-from handvla.data.schema import Camera
+from handvla.camera import Camera
 from handvla.errors import InputError
+from handvla.language.annotate.base import KnownObject
 
 #: nouns for HandWorld shapes (kept here so annotation does not import the renderer)
 _SHAPE_NOUNS = {"box": "cube", "cylinder": "cylinder", "sphere": "ball"}

@@ -29,12 +29,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from handvla.config import ConfigModel
+from handvla.errors import ConfigError, InputError
 from handvla.language.annotate.base import (
     HAND_KEYS,
     AnnotationFailure,
@@ -45,7 +47,6 @@ from handvla.language.annotate.base import (
     check_text,
 )
 from handvla.language.annotate.cache import ResponseCache, request_key
-from handvla.errors import ConfigError, InputError
 
 ENV_URL, ENV_MODEL, ENV_KEY = "HANDVLA_VLM_URL", "HANDVLA_VLM_MODEL", "HANDVLA_VLM_API_KEY"
 #: bump when the prompt changes meaningfully (it is part of every request, hence of the cache key)
@@ -66,8 +67,7 @@ where HAND is each of the hand keys asked for ("both" = the two hands together, 
 properties, the hand parts used and the trajectory relative to the camera during that second."""
 
 
-@dataclass
-class OpenAIConfig:
+class OpenAIConfig(ConfigModel):
     """Endpoint, model and the request policy. Times in seconds."""
 
     url: str
@@ -85,9 +85,10 @@ class OpenAIConfig:
     json_mode: bool = True  # send response_format {"type": "json_object"} (most servers support it)
     include_kinematics: bool = True  # add the rule-based measurements to the prompt as hints
     cache_dir: str | Path | None = None  # None: <store>/meta/annotations/cache/openai (set by the caller)
-    extra_body: dict[str, Any] = field(default_factory=dict)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> OpenAIConfig:
         if not self.url or not re.match(r"^https?://", self.url):
             raise ConfigError(
                 f"VLM endpoint URL: expected http(s)://host[:port]/..., got {self.url!r} (--url or ${ENV_URL})"
@@ -108,6 +109,7 @@ class OpenAIConfig:
             raise ConfigError(
                 f"OpenAIConfig.rate_per_s: expected a positive number of requests per second, got {self.rate_per_s!r}"
             )
+        return self
 
     @property
     def endpoint(self) -> str:

@@ -26,17 +26,26 @@ import dataclasses
 import math
 import random
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
+from pydantic import ConfigDict
 from scipy.ndimage import gaussian_filter1d, median_filter
 from scipy.spatial.transform import Rotation
 
-from handvla.language.annotate.base import Annotator, Clip, ClipAnnotation, KnownObject, SecondText, stable_hash
+from handvla.config import ConfigModel
 from handvla.hand.motion import HandMotion
+from handvla.hand.registry import motion_joints
 from handvla.hand.topology import OPENPOSE_FINGERS
+from handvla.language.annotate.base import (
+    Annotator,
+    Clip,
+    ClipAnnotation,
+    KnownObject,
+    SecondText,
+    stable_hash,
+)
 
 #: finger-shape classes, in the order of the integer codes of ``HandTrack.shape``
 SHAPES = ("open", "relaxed", "grip", "fist", "pinch", "point")
@@ -54,9 +63,10 @@ AXIS_TERMS = {
 FINGER_ORDER = ("thumb", "index", "middle", "ring", "little")
 
 
-@dataclass(frozen=True)
-class RuleConfig:
+class RuleConfig(ConfigModel):
     """Thresholds of the kinematic annotator (metres, seconds, degrees)."""
+
+    model_config = ConfigDict(frozen=True)
 
     still_m: float = 0.025  # net wrist displacement over a window below which the hand "stays"
     secondary_ratio: float = 0.5  # a second (third) axis is named when >= this share of the main one
@@ -108,33 +118,6 @@ class HandTrack:
 
     def __len__(self) -> int:
         return len(self.valid)
-
-
-_MODEL_LOCK = threading.Lock()
-_MODELS: dict[tuple[str, str, str | None], Any] = {}
-
-
-def _hand_model(name: str, side: str, mano_dir: str | None):
-    from handvla.hand.model import load_hand_model
-
-    key = (name, side, mano_dir)
-    with _MODEL_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_hand_model(name, side, mano_dir)
-        return _MODELS[key]
-
-
-def hand_joints(motion: HandMotion, mano_dir: str | None = None) -> np.ndarray:
-    """(T, 21, 3) joints (metres, the motion's frame) from the motion's own hand model."""
-    model = _hand_model(motion.hand_model, motion.side, mano_dir)
-    with torch.no_grad():
-        out = model(
-            torch.tensor(motion.global_orient),  # copies: stored arrays may be read-only views
-            torch.tensor(motion.hand_pose),
-            torch.tensor(motion.betas),
-            torch.tensor(motion.wrist_pos),
-        )
-    return out.joints.double().numpy()
 
 
 def finger_flexion_deg(joints: np.ndarray) -> np.ndarray:
@@ -201,7 +184,7 @@ def compute_track(
     cfg = cfg or RuleConfig()
     fps = float(motion.fps)
     valid = np.asarray(motion.valid, bool)
-    j = hand_joints(motion, mano_dir) if joints is None else np.asarray(joints, np.float64)
+    j = np.asarray(motion_joints(motion, None, mano_dir) if joints is None else joints, np.float64)
     j = _fill_invalid(j, valid)
     wrist = _fill_invalid(motion.wrist_pos.astype(np.float64), valid)
     rotvec = _fill_invalid(motion.global_orient.astype(np.float64), valid)
@@ -1092,7 +1075,7 @@ class RuleAnnotator(Annotator):
                 for s, evs in info["events"].items()
             },
             "targets": info["targets"],
-            "config": f"{stable_hash(sorted(asdict(self.config).items())):016x}",  # which thresholds made it
+            "config": f"{stable_hash(sorted(self.config.model_dump().items())):016x}",  # which thresholds made it
         }
         with self._lock:
             self._n += 1

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from handvla.errors import ConfigError, HandvlaError, InputError
 from handvla.language.annotate.base import AnnotationFailure, Annotator, Clip, ClipAnnotation, clip_id
 from handvla.language.annotate.objects import known_objects
 from handvla.language.annotate.segments import ClipSpec, SegmentConfig, segment_episode
 from handvla.language.annotate.table import AnnotationTable
-from handvla.errors import ConfigError, HandvlaError, InputError
 
 
 def store_clips(

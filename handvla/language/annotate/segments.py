@@ -16,6 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pydantic import ConfigDict, model_validator
+
+from handvla.config import ConfigModel
 from handvla.errors import ConfigError
 
 #: UniHand's defaults
@@ -31,9 +34,10 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5 + 1e-9))
 
 
-@dataclass(frozen=True)
-class SegmentConfig:
+class SegmentConfig(ConfigModel):
     """How clips, frame samples and per-second windows are cut (all seconds)."""
+
+    model_config = ConfigDict(frozen=True)
 
     max_clip_s: float = MAX_CLIP_S
     min_clip_s: float = MIN_CLIP_S
@@ -41,7 +45,8 @@ class SegmentConfig:
     window_s: float = WINDOW_S
     stride_s: float = STRIDE_S
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> SegmentConfig:
         for name in ("max_clip_s", "frame_rate_hz", "window_s", "stride_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -57,6 +62,7 @@ class SegmentConfig:
             raise ConfigError(
                 f"SegmentConfig.window_s: expected <= max_clip_s ({self.max_clip_s}), got {self.window_s}"
             )
+        return self
 
     def fingerprint(self) -> str:
         """A short text that changes whenever the cut changes (stored with every annotation)."""

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from handvla.atomic import atomic_write_text
-from handvla.language.annotate.base import ClipAnnotation
 from handvla.errors import ConfigError, InputError
+from handvla.language.annotate.base import ClipAnnotation
 
 ANNOTATIONS_DIR = "meta/annotations"
 _BACKEND_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

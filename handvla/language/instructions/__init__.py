@@ -8,21 +8,25 @@
 """
 
 from handvla.language.instructions.build import (
-    BuildConfig,
+    InstructionBuildConfig,
     build_instructions,
     collect_candidates,
     read_manifest,
     write_manifest,
 )
-from handvla.language.instructions.sampling import DEFAULT_TASK_WEIGHTS, BalanceConfig, balanced_sample
+from handvla.language.instructions.sampling import (
+    DEFAULT_TASK_WEIGHTS,
+    InstructionBalanceConfig,
+    balanced_sample,
+)
 from handvla.language.instructions.templates import TASK_TYPES, TEMPLATES, Template, fill
 
 __all__ = [
     "DEFAULT_TASK_WEIGHTS",
     "TASK_TYPES",
     "TEMPLATES",
-    "BalanceConfig",
-    "BuildConfig",
+    "InstructionBalanceConfig",
+    "InstructionBuildConfig",
     "Template",
     "balanced_sample",
     "build_instructions",

@@ -23,41 +23,48 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field, model_validator
 
 from handvla.atomic import atomic_write_text
+from handvla.config import ConfigModel
+from handvla.errors import ConfigError, InputError
 from handvla.language.annotate.base import ClipAnnotation, clip_id, stable_hash
 from handvla.language.annotate.segments import SegmentConfig, segment_episode
 from handvla.language.annotate.table import ANNOTATIONS_DIR, load_annotations
-from handvla.language.instructions.sampling import BalanceConfig, balanced_sample
+from handvla.language.instructions.sampling import InstructionBalanceConfig, balanced_sample
 from handvla.language.instructions.templates import TASK_TYPES, Template, fill, templates_for
-from handvla.errors import ConfigError, InputError
 
 SPAN_KINDS = ("clip", "second", "task")
 HAND_CODES = ("both", "left", "right")
 
 
-@dataclass(frozen=True)
-class BuildConfig:
-    """Which candidates to make."""
+class InstructionBuildConfig(ConfigModel):
+    """Which instruction candidates to make."""
+
+    model_config = ConfigDict(frozen=True)
 
     history_s: tuple[int, ...] = (1, 2)  # prediction: history lengths (whole seconds)
     future_s: tuple[int, ...] = (1, 2)  # prediction: target lengths (whole seconds)
     goal_prob: float = 0.5  # prediction: share of samples stating the goal (when the clip has one)
     backends: tuple[str, ...] | None = None  # annotation tables to read, in order of preference
-    segmentation: SegmentConfig = field(default_factory=SegmentConfig)  # for episodes without annotations
+    segmentation: SegmentConfig = Field(default_factory=SegmentConfig)  # for episodes without annotations
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> InstructionBuildConfig:
         for name in ("history_s", "future_s"):
             v = getattr(self, name)
             if not v or any(int(x) != x or x < 1 for x in v):
-                raise ConfigError(f"BuildConfig.{name}: expected whole numbers of seconds >= 1, got {v!r}")
+                raise ConfigError(
+                    f"InstructionBuildConfig.{name}: expected whole numbers of seconds >= 1, got {v!r}"
+                )
         if not 0 <= self.goal_prob <= 1:
-            raise ConfigError(f"BuildConfig.goal_prob: expected 0..1, got {self.goal_prob!r}")
+            raise ConfigError(f"InstructionBuildConfig.goal_prob: expected 0..1, got {self.goal_prob!r}")
+        return self
 
 
 @dataclass
@@ -147,11 +154,11 @@ def _add(
         rows[col].append(v)
 
 
-def collect_candidates(dirs: list[str | Path], config: BuildConfig | None = None) -> CandidatePool:
+def collect_candidates(dirs: list[str | Path], config: InstructionBuildConfig | None = None) -> CandidatePool:
     """Candidates of every store in ``dirs`` (see the module doc)."""
     from handvla.data.store import EpisodeStore
 
-    cfg = config or BuildConfig()
+    cfg = config or InstructionBuildConfig()
     rows: dict[str, list] = {
         c: []
         for c in (
@@ -341,15 +348,15 @@ def build_instructions(
     out: str | Path | None,
     size: int | None = None,
     seed: int = 0,
-    balance: BalanceConfig | None = None,
-    config: BuildConfig | None = None,
+    balance: InstructionBalanceConfig | None = None,
+    config: InstructionBuildConfig | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Collect candidates, pick a balanced subset of ``size`` (every candidate once when None), fill the
     templates and write the manifest to ``out`` (not written when None). Returns a report."""
     from tqdm import tqdm
 
-    cfg = config or BuildConfig()
+    cfg = config or InstructionBuildConfig()
     t0 = time.perf_counter()
     pool = collect_candidates(dirs, cfg)
     t1 = time.perf_counter()
@@ -357,9 +364,9 @@ def build_instructions(
         sel = np.arange(len(pool))
         bal_report: dict[str, Any] = {"balanced": False}
     else:
-        bcfg = balance or BalanceConfig(size=int(size), seed=seed)
+        bcfg = balance or InstructionBalanceConfig(size=int(size), seed=seed)
         if bcfg.size != size:
-            bcfg = BalanceConfig(int(size), seed, bcfg.task_weights, bcfg.source_balance, bcfg.source_weights)
+            bcfg = bcfg.replace(size=int(size), seed=seed)
         sel, bal_report = balanced_sample(pool.strata(), bcfg)
         bal_report["balanced"] = True
     rng = random.Random(stable_hash("instructions", seed))

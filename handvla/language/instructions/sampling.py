@@ -17,30 +17,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from handvla.config import ConfigModel
+from handvla.errors import ConfigError
 from handvla.language.annotate.base import stable_hash
 from handvla.language.instructions.templates import TASK_TYPES
-from handvla.errors import ConfigError
 
 #: UniHand-2.5M: 1.6M generation, 0.4M translation, 0.5M contextual prediction
 DEFAULT_TASK_WEIGHTS = {"generation": 1.6, "translation": 0.4, "prediction": 0.5}
 SOURCE_BALANCE = ("uniform", "sqrt", "proportional")
 
 
-@dataclass
-class BalanceConfig:
+class InstructionBalanceConfig(ConfigModel):
+    """The balanced subset of instruction samples: its size, seed, task-type weights and source shares."""
+
     size: int
     seed: int = 0
-    task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
+    task_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     source_balance: str = "uniform"
     source_weights: dict[str, float] | None = None  # explicit shares per source (override source_balance)
 
-    def __post_init__(self) -> None:
-        if int(self.size) != self.size or self.size < 0:
+    @model_validator(mode="after")
+    def _check(self) -> InstructionBalanceConfig:
+        if self.size < 0:
             raise ConfigError(f"--size: expected a whole number >= 0, got {self.size!r}")
         bad = [k for k in self.task_weights if k not in TASK_TYPES]
         if bad:
@@ -58,6 +61,7 @@ class BalanceConfig:
             for k, v in self.source_weights.items():
                 if not (math.isfinite(v) and v >= 0):
                     raise ConfigError(f"source weight of {k}: expected a number >= 0, got {v!r}")
+        return self
 
 
 def parse_task_weights(text: str) -> dict[str, float]:
@@ -74,7 +78,7 @@ def parse_task_weights(text: str) -> dict[str, float]:
         raise ConfigError(
             f"--proportions: expected three numbers (generation,translation,prediction) or name=weight pairs, got {text!r}"
         ) from None
-    BalanceConfig(size=0, task_weights=out)  # validates
+    InstructionBalanceConfig(size=0, task_weights=out)  # validates
     return out
 
 
@@ -93,7 +97,7 @@ def largest_remainder(total: int, weights: Mapping[str, float]) -> dict[str, int
     return {n: int(b) for n, b in zip(names, base)}
 
 
-def _source_shares(counts: dict[str, int], cfg: BalanceConfig) -> dict[str, float]:
+def _source_shares(counts: dict[str, int], cfg: InstructionBalanceConfig) -> dict[str, float]:
     if cfg.source_weights is not None:
         return {s: float(cfg.source_weights.get(s, 0.0)) for s in counts}
     if cfg.source_balance == "uniform":
@@ -104,7 +108,7 @@ def _source_shares(counts: dict[str, int], cfg: BalanceConfig) -> dict[str, floa
 
 
 def balanced_sample(
-    strata: dict[tuple[str, str], np.ndarray], cfg: BalanceConfig
+    strata: dict[tuple[str, str], np.ndarray], cfg: InstructionBalanceConfig
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Pick ``cfg.size`` candidate indices from ``strata`` ({(source, task type): candidate indices}).
 

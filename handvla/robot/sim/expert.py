@@ -24,12 +24,13 @@ mapped back to [-1, 1] (``(ctrl - act_mean) / act_rng``), i.e. exactly what the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from handvla.config import ConfigModel
 from handvla.errors import ConfigError
 from handvla.robot.sim.adroit import AdroitSim, Rollout, rollout, task_spec
 
@@ -52,8 +53,9 @@ SLIDE_STIFFNESS = 200.0  # N/m and N m/rad: the arm actuators' bias (biasprm -20
 ARM_GAIN = 500.0  # ... and gain (gainprm 500): force = 500 ctrl - 200 q
 
 
-@dataclass
-class RelocateExpertConfig:
+class RelocateExpertConfig(ConfigModel):
+    """Gains, speeds, heights and the grasp pose of the scripted relocate expert."""
+
     kp: float = 2.0  # extra arm stiffness, in multiples of the actuators' own 200 N/m
     kd: float = 40.0  # N s/m of damping added on the three slide joints
     speed: float = 1.2  # m/s: fastest motion of the palm reference
@@ -67,16 +69,15 @@ class RelocateExpertConfig:
     rot_weight: float = 0.3  # IK preference for the slides over the pitch joint (smaller = pitch less)
     drop_distance: float = 0.08  # m: ball this far from where the grip holds it = lost, regrasp
     hold_radius: float = 0.02  # m: carry within this of the target is reported as "hold"
-    grasp: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GRASP))
+    grasp: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GRASP))
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> RelocateExpertConfig:
         if self.speed <= 0 or self.descend_speed <= 0:
             raise ConfigError("expert speeds must be positive")
         if self.close_steps < 1:
             raise ConfigError("close_steps must be >= 1")
-        self.grasp_offset = tuple(float(v) for v in self.grasp_offset)
-        if len(self.grasp_offset) != 3:
-            raise ConfigError("grasp_offset must be 3 numbers (x, y, z metres)")
+        return self
 
 
 class RelocateExpert:
@@ -236,7 +237,7 @@ def make_expert(task: str, config: Any = None):
 
 
 def demo_features(sim: AdroitSim, image_size: tuple[int, int] | None, camera_key: str) -> dict[str, Any]:
-    from handvla.robot.lerobot_format import vector_feature, video_feature
+    from handvla.data.lerobot import vector_feature, video_feature
 
     feats = {
         "observation.state": vector_feature(sim.state_dim, sim.state_names()),
@@ -271,6 +272,7 @@ def collect_demos(
     """
     import time
 
+    from handvla.data.lerobot import video_key
     from handvla.robot.lerobot_format import RobotDatasetWriter
     from handvla.robot.sim.adroit import DEFAULT_CAMERA
 
@@ -280,7 +282,7 @@ def collect_demos(
     camera = camera or DEFAULT_CAMERA
     sim = AdroitSim(task, image_size=image_size, camera=camera)
     expert = make_expert(task, expert_config)
-    key = f"observation.images.{camera}"
+    key = video_key(camera)
     max_attempts = int(max_attempts or 3 * n_episodes)
     written, attempts, kept_seeds, results = 0, 0, [], []
     t0 = time.perf_counter()
@@ -347,7 +349,3 @@ def expert_rollouts(task: str, seeds: Sequence[int], config: Any = None) -> list
         return [rollout(sim, expert, int(s)) for s in seeds]
     finally:
         sim.close()
-
-
-def config_dict(config: RelocateExpertConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -1,10 +1,6 @@
-"""HandWorld camera rigs: pinhole cameras with genuinely different intrinsics and poses.
-
-Conventions (the store's and ``handvla.camera``'s): intrinsics ``fx, fy, cx, cy`` in pixels for an image of
-``width x height``; pixel coordinates have u to the right, v down and their origin at the top-left
-pixel's top-left corner, so pixel (col j, row i) spans [j, j+1) x [i, i+1) and its centre is (j + 0.5, i + 0.5);
-extrinsics are the 4x4 WORLD -> CAMERA transform, camera axes OpenCV (x right, y down, z forward), metres.
-A world point p projects to ``u = fx X/Z + cx, v = fy Y/Z + cy`` with ``(X, Y, Z) = R p + t``.
+"""HandWorld camera rigs: where the cameras stand and what lenses they have; ``make_camera`` turns a rig
+into a ``handvla.camera.Camera`` (intrinsics, image size and world -> camera extrinsics; all conventions
+are that module's), jittered per episode.
 
 Rigs (see ``RIGS``), all looking at the HandWorld table (``scene``'s world frame: table top z = 0, the
 user at y < 0):
@@ -19,108 +15,34 @@ Each is jittered per episode (position, aim, focal length, principal point, roll
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from handvla.camera import CANONICAL_FOCAL_PX, CANONICAL_IMAGE_SIZE
+from handvla.camera import CANONICAL_FOCAL_PX, CANONICAL_IMAGE_SIZE, Camera
 from handvla.errors import ConfigError, InputError
 
 
-@dataclass
-class RigCamera:
-    """A pinhole camera: intrinsics in pixels and the world -> camera transform (OpenCV axes)."""
+def camera_record(rig: str, camera: Camera) -> dict[str, Any]:
+    """The ``ground_truth['camera']`` record of a HandWorld episode: the rig name, the intrinsics, the image
+    size and ``world_to_cam`` (the extrinsics as nested lists)."""
+    return {
+        "rig": rig,
+        "fx": float(camera.fx),
+        "fy": float(camera.fy),
+        "cx": float(camera.cx),
+        "cy": float(camera.cy),
+        "width": int(camera.width),
+        "height": int(camera.height),
+        "world_to_cam": camera.extrinsics.tolist(),
+    }
 
-    rig: str
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-    world_to_cam: np.ndarray  # (4, 4)
 
-    def __post_init__(self) -> None:
-        self.world_to_cam = np.asarray(self.world_to_cam, np.float64).reshape(4, 4)
-
-    @property
-    def K(self) -> np.ndarray:
-        """(3, 3) intrinsic matrix."""
-        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1.0]])
-
-    @property
-    def cam_to_world(self) -> np.ndarray:
-        return np.linalg.inv(self.world_to_cam)
-
-    @property
-    def centre_world(self) -> np.ndarray:
-        """(3,) optical centre in the world frame, metres."""
-        R, t = self.world_to_cam[:3, :3], self.world_to_cam[:3, 3]
-        return -R.T @ t
-
-    def world_to_camera(self, p_world: np.ndarray) -> np.ndarray:
-        """(..., 3) world points -> (..., 3) camera-frame points."""
-        p = np.asarray(p_world, np.float64)
-        return p @ self.world_to_cam[:3, :3].T + self.world_to_cam[:3, 3]
-
-    def camera_to_world(self, p_cam: np.ndarray) -> np.ndarray:
-        p = np.asarray(p_cam, np.float64)
-        R, t = self.world_to_cam[:3, :3], self.world_to_cam[:3, 3]
-        return (p - t) @ R
-
-    def project_camera(self, p_cam: np.ndarray) -> np.ndarray:
-        """(..., 3) camera-frame points -> (..., 2) pixels (u, v). Points behind the camera give NaN."""
-        p = np.asarray(p_cam, np.float64)
-        z = p[..., 2]
-        z = np.where(z > 1e-9, z, np.nan)
-        return np.stack([self.fx * p[..., 0] / z + self.cx, self.fy * p[..., 1] / z + self.cy], -1)
-
-    def project_world(self, p_world: np.ndarray) -> np.ndarray:
-        """(..., 3) world points -> (..., 2) pixels."""
-        return self.project_camera(self.world_to_camera(p_world))
-
-    def in_view(self, p_world: np.ndarray, margin_px: float = 0.0) -> np.ndarray:
-        """(...,) True where a world point is in front of the camera and inside the image (minus a margin)."""
-        uv = self.project_world(p_world)
-        ok = np.isfinite(uv).all(-1)
-        uv = np.nan_to_num(uv, nan=-1e9)
-        return (
-            ok
-            & (uv[..., 0] >= margin_px)
-            & (uv[..., 0] < self.width - margin_px)
-            & (uv[..., 1] >= margin_px)
-            & (uv[..., 1] < self.height - margin_px)
-        )
-
-    def to_store_camera(self):
-        """The store's ``handvla.data.schema.Camera`` (intrinsics, size, world -> camera extrinsics)."""
-        from handvla.data.schema import Camera
-
-        return Camera(self.fx, self.fy, self.cx, self.cy, self.width, self.height, self.world_to_cam.copy())
-
-    def to_dict(self) -> dict:
-        return {
-            "rig": self.rig,
-            "fx": float(self.fx),
-            "fy": float(self.fy),
-            "cx": float(self.cx),
-            "cy": float(self.cy),
-            "width": int(self.width),
-            "height": int(self.height),
-            "world_to_cam": self.world_to_cam.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RigCamera:
-        return cls(
-            d["rig"],
-            d["fx"],
-            d["fy"],
-            d["cx"],
-            d["cy"],
-            int(d["width"]),
-            int(d["height"]),
-            np.asarray(d["world_to_cam"]),
-        )
+def camera_from_record(d: dict[str, Any]) -> Camera:
+    """The ``Camera`` (with world -> camera extrinsics) of a ``camera_record``."""
+    return Camera(
+        d["fx"], d["fy"], d["cx"], d["cy"], int(d["width"]), int(d["height"]), np.asarray(d["world_to_cam"])
+    )
 
 
 def look_at(
@@ -213,7 +135,7 @@ def parse_rigs(rigs: str | list[str] | tuple[str, ...] | None) -> list[str]:
 
 def make_camera(
     rig: str, width: int = 256, height: int = 192, rng: np.random.Generator | None = None
-) -> RigCamera:
+) -> Camera:
     """The camera of rig ``rig`` for a ``width x height`` render, jittered when ``rng`` is given."""
     if rig not in RIGS:
         raise ConfigError(f"unknown camera rig {rig!r}; expected one of {', '.join(RIGS)}")
@@ -233,8 +155,7 @@ def make_camera(
         cy += rng.uniform(-1, 1) * spec.jitter_pp_frac * height
         roll += np.radians(rng.uniform(-1, 1) * spec.jitter_roll_deg)
     # Square pixels: fx = fy. With pixel centres at +0.5 the image centre is (W/2, H/2), as EgoDex's cx = 960.
-    return RigCamera(
-        rig,
+    return Camera(
         float(f),
         float(f),
         float(cx),

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from handvla.synth.handworld.cameras import RigCamera
-from handvla.synth.handworld.scene import TABLE_COLOURS, Scene, SceneObject
+from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.hand.topology import OPENPOSE_PARENTS, check_side
+from handvla.synth.handworld.scene import TABLE_COLOURS, Scene, SceneObject
 
 LABEL_BACKGROUND = 0
 LABEL_TABLE = 1
@@ -317,7 +317,7 @@ class Renderer:
     """
 
     def __init__(
-        self, camera: RigCamera, shadows: bool = True, shoulders_world: dict[str, np.ndarray] | None = None
+        self, camera: Camera, shadows: bool = True, shoulders_world: dict[str, np.ndarray] | None = None
     ):
         self.camera = camera
         self.shadows = shadows
@@ -327,8 +327,8 @@ class Renderer:
         u, v = np.meshgrid(np.arange(W, dtype=np.float64) + 0.5, np.arange(H, dtype=np.float64) + 0.5)
         d = np.stack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones_like(u)], -1)
         self.rays = d / np.linalg.norm(d, axis=-1, keepdims=True)  # (H, W, 3) unit, camera frame
-        self.R = camera.world_to_cam[:3, :3]
-        self.t = camera.world_to_cam[:3, 3]
+        self.R = camera.extrinsics[:3, :3]
+        self.t = camera.extrinsics[:3, 3]
         self.rays_world = self.rays @ self.R  # (H, W, 3) the same directions in the world frame
         self._layer: _StaticLayer | None = None
 
@@ -344,7 +344,7 @@ class Renderer:
         if lo[2] <= _NEAR_M:  # crosses the near plane: the projection is unbounded, use the whole image
             return 0, cam.width, 0, cam.height
         corners = np.where(_CORNER_MASK, hi, lo)  # (8, 3)
-        uv = cam.project_camera(corners)
+        uv = cam.project(corners)
         u0 = int(max(np.floor(uv[:, 0].min()) - 1, 0))
         u1 = int(min(np.ceil(uv[:, 0].max()) + 2, cam.width))
         v0 = int(max(np.floor(uv[:, 1].min()) - 1, 0))
@@ -428,7 +428,7 @@ class Renderer:
         casters = []
         for obj in scene.objects:
             if obj.object_id in static_ids:
-                T_co = cam.world_to_cam @ poses[obj.object_id]
+                T_co = cam.extrinsics @ poses[obj.object_id]
                 self._draw_object(obj, T_co, t_best, label, albedo, normal)
                 casters.append((obj, T_co))
         blocked = np.zeros((H, W), bool)
@@ -508,7 +508,7 @@ class Renderer:
         movers = []
         for obj in scene.objects:
             if obj.object_id not in static_ids:
-                T_co = cam.world_to_cam @ poses[obj.object_id]
+                T_co = cam.extrinsics @ poses[obj.object_id]
                 self._draw_object(obj, T_co, t_best, label, albedo, normal)
                 movers.append((obj, T_co))
 
@@ -523,7 +523,7 @@ class Renderer:
                     "Renderer.render", f"hands_world[{side}]", "finite (21, 3) joints", str(jw.shape)
                 )
             jc = cam.world_to_camera(jw)
-            joints_2d[side] = cam.project_camera(jc)
+            joints_2d[side] = cam.project(jc)
             A, B, Rr, rgb, is_arm = hand_capsules(
                 jc, side, cam.world_to_camera(self.shoulders_world[side]), self.R[:, 2]
             )
@@ -587,7 +587,7 @@ class Renderer:
 
 def render_frame(
     scene: Scene,
-    camera: RigCamera,
+    camera: Camera,
     object_poses: dict[int, np.ndarray] | None = None,
     hands_world: dict[str, np.ndarray] | None = None,
     shadows: bool = True,

@@ -1,4 +1,5 @@
-"""The VLA as a robot policy (Being-H0 stage 3): proprioception token, action queries, regression head.
+"""The VLA as a robot policy (Being-H0 stage 3): proprioception token, action queries, regression head;
+and `HandVLAPolicy`, the loaded policy behind the policy-server protocol.
 
 Sequence (the VLA's chat template; ``<image>`` expands to InternVL image tokens as in pretraining)::
 
@@ -27,271 +28,53 @@ saved with the adapters merged into the weights, so a checkpoint loads without p
 Checkpoint folder (`HandVLAPolicyModel.save_pretrained` / ``from_pretrained``; self-contained)::
 
     config.json, model.safetensors (or shards)   the backbone (InternVLModel weights, HandVLAConfig)
-    policy_config.json                           `PolicyConfig`: dims, chunk, token ids, prompt, cameras
+    policy_config.json                           `PolicyConfig` (handvla.policy.configuration)
     policy_head.safetensors                      fp, action_queries, fr
     tokenizer.json, ...                          the text tokenizer with motion and policy tokens
-    normalization.safetensors / .json            state and action statistics (handvla.robot.normalize)
+    normalization.safetensors / .json            state and action statistics (handvla.policy.processing)
     motion_tokenizer/                            copied from the VLA checkpoint it started from, if any
+
+Deployment (`HandVLAPolicy`, what ``handvla serve`` and ``handvla eval`` run)::
+
+    policy = HandVLAPolicy.load("runs/relocate/final")
+    chunk = policy.infer({"state": state_39, "image": rgb_uint8})   # (chunk_size, action_dim), robot units
+
+An observation goes through `PolicyProcessor.preprocess` (exactly the training samples' processing) and
+the chunk through `PolicyProcessor.postprocess`. The instruction is ``obs["task"]`` when an in-process
+caller passes a string there, else the one set with ``set_task`` (the simulator evaluator calls it), else
+the checkpoint's default task (the training dataset's first task).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from handvla.atomic import atomic_dir, read_json
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
+from handvla.policy.configuration import (
+    BACKBONE_MODES,
+    POLICY_CONFIG_NAME,
+    PolicyConfig,
+    load_policy_config,
+)
+from handvla.policy.processing import (
+    PROP_CONTEXT_TOKEN,
+    Normalizer,
+    PolicyProcessor,
+    add_policy_tokens,
+    check_policy_tokens,
+)
 
-PROP_CONTEXT_TOKEN = "<PROP_CONTEXT>"
-POLICY_CONFIG_NAME = "policy_config.json"
 HEAD_WEIGHTS_NAME = "policy_head.safetensors"
 MOTION_TOKENIZER_DIR = "motion_tokenizer"
-POLICY_FORMAT_VERSION = 1
-DEFAULT_PROMPT = "{images}{task}. The robot state is {state}. What are the next {chunk_size} actions?"
-BACKBONE_MODES = ("full", "frozen", "lora")
-# Qwen2 decoder linear layers (attention and MLP)
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def action_chunk_token(i: int) -> str:
-    """Vocabulary string of action query ``i``."""
-    return f"<ACTION_CHUNK_{i}>"
-
-
-def image_observation_names(image_keys: Sequence[str]) -> list[str]:
-    """Observation keys the policy expects for its cameras: the first camera is ``image`` (what the
-    simulator and the open-loop evaluator send), further ones ``image.<last part of the dataset key>``."""
-    names = []
-    for i, k in enumerate(image_keys):
-        names.append("image" if i == 0 else f"image.{k.split('.')[-1]}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"image keys {list(image_keys)} give clashing observation names {names}")
-    return names
-
-
-class LoraSettings(BaseModel):
-    """LoRA adapters of the ``lora`` backbone mode (peft)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rank: int = Field(16, gt=0)
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    vision: bool = Field(False, description="also adapt the vision tower (its attention / MLP linears)")
-
-
-class PolicyConfig(BaseModel):
-    """Everything the policy needs besides weights, tokenizer and statistics (``policy_config.json``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format_version: int = POLICY_FORMAT_VERSION
-    state_dim: int = Field(..., gt=0)
-    action_dim: int = Field(..., gt=0)
-    chunk_size: int = Field(16, gt=0, description="Na: actions per chunk (one query token each)")
-    hidden_size: int | None = Field(None, description="LLM width H (set from the backbone)")
-    proprio_hidden_size: int | None = Field(None, description="fp's hidden width (default H)")
-    head_hidden_size: int | None = Field(None, description="fr's hidden width (default H)")
-    loss: Literal["l1", "mse"] = "l1"
-    prompt_template: str = DEFAULT_PROMPT
-    default_task: str = ""
-    image_keys: list[str] = Field(
-        default_factory=list, description="dataset video/image features, in prompt order"
-    )
-    image_shapes: list[list[int]] = Field(default_factory=list, description="(H, W, 3) of each camera")
-    state_key: str = "observation.state"
-    action_key: str = "action"
-    state_names: list[str] | None = None
-    action_names: list[str] | None = None
-    fps: float | None = None
-    prop_token_id: int | None = None
-    action_token_offset: int | None = Field(None, description="token id of <ACTION_CHUNK_0> (ids contiguous)")
-    backbone_mode: Literal["full", "frozen", "lora"] = "full"
-    init: dict[str, Any] = Field(default_factory=dict, description="where the backbone came from")
-
-    @property
-    def observation_names(self) -> list[str]:
-        return image_observation_names(self.image_keys)
-
-    def observation_spec(self) -> dict[str, dict[str, Any]]:
-        """The policy server's observation spec (raw robot units; the policy normalises the state itself)."""
-        spec: dict[str, dict[str, Any]] = {"state": {"shape": [self.state_dim], "dtype": "float32"}}
-        for name, shape in zip(self.observation_names, self.image_shapes):
-            spec[name] = {"shape": list(shape), "dtype": "uint8"}
-        return spec
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return obj
-
-
-def load_policy_config(path: str | Path) -> PolicyConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (a policy checkpoint has {POLICY_CONFIG_NAME})")
-    raw = _read_json(path)
-    if raw.get("format_version") != POLICY_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: field 'format_version': expected {POLICY_FORMAT_VERSION}, got {raw.get('format_version')!r}"
-        )
-    try:
-        return PolicyConfig.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise CheckpointError(f"{path}: field '{loc}': {first['msg']}") from None
-
-
-# ---- tokens -------------------------------------------------------------------------------------------
-
-
-def add_policy_tokens(tokenizer, chunk_size: int) -> tuple[int, int]:
-    """Add ``<PROP_CONTEXT>`` and ``<ACTION_CHUNK_0..Na-1>`` (special, never split) to ``tokenizer`` in place.
-
-    Idempotent; the action tokens must get contiguous ids. Returns (prop token id, id of <ACTION_CHUNK_0>)."""
-    from tokenizers import AddedToken
-
-    wanted = [PROP_CONTEXT_TOKEN] + [action_chunk_token(i) for i in range(chunk_size)]
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in wanted if t not in vocab]
-    if missing:
-        tokenizer.add_tokens(
-            [AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True
-        )
-    vocab = tokenizer.get_vocab()
-    ids = [int(vocab[action_chunk_token(i)]) for i in range(chunk_size)]
-    if ids != list(range(ids[0], ids[0] + chunk_size)):
-        raise ConfigError(
-            f"tokenizer: the action query tokens <ACTION_CHUNK_0..{chunk_size - 1}> do not have contiguous ids "
-            f"({ids[:4]}...)"
-        )
-    return int(vocab[PROP_CONTEXT_TOKEN]), ids[0]
-
-
-def _check_policy_tokens(tokenizer, cfg: PolicyConfig, where: str) -> None:
-    vocab = tokenizer.get_vocab()
-    got_prop = vocab.get(PROP_CONTEXT_TOKEN)
-    got_act = [vocab.get(action_chunk_token(i)) for i in range(cfg.chunk_size)]
-    want_act = [cfg.action_token_offset + i for i in range(cfg.chunk_size)]
-    if got_prop != cfg.prop_token_id or got_act != want_act:
-        raise CheckpointError(
-            f"{where}: the tokenizer's policy token ids (<PROP_CONTEXT> = {got_prop}, <ACTION_CHUNK_0> = "
-            f"{got_act[0]}) differ from {POLICY_CONFIG_NAME}'s ({cfg.prop_token_id}, {cfg.action_token_offset})"
-        )
-
-
-# ---- preprocessing (one code path for training and inference) -----------------------------------------
-
-
-class PolicyProcessor:
-    """Builds the policy's token sequence and image tiles: the same code for training samples
-    (``handvla.robot.posttrain``) and live observations (``handvla.robot.policy``).
-
-    ``vla_processor``: the backbone's ``HandVLAProcessor`` (chat template, tiling); ``config``: the
-    `PolicyConfig` with its token ids set."""
-
-    def __init__(self, vla_processor, config: PolicyConfig):
-        if config.prop_token_id is None or config.action_token_offset is None:
-            raise ConfigError(
-                "PolicyProcessor: the policy token ids are not set (HandVLAPolicyModel.from_vla)"
-            )
-        self.vla = vla_processor
-        self.config = config
-        self.tokenizer = vla_processor.tokenizer
-        self.pad_id = int(vla_processor.vocab.pad_id)
-        self.answer = "".join(action_chunk_token(i) for i in range(config.chunk_size))
-        self._ids_cache: dict[tuple, torch.Tensor] = {}
-
-    def prompt(self, task: str | None) -> str:
-        """The user turn for ``task`` (default: the config's ``default_task``)."""
-        from handvla.vla.processing import IMAGE_PLACEHOLDER
-
-        task = (task if task is not None else self.config.default_task).strip().rstrip(".")
-        n = len(self.config.image_keys)
-        images = f"In {' and '.join([IMAGE_PLACEHOLDER] * n)}, " if n else ""
-        try:
-            text = self.config.prompt_template.format(
-                images=images, task=task, state=PROP_CONTEXT_TOKEN, chunk_size=self.config.chunk_size
-            )
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(
-                f"prompt_template {self.config.prompt_template!r}: expected only the fields {{images}}, {{task}}, "
-                f"{{state}}, {{chunk_size}} ({type(e).__name__}: {e})"
-            ) from None
-        if text.count(PROP_CONTEXT_TOKEN) != 1 or text.count(IMAGE_PLACEHOLDER) != n:
-            raise ConfigError(
-                f"prompt_template {self.config.prompt_template!r}: must place {{state}} once and {{images}} once "
-                f"(the text then holds {PROP_CONTEXT_TOKEN} once and {n} '{IMAGE_PLACEHOLDER}')"
-            )
-        return text
-
-    def encode(
-        self, task: str | None, images: Sequence[np.ndarray], state: np.ndarray | torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """One sample: ``input_ids`` (L,) int64, ``pixel_values`` (tiles, 3, S, S) float32 (absent without
-        cameras), ``state`` (state_dim,) float32 (already normalised)."""
-        cfg = self.config
-        if len(images) != len(cfg.image_keys):
-            raise InputError(
-                "policy observation", "images", f"{len(cfg.image_keys)} camera image(s)", str(len(images))
-            )
-        state_t = torch.as_tensor(
-            np.asarray(state, np.float32) if not isinstance(state, torch.Tensor) else state
-        )
-        state_t = state_t.to(torch.float32).reshape(-1)
-        if state_t.numel() != cfg.state_dim:
-            raise InputError("policy observation", "state", f"{cfg.state_dim} values", str(state_t.numel()))
-        imgs = [np.asarray(im.numpy() if isinstance(im, torch.Tensor) else im) for im in images]
-        tiles = [self.vla.tile_image(im) for im in imgs]  # each (tiles, 3, S, S)
-        # why: the token ids only depend on the task and the tile counts; tokenising the chat template
-        # again for every frame would cost more than the model's forward pass on small models
-        key = (task, tuple(t.shape[0] for t in tiles))
-        ids = self._ids_cache.get(key)
-        if ids is None:
-            ids = self.vla.encode(self.prompt(task), self.answer, images=imgs).input_ids
-            if len(self._ids_cache) < 4096:
-                self._ids_cache[key] = ids
-        out = {"input_ids": ids.clone(), "state": state_t}
-        if tiles:
-            out["pixel_values"] = torch.cat(tiles, 0)
-        return out
-
-    def collate(self, samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Right-pad to a batch. ``input_ids`` comes first (the trainer counts samples by the first value):
-        input_ids / attention_mask (B, L), state (B, Ds), pixel_values (all tiles), and when the samples
-        carry them actions (B, Na, A) and action_mask (B, Na)."""
-        if not samples:
-            raise InputError("collate", "samples", "at least one sample", "none")
-        B, L = len(samples), max(len(s["input_ids"]) for s in samples)
-        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, L), dtype=torch.long)
-        for b, s in enumerate(samples):
-            n = len(s["input_ids"])
-            ids[b, :n] = s["input_ids"]
-            mask[b, :n] = 1
-        out = {"input_ids": ids, "attention_mask": mask, "state": torch.stack([s["state"] for s in samples])}
-        pix = [s["pixel_values"] for s in samples if "pixel_values" in s]
-        if pix:
-            out["pixel_values"] = torch.cat(pix, 0)
-        if "actions" in samples[0]:
-            out["actions"] = torch.stack([s["actions"] for s in samples])
-            out["action_mask"] = torch.stack([s["action_mask"] for s in samples])
-        return out
 
 
 # ---- the model ----------------------------------------------------------------------------------------
@@ -337,11 +120,14 @@ class HandVLAPolicyModel(nn.Module):
     """InternVL backbone (no LM head) + proprioception projector fp + action queries + regression head fr.
 
     Build one from a VLA with `from_vla`, load a saved one with `from_pretrained`. Besides its modules it
-    carries ``processor`` (a `PolicyProcessor`), ``normalizer`` (``handvla.robot.normalize.Normalizer`` or
-    None until set) and ``motion_tokenizer_dir`` (a folder copied into checkpoints, or None)."""
+    carries ``processor`` (a `PolicyProcessor`), ``normalizer`` (a `Normalizer`, or None until set) and
+    ``motion_tokenizer_dir`` (a folder copied into checkpoints, or None)."""
 
     def __init__(self, backbone: nn.Module, config: PolicyConfig, processor: PolicyProcessor | None = None):
         super().__init__()
+        missing = [n for n in ("state_dim", "action_dim") if getattr(config, n) is None]
+        if missing:
+            raise ConfigError(f"HandVLAPolicyModel: PolicyConfig.{missing[0]} is not set")
         if config.hidden_size is None:
             config.hidden_size = int(backbone.config.text_config.hidden_size)
         H = config.hidden_size
@@ -351,26 +137,25 @@ class HandVLAPolicyModel(nn.Module):
         self.action_queries = nn.Parameter(torch.zeros(config.chunk_size, H))
         self.action_head = mlp(H, config.head_hidden_size or H, config.action_dim)  # fr
         self.processor = processor
-        self.normalizer = None
+        self.normalizer: Normalizer | None = None
         self.motion_tokenizer_dir: Path | None = None
         self.image_token_id = int(backbone.config.image_token_id)
         self._lora = False
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_vla(
-        cls, bundle, config: PolicyConfig, max_tiles: int | None = None, seed: int = 0
-    ) -> HandVLAPolicyModel:
+    def from_vla(cls, bundle, config: PolicyConfig) -> HandVLAPolicyModel:
         """A policy on the backbone of a ``VLABundle`` (its LM head is dropped): adds the policy tokens to
-        the bundle's tokenizer (in place), grows the embedding table, draws the new heads with ``seed``.
-        ``max_tiles``: image tiles per camera (None: the VLA's setting; 1 = one resized tile)."""
+        the bundle's tokenizer (in place, their ids into ``config``), grows the embedding table, sets the
+        VLA's image tiles per camera to ``config.max_tiles`` (None: keep the VLA's setting), draws the new
+        heads with ``config.seed``. What trains is set afterwards with `apply_backbone_mode`."""
+        # transformers: see the import note in from_pretrained
         from handvla.vla.processing import HandVLAProcessor
 
+        seed = config.seed
         vla_cfg = bundle.model.config
-        if max_tiles is not None:
-            if max_tiles < 1:
-                raise ConfigError(f"max_tiles: expected >= 1, got {max_tiles}")
-            vla_cfg.max_tiles = int(max_tiles)
+        if config.max_tiles is not None:
+            vla_cfg.max_tiles = int(config.max_tiles)
             vla_cfg.min_tiles = min(vla_cfg.min_tiles, vla_cfg.max_tiles)
         tokenizer = bundle.processor.tokenizer
         first_new = len(tokenizer)
@@ -402,30 +187,28 @@ class HandVLAPolicyModel(nn.Module):
         eps = torch.randn(self.action_queries.shape, generator=g)
         self.action_queries.copy_((mean + 0.02 * std * eps).to(self.action_queries.device))
 
-    def apply_backbone_mode(
-        self, mode: str, lora: LoraSettings | None = None, freeze_vision: bool = False
-    ) -> None:
-        """Set what trains (see the module doc). Call once, before building the optimiser."""
+    def apply_backbone_mode(self) -> None:
+        """Set what trains from ``config.backbone_mode`` (with ``freeze_vision`` / ``lora``; see the module
+        doc). Call once, before building the optimiser."""
+        mode, lora = self.config.backbone_mode, self.config.lora
         if mode not in BACKBONE_MODES:
             raise ConfigError(f"backbone_mode: expected one of {BACKBONE_MODES}, got {mode!r}")
-        self.config.backbone_mode = mode
         bb = self.backbone
         if mode == "full":
             bb.requires_grad_(True)
-            if freeze_vision or not self.config.image_keys:
+            if self.config.freeze_vision or not self.config.image_keys:
                 # why: unused parameters would break DDP, and a camera-less policy never uses the vision tower
                 bb.vision_tower.requires_grad_(False)
                 bb.multi_modal_projector.requires_grad_(False)
         elif mode == "frozen":
             bb.requires_grad_(False)
         else:
-            try:
+            try:  # peft: an optional dependency, only the lora mode needs it
                 from peft import LoraConfig, inject_adapter_in_model
             except ImportError as e:
                 raise MissingResourceError(
                     f"backbone_mode 'lora' needs peft (pip install -c constraints.txt peft): {e}"
                 ) from None
-            lora = lora or LoraSettings()
             bb.requires_grad_(False)
             cfg = LoraConfig(
                 r=lora.rank,
@@ -527,7 +310,7 @@ class HandVLAPolicyModel(nn.Module):
         sd = self.backbone.state_dict()
         if not self._lora:
             return sd
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # optional dependency: only a lora-mode model gets here
 
         out = {k: v for k, v in sd.items() if ".lora_" not in k}
         for name, mod in self.backbone.named_modules():
@@ -546,14 +329,10 @@ class HandVLAPolicyModel(nn.Module):
     def save_pretrained(self, path: str | Path, max_shard_size: str = "5GB") -> Path:
         """Write the self-contained checkpoint folder (module doc) atomically: built beside ``path``,
         then swapped in."""
-        from safetensors.torch import save_file
-
         if self.processor is None:
             raise ConfigError("save_pretrained: the model has no processor (build it with from_vla)")
         if self.normalizer is None:
             raise ConfigError("save_pretrained: set model.normalizer (the training statistics) first")
-        from handvla.atomic import atomic_dir
-
         path = Path(path)
         vla_cfg = self.backbone.config
         mt_dir = self.motion_tokenizer_dir
@@ -589,10 +368,10 @@ class HandVLAPolicyModel(nn.Module):
     ) -> HandVLAPolicyModel:
         """Load a folder written by `save_pretrained` (CheckpointError naming the missing or inconsistent
         file). ``dtype`` applies to the backbone; the small heads stay float32."""
-        from safetensors.torch import load_file
+        # why here: transformers takes seconds to import, and this package is imported for its statistics
+        # and processing (robot data tools, the policy client's tests) without ever loading a model
         from transformers import InternVLModel
 
-        from handvla.robot.normalize import Normalizer
         from handvla.vla.configuration import HandVLAConfig
         from handvla.vla.processing import HandVLAProcessor
         from handvla.vla.text_tokenizer import load_text_tokenizer
@@ -603,7 +382,10 @@ class HandVLAPolicyModel(nn.Module):
         pcfg = load_policy_config(path / POLICY_CONFIG_NAME)
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path / 'config.json'}: missing (the backbone configuration)")
-        if _read_json(path / "config.json").get("model_type") != HandVLAConfig.model_type:
+        if (
+            read_json(path / "config.json", dict, CheckpointError).get("model_type")
+            != HandVLAConfig.model_type
+        ):
             raise CheckpointError(
                 f"{path / 'config.json'}: field 'model_type': expected '{HandVLAConfig.model_type}'"
             )
@@ -611,7 +393,7 @@ class HandVLAPolicyModel(nn.Module):
             raise CheckpointError(f"{path / HEAD_WEIGHTS_NAME}: missing (the policy head weights)")
         vla_cfg = HandVLAConfig.from_pretrained(str(path))
         tokenizer = load_text_tokenizer(path)
-        _check_policy_tokens(tokenizer, pcfg, str(path))
+        check_policy_tokens(tokenizer, pcfg, str(path))
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         try:
@@ -651,18 +433,107 @@ class HandVLAPolicyModel(nn.Module):
         return model.eval()
 
 
+# ---- the deployable policy -----------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"``: CUDA when available, else the CPU; a CUDA device asked for without CUDA is a
+    ConfigError."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but no CUDA device is available")
+    return dev
+
+
+class HandVLAPolicy:
+    """A `HandVLAPolicyModel` with its statistics behind the policy-server protocol
+    (``handvla.robot.server.Policy``: ``metadata()``, ``infer(observation)``; see the module doc)."""
+
+    def __init__(
+        self,
+        model: HandVLAPolicyModel,
+        task: str | None = None,
+        device: str | torch.device | None = None,
+        checkpoint: str | Path | None = None,
+    ):
+        if model.normalizer is None or model.processor is None:
+            raise ConfigError(
+                "HandVLAPolicy: the model needs its processor and normalizer (load a checkpoint)"
+            )
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.normalizer = model.normalizer
+        self.processor = model.processor
+        self.checkpoint = str(checkpoint) if checkpoint is not None else None
+        self.task = task if task is not None else self.config.default_task
+        self.calls = 0
+
+    @classmethod
+    def load(
+        cls,
+        ckpt: str | Path,
+        device: str | torch.device | None = "auto",
+        dtype: torch.dtype | str | None = None,
+        task: str | None = None,
+    ) -> HandVLAPolicy:
+        """Load a post-trained checkpoint folder (`HandVLAPolicyModel.save_pretrained`)."""
+        dev = resolve_device(device)
+        model = HandVLAPolicyModel.from_pretrained(ckpt, device=dev, dtype=dtype)
+        return cls(model, task=task, device=dev, checkpoint=ckpt)
+
+    # -- protocol -----------------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "policy": "handvla",
+            "chunk_size": c.chunk_size,
+            "action_dim": c.action_dim,
+            "state_dim": c.state_dim,
+            "observation": c.observation_spec(),
+            "state_names": c.state_names,
+            "action_names": c.action_names,
+            "task": self.task,
+            "fps": c.fps,
+            "backbone_mode": c.backbone_mode,
+            "init": c.init,
+            "checkpoint": self.checkpoint,
+        }
+
+    def set_task(self, task: str) -> None:
+        if not isinstance(task, str):
+            raise InputError("set_task", "task", "an instruction string", type(task).__name__)
+        self.task = task
+
+    def reset(self) -> None:
+        """Nothing to reset: each chunk depends on the current observation only."""
+
+    def preprocess(self, observation: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One observation -> the model's batch of one (`PolicyProcessor.preprocess`)."""
+        return self.processor.preprocess(observation, self.normalizer, self.task)
+
+    @torch.inference_mode()
+    def predict_normalized(self, observation: dict[str, Any]) -> np.ndarray:
+        """The chunk in normalised action units, (chunk_size, action_dim) float32."""
+        batch = {k: v.to(self.device) for k, v in self.preprocess(observation).items()}
+        return self.model(**batch).actions[0].float().cpu().numpy()
+
+    def infer(self, observation: dict[str, Any]) -> np.ndarray:
+        """(chunk_size, action_dim) float32 actions in the dataset's units."""
+        pred = self.predict_normalized(observation)
+        self.calls += 1
+        return self.processor.postprocess(pred, self.normalizer)
+
+
 __all__ = [
-    "DEFAULT_PROMPT",
-    "PROP_CONTEXT_TOKEN",
+    "HEAD_WEIGHTS_NAME",
+    "MOTION_TOKENIZER_DIR",
+    "HandVLAPolicy",
     "HandVLAPolicyModel",
-    "LoraSettings",
-    "PolicyConfig",
     "PolicyOutput",
-    "PolicyProcessor",
-    "action_chunk_token",
-    "add_policy_tokens",
-    "image_observation_names",
-    "load_policy_config",
     "masked_action_errors",
     "mlp",
+    "resolve_device",
 ]

@@ -1,5 +1,17 @@
-"""Normalisation of robot features (state, action): statistics, the per-feature mode, and how they travel.
+"""The policy's processing: normalisation of robot features, the policy tokens, and the one code path from
+an observation (or a training sample) to the model's batch and from its output back to robot units.
 
+Pre-processing (`PolicyProcessor`): the raw state is normalised with the checkpoint's statistics
+(`Normalizer.normalize`, the same call the training dataset makes), the camera images are tiled and the
+prompt is tokenised by the backbone's ``HandVLAProcessor``; ``collate`` pads samples to a batch. The same
+code builds training samples (``handvla.robot.posttrain``) and live observations (``preprocess``, used by
+``handvla.policy.modeling.HandVLAPolicy``). Post-processing (``postprocess``): the predicted chunk is
+unnormalised with the same statistics.
+
+Policy tokens: ``<PROP_CONTEXT>`` (the state's slot) and ``<ACTION_CHUNK_0..Na-1>`` (the action queries),
+added to the text tokenizer as special tokens with contiguous ids (``add_policy_tokens``).
+
+Normalisation of robot features (state, action): statistics, the per-feature mode, and how they travel.
 Statistics per feature (each an array over the feature's last axis, float64): ``mean``, ``std``
 (population), ``min``, ``max``, the quantiles ``q01 q10 q50 q90 q99`` and ``count`` (frames). They are
 computed once from a dataset with ``compute_stats``. Quantiles are exact: ``numpy.quantile`` with linear
@@ -28,16 +40,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+from tokenizers import AddedToken
 
+from handvla.atomic import atomic_write_bytes, atomic_write_json
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
+from handvla.policy.configuration import POLICY_CONFIG_NAME, PolicyConfig
 
-MODES = ("mean_std", "min_max", "quantile", "identity")
+PROP_CONTEXT_TOKEN = "<PROP_CONTEXT>"
+NormMode = Literal["mean_std", "min_max", "quantile", "identity"]
+MODES: tuple[str, ...] = get_args(NormMode)
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 STAT_NAMES = ("mean", "std", "min", "max", *QUANTILES)
 NORM_FORMAT_VERSION = 1
@@ -161,19 +182,14 @@ def stats_from_json(obj: Mapping[str, Any], where: str = "stats.json") -> dict[s
 
 
 def _backend(x):
-    """(module with where/asarray semantics, converter of a float64 numpy array to x's kind)."""
-    try:
-        import torch
+    """(converter of a float64 numpy array to x's kind, x as a float array or tensor)."""
+    if isinstance(x, torch.Tensor):
+        dtype = x.dtype if x.is_floating_point() else torch.float32
 
-        if isinstance(x, torch.Tensor):
-            dtype = x.dtype if x.is_floating_point() else torch.float32
+        def conv(a: np.ndarray):
+            return torch.as_tensor(a, dtype=dtype, device=x.device)
 
-            def conv(a: np.ndarray):
-                return torch.as_tensor(a, dtype=dtype, device=x.device)
-
-            return conv, (x if x.is_floating_point() else x.to(dtype))
-    except ImportError:  # pragma: no cover - torch is a dependency, but normalisation itself needs numpy only
-        pass
+        return conv, (x if x.is_floating_point() else x.to(dtype))
     arr = np.asarray(x)
     dtype = arr.dtype if arr.dtype.kind == "f" else np.float32
 
@@ -204,7 +220,7 @@ class Normalizer:
             ):
                 raise ConfigError(
                     f"'{name}' uses quantile normalisation but its statistics have no q01/q99 "
-                    "(recompute them with handvla.robot.normalize.compute_stats)"
+                    "(recompute them with handvla.policy.processing.compute_stats)"
                 )
         if not (math.isfinite(self.eps) and self.eps > 0):
             raise ConfigError(f"eps must be a positive number, got {self.eps!r}")
@@ -283,10 +299,6 @@ class Normalizer:
 
     def save(self, directory: str | Path) -> tuple[Path, Path]:
         """Write ``normalization.safetensors`` and ``normalization.json`` into ``directory`` (atomically)."""
-        from safetensors.numpy import save as st_save
-
-        from handvla.atomic import atomic_write_bytes, atomic_write_json
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tensors = {
@@ -304,9 +316,6 @@ class Normalizer:
     @classmethod
     def load(cls, directory: str | Path) -> Normalizer:
         """Load what ``save`` wrote; CheckpointError naming the file if it is missing or inconsistent."""
-        from safetensors import SafetensorError
-        from safetensors.numpy import load as st_load
-
         d = Path(directory)
         st_path, js_path = d / SAFETENSORS_NAME, d / JSON_NAME
         for p in (st_path, js_path):
@@ -375,3 +384,201 @@ def load_dataset_stats(path: str | Path) -> dict[str, FeatureStats]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(p, None, "valid JSON", str(e)) from None
     return stats_from_json(obj, str(p))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# policy tokens
+# ---------------------------------------------------------------------------------------------------------
+
+
+def action_chunk_token(i: int) -> str:
+    """Vocabulary string of action query ``i``."""
+    return f"<ACTION_CHUNK_{i}>"
+
+
+def add_policy_tokens(tokenizer, chunk_size: int) -> tuple[int, int]:
+    """Add ``<PROP_CONTEXT>`` and ``<ACTION_CHUNK_0..Na-1>`` (special, never split) to ``tokenizer`` in place.
+
+    Idempotent; the action tokens must get contiguous ids. Returns (prop token id, id of <ACTION_CHUNK_0>)."""
+    wanted = [PROP_CONTEXT_TOKEN] + [action_chunk_token(i) for i in range(chunk_size)]
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in wanted if t not in vocab]
+    if missing:
+        tokenizer.add_tokens(
+            [AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True
+        )
+    vocab = tokenizer.get_vocab()
+    ids = [int(vocab[action_chunk_token(i)]) for i in range(chunk_size)]
+    if ids != list(range(ids[0], ids[0] + chunk_size)):
+        raise ConfigError(
+            f"tokenizer: the action query tokens <ACTION_CHUNK_0..{chunk_size - 1}> do not have contiguous ids "
+            f"({ids[:4]}...)"
+        )
+    return int(vocab[PROP_CONTEXT_TOKEN]), ids[0]
+
+
+def check_policy_tokens(tokenizer, cfg: PolicyConfig, where: str) -> None:
+    """CheckpointError unless ``tokenizer`` gives the policy tokens the ids ``cfg`` records."""
+    vocab = tokenizer.get_vocab()
+    got_prop = vocab.get(PROP_CONTEXT_TOKEN)
+    got_act = [vocab.get(action_chunk_token(i)) for i in range(cfg.chunk_size)]
+    want_act = [cfg.action_token_offset + i for i in range(cfg.chunk_size)]
+    if got_prop != cfg.prop_token_id or got_act != want_act:
+        raise CheckpointError(
+            f"{where}: the tokenizer's policy token ids (<PROP_CONTEXT> = {got_prop}, <ACTION_CHUNK_0> = "
+            f"{got_act[0]}) differ from {POLICY_CONFIG_NAME}'s ({cfg.prop_token_id}, {cfg.action_token_offset})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pre- and post-processing (one code path for training and inference)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class PolicyProcessor:
+    """Builds the policy's token sequence and image tiles: the same code for training samples
+    (``handvla.robot.posttrain``) and live observations (``preprocess``); ``postprocess`` takes predicted
+    chunks back to robot units.
+
+    ``vla_processor``: the backbone's ``HandVLAProcessor`` (chat template, tiling); ``config``: the
+    `PolicyConfig` with its token ids set."""
+
+    def __init__(self, vla_processor, config: PolicyConfig):
+        if config.prop_token_id is None or config.action_token_offset is None:
+            raise ConfigError(
+                "PolicyProcessor: the policy token ids are not set (HandVLAPolicyModel.from_vla)"
+            )
+        self.vla = vla_processor
+        self.config = config
+        self.tokenizer = vla_processor.tokenizer
+        self.pad_id = int(vla_processor.vocab.pad_id)
+        self.answer = "".join(action_chunk_token(i) for i in range(config.chunk_size))
+        self._ids_cache: dict[tuple, torch.Tensor] = {}
+
+    def prompt(self, task: str | None) -> str:
+        """The user turn for ``task`` (default: the config's ``default_task``)."""
+        # why here: importing handvla.vla loads transformers (seconds); the robot data tools import this
+        # module for its statistics and never build a prompt
+        from handvla.vla.processing import IMAGE_PLACEHOLDER
+
+        task = (task if task is not None else self.config.default_task).strip().rstrip(".")
+        n = len(self.config.image_keys)
+        images = f"In {' and '.join([IMAGE_PLACEHOLDER] * n)}, " if n else ""
+        try:
+            text = self.config.prompt_template.format(
+                images=images, task=task, state=PROP_CONTEXT_TOKEN, chunk_size=self.config.chunk_size
+            )
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(
+                f"prompt_template {self.config.prompt_template!r}: expected only the fields {{images}}, {{task}}, "
+                f"{{state}}, {{chunk_size}} ({type(e).__name__}: {e})"
+            ) from None
+        if text.count(PROP_CONTEXT_TOKEN) != 1 or text.count(IMAGE_PLACEHOLDER) != n:
+            raise ConfigError(
+                f"prompt_template {self.config.prompt_template!r}: must place {{state}} once and {{images}} once "
+                f"(the text then holds {PROP_CONTEXT_TOKEN} once and {n} '{IMAGE_PLACEHOLDER}')"
+            )
+        return text
+
+    def encode(
+        self, task: str | None, images: Sequence[np.ndarray], state: np.ndarray | torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One sample: ``input_ids`` (L,) int64, ``pixel_values`` (tiles, 3, S, S) float32 (absent without
+        cameras), ``state`` (state_dim,) float32 (already normalised)."""
+        cfg = self.config
+        if len(images) != len(cfg.image_keys):
+            raise InputError(
+                "policy observation", "images", f"{len(cfg.image_keys)} camera image(s)", str(len(images))
+            )
+        state_t = torch.as_tensor(
+            np.asarray(state, np.float32) if not isinstance(state, torch.Tensor) else state
+        )
+        state_t = state_t.to(torch.float32).reshape(-1)
+        if state_t.numel() != cfg.state_dim:
+            raise InputError("policy observation", "state", f"{cfg.state_dim} values", str(state_t.numel()))
+        imgs = [np.asarray(im.numpy() if isinstance(im, torch.Tensor) else im) for im in images]
+        tiles = [self.vla.tile_image(im) for im in imgs]  # each (tiles, 3, S, S)
+        # why: the token ids only depend on the task and the tile counts; tokenising the chat template
+        # again for every frame would cost more than the model's forward pass on small models
+        key = (task, tuple(t.shape[0] for t in tiles))
+        ids = self._ids_cache.get(key)
+        if ids is None:
+            ids = self.vla.encode(self.prompt(task), self.answer, images=imgs).input_ids
+            if len(self._ids_cache) < 4096:
+                self._ids_cache[key] = ids
+        out = {"input_ids": ids.clone(), "state": state_t}
+        if tiles:
+            out["pixel_values"] = torch.cat(tiles, 0)
+        return out
+
+    def collate(self, samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Right-pad to a batch. ``input_ids`` comes first (the trainer counts samples by the first value):
+        input_ids / attention_mask (B, L), state (B, Ds), pixel_values (all tiles), and when the samples
+        carry them actions (B, Na, A) and action_mask (B, Na)."""
+        if not samples:
+            raise InputError("collate", "samples", "at least one sample", "none")
+        B, L = len(samples), max(len(s["input_ids"]) for s in samples)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for b, s in enumerate(samples):
+            n = len(s["input_ids"])
+            ids[b, :n] = s["input_ids"]
+            mask[b, :n] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "state": torch.stack([s["state"] for s in samples])}
+        pix = [s["pixel_values"] for s in samples if "pixel_values" in s]
+        if pix:
+            out["pixel_values"] = torch.cat(pix, 0)
+        if "actions" in samples[0]:
+            out["actions"] = torch.stack([s["actions"] for s in samples])
+            out["action_mask"] = torch.stack([s["action_mask"] for s in samples])
+        return out
+
+    def preprocess(
+        self, observation: dict[str, Any], normalizer: Normalizer, task: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One observation in robot units (``state``, a uint8 (H, W, 3) image per camera name of
+        ``config.observation_names``, optionally ``task``) -> the model's batch of one (the training sample
+        layout). The state is normalised with ``normalizer``; the instruction is ``observation["task"]``
+        when it is a string, else ``task``."""
+        c = self.config
+        if not isinstance(observation, dict) or "state" not in observation:
+            raise InputError("observation", "state", f"a map with 'state' ({c.state_dim} floats)", "missing")
+        state = np.asarray(observation["state"], np.float32).reshape(-1)
+        if state.shape != (c.state_dim,):
+            raise InputError(
+                "observation", "state", f"{c.state_dim} values", str(np.shape(observation["state"]))
+            )
+        state_n = normalizer.normalize(c.state_key, state)  # (Ds,) float32, the training statistics
+        images = []
+        for name in c.observation_names:
+            if name not in observation:
+                raise InputError("observation", name, "a uint8 (H, W, 3) camera image", "missing")
+            img = np.asarray(observation[name])
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise InputError("observation", name, "a uint8 (H, W, 3) image", f"{img.dtype} {img.shape}")
+            images.append(img)
+        obs_task = observation.get("task")
+        return self.collate([self.encode(obs_task if isinstance(obs_task, str) else task, images, state_n)])
+
+    def postprocess(self, actions: np.ndarray | torch.Tensor, normalizer: Normalizer) -> np.ndarray:
+        """A predicted chunk (..., action_dim) in normalised units -> float32 actions in robot units."""
+        if isinstance(actions, torch.Tensor):
+            actions = actions.float().cpu().numpy()
+        return np.asarray(normalizer.unnormalize(self.config.action_key, actions), np.float32)
+
+
+__all__ = [
+    "MODES",
+    "PROP_CONTEXT_TOKEN",
+    "FeatureStats",
+    "NormMode",
+    "Normalizer",
+    "PolicyProcessor",
+    "action_chunk_token",
+    "add_policy_tokens",
+    "check_policy_tokens",
+    "compute_feature_stats",
+    "compute_stats",
+    "load_dataset_stats",
+    "stats_from_json",
+]
