@@ -52,7 +52,7 @@ def _make_builtin_store(root: Path, n: int, seed: int) -> None:
 
 
 def _main_term(v_cam: np.ndarray) -> str:
-    from handvla.language.annotate.rules import AXIS_TERMS
+    from handvla.language.annotate.kinematics import AXIS_TERMS
 
     ax = int(np.argmax(np.abs(v_cam)))
     return AXIS_TERMS[(ax, 1 if v_cam[ax] > 0 else -1)]

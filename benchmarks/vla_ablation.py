@@ -37,9 +37,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pretrain config override")
+    p.add_argument("--counterfactual", action="append", default=[], metavar="NAME",
+                   help="also ask for another object of the same scene on this --eval store (instruction following)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from handvla.vla.evaluate import evaluate_handworld
+    from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld
     from handvla.vla.modeling import load_vla
     from handvla.vla.pretrain import load_pretrain_config, run_pretrain
 
@@ -71,6 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
             k: {kk: v.get(kk) for kk in ("target_accuracy", "target_accuracy_ci95", "final_wrist_error_m")}
             for k, v in (r.get("baselines") or {}).items()
         }
+    stores = dict(item.split("=", 1) for item in a.eval)
+    for name in a.counterfactual:
+        cf = evaluate_counterfactual(bundle, stores[name], max_episodes=a.eval_episodes, seconds=a.seconds,
+                                     batch_size=8)["summary"]  # fmt: skip
+        res[f"{name}_counterfactual"] = cf
     res["minutes"] = (time.time() - t) / 60
     print("RESULT", json.dumps(res, default=str))
     return res

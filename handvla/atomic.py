@@ -6,7 +6,8 @@ most a temporary file that ``is_tmp_name`` recognises (stores delete those when 
 ``durable=True`` also fsyncs the file and its folder, so the rename survives a power loss.
 
 ``read_json`` is the reading side of ``atomic_write_json``: the parsed file, or an error that names the
-file and says what was expected (an existing file, valid JSON, a JSON object).
+file and says what was expected (an existing file, valid JSON, a JSON object). ``json_default`` is the one
+``json.dumps(..., default=)`` for our values (numpy arrays and scalars, paths).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, Any
+
+import numpy as np
 
 from handvla.errors import InputError
 
@@ -114,6 +117,18 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path
     return Path(path)
 
 
+def json_default(x: Any) -> Any:
+    """``json.dumps(obj, default=json_default)``: numpy arrays become lists, numpy scalars Python numbers,
+    paths strings; anything else is a TypeError naming its type."""
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, PurePath):
+        return str(x)
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
 def atomic_write_json(path: str | Path, obj: Any, durable: bool = True, **dumps_kwargs: Any) -> Path:
     dumps_kwargs.setdefault("indent", 2)
     return atomic_write_text(path, json.dumps(obj, **dumps_kwargs) + "\n", durable)
@@ -149,8 +164,6 @@ def read_json(path: str | Path, expect: type | None = dict, error: type[Exceptio
 
 def atomic_savez(path: str | Path, arrays: dict[str, Any], durable: bool = True) -> Path:
     """``np.savez`` (uncompressed) written atomically; the path is used as given (no '.npz' is added)."""
-    import numpy as np
-
     with atomic_open(path, "wb", durable) as f:
         np.savez(f, **arrays)
     return Path(path)
@@ -159,6 +172,7 @@ def atomic_savez(path: str | Path, arrays: dict[str, Any], durable: bool = True)
 def atomic_write_parquet(
     path: str | Path, table, row_group_size: int | None = None, durable: bool = True
 ) -> Path:
+    # why here: pyarrow takes a while to import, and most users of this module never write parquet
     import pyarrow.parquet as pq
 
     with atomic_open(path, "wb", durable) as f:

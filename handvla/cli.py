@@ -2,10 +2,12 @@
 
 Every command lives in one module of ``handvla/commands/`` (``handvla data ...`` in ``data.py``,
 ``handvla vla-eval`` in ``vla_eval.py``, ...), which defines ``register(subparsers)``: it adds its
-command and, for a command with subcommands (``_util.add_group``), each subcommand through a function
-``add_<name>(sub)`` listed in help order in the module's ``SUBCOMMANDS``. A subcommand's ``run_<name>(args)``
-does the work and returns the exit code; it imports the job's modules when it runs, so that ``--help``
-does not load torch. ``COMMANDS`` below lists the modules once, in help order.
+command (``_util.add_command``) or, for a command with subcommands, the group (``_util.add_group``) with
+the functions ``add_<name>(sub)`` listed in help order in the module's ``SUBCOMMANDS``, each adding one
+subcommand. A command's ``run_<name>(args)`` does the work and returns the exit code; it imports the job's
+modules when it runs, so that ``--help`` does not load torch. The options several commands share (--set,
+--threads, the training-run options) and the JSON result on stdout are in ``_util`` too. ``COMMANDS``
+below lists the modules once, in help order.
 
 Errors caused by input (``handvla.errors.HandvlaError``) print one line and exit with status 2.
 """

@@ -17,6 +17,7 @@ interrupted demo resumes where it stopped.
 from __future__ import annotations
 
 import html
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
@@ -24,10 +25,35 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pydantic import field_validator
 
-from handvla.atomic import atomic_write_json, atomic_write_text
+from handvla.atomic import atomic_write_json, atomic_write_text, json_default
+from handvla.camera import Camera
 from handvla.config import ConfigModel
+from handvla.data.store import EpisodeStore
+from handvla.hand.io import save_motion
+from handvla.hand.render import render_motions
+from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
+from handvla.tokenizer.configuration import preset
+from handvla.tokenizer.data import LoadedMotion
+from handvla.tokenizer.evaluation import evaluate_motions, reconstruct
+from handvla.tokenizer.loading import load_tokenizer
+from handvla.tokenizer.training import train
+from handvla.train.trainer import TrainConfig
+from handvla.vla.baselines import load_training_reference
+from handvla.vla.data import VLADataConfig, prepare_image
+from handvla.vla.evaluate import (
+    evaluate_counterfactual,
+    evaluate_handworld,
+    hand_mode_of,
+    model_alignment,
+    model_image_size,
+)
+from handvla.vla.generation import generate_motion
+from handvla.vla.modeling import load_vla
+from handvla.vla.pretrain import ModelConfig, PretrainConfig, run_pretrain
+from handvla.vla.processing import hands_for_mode
 
 
 class DemoConfig(ConfigModel):
@@ -86,9 +112,10 @@ class DemoConfig(ConfigModel):
 
     @classmethod
     def quick(cls) -> DemoConfig:
+        # the VLA stops at its 6 steps; the 2-minute budget only guards a machine busy enough to stall it
         return cls(train_episodes=6, heldout_episodes=2, unseen_rig_episodes=2, tokenizer_preset="tiny",
                    tokenizer_minutes=0.1, tokenizer_codebook_size=16, vla_tile=56,
-                   tokenizer_builtin_sequences=8, vla_minutes=0.15, vla_max_steps=6, videos=1, workers=1)
+                   tokenizer_builtin_sequences=8, vla_minutes=2.0, vla_max_steps=6, videos=1, workers=1)
 
 
 def _log(msg: str) -> None:
@@ -99,21 +126,10 @@ def _done(path: Path) -> bool:
     return path.exists()
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(type(x).__name__)
-
-
 # ---- stages --------------------------------------------------------------------------------------------
 
 
 def build_worlds(cfg: DemoConfig, out: Path, progress: bool) -> dict[str, Path]:
-    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
 
     w, h = cfg.image_size
     stores = {
@@ -135,7 +151,6 @@ def build_worlds(cfg: DemoConfig, out: Path, progress: bool) -> dict[str, Path]:
 
 def _store_motions(path: Path) -> list:
     """Every valid hand track of a store as HandMotion (for tokenizer training and evaluation)."""
-    from handvla.data.store import EpisodeStore
 
     store = EpisodeStore(path)
     out = []
@@ -151,11 +166,6 @@ def train_tokenizer(cfg: DemoConfig, out: Path, worlds: dict[str, Path], progres
     """The motion tokenizer (the reference's layout of 128 ids per hand-second) on built-in motion + the
     training store's motion: PCA-initialised linear paths, lattice / k-means codebooks, then the decoders
     trained at a low rate for the rest of ``tokenizer_minutes`` (the recipe of benchmarks/tokenizer.py)."""
-    from handvla.hand.io import save_motion
-    from handvla.tokenizer.configuration import preset
-    from handvla.tokenizer.evaluation import evaluate_motions, reconstruct
-    from handvla.tokenizer.modeling import MotionTokenizer
-    from handvla.tokenizer.training import train
 
     tok_dir = out / "tokenizer"
     if not _done(tok_dir / "model.safetensors"):
@@ -179,16 +189,14 @@ def train_tokenizer(cfg: DemoConfig, out: Path, worlds: dict[str, Path], progres
             save_motion(motion_dir / f"train_{i:05d}.npz", m)
         t0 = time.perf_counter()
         result = train(model_cfg, train_cfg, ["builtin", str(motion_dir)], tok_dir, progress=progress)
-        atomic_write_json(out / "tokenizer_train.json", _budget_of(result), default=_jsonable)
+        atomic_write_json(out / "tokenizer_train.json", _budget_of(result), default=json_default)
         _log(f"tokenizer trained in {time.perf_counter() - t0:.1f} s")
-    tokenizer = MotionTokenizer.from_pretrained(tok_dir)
-    from handvla.tokenizer.data import LoadedMotion
+    tokenizer = load_tokenizer(tok_dir)
 
     heldout = _store_motions(worlds["heldout"])
     metrics = evaluate_motions(tokenizer, [LoadedMotion(f"heldout_{i}", m, "params") for i, m in enumerate(heldout)])
     video = out / "videos" / "tokenizer_before_after.mp4"
     if heldout and not _done(video):
-        from handvla.hand.render import render_motions
 
         video.parent.mkdir(parents=True, exist_ok=True)
         truth = heldout[0]
@@ -204,7 +212,6 @@ def _budget_of(result: Any) -> dict[str, Any]:
 def _layer_weights(cfg: DemoConfig, tok_dir: Path) -> list[float] | None:
     """The demo's per-layer loss weights, fitted to the tokenizer's layer count (the last weight repeats);
     None when the tokenizer's ids do not say their layer."""
-    import json
 
     w = cfg.vla_layer_loss_weights
     tcfg = json.loads((tok_dir / "config.json").read_text())
@@ -215,9 +222,6 @@ def _layer_weights(cfg: DemoConfig, tok_dir: Path) -> list[float] | None:
 
 
 def pretrain_vla(cfg: DemoConfig, out: Path, worlds: dict[str, Path], tok_dir: Path, progress: bool) -> Path:
-    from handvla.train.trainer import TrainConfig
-    from handvla.vla.data import VLADataConfig
-    from handvla.vla.pretrain import ModelConfig, PretrainConfig, run_pretrain
 
     run_dir = out / "vla"
     final = run_dir / "final"
@@ -235,7 +239,7 @@ def pretrain_vla(cfg: DemoConfig, out: Path, worlds: dict[str, Path], tok_dir: P
     )
     t0 = time.perf_counter()
     summary = run_pretrain(pc, resume=True, progress=progress)
-    atomic_write_json(run_dir / "train_result.json", summary["train"], default=_jsonable)
+    atomic_write_json(run_dir / "train_result.json", summary["train"], default=json_default)
     _log(f"VLA pretrained in {time.perf_counter() - t0:.1f} s: {summary['train'].get('steps_done')} steps, "
          f"final loss {summary['train'].get('final_loss', float('nan')):.3f}")
     return final
@@ -246,9 +250,6 @@ def evaluate_vla(cfg: DemoConfig, ckpt: Path, worlds: dict[str, Path]) -> dict[s
     on the held-out scenes and on the unseen rig; then the same model with every held-out episode given
     ANOTHER episode's image (input sensitivity: a model that reads the image drops to the baselines), and
     asked for another object of the same scene (instruction following, `evaluate_counterfactual`)."""
-    from handvla.vla.baselines import load_training_reference
-    from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld
-    from handvla.vla.modeling import load_vla
 
     bundle = load_vla(ckpt)
     ref = load_training_reference([worlds["train"]])  # fitted once, used for both stores
@@ -266,16 +267,7 @@ def evaluate_vla(cfg: DemoConfig, ckpt: Path, worlds: dict[str, Path]) -> dict[s
 def generation_videos(cfg: DemoConfig, out: Path, ckpt: Path, worlds: dict[str, Path]) -> list[dict[str, str]]:
     """Side-by-side videos for the first held-out episodes of each store: the TRUE motion (left) and the
     GENERATED motion (right), both drawn the same size over the episode's own frames in its camera."""
-    from PIL import Image
 
-    from handvla.camera import Camera
-    from handvla.data.store import EpisodeStore
-    from handvla.hand.render import render_motions
-    from handvla.vla.data import prepare_image
-    from handvla.vla.evaluate import hand_mode_of, model_alignment, model_image_size
-    from handvla.vla.generation import generate_motion
-    from handvla.vla.modeling import load_vla
-    from handvla.vla.processing import hands_for_mode
 
     bundle = load_vla(ckpt)
     align, size = model_alignment(bundle.model.config), model_image_size(bundle.model.config, bundle.processor)
@@ -565,13 +557,11 @@ def training_budget_html(metrics: dict[str, Any]) -> tuple[str, str]:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
 
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    import json
 
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
@@ -597,7 +587,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, progress: bool = Tr
         b = training_budget(metrics[stage])
         if b.get("too_few_steps") or (stage == "vla_train" and not b):
             _log(f"WARNING: {stage}: {b.get('warning') or 'no training summary'}")
-    atomic_write_json(out / "metrics.json", metrics, default=_jsonable)
+    atomic_write_json(out / "metrics.json", metrics, default=json_default)
     report = write_report(out, metrics, videos)
     _log(f"report: {report}")
     return metrics

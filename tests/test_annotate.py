@@ -24,6 +24,7 @@ from handvla.errors import ConfigError, InputError
 from handvla.hand.anatomy import anatomical_to_pose
 from handvla.hand.motion import HandMotion
 from handvla.hand.registry import motion_joints
+from handvla.language.annotate import kinematics as K
 from handvla.language.annotate import rules as R
 from handvla.language.annotate.base import AnnotationFailure, Clip, ClipAnnotation, KnownObject
 from handvla.language.annotate.openai_backend import OpenAIAnnotator, OpenAIConfig, parse_reply
@@ -232,7 +233,7 @@ def test_rules_agree_with_builtin_motion_labels():
                     ax = int(np.argmax(np.abs(d0)))
                     dir_n += 1
                     dir_ok += info["windows"][wi][s]["direction"][:1] == [
-                        R.AXIS_TERMS[(ax, 1 if d0[ax] > 0 else -1)]
+                        K.AXIS_TERMS[(ax, 1 if d0[ax] > 0 else -1)]
                     ]
     assert grip_ok / grip_n > 0.93
     assert dir_n > 20 and dir_ok / dir_n > 0.85
@@ -259,14 +260,14 @@ def test_rules_clap_wave_and_determinism():
 
 
 def test_zigzag_and_direction_helpers():
-    assert R.zigzag_legs(np.zeros(10), 5) == 0
-    assert R.zigzag_legs(np.r_[np.linspace(0, 20, 10), np.linspace(20, 0, 10)], 5) == 2
+    assert K.zigzag_legs(np.zeros(10), 5) == 0
+    assert K.zigzag_legs(np.r_[np.linspace(0, 20, 10), np.linspace(20, 0, 10)], 5) == 2
     x = 20 * np.sin(np.linspace(0, 4 * np.pi, 80))  # two periods: four legs (plus the first half-leg)
-    assert R.zigzag_legs(x, 10) in (4, 5)
-    assert R.zigzag_legs(x + np.random.default_rng(0).normal(0, 0.5, 80), 10) in (4, 5)
-    cfg = R.RuleConfig()
-    assert R.direction_terms(np.array([-0.1, -0.08, 0.0]), cfg) == ["left", "up"]
-    assert R.direction_terms(np.array([0.001, 0.0, 0.01]), cfg) == []
+    assert K.zigzag_legs(x, 10) in (4, 5)
+    assert K.zigzag_legs(x + np.random.default_rng(0).normal(0, 0.5, 80), 10) in (4, 5)
+    cfg = K.RuleConfig()
+    assert K.direction_terms(np.array([-0.1, -0.08, 0.0]), cfg) == ["left", "up"]
+    assert K.direction_terms(np.array([0.001, 0.0, 0.01]), cfg) == []
 
 
 # ---------------------------------------------------------------------------------------------------------

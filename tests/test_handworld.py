@@ -550,3 +550,20 @@ def test_cli_handworld_and_view(small_store, tmp_path):
     args = parser.parse_args(["view", str(root), "--episode", "9", "--out", str(out)])
     with pytest.raises(InputError):
         args.func(args)
+
+
+def test_scene_repeats_share_the_set_up_and_vary_the_task():
+    """scene_repeats k: k consecutive episodes share scene, camera and body (contrastive instructions); the
+    default (k = 1) draws a new set-up per episode, as before."""
+    from handvla.synth.handworld.episodes import HandWorldConfig, make_episode
+
+    cfg = HandWorldConfig(width=32, height=24, seconds=3.0, shadows=False, scene_repeats=3)
+    gts = [make_episode(i, 5, cfg).episode.ground_truth for i in range(6)]
+    for group in (gts[:3], gts[3:]):
+        assert all(g["scene"] == group[0]["scene"] and g["camera"] == group[0]["camera"] for g in group)
+        assert all(g["body"] == group[0]["body"] for g in group)
+    assert gts[0]["scene"] != gts[3]["scene"]
+    assert len({g["instruction"] for g in gts}) >= 4  # each episode draws its own task
+    one = HandWorldConfig(width=32, height=24, seconds=3.0, shadows=False)
+    assert make_episode(1, 5, one).episode.ground_truth["scene"] != make_episode(0, 5, one).episode.ground_truth["scene"]
+    assert cfg.key_prefix(5) == one.key_prefix(5) + "/x3"

@@ -475,3 +475,27 @@ def test_posttrain_joins_the_process_group_once(state_ds, tmp_path, monkeypatch)
     cfg = PosttrainConfig.model_validate(base_config(state_ds, tmp_path / "run", train__max_steps=2))
     run_posttrain(cfg, progress=False)
     assert calls == ["cpu"]
+
+
+def test_posttrain_command_joins_the_process_group_once(state_ds, tmp_path, monkeypatch, capsys):
+    """``handvla posttrain`` decides whether to print from the job's process-group state, without setting
+    it up again."""
+    import handvla.robot.posttrain as posttrain
+    import handvla.train.trainer as trainer
+    from handvla.cli import main
+
+    calls = []
+    real = posttrain.init_distributed
+
+    def counted(device):
+        calls.append(device)
+        return real(device)
+
+    monkeypatch.setattr(posttrain, "init_distributed", counted)
+    monkeypatch.setattr(trainer, "init_distributed", counted)
+    config = tmp_path / "posttrain.json"
+    config.write_text(json.dumps(base_config(state_ds, tmp_path / "run", train__max_steps=2)))
+    assert main(["posttrain", "--config", str(config), "--quiet"]) == 0
+    assert calls == ["cpu"]
+    out = json.loads(capsys.readouterr().out)
+    assert out["train"]["step"] == 2 and Path(out["final"]).is_dir()

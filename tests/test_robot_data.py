@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handvla import video as V
-from handvla.data.lerobot import vector_feature, video_feature
+from handvla.data.lerobot import compute_feature_stats, read_stats, vector_feature, video_feature
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
-from handvla.policy.processing import (
-    MODES,
-    Normalizer,
-    compute_feature_stats,
-    load_dataset_stats,
-)
+from handvla.policy.processing import MODES, Normalizer
 from handvla.robot.evaluate import evaluate_open_loop
 from handvla.robot.lerobot_format import ActionChunkDataset, RobotDataset, RobotDatasetWriter, chunk_indices
 
@@ -119,7 +116,7 @@ def test_round_trip_many_episodes_per_file(written):
 
 def test_stats_match_numpy(written):
     root, eps, _ = written
-    stats = load_dataset_stats(root / "meta/stats.json")
+    stats = read_stats(root)
     for name in ("observation.state", "action", "next.reward"):
         allv = np.concatenate([e[name].reshape(len(e[name]), -1) for e in eps]).astype(np.float64)
         s = stats[name]
@@ -276,6 +273,13 @@ def test_reader_on_lerobot_style_dataset(tmp_path):
     # stats are missing in this dataset: a clear error naming the file
     with pytest.raises(MissingResourceError, match="meta/stats.json"):
         _ = ds.stats
+
+
+def test_robot_data_and_its_stats_load_without_the_policy():
+    """The statistics live with the dataset layout (handvla.data.lerobot): reading or writing a robot
+    dataset never imports the policy package."""
+    code = "import sys, handvla.robot.lerobot_format; assert 'handvla.policy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_missing_video_and_stats_errors(written, tmp_path):

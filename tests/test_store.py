@@ -154,7 +154,7 @@ def test_round_trip_bit_exact(tmp_path):
     assert st["left_hand.valid"]["count"] == [40]
     stats = s.stats()
     np.testing.assert_allclose(
-        stats["right_hand.hand_pose"]["mean"], pose.astype(np.float64).mean(0), rtol=1e-10
+        stats["right_hand.hand_pose"].mean, pose.astype(np.float64).mean(0), rtol=1e-10
     )
     assert s.validate(deep=True) == []
 
@@ -364,7 +364,7 @@ def test_resume_compaction_across_meta_files(tmp_path, monkeypatch):
     ]
     pose = np.concatenate([e.hands["left"].hand_pose.reshape(-1, 45)[e.hands["left"].valid] for e in eps])
     np.testing.assert_allclose(
-        s.stats()["left_hand.hand_pose"]["mean"], pose.astype(np.float64).mean(0), rtol=1e-10
+        s.stats()["left_hand.hand_pose"].mean, pose.astype(np.float64).mean(0), rtol=1e-10
     )
     with EpisodeWriter(tmp_path):
         pass

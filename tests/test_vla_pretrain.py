@@ -186,6 +186,32 @@ def test_pretrain_learns_and_resumes_exactly(world, monkeypatch):
     assert _losses(root / "cut") == a  # bit-exact: same batches, masking draws and quantile curriculum
 
 
+def test_pretrain_command_joins_the_process_group_once(world, tmp_path, monkeypatch, capsys):
+    """``handvla pretrain``: the job sets up distributed once and hands it to the trainer; the command
+    decides whether to print from that state, without setting it up again."""
+    root, store, mt = world
+    import handvla.train.trainer as trainer
+    import handvla.vla.pretrain as P
+    from handvla.cli import main
+
+    calls = []
+    real = P.init_distributed
+
+    def counted(device):
+        calls.append(device)
+        return real(device)
+
+    monkeypatch.setattr(P, "init_distributed", counted)
+    monkeypatch.setattr(trainer, "init_distributed", counted)
+    cfg = _pretrain_cfg(root, store, "once", max_steps=2, warmup_steps=1, eval_every=100, device="cpu")
+    config = tmp_path / "pretrain.json"
+    config.write_text(cfg.model_dump_json())
+    assert main(["pretrain", "--config", str(config), "--set", "eval.val_samples=0", "--quiet"]) == 0
+    assert calls == ["cpu"]
+    out = json.loads(capsys.readouterr().out)
+    assert out["train"]["step"] == 2 and Path(out["final"]).is_dir()
+
+
 def test_manifest_samples(world, tmp_path):
     root, store, mt = world
     from handvla.language.instructions import build_instructions

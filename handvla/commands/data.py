@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from handvla.commands._util import add_group, print_json
+from handvla.commands._util import add_command, add_group, print_json
 from handvla.errors import ConfigError, InputError
 
 
@@ -71,14 +71,15 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def add_stats(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "stats",
+        run_stats,
         help="episodes, hours, frames, per-source and per-rig counts, hands present, size on disk",
         description="Summarise an episode store (committed episodes only, also while a writer is running).",
     )
     p.add_argument("dir", help="the store folder (LeRobot v3-style layout)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    p.set_defaults(func=run_stats)
     return p
 
 
@@ -103,8 +104,10 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def add_validate(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "validate",
+        run_validate,
         help="check files, row and frame counts (and with --deep every value) of an episode store",
         description="Report every problem found, one line each naming the file, episode and field. "
         "Exit status 2 when there is any.",
@@ -114,31 +117,29 @@ def add_validate(sub) -> argparse.ArgumentParser:
         "--deep", action="store_true", help="also load every episode: shapes, NaN, decodable video"
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=run_validate)
     return p
 
 
 # -- annotate ------------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
-    return v
+def _positive(cast: type, number: str, positive: str):
+    """An argparse type: ``cast(text)`` when it is > 0 (``number`` / ``positive`` name what is expected)."""
+
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {number}, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"expected {positive}, got {v}")
+        return v
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
+_positive_int = _positive(int, "a whole number", "a whole number >= 1")
+_positive_float = _positive(float, "a number", "a positive number")
 
 
 def run_annotate(args: argparse.Namespace) -> int:
@@ -194,8 +195,10 @@ def run_annotate(args: argparse.Namespace) -> int:
 
 
 def add_annotate(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "annotate",
+        run_annotate,
         help="write clip-level and per-second text for every clip of a store (rule-based or a VLM endpoint)",
         description="Cut episodes into clips of at most 10 s, annotate each (clip instruction and summary, "
         "per-second instruction and description, for both hands and each hand) and append the result to "
@@ -283,7 +286,6 @@ def add_annotate(sub) -> argparse.ArgumentParser:
         "--mano-dir", default=None, help="rules: MANO folder, for stores with hand_model 'mano' and no joints"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_annotate)
     return p
 
 
@@ -334,8 +336,10 @@ def run_instructions(args: argparse.Namespace) -> int:
 
 
 def add_instructions(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "instructions",
+        run_instructions,
         help="instruction samples (generation, translation, prediction) from annotated stores, balanced",
         description="Make samples of the three task types from the annotations of one or more stores, fill "
         "~20 templates per type (each stating the duration and the hands), pick a subset of --size balanced "
@@ -378,7 +382,6 @@ def add_instructions(sub) -> argparse.ArgumentParser:
         help="annotation tables to use, in order of preference, e.g. openai,rules (default: all present, openai first)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_instructions)
     return p
 
 
@@ -402,8 +405,10 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def add_build(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "build",
+        run_build,
         help="source datasets -> one standardised, aligned, balanced episode store (resumable, parallel)",
         description="Read every enabled source of the config, standardise (fit joints, clean pseudo-labels, "
         "15 fps), align to the canonical camera, add balancing copies and write the store. Episodes "
@@ -415,7 +420,6 @@ def add_build(sub) -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="i/n: build only shard i of n (by a stable key hash)")
     p.add_argument("--limit", type=int, default=None, help="at most N episodes per source (a quick trial)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_build)
     return p
 
 
@@ -430,15 +434,16 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def add_merge(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "merge",
+        run_merge,
         help="merge shard stores into one (single-build order, mp4 files copied)",
         description="Merge stores built with --shard into OUT, in the order a single build writes.",
     )
     p.add_argument("out", help="the merged store (created or resumed)")
     p.add_argument("inputs", nargs="+", help="shard stores")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_merge)
     return p
 
 
@@ -457,6 +462,7 @@ def run_handworld(args: argparse.Namespace) -> int:
         rigs=tuple(parse_rigs(args.rigs)),
         shadows=not args.no_shadows,
         tasks=None if not args.tasks else tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+        scene_repeats=args.scene_repeats,
     )
     summary = generate_episodes(
         args.episodes, args.out, seed=args.seed, workers=args.workers, config=cfg, progress=not args.quiet
@@ -466,8 +472,10 @@ def run_handworld(args: argparse.Namespace) -> int:
 
 
 def add_handworld(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "handworld",
+        run_handworld,
         help="generate episodes of the built-in tabletop world (rendered video, hands, ground truth)",
         description=(
             "Render HandWorld episodes: a table with coloured objects, one or two hands performing an "
@@ -494,9 +502,16 @@ def add_handworld(sub) -> argparse.ArgumentParser:
         help="only these tasks (default all): reach, grasp, pick_up, move, place, push, point, pinch, wave, open, "
         "close, both_pick_up, both_push, clap, both_wave, both_open_close",
     )
+    p.add_argument(
+        "--scene-repeats",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K consecutive episodes share one scene, camera and body (the same first image) with their own "
+        "tasks and targets (default 1: a scene per episode)",
+    )
     p.add_argument("--no-shadows", action="store_true", help="skip shadows on the table (faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_handworld)
     return p
 
 
@@ -600,8 +615,10 @@ def run_view(args: argparse.Namespace) -> int:
 
 
 def add_view(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "view",
+        run_view,
         help="an episode's video with its stored hand joints drawn over it under the stored camera",
         description=(
             "Write an MP4 (or GIF) of one episode: its video with the stored 21 joints per hand (or, with "
@@ -623,7 +640,6 @@ def add_view(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-objects", action="store_true", help="no rings at the target objects")
     p.add_argument("--no-text", action="store_true", help="no instruction text")
-    p.set_defaults(func=run_view)
     return p
 
 
@@ -649,8 +665,10 @@ def run_sim_demos(args: argparse.Namespace) -> int:
 
 
 def add_sim_demos(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "sim-demos",
+        run_sim_demos,
         help="expert demonstrations in the Adroit simulator as a LeRobot v3 dataset",
         description=(
             "Run the scripted expert of an Adroit task on seeds SEED, SEED+1, ... and write the episodes "
@@ -666,7 +684,6 @@ def add_sim_demos(sub) -> argparse.ArgumentParser:
     p.add_argument("--camera", default=None, help="camera name (default: the wrapper's 'front')")
     p.add_argument("--keep-failures", action="store_true", help="also write episodes the expert failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_sim_demos)
     return p
 
 
@@ -685,12 +702,11 @@ SUBCOMMANDS = (
 
 
 def register(subparsers) -> None:
-    sub = add_group(
+    add_group(
         subparsers,
         "data",
+        SUBCOMMANDS,
         dest="data_command",
         help="episode stores: stats, validate, ...",
         description="Jobs on standardised episode stores (LeRobot v3-style: parquet + mp4 + meta).",
     )
-    for add in SUBCOMMANDS:
-        add(sub)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from handvla.commands._util import print_json
+from handvla.commands._util import add_command, add_set_option, print_json
 from handvla.config import load_config
 
 
@@ -26,8 +26,10 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "demo",
+        run_demo_cmd,
         help="the built-in demo: HandWorld data -> motion tokenizer -> VLA pretraining -> generation, with a report",
         description="Builds HandWorld stores, trains the motion tokenizer, pretrains the tiny VLA, generates motion "
         "for held-out scenes (seen rigs and an unseen rig) and writes report.html + metrics.json. About 10 minutes "
@@ -37,13 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="processes for data generation (default 2)")
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run with tiny sizes")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change a demo size, e.g. --set train_episodes=240 --set vla_minutes=20 (use a fresh --out: "
+    add_set_option(
+        p,
+        "change a demo size, e.g. --set train_episodes=240 --set vla_minutes=20 (use a fresh --out: "
         "finished stages are reused)",
     )
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_demo_cmd)

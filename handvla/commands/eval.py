@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from handvla.commands._util import add_group, print_json
+from handvla.atomic import atomic_write_json
+from handvla.commands._util import add_command, add_group, add_threads_option, print_json, set_threads
 from handvla.errors import ConfigError
 
 
 def _load_policy(args: argparse.Namespace):
-    import torch
-
     from handvla.policy import HandVLAPolicy
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    set_threads(args)
     return HandVLAPolicy.load(args.ckpt, device=args.device, task=getattr(args, "instruction", None))
 
 
@@ -63,8 +61,6 @@ def run_eval_sim(args: argparse.Namespace) -> int:
     if args.url:
         res = evaluate_remote(args.url, **kwargs).to_dict()
         if args.out:
-            from handvla.atomic import atomic_write_json
-
             atomic_write_json(Path(args.out) / f"sim_eval_{args.task}.json", res)
     else:
         policy = _load_policy(args)
@@ -106,8 +102,6 @@ def run_eval_open_loop(args: argparse.Namespace) -> int:
     ).to_dict()
     res["policy"], res["data"] = str(args.ckpt), str(args.data)
     if args.out:
-        from handvla.atomic import atomic_write_json
-
         atomic_write_json(Path(args.out), res)
     if args.json:
         print_json(res)
@@ -122,7 +116,9 @@ def run_eval_open_loop(args: argparse.Namespace) -> int:
 
 
 def add_sim(sub) -> argparse.ArgumentParser:
-    s = sub.add_parser("sim", help="closed loop in the Adroit simulator: success rate with 95%% CI")
+    s = add_command(
+        sub, "sim", run_eval_sim, help="closed loop in the Adroit simulator: success rate with 95%% CI"
+    )
     s.add_argument("--ckpt", default=None, help="policy checkpoint folder (handvla posttrain's final/)")
     s.add_argument("--url", default=None, help="or a running policy server, ws://HOST:PORT")
     s.add_argument("--task", default="relocate", help="sim task: relocate or door")
@@ -132,20 +128,22 @@ def add_sim(sub) -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: the task's)")
     s.add_argument("--instruction", default=None, help="instruction text (default: the checkpoint's)")
     s.add_argument("--device", default="auto")
-    s.add_argument("--threads", type=int, default=None)
+    add_threads_option(s, help=None)
     s.add_argument("--out", default=None, help="folder for sim_eval_<task>.json")
     s.add_argument("--video-dir", default=None, help="save the first --video-episodes episodes as mp4 here")
     s.add_argument("--video-episodes", type=int, default=0)
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--per-seed", action="store_true", help="with --json: include per-episode rows")
     s.add_argument("--quiet", action="store_true")
-    s.set_defaults(func=run_eval_sim)
     return s
 
 
 def add_open_loop(sub) -> argparse.ArgumentParser:
-    o = sub.add_parser(
-        "open-loop", help="predicted vs recorded action chunks on a dataset, error by horizon step"
+    o = add_command(
+        sub,
+        "open-loop",
+        run_eval_open_loop,
+        help="predicted vs recorded action chunks on a dataset, error by horizon step",
     )
     o.add_argument("--ckpt", required=True, help="policy checkpoint folder")
     o.add_argument("--data", required=True, help="LeRobot v3 dataset folder")
@@ -158,10 +156,9 @@ def add_open_loop(sub) -> argparse.ArgumentParser:
     o.add_argument("--no-plot", action="store_true")
     o.add_argument("--out", default=None, help="write the result as JSON to this file")
     o.add_argument("--device", default="auto")
-    o.add_argument("--threads", type=int, default=None)
+    add_threads_option(o, help=None)
     o.add_argument("--json", action="store_true", help="print the result as JSON")
     o.add_argument("--quiet", action="store_true")
-    o.set_defaults(func=run_eval_open_loop)
     return o
 
 
@@ -170,9 +167,10 @@ SUBCOMMANDS = (add_sim, add_open_loop)
 
 
 def register(subparsers) -> None:
-    sub = add_group(
+    add_group(
         subparsers,
         "eval",
+        SUBCOMMANDS,
         dest="eval_kind",
         metavar="KIND",
         required=True,
@@ -180,5 +178,3 @@ def register(subparsers) -> None:
         description="Closed-loop success rate in the Adroit simulator (sim) or open-loop action error on a "
         "recorded LeRobot v3 dataset (open-loop).",
     )
-    for add in SUBCOMMANDS:
-        add(sub)

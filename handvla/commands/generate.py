@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from handvla.atomic import atomic_savez
-from handvla.commands._util import print_json
+from handvla.commands._util import add_command, add_threads_option, print_json, set_threads
 from handvla.errors import CheckpointError, InputError, MissingResourceError
 
 
@@ -109,7 +109,6 @@ def run_generate(args: argparse.Namespace) -> int:
     if not Path(args.ckpt).is_dir():
         raise MissingResourceError(f"{args.ckpt}: VLA checkpoint folder not found")
 
-    import torch
     from transformers.utils import logging as hf_logging
 
     from handvla.camera import Camera
@@ -119,8 +118,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from handvla.vla.generation import generate_motion
     from handvla.vla.modeling import load_vla
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    set_threads(args)
     hf_logging.disable_progress_bar()  # one JSON document on stdout, one error line on stderr
     bundle = load_vla(args.ckpt)
     mt = bundle.motion_tokenizer
@@ -205,8 +203,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "generate",
+        run_generate,
         help="generate hand motion for an image + instruction with a VLA checkpoint (npz + overlay mp4)",
         description="Instructed motion generation with constrained decoding; writes OUT.npz (HandMotion per "
         "hand, camera frame) and OUT.mp4 (the motion over the input image).",
@@ -226,5 +226,4 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--no-video", action="store_true", help="write only the npz")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.set_defaults(func=run_generate)
+    add_threads_option(p)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from handvla.commands._util import add_group, print_json
+from handvla.commands._util import add_command, add_group, print_json
 from handvla.errors import ConfigError, InputError, MissingResourceError
 
 
 def add_fit(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "fit",
+        run_fit,
         help="fit 3D joints (T, 21, 3) to hand parameters",
         description=(
             "Fit a joints file (keys joints (T, 21, 3) metres with NaN for missing, t, side, fps, joint_order) "
@@ -33,7 +35,6 @@ def add_fit(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--acc-hz", type=float, default=None, help="smoothness cutoff in Hz (default 8, 0 = no smoothing)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_fit)
     return p
 
 
@@ -88,8 +89,10 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def add_render(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "render",
+        run_render,
         help="render hand motion (parameter or joints files) to MP4/GIF",
         description="Render one or two hands' motion through a hand model to a video (skeleton for the built-in "
         "hand, mesh with MANO). --compare draws a second motion beside it under the same virtual camera.",
@@ -100,7 +103,6 @@ def add_render(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--hand-model", default=None, help="builtin or mano (default: each file's own)")
     p.add_argument("--mano-dir", default=None, help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl")
     p.add_argument("--title", default=None)
-    p.set_defaults(func=run_render)
     return p
 
 
@@ -123,11 +125,10 @@ SUBCOMMANDS = (add_fit, add_render)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    sub = add_group(
+    add_group(
         subparsers,
         "hand",
+        SUBCOMMANDS,
         dest="hand_command",
         help="hand-motion tools: fit joints to hand parameters, render motion to video",
     )
-    for add in SUBCOMMANDS:
-        add(sub)

@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import argparse
 
-from handvla.commands._util import add_training_run_args, print_json
+from handvla.commands._util import add_command, add_training_run_args, print_json, run_training_job
 
 
 def run_posttrain_cmd(args: argparse.Namespace) -> int:
-    import torch
-
     from handvla.robot.posttrain import load_posttrain_config, run_posttrain
-    from handvla.train.distributed import init_distributed
 
-    cfg = load_posttrain_config(args.config, args.set)
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
-    if args.quiet:
-        cfg.train.progress = False
-    summary = run_posttrain(cfg, resume=args.resume, progress=not args.quiet)
-    if init_distributed(cfg.train.device).is_main:
+    summary = run_training_job(args, load_posttrain_config, run_posttrain)
+    if summary is not None:
         keep = (
             "output_dir",
             "final",
@@ -51,8 +43,10 @@ def run_posttrain_cmd(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "posttrain",
+        run_posttrain_cmd,
         help="post-train the VLA into a robot policy (action chunks) on a LeRobot v3 dataset",
         description="Being-H0 post-training on the shared trainer: <PROP_CONTEXT> = fp(state), learned action "
         "queries, regression head fr, L1 on normalised action chunks. The YAML config has sections data "
@@ -62,4 +56,3 @@ def register(subparsers) -> None:
         "train.output_dir.",
     )
     add_training_run_args(p, "train.lr=3e-4 or model.backbone_mode=frozen")
-    p.set_defaults(func=run_posttrain_cmd)

@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import argparse
 
-from handvla.commands._util import add_training_run_args, print_json
+from handvla.commands._util import add_command, add_training_run_args, print_json, run_training_job
 
 
 def run_pretrain_cmd(args: argparse.Namespace) -> int:
-    import torch
-
     from handvla.vla.pretrain import load_pretrain_config, run_pretrain
 
-    cfg = load_pretrain_config(args.config, args.set)
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
-    if args.quiet:
-        cfg.train.progress = False
-    summary = run_pretrain(cfg, resume=args.resume, progress=not args.quiet)
-    from handvla.train.distributed import init_distributed
-
-    if init_distributed(cfg.train.device).is_main:
+    summary = run_training_job(args, load_pretrain_config, run_pretrain)
+    if summary is not None:
         print_json(
             {
                 "output_dir": summary["output_dir"],
@@ -46,8 +37,10 @@ def _short(summary: dict) -> dict:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "pretrain",
+        run_pretrain_cmd,
         help="pretrain the motion VLA on instruction data (image + text <-> hand-motion tokens)",
         description="Physical-instruction pretraining of the motion VLA on the shared trainer. The YAML config "
         "has sections data (handvla.vla.data.VLADataConfig), model (preset/backbone/init_checkpoint, "
@@ -56,4 +49,3 @@ def register(subparsers) -> None:
         "under train.output_dir.",
     )
     add_training_run_args(p, "train.lr=3e-4 or data.seconds=[1,2]")
-    p.set_defaults(func=run_pretrain_cmd)

@@ -15,15 +15,14 @@ import signal
 import sys
 import threading
 
+from handvla.commands._util import add_command, add_threads_option, set_threads
+
 
 def run_serve(args: argparse.Namespace) -> int:
-    import torch
-
     from handvla.policy import HandVLAPolicy
     from handvla.robot.server import PolicyServer
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    set_threads(args)
     policy = HandVLAPolicy.load(args.ckpt, device=args.device, dtype=args.dtype, task=args.task)
     server = PolicyServer(policy, host=args.host, port=args.port)
     port = server.start_in_thread()
@@ -60,8 +59,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "serve",
+        run_serve,
         help="serve a post-trained policy over websocket + msgpack (handvla.robot.client.PolicyClient)",
         description="Load a policy checkpoint (handvla posttrain's final/) and answer action-chunk requests. "
         "Metadata (chunk_size, action_dim, observation spec) is sent on connect; GET /healthz answers ok.",
@@ -72,5 +73,4 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="backbone dtype")
     p.add_argument("--task", default=None, help="instruction (default: the checkpoint's training task)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.set_defaults(func=run_serve)
+    add_threads_option(p)

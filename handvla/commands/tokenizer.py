@@ -3,6 +3,11 @@
 handvla tokenizer train [--config YAML] [--preset default|tiny] [--data builtin] [--data PATH ...]
                         [--features D162] [--max-minutes M] [--steps N] --out DIR [--resume]
 handvla tokenizer eval --ckpt DIR --data PATH ... [--json]
+handvla tokenizer convert --from being-h0 --src WRIST_DIR+FINGER_DIR --out DIR [--fps 15]
+handvla tokenizer encode --ckpt DIR (--motion PARAMS.npz | --features FEATS.npy) --out IDS.npy [--mano-dir D]
+handvla tokenizer decode --ckpt DIR --ids IDS.npy --out PARAMS.npz [--side right] [--num-frames N]
+                         [--features-out FEATS.npy]
+encode / decode take any tokenizer checkpoint (handvla's own or a converted one).
 """
 
 from __future__ import annotations
@@ -10,11 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from handvla.commands._util import add_group, print_json
+from handvla.commands._util import add_command, add_group, print_json
 
 
 def add_train(sub) -> argparse.ArgumentParser:
-    t = sub.add_parser("train", help="train a tokenizer (resumable)")
+    t = add_command(sub, "train", run_train, help="train a tokenizer (resumable)")
     t.add_argument("--config", help="YAML/JSON with model and training fields (flat or model:/train:)")
     t.add_argument("--preset", default="default", help="model + training preset: default or tiny")
     t.add_argument(
@@ -33,12 +38,11 @@ def add_train(sub) -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder (model, checkpoint, log)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--no-progress", action="store_true")
-    t.set_defaults(func=run_train)
     return t
 
 
 def add_eval(sub) -> argparse.ArgumentParser:
-    e = sub.add_parser("eval", help="reconstruction error of a trained tokenizer")
+    e = add_command(sub, "eval", run_eval, help="reconstruction error of a trained tokenizer")
     e.add_argument(
         "--ckpt", required=True, help="folder written by 'tokenizer train' (config.json + weights)"
     )
@@ -49,7 +53,6 @@ def add_eval(sub) -> argparse.ArgumentParser:
     e.add_argument("--per-clip", action="store_true", help="include one row per clip")
     e.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
     e.add_argument("--no-progress", action="store_true")
-    e.set_defaults(func=run_eval)
     return e
 
 
@@ -88,9 +91,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from handvla.tokenizer.evaluation import evaluate_files
-    from handvla.tokenizer.modeling import MotionTokenizer
+    from handvla.tokenizer.loading import load_tokenizer
 
-    model = MotionTokenizer.from_pretrained(args.ckpt)
+    model = load_tokenizer(args.ckpt)
     res = evaluate_files(model, args.data, fit_cache=args.fit_cache, progress=not args.no_progress)
     if not args.per_clip:
         res.pop("per_clip", None)
@@ -99,17 +102,157 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_convert(sub) -> argparse.ArgumentParser:
+    c = add_command(
+        sub, "convert", run_convert, help="a released tokenizer -> a handvla tokenizer checkpoint"
+    )
+    c.add_argument("--from", dest="source_format", required=True, choices=["being-h0"], help="release format")
+    c.add_argument(
+        "--src",
+        required=True,
+        help="WRIST_DIR+FINGER_DIR (the release's part folders), or a folder holding wrist/ and finger/",
+    )
+    c.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    c.add_argument("--fps", type=float, help="motion rate in frames per second (default: the release's 15)")
+    return c
+
+
+def add_encode(sub) -> argparse.ArgumentParser:
+    e = add_command(sub, "encode", run_encode, help="hand motion or features -> motion ids")
+    e.add_argument("--ckpt", required=True, help="tokenizer checkpoint folder (trained or converted)")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--motion", help="hand-parameter .npz (handvla.hand.io) at the tokenizer's fps")
+    src.add_argument("--features", help=".npy of raw features (T, D) in the tokenizer's feature set and fps")
+    e.add_argument("--out", required=True, help=".npy of ids (blocks, ids per block), int64")
+    e.add_argument(
+        "--mano-dir", help="MANO model folder, for --motion with a tokenizer whose hand model is MANO"
+    )
+    return e
+
+
+def add_decode(sub) -> argparse.ArgumentParser:
+    d = add_command(sub, "decode", run_decode, help="motion ids -> hand motion")
+    d.add_argument("--ckpt", required=True, help="tokenizer checkpoint folder (trained or converted)")
+    d.add_argument("--ids", required=True, help=".npy of ids (blocks, ids per block), or flat")
+    d.add_argument("--out", required=True, help="hand-parameter .npz to write")
+    d.add_argument("--side", choices=["right", "left"], default="right", help="the hand the ids are of")
+    d.add_argument("--num-frames", type=int, help="frames to keep (default: blocks x frames per block)")
+    d.add_argument("--features-out", help="also write the decoded raw features (T, D) as .npy")
+    return d
+
+
+def _read_npy(path: str, what: str):
+    """A plain (unpickled) array from ``path``, or a one-line InputError naming the file."""
+    import numpy as np
+
+    from handvla.errors import InputError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(path, None, f"an existing .npy file of {what}", "no such file") from None
+    except (OSError, ValueError) as e:
+        raise InputError(
+            path, None, f"a .npy array of {what} (no pickled objects)", f"{type(e).__name__}: {e}"
+        ) from None
+
+
+def _write_npy(path: str, array) -> None:
+    import io
+
+    import numpy as np
+
+    from handvla.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from handvla.tokenizer.being_h0 import convert_release, release_folders
+
+    tok = convert_release(args.src, fps=args.fps)
+    tok.save_pretrained(args.out)
+    layout = tok.layout
+    print_json(
+        {
+            "out": args.out,
+            "from": args.source_format,
+            "parts": {p: str(f) for p, f in release_folders(args.src).items()},
+            "model_type": tok.config.model_type,
+            "ids_per_block": layout.tokens_per_block,
+            "vocab_size": layout.vocab_size,
+            "id_ranges": {p: list(layout.id_range(p)) for p in layout.parts},
+        }
+    )
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from handvla.errors import InputError
+    from handvla.hand.io import load_motion
+    from handvla.hand.registry import load_hand_model
+    from handvla.tokenizer.loading import load_tokenizer
+
+    tok = load_tokenizer(args.ckpt)
+    info: dict = {}
+    if args.motion:
+        motion = load_motion(args.motion)
+        if args.mano_dir and tok.config.hand_model == "mano":
+            for side in dict.fromkeys(("right", motion.side)):
+                tok.set_hand_model(load_hand_model("mano", side, args.mano_dir))
+        tokens = tok.encode_motion(motion)
+        ids = tokens.ids
+        info = {"num_frames": tokens.num_frames, "side": tokens.side}
+    else:
+        feats = _read_npy(args.features, f"{tok.spec.name} features")
+        D = tok.spec.dim
+        if feats.ndim != 2 or feats.shape[1] != D or feats.shape[0] == 0 or feats.dtype.kind not in "fiu":
+            raise InputError(
+                args.features,
+                None,
+                f"numbers of shape (T, {D}) ({tok.spec.name})",
+                f"{feats.dtype} {feats.shape}",
+            )
+        if not np.isfinite(feats).all():
+            raise InputError(args.features, None, "finite values", "NaN or inf")
+        ids = tok.encode_sequence(torch.from_numpy(feats.astype(np.float32))).numpy()
+        info = {"num_frames": int(feats.shape[0])}
+    _write_npy(args.out, np.asarray(ids, np.int64))
+    print_json({"out": args.out, "blocks": int(ids.shape[0]), "ids_per_block": int(ids.shape[1]), **info})
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from handvla.hand.io import save_motion
+    from handvla.tokenizer.loading import load_tokenizer
+
+    tok = load_tokenizer(args.ckpt)
+    ids = tok.layout.validate(_read_npy(args.ids, "motion ids"), args.ids)
+    motion = tok.decode_motion(ids, side=args.side, num_frames=args.num_frames)
+    save_motion(args.out, motion)
+    if args.features_out:
+        _write_npy(args.features_out, tok.decode_sequence(ids, args.num_frames).numpy().astype(np.float32))
+    print_json({"out": args.out, "blocks": int(ids.shape[0]), "num_frames": len(motion), "side": motion.side})
+    return 0
+
+
 #: the ``handvla tokenizer`` actions, in help order
-SUBCOMMANDS = (add_train, add_eval)
+SUBCOMMANDS = (add_train, add_eval, add_convert, add_encode, add_decode)
 
 
 def register(subparsers) -> None:
-    sub = add_group(
+    add_group(
         subparsers,
         "tokenizer",
+        SUBCOMMANDS,
         dest="tokenizer_command",
         metavar="ACTION",
         help="train / evaluate the motion tokenizer (motion <-> ids)",
     )
-    for add in SUBCOMMANDS:
-        add(sub)

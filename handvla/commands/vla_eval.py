@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from handvla.atomic import atomic_write_json
-from handvla.commands._util import print_json
+from handvla.commands._util import add_command, add_threads_option, print_json, set_threads
 from handvla.errors import CheckpointError, ConfigError
 
 
@@ -32,14 +32,11 @@ def _parse_stores(items: list[str]) -> dict[str, str]:
 
 
 def run_vla_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from handvla.vla.baselines import checkpoint_training_stores, load_training_reference
     from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld, format_summary_table
     from handvla.vla.modeling import load_vla
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
+    set_threads(args)
     stores = _parse_stores(args.store)
     if args.episodes is not None and args.episodes < 1:
         raise ConfigError(f"--episodes: expected a whole number >= 1, got {args.episodes}")
@@ -102,8 +99,10 @@ def run_vla_eval(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    e = subparsers.add_parser(
+    e = add_command(
+        subparsers,
         "vla-eval",
+        run_vla_eval,
         help="measure a VLA checkpoint on HandWorld ground truth (target accuracy, MPJPE, MWTE, tokens/s)",
         description="Generate motion for each HandWorld episode's instruction and first frame and score it "
         "against the episode's ground truth (handvla.vla.evaluate): rates with Wilson 95% intervals, next to "
@@ -129,7 +128,7 @@ def register(subparsers) -> None:
     e.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=4)
-    e.add_argument("--threads", type=int, default=None)
+    add_threads_option(e, help=None)
     e.add_argument(
         "--train-store",
         action="append",
@@ -166,4 +165,3 @@ def register(subparsers) -> None:
     )
     e.add_argument("--out", default=None, help="write per-episode results to this JSON file")
     e.add_argument("--quiet", action="store_true", help="no progress bars and no summary table on stderr")
-    e.set_defaults(func=run_vla_eval)

@@ -9,7 +9,8 @@ checked against LeRobot's ``datasets/utils.py``, ``dataset_metadata.py`` and ``d
                                     fps, splits, data_path / video_path templates, features
                                     {name: {dtype, shape, names[, info]}}
                                     (``new_info``, ``read_info``, ``write_info``, ``set_totals``)
-    meta/stats.json                 {feature: {min, max, mean, std, count, ...}}
+    meta/stats.json                 {feature: {min, max, mean, std, count[, q01, q10, q50, q90, q99]}}
+                                    (``read_stats``, ``write_stats``)
     meta/tasks.parquet              task string (the pandas index) -> task_index
                                     (``write_tasks``, ``read_tasks``)
     meta/episodes/chunk-CCC/file-FFF.parquet   one row per episode: episode_index, tasks, length,
@@ -23,9 +24,18 @@ checked against LeRobot's ``datasets/utils.py``, ``dataset_metadata.py`` and ``d
     meta/handvla_writer.lock        held (flock) by the one writer (``WriterLock``)
 
 Chunk folders hold ``DEFAULT_CHUNK_SIZE`` (1000) files: running file number ``n`` is chunk ``n // 1000``,
-file ``n % 1000`` (``chunk_file``). Per-episode statistics (``episode_stats``: min, max, mean, population
-std and count per element of a feature) are stored in the episode rows and merge exactly across episodes
-(``merge_stats``: pooled mean and pooled second moment).
+file ``n % 1000`` (``chunk_file``).
+
+Statistics (``FeatureStats``, one implementation for both kinds of dataset): per element of a feature (the
+values after the frame axis, flattened) min, max, mean, std (population) and count (frames), float64
+(``compute_feature_stats``). Per-episode statistics are stored in the episode rows and merge exactly
+across episodes (``merge_stats``: pooled mean and pooled second moment); the store's stats.json is the
+merge of its episodes'. Robot datasets' stats.json add the quantiles ``q01 q10 q50 q90 q99``, computed
+once over every frame: exact (``numpy.quantile``, linear interpolation between order statistics; LeRobot
+approximates them with 5000-bin histograms, robot datasets are small enough to sort and exact values make
+the stats reproducible). Only with ``max_frames`` (a feature with more frames) are the quantiles taken over
+an evenly strided subset of ``max_frames`` frames (deterministic); the other statistics always use all.
+Quantiles do not merge: merged statistics have none.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +73,12 @@ LOCK_PATH = "meta/handvla_writer.lock"
 
 #: LeRobot's per-frame bookkeeping columns, in LeRobot's order (every dataset has them)
 INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
-#: the per-episode statistics of a feature (``stats/<feature>/<stat>`` episode columns)
-EPISODE_STATS = ("min", "max", "mean", "std", "count")
+#: the per-element statistics of every stats.json entry, in LeRobot's order; with ``count`` they are the
+#: per-episode statistics (``stats/<feature>/<stat>`` episode columns), which merge exactly
+BASE_STATS = ("min", "max", "mean", "std")
+EPISODE_STATS = (*BASE_STATS, "count")
+#: the quantiles of a robot dataset's stats.json (exact, over every frame): name -> probability
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
 
 def chunk_file(index: int, per_file: int = 1) -> tuple[int, int]:
@@ -143,58 +158,146 @@ def index_columns(values: Mapping[str, np.ndarray]) -> dict[str, pa.Array]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# per-episode statistics (they merge exactly across episodes)
+# statistics (meta/stats.json and the per-episode stats/<feature>/<stat> columns)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def episode_stats(values: np.ndarray) -> dict[str, list]:
-    """(N, D) or (N,) values -> {min, max, mean, std, count} lists (float64; std the population one;
-    count [N]). N = 0 gives zeros."""
-    v = np.asarray(values, np.float64)
-    if v.ndim == 1:
-        v = v[:, None]
+@dataclass
+class FeatureStats:
+    """Statistics of one feature, per element (float64 arrays of one shape): ``min``, ``max``, ``mean``,
+    ``std`` (population) over ``count`` frames, and the quantiles ``q01 .. q99`` (``QUANTILES``) where they
+    were computed (None otherwise: per-episode and merged stats have none)."""
+
+    min: np.ndarray
+    max: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    count: int
+    q01: np.ndarray | None = None
+    q10: np.ndarray | None = None
+    q50: np.ndarray | None = None
+    q90: np.ndarray | None = None
+    q99: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        shape = None
+        for name in (*BASE_STATS, *QUANTILES):
+            a = getattr(self, name)
+            if a is None:
+                if name in BASE_STATS:
+                    raise InputError("FeatureStats", name, "an array of values", "None")
+                continue
+            a = np.asarray(a, np.float64)
+            if a.ndim == 0:
+                a = a.reshape(1)
+            if shape is None:
+                shape = a.shape
+            if a.shape != shape:
+                raise InputError("FeatureStats", name, f"shape {shape} like 'min'", str(a.shape))
+            setattr(self, name, a)
+        self.count = int(self.count)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.mean.shape
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """{statistic: array} of every statistic it has, ``count`` aside."""
+        return {k: getattr(self, k) for k in (*BASE_STATS, *QUANTILES) if getattr(self, k) is not None}
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON-ready, LeRobot's stats.json entry: each statistic a list, ``count`` a one-element list, in
+        LeRobot's order (min, max, mean, std, count, then the quantiles it has)."""
+        d: dict[str, list] = {k: a.tolist() for k, a in self.arrays().items()}
+        d["count"] = [self.count]
+        return {k: d[k] for k in (*EPISODE_STATS, *QUANTILES) if k in d}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "stats") -> FeatureStats:
+        """A stats.json entry (or an episode row's stats): the statistics flattened (image stats have shape
+        (3, 1, 1)); quantiles absent (older LeRobot) stay None."""
+        missing = [k for k in ("mean", "std", "min", "max") if k not in d]
+        if missing:
+            raise InputError(where, missing[0], "mean, std, min and max of the feature", "missing")
+        vals = {
+            k: np.asarray(d[k], np.float64).reshape(-1)
+            for k in (*BASE_STATS, *QUANTILES)
+            if d.get(k) is not None
+        }
+        count = d.get("count", [0])
+        count = int(np.asarray(count).reshape(-1)[0]) if np.size(count) else 0
+        return cls(**vals, count=count)
+
+
+def compute_feature_stats(
+    values: np.ndarray, quantiles: bool = True, max_frames: int | None = None
+) -> FeatureStats:
+    """Statistics of ``values`` (N, ...) over the frames axis (0), per remaining element (flattened; a
+    scalar feature (N,) gives shape (1,) statistics, like LeRobot's scalar features); InputError on NaN/inf.
+
+    ``quantiles``: also the exact quantiles (over every frame, or ``max_frames`` evenly strided ones);
+    they need at least one frame. Without them N = 0 gives zeros and count 0 (an episode without frames of
+    a feature)."""
+    v = np.asarray(values)
+    if v.ndim == 0 or (quantiles and v.shape[0] == 0):
+        raise InputError("compute_feature_stats", "values", "at least one frame (N >= 1, ...)", str(v.shape))
     n = v.shape[0]
+    v = v.reshape(n, int(np.prod(v.shape[1:]))).astype(np.float64, copy=False)
     if n == 0:
-        z = [0.0] * v.shape[1]
-        return {"min": z, "max": z, "mean": z, "std": z, "count": [0]}
-    return {
-        "min": v.min(0).tolist(),
-        "max": v.max(0).tolist(),
-        "mean": v.mean(0).tolist(),
-        "std": v.std(0).tolist(),
-        "count": [n],
-    }
+        return FeatureStats(**{k: np.zeros(v.shape[1]) for k in BASE_STATS}, count=0)
+    if not np.isfinite(v).all():
+        row = int(np.argmax(~np.isfinite(v).all(axis=1)))
+        raise InputError("compute_feature_stats", "values", "finite values", f"NaN/inf at frame {row}")
+    qs = {}
+    if quantiles:
+        qv = v
+        if max_frames is not None and n > max_frames:
+            qv = v[np.linspace(0, n - 1, int(max_frames)).round().astype(np.int64)]
+        q = np.quantile(qv, list(QUANTILES.values()), axis=0, method="linear")
+        qs = {k: q[i] for i, k in enumerate(QUANTILES)}
+    return FeatureStats(min=v.min(0), max=v.max(0), mean=v.mean(0), std=v.std(0), count=n, **qs)
 
 
-def merge_stats(parts: Sequence[Mapping[str, list]]) -> dict[str, list] | None:
-    """Combine ``episode_stats`` (or merged ones) exactly: pooled mean and pooled second moment; None
-    when no part has frames."""
-    parts = [p for p in parts if p["count"][0] > 0]
+def compute_stats(arrays: Mapping[str, np.ndarray], max_frames: int | None = None) -> dict[str, FeatureStats]:
+    """{feature: (N, ...) values} -> {feature: FeatureStats} with quantiles (errors name the feature)."""
+    out = {}
+    for name, a in arrays.items():
+        try:
+            out[name] = compute_feature_stats(a, max_frames=max_frames)
+        except InputError as e:
+            raise InputError(f"feature '{name}'", e.field, e.expected, e.got) from None
+    return out
+
+
+def merge_stats(parts: Sequence[FeatureStats]) -> FeatureStats | None:
+    """Combine statistics of disjoint frames exactly: pooled mean and pooled second moment (quantiles do
+    not merge and are dropped); None when no part has frames."""
+    parts = [p for p in parts if p.count > 0]
     if not parts:
         return None
-    n = np.array([p["count"][0] for p in parts], np.float64)[:, None]
-    mean = np.array([p["mean"] for p in parts], np.float64)
-    std = np.array([p["std"] for p in parts], np.float64)
+    n = np.array([p.count for p in parts], np.float64)[:, None]
+    mean = np.array([p.mean for p in parts])
+    std = np.array([p.std for p in parts])
     N = n.sum()
     m = (n * mean).sum(0) / N
     var = (n * (std**2 + (mean - m) ** 2)).sum(0) / N
-    return {
-        "min": np.min([p["min"] for p in parts], axis=0).tolist(),
-        "max": np.max([p["max"] for p in parts], axis=0).tolist(),
-        "mean": m.tolist(),
-        "std": np.sqrt(np.maximum(var, 0.0)).tolist(),
-        "count": [int(N)],
-    }
+    return FeatureStats(
+        min=np.min([p.min for p in parts], axis=0),
+        max=np.max([p.max for p in parts], axis=0),
+        mean=m,
+        std=np.sqrt(np.maximum(var, 0.0)),
+        count=int(N),
+    )
 
 
-def stats_row(stats: Mapping[str, Mapping[str, list]]) -> dict[str, list]:
-    """{feature: episode_stats} -> the episode-row columns ``stats/<feature>/<stat>``."""
-    return {f"stats/{name}/{s}": v for name, st in stats.items() for s, v in st.items()}
+def stats_row(stats: Mapping[str, FeatureStats]) -> dict[str, list]:
+    """{feature: per-episode stats} -> the episode-row columns ``stats/<feature>/<stat>``."""
+    return {f"stats/{name}/{s}": v for name, st in stats.items() for s, v in st.to_dict().items()}
 
 
-def row_stats(row: Mapping[str, Any], name: str) -> dict[str, list]:
-    """The ``episode_stats`` of feature ``name`` in an episode row."""
-    return {s: row[f"stats/{name}/{s}"] for s in EPISODE_STATS}
+def row_stats(row: Mapping[str, Any], name: str) -> FeatureStats:
+    """The per-episode stats of feature ``name`` in an episode row."""
+    return FeatureStats.from_dict({s: row[f"stats/{name}/{s}"] for s in EPISODE_STATS}, f"stats/{name}")
 
 
 def stats_fields(names: Sequence[str]) -> list[tuple[str, pa.DataType]]:
@@ -204,6 +307,32 @@ def stats_fields(names: Sequence[str]) -> list[tuple[str, pa.DataType]]:
         for name in names
         for s in EPISODE_STATS
     ]
+
+
+def stats_from_json(obj: Any, where: str = "stats.json") -> dict[str, FeatureStats]:
+    """LeRobot's stats.json layout ({feature: {stat: list}}) -> {feature: FeatureStats}."""
+    if not isinstance(obj, Mapping):
+        raise InputError(where, None, "a JSON object {feature: {stat: values}}", type(obj).__name__)
+    out = {}
+    for name, d in obj.items():
+        if not isinstance(d, Mapping):
+            raise InputError(where, name, "an object of statistics", type(d).__name__)
+        out[name] = FeatureStats.from_dict(d, f"{where}: feature '{name}'")
+    return out
+
+
+def read_stats(root: Path) -> dict[str, FeatureStats]:
+    """``root``'s meta/stats.json (MissingResourceError naming the file if absent, InputError if it is not
+    a stats.json)."""
+    path = root / STATS_PATH
+    if not path.is_file():
+        raise MissingResourceError(f"{path}: dataset statistics not found (meta/stats.json)")
+    return stats_from_json(read_json(path, expect=None), str(path))
+
+
+def write_stats(root: Path, stats: Mapping[str, FeatureStats]) -> None:
+    """meta/stats.json (atomically)."""
+    atomic_write_json(root / STATS_PATH, {name: s.to_dict() for name, s in stats.items()})
 
 
 # ---------------------------------------------------------------------------------------------------------

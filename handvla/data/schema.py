@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from handvla.atomic import json_default
 from handvla.camera import Camera
 from handvla.data.lerobot import index_features, video_feature, video_key
 from handvla.errors import InputError
@@ -39,7 +40,6 @@ HAND_CONVENTION_TEXT = (
     "joint position in metres, betas (10) of hand_model; all in the camera frame (OpenCV: x right, y down, "
     "z forward); joints = 21 points in OpenPose order, metres, camera frame"
 )
-HAND_MODELS = ("builtin", "mano")
 DEFAULT_CAMERA = "main"
 
 #: per-hand per-frame parameter fields: name -> width (float32 values)
@@ -144,20 +144,10 @@ def camera_from_row(row: dict[str, Any]) -> Camera:
     )
 
 
-def _json_default(x):
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
-
-
 def to_json(obj: Any, where: str, field_name: str) -> str:
     """Serialise annotations / ground truth (numpy arrays become lists) with a clear error otherwise."""
     try:
-        return json.dumps(obj, default=_json_default, allow_nan=False, sort_keys=True)
+        return json.dumps(obj, default=json_default, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise InputError(
             where, field_name, "JSON-serialisable data (dict of str, numbers, lists, arrays)", str(e)

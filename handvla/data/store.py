@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from handvla import video as V
 from handvla.atomic import (
@@ -68,15 +69,15 @@ from handvla.data.lerobot import (
     EPISODES_PATH,
     INDEX_FEATURES,
     INFO_PATH,
-    STATS_PATH,
     TASKS_PATH,
     VIDEO_PATH,
+    FeatureStats,
     WriterLock,
     check_not_foreign,
     checked_fps,
     chunk_file,
+    compute_feature_stats,
     episode_files,
-    episode_stats,
     index_columns,
     index_values,
     merge_stats,
@@ -87,10 +88,12 @@ from handvla.data.lerobot import (
     row_stats,
     set_totals,
     stats_fields,
+    stats_from_json,
     stats_row,
     video_key,
     write_episodes,
     write_info,
+    write_stats,
     write_tasks,
 )
 from handvla.data.schema import (
@@ -99,7 +102,6 @@ from handvla.data.schema import (
     HAND_CONVENTION,
     HAND_CONVENTION_TEXT,
     HAND_FIELDS,
-    HAND_MODELS,
     JOINTS_WIDTH,
     SUPPORTED_FORMAT_VERSIONS,
     Episode,
@@ -110,7 +112,7 @@ from handvla.data.schema import (
     to_json,
 )
 from handvla.errors import ConfigError, InputError
-from handvla.hand.motion import HandMotion
+from handvla.hand.motion import HAND_MODELS, HandMotion
 from handvla.hand.topology import NUM_BETAS, NUM_JOINTS, SIDES
 
 JOURNAL_PATH = "meta/handvla_journal.jsonl"
@@ -290,11 +292,11 @@ def _task_order(tasks_per_episode: list[list[str]]) -> dict[str, int]:
     return order
 
 
-def _read_stats_state(root: Path) -> tuple[int, dict[str, dict[str, list]]]:
+def _read_stats_state(root: Path) -> tuple[int, dict[str, FeatureStats]]:
     """(episodes covered, aggregated stats); (0, {}) when absent or unreadable (then rebuilt from episodes)."""
     try:
         state = read_json(root / STATS_STATE_PATH)
-        return int(state["episodes"]), dict(state["stats"])
+        return int(state["episodes"]), stats_from_json(state["stats"], str(root / STATS_STATE_PATH))
     except (KeyError, TypeError, ValueError):  # InputError is a ValueError
         return 0, {}
 
@@ -588,7 +590,7 @@ class EpisodeWriter:
 
         task_index = self._tasks.get(ep.tasks[0] if ep.tasks else "", len(self._tasks))
         index = index_values(T, k, self._frames, task_index, self.fps)
-        stats = {name: episode_stats(v) for name, v in index.items()}
+        stats = {name: compute_feature_stats(v, quantiles=False) for name, v in index.items()}
         cols: dict[str, pa.Array] = {}  # the hand columns, then the bookkeeping columns (info.json order)
         present = []
         for side in SIDES:
@@ -640,11 +642,11 @@ class EpisodeWriter:
                         f"NaN/inf at frame {frame}",
                     )
             cols[hand_column(side, "valid")] = pa.array(valid, pa.bool_())
-            stats[hand_column(side, "valid")] = episode_stats(valid.astype(np.float64))
+            stats[hand_column(side, "valid")] = compute_feature_stats(valid, quantiles=False)
             for f, a in arrays.items():
                 width = a.shape[1]
                 cols[hand_column(side, f)] = _fixed_list(a, width)
-                stats[hand_column(side, f)] = episode_stats(a[valid])
+                stats[hand_column(side, f)] = compute_feature_stats(a[valid], quantiles=False)
         cols |= index_columns(index)
         return T, cols, stats_row(stats), present
 
@@ -739,8 +741,10 @@ class EpisodeWriter:
             merged = merge_stats(parts)
             if merged is not None:
                 stats[name] = merged
-        atomic_write_json(self.root / STATS_STATE_PATH, {"episodes": n, "stats": stats})
-        atomic_write_json(self.root / STATS_PATH, stats)
+        atomic_write_json(
+            self.root / STATS_STATE_PATH, {"episodes": n, "stats": {k: v.to_dict() for k, v in stats.items()}}
+        )
+        write_stats(self.root, stats)
         self._stats, self._stats_n = stats, n
         sizes = sorted(self._video_sizes)
         set_totals(self.info, n, self._frames, len(self._tasks))
@@ -1036,15 +1040,14 @@ class EpisodeStore:
     def iter_episodes(self, with_video: bool = True, progress: bool = False) -> Iterator[Episode]:
         it = range(len(self))
         if progress:
-            from tqdm import tqdm
 
             it = tqdm(it, desc="episodes", unit="ep")
         for k in it:
             yield self.load_episode(k, with_video=with_video)
 
     # -- stats, summary, validation -------------------------------------------------------------------------
-    def stats(self) -> dict[str, dict[str, np.ndarray]]:
-        """Per-feature {min, max, mean, std, count} over the committed episodes (hand fields: valid frames)."""
+    def stats(self) -> dict[str, FeatureStats]:
+        """Per-feature min, max, mean, std and count over the committed episodes (hand fields: valid frames)."""
         n_stats, raw = _read_stats_state(self.root)
         if n_stats != len(self):  # a writer is running or was killed: merge the committed per-episode stats
             table, _ = _load_episode_rows(self.root, self.schema)
@@ -1054,7 +1057,7 @@ class EpisodeStore:
                 merged = merge_stats([row_stats(r, name) for r in rows])
                 if merged is not None:
                     raw[name] = merged
-        return {name: {s: np.asarray(v) for s, v in st.items()} for name, st in raw.items()}
+        return raw
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``handvla data stats``: episodes, frames, hours, per source/rig, hands, size on disk."""
@@ -1101,7 +1104,6 @@ class EpisodeStore:
         problems: list[str] = []
         it = range(len(self))
         if progress:
-            from tqdm import tqdm
 
             it = tqdm(it, desc="validate", unit="ep")
         for k in it:

@@ -52,7 +52,7 @@ def limits_rad(margin_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
 def _einsum(spec: str, a, b):
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
         return np.einsum(spec, a, b)
-    import torch
+    import torch  # only for torch inputs: the module itself stays numpy-only
 
     return torch.einsum(spec, torch.as_tensor(a).to(b.dtype) if isinstance(b, torch.Tensor) else a, b)
 

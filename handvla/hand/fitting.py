@@ -64,8 +64,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from pydantic import model_validator
+from scipy.sparse.linalg import splu
+from tqdm import tqdm
 
 from handvla.config import ConfigModel
 from handvla.errors import ConfigError, InputError
@@ -327,8 +330,6 @@ def lowpass(
 ) -> torch.Tensor:
     """The smoothing spline of each channel of (N, C): argmin |y - x|^2 + w_acc |acc(y)|^2 + w_vel |vel(y)|^2
     with the same finite differences as the smoothness terms; one sparse banded solve for all channels."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import splu
 
     n = x.shape[0]
     i1, i2 = inv_dt.double().numpy(), inv_dt2.double().numpy()
@@ -586,7 +587,6 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
     total_evals = _max_evals(cfg.global_iters) + _max_evals(cfg.iters)
     bar = None
     if progress is True:
-        from tqdm import tqdm
 
         bar = tqdm(total=total_evals, desc="fit", unit="eval", leave=False)
     done = [0]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from handvla.errors import InputError
+
 NUM_MANO_JOINTS = 16
 NUM_JOINTS = 21
 NUM_FINGER_JOINTS = 15
@@ -69,7 +71,6 @@ OPENPOSE_FINGERS = {
 def check_side(side: str) -> str:
     """Return ``side`` if it is 'left' or 'right', else raise a clear error."""
     if side not in SIDES:
-        from handvla.errors import InputError
 
         raise InputError(None, "side", "'left' or 'right'", repr(side))
     return side

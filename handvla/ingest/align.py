@@ -55,8 +55,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import yaml
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from handvla.camera import (
     CANONICAL_IMAGE_SIZE,
@@ -68,9 +69,11 @@ from handvla.camera import (
     warp_image,
     warp_to_canonical,
 )
+from handvla.config import ConfigModel
 from handvla.data.schema import Episode
 from handvla.errors import ConfigError, InputError
 from handvla.hand.motion import interp_points
+from handvla.video import iter_video
 
 X_MIRROR = np.array([-1.0, 1.0, 1.0])  # a point reflected through the x = 0 plane
 FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # 43.27 mm: what "35 mm equivalent" refers to
@@ -81,10 +84,8 @@ FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)  # 43.27 mm: what "35 mm equival
 # ---------------------------------------------------------------------------------------------------------
 
 
-class AlignConfig(BaseModel):
+class AlignConfig(ConfigModel):
     """The canonical camera and the stored image size (YAML section ``align``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     canonical_K: tuple[float, float, float, float] = Field(
@@ -203,12 +204,10 @@ def _with_provenance(
 # ---------------------------------------------------------------------------------------------------------
 
 
-class Intrinsics(BaseModel):
+class Intrinsics(ConfigModel):
     """A pinhole camera in pixels: fx (fy defaults to fx), cx, cy (default: the image centre), or ``K``
     (3x3), or a horizontal field of view ``hfov_deg``; ``width``/``height``: the image size these numbers
     are for (they are scaled to the episode's image size; default: the episode's)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     fx: float | None = Field(None, gt=0)
     fy: float | None = Field(None, gt=0)
@@ -247,22 +246,18 @@ class Intrinsics(BaseModel):
         return K
 
 
-class ExifConfig(BaseModel):
+class ExifConfig(ConfigModel):
     """Estimate intrinsics from EXIF when no entry matches: from the episode's first image frame, or
     ``image`` (a photo from the same camera). ``sensor_width_mm`` overrides what EXIF says."""
-
-    model_config = ConfigDict(extra="forbid")
 
     sensor_width_mm: float | None = Field(None, gt=0)
     image: str | None = None
 
 
-class IntrinsicsConfig(BaseModel):
+class IntrinsicsConfig(ConfigModel):
     """Intrinsics overrides of one source (YAML ``sources[i].intrinsics``). First match wins: ``per_key``
     (fnmatch patterns on the source's episode key), then ``file`` (a YAML/JSON mapping pattern ->
     intrinsics), then ``default``, then ``exif``; none: the adapter's camera is kept."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["auto", "metric", "weak_perspective"] = Field(
         "auto", description="auto: weak_perspective for kind rgb sources, metric otherwise"
@@ -309,7 +304,6 @@ def _cached_intrinsics_file(path: str, mtime_ns: int) -> dict[str, Intrinsics]:
 
 def load_intrinsics_file(path: str | Path) -> dict[str, Intrinsics]:
     """A YAML or JSON mapping of key patterns to intrinsics entries."""
-    import yaml
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -598,10 +592,8 @@ def timescale_episode(
 AUGMENTATIONS = ("mirror", "rotate", "timescale")
 
 
-class ViewBalanceConfig(BaseModel):
+class ViewBalanceConfig(ConfigModel):
     """View-invariant motion distribution balancing (YAML section ``balance``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
     target: Literal["uniform"] | dict[str, float] = Field(
@@ -720,7 +712,6 @@ def iter_frames_at(video: Any, indices: np.ndarray) -> Iterator[np.ndarray]:
             except (OSError, ValueError) as e:
                 raise InputError(video[i], None, "a readable image", f"{type(e).__name__}: {e}") from None
         return
-    from handvla.video import iter_video
 
     if idx.size == 0:
         return

@@ -43,10 +43,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import torch
+from pydantic import Field, model_validator
+from tqdm import tqdm
 
 from handvla.atomic import atomic_write_text
-from handvla.config import load_config
+from handvla.config import ConfigModel, load_config
+from handvla.data.store import EpisodeStore, EpisodeWriter
 from handvla.errors import ConfigError, HandvlaError, InputError
 from handvla.ingest.align import (
     AlignConfig,
@@ -59,7 +62,9 @@ from handvla.ingest.align import (
     balance_plan,
     iter_frames_at,
 )
+from handvla.ingest.sources import SOURCES, get_source
 from handvla.ingest.standardize import StandardizeConfig, standardize_episode
+from handvla.video import write_video
 
 REPORT_NAME = "build_report.jsonl"
 SUMMARY_NAME = "build_summary.json"
@@ -71,10 +76,8 @@ TMP_PREFIX = ".build_tmp"
 # ---------------------------------------------------------------------------------------------------------
 
 
-class SourceConfig(BaseModel):
+class SourceConfig(ConfigModel):
     """One dataset to ingest (YAML ``sources[i]``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="adapter name (handvla.ingest.sources.SOURCES)")
     root: str = Field(description="the dataset folder in its native layout")
@@ -88,7 +91,6 @@ class SourceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
-        from handvla.ingest.sources import SOURCES
 
         if self.name not in SOURCES:
             raise ValueError(f"unknown source {self.name!r}; expected one of {', '.join(sorted(SOURCES))}")
@@ -103,10 +105,8 @@ class SourceConfig(BaseModel):
         return self.label or self.name
 
 
-class BuildConfig(BaseModel):
+class BuildConfig(ConfigModel):
     """A build (YAML file given to ``handvla data build --config``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     hand_model: Literal["builtin", "mano"] = "builtin"
     mano_dir: str | None = None
@@ -191,7 +191,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def _source(sc: SourceConfig, mano_dir: str | None):
-    from handvla.ingest.sources import get_source
 
     return get_source(sc.name, mano_dir=mano_dir, **sc.options)
 
@@ -244,7 +243,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(cfg_json: str, tmp_dir: str) -> None:
-    import torch
 
     torch.set_num_threads(1)
     _WORKER.clear()
@@ -281,7 +279,6 @@ def process_job(job: Job) -> JobResult:
 
 
 def _process(job: Job, cfg: BuildConfig, written: list[Path]) -> JobResult:
-    from handvla.video import write_video
 
     sc = cfg.sources[job.source_pos]
     cache = _WORKER["sources"]
@@ -386,9 +383,7 @@ def build(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run a build into the store at ``out_dir`` (created or resumed). Returns the summary."""
-    from tqdm import tqdm
 
-    from handvla.data.store import EpisodeWriter
 
     out = Path(out_dir)
     t_start = time.perf_counter()
@@ -500,9 +495,7 @@ def merge_stores(out_dir: str | Path, inputs: list[str | Path], progress: bool =
     episode's provenance; episodes without it follow, in input order). Parquet data is rewritten, mp4
     files are copied as they are. Keys already in ``out_dir`` are skipped (resumable); a key present in
     two inputs is taken once (from the first)."""
-    from tqdm import tqdm
 
-    from handvla.data.store import EpisodeStore, EpisodeWriter
 
     if not inputs:
         raise ConfigError("merge: give at least one input store")

@@ -55,8 +55,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from numpy.lib.stride_tricks import sliding_window_view
+from pydantic import Field
 
+from handvla.config import ConfigModel
 from handvla.data.schema import Episode
 from handvla.errors import InputError
 from handvla.hand import rotations as R
@@ -70,10 +72,8 @@ from handvla.hand.topology import SIDES
 Switch = Literal["auto", "on", "off"]
 
 
-class StandardizeConfig(BaseModel):
+class StandardizeConfig(ConfigModel):
     """Options of the standardisation step (YAML section ``standardize`` of a build config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     fps: float = Field(15.0, gt=0, description="motion rate of the output (Being-H0: 15)")
     max_gap_frames: int = Field(5, ge=0, description="gaps up to this many output frames are interpolated")
@@ -329,7 +329,6 @@ def _trend_prediction(vals: np.ndarray, valid: np.ndarray, step: int = 1) -> tup
         return pred, tested
     i = np.arange(2 * s, T - 2 * s)
     # all frames within +-2s valid: a sliding-window minimum of the valid mask
-    from numpy.lib.stride_tricks import sliding_window_view
 
     tested[i] = sliding_window_view(valid, 4 * s + 1).all(-1)
     v = vals

@@ -5,8 +5,8 @@
 - `modeling`: `HandVLAPolicyModel` (VLA backbone + proprioception projector + action queries + regression
   head; ``save_pretrained`` / ``from_pretrained``) and `HandVLAPolicy` (a loaded checkpoint behind the
   policy-server protocol).
-- `processing`: robot-feature statistics and the `Normalizer` (stored in checkpoints), the policy tokens,
-  and `PolicyProcessor` (observation / sample -> batch, predicted chunk -> robot units).
+- `processing`: the `Normalizer` of robot features (stored in checkpoints; the statistics it applies are
+  ``handvla.data.lerobot.FeatureStats``), the policy tokens, and `PolicyProcessor` (observation / sample -> batch, predicted chunk -> robot units).
 
 Training the policy is a robot job (``handvla.robot.posttrain``); serving and evaluating it too
 (``handvla.robot.server``, ``handvla.robot.evaluate``).
@@ -22,21 +22,15 @@ from handvla.policy.configuration import (
 from handvla.policy.modeling import HandVLAPolicy, HandVLAPolicyModel, PolicyOutput, resolve_device
 from handvla.policy.processing import (
     PROP_CONTEXT_TOKEN,
-    FeatureStats,
     Normalizer,
     PolicyProcessor,
     action_chunk_token,
     add_policy_tokens,
-    compute_feature_stats,
-    compute_stats,
-    load_dataset_stats,
-    stats_from_json,
 )
 
 __all__ = [
     "DEFAULT_PROMPT",
     "PROP_CONTEXT_TOKEN",
-    "FeatureStats",
     "HandVLAPolicy",
     "HandVLAPolicyModel",
     "LoraSettings",
@@ -46,11 +40,7 @@ __all__ = [
     "PolicyProcessor",
     "action_chunk_token",
     "add_policy_tokens",
-    "compute_feature_stats",
-    "compute_stats",
     "image_observation_names",
-    "load_dataset_stats",
     "load_policy_config",
     "resolve_device",
-    "stats_from_json",
 ]

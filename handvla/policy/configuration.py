@@ -23,17 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    computed_field,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, computed_field, field_validator, model_validator
 
 from handvla.atomic import read_json
+from handvla.config import ConfigModel, load_config
 from handvla.errors import CheckpointError, ConfigError
 
 POLICY_CONFIG_NAME = "policy_config.json"
@@ -76,10 +69,8 @@ def image_observation_names(image_keys: Sequence[str]) -> list[str]:
     return names
 
 
-class LoraSettings(BaseModel):
+class LoraSettings(ConfigModel):
     """LoRA adapters of the ``lora`` backbone mode (peft)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     rank: int = Field(16, gt=0)
     alpha: float = Field(32.0, gt=0)
@@ -88,12 +79,10 @@ class LoraSettings(BaseModel):
     vision: bool = Field(False, description="also adapt the vision tower (its attention / MLP linears)")
 
 
-class PolicyConfig(BaseModel):
+class PolicyConfig(ConfigModel):
     """Everything the policy needs besides weights, tokenizer and statistics (see the module doc).
     ``init_checkpoint`` or ``backbone`` wins over ``preset``; giving both of them is an error when the
     policy is built."""
-
-    model_config = ConfigDict(extra="forbid")
 
     format_version: int = POLICY_FORMAT_VERSION
     # -- how it is built and trained -----------------------------------------------------------------
@@ -208,11 +197,9 @@ def load_policy_config(path: str | Path) -> PolicyConfig:
             f"{path}: field 'format_version': expected {POLICY_FORMAT_VERSION}, got {raw.get('format_version')!r}"
         )
     try:
-        cfg = PolicyConfig.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or "init"
-        raise CheckpointError(f"{path}: field '{loc}': {first['msg']}") from None
+        cfg = load_config(PolicyConfig, base=raw, what=str(path))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
     for name in ("state_dim", "action_dim"):
         if getattr(cfg, name) is None:
             raise CheckpointError(f"{path}: field '{name}': Field required")

@@ -72,6 +72,9 @@ from handvla.policy.processing import (
     add_policy_tokens,
     check_policy_tokens,
 )
+from handvla.vla.configuration import HandVLAConfig
+from handvla.vla.processing import HandVLAProcessor
+from handvla.vla.text_tokenizer import load_text_tokenizer
 
 HEAD_WEIGHTS_NAME = "policy_head.safetensors"
 MOTION_TOKENIZER_DIR = "motion_tokenizer"
@@ -150,7 +153,6 @@ class HandVLAPolicyModel(nn.Module):
         VLA's image tiles per camera to ``config.max_tiles`` (None: keep the VLA's setting), draws the new
         heads with ``config.seed``. What trains is set afterwards with `apply_backbone_mode`."""
         # transformers: see the import note in from_pretrained
-        from handvla.vla.processing import HandVLAProcessor
 
         seed = config.seed
         vla_cfg = bundle.model.config
@@ -372,9 +374,6 @@ class HandVLAPolicyModel(nn.Module):
         # and processing (robot data tools, the policy client's tests) without ever loading a model
         from transformers import InternVLModel
 
-        from handvla.vla.configuration import HandVLAConfig
-        from handvla.vla.processing import HandVLAProcessor
-        from handvla.vla.text_tokenizer import load_text_tokenizer
 
         path = Path(path)
         if not path.is_dir():

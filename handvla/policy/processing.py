@@ -11,14 +11,9 @@ unnormalised with the same statistics.
 Policy tokens: ``<PROP_CONTEXT>`` (the state's slot) and ``<ACTION_CHUNK_0..Na-1>`` (the action queries),
 added to the text tokenizer as special tokens with contiguous ids (``add_policy_tokens``).
 
-Normalisation of robot features (state, action): statistics, the per-feature mode, and how they travel.
-Statistics per feature (each an array over the feature's last axis, float64): ``mean``, ``std``
-(population), ``min``, ``max``, the quantiles ``q01 q10 q50 q90 q99`` and ``count`` (frames). They are
-computed once from a dataset with ``compute_stats``. Quantiles are exact: ``numpy.quantile`` with linear
-interpolation between order statistics over every frame (LeRobot approximates them with 5000-bin
-histograms; robot datasets are small enough to sort, and exact values make the stats reproducible).
-Only when a feature has more than ``max_frames`` frames (default: no limit) are the quantiles taken over
-an evenly strided subset of ``max_frames`` frames (deterministic); mean, std, min and max always use all.
+Normalisation of robot features (state, action): the per-feature mode, applied with the feature's
+statistics (``handvla.data.lerobot.FeatureStats``: min, max, mean, std, the quantiles ``q01 .. q99`` and
+count, from a dataset's meta/stats.json or computed with ``compute_stats``), and how they travel.
 
 Modes (chosen per feature, as in LeRobot's ``NormalizationMode``):
 - ``mean_std``:  (x - mean) / std
@@ -52,128 +47,19 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from tokenizers import AddedToken
 
-from handvla.atomic import atomic_write_bytes, atomic_write_json
-from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
+from handvla.atomic import atomic_write_bytes, atomic_write_json, read_json
+from handvla.data.lerobot import BASE_STATS, QUANTILES, FeatureStats, compute_stats
+from handvla.errors import CheckpointError, ConfigError, InputError
 from handvla.policy.configuration import POLICY_CONFIG_NAME, PolicyConfig
+from handvla.vla.processing import IMAGE_PLACEHOLDER
 
 PROP_CONTEXT_TOKEN = "<PROP_CONTEXT>"
 NormMode = Literal["mean_std", "min_max", "quantile", "identity"]
 MODES: tuple[str, ...] = get_args(NormMode)
-QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
-STAT_NAMES = ("mean", "std", "min", "max", *QUANTILES)
 NORM_FORMAT_VERSION = 1
 SAFETENSORS_NAME = "normalization.safetensors"
 JSON_NAME = "normalization.json"
 DEFAULT_EPS = 1e-6
-
-
-# ---------------------------------------------------------------------------------------------------------
-# statistics
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FeatureStats:
-    """Statistics of one feature over the last axis; every array has shape ``shape`` (float64)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    min: np.ndarray
-    max: np.ndarray
-    q01: np.ndarray
-    q10: np.ndarray
-    q50: np.ndarray
-    q90: np.ndarray
-    q99: np.ndarray
-    count: int
-
-    def __post_init__(self) -> None:
-        shape = None
-        for name in STAT_NAMES:
-            a = np.asarray(getattr(self, name), np.float64)
-            if a.ndim == 0:
-                a = a.reshape(1)
-            if shape is None:
-                shape = a.shape
-            if a.shape != shape:
-                raise InputError("FeatureStats", name, f"shape {shape} like 'mean'", str(a.shape))
-            setattr(self, name, a)
-        self.count = int(self.count)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.mean.shape
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (LeRobot's stats.json layout: each statistic a list, ``count`` a one-element list)."""
-        d: dict[str, Any] = {k: getattr(self, k).tolist() for k in STAT_NAMES}
-        d["count"] = [self.count]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "stats") -> FeatureStats:
-        missing = [k for k in ("mean", "std", "min", "max") if k not in d]
-        if missing:
-            raise InputError(where, missing[0], "mean, std, min and max of the feature", "missing")
-        vals = {}
-        for k in STAT_NAMES:
-            v = d.get(k)
-            if v is None:  # stats written without quantiles (older LeRobot): quantile mode will refuse them
-                v = np.full(np.shape(d["mean"]) or (1,), np.nan)
-            vals[k] = np.asarray(v, np.float64).reshape(-1)
-        count = d.get("count", [0])
-        count = int(np.asarray(count).reshape(-1)[0]) if np.size(count) else 0
-        return cls(**vals, count=count)
-
-
-def compute_feature_stats(values: np.ndarray, max_frames: int | None = None) -> FeatureStats:
-    """Statistics of ``values`` (N, ...) over the frames axis (0), per remaining element (flattened).
-
-    A scalar feature (N,) gives shape (1,) statistics, like LeRobot's scalar features."""
-    v = np.asarray(values)
-    if v.ndim == 0 or v.shape[0] == 0:
-        raise InputError("compute_feature_stats", "values", "at least one frame (N >= 1, ...)", str(v.shape))
-    v = v.reshape(v.shape[0], -1).astype(np.float64, copy=False)
-    if not np.isfinite(v).all():
-        row = int(np.argmax(~np.isfinite(v).all(axis=1)))
-        raise InputError("compute_feature_stats", "values", "finite values", f"NaN/inf at frame {row}")
-    n = v.shape[0]
-    qv = v
-    if max_frames is not None and n > max_frames:
-        qv = v[np.linspace(0, n - 1, int(max_frames)).round().astype(np.int64)]
-    qs = np.quantile(qv, list(QUANTILES.values()), axis=0, method="linear")
-    return FeatureStats(
-        mean=v.mean(0),
-        std=v.std(0),
-        min=v.min(0),
-        max=v.max(0),
-        **{k: qs[i] for i, k in enumerate(QUANTILES)},
-        count=n,
-    )
-
-
-def compute_stats(arrays: Mapping[str, np.ndarray], max_frames: int | None = None) -> dict[str, FeatureStats]:
-    """{feature: (N, ...) values} -> {feature: FeatureStats}."""
-    out = {}
-    for name, a in arrays.items():
-        try:
-            out[name] = compute_feature_stats(a, max_frames)
-        except InputError as e:
-            raise InputError(f"feature '{name}'", e.field, e.expected, e.got) from None
-    return out
-
-
-def stats_from_json(obj: Mapping[str, Any], where: str = "stats.json") -> dict[str, FeatureStats]:
-    """LeRobot's stats.json layout ({feature: {stat: list}}) -> {feature: FeatureStats}. Image stats
-    (shape (3, 1, 1)) are flattened like any other."""
-    if not isinstance(obj, Mapping):
-        raise InputError(where, None, "a JSON object {feature: {stat: values}}", type(obj).__name__)
-    out = {}
-    for name, d in obj.items():
-        if not isinstance(d, Mapping):
-            raise InputError(where, name, "an object of statistics", type(d).__name__)
-        out[name] = FeatureStats.from_dict(d, f"{where}: feature '{name}'")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,12 +101,13 @@ class Normalizer:
                 raise ConfigError(f"normalisation mode of '{name}' must be one of {MODES}, got {mode!r}")
             if name not in self.stats:
                 raise ConfigError(f"normalisation mode given for '{name}', which has no statistics")
+            q01, q99 = self.stats[name].q01, self.stats[name].q99
             if mode == "quantile" and not (
-                np.isfinite(self.stats[name].q01).all() and np.isfinite(self.stats[name].q99).all()
+                q01 is not None and q99 is not None and np.isfinite(q01).all() and np.isfinite(q99).all()
             ):
                 raise ConfigError(
                     f"'{name}' uses quantile normalisation but its statistics have no q01/q99 "
-                    "(recompute them with handvla.policy.processing.compute_stats)"
+                    "(recompute them with handvla.data.lerobot.compute_stats)"
                 )
         if not (math.isfinite(self.eps) and self.eps > 0):
             raise ConfigError(f"eps must be a positive number, got {self.eps!r}")
@@ -302,9 +189,9 @@ class Normalizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tensors = {
-            f"{name}/{k}": np.ascontiguousarray(getattr(s, k))
+            f"{name}/{k}": np.ascontiguousarray(a)
             for name, s in self.stats.items()
-            for k in STAT_NAMES
+            for k, a in s.arrays().items()
         }
         tensors |= {f"{name}/count": np.asarray([s.count], np.int64) for name, s in self.stats.items()}
         meta = {"format_version": str(NORM_FORMAT_VERSION), "modes": json.dumps(self.modes, sort_keys=True)}
@@ -323,14 +210,11 @@ class Normalizer:
                 raise CheckpointError(
                     f"{p}: normalisation statistics missing (expected {SAFETENSORS_NAME} and {JSON_NAME})"
                 )
-        try:
-            meta = json.loads(js_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{js_path}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format_version") != NORM_FORMAT_VERSION:
+        meta = read_json(js_path, dict, CheckpointError)
+        if meta.get("format_version") != NORM_FORMAT_VERSION:
             raise CheckpointError(
                 f"{js_path}: field 'format_version': expected {NORM_FORMAT_VERSION}, got "
-                f"{meta.get('format_version') if isinstance(meta, dict) else type(meta).__name__!r}"
+                f"{meta.get('format_version')!r}"
             )
         try:
             tensors = st_load(st_path.read_bytes())
@@ -342,12 +226,13 @@ class Normalizer:
         stats, modes, names = {}, {}, {}
         for name, f in feats.items():
             try:
-                vals = {k: tensors[f"{name}/{k}"] for k in STAT_NAMES}
+                vals = {k: tensors[f"{name}/{k}"] for k in BASE_STATS}
                 count = int(tensors[f"{name}/count"][0])
             except KeyError as e:
                 raise CheckpointError(
                     f"{st_path}: tensor {e.args[0]!r} missing (listed in {js_path.name})"
                 ) from None
+            vals |= {k: tensors[f"{name}/{k}"] for k in QUANTILES if f"{name}/{k}" in tensors}
             s = FeatureStats(**vals, count=count)
             if list(s.shape) != list(f.get("shape", [])):
                 raise CheckpointError(
@@ -372,18 +257,6 @@ class Normalizer:
         if not (d / SAFETENSORS_NAME).exists() and not (d / JSON_NAME).exists():
             return None
         return cls.load(d)
-
-
-def load_dataset_stats(path: str | Path) -> dict[str, FeatureStats]:
-    """Read a LeRobot ``meta/stats.json`` (MissingResourceError naming the file if absent)."""
-    p = Path(path)
-    if not p.is_file():
-        raise MissingResourceError(f"{p}: dataset statistics not found (meta/stats.json)")
-    try:
-        obj = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(p, None, "valid JSON", str(e)) from None
-    return stats_from_json(obj, str(p))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -457,9 +330,8 @@ class PolicyProcessor:
 
     def prompt(self, task: str | None) -> str:
         """The user turn for ``task`` (default: the config's ``default_task``)."""
-        # why here: importing handvla.vla loads transformers (seconds); the robot data tools import this
-        # module for its statistics and never build a prompt
-        from handvla.vla.processing import IMAGE_PLACEHOLDER
+        # why here: importing handvla.vla loads transformers (seconds); the policy package (its Normalizer,
+        # its config) loads without it, and only building a prompt needs it
 
         task = (task if task is not None else self.config.default_task).strip().rstrip(".")
         n = len(self.config.image_keys)
@@ -570,15 +442,10 @@ class PolicyProcessor:
 __all__ = [
     "MODES",
     "PROP_CONTEXT_TOKEN",
-    "FeatureStats",
     "NormMode",
     "Normalizer",
     "PolicyProcessor",
     "action_chunk_token",
     "add_policy_tokens",
     "check_policy_tokens",
-    "compute_feature_stats",
-    "compute_stats",
-    "load_dataset_stats",
-    "stats_from_json",
 ]

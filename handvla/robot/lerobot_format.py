@@ -1,7 +1,7 @@
 """Robot datasets in LeRobot's v3.0 layout: read real LeRobot datasets, write our own (tests, simulator).
 
-The layout, metadata IO, per-episode statistics and writer lock are ``handvla.data.lerobot`` (shared with
-the human-hand episode store); what is particular to robot datasets (``DIR`` = the dataset; facts checked
+The layout, metadata IO, statistics and writer lock are ``handvla.data.lerobot`` (shared with the
+human-hand episode store); what is particular to robot datasets (``DIR`` = the dataset; facts checked
 against LeRobot's ``dataset_reader.py`` and ``dataset_writer.py``)::
 
     meta/stats.json         {feature: {min, max, mean, std, count, q01, q10, q50, q90, q99}}
@@ -40,37 +40,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from handvla import video as V
-from handvla.atomic import atomic_write_json, atomic_write_parquet
+from handvla.atomic import atomic_write_parquet
 from handvla.data.lerobot import (
     DATA_PATH,
     DEFAULT_CHUNK_SIZE,
     EPISODES_DIR,
     INDEX_FEATURES,
     INFO_PATH,
-    STATS_PATH,
     VIDEO_PATH,
+    FeatureStats,
     WriterLock,
     check_not_foreign,
     checked_fps,
     chunk_file,
+    compute_feature_stats,
     episode_files,
-    episode_stats,
     index_columns,
     index_features,
     index_values,
     new_info,
     read_info,
     read_parquet,
+    read_stats,
     read_tasks,
     remove_leftovers,
     set_totals,
     stats_row,
     write_episodes,
     write_info,
+    write_stats,
     write_tasks,
 )
 from handvla.errors import ConfigError, InputError, MissingResourceError
-from handvla.policy.processing import FeatureStats, compute_feature_stats, load_dataset_stats
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -344,7 +345,7 @@ class RobotDataset:
     def stats(self) -> dict[str, FeatureStats]:
         """meta/stats.json (MissingResourceError naming the file if the dataset has none)."""
         if self._stats is None:
-            self._stats = load_dataset_stats(self.root / STATS_PATH)
+            self._stats = read_stats(self.root)
         return self._stats
 
     def feature_names(self, name: str) -> list[str] | None:
@@ -398,7 +399,7 @@ class RobotDataset:
         return self.frames(key, k, i, i + 1)[0]
 
     def _image_frames(self, key: str, k: int, start: int, stop: int) -> np.ndarray:
-        from PIL import Image
+        from PIL import Image  # only image-file (not video) features need it
 
         path = self.data_path(k)
         t = read_parquet(path, columns=[key, "index"])
@@ -530,7 +531,7 @@ class ActionChunkDataset:
         return len(self._rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
+        import torch  # only the torch Dataset view needs it: reading and writing robot data does not
 
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} frames")
@@ -766,7 +767,7 @@ class RobotDatasetWriter:
                 f"videos/{name}/to_timestamp": (self._video_frames + T) / self.fps,
             }
         row |= {"meta/episodes/chunk_index": chunk, "meta/episodes/file_index": file}
-        row |= stats_row({name: episode_stats(a) for name, a in ep_stats.items()})
+        row |= stats_row({name: compute_feature_stats(a, quantiles=False) for name, a in ep_stats.items()})
         self._video_frames += T
         self._n_frames += T
         self._buffer.append({"row": row, "table": pa.table(cols)})
@@ -807,8 +808,7 @@ class RobotDatasetWriter:
                 cols.setdefault(name, []).append(
                     _column_to_numpy(t.column(name), _feature_width(self.features[name]), str(f), name)
                 )
-        stats = {name: compute_feature_stats(np.concatenate(v)).to_dict() for name, v in cols.items()}
-        atomic_write_json(self.root / STATS_PATH, stats)
+        write_stats(self.root, {name: compute_feature_stats(np.concatenate(v)) for name, v in cols.items()})
 
     def close(self) -> None:
         if self._closed:

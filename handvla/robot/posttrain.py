@@ -29,19 +29,17 @@ Motion-pretrained vs plain backbone at equal budget is two configs differing in 
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from safetensors.torch import load_file
 
-from handvla.atomic import atomic_dir, atomic_write_text
-from handvla.config import load_config
+from handvla.atomic import atomic_write_text
+from handvla.config import ConfigModel, load_config
 from handvla.data.lerobot import INFO_PATH, STATS_PATH
 from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.policy.configuration import BUILT_FIELDS, DEFAULT_CHUNK_SIZE, PolicyConfig
@@ -51,19 +49,15 @@ from handvla.robot.evaluate import evaluate_open_loop
 from handvla.robot.lerobot_format import ACTION_KEY, STATE_KEY, ActionChunkDataset, RobotDataset
 from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
-from handvla.vla.modeling import build_vla, load_vla, vla_from_backbone
-from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
+from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_summary
 
 FINAL_DIR = "final"
 NORM_DIR = "normalization"
-TEXT_TOKENIZER_DIR = "text_tokenizer"
 SUMMARY_NAME = "posttrain_summary.json"
 
 
-class PosttrainDataConfig(BaseModel):
+class PosttrainDataConfig(ConfigModel):
     """The robot dataset (YAML section ``data``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(..., description="LeRobot v3.0 dataset folder")
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, gt=0, description="Na: actions predicted per observation")
@@ -90,20 +84,16 @@ class PosttrainDataConfig(BaseModel):
         return [v] if isinstance(v, str) else v
 
 
-class PosttrainEvalConfig(BaseModel):
+class PosttrainEvalConfig(ConfigModel):
     """Validation (YAML section ``eval``; ``train.eval_every`` sets the period)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     val_samples: int = Field(256, ge=0, description="held-out frames for the periodic validation error")
     val_batch_size: int = Field(16, gt=0)
     open_loop_samples: int = Field(200, ge=0, description="held-out frames for the final open-loop eval")
 
 
-class PosttrainConfig(BaseModel):
+class PosttrainConfig(ConfigModel):
     """The whole ``handvla posttrain`` configuration."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: PosttrainDataConfig
     model: PolicyConfig = Field(default_factory=PolicyConfig)
@@ -223,32 +213,6 @@ class PolicyTrainDataset:
 # ---- model ------------------------------------------------------------------------------------------
 
 
-def _dtype(name: str | None):
-    return None if name is None else getattr(torch, name)
-
-
-def load_vla_bundle(m: PolicyConfig, corpus: list[str], out_dir: Path, is_main: bool, barrier):
-    """The VLA to start from (``m.init``): a handvla checkpoint, an InternVL3 backbone, or a random preset
-    (whose BPE text tokenizer is trained on the default corpus plus the task texts, saved under
-    ``out_dir/text_tokenizer`` by rank 0 and reused on resume)."""
-    if m.init_checkpoint and m.backbone:
-        raise ConfigError("model: give one of init_checkpoint and backbone (got both)")
-    if m.init_checkpoint:
-        return load_vla(m.init_checkpoint, dtype=_dtype(m.dtype), load_motion_tokenizer=False)
-    if m.backbone:
-        return vla_from_backbone(m.backbone, dtype=_dtype(m.dtype), seed=m.seed)
-    if not m.preset:
-        raise ConfigError("model: give an init_checkpoint, a backbone or a preset")
-    tok_dir = out_dir / TEXT_TOKENIZER_DIR
-    if is_main and not (tok_dir / "tokenizer.json").is_file():
-        tok = build_text_tokenizer(list(DEFAULT_CORPUS) + list(corpus), vocab_size=m.text_vocab_size)
-        with atomic_dir(tok_dir) as tmp:
-            tok.save_pretrained(str(tmp))
-    barrier()
-    tok = load_text_tokenizer(tok_dir)
-    return build_vla(m.preset, tokenizer=tok, seed=m.seed, dtype=_dtype(m.dtype))
-
-
 def policy_config_from_dataset(
     ds, cfg: PosttrainConfig, image_keys: list[str], image_shapes: list[list[int]], tasks: list[str]
 ) -> PolicyConfig:
@@ -280,7 +244,9 @@ def _camera_shapes(ds, keys: list[str]) -> list[list[int]]:
 
 
 def build_policy(cfg: PosttrainConfig, ds, normalizer, out_dir: Path, is_main: bool, barrier):
-    """The `HandVLAPolicyModel` to train (same result on every rank and on every resume)."""
+    """The `HandVLAPolicyModel` to train (same result on every rank and on every resume), on the VLA
+    ``cfg.model`` names (`load_initial_vla`; a random preset's text tokenizer is trained on the task texts
+    too)."""
     d, m = cfg.data, cfg.model
     cams = list(ds.video_keys + ds.image_keys) if d.image_keys is None else list(d.image_keys)
     for k in cams:
@@ -289,7 +255,7 @@ def build_policy(cfg: PosttrainConfig, ds, normalizer, out_dir: Path, is_main: b
                 ds.root / INFO_PATH, f"features.{k}", "a video or image feature (data.image_keys)", "missing"
             )
     tasks = [t for t in ds.tasks if t]
-    bundle = load_vla_bundle(m, tasks + ([d.task] if d.task else []), out_dir, is_main, barrier)
+    bundle = load_initial_vla(m, tasks + ([d.task] if d.task else []), out_dir, is_main, barrier)
     pcfg = policy_config_from_dataset(ds, cfg, cams, _camera_shapes(ds, cams), tasks)
     model = HandVLAPolicyModel.from_vla(bundle, pcfg)
     if m.init_checkpoint and (Path(m.init_checkpoint) / MOTION_TOKENIZER_DIR).is_dir():
@@ -299,11 +265,6 @@ def build_policy(cfg: PosttrainConfig, ds, normalizer, out_dir: Path, is_main: b
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.normalizer = normalizer
     return model
-
-
-def _layer_types(model) -> tuple[type, ...]:
-    names = {"Qwen2DecoderLayer", "Qwen3DecoderLayer", "InternVLVisionLayer"}
-    return tuple({type(mod) for mod in model.modules() if type(mod).__name__ in names})
 
 
 # ---- loss and validation ------------------------------------------------------------------------------
@@ -336,18 +297,6 @@ def validation_error(
         tot_w += w
     model.train(was)
     return {"val_l1": tot_l1 / max(tot_w, 1.0), "val_mse": tot_mse / max(tot_w, 1.0)}
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if hasattr(x, "item"):
-        return x.item()
-    return x
 
 
 # ---- the run ----------------------------------------------------------------------------------------
@@ -395,7 +344,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
         collate_fn=train_set.collate,
         loss_fn=policy_loss,
         eval_fn=eval_fn,
-        layer_types=_layer_types(model),
+        layer_types=backbone_layer_types(model),
         dist=info,
     )
     result = trainer.train(resume=resume)
@@ -442,7 +391,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
             )
             summary["open_loop_val"] = ol.to_dict()
         summary["minutes"] = (time.time() - t0) / 60
-        atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(_jsonable(summary), indent=2))
+        write_summary(out_dir / SUMMARY_NAME, summary)
     barrier(info)
     return summary
 

@@ -26,6 +26,7 @@ from handvla.atomic import atomic_write_bytes
 from handvla.config import ConfigModel, load_config
 from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.hand.features import FEATURE_SETS, feature_spec
+from handvla.tokenizer.layout import ID_LAYOUTS, TOKEN_ORDERS
 
 #: bumped when the checkpoint layout changes in a way older code cannot read
 FORMAT_VERSION = 1
@@ -155,9 +156,6 @@ class TokenizerConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _check(self) -> TokenizerConfig:
-        # handvla.tokenizer.layout (the home of the id layouts and token orders) imports this module
-        from handvla.tokenizer.layout import ID_LAYOUTS, TOKEN_ORDERS
-
         _check((self.alpha & (self.alpha - 1)) == 0, "alpha", "a power of 2 (1, 2, 4, ...)", self.alpha)
         fpb = self.fps * self.seconds_per_block
         _check(
@@ -318,6 +316,37 @@ class TokenizerTrainConfig(ConfigModel):
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "tiny": {"width": 32, "code_dim": 32, "codebook_size": 64, "res_depth": 2, "kmeans_iters": 2},
+    # Being-H0's released GRVQ-8K tokenizer (handvla.tokenizer.being_h0 loads its weights): 512 codes per
+    # codebook, one id range per residual layer (8192 ids), per-dimension normalisation, conv-only networks
+    # with PyTorch's init, random codebooks with EMA decay 0.8 and no dead-code reset, D162 whose joint
+    # block is wrist-centred in camera orientation (a MANO layer centred on the wrist)
+    "being-h0-grvq-8k": {
+        "features": "D162",
+        "joints_frame": "camera",
+        "part_level": True,
+        "fps": 15.0,
+        "seconds_per_block": 1.0,
+        "alpha": 4,
+        "width": 512,
+        "code_dim": 512,
+        "res_depth": 3,
+        "dilation_growth": 3,
+        "groups": 2,
+        "residual_layers": 8,
+        "codebook_size": 512,
+        "id_layout": "per_layer",
+        "token_order": "group_time_layer",
+        "zero_init_residual": False,
+        "init": "torch",
+        "normalization": "dim",
+        "field_weights": {},
+        "linear_skip": False,
+        "commitment_weight": 0.02,
+        "kmeans_init": False,
+        "ema_decay": 0.8,
+        "dead_code_threshold": 0.0,
+        "hand_model": "mano",
+    },
 }
 #: training settings that go with each preset (a test-sized run for 'tiny')
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -333,6 +362,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "log_every": 5,
         "lr": 5e-3,
     },
+    "being-h0-grvq-8k": {},
 }
 
 

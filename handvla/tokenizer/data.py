@@ -25,12 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from handvla.atomic import atomic_write_bytes
 from handvla.errors import InputError, MissingResourceError
+from handvla.hand import fitting
 from handvla.hand import rotations as R
 from handvla.hand.features import FeatureNormalizer, FeatureSpec, motion_to_features
+from handvla.hand.fitting import fit_recording
+from handvla.hand.io import load_any, load_joints, load_motion, save_motion
 from handvla.hand.motion import HandMotion
 from handvla.hand.registry import shared_hand_model
+from handvla.synth.builtin_motion import generate_dataset
 from handvla.tokenizer.configuration import TokenizerConfig
 from handvla.tokenizer.modeling import fill_invalid
 
@@ -78,7 +84,6 @@ def expand_paths(sources: list[str]) -> list[str]:
 
 
 def _fit_cache_key(path: str, fps: float) -> str:
-    from handvla.hand import fitting
 
     h = hashlib.sha256(Path(path).read_bytes())
     h.update(f"fps={fps}".encode())
@@ -89,8 +94,6 @@ def _fit_cache_key(path: str, fps: float) -> str:
 
 def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) -> LoadedMotion:
     """A joint recording -> resampled to ``fps`` -> fitted ``HandMotion`` (cached under ``fit_cache``)."""
-    from handvla.hand.fitting import fit_recording
-    from handvla.hand.io import load_joints, load_motion, save_motion
 
     rec = load_joints(path).resample(fps)
     name = Path(path).stem
@@ -108,7 +111,6 @@ def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) 
         res = fit_recording(rec)
         motion, palm, fit_mm = res.motion, res.palm_offset, float(res.fit_mpjpe_mm)
         if cache_file is not None:
-            from handvla.atomic import atomic_write_bytes
 
             save_motion(cache_file, motion)
             meta = {
@@ -130,7 +132,6 @@ def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) 
 
 def load_motion_file(path: str, fps: float, fit_cache: str | Path | None = None) -> LoadedMotion:
     """A joint file or a parameter file -> ``LoadedMotion`` at ``fps``."""
-    from handvla.hand.io import load_any
 
     loaded = load_any(path)
     if isinstance(loaded, HandMotion):
@@ -139,7 +140,6 @@ def load_motion_file(path: str, fps: float, fit_cache: str | Path | None = None)
 
 
 def builtin_motions(n_sequences: int, seconds: float, seed: int, fps: float) -> list[LoadedMotion]:
-    from handvla.synth.builtin_motion import generate_dataset
 
     motions = generate_dataset(n_sequences, seconds, seed=seed, fps=fps)
     return [LoadedMotion(f"builtin_{seed}_{i}", m, BUILTIN) for i, m in enumerate(motions)]
@@ -155,7 +155,6 @@ def load_sources(
     progress: bool = False,
 ) -> list[LoadedMotion]:
     """Every source -> motions at ``fps``. ``builtin`` expands to ``builtin_sequences`` sequences."""
-    from tqdm import tqdm
 
     out: list[LoadedMotion] = []
     paths = expand_paths(sources)

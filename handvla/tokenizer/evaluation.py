@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from handvla.hand import metrics as M
 from handvla.hand.motion import HandMotion
@@ -46,7 +47,6 @@ def evaluate_motions(
 ) -> dict[str, Any]:
     """Metrics over ``motions`` (see the module doc); also tokens per hand-second, codebook usage of
     the produced ids and encode / decode speed in frames per second."""
-    from tqdm import tqdm
 
     model.eval()
     layout = model.layout

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from handvla.errors import ConfigError, InputError
-from handvla.tokenizer.configuration import TokenizerConfig
+
+if TYPE_CHECKING:  # the config module reads this one's ID_LAYOUTS / TOKEN_ORDERS to validate itself
+    from handvla.tokenizer.configuration import TokenizerConfig
 
 #: orders of the ids inside one part's block: the axes from slowest- to fastest-varying
 TOKEN_ORDERS: dict[str, tuple[str, str, str]] = {

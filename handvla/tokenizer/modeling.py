@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 from torch import nn
 
 from handvla.atomic import atomic_write_bytes, read_json
@@ -764,7 +767,6 @@ class MotionTokenizer(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (weights, codebooks, normalisation stats)."""
-        from safetensors.torch import save as st_save
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -780,8 +782,6 @@ class MotionTokenizer(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> MotionTokenizer:
         """Load a folder written by ``save_pretrained``. Missing or corrupted files -> CheckpointError."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         directory = Path(directory)
         if not directory.is_dir():

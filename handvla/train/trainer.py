@@ -50,8 +50,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from tqdm.auto import tqdm
 
 from handvla.config import ConfigModel
 from handvla.errors import CheckpointError, ConfigError
@@ -304,7 +307,6 @@ class Trainer:
         return path
 
     def save_checkpoint(self) -> Path:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=opts)
@@ -322,7 +324,6 @@ class Trainer:
             tmp = self.ckpt_root / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            from safetensors.torch import save_file
 
             save_file(_unshare(model_sd), str(tmp / "model.safetensors"))
             torch.save(optim_sd, tmp / "optimizer.pt")
@@ -346,8 +347,6 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         try:
             state = json.loads((path / "trainer_state.json").read_text())
@@ -448,7 +447,6 @@ class Trainer:
         batches = self._batches()
         bar = None
         if cfg.progress and self.info.is_main:
-            from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         self.model.train()

@@ -29,9 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from handvla.data.store import EpisodeStore
 from handvla.errors import InputError
 from handvla.hand.motion import HandMotion
+from handvla.synth.handworld.episodes import DIRECTIONS, TEMPLATES
+from handvla.synth.handworld.scene import PALETTE, SHAPE_NOUNS
+from handvla.vla.data import in_split  # the train/validation split pretraining used
 
 #: what pretraining writes one folder above ``final/`` (``handvla.vla.pretrain.run_pretrain``)
 PRETRAIN_CONFIG_NAME = "pretrain_config.json"
@@ -85,8 +90,6 @@ def instruction_template(instruction: str, ground_truth: dict[str, Any] | None =
     (``ground_truth["task"]`` one of ``TEMPLATES``) the generator's template, as ``"task: template"``
     (e.g. ``"push: push the {obj} {dir}"``); otherwise the normalised text with hand phrases, direction
     phrases, colour words and object nouns replaced by ``{hand}``, ``{dir}``, ``{colour}``, ``{noun}``."""
-    from handvla.synth.handworld.episodes import DIRECTIONS, TEMPLATES
-    from handvla.synth.handworld.scene import PALETTE, SHAPE_NOUNS
 
     text = normalise_text(instruction)
     task = (ground_truth or {}).get("task")
@@ -227,7 +230,6 @@ class TrainingReference:
     def constant_text(self) -> str:
         """The input-free translation: the most frequent training target object ("the red cube", ties by
         first occurrence) and the most frequent direction phrase ("" when none)."""
-        from handvla.synth.handworld.episodes import DIRECTIONS
 
         objs = Counter(o for e in self.entries for o in e.objects)
         dirs = Counter(e.direction for e in self.entries if e.direction in DIRECTIONS)
@@ -272,19 +274,15 @@ def load_training_reference(
     """Read the training episodes (no video) of ``stores``; with ``val_fraction`` > 0 only the episodes in
     pretraining's training split (``handvla.vla.data``'s hash split by episode key). Episodes without an
     instruction or acting hands (ground truth) are left out."""
-    from tqdm.auto import tqdm
 
-    from handvla.data.store import EpisodeStore
 
-    if val_fraction > 0:
-        from handvla.vla.data import _in_split  # the split pretraining used
     if not stores:
         raise InputError("training reference", "train_stores", "at least one store folder", "none")
     entries = []
     for path in stores:
         st = EpisodeStore(path)
         for k in tqdm(range(len(st)), desc=f"train {Path(path).name}", unit="ep", disable=not progress):
-            if val_fraction > 0 and not _in_split(st.meta(k)["key"], val_fraction, "train"):
+            if val_fraction > 0 and not in_split(st.meta(k)["key"], val_fraction, "train"):
                 continue
             e = training_episode(str(path), k, st.load_episode(k, with_video=False))
             if e is not None:

@@ -53,12 +53,17 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from handvla.atomic import atomic_savez
 from handvla.camera import warp_to_canonical
+from handvla.config import ConfigModel
+from handvla.data.store import EpisodeStore
 from handvla.errors import ConfigError, InputError
+from handvla.language.instructions.build import read_manifest
+from handvla.language.instructions.sampling import InstructionBalanceConfig, balanced_sample
 from handvla.vla.processing import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -88,10 +93,8 @@ REQUIRED_RECORD_FIELDS = (
 )
 
 
-class VLADataConfig(BaseModel):
+class VLADataConfig(ConfigModel):
     """Where pretraining samples come from and how they are made (YAML section ``data``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     stores: list[str] = Field(default_factory=list, description="episode store folders (without a manifest)")
     manifest: str | None = Field(None, description="instruction manifest (.jsonl / .parquet); else episodes")
@@ -200,7 +203,7 @@ def default_image_size(processor: HandVLAProcessor) -> tuple[int, int]:
 # ---- samples --------------------------------------------------------------------------------------------
 
 
-def _in_split(key: str, val_fraction: float, split: str) -> bool:
+def in_split(key: str, val_fraction: float, split: str) -> bool:
     """Stable hash split by episode key: the same episode is in the same split in every process."""
     if split == "all" or val_fraction <= 0:
         return split != "val"
@@ -252,7 +255,6 @@ def _episode_candidates(
 
 
 def _open_stores(paths: Sequence[str | Path]) -> list:
-    from handvla.data.store import EpisodeStore
 
     return [EpisodeStore(p) for p in paths]
 
@@ -282,7 +284,7 @@ def collect_samples(
         fps = float(store.fps)
         for k in range(len(store)):
             row = store.meta(k)
-            if not _in_split(row["key"], cfg.val_fraction, split):
+            if not in_split(row["key"], cfg.val_fraction, split):
                 continue
             n_episodes += 1
             source = row["source"] or Path(cfg.stores[di]).name
@@ -294,7 +296,6 @@ def collect_samples(
                 pool.extend(specs)
     report: dict[str, Any] = {"episodes": n_episodes, "candidates": len(pool)}
     if cfg.size is not None and pool:
-        from handvla.language.instructions.sampling import InstructionBalanceConfig, balanced_sample
 
         sel, bal = balanced_sample(
             {k: np.asarray(v, np.int64) for k, v in strata.items()},
@@ -310,7 +311,6 @@ def collect_samples(
 
 
 def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec], list[str], dict[str, Any]]:
-    from handvla.language.instructions.build import read_manifest
 
     path = Path(cfg.manifest)
     records = read_manifest(path)
@@ -330,7 +330,7 @@ def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec],
         if r["task_type"] not in weights or r["hands"] not in cfg.hand_modes:
             skipped += 1
             continue
-        if not _in_split(str(r["episode_key"]), cfg.val_fraction, split):
+        if not in_split(str(r["episode_key"]), cfg.val_fraction, split):
             continue
         prompt = str(r["prompt"])
         if prompt.count(IMAGE_PLACEHOLDER) != 1:
@@ -449,7 +449,6 @@ class MotionTokenCache:
     def fill(self, needed: dict[tuple[int, int], set[tuple[int, int]]], progress: bool = False) -> int:
         """Tokenize the missing blocks. ``needed``: {(dataset, episode): {(first frame, side code)}}.
         Returns how many blocks were computed."""
-        from tqdm.auto import tqdm
 
         todo = {
             ep: sorted(b for b in blocks if (ep[0], ep[1], b[0], b[1]) not in self.blocks)

@@ -56,11 +56,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from handvla.data.store import EpisodeStore
 from handvla.errors import ConfigError, InputError
 from handvla.hand.metrics import mpjpe, mwte, pa_mpjpe
 from handvla.hand.motion import HandMotion
 from handvla.stats import rate_summary
+from handvla.synth.handworld.scene import SHAPE_NOUNS
 from handvla.vla.baselines import (
     TrainingReference,
     checkpoint_training_stores,
@@ -72,6 +75,7 @@ from handvla.vla.baselines import (
     names_object,
 )
 from handvla.vla.data import default_image_size, prepare_image
+from handvla.vla.diagnostics import final_wrist_positions
 from handvla.vla.generation import (
     MotionBlockConstraint,
     _generate,
@@ -80,6 +84,7 @@ from handvla.vla.generation import (
     predict_motion,
     translate_motion,
 )
+from handvla.vla.modeling import load_vla
 from handvla.vla.processing import generation_prompt, hands_for_mode
 
 
@@ -253,9 +258,7 @@ def evaluate_handworld(
     Returns {"summary": overall + ``per_rig`` + ``baselines`` (+ ``translation``, ``prediction``),
     "episodes": one row per episode, "translation_episodes", "prediction_episodes": their rows}.
     """
-    from tqdm.auto import tqdm
 
-    from handvla.data.store import EpisodeStore
 
     model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
     if mt is None:
@@ -562,7 +565,6 @@ def _evaluate_translation(
     """Motion -> text (greedy, `translate_motion`) for ``items`` (k, ep, mode, seconds, image, true motion
     ids (seconds, hands, ids_per_block)); scored on the episode's target objects and direction, next to a
     constant text (the training set's most frequent target object and direction)."""
-    from tqdm.auto import tqdm
 
     const_text = ref.constant_text() if ref is not None and len(ref) else None
     rows: list[dict[str, Any]] = []
@@ -634,7 +636,6 @@ def _evaluate_prediction(
     the frame at 1 s as the image, the next second generated; scored (MPJPE / MWTE, camera frame, mm)
     against the true second second, next to a constant-velocity continuation of the true history, the
     history's last pose held still, and the tokenizer floor (the true second second encoded + decoded)."""
-    from tqdm.auto import tqdm
 
     F = int(mt.config.frames_per_block)
     kinds = ("model", "constant_velocity", "hold_last", "tokenizer_floor")
@@ -685,7 +686,6 @@ def _evaluate_prediction(
 
 
 def _object_phrase(obj: dict[str, Any]) -> str:
-    from handvla.synth.handworld.scene import SHAPE_NOUNS
 
     return f"the {obj['colour']} {SHAPE_NOUNS.get(obj['shape'], obj['shape'])}"
 
@@ -710,8 +710,6 @@ def evaluate_counterfactual(
     Returns the two target accuracies with Wilson 95 % intervals, ``chance`` (mean 1 / objects),
     ``same_end_point_rate`` (both requests end nearest the same object) and per-request rows.
     """
-    from handvla.data.store import EpisodeStore
-    from handvla.vla.diagnostics import final_wrist_positions
 
     model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
     if mt is None:
@@ -836,7 +834,6 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load a VLA checkpoint and `evaluate_handworld` it on each named store. ``train_stores`` (default:
     the stores of the checkpoint's ``pretrain_config.json``, when found) fit the input-free baselines."""
-    from handvla.vla.modeling import load_vla
 
     bundle = load_vla(ckpt)
     vf, note = 0.0, None

@@ -32,10 +32,11 @@ from transformers import (
 )
 from transformers.models.internvl.modeling_internvl import InternVLCausalLMOutputWithPast
 
-from handvla.atomic import read_json
+from handvla.atomic import atomic_dir, read_json
 from handvla.errors import CheckpointError, ConfigError, MissingResourceError
 from handvla.tokenizer.configuration import TokenizerConfig
 from handvla.tokenizer.layout import TokenLayout, token_layout
+from handvla.tokenizer.loading import load_tokenizer
 from handvla.vla.configuration import HandVLAConfig
 from handvla.vla.processing import IGNORE_INDEX, HandVLAProcessor
 from handvla.vla.text_tokenizer import (
@@ -501,15 +502,6 @@ def _check_loading_info(path: Path, model: HandVLAForConditionalGeneration, info
         )
 
 
-def _motion_tokenizer_class():
-    """The motion tokenizer class (imported lazily: the VLA does not need it to run)."""
-    try:
-        from handvla.tokenizer.modeling import MotionTokenizer
-    except ImportError as e:
-        raise CheckpointError(f"the motion tokenizer package is not available ({e})") from e
-    return MotionTokenizer
-
-
 def save_vla(
     path: str | Path,
     bundle: VLABundle,
@@ -533,7 +525,6 @@ def save_vla(
             raise ConfigError(
                 f"save_vla: motion tokenizer layout {mt_layout} != model layout {model.config.motion_layout}"
             )
-    from handvla.atomic import atomic_dir
 
     had = model.config.has_motion_tokenizer
     try:
@@ -558,7 +549,7 @@ def load_vla(
 ) -> VLABundle:
     """Load a folder written by `save_vla`. A checkpoint whose config declares a motion tokenizer must hold
     ``motion_tokenizer/`` (CheckpointError otherwise); it is loaded with ``motion_tokenizer_loader``
-    (default ``MotionTokenizer.from_pretrained``) unless ``load_motion_tokenizer`` is False."""
+    (default ``handvla.tokenizer.loading.load_tokenizer``: any tokenizer class) unless ``load_motion_tokenizer`` is False."""
     path = Path(path)
     if not path.is_dir():
         raise MissingResourceError(f"{path}: VLA checkpoint folder not found")
@@ -606,7 +597,7 @@ def load_vla(
     model.eval()
     motion_tokenizer = None
     if config.has_motion_tokenizer and load_motion_tokenizer:
-        loader = motion_tokenizer_loader or _motion_tokenizer_class().from_pretrained
+        loader = motion_tokenizer_loader or load_tokenizer
         motion_tokenizer = loader(mt_dir)
         layout = getattr(motion_tokenizer, "layout", None)
         if layout is not None:

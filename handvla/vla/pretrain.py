@@ -23,31 +23,30 @@ filter would only drop useful tokens).
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+from safetensors.torch import load_file
 
-from handvla.config import load_config
+from handvla.config import ConfigModel, load_config
 from handvla.errors import CheckpointError, ConfigError
-from handvla.train.distributed import unwrap
+from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
+from handvla.vla.evaluate import evaluate_handworld
+from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_summary
+from handvla.vla.modeling import HandVLAForConditionalGeneration, VLABundle, save_vla
 
-TEXT_TOKENIZER_DIR = "text_tokenizer"
 FINAL_DIR = "final"
 SUMMARY_NAME = "pretrain_summary.json"
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(ConfigModel):
     """Which model to train (YAML section ``model``). Exactly one of preset / backbone / init_checkpoint."""
-
-    model_config = ConfigDict(extra="forbid")
 
     preset: str | None = Field("tiny", description="random init from a HandVLAConfig preset")
     preset_overrides: dict[str, Any] = Field(
@@ -87,10 +86,8 @@ class ModelConfig(BaseModel):
         return v
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(ConfigModel):
     """Evaluation during and after training (YAML section ``eval``; ``train.eval_every`` sets the period)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     val_samples: int = Field(64, ge=0, description="held-out samples for the validation loss (0: none)")
     val_batch_size: int = Field(8, gt=0)
@@ -105,10 +102,8 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(4, gt=0, description="generation batch size")
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(ConfigModel):
     """The whole ``handvla pretrain`` configuration."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: VLADataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -129,55 +124,20 @@ def load_pretrain_config(
 # ---- model ----------------------------------------------------------------------------------------------
 
 
-def _dtype(name: str | None):
-    return None if name is None else getattr(torch, name)
-
-
-def load_motion_tokenizer(path: str | Path):
-    from handvla.tokenizer.modeling import MotionTokenizer
-
-    return MotionTokenizer.from_pretrained(path)
-
-
 def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: bool, barrier) -> Any:
-    """The `VLABundle` to train. A random preset gets a BPE text tokenizer trained on the DEFAULT_CORPUS
-    plus ``corpus``, saved under ``out_dir/text_tokenizer`` by rank 0 and reused on resume (so token ids
-    never change between sessions)."""
-    from handvla.vla.modeling import build_vla, load_vla, vla_from_backbone
-    from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
-
+    """The `VLABundle` to train (`load_initial_vla`: a random preset's text tokenizer is trained on
+    ``corpus`` too), set up for this run's loss options and image alignment."""
     m = cfg.model
-    chosen = [n for n in ("backbone", "init_checkpoint") if getattr(m, n)]
-    if len(chosen) > 1:
-        raise ConfigError(f"model: give one of preset, backbone, init_checkpoint (got {', '.join(chosen)})")
-    mt = load_motion_tokenizer(m.motion_tokenizer) if m.motion_tokenizer else None
-    if m.init_checkpoint:
-        bundle = load_vla(m.init_checkpoint, dtype=_dtype(m.dtype), load_motion_tokenizer=mt is None)
-        if mt is not None:
-            bundle.motion_tokenizer = mt
-            bundle.model.config.has_motion_tokenizer = True
-    elif m.backbone:
-        bundle = vla_from_backbone(m.backbone, motion_tokenizer=mt, dtype=_dtype(m.dtype), seed=m.seed)
-    else:
-        if not m.preset:
-            raise ConfigError("model: give a preset, a backbone or an init_checkpoint")
-        if mt is None:
-            raise ConfigError("model.motion_tokenizer: a random preset needs a motion tokenizer folder")
-        tok_dir = out_dir / TEXT_TOKENIZER_DIR
-        if is_main and not (tok_dir / "tokenizer.json").is_file():
-            tok = build_text_tokenizer(list(DEFAULT_CORPUS) + list(corpus), vocab_size=m.text_vocab_size)
-            tmp = out_dir / f".{TEXT_TOKENIZER_DIR}.tmp"
-            tok.save_pretrained(str(tmp))
-            tmp.replace(tok_dir)
-        barrier()
-        tok = load_text_tokenizer(tok_dir)
-        bundle = build_vla(
-            m.preset, tokenizer=tok, motion_tokenizer=mt, seed=m.seed, dtype=_dtype(m.dtype), **m.preset_overrides
-        )
-    if bundle.motion_tokenizer is None:
-        raise CheckpointError(
-            "model: no motion tokenizer (give model.motion_tokenizer or a checkpoint that holds motion_tokenizer/)"
-        )
+    bundle = load_initial_vla(
+        m,
+        corpus,
+        out_dir,
+        is_main,
+        barrier,
+        motion_tokenizer=m.motion_tokenizer,
+        need_motion_tokenizer=True,
+        preset_overrides=m.preset_overrides,
+    )
     c = bundle.model.config
     c.motion_logit_mask_prob = float(m.motion_logit_mask_prob)
     c.loss_quantile_low, c.loss_quantile_high = 0.0, 1.0  # set per step by the loss (curriculum start)
@@ -281,8 +241,6 @@ def validation_loss(model, dataset, max_samples: int, batch_size: int) -> dict[s
 
 
 def _handworld_metrics(bundle, cfg: PretrainConfig, episodes: int | None, progress: bool) -> dict[str, Any]:
-    from handvla.vla.evaluate import evaluate_handworld
-
     out = {}
     for name, store in cfg.eval.handworld.items():
         res = evaluate_handworld(
@@ -301,18 +259,10 @@ def _handworld_metrics(bundle, cfg: PretrainConfig, episodes: int | None, progre
 # ---- the run --------------------------------------------------------------------------------------------
 
 
-def _layer_types(model) -> tuple[type, ...]:
-    """Decoder / encoder layer classes of the backbone (FSDP2 shards each one)."""
-    names = {"Qwen2DecoderLayer", "Qwen3DecoderLayer", "InternVLVisionLayer"}
-    return tuple({type(m) for m in model.modules() if type(m).__name__ in names})
-
-
 def run_pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train, then export ``OUTPUT_DIR/final`` (rank 0) and write ``pretrain_summary.json``. Returns the
-    summary (trainer result, data report, final eval)."""
-    from handvla.train.distributed import barrier, init_distributed
-    from handvla.vla.modeling import HandVLAForConditionalGeneration, VLABundle, save_vla
-
+    summary (trainer result, data report, final eval). The process group is joined once, here, and its
+    ``DistInfo`` handed to the trainer."""
     t0 = time.time()
     info = init_distributed(cfg.train.device)
     out_dir = Path(cfg.train.output_dir)
@@ -374,7 +324,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = Tru
         collate_fn=train_set.collate,
         loss_fn=loss_fn,
         eval_fn=eval_fn,
-        layer_types=_layer_types(bundle.model),
+        layer_types=backbone_layer_types(bundle.model),
+        dist=info,
     )
     trainer_ref["t"] = trainer
     result = trainer.train(resume=resume)
@@ -390,8 +341,6 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = Tru
     }
     final = None
     if info.is_main:
-        from safetensors.torch import load_file
-
         ckpt = trainer.latest_checkpoint()
         model = unwrap(trainer.model)
         if ckpt is not None and cfg.train.distributed != "none" and info.enabled:
@@ -415,23 +364,9 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = Tru
         if cfg.eval.handworld:
             summary["final_eval"] = _handworld_metrics(export, cfg, cfg.eval.final_episodes, progress)
         summary["minutes"] = (time.time() - t0) / 60
-        tmp = out_dir / f".{SUMMARY_NAME}.tmp"
-        tmp.write_text(json.dumps(_jsonable(summary), indent=2))
-        tmp.replace(out_dir / SUMMARY_NAME)
+        write_summary(out_dir / SUMMARY_NAME, summary)
     barrier(info)
     return summary
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if hasattr(x, "item"):
-        return x.item()
-    return x
 
 
 __all__ = [

@@ -34,16 +34,17 @@ import numpy as np
 from handvla.atomic import read_json
 from handvla.errors import ConfigError, InputError
 from handvla.ingest.sources.base import (
-    Provenance,
     Source,
     SourceEpisode,
     as_array,
     camera_from_K,
     check_rigid,
     constant_betas,
+    existing_frames,
     load_npy,
     mano_motion,
     mean_to_flat,
+    require_keys,
     wrist_from_mano_transl,
 )
 
@@ -78,7 +79,7 @@ class ArcticSource(Source):
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        sid, seq, view_s = self._key_path(r, key, 3)
+        sid, seq, view_s = self._key_parts(key, 3)
         if not view_s.isdigit() or int(view_s) not in range(9):
             raise InputError(f"arctic key {key!r}", "view", "a camera index 0..8", view_s)
         view = int(view_s)
@@ -90,48 +91,42 @@ class ArcticSource(Source):
             )
 
         misc_path = r / "meta" / "misc.json"
-        misc = read_json(misc_path)
-        if sid not in misc:
-            raise InputError(misc_path, sid, "camera parameters of this subject", "missing")
+        misc = require_keys(read_json(misc_path), misc_path, [sid], "camera parameters of this subject")
         m = misc[sid]
-        for f in ("image_size", "ioi_offset") + (("world2cam", "intris_mat") if view else ()):
-            if f not in m:
-                raise InputError(misc_path, f"{sid}.{f}", "present", "missing")
+        need = ("image_size", "ioi_offset") + (("world2cam", "intris_mat") if view else ())
+        require_keys(m, misc_path, need, prefix=f"{sid}.")
         sizes = as_array(m["image_size"], misc_path, f"{sid}.image_size", (9, 2))
         width, height = int(sizes[view, 0]), int(sizes[view, 1])
 
+        notes: dict = {
+            "mano_convention": "smplx flat_hand_mean=False, transl = wrist - J0, world frame, left shapedirs as published"
+        }
         hands_raw = {}
         F = None
         for side in ("right", "left"):
-            h = data[side]
             where = f"{mano_path}[{side}]"
-            for f in ("rot", "pose", "trans", "shape"):
-                if f not in h:
-                    raise InputError(where, f, "a MANO parameter array", "missing")
+            h = require_keys(data[side], where, ("rot", "pose", "trans", "shape"), "a MANO parameter array")
             rot = as_array(h["rot"], where, "rot", (-1, 3))
             F = rot.shape[0] if F is None else F
             hands_raw[side] = {
                 "rot": rot,
                 "pose": as_array(h["pose"], where, "pose", (F, 45)),
                 "trans": as_array(h["trans"], where, "trans", (F, 3)),
-                "shape": constant_betas(as_array(h["shape"], where, "shape"), where, "shape"),
+                "shape": constant_betas(as_array(h["shape"], where, "shape"), where, "shape", notes, side),
             }
             if rot.shape[0] != F:
                 raise InputError(where, "rot", f"{F} frames (as the right hand)", str(rot.shape[0]))
 
-        distortion = None
-        notes: dict = {
-            "mano_convention": "smplx flat_hand_mean=False, transl = wrist - J0, world frame, left shapedirs as published"
-        }
-        files = [str(mano_path), str(misc_path)]
+        annotations = {}
+        files = [mano_path, misc_path]
         if view == EGO_VIEW:
             ego_path = r / "raw_seqs" / sid / f"{seq}.egocam.dist.npy"
-            ego = load_npy(ego_path)
-            if not isinstance(ego, dict):
-                raise InputError(ego_path, None, "a dict of egocentric camera parameters", type(ego).__name__)
-            for f in ("R_k_cam_np", "T_k_cam_np", "intrinsics"):
-                if f not in ego:
-                    raise InputError(ego_path, f, "present", "missing")
+            ego = require_keys(
+                load_npy(ego_path),
+                ego_path,
+                ("R_k_cam_np", "T_k_cam_np", "intrinsics"),
+                mapping="a dict of egocentric camera parameters",
+            )
             E = np.zeros((F, 4, 4))
             E[:, :3, :3] = as_array(ego["R_k_cam_np"], ego_path, "R_k_cam_np", (F, 3, 3))
             E[:, :3, 3] = as_array(ego["T_k_cam_np"], ego_path, "T_k_cam_np", (F, 3, 1))[..., 0]
@@ -141,8 +136,8 @@ class ArcticSource(Source):
             camera = camera_from_K(K, width, height, ego_path)
             world_to_camera = E
             if "dist8" in ego:
-                distortion = as_array(ego["dist8"], ego_path, "dist8").tolist()
-            files.append(str(ego_path))
+                annotations["lens_distortion"] = as_array(ego["dist8"], ego_path, "dist8").tolist()
+            files.append(ego_path)
         else:
             w2c = as_array(m["world2cam"], misc_path, f"{sid}.world2cam", (8, 4, 4))
             E = check_rigid(w2c[view - 1], misc_path, f"{sid}.world2cam[{view - 1}]")
@@ -152,9 +147,7 @@ class ArcticSource(Source):
 
         hands = {}
         for side, h in hands_raw.items():
-            betas, dev = h["shape"]
-            if dev > 1e-6:
-                notes[f"{side}_betas_max_deviation"] = dev
+            betas = h["shape"]
             model = self.mano_model(side, fix_left_shapedirs=False)  # smplx: published left model as is
             hands[side] = mano_motion(
                 side=side,
@@ -172,18 +165,16 @@ class ArcticSource(Source):
         obj, _, rest = seq.partition("_")
         verb = rest.rsplit("_", 1)[0] if rest else ""
         tasks = [f"{verb} the {obj}".strip()] if verb else []
-        return SourceEpisode(
+        return self.episode(
+            key,
+            files,
+            notes,
+            annotations=annotations,
             hands=hands,
             camera=camera,
-            fps=self.fps,
-            key=f"{self.name}/{key}",
             tasks=tasks,
-            source=self.name,
-            licence=self.licence,
             rig="arctic-ego" if view == EGO_VIEW else f"arctic-allocentric-{view}",
-            annotations={"provenance": Provenance(self.name, key, files, notes).as_dict()}
-            | ({"lens_distortion": distortion} if distortion is not None else {}),
-            frame_paths=frames if Path(frames[0]).is_file() else None,
+            frame_paths=existing_frames(frames),
             frame_ids=np.arange(F) + offset,
             world_to_camera=world_to_camera,
-        ).validate()
+        )

@@ -14,6 +14,13 @@ returns ``SourceEpisode`` records in the project's single convention (``handvla.
 takes it; the extra fields say what the build step still has to do (fit joints, turn image files into a
 video, per-frame extrinsics of a moving camera). ``to_episode`` drops them.
 
+What adapters share lives here, once: ``Source.episode`` (the record with name, licence, key and provenance
+filled in), ``Source._key_parts`` (keys that cannot climb out of the dataset folder), ``relative_keys`` /
+``numeric_key`` (listing), ``require_keys`` / ``as_array`` (present fields, shapes, with errors naming file
+and field), ``frame_table`` (sparse per-frame records -> (T, ...) arrays and a valid mask),
+``constant_betas`` (one shape vector per hand), ``mano_motion`` and the MANO pose conversions,
+``camera_from_K`` / ``centred_camera`` (intrinsics), ``existing_frames`` / ``video_size`` (images, video).
+
 Errors: a corrupt or truncated file, a missing intrinsics file, wrong shapes raise ``InputError`` naming the
 file and field (the build step reports and skips the episode); a missing MANO model raises
 ``MissingResourceError`` (nothing from that source can be converted without it).
@@ -31,24 +38,31 @@ import io
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import yaml
+from PIL import Image
 
 from handvla.camera import Camera
 from handvla.data.schema import Episode
 from handvla.errors import HandvlaError, InputError, MissingResourceError
 from handvla.hand.io import DEFAULT_JOINT_ORDER, JointsRecording
+from handvla.hand.mano import MANOHand
 from handvla.hand.motion import HandMotion
 from handvla.hand.pickle_safe import RestrictedUnpickler, UnsafePickleError
 from handvla.hand.rotations import quaternion_to_axis_angle
 from handvla.hand.topology import NUM_BETAS, NUM_JOINTS, SIDES
+from handvla.video import video_info
 
 SOURCE_KINDS = ("mocap", "vr", "rgb")
 PARAM_KINDS = ("mano", "joints")
+#: the class facts of a ``Source`` that ``describe`` reports, in this order
+DESCRIBED = ("name", "licence", "kind", "params", "fps", "needs_mano", "url", "layout")
 
 # ---------------------------------------------------------------------------------------------------------
 # The record
@@ -138,8 +152,6 @@ class SourceEpisode(Episode):
 
     def load_frames(self) -> np.ndarray:
         """Read ``frame_paths`` as (T, H, W, 3) uint8 RGB (all frames must exist and share one size)."""
-        from PIL import Image
-
         if not self.frame_paths:
             raise InputError(f"episode '{self.key}'", "frame_paths", "image files to read", "none")
         out = []
@@ -195,16 +207,8 @@ class Source:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "licence": self.licence,
-            "kind": self.kind,
-            "params": self.params,
-            "fps": self.fps,
-            "needs_mano": self.needs_mano,
-            "url": self.url,
-            "layout": self.layout,
-        }
+        """The class facts named in ``DESCRIBED``."""
+        return {k: getattr(self, k) for k in DESCRIBED}
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
     def _root(self, root: str | Path) -> Path:
@@ -218,8 +222,6 @@ class Source:
     def mano_model(self, side: str, *, fix_left_shapedirs: bool = True):
         """The MANO model of ``side`` (cached). ``fix_left_shapedirs=False`` reproduces tools that use the
         published left file as is (manopth, smplx, manotorch): use it to place the wrist of such sources."""
-        from handvla.hand.mano import MANOHand
-
         if self.mano_dir is None:
             raise MissingResourceError(
                 f"{self.name}: its hand annotations are MANO parameters, and converting them to the project "
@@ -235,14 +237,38 @@ class Source:
                 raise MissingResourceError(f"{self.name}: {e}") from None
         return self._mano_cache[k]
 
-    def _key_path(self, root: Path, key: str, depth: int) -> tuple[str, ...]:
-        """Split ``key`` into ``depth`` parts; refuse keys that climb out of ``root``."""
+    def _key_parts(self, key: str, depth: int | None = None, expected: str = "") -> tuple[str, ...]:
+        """The '/'-separated names of ``key`` (exactly ``depth`` of them when given); refuse keys that climb out
+        of the dataset folder. ``expected``: what a key is, for the error (default: the number of names)."""
         parts = tuple(key.strip("/").split("/"))
-        if len(parts) != depth or any(p in ("", ".", "..") for p in parts):
-            raise InputError(
-                f"{self.name} key {key!r}", "key", f"{depth} '/'-separated names (see list_episodes)", key
-            )
+        if (depth is not None and len(parts) != depth) or any(p in ("", ".", "..") for p in parts):
+            expected = expected or f"{depth} '/'-separated names (see list_episodes)"
+            raise InputError(f"{self.name} key {key!r}", "key", expected, key)
         return parts
+
+    def episode(
+        self,
+        key: str,
+        files: Iterable[str | Path],
+        notes: Mapping[str, Any],
+        *,
+        annotations: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> SourceEpisode:
+        """The validated ``SourceEpisode`` of ``key`` with what every adapter fills in the same way.
+
+        ``key`` = '<source>/<key>', ``source`` = this adapter's name, ``fps`` and ``licence`` its class values
+        unless ``fields`` gives them; ``annotations['provenance']`` = {source, key, files (the files read),
+        **notes} (JSON-friendly), then the other ``annotations``. ``fields``: the other ``SourceEpisode``
+        fields (hands, joints, camera, tasks, rig, frame_paths, ...).
+        """
+        provenance = {"source": self.name, "key": key, "files": [os.fspath(f) for f in files], **notes}
+        return SourceEpisode(
+            key=f"{self.name}/{key.strip('/')}",
+            source=self.name,
+            annotations={"provenance": provenance, **(annotations or {})},
+            **({"fps": self.fps, "licence": self.licence} | fields),
+        ).validate()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -338,8 +364,6 @@ def load_npy(path: str | Path) -> Any:
 
 
 def load_yaml(path: str | Path) -> Any:
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise InputError(p, None, "an existing YAML file", "no such file")
@@ -361,6 +385,26 @@ def read_numbers(path: str | Path, count: int | None = None, what: str = "number
     if count is not None and vals.size != count:
         raise InputError(p, None, f"{count} {what}", f"{vals.size} numbers")
     return vals
+
+
+def require_keys(
+    obj: Any,
+    where: str | Path,
+    keys: Iterable[str],
+    expected: str = "present",
+    *,
+    mapping: str = "",
+    prefix: str = "",
+) -> Any:
+    """``obj`` when it holds every one of ``keys``, else ``InputError(where, prefix + key, expected, 'missing')``.
+
+    ``mapping``: also require ``obj`` to be a dict, described so in the error (e.g. "a YAML mapping")."""
+    if mapping and not isinstance(obj, dict):
+        raise InputError(where, None, mapping, type(obj).__name__)
+    for k in keys:
+        if k not in obj:
+            raise InputError(where, f"{prefix}{k}", expected, "missing")
+    return obj
 
 
 def as_array(
@@ -394,17 +438,37 @@ def as_array(
     return a
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Listing episodes, finding frames
+# ---------------------------------------------------------------------------------------------------------
+
+
 def numeric_key(s: str) -> tuple:
     """Sort key: numbers in names compare as numbers ('9' < '10')."""
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s))
+
+
+def relative_keys(paths: Iterable[Path], base: Path, suffix: str = "") -> list[str]:
+    """Episode keys of ``paths``: each path relative to ``base`` ('/'-separated, ``suffix`` cut off), sorted
+    with numbers compared as numbers."""
+
+    def key(p: Path) -> str:
+        rel = p.relative_to(base).as_posix()
+        return rel[: len(rel) - len(suffix)]
+
+    return sorted(map(key, paths), key=numeric_key)
+
+
+def existing_frames(paths: list[str | Path]) -> list[str] | None:
+    """The image files of an episode's frames as strings when the source ships them (the first one exists),
+    else None (no images: the episode has no frames to read)."""
+    return [str(p) for p in paths] if paths and Path(paths[0]).is_file() else None
 
 
 def video_size(path: str | Path | None, default: tuple[int, int]) -> tuple[int, int, int | None]:
     """(width, height, frame count) of a video, or ``default`` size and None when there is no video."""
     if path is None or not Path(path).is_file():
         return default[0], default[1], None
-    from handvla.video import video_info
-
     info = video_info(path)
     return info.width, info.height, info.num_frames
 
@@ -436,18 +500,6 @@ def orthonormal(R: np.ndarray, where: str | Path, field: str, tol: float = 1e-3)
     return U @ Vt
 
 
-def rigid_points(T: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """Apply (4, 4) or (N, 4, 4) transforms to points (N, 3) / (N, J, 3): R p + t."""
-    T = np.asarray(T, np.float64)
-    p = np.asarray(p, np.float64)
-    R, t = T[..., :3, :3], T[..., :3, 3]
-    if T.ndim == 2:
-        return p @ R.T + t
-    if p.ndim == 2:  # (N, 3)
-        return np.einsum("nij,nj->ni", R, p) + t
-    return np.einsum("nij,nkj->nki", R, p) + t[:, None]
-
-
 def invert_rigid(T: np.ndarray) -> np.ndarray:
     """Inverse of (..., 4, 4) rigid transforms."""
     T = np.asarray(T, np.float64)
@@ -477,15 +529,38 @@ def check_rigid(T: np.ndarray, where: str | Path, field: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def constant_betas(betas: np.ndarray, where: str | Path, field: str) -> tuple[np.ndarray, float]:
-    """(10,) or (T, 10) -> one (10,) vector (the mean) and its largest per-frame deviation."""
+def frame_table(
+    T: int,
+    rows: Mapping[int, Mapping[str, np.ndarray]],
+    shapes: Mapping[str, tuple[int, ...]],
+    fill: float = 0.0,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-frame records {frame index: {name: values}} (frames without a record left out) -> one (T, *shape)
+    float64 array per name in ``shapes`` (``fill`` where there is no record) and the (T,) valid mask."""
+    out = {k: np.full((T, *shape), fill) for k, shape in shapes.items()}
+    valid = np.zeros(T, bool)
+    for f, row in rows.items():
+        for k in shapes:
+            out[k][f] = row[k]
+        valid[f] = True
+    return out, valid
+
+
+def constant_betas(
+    betas: np.ndarray, where: str | Path, field: str, notes: dict[str, Any], side: str
+) -> np.ndarray:
+    """(10,) or (T, 10) -> one (10,) vector (the mean: a ``HandMotion`` has one shape per hand). A per-frame
+    spread over 1e-6 goes into the provenance ``notes`` as '<side>_betas_max_deviation'."""
     b = np.asarray(betas, np.float64)
     if b.shape == (NUM_BETAS,):
-        return b, 0.0
-    if b.ndim == 2 and b.shape[1] == NUM_BETAS and b.shape[0] >= 1:
-        m = b.mean(0)
-        return m, float(np.abs(b - m).max())
-    raise InputError(where, field, f"shape ({NUM_BETAS},) or (T, {NUM_BETAS})", str(b.shape))
+        return b
+    if not (b.ndim == 2 and b.shape[1] == NUM_BETAS and b.shape[0] >= 1):
+        raise InputError(where, field, f"shape ({NUM_BETAS},) or (T, {NUM_BETAS})", str(b.shape))
+    m = b.mean(0)
+    dev = float(np.abs(b - m).max())
+    if dev > 1e-6:
+        notes[f"{side}_betas_max_deviation"] = dev
+    return m
 
 
 def mano_motion(
@@ -567,9 +642,15 @@ def pca_to_flat(model, coeffs: np.ndarray, mean: bool) -> np.ndarray:
     return pose + model.hands_mean.double().numpy() if mean else pose
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Cameras
+# ---------------------------------------------------------------------------------------------------------
+
+
 def camera_from_K(
     K: np.ndarray, width: int, height: int, where: str | Path, extrinsics: np.ndarray | None = None
 ) -> Camera:
+    """A ``Camera`` from a file's (3, 3) intrinsics; a bad matrix is an ``InputError`` naming ``where``."""
     K = as_array(K, where, "intrinsics", (3, 3))
     try:
         return Camera.from_K(K, width, height, extrinsics)
@@ -577,23 +658,15 @@ def camera_from_K(
         raise InputError(where, e.field, e.expected, e.got) from None
 
 
-def sides_present(mapping: dict[str, Any]) -> list[str]:
-    return [s for s in SIDES if s in mapping]
+def split_extrinsics(E: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-frame world->camera matrices (T, 4, 4) -> (the camera's one matrix, None) when they do not change
+    (by less than 1e-9: a static camera), else (None, E) (a moving camera); None -> (None, None)."""
+    if E is None:
+        return None, None
+    return (E[0], None) if np.abs(E - E[0]).max() < 1e-9 else (None, E)
 
 
-@dataclass
-class Provenance:
-    """What every adapter writes into ``annotations['provenance']`` (JSON-friendly)."""
-
-    source: str
-    key: str
-    files: list[str] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "key": self.key,
-            "files": [os.fspath(f) for f in self.files],
-            **self.notes,
-        }
+def centred_camera(focal: float, width: int, height: int) -> Camera:
+    """A nominal camera for a source without intrinsics: fx = fy = ``focal``, the principal point at the
+    image centre."""
+    return Camera(focal, focal, width / 2.0, height / 2.0, width, height)

@@ -26,16 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
+from handvla.camera import intrinsics_matrix
 from handvla.errors import InputError
 from handvla.ingest.sources.base import (
-    Provenance,
     Source,
     SourceEpisode,
     as_array,
     camera_from_K,
+    existing_frames,
     load_yaml,
     mano_motion,
     pca_to_flat,
+    require_keys,
     wrist_from_mano_transl,
 )
 
@@ -78,15 +80,16 @@ class DexYCBSource(Source):
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        subject, sequence, serial = self._key_path(r, key, 3)
+        subject, sequence, serial = self._key_parts(key, 3)
         seq_dir = r / subject / sequence
         meta_path = seq_dir / "meta.yml"
-        meta = load_yaml(meta_path)
-        if not isinstance(meta, dict):
-            raise InputError(meta_path, None, "a YAML mapping", type(meta).__name__)
-        for f in ("num_frames", "mano_sides", "mano_calib"):
-            if f not in meta:
-                raise InputError(meta_path, f, "present (dex-ycb meta.yml)", "missing")
+        meta = require_keys(
+            load_yaml(meta_path),
+            meta_path,
+            ("num_frames", "mano_sides", "mano_calib"),
+            "present (dex-ycb meta.yml)",
+            mapping="a YAML mapping",
+        )
         T = int(meta["num_frames"])
         side = str(meta["mano_sides"][0])
         if side not in ("left", "right") or T < 1:
@@ -98,7 +101,7 @@ class DexYCBSource(Source):
         intr = load_yaml(intr_path)
         try:
             c = intr["color"]
-            K = np.array([[c["fx"], 0.0, c["ppx"]], [0.0, c["fy"], c["ppy"]], [0.0, 0.0, 1.0]], np.float64)
+            K = intrinsics_matrix(c["fx"], c["fy"], c["ppx"], c["ppy"])
         except (KeyError, TypeError):
             raise InputError(intr_path, "color", "a mapping with fx, fy, ppx, ppy", repr(intr)[:80]) from None
         camera = camera_from_K(K, WIDTH, HEIGHT, intr_path)
@@ -153,26 +156,19 @@ class DexYCBSource(Source):
             and ids[grasp] in YCB_CLASSES
         ):
             tasks = [f"grasp the {object_phrase(YCB_CLASSES[ids[grasp]])}"]
-        prov = Provenance(
-            self.name,
+        notes = {
+            "mano_convention": "manopth PCA-45 relative to hands_mean, transl = wrist - J0, left shapedirs as published",
+            "joints": "dataset joint_3d (manopth tips)",
+        }
+        return self.episode(
             key,
-            [str(meta_path), str(intr_path), str(mano_path)],
-            {
-                "mano_convention": "manopth PCA-45 relative to hands_mean, transl = wrist - J0, left shapedirs as published",
-                "joints": "dataset joint_3d (manopth tips)",
-            },
-        )
-        return SourceEpisode(
+            [meta_path, intr_path, mano_path],
+            notes,
             hands={side: motion},
             joints={side: joints.astype(np.float32)},
             camera=camera,
-            fps=self.fps,
-            key=f"{self.name}/{key}",
             tasks=tasks,
-            source=self.name,
-            licence=self.licence,
             rig=f"dexycb-{serial}",
-            annotations={"provenance": prov.as_dict()},
-            frame_paths=frames if Path(frames[0]).is_file() else None,
+            frame_paths=existing_frames(frames),
             frame_ids=np.arange(T),
-        ).validate()
+        )

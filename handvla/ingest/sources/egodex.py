@@ -31,13 +31,12 @@ import numpy as np
 
 from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.ingest.sources.base import (
-    Provenance,
     Source,
     SourceEpisode,
     camera_from_K,
     check_rigid,
     invert_rigid,
-    numeric_key,
+    relative_keys,
     video_size,
 )
 
@@ -89,21 +88,17 @@ class EgoDexSource(Source):
 
     def list_episodes(self, root: str | Path) -> list[str]:
         r = self._root(root)
-        return sorted(
-            (p.relative_to(r).with_suffix("").as_posix() for p in r.rglob("*.hdf5")), key=numeric_key
-        )
+        return relative_keys(r.rglob("*.hdf5"), r, ".hdf5")
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         try:
-            import h5py
+            import h5py  # optional (the 'data' extra): only this reader needs it
         except ImportError:
             raise MissingResourceError(
                 "egodex: reading its .hdf5 files needs h5py (pip install h5py)"
             ) from None
         r = self._root(root)
-        parts = key.strip("/").split("/")
-        if not parts or any(p in ("", ".", "..") for p in parts):
-            raise InputError(f"egodex key {key!r}", "key", "a relative path <part>/<task>/<k>", key)
+        parts = self._key_parts(key, expected="a relative path <part>/<task>/<k>")
         path = r.joinpath(*parts).with_suffix(".hdf5")
         if not path.is_file():
             raise InputError(path, None, "an existing EgoDex .hdf5 file", "no such file")
@@ -186,7 +181,11 @@ class EgoDexSource(Source):
         if not tasks:
             tasks = [attrs.get("task") or path.parent.name.replace("_", " ")]
         notes = {"camera_axes": axes, "min_confidence": self.min_confidence}
-        return SourceEpisode(
+        return self.episode(
+            key,
+            [path],
+            notes,
+            annotations={"attributes": {k: v for k, v in attrs.items() if len(v) < 2000}},
             hands={},
             joints={
                 s: cam[s].astype(np.float32)
@@ -194,18 +193,10 @@ class EgoDexSource(Source):
                 if np.isfinite(cam[s]).all(-1).all(-1).any()
             },
             camera=camera,
-            fps=self.fps,
-            key=f"{self.name}/{key.strip('/')}",
             video=str(mp4) if n_video is not None else None,
             tasks=tasks,
-            source=self.name,
-            licence=self.licence,
             rig="apple-vision-pro",
-            annotations={
-                "provenance": Provenance(self.name, key, [str(path)], notes).as_dict(),
-                "attributes": {k: v for k, v in attrs.items() if len(v) < 2000},
-            },
             needs_fit=tuple(s for s in ("left", "right") if np.isfinite(cam[s]).all(-1).all(-1).any()),
             frame_ids=np.arange(N),
             world_to_camera=w2c,
-        ).validate()
+        )

@@ -23,7 +23,7 @@ import numpy as np
 
 from handvla.camera import Camera
 from handvla.errors import InputError
-from handvla.ingest.sources.base import Provenance, Source, SourceEpisode, numeric_key
+from handvla.ingest.sources.base import Source, SourceEpisode, existing_frames, relative_keys
 
 FPHA_TO_OPENPOSE = np.array([0, 1, 6, 7, 8, 2, 9, 10, 11, 3, 12, 13, 14, 4, 15, 16, 17, 5, 18, 19, 20])
 COLOR_K = np.array([[1395.749023, 0.0, 935.732544], [0.0, 1395.749268, 540.681030], [0.0, 0.0, 1.0]])
@@ -59,13 +59,11 @@ class FPHASource(Source):
     def list_episodes(self, root: str | Path) -> list[str]:
         r = self._root(root)
         base = r / "Hand_pose_annotation_v1"
-        return sorted(
-            (p.parent.relative_to(base).as_posix() for p in base.glob("*/*/*/skeleton.txt")), key=numeric_key
-        )
+        return relative_keys((p.parent for p in base.glob("*/*/*/skeleton.txt")), base)
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        subject, action, seq = self._key_path(r, key, 3)
+        subject, action, seq = self._key_parts(key, 3)
         path = r / "Hand_pose_annotation_v1" / subject / action / seq / "skeleton.txt"
         if not path.is_file():
             raise InputError(path, None, "an existing skeleton.txt", "no such file")
@@ -85,25 +83,16 @@ class FPHASource(Source):
         joints[np.all(skel_mm == 0, axis=(1, 2))] = np.nan
         color_dir = r / "Video_files" / subject / action / seq / "color"
         frames = [color_dir / f"color_{int(t):04d}.jpeg" for t in frame_ids]
-        return SourceEpisode(
+        return self.episode(
+            key,
+            [path],
+            {"joints": "magnetic sensors, depth-camera frame mm -> colour camera metres"},
             hands={},
             joints={"right": joints.astype(np.float32)},
             camera=Camera.from_K(COLOR_K, WIDTH, HEIGHT, extrinsics=E),
-            fps=self.fps,
-            key=f"{self.name}/{key}",
             tasks=[action.replace("_", " ")],
-            source=self.name,
-            licence=self.licence,
             rig="fpha-sr300-color",
-            annotations={
-                "provenance": Provenance(
-                    self.name,
-                    key,
-                    [str(path)],
-                    {"joints": "magnetic sensors, depth-camera frame mm -> colour camera metres"},
-                ).as_dict()
-            },
             needs_fit=("right",),
-            frame_paths=[str(p) for p in frames] if frames[0].is_file() else None,
+            frame_paths=existing_frames(frames),
             frame_ids=frame_ids,
-        ).validate()
+        )

@@ -24,23 +24,27 @@ the dataset's own ``hand_pose`` joints; the choice is recorded in the provenance
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from handvla.camera import intrinsics_matrix
 from handvla.errors import ConfigError, InputError
 from handvla.ingest.sources.base import (
-    Provenance,
     Source,
     SourceEpisode,
     camera_from_K,
     check_rigid,
     constant_betas,
+    existing_frames,
+    frame_table,
     invert_rigid,
     mano_motion,
     mean_to_flat,
-    numeric_key,
     read_numbers,
+    relative_keys,
+    split_extrinsics,
     wrist_from_mano_transl,
 )
 
@@ -54,6 +58,22 @@ ACTIONS = (
     "read espresso", "spray spray", "squeeze lotion",
 )  # fmt: skip
 WRIST_MATCH_M = 0.01  # 'auto': the chosen translation convention must put the wrist within 1 cm of the joints
+HANDS = ("left", "right")  # the order of the two hand blocks in every per-frame hand file
+MANO_FIELDS = {"trans": (3,), "pose": (48,), "shape": (10,)}  # a hand_pose_MANO block after its valid flag
+
+
+def hand_blocks(folder: Path, ids: list[int], size: int, what: str) -> Iterator[tuple[int, str, np.ndarray]]:
+    """(frame, side, values) of every valid hand block in the per-frame files ``folder/%06d.txt``: two blocks
+    of ``size`` numbers (left, right), each [valid, values...]; a missing frame file has no hand."""
+    for f in ids:
+        p = folder / f"{f:06d}.txt"
+        if not p.is_file():
+            continue
+        v = read_numbers(p, 2 * size, what)
+        for i, side in enumerate(HANDS):
+            block = v[size * i : size * (i + 1)]
+            if block[0] > 0.5:
+                yield f, side, block[1:]
 
 
 class H2OSource(Source):
@@ -86,11 +106,11 @@ class H2OSource(Source):
             for p in r.glob(f"*/*/*/cam*/{sub}")
             if p.is_dir()
         }
-        return sorted((c.relative_to(r).as_posix() for c in cams), key=numeric_key)
+        return relative_keys(cams, r)
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        parts = self._key_path(r, key, 4)
+        parts = self._key_parts(key, 4)
         cam = r.joinpath(*parts)
         mano_files, joint_dir = cam / "hand_pose_MANO", cam / "hand_pose"
         listing = mano_files if mano_files.is_dir() else joint_dir
@@ -103,54 +123,31 @@ class H2OSource(Source):
 
         intr_path = cam / "cam_intrinsics.txt"
         fx, fy, cx, cy, w, h = read_numbers(intr_path, 6, "intrinsics (fx fy cx cy width height)")
-        K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        K = intrinsics_matrix(fx, fy, cx, cy)
 
-        joints = {s: np.full((T, 21, 3), np.nan) for s in ("left", "right")}
+        joints = {s: np.full((T, 21, 3), np.nan) for s in HANDS}
         if joint_dir.is_dir():
-            for f in ids:
-                p = joint_dir / f"{f:06d}.txt"
-                if not p.is_file():
-                    continue
-                v = read_numbers(p, 128, "hand joints (2 x [valid, 21 x 3])")
-                for i, s in enumerate(("left", "right")):
-                    block = v[64 * i : 64 * (i + 1)]
-                    if block[0] > 0.5:
-                        joints[s][f] = block[1:].reshape(21, 3)
-        has_joints = {s for s in joints if np.isfinite(joints[s]).any()}
+            for f, s, v in hand_blocks(joint_dir, ids, 64, "hand joints (2 x [valid, 21 x 3])"):
+                joints[s][f] = v.reshape(21, 3)
+        has_joints = [s for s in HANDS if np.isfinite(joints[s]).any()]
 
         notes: dict = {}
         hands = {}
         if mano_files.is_dir():
-            raw = {
-                s: {
-                    "valid": np.zeros(T, bool),
-                    "trans": np.zeros((T, 3)),
-                    "pose": np.zeros((T, 48)),
-                    "shape": [],
-                }
-                for s in ("left", "right")
-            }
-            for f in ids:
-                p = mano_files / f"{f:06d}.txt"
-                if not p.is_file():
+            rows: dict[str, dict] = {s: {} for s in HANDS}
+            what = "MANO values (2 x [valid, trans 3, pose 48, shape 10])"
+            for f, s, v in hand_blocks(mano_files, ids, 62, what):
+                rows[s][f] = {"trans": v[:3], "pose": v[3:51], "shape": v[51:61]}
+            for s in HANDS:
+                if not rows[s]:
                     continue
-                v = read_numbers(p, 124, "MANO values (2 x [valid, trans 3, pose 48, shape 10])")
-                for i, s in enumerate(("left", "right")):
-                    b = v[62 * i : 62 * (i + 1)]
-                    if b[0] > 0.5:
-                        raw[s]["valid"][f] = True
-                        raw[s]["trans"][f], raw[s]["pose"][f] = b[1:4], b[4:52]
-                        raw[s]["shape"].append(b[52:62])
-            for s in ("left", "right"):
-                q = raw[s]
-                if not q["valid"].any():
-                    continue
-                betas, dev = constant_betas(np.stack(q["shape"]), mano_files, f"{s} shape")
+                q, valid = frame_table(T, rows[s], MANO_FIELDS)
+                betas = constant_betas(q["shape"][valid], mano_files, f"{s} shape", notes, s)
                 model = self.mano_model(s, fix_left_shapedirs=self.left_fixed)
                 as_mano = wrist_from_mano_transl(model, betas, q["trans"])
                 kind = self.transl
                 if kind == "auto":
-                    kind, dists = self._choose_transl(joints[s], q["valid"], as_mano, q["trans"])
+                    kind, dists = self._choose_transl(joints[s], valid, as_mano, q["trans"])
                     notes[f"{s}_wrist_to_joints_m"] = dists
                 wrist = as_mano if kind == "mano" else q["trans"]
                 hp = q["pose"][:, 3:] if self.pose == "flat" else mean_to_flat(model, q["pose"][:, 3:])
@@ -161,14 +158,12 @@ class H2OSource(Source):
                     betas=betas,
                     wrist=wrist,
                     fps=self.fps,
-                    valid=q["valid"],
+                    valid=valid,
                 )
                 notes[f"{s}_mano_convention"] = (
                     f"{self.pose} pose, trans = {'wrist - J0' if kind == 'mano' else 'wrist'}"
                 )
-                if dev > 1e-6:
-                    notes[f"{s}_betas_max_deviation"] = dev
-        needs_fit = tuple(s for s in ("left", "right") if s in has_joints and s not in hands)
+        needs_fit = tuple(s for s in HANDS if s in has_joints and s not in hands)
         if not hands and not needs_fit:
             raise InputError(cam, "hand_pose", "at least one annotated hand", "none")
 
@@ -183,8 +178,8 @@ class H2OSource(Source):
                 ]
             )
             E = invert_rigid(check_rigid(c2w, pose_dir, "cam_pose"))
-        static = E is not None and np.abs(E - E[0]).max() < 1e-9
-        camera = camera_from_K(K, int(w), int(h), intr_path, extrinsics=E[0] if static else None)
+        static, moving = split_extrinsics(E)
+        camera = camera_from_K(K, int(w), int(h), intr_path, extrinsics=static)
 
         tasks, annotations = [], {}
         act_dir = cam / "action_label"
@@ -198,25 +193,21 @@ class H2OSource(Source):
                 if 0 < a < len(ACTIONS) and ACTIONS[a] not in tasks:
                     tasks.append(ACTIONS[a])
         rgb = [cam / "rgb" / f"{f:06d}.png" for f in range(T)]
-        annotations["provenance"] = Provenance(
-            self.name, key, [str(listing), str(intr_path)], notes
-        ).as_dict()
-        return SourceEpisode(
+        return self.episode(
+            key,
+            [listing, intr_path],
+            notes,
+            annotations=annotations,
             hands=hands,
             joints={s: joints[s].astype(np.float32) for s in has_joints},
             camera=camera,
-            fps=self.fps,
-            key=f"{self.name}/{key}",
             tasks=tasks,
-            source=self.name,
-            licence=self.licence,
             rig=f"h2o-{parts[3]}",
-            annotations=annotations,
             needs_fit=needs_fit,
-            frame_paths=[str(p) for p in rgb] if rgb[0].is_file() else None,
+            frame_paths=existing_frames(rgb),
             frame_ids=np.arange(T),
-            world_to_camera=None if E is None or static else E,
-        ).validate()
+            world_to_camera=moving,
+        )
 
     @staticmethod
     def _choose_transl(

@@ -37,27 +37,39 @@ from pathlib import Path
 
 import numpy as np
 
-from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.hand.rotations import matrix_to_axis_angle, mirror_axis_angle
 from handvla.ingest.sources.base import (
-    Provenance,
     Source,
     SourceEpisode,
     as_array,
     camera_from_K,
+    centred_camera,
     mano_motion,
     mano_root,
-    numeric_key,
     orthonormal,
+    relative_keys,
+    require_keys,
     video_size,
 )
+from handvla.video import video_info
 
 SUFFIX = ".hamer.npz"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 HAMER_FOCAL = 5000.0
 HAMER_CROP = 256.0
 MIRROR = np.array([-1.0, 1.0, 1.0])  # x -> -x: a point of the flipped image
+REQUIRED = (
+    "frame_index",
+    "global_orient",
+    "hand_pose",
+    "betas",
+    "pred_cam",
+    "box_center",
+    "box_size",
+    "is_right",
+    "img_size",
+)
 
 
 def cam_crop_to_full(
@@ -97,16 +109,11 @@ class HaMeRSource(Source):
 
     def list_episodes(self, root: str | Path) -> list[str]:
         r = self._root(root)
-        return sorted(
-            (p.relative_to(r).as_posix()[: -len(SUFFIX)] for p in r.rglob("*" + SUFFIX)), key=numeric_key
-        )
+        return relative_keys(r.rglob("*" + SUFFIX), r, SUFFIX)
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        parts = key.strip("/").split("/")
-        if not parts or any(p in ("", ".", "..") for p in parts):
-            raise InputError(f"hamer key {key!r}", "key", "a relative path without .hamer.npz", key)
-        base = r.joinpath(*parts)
+        base = r.joinpath(*self._key_parts(key, expected="a relative path without .hamer.npz"))
         path = base.with_name(base.name + SUFFIX)
         if not path.is_file():
             raise InputError(path, None, "an existing HaMeR label file", "no such file")
@@ -117,19 +124,7 @@ class HaMeRSource(Source):
             raise InputError(
                 path, None, "a readable .npz (no pickled objects)", f"{type(e).__name__}: {e}"
             ) from None
-        for k in (
-            "frame_index",
-            "global_orient",
-            "hand_pose",
-            "betas",
-            "pred_cam",
-            "box_center",
-            "box_size",
-            "is_right",
-            "img_size",
-        ):
-            if k not in arrays:
-                raise InputError(path, k, "present (HaMeR label file)", "missing")
+        require_keys(arrays, path, REQUIRED, "present (HaMeR label file)")
         fi = arrays["frame_index"]
         if fi.ndim != 1 or fi.dtype.kind not in "iu" or (fi.size and fi.min() < 0):
             raise InputError(path, "frame_index", "(N,) non-negative integers", f"{fi.dtype} {fi.shape}")
@@ -163,8 +158,6 @@ class HaMeRSource(Source):
             raise InputError(path, "img_size", f"the video's size {vw} x {vh}", f"{W} x {H}")
         notes: dict = {}
         if n_video is not None:
-            from handvla.video import video_info
-
             T, fps = n_video, video_info(video).fps
         else:
             T = int(arrays["num_frames"]) if "num_frames" in arrays else (int(fi.max()) + 1 if N else 0)
@@ -183,8 +176,8 @@ class HaMeRSource(Source):
                 / float(arrays.get("crop_size", HAMER_CROP))
                 * max(W, H)
             )
-            focal, principal = f, (W / 2.0, H / 2.0)
-            camera = Camera(f, f, W / 2.0, H / 2.0, W, H)
+            camera = centred_camera(f, W, H)
+            focal, principal = f, (camera.cx, camera.cy)
             notes["camera"] = (
                 "HaMeR's assumed camera: F = 5000 / 256 * max(W, H), principal point at the centre"
             )
@@ -235,15 +228,15 @@ class HaMeRSource(Source):
         if not hands:
             raise InputError(path, "is_right", "at least one detection", "none")
         notes["dropped_duplicate_detections"] = int(dropped)
-        return SourceEpisode(
+        return self.episode(
+            key,
+            [path],
+            notes,
             hands=hands,
             camera=camera,
             fps=fps,
-            key=f"{self.name}/{key.strip('/')}",
             video=str(video) if video is not None else None,
-            source=self.name,
             licence=self.video_licence or self.licence,
             rig="hamer-pseudo-label",
-            annotations={"provenance": Provenance(self.name, key, [str(path)], notes).as_dict()},
             frame_ids=np.arange(T),
-        ).validate()
+        )

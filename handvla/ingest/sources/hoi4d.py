@@ -27,18 +27,21 @@ import numpy as np
 
 from handvla.errors import InputError
 from handvla.ingest.sources.base import (
-    Provenance,
     Source,
     SourceEpisode,
     as_array,
     camera_from_K,
     constant_betas,
+    existing_frames,
+    frame_table,
     load_npy,
     load_pickle,
     mano_motion,
+    require_keys,
     video_size,
     wrist_from_mano_transl,
 )
+from handvla.video import video_info
 
 HAND_DIRS = {
     "right": ("handpose/refinehandpose_right", "Hand_pose/handpose_right_hand"),
@@ -48,6 +51,8 @@ HAND_DIRS = {
 OBJECT_CLASSES = ("", "ToyCar", "Mug", "Laptop", "StorageFurniture", "Bottle", "Safe", "Bowl", "Bucket", "Scissors",
                   "", "Pliers", "Kettle", "Knife", "TrashCan", "", "", "Lamp", "Stapler", "", "Chair")  # fmt: skip
 SEQ_DEPTH = 7
+#: what each hand pose pickle gives: poseCoeff (48: global + 45 finger axis-angle), beta, trans
+POSE_FIELDS = {"poseCoeff": (48,), "beta": (10,), "trans": (3,)}
 WIDTH, HEIGHT = 1920, 1080
 
 
@@ -87,7 +92,7 @@ class HOI4DSource(Source):
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        parts = self._key_path(r, key, SEQ_DEPTH)
+        parts = self._key_parts(key, SEQ_DEPTH)
         seq = "/".join(parts)
         per_side: dict[str, dict[int, dict]] = {}
         files = []
@@ -99,17 +104,14 @@ class HOI4DSource(Source):
             for p in d.glob("*.pickle"):
                 if not p.stem.isdigit():
                     continue
-                obj = load_pickle(p)
-                if not isinstance(obj, dict):
-                    raise InputError(p, None, "a dict with poseCoeff, beta, trans", type(obj).__name__)
-                for f in ("poseCoeff", "beta", "trans"):
-                    if f not in obj:
-                        raise InputError(p, f, "present (HOI4D hand pose pickle)", "missing")
-                frames[int(p.stem)] = {
-                    "pose": as_array(obj["poseCoeff"], p, "poseCoeff", (48,)),
-                    "beta": as_array(obj["beta"], p, "beta", (10,)),
-                    "trans": as_array(obj["trans"], p, "trans", (3,)),
-                }
+                obj = require_keys(
+                    load_pickle(p),
+                    p,
+                    POSE_FIELDS,
+                    "present (HOI4D hand pose pickle)",
+                    mapping="a dict with poseCoeff, beta, trans",
+                )
+                frames[int(p.stem)] = {k: as_array(obj[k], p, k, shape) for k, shape in POSE_FIELDS.items()}
             if frames:
                 per_side[side] = frames
                 files.append(str(d))
@@ -131,8 +133,6 @@ class HOI4DSource(Source):
             "mano_convention": "manopth flat_hand_mean=True, transl = wrist - J0, camera frame, left shapedirs as published"
         }
         if n_video is not None:
-            from handvla.video import video_info
-
             vfps = video_info(mp4).fps
             if abs(vfps - self.fps) < 1e-3 and n_video >= T:
                 T, video = n_video, str(mp4)
@@ -141,7 +141,7 @@ class HOI4DSource(Source):
                     f"{mp4.name}: {n_video} frames at {vfps:g} fps (annotations: {T} at {self.fps:g}); use the decoded frames"
                 )
         jpgs = [vdir / f"{f:05d}.jpg" for f in range(T)]
-        frame_paths = [str(p) for p in jpgs] if video is None and jpgs[0].is_file() else None
+        frame_paths = existing_frames(jpgs) if video is None else None
 
         cam_id = parts[0]
         intr_path = r / "camera_params" / cam_id / "intrin.npy"
@@ -150,16 +150,9 @@ class HOI4DSource(Source):
 
         hands = {}
         for side, frames in per_side.items():
-            idx = np.array(sorted(frames))
-            pose = np.zeros((T, 48))
-            trans = np.zeros((T, 3))
-            valid = np.zeros(T, bool)
-            pose[idx] = [frames[i]["pose"] for i in idx]
-            trans[idx] = [frames[i]["trans"] for i in idx]
-            valid[idx] = True
-            betas, dev = constant_betas(np.stack([frames[i]["beta"] for i in idx]), files[0], "beta")
-            if dev > 1e-6:
-                notes[f"{side}_betas_max_deviation"] = dev
+            q, valid = frame_table(T, frames, POSE_FIELDS)
+            pose, trans = q["poseCoeff"], q["trans"]
+            betas = constant_betas(q["beta"][valid], files[0], "beta", notes, side)
             model = self.mano_model(side, fix_left_shapedirs=False)  # manopth: published left model as is
             hands[side] = mano_motion(
                 side=side,
@@ -174,7 +167,6 @@ class HOI4DSource(Source):
         c = parts[2]
         obj = OBJECT_CLASSES[int(c[1:])] if c[1:].isdigit() and int(c[1:]) < len(OBJECT_CLASSES) else ""
         annotations = {
-            "provenance": Provenance(self.name, key, files + [str(intr_path)], notes).as_dict(),
             "hoi4d": {
                 "camera": parts[0],
                 "human": parts[1],
@@ -186,16 +178,15 @@ class HOI4DSource(Source):
                 "task_id": parts[6],
             },
         }
-        return SourceEpisode(
+        return self.episode(
+            key,
+            files + [intr_path],
+            notes,
+            annotations=annotations,
             hands=hands,
             camera=camera,
-            fps=self.fps,
-            key=f"{self.name}/{key}",
             video=video,
-            source=self.name,
-            licence=self.licence,
             rig=f"hoi4d-{cam_id}",
-            annotations=annotations,
             frame_paths=frame_paths,
             frame_ids=np.arange(T),
-        ).validate()
+        )

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.hand.io import load_joints
-from handvla.ingest.sources.base import Provenance, Source, SourceEpisode, numeric_key, video_size
+from handvla.ingest.sources.base import Source, SourceEpisode, centred_camera, numeric_key, video_size
 
 #: Leap device frame (x right, y up, z towards the user) -> a camera on the sensor looking up (OpenCV axes)
 LEAP_TO_CAMERA = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -76,10 +75,7 @@ class Joints21Source(Source):
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        parts = key.strip("/").split("/")
-        if not parts or any(p in ("", ".", "..") for p in parts):
-            raise InputError(f"joints21 key {key!r}", "key", "a relative path without .npz", key)
-        base = r.joinpath(*parts)
+        base = r.joinpath(*self._key_parts(key, expected="a relative path without .npz"))
         single = base.with_name(base.name + ".npz")
         if single.is_file():
             recs = [load_joints(single)]
@@ -127,8 +123,7 @@ class Joints21Source(Source):
         use_video = video is not None and n_video == T
         if video is not None and not use_video:
             notes["video"] = f"{video.name}: {n_video} frames, the joints have {T}"
-        f = float(max(width, height))
-        camera = Camera(f, f, width / 2.0, height / 2.0, width, height)
+        camera = centred_camera(float(max(width, height)), width, height)
         schemes = {rec.joint_scheme for rec in recs}
         if len(schemes) > 1:
             raise InputError(
@@ -138,20 +133,18 @@ class Joints21Source(Source):
                 str(schemes),
             )
         licences = sorted({rec.licence for rec in recs})
-        return SourceEpisode(
+        return self.episode(
+            key,
+            [rec.where for rec in recs],
+            notes,
             hands={},
             joints={s: out[s] for s in ("left", "right") if s in out},
             camera=camera,
             fps=float(recs[0].fps),
-            key=f"{self.name}/{key.strip('/')}",
             video=str(video) if use_video else None,
-            source=self.name,
             licence=", ".join(licences),
             rig="virtual",
-            annotations={
-                "provenance": Provenance(self.name, key, [rec.where for rec in recs], notes).as_dict()
-            },
             needs_fit=tuple(s for s in ("left", "right") if s in out),
             joint_order=rec0.joint_order,
             frame_ids=np.arange(T),
-        ).validate()
+        )

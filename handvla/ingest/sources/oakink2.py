@@ -26,23 +26,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from handvla.errors import ConfigError, InputError
 from handvla.ingest.sources.base import (
-    Provenance,
     Source,
     SourceEpisode,
     as_array,
     camera_from_K,
     check_rigid,
+    constant_betas,
+    existing_frames,
+    frame_table,
     load_pickle,
     mano_motion,
     quat_wxyz_to_aa,
+    require_keys,
+    split_extrinsics,
 )
 
 CAMERAS = ("allocentric_top", "allocentric_left", "allocentric_right", "egocentric")
 WIDTH, HEIGHT = 848, 480  # oakink2_toolkit.meta.VIDEO_SHAPE
 HAND_PREFIX = {"right": "rh", "left": "lh"}
+#: what raw_mano gives per hand and frame, after the hand prefix: quaternions w x y z, wrist, shape
+MANO_FIELDS = {"pose_coeffs": (16, 4), "tsl": (3,), "betas": (10,)}
 
 
 class OakInk2Source(Source):
@@ -80,14 +87,15 @@ class OakInk2Source(Source):
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        token, cam = self._key_path(r, key, 2)
+        token, cam = self._key_parts(key, 2)
         path = r / "anno_preview" / f"{token}.pkl"
-        anno = self._load(path)
-        if not isinstance(anno, dict):
-            raise InputError(path, None, "a dict (OakInk2 preview annotation)", type(anno).__name__)
-        for f in ("frame_id_list", "cam_intr", "cam_extr", "raw_mano"):
-            if f not in anno:
-                raise InputError(path, f, "present (OakInk2 anno_preview)", "missing")
+        anno = require_keys(
+            self._load(path),
+            path,
+            ("frame_id_list", "cam_intr", "cam_extr", "raw_mano"),
+            "present (OakInk2 anno_preview)",
+            mapping="a dict (OakInk2 preview annotation)",
+        )
         if cam not in anno["cam_intr"] or cam not in anno["cam_extr"]:
             raise InputError(
                 path, f"cam_intr/cam_extr[{cam!r}]", f"a camera among {sorted(anno['cam_intr'])}", "missing"
@@ -124,49 +132,40 @@ class OakInk2Source(Source):
         if serial is not None:
             img_dir = r / "data" / token / str(serial)
             for pattern in ("{:06d}.png", "{}.jpg", "{:06d}.jpg", "{}.png"):
-                paths = [img_dir / pattern.format(f) for f in fids]
-                if paths[0].is_file():
-                    frame_paths = [str(p) for p in paths]
-                    from PIL import Image
-
-                    with Image.open(paths[0]) as im:
+                frame_paths = existing_frames([img_dir / pattern.format(f) for f in fids])
+                if frame_paths:
+                    with Image.open(frame_paths[0]) as im:
                         width, height = im.size
                     break
-        camera = camera_from_K(Ks[0], width, height, path)
-        static = float(np.abs(E - E[0]).max()) < 1e-9
-        if static:
-            camera.extrinsics = E[0]
+        static, moving = split_extrinsics(E)
+        camera = camera_from_K(Ks[0], width, height, path, extrinsics=static)
 
         raw = anno["raw_mano"]
         hands = {}
         for side, pre in HAND_PREFIX.items():
-            q = np.zeros((T, 16, 4))
-            q[:, :, 0] = 1.0
-            tsl = np.zeros((T, 3))
-            betas = []
-            valid = np.zeros(T, bool)
+            rows = {}
             for i, f in enumerate(fids):
                 item = raw.get(f)
                 if not isinstance(item, dict) or f"{pre}__pose_coeffs" not in item:
                     continue
                 where = f"{path}:raw_mano[{f}]"
-                q[i] = as_array(item[f"{pre}__pose_coeffs"], where, f"{pre}__pose_coeffs", (16, 4))
-                tsl[i] = as_array(item[f"{pre}__tsl"], where, f"{pre}__tsl", (3,))
-                betas.append(as_array(item[f"{pre}__betas"], where, f"{pre}__betas", (10,)))
-                valid[i] = True
-            if not valid.any():
+                rows[i] = {
+                    k: as_array(item[f"{pre}__{k}"], where, f"{pre}__{k}", shape)
+                    for k, shape in MANO_FIELDS.items()
+                }
+            if not rows:
                 continue
-            aa = quat_wxyz_to_aa(q)  # (T, 16, 3)
-            b = np.mean(betas, 0)
-            dev = float(np.abs(np.stack(betas) - b).max())
-            if dev > 1e-6:
-                notes[f"{side}_betas_max_deviation"] = dev
+            m, valid = frame_table(T, rows, MANO_FIELDS)
+            m["pose_coeffs"][~valid, :, 0] = (
+                1.0  # the identity where there is no hand (mano_motion zeroes it)
+            )
+            aa = quat_wxyz_to_aa(m["pose_coeffs"])  # (T, 16, 3)
             hands[side] = mano_motion(
                 side=side,
                 global_orient=aa[:, 0],
                 hand_pose=aa[:, 1:],
-                betas=b,
-                wrist=tsl,
+                betas=constant_betas(m["betas"][valid], path, f"raw_mano {pre}__betas", notes, side),
+                wrist=m["tsl"],
                 fps=self.fps,
                 valid=valid,
                 world_to_camera=E,
@@ -175,16 +174,14 @@ class OakInk2Source(Source):
             raise InputError(
                 path, "raw_mano", "MANO parameters for at least one hand on the listed frames", "none"
             )
-        return SourceEpisode(
+        return self.episode(
+            key,
+            [path],
+            notes,
             hands=hands,
             camera=camera,
-            fps=self.fps,
-            key=f"{self.name}/{key}",
-            source=self.name,
-            licence=self.licence,
             rig=f"oakink2-{cam}",
-            annotations={"provenance": Provenance(self.name, key, [str(path)], notes).as_dict()},
             frame_paths=frame_paths,
             frame_ids=np.asarray(fids),
-            world_to_camera=None if static else E,
-        ).validate()
+            world_to_camera=moving,
+        )

@@ -29,7 +29,6 @@ import numpy as np
 
 from handvla.errors import InputError
 from handvla.ingest.sources.base import (
-    Provenance,
     Source,
     SourceEpisode,
     as_array,
@@ -104,7 +103,7 @@ class TACOSource(Source):
 
     def read_episode(self, root: str | Path, key: str) -> SourceEpisode:
         r = self._root(root)
-        triplet, seq = self._key_path(r, key, 2)
+        triplet, seq = self._key_parts(key, 2)
         hand_dir = r / "Hand_Poses" / triplet / seq
         cam_dir = r / "Egocentric_Camera_Parameters" / triplet / seq
         raw = {s: p for s in ("left", "right") if (p := self._poses(hand_dir, s)) is not None}
@@ -162,20 +161,16 @@ class TACOSource(Source):
                 world_to_camera=E,
             )
         text = task_text(triplet)
-        return SourceEpisode(
+        return self.episode(
+            key,
+            [hand_dir, cam_dir],
+            notes,
+            annotations={"triplet": triplet},
             hands=hands,
             camera=camera,
-            fps=self.fps,
-            key=f"{self.name}/{key}",
             video=str(mp4) if n_video is not None else None,
             tasks=[text] if text else [],
-            source=self.name,
-            licence=self.licence,
             rig="taco-egocentric",
-            annotations={
-                "provenance": Provenance(self.name, key, [str(hand_dir), str(cam_dir)], notes).as_dict(),
-                "triplet": triplet,
-            },
             frame_ids=np.arange(N),
             world_to_camera=E,
-        ).validate()
+        )

@@ -20,7 +20,8 @@ from handvla.language.annotate.base import (
     KnownObject,
     SecondText,
 )
-from handvla.language.annotate.rules import RuleAnnotator, RuleConfig
+from handvla.language.annotate.kinematics import RuleConfig
+from handvla.language.annotate.rules import RuleAnnotator
 from handvla.language.annotate.segments import ClipSpec, SegmentConfig, segment_episode
 from handvla.language.annotate.table import ANNOTATIONS_DIR, AnnotationTable, load_annotations
 

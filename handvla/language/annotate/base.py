@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from handvla.atomic import json_default
 from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.hand.motion import HandMotion
@@ -170,6 +171,15 @@ class ClipAnnotation:
     facts: dict[str, Any] = field(default_factory=dict)  # backend-specific structured details
     segmentation: str = ""
 
+    @classmethod
+    def of_clip(
+        cls, clip: Clip, backend: str, texts: dict[str, dict[str, str]], seconds: list[SecondText], facts: dict[str, Any]
+    ) -> ClipAnnotation:
+        """The annotation of ``clip`` (its episode, span and segmentation) with a backend's texts and facts."""
+        sp = clip.spec
+        return cls(sp.episode_index, clip.episode_key, sp.clip_index, sp.start_frame, sp.end_frame, sp.start_s,
+                   sp.end_s, backend, texts, seconds, facts, clip.segmentation)  # fmt: skip
+
     @property
     def clip_id(self) -> str:
         return clip_id(self.episode_key, self.start_frame, self.end_frame)
@@ -197,7 +207,7 @@ class ClipAnnotation:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, default=_json_default)
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, default=json_default)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "annotation") -> ClipAnnotation:
@@ -222,14 +232,6 @@ class ClipAnnotation:
             ) from None
         check_text(ann.clip, ann.seconds, ann.hand_keys, where)
         return ann
-
-
-def _json_default(x):
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
 
 
 def check_text(

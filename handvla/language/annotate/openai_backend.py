@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pydantic import Field, model_validator
 
 from handvla.config import ConfigModel
@@ -47,6 +48,7 @@ from handvla.language.annotate.base import (
     check_text,
 )
 from handvla.language.annotate.cache import ResponseCache, request_key
+from handvla.language.annotate.rules import RuleAnnotator
 
 ENV_URL, ENV_MODEL, ENV_KEY = "HANDVLA_VLM_URL", "HANDVLA_VLM_MODEL", "HANDVLA_VLM_API_KEY"
 #: bump when the prompt changes meaningfully (it is part of every request, hence of the cache key)
@@ -153,7 +155,6 @@ class RateLimiter:
 
 def encode_frame(frame: np.ndarray, max_side: int, quality: int) -> str:
     """(H, W, 3) uint8 RGB -> 'data:image/jpeg;base64,...' (downscaled to ``max_side``; deterministic)."""
-    from PIL import Image
 
     img = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "RGB")
     scale = max_side / max(img.size)
@@ -259,7 +260,6 @@ class OpenAIAnnotator(Annotator):
     # -- the request -------------------------------------------------------------------------------------
     def _hints(self, clip: Clip) -> str:
         """The rule-based measurements, as short lines (camera-frame directions, grip, contact)."""
-        from handvla.language.annotate.rules import RuleAnnotator
 
         if self._rules is None:
             self._rules = RuleAnnotator()
@@ -461,25 +461,13 @@ class OpenAIAnnotator(Annotator):
     def _annotation(
         self, clip: Clip, clip_txt: dict, seconds: list[SecondText], key: str, cached: bool
     ) -> ClipAnnotation:
-        return ClipAnnotation(
-            episode_index=clip.spec.episode_index,
-            episode_key=clip.episode_key,
-            clip_index=clip.spec.clip_index,
-            start_frame=clip.spec.start_frame,
-            end_frame=clip.spec.end_frame,
-            start_s=clip.spec.start_s,
-            end_s=clip.spec.end_s,
-            backend=self.name,
-            clip={k: clip_txt[k] for k in HAND_KEYS if k in clip_txt},
-            seconds=seconds,
-            facts={
-                "model": self.config.model,
-                "request_sha256": key,
-                "cached": cached,
-                "frames": 0 if clip.frames is None else len(clip.frames),
-            },
-            segmentation=clip.segmentation,
-        )
+        facts = {
+            "model": self.config.model,
+            "request_sha256": key,
+            "cached": cached,
+            "frames": 0 if clip.frames is None else len(clip.frames),
+        }
+        return ClipAnnotation.of_clip(clip, self.name, {k: clip_txt[k] for k in HAND_KEYS if k in clip_txt}, seconds, facts)
 
 
 def _safe_read(e: urllib.error.HTTPError) -> str:

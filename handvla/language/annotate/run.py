@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from handvla.data.store import EpisodeStore
 from handvla.errors import ConfigError, HandvlaError, InputError
 from handvla.language.annotate.base import AnnotationFailure, Annotator, Clip, ClipAnnotation, clip_id
 from handvla.language.annotate.objects import known_objects
@@ -102,9 +104,7 @@ def annotate_store(
     compact: bool = True,
 ) -> dict[str, Any]:
     """Annotate every clip of the store at ``root`` not yet in the backend's table; returns a report."""
-    from tqdm import tqdm
 
-    from handvla.data.store import EpisodeStore
 
     if int(workers) != workers or workers < 1:
         raise ConfigError(f"--workers: expected a whole number >= 1, got {workers!r}")

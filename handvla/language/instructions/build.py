@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -28,10 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import ConfigDict, Field, model_validator
+from tqdm import tqdm
 
 from handvla.atomic import atomic_write_text
 from handvla.config import ConfigModel
+from handvla.data.store import EpisodeStore
 from handvla.errors import ConfigError, InputError
 from handvla.language.annotate.base import ClipAnnotation, clip_id, stable_hash
 from handvla.language.annotate.segments import SegmentConfig, segment_episode
@@ -156,7 +161,6 @@ def _add(
 
 def collect_candidates(dirs: list[str | Path], config: InstructionBuildConfig | None = None) -> CandidatePool:
     """Candidates of every store in ``dirs`` (see the module doc)."""
-    from handvla.data.store import EpisodeStore
 
     cfg = config or InstructionBuildConfig()
     rows: dict[str, list] = {
@@ -307,10 +311,7 @@ def write_manifest(records: list[dict[str, Any]], path: str | Path) -> Path:
     """Write the samples as JSONL (one per line) or parquet (by the extension), atomically."""
     path = Path(path)
     if path.suffix == ".parquet":
-        import os
 
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
@@ -329,7 +330,6 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(path, None, "an instruction manifest", "missing")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
     out = []
@@ -354,7 +354,6 @@ def build_instructions(
 ) -> dict[str, Any]:
     """Collect candidates, pick a balanced subset of ``size`` (every candidate once when None), fill the
     templates and write the manifest to ``out`` (not written when None). Returns a report."""
-    from tqdm import tqdm
 
     cfg = config or InstructionBuildConfig()
     t0 = time.perf_counter()

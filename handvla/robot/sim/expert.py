@@ -23,16 +23,20 @@ mapped back to [-1, 1] (``(ctrl - act_mean) / act_rng``), i.e. exactly what the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
+from tqdm import tqdm
 
 from handvla.config import ConfigModel
+from handvla.data.lerobot import vector_feature, video_feature, video_key
 from handvla.errors import ConfigError
-from handvla.robot.sim.adroit import AdroitSim, Rollout, rollout, task_spec
+from handvla.robot.lerobot_format import RobotDatasetWriter
+from handvla.robot.sim.adroit import DEFAULT_CAMERA, AdroitSim, Rollout, rollout, task_spec
 
 # Closed-hand joint targets (rad), found during development by a random search over grasp poses (40 poses,
 # each scored by relocate success on 16 seeds, the best ones re-checked on 60 others); the success they
@@ -237,7 +241,6 @@ def make_expert(task: str, config: Any = None):
 
 
 def demo_features(sim: AdroitSim, image_size: tuple[int, int] | None, camera_key: str) -> dict[str, Any]:
-    from handvla.data.lerobot import vector_feature, video_feature
 
     feats = {
         "observation.state": vector_feature(sim.state_dim, sim.state_names()),
@@ -270,11 +273,7 @@ def collect_demos(
     episode success rule), trying at most ``max_attempts`` seeds (default 3 x n_episodes).
     Returns a summary: episodes written, seeds used, success rate of the attempts, frames, seconds.
     """
-    import time
 
-    from handvla.data.lerobot import video_key
-    from handvla.robot.lerobot_format import RobotDatasetWriter
-    from handvla.robot.sim.adroit import DEFAULT_CAMERA
 
     if int(n_episodes) < 1:
         raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
@@ -288,7 +287,6 @@ def collect_demos(
     t0 = time.perf_counter()
     bar = None
     if progress:
-        from tqdm import tqdm
 
         bar = tqdm(total=int(n_episodes), desc=f"{task} demos", unit="ep")
     try:

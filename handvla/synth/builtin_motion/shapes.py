@@ -6,11 +6,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+import torch
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
 from handvla.errors import InputError
 from handvla.hand.anatomy import JOINT_LIMITS_RAD, anatomical_to_pose
+from handvla.hand.registry import shared_hand_model
 from handvla.hand.topology import MANO_PARENTS, MANO_TO_OPENPOSE, NUM_BETAS, check_side
 from handvla.synth.builtin_motion.constants import (
     FINGER_ROW,
@@ -27,9 +29,7 @@ from handvla.synth.builtin_motion.constants import (
 @lru_cache(maxsize=8)
 def model_geometry(hand_model: str, betas_key: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Right-hand rest joints (16, 3), tips (5, 3) and anatomical frames (15, 3, 3) of a model, float64."""
-    import torch
 
-    from handvla.hand.registry import shared_hand_model
 
     betas = torch.from_numpy(np.frombuffer(betas_key, np.float64).astype(np.float32)).reshape(1, NUM_BETAS)
     model = shared_hand_model(hand_model, "right")

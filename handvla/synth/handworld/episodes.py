@@ -33,13 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pydantic import ConfigDict, model_validator
 from scipy.spatial.transform import Rotation
+from tqdm import tqdm
 
 from handvla.config import ConfigModel
+from handvla.data.schema import Episode
+from handvla.data.store import EpisodeWriter
 from handvla.errors import ConfigError, InputError
 from handvla.hand.registry import motion_joints
 from handvla.hand.topology import SIDES
+from handvla.synth.builtin_motion import PRIMITIVES, BimanualScript, Workspace, rotation_from_directions
 from handvla.synth.handworld.cameras import RIGS, camera_record, look_at, make_camera, parse_rigs
 from handvla.synth.handworld.raster import HAND_LABELS, Renderer
 from handvla.synth.handworld.scene import SHAPE_NOUNS, Scene, SceneObject, free_spot, sample_scene, yaw_pose
@@ -157,6 +162,10 @@ class HandWorldConfig(ConfigModel):
     other_hand_prob: float = 0.5
     #: draw only these tasks (names of ``TASKS``); None = all, by their frequencies
     tasks: tuple[str, ...] | None = None
+    #: k > 1: each run of k consecutive episodes shares one scene, camera, body, hand shape and other-hand
+    #: presence (so the same first image), each with its own task and target: the instruction alone tells
+    #: them apart (contrastive data for instruction following). 1 = every episode its own scene.
+    scene_repeats: int = 1
 
     @model_validator(mode="after")
     def _check(self) -> HandWorldConfig:
@@ -173,6 +182,8 @@ class HandWorldConfig(ConfigModel):
             )
         if not (math.isfinite(self.seconds) and 2.0 <= self.seconds <= 60.0):
             raise ConfigError(f"HandWorldConfig.seconds: expected 2 to 60 seconds, got {self.seconds!r}")
+        if not 1 <= self.scene_repeats <= 64:
+            raise ConfigError(f"HandWorldConfig.scene_repeats: expected 1 to 64, got {self.scene_repeats!r}")
         if not (math.isfinite(self.fps) and 1.0 <= self.fps <= 120.0):
             raise ConfigError(f"HandWorldConfig.fps: expected 1 to 120, got {self.fps!r}")
         return self
@@ -184,7 +195,8 @@ class HandWorldConfig(ConfigModel):
     def key_prefix(self, seed: int) -> str:
         """Episode keys carry everything that changes an episode, so a resumed build never mixes configs."""
         tasks = "" if self.tasks is None else "/" + "+".join(self.tasks)
-        return f"handworld/s{seed}/{self.width}x{self.height}/{self.seconds:g}s/{self.fps:g}fps/{'+'.join(self.rigs)}{tasks}"
+        repeats = "" if self.scene_repeats == 1 else f"/x{self.scene_repeats}"
+        return f"handworld/s{seed}/{self.width}x{self.height}/{self.seconds:g}s/{self.fps:g}fps/{'+'.join(self.rigs)}{tasks}{repeats}"
 
 
 @dataclass
@@ -231,7 +243,6 @@ class Body:
 
 
 def sample_body(rng: np.random.Generator) -> Body:
-    from handvla.synth.builtin_motion import Workspace
 
     pitch = float(rng.uniform(38.0, 52.0))
     height = float(rng.uniform(0.42, 0.50))
@@ -329,7 +340,6 @@ class _Scripter:
         return h, p
 
     def push(self, side: str, obj: SceneObject, d_world_xy: np.ndarray, distance: float):
-        from handvla.synth.builtin_motion import rotation_from_directions
 
         h = self.s.hands[side]
         d_w = np.array([d_world_xy[0], d_world_xy[1], 0.0])
@@ -582,28 +592,30 @@ def _round(a, nd: int = 5):
 def make_episode(
     index: int, seed: int = 0, config: HandWorldConfig | None = None, keep_labels: bool = False
 ) -> EpisodeResult:
-    """Episode ``index`` of ``seed``: deterministic given (seed, index, config)."""
-    from handvla.data.schema import Episode
-    from handvla.synth.builtin_motion import BimanualScript
+    """Episode ``index`` of ``seed``: deterministic given (seed, index, config). With ``scene_repeats`` k > 1
+    the set-up (scene, camera, body, hand shape, other hand) comes from scene ``index // k`` and only the
+    task from the episode itself."""
 
     cfg = config or HandWorldConfig()
     rng = np.random.default_rng([int(seed), int(index)])
+    k = cfg.scene_repeats
+    setup = rng if k == 1 else np.random.default_rng([int(seed), int(index) // k, 0x5CE7E])
     T = cfg.num_frames
-    scene = sample_scene(rng)
-    rig = cfg.rigs[int(index) % len(cfg.rigs)]
-    cam = make_camera(rig, cfg.width, cfg.height, rng)
-    body = sample_body(rng)
-    betas = np.clip(rng.normal(0, 0.5, 10), -1.5, 1.5)
+    scene = sample_scene(setup)
+    rig = cfg.rigs[(int(index) // k) % len(cfg.rigs)]
+    cam = make_camera(rig, cfg.width, cfg.height, setup)
+    body = sample_body(setup)
+    betas = np.clip(setup.normal(0, 0.5, 10), -1.5, 1.5)
     n_obj = len(scene.objects)
     allowed = TASKS if cfg.tasks is None else cfg.tasks
     if cfg.tasks is not None:  # make sure the scene has the objects the asked-for tasks need
         need = min(TASKS[t][0] for t in cfg.tasks)
         while n_obj < need:
-            scene = sample_scene(rng)
+            scene = sample_scene(setup)
             n_obj = len(scene.objects)
     names = [t for t in allowed if TASKS[t][0] <= n_obj]
     weights = np.array([TASKS[t][1] for t in names])
-    other_present = bool(rng.random() < cfg.other_hand_prob)
+    other_present = bool(setup.random() < cfg.other_hand_prob)
     script_seed = int(rng.integers(2**63))
 
     plan = script = None
@@ -797,7 +809,6 @@ def segment_text(side: str, primitive: str, obj: str | None = None) -> str:
 
 
 def _primitive_names() -> tuple[str, ...]:
-    from handvla.synth.builtin_motion import PRIMITIVES
 
     return PRIMITIVES
 
@@ -808,7 +819,6 @@ def _primitive_names() -> tuple[str, ...]:
 
 
 def _worker_init() -> None:
-    import torch
 
     torch.set_num_threads(1)
 
@@ -830,9 +840,7 @@ def generate_episodes(
     """Write episodes 0..n-1 of ``seed`` into the store at ``out_dir`` (created or resumed: episodes
     whose key is already committed are skipped). ``rigs`` overrides ``config.rigs``; ``workers`` > 1
     renders in that many processes while this one writes. Returns a summary (counts, timing)."""
-    from tqdm import tqdm
 
-    from handvla.data.store import EpisodeWriter
 
     if int(n) != n or n < 0:
         raise ConfigError(f"--episodes: expected a non-negative whole number, got {n!r}")

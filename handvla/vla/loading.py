@@ -1,0 +1,134 @@
+"""What a training job built on the VLA takes from it: the VLA it starts from, the backbone layers FSDP2
+shards, and the run summary it writes. Used by ``handvla pretrain`` (`handvla.vla.pretrain`) and
+``handvla posttrain`` (`handvla.robot.posttrain`, which builds the robot policy on the VLA).
+
+The YAML's ``model`` section names where the VLA comes from (`VLASource`: the pretrain job's
+``ModelConfig`` and the policy's ``PolicyConfig`` both have these fields)::
+
+    init_checkpoint   a handvla VLA checkpoint folder (`load_vla`)
+    backbone          an InternVL3 -hf folder with real weights, extended with motion tokens (`vla_from_backbone`)
+    preset            random initialisation (`build_vla`), the default ("tiny"); seed, text_vocab_size
+    dtype             load dtype: float32, bfloat16, float16 (None: the weights' own)
+
+``init_checkpoint`` or ``backbone`` wins over ``preset``; giving both of them is an error. A random preset
+gets a BPE text tokenizer trained on ``DEFAULT_CORPUS`` plus the job's own texts: under ``torchrun`` rank 0
+trains it and saves it under ``OUTPUT_DIR/text_tokenizer`` while the other ranks wait at the barrier and
+then read it, and a resumed run reuses it, so token ids never change between sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from handvla.atomic import atomic_dir, atomic_write_text
+from handvla.errors import CheckpointError, ConfigError
+from handvla.tokenizer.loading import load_tokenizer
+from handvla.vla.modeling import VLABundle, build_vla, load_vla, vla_from_backbone
+from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
+
+#: the random preset's text tokenizer, under the run's output folder
+TEXT_TOKENIZER_DIR = "text_tokenizer"
+
+
+class VLASource(Protocol):
+    """The fields of a ``model`` config section that say where the VLA comes from (see the module doc)."""
+
+    init_checkpoint: str | None
+    backbone: str | None
+    preset: str | None
+    seed: int
+    dtype: str | None
+    text_vocab_size: int
+
+
+def load_initial_vla(
+    source: VLASource,
+    corpus: Sequence[str],
+    out_dir: Path,
+    is_main: bool,
+    barrier: Callable[[], None],
+    *,
+    motion_tokenizer: str | Path | None = None,
+    need_motion_tokenizer: bool = False,
+    preset_overrides: dict[str, Any] | None = None,
+) -> VLABundle:
+    """The `VLABundle` a training job starts from (see the module doc). ``corpus``: the job's texts for a
+    random preset's text tokenizer; ``is_main`` / ``barrier``: this rank trains that tokenizer or waits for
+    it. ``motion_tokenizer``: a MotionTokenizer folder, used instead of the checkpoint's. With
+    ``need_motion_tokenizer`` the bundle must carry one (the given one, else the checkpoint's, loaded; a
+    random preset needs the given one); without it a checkpoint's motion tokenizer is not loaded.
+    ``preset_overrides``: `HandVLAConfig` fields over the preset's."""
+    if source.init_checkpoint and source.backbone:
+        raise ConfigError("model: give one of init_checkpoint and backbone (got both)")
+    mt = load_tokenizer(motion_tokenizer) if motion_tokenizer else None
+    dtype = None if source.dtype is None else getattr(torch, source.dtype)
+    if source.init_checkpoint:
+        load_mt = need_motion_tokenizer and mt is None
+        bundle = load_vla(source.init_checkpoint, dtype=dtype, load_motion_tokenizer=load_mt)
+        if mt is not None:
+            bundle.motion_tokenizer = mt
+            bundle.model.config.has_motion_tokenizer = True
+    elif source.backbone:
+        bundle = vla_from_backbone(source.backbone, motion_tokenizer=mt, dtype=dtype, seed=source.seed)
+    else:
+        if not source.preset:
+            raise ConfigError("model: give an init_checkpoint, a backbone or a preset")
+        if need_motion_tokenizer and mt is None:
+            raise ConfigError("model.motion_tokenizer: a random preset needs a motion tokenizer folder")
+        tok_dir = out_dir / TEXT_TOKENIZER_DIR
+        if is_main and not (tok_dir / "tokenizer.json").is_file():
+            tok = build_text_tokenizer(list(DEFAULT_CORPUS) + list(corpus), vocab_size=source.text_vocab_size)
+            with atomic_dir(tok_dir) as tmp:
+                tok.save_pretrained(str(tmp))
+        barrier()
+        bundle = build_vla(
+            source.preset,
+            tokenizer=load_text_tokenizer(tok_dir),
+            motion_tokenizer=mt,
+            seed=source.seed,
+            dtype=dtype,
+            **(preset_overrides or {}),
+        )
+    if need_motion_tokenizer and bundle.motion_tokenizer is None:
+        raise CheckpointError(
+            "model: no motion tokenizer (give model.motion_tokenizer or a checkpoint that holds motion_tokenizer/)"
+        )
+    return bundle
+
+
+def backbone_layer_types(model: nn.Module) -> tuple[type, ...]:
+    """The classes of the backbone's repeated layers (the vision encoder's and the LLM's), which FSDP2
+    shards one by one (``Trainer(layer_types=...)``): the ones transformers lists as never to be split
+    across devices (``_no_split_modules`` of every pretrained model inside ``model``)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    return tuple({type(module) for module in model.modules() if type(module).__name__ in names})
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """Write a run's summary as JSON, atomically: tensors and numpy scalars as numbers, NaN and infinities
+    (a loss that never got measured) as null."""
+
+    def jsonable(x):
+        if isinstance(x, dict):
+            return {str(k): jsonable(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [jsonable(v) for v in x]
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if hasattr(x, "item"):
+            return x.item()
+        return x
+
+    atomic_write_text(path, json.dumps(jsonable(summary), indent=2))
+
+
+__all__ = ["TEXT_TOKENIZER_DIR", "VLASource", "backbone_layer_types", "load_initial_vla", "write_summary"]
