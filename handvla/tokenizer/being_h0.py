@@ -46,18 +46,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from handvla.atomic import read_json
-from handvla.config import load_config
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
 from handvla.hand.features import motion_to_features
 from handvla.hand.motion import HandMotion
-from handvla.tokenizer.configuration import FORMAT_VERSION, PRESETS, TokenizerConfig
+from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
 from handvla.tokenizer.layout import token_layout
-from handvla.tokenizer.modeling import CONFIG_NAME, WEIGHTS_NAME, MotionTokenizer, MotionTokens, fill_invalid
+from handvla.tokenizer.modeling import MotionTokenizer, MotionTokens, fill_invalid
 
 BEING_H0_PRESET = "being-h0-grvq-8k"
 BEING_H0_MODEL_TYPE = "being-h0-grvq-motion-tokenizer"
@@ -348,6 +345,8 @@ class BeingH0Tokenizer(MotionTokenizer):
     are ``parts[part]`` (``PartNetwork``); ``feature_mean`` / ``feature_std`` hold both parts' statistics
     at their feature positions (the wrist joint of the joint block, in no part, keeps 0 / 1)."""
 
+    config_class = BeingH0TokenizerConfig
+
     def __init__(self, config: BeingH0TokenizerConfig | None = None):
         nn.Module.__init__(self)  # MotionTokenizer's own networks are not built: these replace them
         config = BeingH0TokenizerConfig() if config is None else config
@@ -435,35 +434,9 @@ class BeingH0Tokenizer(MotionTokenizer):
         motion = super().decode_motion(ids, side="right", betas=betas, fps=fps, num_frames=num_frames)
         return replace(motion, side=side)
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> BeingH0Tokenizer:
-        """Load a folder written by ``save_pretrained`` (or ``convert_release`` then ``save_pretrained``)."""
-
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise MissingResourceError(f"{directory}: tokenizer checkpoint folder not found")
-        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise CheckpointError(
-                    f"{p}: missing (a tokenizer checkpoint needs {CONFIG_NAME} and {WEIGHTS_NAME})"
-                )
-        raw = read_json(cfg_path, dict, CheckpointError)
-        for key, want in (("format_version", FORMAT_VERSION), ("model_type", BEING_H0_MODEL_TYPE)):
-            if raw.get(key) != want:
-                raise CheckpointError(f"{cfg_path}: field '{key}': expected {want!r}, got {raw.get(key)!r}")
-        try:
-            config = load_config(BeingH0TokenizerConfig, base=raw, what=str(cfg_path))
-        except ConfigError as e:
-            raise CheckpointError(str(e)) from None
-        try:
-            state = load_file(str(w_path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{w_path}: not a readable safetensors file ({e})") from None
-        model = cls(config)
-        _check_tensors(model.state_dict(), state, w_path, "")
-        model.load_state_dict(state, strict=True)
-        return model.eval()
+    def _load_checkpoint_state(self, state: dict[str, torch.Tensor], w_path: Path) -> None:
+        _check_tensors(self.state_dict(), state, w_path, "")
+        self.load_state_dict(state, strict=True)
 
 
 def _check_tensors(

@@ -532,6 +532,9 @@ class MotionTokenizer(nn.Module):
     """Part-level GRQ-VAE. Features are given raw (un-normalised); normalisation stats are buffers
     saved with the weights."""
 
+    #: the config class ``from_pretrained`` reads config.json into (its ``model_type`` says the class)
+    config_class: type[TokenizerConfig] = TokenizerConfig
+
     def __init__(self, config: TokenizerConfig, normalizer: FeatureNormalizer | None = None):
         super().__init__()
         self.config = config
@@ -799,7 +802,7 @@ class MotionTokenizer(nn.Module):
                 f"{cfg_path}: field 'format_version': expected {FORMAT_VERSION}, got {version!r}"
             )
         try:
-            config = load_config(TokenizerConfig, base=raw, what=str(cfg_path))
+            config = load_config(cls.config_class, base=raw, what=str(cfg_path))
         except ConfigError as e:  # it names the file and the field
             raise CheckpointError(str(e)) from None
         try:
@@ -807,6 +810,13 @@ class MotionTokenizer(nn.Module):
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{w_path}: not a readable safetensors file ({e})") from None
         model = cls(config)
+        model._load_checkpoint_state(state, w_path)
+        return model.eval()
+
+    def _load_checkpoint_state(self, state: dict[str, torch.Tensor], w_path: Path) -> None:
+        """Check ``state`` (read from ``w_path``) against this model and load it (CheckpointError naming the
+        file and tensor otherwise)."""
+        model = self
         expected = model.inference_state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -827,7 +837,6 @@ class MotionTokenizer(nn.Module):
             for part in model.parts.values():
                 q = part.quantizer
                 q.ema_sum.copy_(q.codebook * q._smoothed_usage(q.ema_usage)[..., None])
-        return model.eval()
 
 
 @torch.no_grad()
