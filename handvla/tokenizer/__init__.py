@@ -8,6 +8,8 @@
 - ``data``: motion sources (built-in, joint files fitted to hand parameters, parameter files) and windows.
 - ``training``: the tokenizer's model, data and loss, trained by the shared ``handvla.train.trainer.Trainer``.
 - ``evaluation``: reconstruction metrics in millimetres.
+- ``being_h0``: Being-H0's released GRVQ-8K tokenizer (its modules and key names; conversion of its part
+  folders). ``loading.load_tokenizer``: any tokenizer folder, of the class its config.json names.
 """
 
 from handvla.tokenizer.configuration import TokenizerConfig, TokenizerTrainConfig, preset
