@@ -144,6 +144,10 @@ class Camera:
         K = as_intrinsics(K, "Camera")
         return cls(K[0, 0], K[1, 1], K[0, 2], K[1, 2], width, height, extrinsics)
 
+    def intrinsics_dict(self) -> dict[str, float | int]:
+        """fx, fy, cx, cy (pixels) and width, height: the intrinsics as plain numbers for JSON reports."""
+        return {"fx": self.fx, "fy": self.fy, "cx": self.cx, "cy": self.cy, "width": self.width, "height": self.height}
+
     @property
     def K(self) -> np.ndarray:
         """(3, 3) intrinsic matrix."""

@@ -601,14 +601,7 @@ def run_view(args: argparse.Namespace) -> int:
             "hands": [h.side for h in hands],
             "instruction": text,
             "rig": ep.rig,
-            "camera": {
-                "fx": cam.fx,
-                "fy": cam.fy,
-                "cx": cam.cx,
-                "cy": cam.cy,
-                "width": cam.width,
-                "height": cam.height,
-            },
+            "camera": cam.intrinsics_dict(),
         }
     )
     return 0

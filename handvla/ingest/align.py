@@ -158,14 +158,7 @@ def align_episode(
         ow, oh = cfg.out_size
         out = np.stack(warped) if warped else np.zeros((0, oh, ow, 3), np.uint8)
     notes: dict[str, Any] = {
-        "from": {
-            "fx": cam.fx,
-            "fy": cam.fy,
-            "cx": cam.cx,
-            "cy": cam.cy,
-            "width": cam.width,
-            "height": cam.height,
-        },
+        "from": cam.intrinsics_dict(),
         "to": {"K": cfg.output_K().round(6).tolist(), "width": cfg.out_size[0], "height": cfg.out_size[1]},
         "fit": cfg.fit,
         "H": H.round(8).tolist(),
