@@ -376,6 +376,13 @@ def _prediction_flags(
     return out, preds
 
 
+def _reject_outliers(tr: ParamTrack, cfg: StandardizeConfig) -> int:
+    """Mark ``tr``'s outlier frames invalid (in place); returns how many were rejected."""
+    bad = outlier_frames(tr, cfg)
+    tr.valid &= ~bad
+    return int(bad.sum())
+
+
 def outlier_frames(tr: ParamTrack, cfg: StandardizeConfig) -> np.ndarray:
     """(T,) True for valid frames rejected as outliers (the neighbour-prediction test on wrist position,
     wrist rotation and finger pose, and the two-sided speed test).
@@ -713,12 +720,7 @@ def standardize_episode(
         rep["swaps_repaired"] = int(moved[side].sum())
         if cfg.swap_refill == "interpolate" and moved[side].any():
             tr.valid = tr.valid & ~moved[side]  # refilled by the gap repair below when short
-        if do_outliers:
-            bad = outlier_frames(tr, cfg)
-            tr.valid &= ~bad
-            rep["outliers_rejected"] = int(bad.sum())
-        else:
-            rep["outliers_rejected"] = 0
+        rep["outliers_rejected"] = _reject_outliers(tr, cfg) if do_outliers else 0
         tr = smooth_track(tr, sigma) if sigma > 0 else tr
         param_tracks[side] = tr.take(snap_idx) if snap_idx is not None else resample_track(tr, t_out)
 
@@ -733,12 +735,7 @@ def standardize_episode(
             ep.joints[side], t_src, t_out, snap_idx, side, model, root_is_palm, fps_src, cfg, where
         )
         rep = {"origin": "fit", **rep, "swaps_repaired": 0}
-        if do_outliers:
-            bad = outlier_frames(tr, cfg)
-            tr.valid &= ~bad
-            rep["outliers_rejected"] = int(bad.sum())
-        else:
-            rep["outliers_rejected"] = 0
+        rep["outliers_rejected"] = _reject_outliers(tr, cfg) if do_outliers else 0
         param_tracks[side] = tr
         hand_reports[side] = rep
 
