@@ -154,3 +154,81 @@ def test_client_imports_without_torch():
     code = "import sys, handvla.robot.client; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+class SlowBatchPolicy(LinearPolicy):
+    """A forward pass costs 50 ms whatever the batch size (like a model on an accelerator); state[0] = -99
+    makes infer fail for that observation only."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def infer_batch(self, observations):
+        import time
+
+        time.sleep(0.05)
+        self.batches.append(len(observations))
+        if any(o["state"][0] == -99 for o in observations):
+            raise ValueError("a poisoned observation in the batch")
+        return [self.expected(o["state"]) for o in observations]
+
+    def infer(self, obs):
+        import time
+
+        time.sleep(0.05)
+        if obs["state"][0] == -99:
+            raise ValueError("poisoned observation")
+        return self.expected(obs["state"])
+
+
+def _hammer(url, n_clients, per_client, poison_client=None):
+    """n_clients threads, each with its own connection; returns per-request (ok, error) results."""
+    results, errors = {}, {}
+
+    def run(k):
+        with PolicyClient(url) as c:
+            for i in range(per_client):
+                obs = _obs(100 * k + i)
+                if k == poison_client:
+                    obs["state"][0] = -99
+                try:
+                    results[k, i] = (obs["state"], c.infer(obs))
+                except PolicyError as e:
+                    errors[k, i] = str(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_server_batches_concurrent_clients_and_isolates_failures():
+    import time
+
+    policy = SlowBatchPolicy()
+    timings = {}
+    for max_batch, poison in ((32, None), (1, None), (32, 7)):
+        srv = PolicyServer(policy, port=0, max_batch=max_batch)
+        port = srv.start_in_thread()
+        try:
+            t = time.perf_counter()
+            results, errors = _hammer(f"ws://127.0.0.1:{port}", 8, 3, poison_client=poison)
+            timings[max_batch, poison] = time.perf_counter() - t
+        finally:
+            srv.stop()
+        for state, actions in results.values():  # every answer is its own observation's
+            np.testing.assert_allclose(actions, policy.expected(state), rtol=1e-6)
+        if poison is not None:  # a failing observation fails its own request only
+            assert len(results) == 21 and len(errors) == 3
+            assert all("policy_error" in e and "poisoned" in e for e in errors.values())
+        else:
+            assert len(results) == 24 and not errors
+        if max_batch == 1:
+            assert srv.batch_sizes == []  # one infer at a time
+        else:
+            assert max(srv.batch_sizes) > 1
+    # 24 requests one by one take >= 24 x 50 ms; batched, the passes are shared
+    assert timings[1, None] > 1.2 and timings[32, None] < 0.6 * timings[1, None], timings

@@ -79,6 +79,44 @@ class LoraSettings(ConfigModel):
     vision: bool = Field(False, description="also adapt the vision tower (its attention / MLP linears)")
 
 
+class FlowSettings(ConfigModel):
+    """The flow-matching action expert of ``head: flow`` (handvla.policy.flow)."""
+
+    width: int | None = Field(
+        None, gt=0, description="the expert's width D (None: half the LLM width, in 64..1024; set when built)"
+    )
+    layers: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0)
+    num_steps: int = Field(10, ge=1, description="Euler integration steps at inference")
+    time_beta: tuple[float, float] = Field(
+        (1.5, 1.0), description="flow time t = time_max * (1 - Beta(a, b)): weight on the noisier steps"
+    )
+    time_max: float = Field(0.999, gt=0.0, le=1.0)
+    rtc_guidance: float = Field(
+        2.0, ge=0.0, description="real-time chunking: weight of the pull towards the committed prefix (0: inpainting only)"
+    )
+
+    def width_for(self, llm_width: int) -> int:
+        """``width``, or the default for an LLM of width ``llm_width``: half of it, within 64..1024, a
+        multiple of ``heads``."""
+        if self.width is not None:
+            return self.width
+        w = max(64, min(1024, llm_width // 2))
+        return max(self.heads, w - w % self.heads)
+
+    @model_validator(mode="after")
+    def _check(self) -> FlowSettings:
+        if self.width is not None and self.width % self.heads:
+            raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
+        if min(self.time_beta) <= 0:
+            raise ValueError(f"time_beta {self.time_beta}: both parameters must be > 0")
+        return self
+
+
+HeadKind = Literal["regression", "flow"]
+
+
 class PolicyConfig(ConfigModel):
     """Everything the policy needs besides weights, tokenizer and statistics (see the module doc).
     ``init_checkpoint`` or ``backbone`` wins over ``preset``; giving both of them is an error when the
@@ -99,7 +137,13 @@ class PolicyConfig(ConfigModel):
     gradient_checkpointing: bool = False
     proprio_hidden_size: int | None = Field(None, gt=0, description="fp's hidden width (default H)")
     head_hidden_size: int | None = Field(None, gt=0, description="fr's hidden width (default H)")
-    loss: Literal["l1", "mse"] = "l1"
+    head: HeadKind = Field(
+        "regression",
+        description="regression: fr on the action queries' hidden states (Being-H0); flow: a flow-matching "
+        "action expert attending to the VLA's hidden states",
+    )
+    flow: FlowSettings = Field(default_factory=FlowSettings)
+    loss: Literal["l1", "mse"] = Field("l1", description="the regression head's loss")
     prompt_template: str = DEFAULT_PROMPT
     # -- set when built (BUILT_FIELDS) ---------------------------------------------------------------
     state_dim: int | None = Field(None, gt=0, description="robot state size (from the dataset)")

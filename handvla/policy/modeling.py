@@ -57,7 +57,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from handvla.atomic import atomic_dir, read_json
+from handvla.atomic import atomic_dir, check_safetensors, read_json
 from handvla.errors import CheckpointError, ConfigError, InputError, MissingResourceError
 from handvla.policy.configuration import (
     BACKBONE_MODES,
@@ -65,6 +65,7 @@ from handvla.policy.configuration import (
     PolicyConfig,
     load_policy_config,
 )
+from handvla.policy.flow import ActionExpert
 from handvla.policy.processing import (
     PROP_CONTEXT_TOKEN,
     Normalizer,
@@ -90,10 +91,14 @@ def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 
 @dataclass
 class PolicyOutput:
-    actions: torch.Tensor  # (B, Na, action_dim) normalised actions
+    """``actions`` (B, Na, action_dim), normalised. The flow head in training mode gives its one-step
+    estimate ``x_t + (1 - t) v`` there (the loss is ``velocity_mse``); in eval mode, the integrated chunk."""
+
+    actions: torch.Tensor
     loss: torch.Tensor | None = None
     l1: torch.Tensor | None = None  # mean |error| over real steps and action dims (normalised units)
     mse: torch.Tensor | None = None
+    velocity_mse: torch.Tensor | None = None  # the flow head's training loss
 
 
 def masked_action_errors(
@@ -120,7 +125,9 @@ def _init_rows_at_mean(weight: torch.Tensor, start: int, noise: float = 0.02, se
 
 
 class HandVLAPolicyModel(nn.Module):
-    """InternVL backbone (no LM head) + proprioception projector fp + action queries + regression head fr.
+    """InternVL backbone (no LM head) + proprioception projector fp + action queries + an action head:
+    the regression head fr (``config.head: regression``, Being-H0) or the flow-matching action expert
+    (``flow``, `handvla.policy.flow.ActionExpert`), which reads the backbone's last hidden states.
 
     Build one from a VLA with `from_vla`, load a saved one with `from_pretrained`. Besides its modules it
     carries ``processor`` (a `PolicyProcessor`), ``normalizer`` (a `Normalizer`, or None until set) and
@@ -138,7 +145,11 @@ class HandVLAPolicyModel(nn.Module):
         self.backbone = backbone
         self.proprio = mlp(config.state_dim, config.proprio_hidden_size or H, H)  # fp
         self.action_queries = nn.Parameter(torch.zeros(config.chunk_size, H))
-        self.action_head = mlp(H, config.head_hidden_size or H, config.action_dim)  # fr
+        if config.head == "flow":
+            config.flow.width = config.flow.width_for(H)  # the checkpoint says the width it was built with
+            self.action_expert = ActionExpert(config.action_dim, H, config.chunk_size, config.flow)
+        else:
+            self.action_head = mlp(H, config.head_hidden_size or H, config.action_dim)  # fr
         self.processor = processor
         self.normalizer: Normalizer | None = None
         self.motion_tokenizer_dir: Path | None = None
@@ -174,15 +185,30 @@ class HandVLAPolicyModel(nn.Module):
         model.reset_heads(seed)
         return model
 
+    def head_modules(self) -> dict[str, nn.Module]:
+        """The modules beside the backbone and the queries, by checkpoint prefix: fp, and fr or the expert."""
+        heads: dict[str, nn.Module] = {"proprio": self.proprio}
+        if self.config.head == "flow":
+            heads["action_expert"] = self.action_expert
+        else:
+            heads["action_head"] = self.action_head
+        return heads
+
     @torch.no_grad()
     def reset_heads(self, seed: int = 0) -> None:
-        """Draw fp and fr (PyTorch's default Linear init) and put the queries at the mean token embedding
-        plus small noise, so they start in the range the LLM is used to."""
+        """Draw fp and fr (PyTorch's default Linear init) or the expert (`ActionExpert.reset_parameters`,
+        under ``seed``), and put the queries at the mean token embedding plus small noise, so they start in
+        the range the LLM is used to."""
         g = torch.Generator().manual_seed(seed)
-        for lin in [m for m in (*self.proprio, *self.action_head) if isinstance(m, nn.Linear)]:
+        mlps = [self.proprio] + ([self.action_head] if self.config.head == "regression" else [])
+        for lin in [m for seq in mlps for m in seq if isinstance(m, nn.Linear)]:
             bound = 1.0 / lin.in_features**0.5
             lin.weight.copy_(torch.empty_like(lin.weight).uniform_(-bound, bound, generator=g))
             lin.bias.copy_(torch.empty_like(lin.bias).uniform_(-bound, bound, generator=g))
+        if self.config.head == "flow":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                self.action_expert.reset_parameters()
         emb = self.backbone.get_input_embeddings().weight.float()
         n = min(emb.shape[0], self.config.prop_token_id or emb.shape[0])
         mean, std = emb[:n].mean(0).cpu(), emb[:n].std(0).cpu()
@@ -239,7 +265,7 @@ class HandVLAPolicyModel(nn.Module):
                     f"lora.target_modules {lora.target_modules}: matched no linear layer of the backbone"
                 )
             self._lora = True
-        for module in (self.proprio, self.action_head):
+        for module in self.head_modules().values():
             module.requires_grad_(True)
         self.action_queries.requires_grad_(True)
 
@@ -255,10 +281,16 @@ class HandVLAPolicyModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         actions: torch.Tensor | None = None,
         action_mask: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        prefix_len: torch.Tensor | None = None,
     ) -> PolicyOutput:
         """``input_ids`` / ``attention_mask`` (B, L) from `PolicyProcessor.collate`, ``state`` (B, Ds)
         normalised, ``pixel_values`` (tiles, 3, S, S). With ``actions`` (B, Na, A) (normalised) and
-        ``action_mask`` (B, Na), also the loss."""
+        ``action_mask`` (B, Na), also the loss. ``prefix`` (B, d, A), normalised: committed first actions
+        (real-time chunking), kept exactly; the flow expert generates the rest consistent with them;
+        ``prefix_len`` (B,): how many of them row b commits (default all). ``generator``: the flow
+        expert's noise at inference."""
         cfg = self.config
         B, Na = input_ids.shape[0], cfg.chunk_size
         bb = self.backbone
@@ -297,13 +329,45 @@ class HandVLAPolicyModel(nn.Module):
         hidden = bb.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state  # (B, L, H)
+        if cfg.head == "flow":
+            return self._flow_output(hidden, attention_mask, actions, action_mask, prefix, prefix_len, generator)
         # the template writes the queries in order 0..Na-1, so position order is query order
         hq = hidden[q_mask].reshape(B, Na, -1)
         pred = self.action_head(hq.to(self.action_queries.dtype))  # (B, Na, A): fr
+        if prefix is not None:
+            d = prefix.shape[1]
+            lens = torch.full((B,), d) if prefix_len is None else prefix_len.cpu()
+            keep = (torch.arange(d)[None] < lens[:, None]).to(pred.device)[..., None]
+            pred = torch.cat([torch.where(keep, prefix.to(pred), pred[:, :d]), pred[:, d:]], dim=1)
         out = PolicyOutput(actions=pred)
         if actions is not None:
             out.l1, out.mse = masked_action_errors(pred, actions, action_mask)
             out.loss = out.l1 if cfg.loss == "l1" else out.mse
+        return out
+
+    def _flow_output(
+        self, hidden, attention_mask, actions, action_mask, prefix, prefix_len, generator
+    ) -> PolicyOutput:
+        """The flow head: in training mode with ``actions``, the flow-matching loss (and the one-step
+        estimate of the chunk); otherwise the integrated chunk (and its errors when ``actions`` are given)."""
+        expert = self.action_expert
+        ctx_mask = attention_mask.bool()
+        if actions is not None and self.training:
+            x_t, t, u = expert.training_targets(actions)
+            v = expert(x_t, t, hidden, ctx_mask)
+            est = x_t + (1 - t)[:, None, None] * v
+            _, vel_mse = masked_action_errors(v, u, action_mask)
+            out = PolicyOutput(actions=est, loss=vel_mse, velocity_mse=vel_mse)
+            with torch.no_grad():
+                out.l1, out.mse = masked_action_errors(est, actions, action_mask)
+            return out
+        chunk = expert.sample(hidden, ctx_mask, prefix=prefix, generator=generator, prefix_len=prefix_len)
+        out = PolicyOutput(actions=chunk)
+        if actions is not None:
+            out.l1, out.mse = masked_action_errors(chunk, actions, action_mask)
+            x_t, t, u = expert.training_targets(actions)
+            _, out.velocity_mse = masked_action_errors(expert(x_t, t, hidden, ctx_mask), u, action_mask)
+            out.loss = out.velocity_mse
         return out
 
     # -- saving ---------------------------------------------------------------------------------------
@@ -322,11 +386,15 @@ class HandVLAPolicyModel(nn.Module):
                 out[key] = (out[key].float() + delta).to(out[key].dtype)
         return {k.replace(".base_layer.", "."): v for k, v in out.items()}
 
-    def head_state_dict(self) -> dict[str, torch.Tensor]:
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """The queries and the head modules' tensors by checkpoint key (live tensors)."""
         sd = {"action_queries": self.action_queries}
-        sd |= {f"proprio.{k}": v for k, v in self.proprio.state_dict().items()}
-        sd |= {f"action_head.{k}": v for k, v in self.action_head.state_dict().items()}
-        return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+        for prefix, module in self.head_modules().items():
+            sd |= {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+        return sd
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.head_tensors().items()}
 
     def save_pretrained(self, path: str | Path, max_shard_size: str = "5GB") -> Path:
         """Write the self-contained checkpoint folder (module doc) atomically: built beside ``path``,
@@ -390,6 +458,7 @@ class HandVLAPolicyModel(nn.Module):
             )
         if not (path / HEAD_WEIGHTS_NAME).is_file():
             raise CheckpointError(f"{path / HEAD_WEIGHTS_NAME}: missing (the policy head weights)")
+        check_safetensors(path)  # a corrupt or truncated weights file: CheckpointError naming it
         vla_cfg = HandVLAConfig.from_pretrained(str(path))
         tokenizer = load_text_tokenizer(path)
         check_policy_tokens(tokenizer, pcfg, str(path))
@@ -409,14 +478,13 @@ class HandVLAPolicyModel(nn.Module):
         processor = PolicyProcessor(HandVLAProcessor(tokenizer, vla_cfg), pcfg)
         model = cls(backbone, pcfg, processor)
         head = load_file(str(path / HEAD_WEIGHTS_NAME))
-        own = {"action_queries": model.action_queries}
-        own |= {f"proprio.{k}": v for k, v in model.proprio.state_dict().items()}
-        own |= {f"action_head.{k}": v for k, v in model.action_head.state_dict().items()}
+        own = model.head_tensors()
         if set(head) != set(own) or any(head[k].shape != own[k].shape for k in own):
+            odd = sorted(set(head) ^ set(own)) or [k for k in own if head[k].shape != own[k].shape]
             raise CheckpointError(
-                f"{path / HEAD_WEIGHTS_NAME}: tensors {sorted((k, tuple(v.shape)) for k, v in head.items())[:6]} do "
-                f"not match {POLICY_CONFIG_NAME} (state_dim {pcfg.state_dim}, action_dim {pcfg.action_dim}, "
-                f"chunk {pcfg.chunk_size})"
+                f"{path / HEAD_WEIGHTS_NAME}: tensors do not match {POLICY_CONFIG_NAME} (head {pcfg.head!r}, "
+                f"state_dim {pcfg.state_dim}, action_dim {pcfg.action_dim}, chunk {pcfg.chunk_size}): "
+                f"first differing keys {odd[:4]}"
             )
         with torch.no_grad():
             for k, v in own.items():
@@ -469,6 +537,8 @@ class HandVLAPolicy:
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.task = task if task is not None else self.config.default_task
         self.calls = 0
+        self.seed = int(self.config.seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
 
     @classmethod
     def load(
@@ -497,6 +567,9 @@ class HandVLAPolicy:
             "task": self.task,
             "fps": c.fps,
             "backbone_mode": c.backbone_mode,
+            "head": c.head,
+            "flow_steps": c.flow.num_steps if c.head == "flow" else None,
+            "real_time_chunking": True,
             "init": c.init,
             "checkpoint": self.checkpoint,
         }
@@ -507,23 +580,80 @@ class HandVLAPolicy:
         self.task = task
 
     def reset(self) -> None:
-        """Nothing to reset: each chunk depends on the current observation only."""
+        """Re-seed the flow expert's noise (``config.seed``): an evaluation that resets before each episode
+        gets the same chunks for the same observations, run after run. The regression head has no state."""
+        self._generator.manual_seed(self.seed)
 
     def preprocess(self, observation: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One observation -> the model's batch of one (`PolicyProcessor.preprocess`)."""
         return self.processor.preprocess(observation, self.normalizer, self.task)
 
-    @torch.inference_mode()
+    def committed_prefix(self, observation: dict[str, Any]) -> np.ndarray | None:
+        """Real-time chunking: the observation's ``prev_actions`` (n, action_dim), robot units, the previous
+        chunk's actions from the observation's time step on, and ``inference_delay`` d (control steps that
+        run before the new chunk arrives, 0 <= d <= min(n, chunk_size)) -> the first d of them, normalised,
+        (d, action_dim); None when not asked for (no ``prev_actions`` or d = 0)."""
+        if "prev_actions" not in observation:
+            if "inference_delay" in observation:
+                raise InputError("observation", "prev_actions", "the previous chunk with inference_delay", "missing")
+            return None
+        c = self.config
+        prev = np.asarray(observation["prev_actions"], np.float32)
+        if prev.ndim != 2 or prev.shape[1] != c.action_dim or not np.isfinite(prev).all():
+            raise InputError(
+                "observation", "prev_actions", f"finite (n, {c.action_dim}) actions", f"{prev.dtype} {prev.shape}"
+            )
+        delay = np.asarray(observation.get("inference_delay", 0))
+        if delay.size != 1 or delay.dtype.kind not in "iu" or not 0 <= int(delay) <= min(len(prev), c.chunk_size):
+            raise InputError(
+                "observation", "inference_delay",
+                f"an integer in 0..{min(len(prev), c.chunk_size)} (prev_actions rows, chunk size)", str(delay.tolist()),
+            )  # fmt: skip
+        d = int(delay)
+        if d == 0:
+            return None
+        return np.asarray(self.normalizer.normalize(c.action_key, prev[:d]), np.float32)
+
+    @torch.no_grad()  # not inference_mode: the flow expert's prefix guidance takes a gradient
+    def predict_normalized_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
+        """The chunks of several observations in one forward pass, normalised, (B, chunk_size, action_dim)
+        float32 (with each one's committed prefix of real-time chunking, see `committed_prefix`)."""
+        samples = [self.processor.observation_sample(o, self.normalizer, self.task) for o in observations]
+        prefixes = [self.committed_prefix(o) for o in observations]
+        batch = {k: v.to(self.device) for k, v in self.processor.collate(samples).items()}
+        d = max((len(p) for p in prefixes if p is not None), default=0)
+        if d:
+            A = self.config.action_dim
+            pre = np.zeros((len(observations), d, A), np.float32)
+            lens = np.zeros(len(observations), np.int64)
+            for b, p in enumerate(prefixes):
+                if p is not None:
+                    pre[b, : len(p)], lens[b] = p, len(p)
+            batch["prefix"] = torch.from_numpy(pre).to(self.device)
+            batch["prefix_len"] = torch.from_numpy(lens)
+        return self.model(**batch, generator=self._generator).actions.float().cpu().numpy()
+
     def predict_normalized(self, observation: dict[str, Any]) -> np.ndarray:
         """The chunk in normalised action units, (chunk_size, action_dim) float32."""
-        batch = {k: v.to(self.device) for k, v in self.preprocess(observation).items()}
-        return self.model(**batch).actions[0].float().cpu().numpy()
+        return self.predict_normalized_batch([observation])[0]
+
+    def infer_batch(self, observations: list[dict[str, Any]]) -> list[np.ndarray]:
+        """`infer` for several observations in one forward pass (what the server does for concurrent
+        clients)."""
+        preds = self.processor.postprocess(self.predict_normalized_batch(observations), self.normalizer)
+        self.calls += len(observations)
+        out = []
+        for obs, pred in zip(observations, preds):
+            d = int(np.asarray(obs.get("inference_delay", 0)))
+            if d > 0:  # exact robot units (no round trip through the statistics)
+                pred[:d] = np.asarray(obs["prev_actions"], np.float32)[:d]
+            out.append(pred)
+        return out
 
     def infer(self, observation: dict[str, Any]) -> np.ndarray:
-        """(chunk_size, action_dim) float32 actions in the dataset's units."""
-        pred = self.predict_normalized(observation)
-        self.calls += 1
-        return self.processor.postprocess(pred, self.normalizer)
+        """(chunk_size, action_dim) float32 actions in the dataset's units. With ``prev_actions`` and
+        ``inference_delay`` d in the observation, the first d actions are exactly ``prev_actions[:d]``."""
+        return self.infer_batch([observation])[0]
 
 
 __all__ = [

@@ -408,9 +408,15 @@ class PolicyProcessor:
     def preprocess(
         self, observation: dict[str, Any], normalizer: Normalizer, task: str | None = None
     ) -> dict[str, torch.Tensor]:
+        """One observation -> the model's batch of one (`observation_sample`, collated)."""
+        return self.collate([self.observation_sample(observation, normalizer, task)])
+
+    def observation_sample(
+        self, observation: dict[str, Any], normalizer: Normalizer, task: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """One observation in robot units (``state``, a uint8 (H, W, 3) image per camera name of
-        ``config.observation_names``, optionally ``task``) -> the model's batch of one (the training sample
-        layout). The state is normalised with ``normalizer``; the instruction is ``observation["task"]``
+        ``config.observation_names``, optionally ``task``) -> one sample in the training sample layout
+        (`encode`). The state is normalised with ``normalizer``; the instruction is ``observation["task"]``
         when it is a string, else ``task``."""
         c = self.config
         if not isinstance(observation, dict) or "state" not in observation:
@@ -430,7 +436,7 @@ class PolicyProcessor:
                 raise InputError("observation", name, "a uint8 (H, W, 3) image", f"{img.dtype} {img.shape}")
             images.append(img)
         obs_task = observation.get("task")
-        return self.collate([self.encode(obs_task if isinstance(obs_task, str) else task, images, state_n)])
+        return self.encode(obs_task if isinstance(obs_task, str) else task, images, state_n)
 
     def postprocess(self, actions: np.ndarray | torch.Tensor, normalizer: Normalizer) -> np.ndarray:
         """A predicted chunk (..., action_dim) in normalised units -> float32 actions in robot units."""

@@ -48,7 +48,21 @@ class PolicyClient:
             raise PolicyError(reply.get("code", "error"), reply.get("message", ""))
         return reply
 
-    def infer(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+    def infer(
+        self,
+        observation: dict[str, np.ndarray],
+        prev_actions: np.ndarray | None = None,
+        inference_delay: int = 0,
+    ) -> np.ndarray:
+        """One chunk (chunk_size, action_dim). Real-time chunking: ``prev_actions`` (n, action_dim), the
+        previous chunk from this observation's time step on, and ``inference_delay`` d, the control steps
+        that will run before the answer arrives; the answer's first d actions are ``prev_actions[:d]``."""
+        if prev_actions is not None:
+            observation = {
+                **observation,
+                "prev_actions": np.asarray(prev_actions, np.float32),
+                "inference_delay": int(inference_delay),
+            }
         reply = self._request({"type": "infer", "id": next(self._ids), "observation": observation})
         return reply["actions"]
 
@@ -74,14 +88,26 @@ class PolicyClient:
 
 
 class ActionChunkBroker:
-    """Serve one action per call from the latest chunk; re-plan every ``replan_every`` actions."""
+    """Serve one action per call from the latest chunk; re-plan every ``replan_every`` actions.
 
-    def __init__(self, client: PolicyClient, replan_every: int | None = None):
+    ``commit`` d > 0 (real-time chunking, for servers whose metadata says ``real_time_chunking``): each
+    re-plan sends the rest of the current chunk as ``prev_actions`` with ``inference_delay`` d, so the new
+    chunk starts with the d actions already planned and continues from them (no jump at the seam); on a
+    robot the d steps cover the time the request takes. ``replan_every + commit`` must fit in a chunk."""
+
+    def __init__(self, client: PolicyClient, replan_every: int | None = None, commit: int = 0):
         self.client = client
         chunk = int(client.metadata.get("chunk_size", 1))
         self.replan_every = replan_every or chunk
+        self.commit = int(commit)
         if not 1 <= self.replan_every <= chunk:
             raise ValueError(f"replan_every must be in 1..{chunk} (the server's chunk size), got {self.replan_every}")
+        if self.commit and not client.metadata.get("real_time_chunking"):
+            raise ValueError("commit > 0 needs a server with real-time chunking (metadata 'real_time_chunking')")
+        if not 0 <= self.commit <= chunk - self.replan_every:
+            raise ValueError(
+                f"commit must be in 0..{chunk - self.replan_every} (chunk size - replan_every), got {self.commit}"
+            )
         self._chunk: np.ndarray | None = None
         self._i = 0
 
@@ -89,8 +115,15 @@ class ActionChunkBroker:
         self._chunk, self._i = None, 0
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        if self._chunk is None or self._i >= self.replan_every:
+        if self._chunk is None:
             self._chunk, self._i = self.client.infer(observation), 0
+        elif self._i >= self.replan_every:
+            if self.commit:
+                rest = self._chunk[self._i :]
+                self._chunk = self.client.infer(observation, prev_actions=rest, inference_delay=self.commit)
+            else:
+                self._chunk = self.client.infer(observation)
+            self._i = 0
         action = self._chunk[self._i]
         self._i += 1
         return action

@@ -65,8 +65,13 @@ class _LocalClient:
             if key not in self.metadata:
                 raise ConfigError(f"policy metadata lacks '{key}' (see handvla.robot.server.Policy)")
 
-    def infer(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        obs = validate_observation(observation, self.metadata["observation"])
+    def infer(
+        self, observation: dict[str, np.ndarray], prev_actions: np.ndarray | None = None, inference_delay: int = 0
+    ) -> np.ndarray:
+        if prev_actions is not None:  # real-time chunking, as `PolicyClient.infer` sends it
+            observation = {**observation, "prev_actions": prev_actions, "inference_delay": int(inference_delay)}
+        m = self.metadata
+        obs = validate_observation(observation, m["observation"], m["chunk_size"], m["action_dim"])
         actions = np.asarray(self.policy.infer(obs), np.float32)
         want = (int(self.metadata["chunk_size"]), int(self.metadata["action_dim"]))
         if actions.shape != want:

@@ -7,7 +7,10 @@ plain numeric dtypes; anything else is rejected with ``ProtocolError``.
 Messages (all maps with a ``type``):
 - server -> client on connect: ``{"type": "metadata", "protocol": 1, "policy": {...}}``
 - ``{"type": "infer", "id": k, "observation": {key: array}}`` -> ``{"type": "action", "id": k,
-  "actions": (chunk, action_dim) float32, "server_ms": float}``
+  "actions": (chunk, action_dim) float32, "server_ms": float}``. The observation may also carry ``task``
+  (a string) and, for real-time chunking, ``prev_actions`` ((n, action_dim): the previous chunk from the
+  observation's time step on) with ``inference_delay`` (int d): the answer's first d actions are
+  ``prev_actions[:d]`` and the rest continue from them.
 - ``{"type": "ping"}`` -> ``{"type": "pong"}``
 - any failure -> ``{"type": "error", "id": k or None, "code": str, "message": str}``; the connection stays up.
 """
