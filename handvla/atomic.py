@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from handvla.errors import InputError
+from handvla.errors import CheckpointError, InputError
 
 TMP_MARK = ".tmp"
 
@@ -53,10 +53,24 @@ def fsync_file(path: str | Path) -> None:
         os.fsync(f.fileno())
 
 
+def file_target(path: str | Path) -> Path:
+    """``path`` as the target of a file write: InputError naming it when it is an existing folder (the
+    rename would fail) or when a part of its parent is an existing file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, None, "a file path to write", "an existing folder")
+    for up in path.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise InputError(path, None, f"a path in a folder ('{up}' is a file)", "a file as folder")
+            break
+    return path
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", durable: bool = True) -> Iterator[IO[Any]]:
     """``with atomic_open(p) as f: f.write(...)``: ``p`` appears only if the block finishes."""
-    path = Path(path)
+    path = file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
     try:
@@ -98,6 +112,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def atomic_replace_from(src_tmp: str | Path, path: str | Path, durable: bool = True) -> None:
     """Move an already written temporary file (from ``tmp_path``) into place."""
+    file_target(path)
     if durable:
         fsync_file(src_tmp)
     os.replace(src_tmp, path)
@@ -160,6 +175,24 @@ def read_json(path: str | Path, expect: type | None = dict, error: type[Exceptio
     if expect is not None and not isinstance(obj, expect):
         raise fail(_JSON_TYPES.get(expect, f"JSON of type {expect.__name__}"), type(obj).__name__)
     return obj
+
+
+def check_safetensors(path: str | Path, error: type[Exception] = CheckpointError) -> list[Path]:
+    """The ``*.safetensors`` files of a folder (or the one file ``path``), each checked to open with a
+    header that covers the whole file (reads the headers only); a corrupt, truncated or empty one raises
+    ``error`` naming it."""
+    # why here: safetensors is only needed by the loaders that call this
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    for f in files:
+        try:
+            with safe_open(str(f), framework="numpy") as st:
+                st.keys()
+        except (SafetensorError, OSError) as e:
+            raise error(f"{f}: not a readable safetensors file ({e})") from None
+    return files
 
 
 def atomic_savez(path: str | Path, arrays: dict[str, Any], durable: bool = True) -> Path:

@@ -31,7 +31,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from handvla.atomic import tmp_path
+from handvla.atomic import file_target, tmp_path
 from handvla.errors import InputError, MissingResourceError
 
 #: extensions written with H.264 and the container format PyAV is given for each
@@ -76,7 +76,7 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, fps: float = 15.0, crf: int = 18, preset: str = "veryfast"):
-        self.path = Path(path)
+        self.path = file_target(path)  # not an existing folder
         self._ext = _ext(self.path)
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise InputError(self.path, "fps", "a positive number", repr(fps))

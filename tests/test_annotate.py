@@ -662,3 +662,37 @@ def test_handworld_objects_targets_and_grip(tmp_path):
     assert np.mean(info["tracks"][side].closed == grip) > 0.9
     text = ann.annotate(clip).clip[side]["instruction"]
     assert obj.name in text
+
+
+def test_dataset_action_labels_become_the_clip_instruction(tmp_path):
+    """A source's own action label (FPHA's 'flip_pages' folder) reaches the annotation as the clip's
+    high-level instruction ("Flip the pages."); the motion still gives the summary and the per-second texts,
+    and an episode without a label keeps the kinematic instruction."""
+    from handvla.data.store import EpisodeWriter
+    from handvla.ingest.sources.base import action_annotation
+    from handvla.language.instructions import build_instructions, read_manifest
+
+    root = tmp_path / "s"
+    with EpisodeWriter(root, fps=FPS, hand_model="builtin", joints=False, camera=None) as w:
+        for i, ann in enumerate([action_annotation("flip_pages"), {}]):
+            m, _ = sample_labelled_sequence(np.random.default_rng(40 + i), 4.0, FPS, ("right",))
+            w.add_episode(
+                Episode(hands=m, camera=CAM, fps=FPS, key=f"fpha/{i}", tasks=["flip the pages"],
+                        source="fpha", annotations=ann)
+            )  # fmt: skip
+    annotate_store(root, R.RuleAnnotator(), progress=False)
+    anns = AnnotationTable(root, "rules").load()
+    labelled = [a for a in anns.values() if a.episode_key == "fpha/0"]
+    plain = [a for a in anns.values() if a.episode_key == "fpha/1"]
+    assert labelled and plain
+    for a in labelled:
+        assert a.clip["right"]["instruction"] == "Flip the pages."
+        assert a.facts["action"] == "flip the pages" and a.facts["kinematic_instruction"]["right"]
+        assert "flip" not in a.clip["right"]["summary"].lower()  # the summary describes the motion
+        assert all("flip" not in s.text["right"]["instruction"].lower() for s in a.seconds)
+    for a in plain:
+        assert "flip" not in a.clip["right"]["instruction"].lower() and "action" not in a.facts
+    # the instructions built from the store carry the label
+    build_instructions([root], tmp_path / "m.jsonl", progress=False)
+    gen = [r for r in read_manifest(tmp_path / "m.jsonl") if r["task_type"] == "generation"]
+    assert any("flip the pages" in r["prompt"].lower() for r in gen if r["episode_key"] == "fpha/0")

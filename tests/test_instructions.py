@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handvla.errors import ConfigError
+from handvla.errors import ConfigError, InputError
 from handvla.language.instructions.build import (
     InstructionBuildConfig,
     build_instructions,
@@ -27,11 +28,13 @@ from handvla.language.instructions.sampling import (
 from handvla.language.instructions.templates import (
     ALLOWED_FIELDS,
     IMAGE_TOKEN,
+    MOTION_ONLY_TEMPLATES,
     MOTION_TOKEN,
     TASK_TYPES,
     TEMPLATES,
     fill,
     inline,
+    templates_for,
 )
 
 FPS = 15.0
@@ -72,16 +75,19 @@ def _bad_singular(text: str) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_template_coverage_and_fields():
-    ids = [t.id for ts in TEMPLATES.values() for t in ts]
+@pytest.mark.parametrize("image", [True, False])
+def test_template_coverage_and_fields(image):
+    group = TEMPLATES if image else MOTION_ONLY_TEMPLATES
+    ids = [t.id for g in (TEMPLATES, MOTION_ONLY_TEMPLATES) for ts in g.values() for t in ts]
     assert len(ids) == len(set(ids))
     for task in TASK_TYPES:
-        ts = TEMPLATES[task]
-        assert len(ts) >= 20, task
+        ts = group[task]
+        assert len(ts) >= (20 if image else 10), task
         assert len({t.text for t in ts}) == len(ts)
+        assert templates_for(task, image=image) == ts
         for t in ts:
             assert t.fields <= ALLOWED_FIELDS, (t.id, t.fields - ALLOWED_FIELDS)
-            assert t.text.count("{image}") == 1, t.id
+            assert t.text.count("{image}") == int(image), t.id
             assert {"duration", "steps"} & t.fields, f"{t.id} does not state the duration"
             assert "hands" in t.fields or "Hands" in t.fields or "hands_label" in t.fields, t.id
             if task == "generation":
@@ -90,19 +96,20 @@ def test_template_coverage_and_fields():
                 assert t.text.count("{motion}") == 1 and t.answer in ("instruction", "description"), t.id
             if task == "prediction":
                 assert t.text.count("{motion}") == 1 and ("goal" in t.fields) == t.needs_goal, t.id
-    assert {t.answer for t in TEMPLATES["translation"]} == {"instruction", "description"}
-    goals = [t.needs_goal for t in TEMPLATES["prediction"]]
-    assert sum(goals) >= 8 and len(goals) - sum(goals) >= 8
+    assert {t.answer for t in group["translation"]} == {"instruction", "description"}
+    goals = [t.needs_goal for t in group["prediction"]]
+    assert sum(goals) >= (8 if image else 4) and len(goals) - sum(goals) >= (8 if image else 4)
 
 
+@pytest.mark.parametrize("image", [True, False])
 @pytest.mark.parametrize("task", TASK_TYPES)
-def test_templates_hand_wording_and_duration(task):
-    for t in TEMPLATES[task]:
+def test_templates_hand_wording_and_duration(task, image):
+    for t in (TEMPLATES if image else MOTION_ONLY_TEMPLATES)[task]:
         for mode in ("left", "right", "both"):
             for seconds in (1.0, 2.0):
                 p = fill(t, mode, seconds, FPS, task=NEUTRAL, goal=NEUTRAL, history_s=1.0)
                 assert "{" not in p and "}" not in p, (t.id, p)
-                assert p.count(IMAGE_TOKEN) == 1
+                assert p.count(IMAGE_TOKEN) == int(image)
                 assert p.count(MOTION_TOKEN) == (0 if task == "generation" else 1)
                 low = p.lower()
                 words = set(re.findall(r"[a-z]+", low))
@@ -190,7 +197,9 @@ def test_balanced_proportions_sources_and_replacement():
 
 def test_balance_options():
     strata = _strata({("a", "generation"): 900, ("b", "generation"): 100, ("a", "translation"): 50})
-    sel, rep = balanced_sample(strata, InstructionBalanceConfig(size=1000, seed=0, source_balance="proportional"))
+    sel, rep = balanced_sample(
+        strata, InstructionBalanceConfig(size=1000, seed=0, source_balance="proportional")
+    )
     gen = rep["strata"]
     quota = {(r["source"], r["task_type"]): r["quota"] for r in gen}
     # prediction has no candidates: its share goes to the others (in their 1.6 : 0.4 ratio)
@@ -202,7 +211,9 @@ def test_balance_options():
     _, rep_sqrt = balanced_sample(strata, InstructionBalanceConfig(size=1000, seed=0, source_balance="sqrt"))
     q = {(r["source"], r["task_type"]): r["quota"] for r in rep_sqrt["strata"]}
     assert q[("a", "generation")] == 600  # sqrt(900) : sqrt(100) = 3 : 1
-    _, rep_w = balanced_sample(strata, InstructionBalanceConfig(size=1000, seed=0, source_weights={"a": 1, "b": 3}))
+    _, rep_w = balanced_sample(
+        strata, InstructionBalanceConfig(size=1000, seed=0, source_weights={"a": 1, "b": 3})
+    )
     q = {(r["source"], r["task_type"]): r["quota"] for r in rep_w["strata"]}
     assert q[("b", "generation")] == 600
     assert parse_task_weights("1.6,0.4,0.5") == DEFAULT_TASK_WEIGHTS
@@ -221,7 +232,8 @@ def test_balance_options():
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> list[Path]:
-    """Two small stores (two sources), annotated with the rule backend; one episode left unannotated."""
+    """Two small motion-only stores (two sources, no video), annotated with the rule backend; one episode
+    left unannotated."""
     import torch
 
     from handvla.camera import Camera
@@ -290,7 +302,9 @@ def test_manifest_samples_are_consistent_and_deterministic(stores, tmp_path):
     assert {r["source"] for r in recs} == {"alpha", "beta"}
     for r in recs:
         p = r["prompt"]
-        assert IMAGE_TOKEN in p and "{" not in p
+        # motion-only stores (built without video): no <image>, no image time
+        assert IMAGE_TOKEN not in p and "{" not in p and r["image_s"] is None
+        assert r["template_id"] in {t.id for t in MOTION_ONLY_TEMPLATES[r["task_type"]]}
         assert str(r["steps"]) in p or f"{r['duration_s']:g} second" in p
         assert r["steps"] == round(r["duration_s"] * FPS) and r["duration_s"] >= 1
         words = set(re.findall(r"[a-z]+", p.lower()))
@@ -374,3 +388,119 @@ def test_cli_handlers(stores, tmp_path, capsys):
     assert args.func(args) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["samples"] == 50 and len(read_manifest(tmp_path / "m.jsonl")) == 50
+
+
+# ---------------------------------------------------------------------------------------------------------
+# motion-only stores -> motion-only samples -> pretraining (mixed with image samples)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def video_store(tmp_path_factory) -> Path:
+    """A small store WITH video (random frames), to mix image samples with motion-only ones."""
+    from handvla.camera import Camera
+    from handvla.data.schema import Episode
+    from handvla.data.store import EpisodeWriter
+    from handvla.synth.builtin_motion import sample_labelled_sequence
+
+    root = tmp_path_factory.mktemp("gamma")
+    cam = Camera(60.0, 60.0, 32.0, 24.0, 64, 48)
+    with EpisodeWriter(root, fps=FPS, hand_model="builtin", joints=False, camera="main") as w:
+        for i in range(2):
+            rng = np.random.default_rng([9, i])
+            m, _ = sample_labelled_sequence(rng, 3.0, FPS, ("left", "right"))
+            T = len(next(iter(m.values())))
+            frames = rng.integers(0, 255, (T, 48, 64, 3), dtype=np.uint8)
+            w.add_episode(
+                Episode(hands=m, camera=cam, fps=FPS, key=f"gamma/{i}", source="gamma", video=frames,
+                        tasks=[f"gamma task {i}"])
+            )  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_vla(stores, tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import calibrated_tokenizer
+
+    from handvla.vla import build_vla
+    from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer
+
+    mt = calibrated_tokenizer(stores[0])
+    mt_dir = tmp_path_factory.mktemp("mt") / "mt"
+    mt.save_pretrained(mt_dir)
+    tok = build_text_tokenizer(list(DEFAULT_CORPUS), vocab_size=400)
+    return build_vla("tiny", tokenizer=tok, motion_tokenizer=mt, seed=0), mt, mt_dir
+
+
+def test_motion_only_samples_reach_the_model_and_mix_with_images(stores, video_store, tiny_vla, tmp_path):
+    import torch
+
+    from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
+
+    bundle, mt, _ = tiny_vla
+    man = tmp_path / "mixed.jsonl"
+    build_instructions([video_store, stores[0]], man, size=60, seed=1, progress=False)
+    recs = read_manifest(man)
+    by_src = {r["source"]: (IMAGE_TOKEN in r["prompt"], r["image_s"] is None) for r in recs}
+    assert by_src == {"gamma": (True, False), "alpha": (False, True)}  # video store: images; else none
+    specs, dirs, _ = collect_samples(VLADataConfig(manifest=str(man)), "all")
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, mt, align=False)
+    assert 0 < ds.report["motion_only"] < len(ds)
+    img = next(i for i, s in enumerate(ds.specs) if s.image_s is not None)
+    txt = [i for i, s in enumerate(ds.specs) if s.image_s is None][:2]
+    items = [ds[i] for i in [txt[0], img, txt[1]]]
+    assert items[0].pixel_values is None and items[1].pixel_values is not None
+    for i, it in zip([txt[0], img, txt[1]], items):
+        assert len(it.input_ids) == ds.lengths[i]  # lengths of both kinds are exact
+    model = bundle.model.eval()
+    with torch.no_grad():
+        batch = ds.collate(items)
+        assert batch["pixel_values"].shape[0] == items[1].pixel_values.shape[0]
+        got = model(**batch, use_cache=False).loss
+        # the mixed batch's loss is the token-weighted mean of the samples' own losses
+        tot = n = 0.0
+        for it in items:
+            one = ds.collate([it])
+            k = int((one["labels"][:, 1:] != -100).sum())
+            tot += float(model(**one, use_cache=False).loss) * k
+            n += k
+    assert torch.isfinite(got) and abs(float(got) - tot / n) < 1e-4
+    # without a manifest, straight from the episodes: the same split by store
+    ep_specs, ep_dirs, _ = collect_samples(
+        VLADataConfig(stores=[str(video_store), str(stores[0])], seconds=[1])
+    )
+    assert ep_specs and all(
+        (IMAGE_TOKEN in x.prompt) == (x.image_s is not None) == (x.dataset == 0) for x in ep_specs
+    )
+    ep_ds = VLAInstructionDataset(ep_specs, ep_dirs, bundle.processor, mt, align=False)
+    assert 0 < ep_ds.report["motion_only"] < len(ep_ds)
+    # a prompt with <image> over a store without video is refused before training, naming the store
+    s0 = ds.specs[txt[0]]
+    bad = dataclasses.replace(s0, image_s=0.0, prompt=IMAGE_TOKEN + " " + s0.prompt)
+    with pytest.raises(InputError, match=rf"{re.escape(str(dirs[s0.dataset]))}.*video"):
+        VLAInstructionDataset([bad], dirs, bundle.processor, mt)
+
+
+def test_pretrain_accepts_a_motion_only_manifest(stores, tiny_vla, tmp_path, capsys):
+    """video: false -> annotate -> instructions -> pretrain, through the CLI."""
+    from handvla.cli import main
+
+    _, _, mt_dir = tiny_vla
+    man = tmp_path / "m.jsonl"
+    assert main(["data", "instructions", str(stores[0]), "--out", str(man), "--size", "30", "--quiet"]) == 0
+    assert not any(IMAGE_TOKEN in r["prompt"] for r in read_manifest(man))
+    capsys.readouterr()
+    sets = [
+        f"data.manifest={man}", f"model.motion_tokenizer={mt_dir}", "model.text_vocab_size=400",
+        f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1",
+        "train.tensorboard=false", "train.progress=false", "train.device=cpu", "eval.val_samples=0",
+    ]  # fmt: skip
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("data: {}\n")
+    args = ["pretrain", "--config", str(config), "--quiet"] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["train"]["step"] == 2 and Path(out["final"]).is_dir()

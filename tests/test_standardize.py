@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation, Slerp
@@ -307,3 +309,77 @@ def test_refit_to_store_model_and_bad_input(real_hands_dir):
     )
     with pytest.raises(InputError, match="mislabelled"):
         standardize_episode(wrong, FAST.model_copy(update={"fit_iters": 3}), kind="vr", params="joints")
+
+
+def _right_hand(curl: bool = False, T: int = 45, fps: float = 30.0) -> np.ndarray:
+    """Joints (T, 21, 3) metres, camera frame, OpenPose order, of the builtin right hand. Default: turning
+    pages, as in FPHA ``Subject_2/flip_pages/5``: the four fingers flat and pressed (PIP and DIP bent
+    slightly BACKWARDS, MCPs lifted), the thumb sliding under a page. ``curl``: the fingers half closed."""
+    from handvla.hand import anatomy
+    from handvla.hand.registry import shared_hand_model
+
+    model = shared_hand_model("builtin", "right")
+    frames = model.anatomical_frames().detach().numpy()[0]
+    t = np.arange(T) / fps
+    ang = np.zeros((T, 15, 3))
+    bend = {"finger_mcp": 30.0, "finger_pip": 45.0, "finger_dip": 25.0} if curl else {
+        "finger_mcp": -12.0, "finger_pip": -7.0, "finger_dip": -9.0}  # fmt: skip
+    for i, k in enumerate(anatomy.joint_kinds()):
+        wobble = np.radians(2.0) * np.sin(2 * np.pi * 0.7 * t + i)
+        if k in bend:
+            ang[:, i, 2] = np.radians(bend[k]) + wobble
+        elif k == "thumb_ip":
+            ang[:, i, 2] = np.radians(25.0) * (1 + np.sin(2 * np.pi * 0.5 * t))
+    pose = anatomy.anatomical_to_pose(ang, frames, "right")
+    orient = Rotation.from_euler("xyz", np.c_[0.4 + 0.2 * t, 0.3 * np.ones(T), 0.2 * t]).as_rotvec()
+    wrist = np.c_[0.02 * np.sin(t), 0.05 + 0.03 * t, 0.45 * np.ones(T)]
+    m = HandMotion(orient, pose, wrist, side="right", fps=fps)
+    return np.asarray(motion_joints(m, "builtin"), np.float64)
+
+
+def test_a_right_hand_turning_pages_is_not_taken_for_a_left_hand(tmp_path):
+    """The FPHA false positive: a right-hand-only dataset, fingers flat and slightly hyperextended. The
+    median PIP/DIP bend is backwards (the old rule, "median bend < -2 deg = mislabelled", refused it), but
+    a flat hand says little about its side: the check now needs clear cues, and a curled right hand
+    labelled left (a real mislabel) is still refused."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "sources"))
+    from fixtures import write_fpha
+
+    from handvla.ingest.standardize import handedness_cues, side_verdict
+
+    joints = _right_hand()
+    cues = handedness_cues(joints, "right")
+    assert cues["flex_deg"] < -2.0  # backwards: what made the old rule fire
+    assert side_verdict(cues, FAST) == "unclear"
+    gt = write_fpha(tmp_path, joints=joints, key="Subject_2/flip_pages/5", blank=None)
+    ep = get_source("fpha").read_episode(tmp_path, gt["key"])
+    res = standardize_episode(ep, FAST, kind="mocap", params="joints")
+    rep = res.report["hands"]["right"]
+    assert rep["side_check"]["verdict"] == "unclear" and res.episode.hands["right"].valid.all()
+    assert rep["fit_error_mm"] < 10.0
+    assert res.episode.annotations["action"] == {"label": "flip_pages", "text": "flip the pages"}
+    # a curled right hand: clearly right; labelled left, it is refused, naming the hand
+    curled = _right_hand(curl=True)
+    assert side_verdict(handedness_cues(curled, "right"), FAST) == "same"
+    wrong = SourceEpisode(
+        hands={}, joints={"left": curled.astype(np.float32)}, camera=ep.camera, fps=30.0, key="bad/curled",
+        needs_fit=("left",),
+    )  # fmt: skip
+    with pytest.raises(InputError, match=r"joints\['left'\].*mislabelled"):
+        standardize_episode(wrong, FAST, kind="mocap", params="joints")
+
+
+def test_side_check_on_real_captures(real_hands_dir):
+    """Every real capture's own label passes the side check, and the other label is refused."""
+    from handvla.hand.io import load_joints
+    from handvla.ingest.standardize import handedness_cues, side_verdict
+
+    files = sorted(real_hands_dir.glob("*.npz"))
+    assert len(files) >= 10
+    for f in files:
+        rec = load_joints(f)
+        other = "left" if rec.side == "right" else "right"
+        assert side_verdict(handedness_cues(rec.joints, rec.side), FAST) == "same", f.name
+        assert side_verdict(handedness_cues(rec.joints, other), FAST) == "other", f.name

@@ -5,9 +5,13 @@ What happens to each hand of a ``SourceEpisode`` (``handvla.ingest.sources``):
 - **joints only** (EgoDex, FPHA, joints21 files; ``needs_fit``): the 21 points are low-passed (when the
   source rate is above 1.5x the motion rate), sampled at the output times, and fitted to hand parameters with
   ``handvla.hand.fitting`` (joint limits, temporal smoothness, shape per sequence). A fit worse than
-  ``max_fit_error_mm``, or fingers that bend backwards in the fitter's initial pose (the joints of the
-  other hand: a mislabelled side, ``min_distal_bend_deg``), fails the episode with an ``InputError`` (the
-  build reports and skips it).
+  ``max_fit_error_mm``, or joints that look like the other hand (a mislabelled side: `handedness_cues`),
+  fails the episode with an ``InputError`` (the build reports and skips it). The side check weighs two
+  cues that a mirror image flips: the finger flexion (PIP/DIP joints bend towards the palm) and the
+  transverse arch of the knuckles (the middle and ring MCPs lie on the back side of the index-little line);
+  each votes only when it is clear (``side_check_flex_deg``, ``side_check_arch``), and the hand is refused
+  only when the clear votes say "the other hand". A flat hand with slightly hyperextended fingers (turning
+  pages, pressing) is then not refused on its small backward bend alone.
 - **hand parameters** (MANO sources, HaMeR pseudo-labels): cleaned as one ``ParamTrack`` per hand (unit
   quaternions for every rotation, wrist position in metres, a validity mask, timestamps):
   1. left/right swap repair (per-frame pseudo-labels): the per-frame detections are re-assigned to the two
@@ -111,8 +115,13 @@ class StandardizeConfig(ConfigModel):
     fit_acc_hz: float = Field(8.0, ge=0)
     fit_limit_margin_deg: float = Field(10.0, ge=0)
     max_fit_error_mm: float = Field(25.0, gt=0, description="a worse fit fails the episode")
-    min_distal_bend_deg: float = Field(
-        -2.0, description="a median initial finger bend below this (backwards) means the other hand"
+    side_check_flex_deg: float = Field(
+        10.0, gt=0, description="median PIP/DIP flexion (deg) beyond which it votes in the side check"
+    )
+    side_check_arch: float = Field(
+        0.02,
+        gt=0,
+        description="knuckle arch (share of the palm width) beyond which it votes in the side check",
     )
 
     def fit_config(self) -> FitConfig:
@@ -422,6 +431,57 @@ def outlier_frames(tr: ParamTrack, cfg: StandardizeConfig) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Handedness of joint tracks
+# ---------------------------------------------------------------------------------------------------------
+
+#: (MCP, PIP, DIP, tip) of index, middle, ring and little in every 21-point scheme (handvla.hand.io)
+_FINGER_CHAINS = ((5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))
+
+
+def handedness_cues(joints: np.ndarray, side: str) -> dict[str, float]:
+    """Two cues that a mirror image (the other hand) flips, as medians over the frames with all points:
+
+    - ``flex_deg``: flexion of the PIP and DIP joints of the four fingers (the per-frame median of the 8
+      signed angles about the palm's index-to-little axis), positive towards the palm for a hand of ``side``;
+      relaxed and grasping hands are clearly positive, a flat or pressing hand is near 0 either way.
+    - ``arch``: how far the middle and ring MCPs lie from the index-little MCP line towards the back of the
+      hand (the transverse metacarpal arch), in palm widths, positive for a hand of ``side``; 0 for a
+      model whose palm is flat.
+
+    Computed on the points themselves (before any fit); ``frames`` is how many frames had all points."""
+    j = np.asarray(joints, np.float64)
+    j = j[np.isfinite(j).all(axis=(1, 2))]
+    if not len(j):
+        return {"flex_deg": 0.0, "arch": 0.0, "frames": 0}
+    mirror = 1.0 if side == "right" else -1.0  # the formulas below are signed for a right hand
+    lateral = j[:, 17] - j[:, 5]
+    width = np.linalg.norm(lateral, axis=-1)
+    lateral = lateral / np.maximum(width, 1e-9)[:, None]
+    angles = []
+    for chain in _FINGER_CHAINS:
+        for a, b, c in (chain[:3], chain[1:]):
+            u1, u2 = j[:, b] - j[:, a], j[:, c] - j[:, b]
+            sin = np.einsum("ij,ij->i", np.cross(u1, u2), lateral)
+            angles.append(-np.degrees(np.arctan2(sin, np.einsum("ij,ij->i", u1, u2))))
+    flex = mirror * np.median(np.stack(angles, 1), axis=1)
+    normal = np.cross(j[:, 5] - j[:, 0], j[:, 17] - j[:, 0])
+    normal /= np.maximum(np.linalg.norm(normal, axis=-1), 1e-12)[:, None]
+    mid = 0.5 * (j[:, 9] + j[:, 13]) - 0.5 * (j[:, 5] + j[:, 17])
+    arch = -mirror * np.einsum("ij,ij->i", mid, normal) / np.maximum(width, 1e-9)
+    return {"flex_deg": float(np.median(flex)), "arch": float(np.median(arch)), "frames": len(j)}
+
+
+def side_verdict(cues: dict[str, float], cfg: StandardizeConfig) -> str:
+    """'same' (the clear cues agree with the label), 'other' (they say the other hand) or 'unclear'."""
+    votes = [
+        np.sign(cues["flex_deg"]) if abs(cues["flex_deg"]) >= cfg.side_check_flex_deg else 0.0,
+        np.sign(cues["arch"]) if abs(cues["arch"]) >= cfg.side_check_arch else 0.0,
+    ]
+    total = sum(votes)
+    return "same" if total > 0 else "other" if total < 0 else "unclear"
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Left/right swap repair
 # ---------------------------------------------------------------------------------------------------------
 
@@ -585,6 +645,16 @@ def _fit_side(
         j_fit, t_fit, fps_fit = j, t_src, fps_src
     if not np.isfinite(j_fit).all(axis=(1, 2)).any():
         raise InputError(where, f"joints[{side!r}]", "at least one frame with all 21 points observed", "none")
+    cues = handedness_cues(j, side)
+    verdict = side_verdict(cues, cfg)
+    if check_side and verdict == "other":
+        raise InputError(
+            where,
+            f"joints[{side!r}]",
+            f"a {side} hand (fingers flexing towards the palm, knuckles arched towards the back)",
+            f"finger flexion {cues['flex_deg']:+.1f} deg, knuckle arch {cues['arch']:+.3f} palm widths: "
+            f"the mirror image, a mislabelled hand",
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the handedness warning: checked below instead
         fit = fit_joints(
@@ -596,16 +666,6 @@ def _fit_side(
             root_is_palm=root_is_palm,
             config=cfg.fit_config(),
             where=where,
-        )
-    # Handedness: fingers flex towards the palm, so with the wrong side the initial pose bends the
-    # PIP/DIP/IP joints backwards (the fitter's ``init_distal_bend_deg``, a median over frames).
-    bend = float(fit.stats.get("init_distal_bend_deg", 0.0))
-    if check_side and bend < cfg.min_distal_bend_deg:
-        raise InputError(
-            where,
-            f"joints[{side!r}]",
-            f"a {side} hand (median initial PIP/DIP bend >= {cfg.min_distal_bend_deg} deg)",
-            f"fingers bending backwards ({bend:.1f} deg): a mislabelled hand",
         )
     if not np.isfinite(fit.fit_mpjpe_mm) or fit.fit_mpjpe_mm > cfg.max_fit_error_mm:
         raise InputError(
@@ -623,8 +683,12 @@ def _fit_side(
         "fit_error_p95_mm": round(float(np.nanpercentile(fit.per_frame_mpjpe_mm, 95)), 3),
         "frames_fitted": int(np.isfinite(fit.per_frame_mpjpe_mm).sum()),
         "fit_frames_per_s": round(fit.frames_per_s, 2),
-        "limit_violation_deg": round(fit.limit_violation_deg, 3),
-        "init_distal_bend_deg": round(bend, 2),
+        "beyond_limits_deg": fit.beyond_limits_deg,
+        "side_check": {
+            "verdict": verdict,
+            "flex_deg": round(cues["flex_deg"], 2),
+            "arch": round(cues["arch"], 4),
+        },
     }
     return tr, rep
 

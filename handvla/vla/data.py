@@ -20,7 +20,12 @@ Images: the episode frame at the sample's ``image_s`` (the start of the target s
 it is warped to the canonical camera (``handvla.camera``) from the episode's own intrinsics
 (`warp_to_canonical`, the weak-perspective alignment: 3D motion is unchanged, only the image moves); both
 with and without alignment the image is then ``image_size`` pixels (default one square tile, as the
-reference resizes to 448 x 448), so both variants cost the same number of visual tokens.
+reference resizes to 448 x 448), so both variants cost the same number of visual tokens. Stores built
+without video (``video: false``) give motion-only samples: prompts without ``<image>`` (the instruction
+builder's motion-only templates, or the ``image=False`` reference prompts), ``image_s`` None and no
+``pixel_values``; batches may mix them with image samples (the model replaces only the ``<IMG_CONTEXT>``
+embeddings that are there). A prompt with ``<image>`` over a store without video is refused when the
+dataset is built, naming the store.
 
 Motion: one block of ``ids_per_block`` ids per hand-second, from the motion tokenizer. Blocks are cut on
 the episode's frame grid (a block starting at frame f covers frames [f, f + frames_per_block)), so the
@@ -161,7 +166,8 @@ class SampleSpec:
     ``start_s``/``end_s``: the target span (seconds from the episode start): the answer motion of generation
     and prediction, the prompt motion of translation. ``history_start_s``: prediction's history span is
     [history_start_s, start_s). ``prompt``: text with ``<image>`` / ``<motion>`` placeholders; ``answer``:
-    the text answer of translation (None for motion answers).
+    the text answer of translation (None for motion answers). ``image_s`` None: a motion-only sample (no
+    ``<image>`` in the prompt; stores built without video).
     """
 
     dataset: int
@@ -170,7 +176,7 @@ class SampleSpec:
     hand_mode: str
     start_s: float
     end_s: float
-    image_s: float
+    image_s: float | None
     prompt: str
     answer: str | None = None
     history_start_s: float | None = None
@@ -227,12 +233,20 @@ def _episode_candidates(
     lengths = sorted({s for s in (cfg.seconds or [whole]) if s <= whole})
     out: dict[str, list[SampleSpec]] = {t: [] for t in TASK_TYPES}
     f = int(fps)
+    video = store.camera is not None  # a motion-only store gives motion-only samples (no <image>)
     for mode in modes:
         for s in lengths:
-            span = dict(dataset=di, episode=k, hand_mode=mode, start_s=0.0, end_s=float(s), image_s=0.0)
-            prompt = generation_prompt(task, s, mode, f)
+            span = dict(
+                dataset=di,
+                episode=k,
+                hand_mode=mode,
+                start_s=0.0,
+                end_s=float(s),
+                image_s=0.0 if video else None,
+            )
+            prompt = generation_prompt(task, s, mode, f, image=video)
             out["generation"].append(SampleSpec(task_type="generation", prompt=prompt, **span))
-            prompt = translation_prompt(s, mode, f)
+            prompt = translation_prompt(s, mode, f, image=video)
             out["translation"].append(SampleSpec(task_type="translation", prompt=prompt, answer=task, **span))
         for h in cfg.history_seconds:
             futures = cfg.seconds or [whole - h]
@@ -246,8 +260,8 @@ def _episode_candidates(
                             hand_mode=mode,
                             start_s=float(t),
                             end_s=float(t + n),
-                            image_s=float(t),
-                            prompt=continuation_prompt(task, int(h), int(n), mode, f),
+                            image_s=float(t) if video else None,
+                            prompt=continuation_prompt(task, int(h), int(n), mode, f, image=video),
                             history_start_s=float(t - h),
                         )
                     )
@@ -296,7 +310,6 @@ def collect_samples(
                 pool.extend(specs)
     report: dict[str, Any] = {"episodes": n_episodes, "candidates": len(pool)}
     if cfg.size is not None and pool:
-
         sel, bal = balanced_sample(
             {k: np.asarray(v, np.int64) for k, v in strata.items()},
             InstructionBalanceConfig(size=int(cfg.size), seed=int(cfg.seed), task_weights=dict(weights)),
@@ -333,8 +346,11 @@ def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec],
         if not in_split(str(r["episode_key"]), cfg.val_fraction, split):
             continue
         prompt = str(r["prompt"])
-        if prompt.count(IMAGE_PLACEHOLDER) != 1:
-            raise InputError(where, "prompt", f"exactly one '{IMAGE_PLACEHOLDER}'", repr(prompt))
+        n_images = prompt.count(IMAGE_PLACEHOLDER)
+        if n_images > 1:
+            raise InputError(
+                where, "prompt", f"one '{IMAGE_PLACEHOLDER}' (or none: a motion-only sample)", repr(prompt)
+            )
         needs_motion = r["task_type"] in ("translation", "prediction")
         if prompt.count(MOTION_PLACEHOLDER) != int(needs_motion):
             raise InputError(
@@ -344,6 +360,9 @@ def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec],
             raise InputError(where, "answer", "the text answer of a translation sample", "missing")
         if r["task_type"] == "prediction" and r.get("history_start_s") is None:
             raise InputError(where, "history_start_s", "the history start of a prediction sample", "missing")
+        image_s = None  # a motion-only sample
+        if n_images:
+            image_s = float(r["image_s"]) if r.get("image_s") is not None else float(r["start_s"])
         root = str(Path(r["dataset"]))
         di = roots.setdefault(root, len(roots))
         specs.append(
@@ -354,7 +373,7 @@ def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec],
                 hand_mode=r["hands"],
                 start_s=float(r["start_s"]),
                 end_s=float(r["end_s"]),
-                image_s=float(r["image_s"]) if r.get("image_s") is not None else float(r["start_s"]),
+                image_s=image_s,
                 prompt=prompt,
                 answer=str(r["answer"]) if r["task_type"] == "translation" else None,
                 history_start_s=None if r.get("history_start_s") is None else float(r["history_start_s"]),
@@ -437,7 +456,9 @@ class MotionTokenCache:
             return
         keys = np.array(sorted(self.blocks), np.int64).reshape(-1, 4)
         ids = np.stack([self.blocks[tuple(k)] for k in keys.tolist()]) if len(keys) else np.zeros((0, self.n))
-        atomic_savez(self.path, {"fingerprint": np.array(self.fingerprint), "keys": keys, "ids": ids.astype(np.int32)})
+        atomic_savez(
+            self.path, {"fingerprint": np.array(self.fingerprint), "keys": keys, "ids": ids.astype(np.int32)}
+        )
 
     def block_starts(self, start_s: float, end_s: float, fps: float) -> list[int]:
         """First frames of the blocks covering [start_s, end_s) (one block per frames_per_block frames)."""
@@ -546,6 +567,15 @@ class VLAInstructionDataset(Dataset):
                     "sample", "dataset", f"a store index in [0, {len(self.stores)})", str(s.dataset)
                 )
             self.stores[s.dataset]._check_index(s.episode)
+            st = self.stores[s.dataset]
+            if s.image_s is not None and st.camera is None:  # before any tokenizing
+                raise InputError(
+                    f"{st.root} episode {s.episode}",
+                    "video",
+                    f"a video frame for the sample's '{IMAGE_PLACEHOLDER}' (this store was built without video: "
+                    "rebuild the instructions, which then uses motion-only prompts)",
+                    "none",
+                )
         needed: dict[tuple[int, int], set[tuple[int, int]]] = {}
         for s in specs:
             blocks = needed.setdefault((s.dataset, s.episode), set())
@@ -561,7 +591,7 @@ class VLAInstructionDataset(Dataset):
         n_tiles = processor.num_tiles(*self.image_size)
         image_tokens = n_tiles * processor.tokens_per_tile + 2
         kept, lengths = [], []
-        self.report: dict[str, Any] = {"absent_hand": 0, "too_long": 0}
+        self.report: dict[str, Any] = {"absent_hand": 0, "too_long": 0, "motion_only": 0}
         for s in specs:
             prompt_m, answer_m = self._motions(s)
             if answer_m and (answer_m[0] < 0).all(axis=-1).any():
@@ -573,12 +603,13 @@ class VLAInstructionDataset(Dataset):
                 prompt_motions=prompt_m,
                 answer_motions=answer_m,
             )
-            n = len(enc.input_ids) - 1 + image_tokens
+            n = len(enc.input_ids) - 1 + image_tokens if s.image_s is not None else len(enc.input_ids)
             if max_length and n > max_length:
                 self.report["too_long"] += 1
                 continue
             kept.append(s)
             lengths.append(n)
+            self.report["motion_only"] += s.image_s is None
         self.specs = kept
         self.lengths = np.asarray(lengths, np.int64)
         self.packs: list[list[int]] | None = None
@@ -665,7 +696,7 @@ class VLAInstructionDataset(Dataset):
         return self.processor.encode(
             s.prompt,
             s.answer if s.answer is not None else MOTION_PLACEHOLDER,
-            images=[self.image(s)],
+            images=[] if s.image_s is None else [self.image(s)],
             prompt_motions=prompt_m,
             answer_motions=answer_m,
         )

@@ -32,7 +32,7 @@ from transformers import (
 )
 from transformers.models.internvl.modeling_internvl import InternVLCausalLMOutputWithPast
 
-from handvla.atomic import atomic_dir, read_json
+from handvla.atomic import atomic_dir, check_safetensors, read_json
 from handvla.errors import CheckpointError, ConfigError, MissingResourceError
 from handvla.tokenizer.configuration import TokenizerConfig
 from handvla.tokenizer.layout import TokenLayout, token_layout
@@ -568,6 +568,7 @@ def load_vla(
         )
     if not any(path.glob("*.safetensors")):
         raise CheckpointError(f"{path}: no *.safetensors weights")
+    check_safetensors(path)  # a corrupt or truncated weights file: CheckpointError naming it
     config = HandVLAConfig.from_pretrained(str(path))
     if not config.vocabulary_ready:
         raise CheckpointError(f"{cfg_path}: the motion vocabulary ids are missing")

@@ -61,33 +61,44 @@ def _check_seconds(seconds: int, field_name: str = "seconds") -> int:
     return int(seconds)
 
 
-def generation_prompt(task: str, seconds: int, hand_mode: str, fps: int = 15) -> str:
+def generation_prompt(task: str, seconds: int, hand_mode: str, fps: int = 15, image: bool = True) -> str:
     """Being-H0's motion-generation prompt (one ``<image>``): "In <image>, {task}, what is the
-    {fps*s}-step motion sequence for {the both hands|the left hand|the right hand}?"."""
+    {fps*s}-step motion sequence for {the both hands|the left hand|the right hand}?". ``image=False``: the
+    motion-only variant (no ``<image>``, for stores without video): "{Task}, what is the ... ?"."""
     seconds = _check_seconds(seconds)
     hands_for_mode(hand_mode)
     task = task.strip().rstrip(".")
-    return f"In {IMAGE_PLACEHOLDER}, {task}, what is the {fps * seconds}-step motion sequence for {HAND_PHRASES[hand_mode]}?"
+    tail = f"what is the {fps * seconds}-step motion sequence for {HAND_PHRASES[hand_mode]}?"
+    if not image:
+        return f"{task[:1].upper()}{task[1:]}, {tail}"
+    return f"In {IMAGE_PLACEHOLDER}, {task}, {tail}"
 
 
-def translation_prompt(seconds: int, hand_mode: str, fps: int = 15) -> str:
-    """Motion -> text prompt (one ``<image>``, one ``<motion>``)."""
+def translation_prompt(seconds: int, hand_mode: str, fps: int = 15, image: bool = True) -> str:
+    """Motion -> text prompt (one ``<image>`` unless ``image=False``, one ``<motion>``)."""
     seconds = _check_seconds(seconds)
     hands_for_mode(hand_mode)
+    where = (
+        f"In {IMAGE_PLACEHOLDER}, {HAND_PHRASES[hand_mode]}"
+        if image
+        else HAND_PHRASES[hand_mode].capitalize()
+    )
     return (
-        f"In {IMAGE_PLACEHOLDER}, {HAND_PHRASES[hand_mode]} perform the {fps * seconds}-step motion sequence "
-        f"{MOTION_PLACEHOLDER}. What is being done?"
+        f"{where} perform the {fps * seconds}-step motion sequence {MOTION_PLACEHOLDER}. What is being done?"
     )
 
 
-def continuation_prompt(task: str, history_seconds: int, seconds: int, hand_mode: str, fps: int = 15) -> str:
-    """Contextual prediction prompt (one ``<image>``, one ``<motion>`` = the history)."""
+def continuation_prompt(
+    task: str, history_seconds: int, seconds: int, hand_mode: str, fps: int = 15, image: bool = True
+) -> str:
+    """Contextual prediction prompt (one ``<image>`` unless ``image=False``, one ``<motion>`` = the history)."""
     history_seconds = _check_seconds(history_seconds, "history_seconds")
     seconds = _check_seconds(seconds)
     hands_for_mode(hand_mode)
     task = task.strip().rstrip(".")
+    head = f"In {IMAGE_PLACEHOLDER}, {task}" if image else f"{task[:1].upper()}{task[1:]}"
     return (
-        f"In {IMAGE_PLACEHOLDER}, {task}. Given the previous {fps * history_seconds}-step motion sequence "
+        f"{head}. Given the previous {fps * history_seconds}-step motion sequence "
         f"{MOTION_PLACEHOLDER} of {HAND_PHRASES[hand_mode]}, what is the next {fps * seconds}-step motion sequence?"
     )
 

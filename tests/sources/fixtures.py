@@ -580,12 +580,24 @@ OPENPOSE_TO_FPHA_FILE = {
 }
 
 
-def write_fpha(root: Path, T: int = 5, seed: int = 6) -> dict[str, Any]:
-    """A skeleton.txt (mm, depth-camera frame, file joint order), frame 3 all zeros, colour frames.
+def write_fpha(
+    root: Path,
+    T: int = 5,
+    seed: int = 6,
+    joints: np.ndarray | None = None,
+    key: str = "Subject_1/put_salt/1",
+    blank: int | None = 3,
+) -> dict[str, Any]:
+    """A skeleton.txt (mm, depth-camera frame, file joint order), frame ``blank`` all zeros, colour frames.
 
-    Ground truth: OpenPose-order joints in the colour camera, chosen first; the file is made from them."""
+    Ground truth: OpenPose-order joints in the colour camera (random, or ``joints`` (T, 21, 3) metres),
+    chosen first; the file is made from them."""
     rng = np.random.default_rng(seed)
-    color = rng.normal(0, 0.05, (T, 21, 3)) + [0.0, 0.0, 0.45]  # metres, colour camera, OpenPose order
+    if joints is None:
+        color = rng.normal(0, 0.05, (T, 21, 3)) + [0.0, 0.0, 0.45]  # metres, colour camera, OpenPose order
+    else:
+        color = np.asarray(joints, np.float64)
+        T = len(color)
     R = np.array(
         [
             [0.999988496304, -0.00468848412856, 0.000982563360594],
@@ -598,18 +610,14 @@ def write_fpha(root: Path, T: int = 5, seed: int = 6) -> dict[str, Any]:
     file_order = np.zeros_like(depth_mm)
     for op, col in OPENPOSE_TO_FPHA_FILE.items():
         file_order[:, col] = depth_mm[:, op]
-    file_order[3] = 0.0
-    d = root / "Hand_pose_annotation_v1" / "Subject_1" / "put_salt" / "1"
+    if blank is not None:
+        file_order[blank] = 0.0
+    d = root / "Hand_pose_annotation_v1" / key
     d.mkdir(parents=True, exist_ok=True)
     lines = [" ".join([str(t)] + [f"{x:.6f}" for x in file_order[t].ravel()]) for t in range(T)]
     (d / "skeleton.txt").write_text("\n".join(lines) + "\n")
-    write_jpgs(
-        [
-            root / "Video_files" / "Subject_1" / "put_salt" / "1" / "color" / f"color_{t:04d}.jpeg"
-            for t in range(T)
-        ]
-    )
-    return {"key": "Subject_1/put_salt/1", "joints": color, "T": T}
+    write_jpgs([root / "Video_files" / key / "color" / f"color_{t:04d}.jpeg" for t in range(T)])
+    return {"key": key, "joints": color, "T": T}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def test_joints_and_projection(tmp_path, arkit):
         np.einsum("tij,tj->ti", E[:, :3, :3], p_world) + E[:, :3, 3], gt["joints"]["right"][:, 0], atol=2e-5
     )
     assert ep.tasks == ["Remove the lid from the jar, then put it back on."]
+    assert ep.annotations["action"] == {"label": "add_remove_lid", "text": ep.tasks[0]}
     assert ep.video.endswith("0.mp4") and (ep.camera.width, ep.camera.height) == (64, 36)
     assert ep.camera.fx == pytest.approx(736.6339, rel=1e-6)
 

@@ -15,7 +15,9 @@ def test_joints_in_color_camera(tmp_path):
     src = FPHASource()
     assert src.list_episodes(tmp_path) == [gt["key"]]
     ep = src.read_episode(tmp_path, gt["key"])
-    assert ep.hands == {} and ep.needs_fit == ("right",) and ep.tasks == ["put salt"]
+    assert ep.hands == {} and ep.needs_fit == ("right",) and ep.tasks == ["put salt in"]
+    # the action folder is the dataset's label: kept, with its phrase, for the annotators
+    assert ep.annotations["action"] == {"label": "put_salt", "text": "put salt in"}
     j = ep.joints["right"]
     ok = np.arange(gt["T"]) != 3
     assert np.isnan(j[3]).all()
@@ -37,3 +39,16 @@ def test_errors(tmp_path):
     p.write_text("0 " + " ".join(["1"] * 63) + "\n2 " + " ".join(["1"] * 63) + "\n")
     with pytest.raises(InputError, match="consecutive"):
         FPHASource().read_episode(tmp_path, gt["key"])
+
+
+def test_action_labels_become_phrases(tmp_path):
+    from handvla.ingest.sources.base import action_phrase
+
+    gt = write_fpha(tmp_path, key="Subject_2/flip_pages/5")
+    ep = FPHASource().read_episode(tmp_path, gt["key"])
+    assert ep.tasks == ["flip the pages"] and ep.annotations["action"]["label"] == "flip_pages"
+    assert action_phrase("open_juice_bottle") == "open the juice bottle"
+    assert action_phrase("add_remove_lid") == "add and remove the lid"
+    assert action_phrase("drink_mug") == "drink from the mug" and action_phrase("Stir") == "stir"
+    with pytest.raises(InputError, match="label"):
+        action_phrase("__")

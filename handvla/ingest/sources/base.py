@@ -670,3 +670,59 @@ def centred_camera(focal: float, width: int, height: int) -> Camera:
     """A nominal camera for a source without intrinsics: fx = fy = ``focal``, the principal point at the
     image centre."""
     return Camera(focal, focal, width / 2.0, height / 2.0, width, height)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Action labels
+# ---------------------------------------------------------------------------------------------------------
+
+#: action labels whose words do not read as "<verb> the <object>" (label -> imperative phrase)
+LABEL_PHRASES = {
+    "drink_mug": "drink from the mug",
+    "give_card": "give a card",
+    "give_coin": "give a coin",
+    "receive_coin": "receive a coin",
+    "handshake": "shake hands",
+    "high_five": "give a high five",
+    "put_salt": "put salt in",
+    "put_sugar": "put sugar in",
+    "put_tea_bag": "put the tea bag in",
+    "scoop_spoon": "scoop with the spoon",
+    "toast_wine": "make a toast with the wine glass",
+    "take_letter_from_enveloppe": "take the letter out of the envelope",
+    "basic_pick_place": "pick up and place an object",
+}
+#: a second verb after the first ('add_remove_lid' -> 'add and remove the lid')
+_SECOND_VERBS = {
+    "remove", "unstack", "disassemble", "unscrew", "place", "unfold", "close", "open", "uncap", "unplug",
+    "unzip", "unlock", "lower", "release", "deal", "undo", "untie", "retrieve", "insert", "lift", "drop",
+}  # fmt: skip
+#: words after which no article is added ('use_calculator' -> 'use the calculator', but 'stir_up' -> ...)
+_NO_ARTICLE = {"a", "an", "the", "up", "down", "out", "off", "in", "on", "with", "from", "to", "and"}
+ACTION_ANNOTATION = "action"  # the ``annotations`` entry: {'label': dataset label, 'text': phrase}
+
+
+def action_phrase(label: str) -> str:
+    """A dataset's action label as an imperative phrase: 'flip_pages' -> 'flip the pages',
+    'open_juice_bottle' -> 'open the juice bottle', 'add_remove_lid' -> 'add and remove the lid', 'stir' ->
+    'stir'; labels in ``LABEL_PHRASES`` use their entry."""
+    key = re.sub(r"[\s\-]+", "_", str(label).strip().lower()).strip("_")
+    if key in LABEL_PHRASES:
+        return LABEL_PHRASES[key]
+    words = [w for w in key.split("_") if w]
+    if not words:
+        raise InputError("action label", None, "a non-empty label", repr(label))
+    verbs = [words.pop(0)]
+    while words and words[0] in _SECOND_VERBS:
+        verbs.append(words.pop(0))
+    head = " and ".join(verbs)
+    if not words:
+        return head
+    article = "" if words[0] in _NO_ARTICLE else "the "
+    return f"{head} {article}{' '.join(words)}"
+
+
+def action_annotation(label: str, text: str | None = None) -> dict[str, dict[str, str]]:
+    """The ``annotations`` entry naming a source's own action label and its text (default
+    `action_phrase`): the annotators use it as the clip's high-level instruction."""
+    return {ACTION_ANNOTATION: {"label": str(label), "text": text or action_phrase(label)}}

@@ -20,7 +20,8 @@ script projects those points with ``cv2.projectPoints`` and the intrinsics direc
 ARKit-style camera (y up, looking down -z) would need ``diag(1, -1, -1)``. ``camera_axes='auto'``
 (default) decides per file from the hands themselves (observed wrists must be in front of the camera:
 z > 0) and records the choice; 'opencv' or 'arkit' force one. Joints only: both hands are ``needs_fit``.
-Key: ``<part>/<task>/<k>``.
+Key: ``<part>/<task>/<k>``. The task is the file's ``llm_description`` (else the phrase of its task name,
+`action_phrase`); ``annotations['action']`` keeps the task name and that text for the annotators.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.ingest.sources.base import (
     Source,
     SourceEpisode,
+    action_annotation,
+    action_phrase,
     camera_from_K,
     check_rigid,
     invert_rigid,
@@ -177,15 +180,19 @@ class EgoDexSource(Source):
         if n_video is not None and n_video != N:
             raise InputError(mp4, "frames", f"{N} frames (one per pose in {path.name})", str(n_video))
         camera = camera_from_K(K, width, height, path)
+        label = attrs.get("task") or path.parent.name  # the dataset's task name (attribute, else folder)
         tasks = [attrs[k] for k in ("llm_description", "llm_description2") if attrs.get(k)]
         if not tasks:
-            tasks = [attrs.get("task") or path.parent.name.replace("_", " ")]
+            tasks = [action_phrase(label)]
         notes = {"camera_axes": axes, "min_confidence": self.min_confidence}
         return self.episode(
             key,
             [path],
             notes,
-            annotations={"attributes": {k: v for k, v in attrs.items() if len(v) < 2000}},
+            annotations={
+                "attributes": {k: v for k, v in attrs.items() if len(v) < 2000},
+                **action_annotation(label, tasks[0]),
+            },
             hands={},
             joints={
                 s: cam[s].astype(np.float32)

@@ -12,7 +12,9 @@ finger; ``load_example.py`` reorders to wrist + 4 points per finger with
 [0, 1, 6, 7, 8, 2, 9, 10, 11, 3, 12, 13, 14, 4, 15, 16, 17, 5, 18, 19, 20] (OpenPose order). The colour
 camera sees ``R @ p + t`` (the README's extrinsics, t in mm) and has fx 1395.749023, fy 1395.749268,
 cx 935.732544, cy 540.681030. Joints only (no MANO): the hand is marked ``needs_fit``. Lines of zeros
-(no annotation) become NaN. Key: ``Subject_<n>/<action>/<seq>``.
+(no annotation) become NaN. Key: ``Subject_<n>/<action>/<seq>``. The action folder is the dataset's label:
+the task is its phrase (``flip_pages`` -> "flip the pages", `action_phrase`) and ``annotations['action']``
+keeps both, so the annotators use it as the clip's instruction.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import numpy as np
 
 from handvla.camera import Camera
 from handvla.errors import InputError
-from handvla.ingest.sources.base import Source, SourceEpisode, existing_frames, relative_keys
+from handvla.ingest.sources.base import (
+    Source,
+    SourceEpisode,
+    action_annotation,
+    action_phrase,
+    existing_frames,
+    relative_keys,
+)
 
 FPHA_TO_OPENPOSE = np.array([0, 1, 6, 7, 8, 2, 9, 10, 11, 3, 12, 13, 14, 4, 15, 16, 17, 5, 18, 19, 20])
 COLOR_K = np.array([[1395.749023, 0.0, 935.732544], [0.0, 1395.749268, 540.681030], [0.0, 0.0, 1.0]])
@@ -87,10 +96,11 @@ class FPHASource(Source):
             key,
             [path],
             {"joints": "magnetic sensors, depth-camera frame mm -> colour camera metres"},
+            annotations=action_annotation(action),
             hands={},
             joints={"right": joints.astype(np.float32)},
             camera=Camera.from_K(COLOR_K, WIDTH, HEIGHT, extrinsics=E),
-            tasks=[action.replace("_", " ")],
+            tasks=[action_phrase(action)],
             rig="fpha-sr300-color",
             needs_fit=("right",),
             frame_paths=existing_frames(frames),

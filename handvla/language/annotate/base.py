@@ -111,6 +111,7 @@ class Clip:
     the hand model). ``frames``: (K, H, W, 3) uint8 RGB at ``frame_times_s`` (the 2 FPS samples), or None
     when the store has no video or the annotator does not look at images. ``windows_s``: the per-second
     windows, seconds from the episode start. ``objects``: known objects, [] when the source has none.
+    ``action``: the dataset's action label as a phrase (annotators make it the clip's instruction).
     """
 
     spec: ClipSpec
@@ -124,6 +125,9 @@ class Clip:
     objects: list[KnownObject] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     source: str = ""
+    #: the source's own action label as a phrase (``annotations['action']['text']``, e.g. FPHA's folder
+    #: 'flip_pages' -> "flip the pages"; ``handvla.ingest.sources.base.action_annotation``), "" when none
+    action: str = ""
     segmentation: str = ""
 
     @property
@@ -173,7 +177,12 @@ class ClipAnnotation:
 
     @classmethod
     def of_clip(
-        cls, clip: Clip, backend: str, texts: dict[str, dict[str, str]], seconds: list[SecondText], facts: dict[str, Any]
+        cls,
+        clip: Clip,
+        backend: str,
+        texts: dict[str, dict[str, str]],
+        seconds: list[SecondText],
+        facts: dict[str, Any],
     ) -> ClipAnnotation:
         """The annotation of ``clip`` (its episode, span and segmentation) with a backend's texts and facts."""
         sp = clip.spec

@@ -15,6 +15,10 @@ What is measured (all in the CAMERA frame, OpenCV axes: x right, y down, z forwa
   from the frame the grip closes in contact with it until the grip opens (it moves with the hand, so
   contact with its initial position is not required meanwhile); pointing targets from the index ray.
 
+When the source labels the episode's action (``Clip.action``: FPHA's action folders, EgoDex's task
+descriptions), that label is the clip's instruction (the high-level task) and the kinematic instruction is
+kept in the facts; summaries and the per-second texts still come from the motion.
+
 Text is composed from these facts with varied phrasings chosen by a hash of the clip (the same clip always
 gets the same text). Thresholds were set on the built-in hand's key shapes (``handvla.synth.builtin_motion``)
 and checked against its per-frame labels; ``benchmarks/annotate.py`` measures the accuracy on HandWorld.
@@ -22,7 +26,6 @@ and checked against its per-frame labels; ``benchmarks/annotate.py`` measures th
 The measuring is in ``kinematics`` (tracks, facts, `RuleConfig`), the cutting into movement events in
 ``events``, the wording in ``phrasing``; this module puts them together as the `RuleAnnotator`.
 """
-
 
 from __future__ import annotations
 
@@ -112,6 +115,12 @@ class RuleAnnotator(Annotator):
                 )
             else:
                 clip_txt[k] = clip_text(info["events"][k], k, rng, objs)
+        kinematic = None
+        if clip.action:  # the dataset's own label is the clip's task; the motion still gives the summary
+            kinematic = {k: t["instruction"] for k, t in clip_txt.items()}
+            task = clip.action.strip().rstrip(".")
+            task = task[:1].upper() + task[1:] + "."
+            clip_txt = {k: {**t, "instruction": task} for k, t in clip_txt.items()}
         seconds = []
         for i, ((ws, we), wf) in enumerate(zip(clip.windows_s, info["windows"])):
             text = {}
@@ -129,6 +138,7 @@ class RuleAnnotator(Annotator):
                 for s, evs in info["events"].items()
             },
             "targets": info["targets"],
+            **({"action": clip.action, "kinematic_instruction": kinematic} if kinematic else {}),
             "config": f"{stable_hash(sorted(self.config.model_dump().items())):016x}",  # which thresholds made it
         }
         with self._lock:

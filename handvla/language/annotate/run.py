@@ -38,6 +38,14 @@ def store_clips(
     return out
 
 
+def action_text(annotations: dict[str, Any] | None) -> str:
+    """The source's action phrase from an episode's annotations ('action': {'label', 'text'}), or ""."""
+    entry = (annotations or {}).get("action")  # written by handvla.ingest.sources.base.action_annotation
+    if not isinstance(entry, dict):
+        return ""
+    return str(entry.get("text") or "").strip()
+
+
 def load_clip(store, spec: ClipSpec, config: SegmentConfig, with_frames: bool) -> Clip:
     """Read one clip from the store: hands seen in it, joints, 2 FPS frames (if asked), known objects."""
     ep = store.load_episode(spec.episode_index, spec.start_s, spec.end_s, with_video=with_frames)
@@ -72,6 +80,7 @@ def load_clip(store, spec: ClipSpec, config: SegmentConfig, with_frames: bool) -
         objects=objects,
         tasks=list(ep.tasks),
         source=ep.source,
+        action=action_text(ep.annotations),
         segmentation=config.fingerprint(),
     )
 
@@ -104,7 +113,6 @@ def annotate_store(
     compact: bool = True,
 ) -> dict[str, Any]:
     """Annotate every clip of the store at ``root`` not yet in the backend's table; returns a report."""
-
 
     if int(workers) != workers or workers < 1:
         raise ConfigError(f"--workers: expected a whole number >= 1, got {workers!r}")

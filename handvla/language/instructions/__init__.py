@@ -19,10 +19,17 @@ from handvla.language.instructions.sampling import (
     InstructionBalanceConfig,
     balanced_sample,
 )
-from handvla.language.instructions.templates import TASK_TYPES, TEMPLATES, Template, fill
+from handvla.language.instructions.templates import (
+    MOTION_ONLY_TEMPLATES,
+    TASK_TYPES,
+    TEMPLATES,
+    Template,
+    fill,
+)
 
 __all__ = [
     "DEFAULT_TASK_WEIGHTS",
+    "MOTION_ONLY_TEMPLATES",
     "TASK_TYPES",
     "TEMPLATES",
     "InstructionBalanceConfig",

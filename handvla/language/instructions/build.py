@@ -12,7 +12,8 @@ and hand mode ('both' when the clip's annotation has text for both hands, then e
   is annotated and the template draws one.
 Spans of generation and translation cover whole seconds (a clip's span is its whole-second part) so that
 they line up with the 1 s motion-token windows. ``image_s`` is the time of the frame the prompt's image
-shows: the start of the target span.
+shows: the start of the target span. A store without video (built with ``video: false``) gets the
+motion-only templates: prompts without ``<image>`` and ``image_s`` = None.
 
 The manifest (``.jsonl`` or ``.parquet``) is written atomically (temporary file + ``os.replace``).
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from pydantic import ConfigDict, Field, model_validator
 from tqdm import tqdm
 
-from handvla.atomic import atomic_write_text
+from handvla.atomic import atomic_write_parquet, atomic_write_text, file_target
 from handvla.config import ConfigModel
 from handvla.data.store import EpisodeStore
 from handvla.errors import ConfigError, InputError
@@ -80,6 +80,7 @@ class DatasetInfo:
     sources: list[str]
     tasks: list[list[str]]
     annotations: dict[str, ClipAnnotation]
+    video: bool = True  # False: a motion-only store (no camera video): prompts without <image>
 
 
 @dataclass
@@ -190,7 +191,7 @@ def collect_candidates(dirs: list[str | Path], config: InstructionBuildConfig | 
         backends = list(cfg.backends) if cfg.backends else None
         anns = load_annotations(root, backends) if (backends or anns_dir.is_dir()) else {}
         fps = float(store.fps)
-        info = DatasetInfo(root.resolve(), fps, [], [], [], anns)
+        info = DatasetInfo(root.resolve(), fps, [], [], [], anns, video=store.camera is not None)
         datasets.append(info)
         clips = _clips_of_store(store, anns, cfg.segmentation)
         for k in range(len(store)):
@@ -260,18 +261,19 @@ def make_sample(pool: CandidatePool, i: int, rng: random.Random, goal_prob: floa
     text_source = ann.backend if ann is not None else ("task" if span == 2 else None)
     answer = None
     hist = None if math.isnan(float(c["hist"])) else float(c["hist"])
+    image = ds.video
     if task == "generation":
         instr = _text(ann, mode, span, int(c["window"]), "instruction") if span != 2 else ds.tasks[k][0]
-        tpl = _pick(rng, templates_for(task))
+        tpl = _pick(rng, templates_for(task, image=image))
         prompt = fill(tpl, mode, seconds, ds.fps, task=instr)
     elif task == "translation":
-        tpl = _pick(rng, templates_for(task))
+        tpl = _pick(rng, templates_for(task, image=image))
         answer = _text(ann, mode, span, int(c["window"]), tpl.answer)
         prompt = fill(tpl, mode, seconds, ds.fps)
     else:
         goal = ann.clip[mode]["instruction"] if ann is not None else None
         use_goal = goal is not None and rng.random() < goal_prob
-        tpl = _pick(rng, templates_for(task, goal=use_goal))
+        tpl = _pick(rng, templates_for(task, goal=use_goal, image=image))
         prompt = fill(tpl, mode, seconds, ds.fps, goal=goal if use_goal else None, history_s=start - hist)
         if not use_goal:
             text_source = None
@@ -287,7 +289,7 @@ def make_sample(pool: CandidatePool, i: int, rng: random.Random, goal_prob: floa
         "duration_s": seconds,
         "steps": steps,
         "fps": ds.fps,
-        "image_s": round(start, 6),
+        "image_s": round(start, 6) if image else None,  # None: a motion-only sample (no <image>)
         "hands": mode,
         "task_type": task,
         "template_id": tpl.id,
@@ -307,21 +309,21 @@ def _pick(rng: random.Random, templates: list[Template]) -> Template:
     return templates[rng.randrange(len(templates))]
 
 
+def manifest_target(path: str | Path) -> Path:
+    """``path`` checked as a manifest to write: a .jsonl / .parquet file name, not an existing folder."""
+    path = Path(path)
+    if path.suffix not in (".parquet", ".jsonl", ".json"):
+        raise ConfigError(f"--out {path}: expected a .jsonl or .parquet file name")
+    return file_target(path)
+
+
 def write_manifest(records: list[dict[str, Any]], path: str | Path) -> Path:
     """Write the samples as JSONL (one per line) or parquet (by the extension), atomically."""
-    path = Path(path)
+    path = manifest_target(path)
     if path.suffix == ".parquet":
-
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        table = pa.Table.from_pylist(records) if records else pa.table({})
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    elif path.suffix in (".jsonl", ".json"):
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        atomic_write_parquet(path, pa.Table.from_pylist(records) if records else pa.table({}))
     else:
-        raise ConfigError(f"--out {path}: expected a .jsonl or .parquet file name")
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return path
 
 
@@ -330,7 +332,6 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(path, None, "an instruction manifest", "missing")
     if path.suffix == ".parquet":
-
         return pq.read_table(path).to_pylist()
     out = []
     with open(path, encoding="utf-8") as f:
@@ -356,6 +357,8 @@ def build_instructions(
     templates and write the manifest to ``out`` (not written when None). Returns a report."""
 
     cfg = config or InstructionBuildConfig()
+    if out is not None:
+        manifest_target(out)  # before any work
     t0 = time.perf_counter()
     pool = collect_candidates(dirs, cfg)
     t1 = time.perf_counter()

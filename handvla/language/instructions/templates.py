@@ -5,6 +5,9 @@ Task types (docs/being-h0-reference.md section 7):
 - ``translation`` (motion translation): image + motion -> text (an instruction or a description);
 - ``prediction``  (contextual motion prediction): image + motion history (+ optional goal) -> next motion.
 
+Stores built without video get the motion-only variants (`MOTION_ONLY_TEMPLATES`, no ``{image}``): the same
+task types with the instruction / motion / duration / hands and no picture.
+
 Every template states the target duration ({duration} = "2 seconds" and/or {steps} = seconds x fps
 frames, the "{15*s}-step" of the reference prompt) and names the hands through placeholders whose wording
 matches the hand mode, so a filled prompt never says "both hands moves" or "the left hand are":
@@ -129,20 +132,68 @@ _PREDICTION = [
 ]
 
 
+# Motion-only variants (stores built without video): the same three task types, no {image}.
+_GENERATION_NO_IMAGE = [
+    "{task} What is the {steps}-step motion sequence for {hands}?",
+    "Instruction: {task}\nGenerate {duration} of motion for {hands}.",
+    "{task} Give the motion of {hands} as {steps} steps.",
+    'Following the instruction "{task}", predict {duration} of motion for {hands}.',
+    'Given the command "{task}", output a {steps}-step trajectory of {hands}.',
+    "What motion should {hands} perform over {duration} to follow this instruction? {task}",
+    "Please generate the motion of {hands} that does this within {duration}: {task}",
+    "Instruction: {task}\nMotion of {hands}, {steps} frames:",
+    "You control {hands}. {task} Respond with a {steps}-step motion.",
+    "Hands: {hands_label}\nInstruction: {task}\nDuration: {duration}\nMotion:",
+]
+
+_TRANSLATION_NO_IMAGE = [
+    ("instruction", "{Hands} perform{s} this {steps}-step motion: {motion}. What instruction does it follow?"),
+    ("description", "Motion of {hands} ({duration}): {motion}\nDescribe what {hands} {do}."),
+    ("instruction", "Given the {duration} motion {motion} of {hands}, write the instruction it carries out."),
+    ("description", "Describe the following {steps}-step motion of {hands}: {motion}"),
+    ("instruction", "{motion} What command would make {hands} move like this for {duration}?"),
+    ("description", "What happens in this {duration} motion of {hands}? Motion: {motion}"),
+    ("instruction", "Motion ({steps} steps): {motion}\nHands: {hands_label}\nInstruction:"),
+    ("description", "Tell me how {hands} move{s} during these {steps} steps: {motion}"),
+    ("instruction", "Translate this {steps}-step motion of {hands} into an instruction: {motion}"),
+    ("description", "Summarise what {hands} {do} in this {duration} motion: {motion}"),
+]
+
+_PREDICTION_NO_IMAGE = [
+    (False, "{Hands} just moved like this for {history}: {motion}. What is the next {steps}-step motion?"),
+    (False, "Past motion of {hands} ({history}): {motion}\nContinue it for {duration}."),
+    (False, "Given the last {history_steps} steps of {hands}, {motion}, predict the following {steps} steps."),
+    (False, "Continue the motion of {hands} for another {duration}: {motion}"),
+    (False, "History: {motion} ({history}, {hands_label})\nNext {duration}:"),
+    (True, "{Hands} {is} working on this: {goal} The last {history} of motion was {motion}. What are the next {steps} steps?"),
+    (True, "Goal: {goal}\nMotion of {hands} so far ({history}): {motion}\nContinue for {duration}."),
+    (True, 'The task is "{goal}" Given the recent motion {motion} of {hands}, predict the following {duration}.'),
+    (True, 'Keeping the goal "{goal}" in mind, continue the motion {motion} of {hands} for {steps} steps.'),
+    (True, "Instruction: {goal}\nHistory of {hands}: {motion}\nNext {steps}-step motion:"),
+]
+
+
 # fmt: on
 
 
-def _build() -> dict[str, list[Template]]:
+def _build(gen, trans, pred, tag: str = "") -> dict[str, list[Template]]:
     out: dict[str, list[Template]] = {
-        _G: [Template(f"gen-{i + 1:02d}", _G, t) for i, t in enumerate(_GENERATION)],
-        _T: [Template(f"trans-{i + 1:02d}", _T, t, answer=a) for i, (a, t) in enumerate(_TRANSLATION)],
-        _P: [Template(f"pred-{i + 1:02d}", _P, t, needs_goal=g) for i, (g, t) in enumerate(_PREDICTION)],
+        _G: [Template(f"gen-{tag}{i + 1:02d}", _G, t) for i, t in enumerate(gen)],
+        _T: [Template(f"trans-{tag}{i + 1:02d}", _T, t, answer=a) for i, (a, t) in enumerate(trans)],
+        _P: [Template(f"pred-{tag}{i + 1:02d}", _P, t, needs_goal=g) for i, (g, t) in enumerate(pred)],
     }
     return out
 
 
-TEMPLATES: dict[str, list[Template]] = _build()
-TEMPLATE_BY_ID: dict[str, Template] = {t.id: t for ts in TEMPLATES.values() for t in ts}
+#: templates with an image (stores with video)
+TEMPLATES: dict[str, list[Template]] = _build(_GENERATION, _TRANSLATION, _PREDICTION)
+#: motion-only templates (no ``{image}``; stores without video); ids ``gen-m01``, ``trans-m01``, ...
+MOTION_ONLY_TEMPLATES: dict[str, list[Template]] = _build(
+    _GENERATION_NO_IMAGE, _TRANSLATION_NO_IMAGE, _PREDICTION_NO_IMAGE, "m"
+)
+TEMPLATE_BY_ID: dict[str, Template] = {
+    t.id: t for group in (TEMPLATES, MOTION_ONLY_TEMPLATES) for ts in group.values() for t in ts
+}
 
 #: placeholders every template may use
 ALLOWED_FIELDS = {
@@ -229,11 +280,12 @@ def fill(
     return template.text.format(**values)
 
 
-def templates_for(task_type: str, goal: bool | None = None) -> list[Template]:
-    """Templates of one task type (prediction: only those with / without a goal when ``goal`` is given)."""
+def templates_for(task_type: str, goal: bool | None = None, image: bool = True) -> list[Template]:
+    """Templates of one task type (prediction: only those with / without a goal when ``goal`` is given);
+    ``image=False``: the motion-only variants (no ``<image>``, for stores without video)."""
     if task_type not in TEMPLATES:
         raise ConfigError(f"task type: expected one of {TASK_TYPES}, got {task_type!r}")
-    ts = TEMPLATES[task_type]
+    ts = (TEMPLATES if image else MOTION_ONLY_TEMPLATES)[task_type]
     if goal is not None and task_type == _P:
         ts = [t for t in ts if t.needs_goal == goal]
     return ts
