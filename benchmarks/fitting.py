@@ -1,15 +1,20 @@
-"""Joint-to-hand-parameter fitting on every real recording: fit error and speed.
+"""Joint-to-hand-parameter fitting on every real recording: the fast path against the L-BFGS path.
 
-Fits each ``*.npz`` of the real-hands folder (Leap Motion and MediaPipe, see its README) with the default
-``FitConfig`` and the built-in hand, and prints JSON: per file the fit error (mean and 95th percentile of
-the per-frame mean joint error over observed frames, in mm), frames, wall-clock and CPU frames per second,
-the strict joint-limit violation, then the means over files.
+Fits each ``*.npz`` of the real-hands folder (Leap Motion and MediaPipe, see its README) with the built-in
+hand twice in the same run, ``FitConfig(method='fast')`` (the default: analytic initialisation, batched
+Gauss-Newton, low-pass) and ``FitConfig(method='lbfgs')`` (the joint L-BFGS optimisation), and prints JSON:
+per source (the joint scheme: ``leap21``, ``mediapipe21``) and overall, for each method, the fit error
+(mean and 95th percentile over the observed frames of the per-frame mean joint error, mm, pooled over the
+source's files), frames per second (wall clock and this process's CPU time) and the worst frames; then
+the speed ratio fast / lbfgs. Per-file rows go to stderr as they finish.
 
-Speed is measured after one warm-up fit (the first call pays one-off costs). ``cpu_frames_per_s`` counts
-this process's CPU time, which is what the machine spends whatever else runs on it; ``frames_per_s`` is
-wall-clock and drops when other jobs share the cores. The fitter uses one thread (FitConfig.num_threads).
+Speed is measured after one warm-up fit per method (the first call pays one-off costs). ``cpu_frames_per_s``
+counts this process's CPU time, which is what the fit costs whatever else runs on the machine;
+``frames_per_s`` is wall clock and drops when other jobs share the cores. Both methods run on the same
+files in the same process, alternating per file, so their ratio is fair under a changing load. The load
+average at the start and end is printed with the result.
 
-    python benchmarks/fitting.py [--data /work/shared/data/real_hands] [--iters N]
+    python benchmarks/fitting.py [--data /work/shared/data/real_hands] [--threads 1] [--methods fast,lbfgs]
 """
 
 from __future__ import annotations
@@ -22,61 +27,104 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from handvla.hand.fitting import FitConfig, fit_recording
 from handvla.hand.io import load_joints
 
 
+def _aggregate(rows: list[dict], errors: list[np.ndarray]) -> dict:
+    e = np.concatenate(errors) if errors else np.zeros(0)
+    e = e[np.isfinite(e)]
+    frames = sum(r["frames"] for r in rows)
+    wall = sum(r["seconds"] for r in rows)
+    cpu = sum(r["cpu_seconds"] for r in rows)
+    return {
+        "files": len(rows),
+        "frames": frames,
+        "fit_mpjpe_mm": round(float(e.mean()), 3),
+        "fit_mpjpe_p95_mm": round(float(np.percentile(e, 95)), 3),
+        "mean_of_file_means_mm": round(float(np.mean([r["fit_mpjpe_mm"] for r in rows])), 3),
+        "frames_per_s": round(frames / wall, 1),
+        "cpu_frames_per_s": round(frames / cpu, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/real_hands"))
-    ap.add_argument("--iters", type=int, default=None, help="override FitConfig.iters")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per fit (FitConfig.num_threads)")
+    ap.add_argument("--methods", default="fast,lbfgs", help="comma-separated FitConfig.method values")
+    ap.add_argument("--device", default="cpu", help="torch device of the fast method")
     args = ap.parse_args(argv)
     files = sorted(args.data.glob("*.npz"))
     if not files:
         print(f"no .npz files in {args.data}", file=sys.stderr)
         return 2
-    config = FitConfig() if args.iters is None else FitConfig(iters=args.iters)
-    fit_recording(load_joints(files[0]), config=config)  # warm-up
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    configs = {m: FitConfig(method=m, num_threads=args.threads, device=args.device) for m in methods}
+    load0 = os.getloadavg()
+    recs = [load_joints(f) for f in files]
+    for cfg in configs.values():
+        fit_recording(recs[0], config=cfg)  # warm-up
 
-    rows = []
-    for f in files:
-        rec = load_joints(f)
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        r = fit_recording(rec, config=config)
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        rows.append(
-            {
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
+    errs: dict[str, dict[str, list[np.ndarray]]] = {m: {} for m in methods}
+    for f, rec in zip(files, recs):
+        for m, cfg in configs.items():
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            r = fit_recording(rec, config=cfg)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            row = {
+                "method": m,
                 "file": f.name,
-                "joint_scheme": rec.joint_scheme,
+                "source": rec.joint_scheme,
                 "side": rec.side,
                 "frames": len(rec),
                 "fit_mpjpe_mm": round(r.fit_mpjpe_mm, 3),
                 "fit_mpjpe_p95_mm": round(float(np.nanpercentile(r.per_frame_mpjpe_mm, 95)), 3),
-                "limit_violation_deg": round(r.limit_violation_deg, 2),
+                "worst_frames": r.worst_frames(3),
+                "beyond_limits_deg": r.beyond_limits_deg,
+                "seconds": wall,
+                "cpu_seconds": cpu,
                 "frames_per_s": round(len(rec) / wall, 1),
                 "cpu_frames_per_s": round(len(rec) / cpu, 1),
             }
-        )
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            rows[m].append(row)
+            errs[m].setdefault(rec.joint_scheme, []).append(r.per_frame_mpjpe_mm)
+            print(
+                json.dumps({k: v for k, v in row.items() if k != "beyond_limits_deg"}),
+                file=sys.stderr,
+                flush=True,
+            )
 
-    frames = sum(r["frames"] for r in rows)
-    out = {
+    sources = sorted({r["source"] for r in rows[methods[0]]})
+    result: dict = {
         "benchmark": "fitting",
         "hand_model": "builtin",
-        "config": {"iters": config.iters, "global_iters": config.global_iters, "acc_hz": config.acc_hz},
+        "threads": args.threads,
+        "device": args.device,
         "cpu_count": os.cpu_count(),
-        "files": rows,
-        "mean_fit_mpjpe_mm": round(float(np.mean([r["fit_mpjpe_mm"] for r in rows])), 3),
-        "mean_fit_mpjpe_mm_leap": round(
-            float(np.mean([r["fit_mpjpe_mm"] for r in rows if r["joint_scheme"] == "leap21"])), 3
-        ),
-        "total_frames": frames,
-        # frames over total time: long and short files weigh by their length
-        "frames_per_s": round(frames / sum(r["frames"] / r["frames_per_s"] for r in rows), 1),
-        "cpu_frames_per_s": round(frames / sum(r["frames"] / r["cpu_frames_per_s"] for r in rows), 1),
+        "load_average_start": [round(v, 2) for v in load0],
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
+        "per_source": {},
+        "all": {},
     }
-    print(json.dumps(out, indent=2))
+    for src in sources + ["all"]:
+        block = {}
+        for m in methods:
+            rs = [r for r in rows[m] if src == "all" or r["source"] == src]
+            es = [e for s, lst in errs[m].items() if src == "all" or s == src for e in lst]
+            block[m] = _aggregate(rs, es)
+        if "fast" in block and "lbfgs" in block:
+            block["speed_ratio_fast_over_lbfgs"] = {
+                "wall": round(block["fast"]["frames_per_s"] / block["lbfgs"]["frames_per_s"], 2),
+                "cpu": round(block["fast"]["cpu_frames_per_s"] / block["lbfgs"]["cpu_frames_per_s"], 2),
+            }
+        (result["all"] if src == "all" else result["per_source"].setdefault(src, {})).update(block)
+    print(json.dumps(result, indent=2))
     return 0
 
 

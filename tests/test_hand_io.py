@@ -123,6 +123,33 @@ def test_unreadable_files(tmp_path):
         load_any(q)
 
 
+def _corrupt_copies(tmp_path: Path) -> dict[str, Path]:
+    """A 0-byte file, a truncated zip, and a zip whose first member's header bytes are overwritten."""
+    good = save_joints(tmp_path / "good.npz", _rec(T=20))
+    data = good.read_bytes()
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes(data[: len(data) // 3])
+    bad = bytearray(data)
+    start = data.index(b"\x93NUMPY")  # the first member's .npy header (stored uncompressed by np.savez)
+    bad[start + 10 : start + 60] = b"\x00" * 50
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(bytes(bad))
+    return {"empty": empty, "trunc": trunc, "corrupt": corrupt}
+
+
+@pytest.mark.parametrize("kind", ["empty", "trunc", "corrupt"])
+def test_empty_truncated_and_corrupt_files_are_input_errors(tmp_path, kind):
+    p = _corrupt_copies(tmp_path)[kind]
+    for loader in (load_joints, load_any, load_motion):
+        with pytest.raises(InputError) as e:
+            loader(p)
+        assert str(p) in str(e.value) and "\n" not in str(e.value)
+    if kind == "empty":
+        assert "0-byte" in str(e.value)
+
+
 def test_motion_round_trip_and_load_any(tmp_path):
     rng = np.random.default_rng(1)
     m = HandMotion(

@@ -1,12 +1,14 @@
 """``handvla hand ...``: hand-motion tools.
 
-    handvla hand fit --joints IN.npz --out OUT.npz [--hand-model builtin|mano]   joints -> hand parameters
-    handvla hand render --motion M.npz [--motion L.npz] [--compare ...] --out OUT.mp4
+handvla hand fit --joints IN.npz --out OUT.npz [--hand-model builtin|mano] [--units m|cm|mm]
+    joints -> hand parameters, with a fit-quality report (error, worst frames, limits per finger)
+handvla hand render --motion M.npz [--motion L.npz] [--compare ...] --out OUT.mp4
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from handvla.commands._util import add_command, add_group, print_json
@@ -22,7 +24,9 @@ def add_fit(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=(
             "Fit a joints file (keys joints (T, 21, 3) metres with NaN for missing, t, side, fps, joint_order) "
             "to hand parameters (global_orient, hand_pose, wrist_pos, betas) and write them as a .npz "
-            "parameter file. Prints a JSON summary with the fit error."
+            "parameter file. Prints a JSON summary: the fit error (mm, mean and 95th percentile over frames), "
+            "the worst frames, and per finger how far the fitted angles go past the anatomical limits "
+            "(beyond_limits_deg: mean and max over frames of the largest excess, degrees)."
         ),
     )
     p.add_argument("--joints", required=True, type=Path, help="input joints .npz")
@@ -30,7 +34,25 @@ def add_fit(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--hand-model", default="builtin", choices=("builtin", "mano"), help="default: builtin")
     p.add_argument("--mano-dir", type=Path, default=None, help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl")
     p.add_argument("--fps", type=float, default=None, help="resample the joints to this rate first")
-    p.add_argument("--iters", type=int, default=None, help="L-BFGS iterations of the full stage (default 50)")
+    p.add_argument(
+        "--units",
+        default="m",
+        choices=("m", "cm", "mm"),
+        help="unit of the joints file (default m); joints whose bone lengths say mm or cm are refused unless given",
+    )
+    p.add_argument(
+        "--method",
+        default="fast",
+        choices=("fast", "lbfgs"),
+        help="fast: analytic IK + batched Gauss-Newton (default); lbfgs: the slower joint optimisation",
+    )
+    p.add_argument("--device", default="cpu", help="torch device of the fast method (default cpu; e.g. cuda)")
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="iterations: Gauss-Newton (fast, default 3) or L-BFGS (lbfgs, 50)",
+    )
     p.add_argument(
         "--acc-hz", type=float, default=None, help="smoothness cutoff in Hz (default 8, 0 = no smoothing)"
     )
@@ -43,11 +65,14 @@ def run_fit(args: argparse.Namespace) -> int:
     from handvla.hand.io import JointsRecording, load_any, save_motion
     from handvla.hand.registry import load_hand_model
 
-    config = FitConfig()
+    config = FitConfig(method=args.method, device=args.device)
     if args.iters is not None:
         if args.iters < 1:
             raise ConfigError(f"--iters must be a positive integer, got {args.iters}")
-        config.iters = args.iters
+        if args.method == "fast":
+            config.gn_iters = args.iters
+        else:
+            config.iters = args.iters
     if args.acc_hz is not None:
         if not args.acc_hz >= 0:
             raise ConfigError(f"--acc-hz must be >= 0, got {args.acc_hz}")
@@ -62,6 +87,8 @@ def run_fit(args: argparse.Namespace) -> int:
     rec = load_any(args.joints)
     if not isinstance(rec, JointsRecording):
         raise InputError(args.joints, None, "a joints file (key 'joints')", "a hand-parameter file")
+    if args.units != "m":
+        rec = replace(rec, joints=rec.joints * {"cm": 0.01, "mm": 0.001}[args.units])
     if args.fps is not None:
         rec = rec.resample(args.fps)
     try:
@@ -82,6 +109,7 @@ def run_fit(args: argparse.Namespace) -> int:
             "side": rec.side,
             "fps": rec.fps,
             "joint_scheme": rec.joint_scheme,
+            "units": args.units,
             **summary,
         }
     )
@@ -97,7 +125,9 @@ def add_render(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Render one or two hands' motion through a hand model to a video (skeleton for the built-in "
         "hand, mesh with MANO). --compare draws a second motion beside it under the same virtual camera.",
     )
-    p.add_argument("--motion", action="append", required=True, help="parameter .npz (HandMotion); repeat for two hands")
+    p.add_argument(
+        "--motion", action="append", required=True, help="parameter .npz (HandMotion); repeat for two hands"
+    )
     p.add_argument("--compare", action="append", help="second set of parameter files, shown on the right")
     p.add_argument("--out", required=True, help="output .mp4 or .gif")
     p.add_argument("--hand-model", default=None, help="builtin or mano (default: each file's own)")
@@ -115,7 +145,9 @@ def run_render(args: argparse.Namespace) -> int:
     kwargs = {"title": args.title} if args.title and compare is None else {}
     if compare is not None:
         kwargs["titles"] = ("motion", "compare")
-    path = render_motions(args.out, motions, compare=compare, hand_model=args.hand_model, mano_dir=args.mano_dir, **kwargs)
+    path = render_motions(
+        args.out, motions, compare=compare, hand_model=args.hand_model, mano_dir=args.mano_dir, **kwargs
+    )
     print_json({"out": str(path), "frames": max(len(m) for m in motions), "hands": [m.side for m in motions]})
     return 0
 

@@ -27,7 +27,9 @@ All writers are atomic: a temporary file in the same folder, then ``os.replace``
 
 from __future__ import annotations
 
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -156,7 +158,7 @@ def _scalar_str(d, key: str, where: str, default: str | None) -> str:
         if default is None:
             raise InputError(where, key, "a string field", "missing")
         return default
-    v = np.asarray(d[key])
+    v = _read_array(d, key, where)
     if v.shape != () or v.dtype.kind not in "US":
         raise InputError(where, key, "a scalar string", f"{v.dtype} array of shape {v.shape}")
     return str(v)
@@ -166,9 +168,11 @@ def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
     p = Path(path)
     if not p.is_file():
         raise InputError(str(p), None, "an existing .npz file", "no such file")
+    if p.stat().st_size == 0:
+        raise InputError(str(p), None, "a readable .npz file (numpy savez)", "an empty (0-byte) file")
     try:
         return np.load(p, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except _READ_ERRORS as e:
         raise InputError(
             str(p),
             None,
@@ -177,11 +181,27 @@ def _open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
         ) from None
 
 
+#: what reading a truncated or corrupt .npz raises (numpy parses each member's header and data lazily)
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    zipfile.BadZipFile,
+    zlib.error,
+    SyntaxError,
+    tokenize.TokenError,
+)
+
+
 def _read_array(d, key: str, where: str) -> np.ndarray:
     try:
         return np.asarray(d[key])
-    except ValueError as e:  # object arrays need pickle, which we refuse
-        raise InputError(where, key, "a plain numeric array (no pickled objects)", str(e)) from None
+    except _READ_ERRORS as e:  # object arrays need pickle, which we refuse; or a corrupt member
+        if "pickle" in str(e).lower():
+            raise InputError(where, key, "a plain numeric array (no pickled objects)", str(e)) from None
+        raise InputError(
+            where, key, "a readable array (the file looks truncated or corrupt)", f"{type(e).__name__}: {e}"
+        ) from None
 
 
 def load_joints(path: str | Path) -> JointsRecording:
