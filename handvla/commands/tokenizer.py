@@ -1,7 +1,7 @@
 """``handvla tokenizer``: train and evaluate the part-level GRQ-VAE motion tokenizer.
 
-handvla tokenizer train [--config YAML] [--preset default|tiny] [--data builtin] [--data PATH ...]
-                        [--features D162] [--max-minutes M] [--steps N] --out DIR [--resume]
+handvla tokenizer train [--config YAML] [--preset default|tiny] [--data builtin PATH|GLOB|STORE ...]
+                        [--val-data PATH ...] [--features D162] [--max-minutes M] [--steps N] --out DIR [--resume]
 handvla tokenizer eval --ckpt DIR --data PATH ... [--json]
 handvla tokenizer convert --from being-h0 --src WRIST_DIR+FINGER_DIR --out DIR [--fps 15]
 handvla tokenizer encode --ckpt DIR (--motion PARAMS.npz | --features FEATS.npy) --out IDS.npy [--mano-dir D]
@@ -17,6 +17,9 @@ import sys
 
 from handvla.commands._util import add_command, add_group, print_json
 
+#: the training budget of ``tokenizer train`` when neither --max-minutes nor --steps is given
+DEFAULT_TRAIN_MINUTES = 20.0
+
 
 def add_train(sub) -> argparse.ArgumentParser:
     t = add_command(sub, "train", run_train, help="train a tokenizer (resumable)")
@@ -24,11 +27,30 @@ def add_train(sub) -> argparse.ArgumentParser:
     t.add_argument("--preset", default="default", help="model + training preset: default or tiny")
     t.add_argument(
         "--data",
-        action="append",
-        help="'builtin', a joints or parameter .npz, or a folder of them; repeatable (default: builtin)",
+        nargs="+",
+        action="extend",
+        help="training data, one or more: 'builtin' (the built-in procedural motion), joints or parameter "
+        ".npz files, folders of them, globs, episode stores (handvla data build); repeatable. Default: "
+        "builtin; with --data, built-in motion is used only if 'builtin' is among them",
     )
+    t.add_argument(
+        "--val-data",
+        nargs="+",
+        action="extend",
+        help="held-out validation data (same forms as --data; taken out of training); default: "
+        "--val-fraction of the real training files",
+    )
+    t.add_argument(
+        "--val-fraction", type=float, help="share of the real files held out (default 0.2; 0 = none)"
+    )
+    t.add_argument("--eval-minutes", type=float, help="training minutes between validations (default 1)")
     t.add_argument("--features", help="feature set: D51, D99, D109, D114 or D162")
-    t.add_argument("--max-minutes", type=float, help="training-time budget (all sessions of the run)")
+    t.add_argument(
+        "--max-minutes",
+        type=float,
+        help=f"training-time budget (all sessions of the run; the LR schedule follows the clock); default "
+        f"{DEFAULT_TRAIN_MINUTES:g} when neither this nor --steps is given. Set-up and validation not counted",
+    )
     t.add_argument("--steps", type=int, help="optimiser steps (the LR schedule length)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
@@ -65,8 +87,14 @@ def run_train(args: argparse.Namespace) -> int:
         model_cfg, train_cfg = load_config_file(args.config, base=(model_cfg, train_cfg))
     if args.features:
         model_cfg = model_cfg.replace(features=args.features)
-    names = ("max_minutes", "steps", "batch_size", "lr", "threads", "seed")
+    names = ("max_minutes", "steps", "batch_size", "lr", "threads", "seed", "val_fraction", "eval_minutes")
     train_cfg = train_cfg.replace(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    if args.val_data:
+        train_cfg = train_cfg.replace(val_sources=list(args.val_data))
+    if train_cfg.steps is None and train_cfg.max_minutes is None and not args.resume:
+        train_cfg = train_cfg.replace(max_minutes=DEFAULT_TRAIN_MINUTES)
+        print(f"training budget: {DEFAULT_TRAIN_MINUTES:g} minutes (the default; --max-minutes or --steps)",
+              file=sys.stderr)  # fmt: skip
     result = train(
         model_cfg,
         train_cfg,
@@ -78,10 +106,9 @@ def run_train(args: argparse.Namespace) -> int:
     )
     print_json(
         {
-            "out": str(result.out_dir),
+            **result.summary,
             "step": result.step,
             "schedule_steps": result.schedule_steps,
-            "stopped_by": result.stopped_by,
             "elapsed_s": result.elapsed_s,
             "last": {k: v for k, v in result.last_log.items() if not k.startswith("_")},
         }

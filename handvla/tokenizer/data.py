@@ -7,7 +7,17 @@ Sources (``load_sources``):
   (``handvla.hand.fitting.fit_recording``); fits are cached by file content when a cache folder is given.
 - parameter files (``.npz`` from ``HandMotion.to_dict``): resampled to the tokenizer's fps if needed
   (``HandMotion.resampled``).
-A folder stands for the ``.npz`` files in it.
+- episode stores (folders made by ``handvla data build``, ``handvla.data.store``): every hand of every
+  episode with valid frames, resampled to the tokenizer's fps if needed.
+A source may also be a glob (``data/*.npz``); any other folder stands for the ``.npz`` files in it.
+Every motion keeps the source it came from (``LoadedMotion.source``) and its file (``group``: the file, or
+the store episode), so ``split_by_file`` can hold out whole files and ``source_report`` can say which
+sources were used with how many frames.
+
+Range checks (``joints_range_warnings``, ``motion_range_warnings``, ``stats_range_warnings``): inputs a
+tokenizer trained on camera-frame metres cannot represent (a world/mocap frame far from the camera,
+millimetres) get a warning naming the file and the field, printed to stderr when the file is loaded and
+kept in ``LoadedMotion.warnings`` (for run summaries).
 
 Left hands are mirrored into the right-hand frame (``HandMotion.mirrored``) before features are
 computed: one tokenizer serves both hands. Training windows are ``frames_per_block`` (15) consecutive
@@ -17,10 +27,12 @@ time; the loss mask excludes padding and invalid frames.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import inspect
 import json
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +40,13 @@ import torch
 from tqdm import tqdm
 
 from handvla.atomic import atomic_write_bytes
+from handvla.data.store import EpisodeStore
 from handvla.errors import InputError, MissingResourceError
 from handvla.hand import fitting
 from handvla.hand import rotations as R
 from handvla.hand.features import FeatureNormalizer, FeatureSpec, motion_to_features
 from handvla.hand.fitting import fit_recording
-from handvla.hand.io import load_any, load_joints, load_motion, save_motion
+from handvla.hand.io import JointsRecording, load_any, load_joints, load_motion, save_motion
 from handvla.hand.motion import HandMotion
 from handvla.hand.registry import shared_hand_model
 from handvla.synth.builtin_motion import generate_dataset
@@ -41,6 +54,17 @@ from handvla.tokenizer.configuration import TokenizerConfig
 from handvla.tokenizer.modeling import fill_invalid
 
 BUILTIN = "builtin"
+
+#: plausible inputs for a tokenizer of camera-frame motion in metres: the wrist within this distance of the
+#: camera (built-in motion stays within 0.7 m, the Leap files within 0.4 m of their device)
+MAX_WRIST_DISTANCE_M = 2.0
+#: length of the middle finger, MCP to tip along its bones (real files: 0.088-0.102 m)
+FINGER_LENGTH_RANGE_M = (0.04, 0.16)
+#: a frame is out of the tokenizer's range when a field is this many training stds from its training mean
+#: (root mean square over the field's dimensions)
+MAX_STATS_Z = 5.0
+#: ... and a file gets a warning when more than this share of its valid frames is out of range
+MAX_OUT_OF_RANGE_SHARE = 0.1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,28 +83,139 @@ class LoadedMotion:
     root_is_palm: bool = False
     palm_offset: np.ndarray | None = None  # (3,) wrist frame, when point 0 is the palm centre
     fit_mpjpe_mm: float | None = None
+    source: str = ""  # the source as given (``builtin``, a path, a glob, a store)
+    group: str = ""  # its file: the path, or ``STORE#episode`` (``split_by_file`` keeps groups whole)
+    warnings: list[str] = field(default_factory=list)  # range warnings (already printed)
+
+
+def is_store(path: str | Path) -> bool:
+    """True for an episode store folder (``handvla data build``'s output)."""
+    return (Path(path) / "meta" / "info.json").is_file()
+
+
+def expand_sources(sources: list[str]) -> list[tuple[str, str]]:
+    """``(source as given, item)`` pairs: ``builtin`` stays, a glob becomes its matches, an episode store
+    stays a store, any other folder becomes its sorted ``.npz`` files; each item is checked to exist."""
+    out: list[tuple[str, str]] = []
+    for s in sources:
+        if s == BUILTIN:
+            out.append((s, s))
+            continue
+        if glob.has_magic(s):
+            matches = sorted(glob.glob(s, recursive=True))
+            items = [m for m in matches if is_store(m) or (Path(m).is_file() and m.endswith(".npz"))]
+            if not items:
+                raise MissingResourceError(f"{s}: the pattern matches no .npz motion file or episode store")
+            out.extend((s, m) for m in items)
+            continue
+        p = Path(s)
+        if p.is_dir() and is_store(p):
+            out.append((s, str(p)))
+        elif p.is_dir():
+            files = sorted(str(f) for f in p.glob("*.npz"))
+            if not files:
+                raise MissingResourceError(
+                    f"{p}: folder holds no .npz motion files and is not an episode store (no meta/info.json)"
+                )
+            out.extend((s, f) for f in files)
+        elif p.is_file():
+            out.append((s, str(p)))
+        else:
+            raise MissingResourceError(
+                f"{p}: motion data not found (expected 'builtin', a .npz file, a folder, a glob or an "
+                "episode store)"
+            )
+    return out
 
 
 def expand_paths(sources: list[str]) -> list[str]:
-    """Keep ``builtin``; replace each folder by its sorted ``.npz`` files; check files exist."""
-    out: list[str] = []
-    for s in sources:
-        if s == BUILTIN:
-            out.append(s)
-            continue
-        p = Path(s)
-        if p.is_dir():
-            files = sorted(str(f) for f in p.glob("*.npz"))
-            if not files:
-                raise MissingResourceError(f"{p}: folder holds no .npz motion files")
-            out.extend(files)
-        elif p.is_file():
-            out.append(str(p))
-        else:
-            raise MissingResourceError(
-                f"{p}: motion data not found (expected 'builtin', a .npz file or a folder)"
-            )
+    """The items of ``expand_sources`` (``builtin``, files and stores), in order."""
+    return [item for _, item in expand_sources(sources)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Range checks
+# ---------------------------------------------------------------------------------------------------------
+
+
+def joints_range_warnings(rec: JointsRecording, where: str) -> list[str]:
+    """Warnings for observed joints a camera-frame metre tokenizer cannot represent: hands of implausible
+    size (millimetres, centimetres) or far from the origin (a world / mocap frame)."""
+    j = rec.joints[rec.observed]
+    if not len(j):
+        return []
+    out = []
+    finger = float(np.median(np.linalg.norm(np.diff(j[:, 9:13], axis=1), axis=-1).sum(-1)))
+    lo, hi = FINGER_LENGTH_RANGE_M
+    if not lo <= finger <= hi:
+        unit = " (millimetres?)" if finger > 10 else " (centimetres?)" if finger > 1 else ""
+        out.append(
+            f"{where}: field 'joints': middle finger {finger:.4g} long, expected {lo}-{hi} m{unit}: "
+            "the tokenizer works in metres"
+        )
+    far = float(np.linalg.norm(j[:, 0], axis=-1).max())
+    if far > MAX_WRIST_DISTANCE_M and lo <= finger <= hi:
+        out.append(
+            f"{where}: field 'joints': the hand goes {far:.3g} m from the origin, expected within "
+            f"{MAX_WRIST_DISTANCE_M} m of the camera (a world or mocap frame?)"
+        )
     return out
+
+
+def motion_range_warnings(lm: LoadedMotion) -> list[str]:
+    """Warnings for a hand-parameter motion far from the camera (``wrist_pos`` beyond
+    ``MAX_WRIST_DISTANCE_M`` in valid frames)."""
+    m = lm.motion
+    v = np.asarray(m.valid, bool)
+    if not v.any():
+        return []
+    far = float(np.linalg.norm(m.wrist_pos[v], axis=-1).max())
+    if far > MAX_WRIST_DISTANCE_M:
+        return [
+            f"{lm.group or lm.name}: field 'wrist_pos': up to {far:.3g} m from the camera, expected within "
+            f"{MAX_WRIST_DISTANCE_M} m (a world or mocap frame, or millimetres?)"
+        ]
+    return []
+
+
+def stats_range_warnings(
+    spec: FeatureSpec,
+    normalizer: FeatureNormalizer,
+    field_weights: dict[str, float],
+    clips: list[FeatureClip],
+    where: dict[str, str] | None = None,
+) -> list[str]:
+    """Warnings for clips whose features lie outside the tokenizer's normalisation stats: per feature field,
+    the share of valid frames whose distance from the training mean, in training stds (``normalizer``'s std
+    undone of its ``field_weights``) and as a root mean square over the field's dimensions, exceeds
+    ``MAX_STATS_Z``. ``where`` maps clip names to file names."""
+    out = []
+    slices = spec.slices()
+    mean, std = normalizer.mean, normalizer.std.clone()
+    for name, w in field_weights.items():
+        if name in slices:
+            std[slices[name]] *= float(w)
+    for c in clips:
+        f = c.feats[c.valid]
+        if not len(f):
+            continue
+        z = (f - mean) / std.clamp(min=1e-8)
+        for fname, sl in slices.items():
+            zf = z[:, sl].square().mean(-1).sqrt()
+            share = float((zf > MAX_STATS_Z).float().mean())
+            if share > MAX_OUT_OF_RANGE_SHARE:
+                out.append(
+                    f"{(where or {}).get(c.name, c.name)}: field '{fname}': {100 * share:.0f}% of frames are "
+                    f"more than {MAX_STATS_Z:g} std from the tokenizer's training data (max {float(zf.max()):.3g} "
+                    "std): out of its range, expect large reconstruction errors"
+                )
+    return out
+
+
+def warn(lines: list[str]) -> None:
+    """Print warnings to stderr, one line each."""
+    for line in lines:
+        print(f"WARNING: {line}", file=sys.stderr, flush=True)
 
 
 def _fit_cache_key(path: str, fps: float) -> str:
@@ -95,7 +230,10 @@ def _fit_cache_key(path: str, fps: float) -> str:
 def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) -> LoadedMotion:
     """A joint recording -> resampled to ``fps`` -> fitted ``HandMotion`` (cached under ``fit_cache``)."""
 
-    rec = load_joints(path).resample(fps)
+    raw = load_joints(path)
+    warnings = joints_range_warnings(raw, str(path))
+    warn(warnings)
+    rec = raw.resample(fps)
     name = Path(path).stem
     cache_file = meta_file = None
     if fit_cache is not None:
@@ -111,7 +249,6 @@ def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) 
         res = fit_recording(rec)
         motion, palm, fit_mm = res.motion, res.palm_offset, float(res.fit_mpjpe_mm)
         if cache_file is not None:
-
             save_motion(cache_file, motion)
             meta = {
                 "source": str(path),
@@ -127,6 +264,9 @@ def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) 
         root_is_palm=rec.root_is_palm,
         palm_offset=palm,
         fit_mpjpe_mm=fit_mm,
+        source=str(path),
+        group=str(path),
+        warnings=warnings,
     )
 
 
@@ -135,14 +275,47 @@ def load_motion_file(path: str, fps: float, fit_cache: str | Path | None = None)
 
     loaded = load_any(path)
     if isinstance(loaded, HandMotion):
-        return LoadedMotion(Path(path).stem, loaded.resampled(fps), "params")
+        return LoadedMotion(
+            Path(path).stem, loaded.resampled(fps), "params", source=str(path), group=str(path)
+        )
     return load_joint_file(path, fps, fit_cache)
+
+
+def load_store_motions(path: str | Path, fps: float, progress: bool = False) -> list[LoadedMotion]:
+    """Every hand with valid frames of every episode of an episode store, at ``fps`` (kind 'store'; the
+    group of both hands of an episode is the episode, so a split keeps them together)."""
+    store = EpisodeStore(path)
+    out = []
+    for k in tqdm(range(len(store)), desc=f"reading {Path(path).name}", disable=not progress, leave=False):
+        ep = store.load_episode(k, with_video=False)
+        for side, m in ep.hands.items():
+            if int(np.asarray(m.valid).sum()) < 2:
+                continue
+            if abs(m.fps - fps) > 1e-6:
+                m = m.resampled(fps)
+            out.append(
+                LoadedMotion(
+                    f"{Path(path).name}/{ep.key or k}/{side}",
+                    m,
+                    "store",
+                    source=str(path),
+                    group=f"{path}#{k}",
+                )
+            )
+    if not out:
+        raise InputError(
+            path, "episodes", "at least one episode with a valid hand", f"{len(store)} episodes, no hand"
+        )
+    return out
 
 
 def builtin_motions(n_sequences: int, seconds: float, seed: int, fps: float) -> list[LoadedMotion]:
 
     motions = generate_dataset(n_sequences, seconds, seed=seed, fps=fps)
-    return [LoadedMotion(f"builtin_{seed}_{i}", m, BUILTIN) for i, m in enumerate(motions)]
+    return [
+        LoadedMotion(f"builtin_{seed}_{i}", m, BUILTIN, source=BUILTIN, group=BUILTIN)
+        for i, m in enumerate(motions)
+    ]
 
 
 def load_sources(
@@ -154,16 +327,69 @@ def load_sources(
     fit_cache: str | Path | None = None,
     progress: bool = False,
 ) -> list[LoadedMotion]:
-    """Every source -> motions at ``fps``. ``builtin`` expands to ``builtin_sequences`` sequences."""
+    """Every source -> motions at ``fps``. ``builtin`` expands to ``builtin_sequences`` sequences; stores to
+    their episodes' hands. Motions far from the camera get a printed warning (``motion_range_warnings``)."""
 
     out: list[LoadedMotion] = []
-    paths = expand_paths(sources)
-    for s in tqdm(paths, desc="loading motion", disable=not progress or len(paths) < 2, leave=False):
+    items = expand_sources(sources)
+    for given, s in tqdm(items, desc="loading motion", disable=not progress or len(items) < 2, leave=False):
         if s == BUILTIN:
             out.extend(builtin_motions(builtin_sequences, builtin_seconds, seed, fps))
-        else:
-            out.append(load_motion_file(s, fps, fit_cache))
+            continue
+        loaded = (
+            load_store_motions(s, fps, progress) if is_store(s) else [load_motion_file(s, fps, fit_cache)]
+        )
+        for lm in loaded:
+            lm.source = given
+            extra = motion_range_warnings(lm)
+            warn(extra)
+            lm.warnings = lm.warnings + extra
+        out.extend(loaded)
     return out
+
+
+def split_by_file(
+    motions: list[LoadedMotion], fraction: float, seed: int
+) -> tuple[list[LoadedMotion], list[LoadedMotion]]:
+    """(training, held-out) motions: ``fraction`` of the files (``group``s) of non-built-in motions, drawn
+    with ``seed``, are held out whole; at least one file each side when there are two or more files and
+    ``fraction`` > 0. Built-in motion always trains."""
+    groups = sorted({m.group for m in motions if m.kind != BUILTIN})
+    n_val = 0
+    if fraction > 0 and len(groups) >= 2:
+        n_val = min(max(round(fraction * len(groups)), 1), len(groups) - 1)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    val = {groups[i] for i in order[:n_val]}
+    return [m for m in motions if m.group not in val], [m for m in motions if m.group in val]
+
+
+def source_report(motions: list[LoadedMotion], role: str) -> list[dict]:
+    """One row per source as given: its kind, files (or sequences / store hands), frames and seconds at the
+    tokenizer's fps, and ``role`` ('train' or 'val')."""
+    rows: dict[str, dict] = {}
+    for m in motions:
+        r = rows.setdefault(
+            m.source or m.name,
+            {
+                "source": m.source or m.name,
+                "role": role,
+                "kind": m.kind,
+                "files": set(),
+                "motions": 0,
+                "frames": 0,
+                "valid_frames": 0,
+                "seconds": 0.0,
+            },
+        )
+        r["files"].add(m.group)
+        r["motions"] += 1
+        r["frames"] += len(m.motion)
+        r["valid_frames"] += int(np.asarray(m.motion.valid).sum())
+        r["seconds"] += len(m.motion) / m.motion.fps
+    for r in rows.values():
+        r["files"] = len(r["files"])
+        r["seconds"] = round(r["seconds"], 2)
+    return list(rows.values())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,6 +546,15 @@ __all__ = [
     "WindowSampler",
     "builtin_motions",
     "expand_paths",
+    "expand_sources",
+    "is_store",
+    "joints_range_warnings",
+    "load_store_motions",
+    "motion_range_warnings",
+    "source_report",
+    "split_by_file",
+    "stats_range_warnings",
+    "warn",
     "load_joint_file",
     "load_motion_file",
     "load_sources",

@@ -9,6 +9,10 @@ Joint files are fitted first (``handvla.tokenizer.data.load_joint_file``); for t
 ``observed_mpjpe_mm`` also compares the decoded joints with the OBSERVED points (the palm-centre point 0 of
 Leap files placed from the fitted palm offset), next to ``fit_mpjpe_mm``, the fit's own error. Means are
 over all valid frames of all clips (frame-weighted). Metrics come from ``handvla.hand.metrics``.
+
+Inputs outside the tokenizer's range (features far from its normalisation stats: a world frame,
+millimetres) are listed in ``warnings`` (file and field; ``handvla.tokenizer.data.stats_range_warnings``)
+and printed to stderr.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tqdm import tqdm
 from handvla.hand import metrics as M
 from handvla.hand.motion import HandMotion
 from handvla.hand.rotations import axis_angle_to_matrix
-from handvla.tokenizer.data import LoadedMotion, load_sources
+from handvla.tokenizer.data import FeatureClip, LoadedMotion, load_sources, stats_range_warnings, warn
 from handvla.tokenizer.modeling import MotionTokenizer
 
 
@@ -43,12 +47,29 @@ def _observed_points(lm: LoadedMotion, motion: HandMotion, joints: np.ndarray) -
 
 
 def evaluate_motions(
-    model: MotionTokenizer, motions: list[LoadedMotion], progress: bool = False
+    model: MotionTokenizer, motions: list[LoadedMotion], progress: bool = False, check_range: bool = True
 ) -> dict[str, Any]:
     """Metrics over ``motions`` (see the module doc); also tokens per hand-second, codebook usage of
-    the produced ids and encode / decode speed in frames per second."""
+    the produced ids, encode / decode speed in frames per second and, with ``check_range``, ``warnings``
+    for motions outside the tokenizer's normalisation stats (and those the loader found)."""
 
     model.eval()
+    warnings = [w for lm in motions for w in lm.warnings]
+    if check_range and motions:
+        cfg = model.config
+        clips = [  # the model's own features (its hand model: a converted MANO tokenizer's too)
+            FeatureClip(
+                model.motion_features(lm.motion),
+                torch.zeros(10),
+                torch.from_numpy(lm.motion.valid.copy()),
+                lm.name,
+            )
+            for lm in motions
+        ]
+        where = {c.name: lm.group or lm.name for c, lm in zip(clips, motions)}
+        found = stats_range_warnings(cfg.spec, model.normalizer, cfg.field_weights, clips, where)
+        warn(found)
+        warnings += found
     layout = model.layout
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
@@ -109,6 +130,7 @@ def evaluate_motions(
             "live_codes": {p: model.parts[p].quantizer.usage_stats()["live_codes"] for p in layout.parts},
             "encode_fps": frames / enc_s if enc_s > 0 else float("nan"),
             "decode_fps": frames / dec_s if dec_s > 0 else float("nan"),
+            "warnings": warnings,
             "per_clip": per_clip,
         }
     )

@@ -375,6 +375,12 @@ class Trainer:
         self._warmup_end_s = state.get("warmup_end_s", 0.0 if self.step >= self.cfg.warmup_steps else None)
         self._recent_losses = deque(state.get("recent_losses", []), maxlen=FINAL_LOSS_WINDOW)
 
+    def pause_clock(self, seconds: float) -> None:
+        """Leave ``seconds`` that a hook just spent on work outside training (a validation pass, a one-off
+        initialisation) out of the training clock, so the time budget and the schedule count steps only."""
+        if self._loop_t0 is not None:
+            self._loop_t0 += seconds
+
     def _training_seconds(self) -> float:
         """Training seconds now: before this session plus this session's since its first step."""
         if self._loop_t0 is None:
