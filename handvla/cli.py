@@ -19,6 +19,7 @@ import sys
 
 import handvla
 from handvla.commands import (
+    convert,
     data,
     demo,
     generate,
@@ -33,7 +34,7 @@ from handvla.commands import eval as eval_policy
 from handvla.errors import HandvlaError
 
 #: the command modules, in help order
-COMMANDS = (data, demo, eval_policy, generate, hand, posttrain, pretrain, vla_eval, serve, tokenizer)
+COMMANDS = (convert, data, demo, eval_policy, generate, hand, posttrain, pretrain, vla_eval, serve, tokenizer)
 
 
 def build_parser() -> argparse.ArgumentParser:

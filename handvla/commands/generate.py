@@ -67,6 +67,9 @@ def _out_base(out: str) -> Path:
         p = p.with_suffix("")
     if not p.parent.is_dir():
         raise InputError("--out", None, "a path in an existing folder", f"missing folder {p.parent}")
+    for f in (p.with_suffix(".npz"), p.with_suffix(".mp4")):
+        if f.is_dir():  # checked before the model runs (the writers would refuse it after)
+            raise InputError(f, "--out", "a file path to write", "an existing folder")
     return p
 
 
@@ -127,6 +130,11 @@ def run_generate(args: argparse.Namespace) -> int:
             f"{args.ckpt}: the checkpoint has no motion tokenizer (motion_tokenizer/), so generated ids cannot "
             "be decoded to hand motion; save it with save_vla(..., motion_tokenizer=...)"
         )
+    if args.mano_dir:  # e.g. Being-H0's tokenizer, whose motion is MANO's
+        from handvla.hand.registry import load_hand_model
+
+        for side in hands:
+            mt.set_hand_model(load_hand_model(mt.config.hand_model, side, args.mano_dir))
     align = model_alignment(bundle.model.config)
     size = model_image_size(bundle.model.config, bundle.processor)
     W, H = image.size
@@ -226,4 +234,5 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--no-video", action="store_true", help="write only the npz")
+    p.add_argument("--mano-dir", help="MANO model folder, for a motion tokenizer whose hand model is MANO")
     add_threads_option(p)
