@@ -31,7 +31,11 @@ def _toy_batch(g: torch.Generator, n: int):
     sign = torch.where(torch.rand(n, generator=g) < 0.5, 1.0, -1.0)
     level = torch.where(cls == 0, 0.5, torch.where(cls == 1, -0.5, sign))
     ctx = torch.nn.functional.one_hot(cls, 3).float() @ _CTX
-    return ctx[:, None, :].expand(n, 3, H).contiguous(), level[:, None, None].expand(n, NA, A).contiguous(), cls
+    return (
+        ctx[:, None, :].expand(n, 3, H).contiguous(),
+        level[:, None, None].expand(n, NA, A).contiguous(),
+        cls,
+    )
 
 
 _CTX = torch.randn(3, H, generator=torch.Generator().manual_seed(5))
@@ -104,9 +108,7 @@ def test_flow_settings_are_checked():
 
 def _flow_config(ds, out, steps=40, **over):
     cfg = base_config(ds, out, train__max_steps=steps, **over)
-    cfg["model"].update(
-        {"head": "flow", "flow": {"width": 32, "layers": 2, "heads": 4, "num_steps": 4}}
-    )
+    cfg["model"].update({"head": "flow", "flow": {"width": 32, "layers": 2, "heads": 4, "num_steps": 4}})
     return load_posttrain_config(base=cfg)
 
 
@@ -127,7 +129,9 @@ def test_flow_head_trains_saves_and_loads(flow_run):
     # convergence, is what 40 steps can show here (the toy test above shows what the expert converges to)
     assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:5]), (losses[:5], losses[-10:])
     head = load_file(str(out / "final" / "policy_head.safetensors"))
-    assert any(k.startswith("action_expert.") for k in head) and not any(k.startswith("action_head.") for k in head)
+    assert any(k.startswith("action_expert.") for k in head) and not any(
+        k.startswith("action_head.") for k in head
+    )
     model = HandVLAPolicyModel.from_pretrained(out / "final")
     assert model.config.head == "flow" and model.config.flow.num_steps == 4
     # a flow checkpoint whose config says regression does not load silently
@@ -178,7 +182,9 @@ def test_flow_policy_samples_reproducibly_and_keeps_committed_actions(flow_run):
 
 def test_regression_head_keeps_committed_actions_too(tmp_path):
     ds = write_dataset(tmp_path / "ds", image_hw=None, episodes=2, T=8)
-    run_posttrain(load_posttrain_config(base=base_config(ds, tmp_path / "run", train__max_steps=2)), progress=False)
+    run_posttrain(
+        load_posttrain_config(base=base_config(ds, tmp_path / "run", train__max_steps=2)), progress=False
+    )
     policy = HandVLAPolicy.load(tmp_path / "run" / "final", device="cpu")
     client = as_client(policy)
     prev = np.full((4, 5), 7.0, np.float32)

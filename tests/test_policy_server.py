@@ -230,5 +230,8 @@ def test_server_batches_concurrent_clients_and_isolates_failures():
             assert srv.batch_sizes == []  # one infer at a time
         else:
             assert max(srv.batch_sizes) > 1
-    # 24 requests one by one take >= 24 x 50 ms; batched, the passes are shared
-    assert timings[1, None] > 1.2 and timings[32, None] < 0.6 * timings[1, None], timings
+            if poison is None:
+                # 8 clients that each wait for their answer: requests queue during a pass and share the next
+                assert sum(srv.batch_sizes) == 24 and len(srv.batch_sizes) <= 16, srv.batch_sizes
+    # 24 requests one by one take >= 24 x 50 ms (sleeps: a lower bound that holds on a loaded machine)
+    assert timings[1, None] > 1.2, timings

@@ -4,8 +4,10 @@
     handvla eval sim --url ws://127.0.0.1:8765 --task relocate --episodes 50     # a running policy server
     handvla eval open-loop --ckpt runs/relocate/final --data data/relocate_demos [--plot err.png] [--json]
 
-``sim``: closed loop in the Adroit simulator on seeds seed .. seed+N-1 (default 10000 on, away from the
-demonstration seeds); success rate with its 95 % Wilson interval. ``open-loop``: predicted vs recorded
+``sim``: closed loop in a simulator on seeds seed .. seed+N-1 (default 10000 on, away from the
+demonstration seeds); success rate with its 95 % Wilson interval. ``--suite adroit|metaworld-mt10``: every
+task of the suite on the same seeds, a per-task table and the mean over tasks (``--scripted``: Meta-World's
+scripted experts, the suite's ceiling). ``open-loop``: predicted vs recorded
 action chunks on a dataset's frames, error by horizon step (action units) and a PNG plot.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from handvla.atomic import atomic_write_json
 from handvla.commands._util import add_command, add_group, add_threads_option, print_json, set_threads
-from handvla.errors import ConfigError
+from handvla.errors import ConfigError, InputError
 
 
 def _load_policy(args: argparse.Namespace):
@@ -40,14 +42,56 @@ def _episodes(text: str | None) -> list[int] | None:
     return out
 
 
+def _run_eval_suite(args: argparse.Namespace, seed: int) -> int:
+    """``eval sim --suite``: every task of the suite (or ``--tasks``) on the same seeds, a per-task table."""
+    from handvla.robot.client import PolicyClient
+    from handvla.robot.evaluate import evaluate_suite, suite_table
+    from handvla.robot.sim.metaworld import MetaWorldScriptedPolicy
+    from handvla.robot.sim.suites import suite_tasks
+
+    tasks = suite_tasks(args.suite)
+    if args.tasks:
+        chosen = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        unknown = sorted(set(chosen) - set(tasks))
+        if unknown:
+            raise ConfigError(f"--tasks: {unknown} are not in suite {args.suite!r} ({tasks})")
+        tasks = chosen
+    kwargs = dict(
+        episodes=args.episodes, seed=seed, replan_every=args.replan_every, max_steps=args.max_steps,
+        progress=not args.quiet,
+    )  # fmt: skip
+    if args.url:
+        with PolicyClient(args.url) as client:
+            res = evaluate_suite(client, tasks, **kwargs)
+    else:
+        policy = MetaWorldScriptedPolicy() if args.scripted else _load_policy(args)
+        res = evaluate_suite(policy, tasks, **kwargs)
+    res["suite"] = args.suite
+    res["policy"] = "scripted experts" if args.scripted else (args.ckpt or args.url)
+    if args.out:
+        atomic_write_json(Path(args.out) / f"sim_eval_{args.suite}.json", res)
+    if args.json:
+        if not args.per_seed:
+            res["tasks"] = {t: {k: v for k, v in r.items() if k != "per_seed"} for t, r in res["tasks"].items()}
+        print_json(res)
+    else:
+        print(f"{args.suite}: {res['policy']}, {args.episodes} episodes per task from seed {seed}")
+        print(suite_table(res))
+    return 0
+
+
 def run_eval_sim(args: argparse.Namespace) -> int:
     from handvla.robot.evaluate import EVAL_SEED, evaluate_remote, run_sim_eval
 
-    if (args.ckpt is None) == (args.url is None):
+    if args.scripted and (args.ckpt or args.url or args.suite != "metaworld-mt10"):
+        raise ConfigError("eval sim --scripted: the Meta-World scripted experts (--suite metaworld-mt10, no --ckpt/--url)")
+    if not args.scripted and (args.ckpt is None) == (args.url is None):
         raise ConfigError("eval sim: give exactly one of --ckpt DIR and --url ws://HOST:PORT")
     if args.episodes < 1:
         raise ConfigError(f"--episodes: expected >= 1, got {args.episodes}")
     seed = EVAL_SEED if args.seed is None else args.seed
+    if args.suite:
+        return _run_eval_suite(args, seed)
     kwargs = dict(
         task=args.task,
         episodes=args.episodes,
@@ -83,6 +127,9 @@ def run_eval_open_loop(args: argparse.Namespace) -> int:
     from handvla.robot.evaluate import evaluate_open_loop
     from handvla.robot.lerobot_format import RobotDataset
 
+    for opt, f in (("--out", args.out), ("--plot", None if args.no_plot else args.plot)):
+        if f and Path(f).is_dir():  # checked before the evaluation runs (the writers would refuse it after)
+            raise InputError(f, opt, "a file path to write", "an existing folder")
     policy = _load_policy(args)
     c = policy.config
     ds = RobotDataset(args.data, columns=[c.state_key, c.action_key])
@@ -117,11 +164,14 @@ def run_eval_open_loop(args: argparse.Namespace) -> int:
 
 def add_sim(sub) -> argparse.ArgumentParser:
     s = add_command(
-        sub, "sim", run_eval_sim, help="closed loop in the Adroit simulator: success rate with 95%% CI"
+        sub, "sim", run_eval_sim, help="closed loop in a simulator (a task or a suite): success rate with 95%% CI"
     )
     s.add_argument("--ckpt", default=None, help="policy checkpoint folder (handvla posttrain's final/)")
     s.add_argument("--url", default=None, help="or a running policy server, ws://HOST:PORT")
-    s.add_argument("--task", default="relocate", help="sim task: relocate or door")
+    s.add_argument("--task", default="relocate", help="sim task: relocate, door, hammer, pen or a Meta-World MT10 task")
+    s.add_argument("--suite", default=None, help="a suite instead: adroit or metaworld-mt10 (a per-task table)")
+    s.add_argument("--tasks", default=None, help="with --suite: only these tasks (comma-separated)")
+    s.add_argument("--scripted", action="store_true", help="with --suite metaworld-mt10: the scripted experts")
     s.add_argument("--episodes", type=int, default=50)
     s.add_argument("--seed", type=int, default=None, help="first seed (default 10000, away from demo seeds)")
     s.add_argument("--replan-every", type=int, default=None, help="actions executed per chunk (default: all)")
@@ -151,7 +201,11 @@ def add_open_loop(sub) -> argparse.ArgumentParser:
     o.add_argument("--stride", type=int, default=1, help="every k-th frame of each episode")
     o.add_argument("--max-samples", type=int, default=500, help="at most this many frames, evenly spread")
     o.add_argument("--image-key", default=None, help="camera feature (default: the policy's)")
-    o.add_argument("--instruction", default=None, help="instruction for every frame (default: each frame's task in the dataset)")
+    o.add_argument(
+        "--instruction",
+        default=None,
+        help="instruction for every frame (default: each frame's task in the dataset)",
+    )
     o.add_argument("--plot", default="open_loop_error.png", help="PNG of error against horizon step")
     o.add_argument("--no-plot", action="store_true")
     o.add_argument("--out", default=None, help="write the result as JSON to this file")

@@ -16,15 +16,20 @@ import sys
 import threading
 
 from handvla.commands._util import add_command, add_threads_option, set_threads
+from handvla.errors import ConfigError
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from handvla.policy import HandVLAPolicy
     from handvla.robot.server import PolicyServer
 
+    if not 0 <= args.port <= 65535:  # before the (slow) model load; the server checks it too
+        raise ConfigError(f"--port: expected a TCP port from 0 to 65535 (0: any free port), got {args.port}")
     set_threads(args)
     policy = HandVLAPolicy.load(args.ckpt, device=args.device, dtype=args.dtype, task=args.task)
-    server = PolicyServer(policy, host=args.host, port=args.port)
+    server = PolicyServer(
+        policy, host=args.host, port=args.port, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms
+    )
     port = server.start_in_thread()
     meta = policy.metadata()
     line = {
@@ -73,4 +78,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="backbone dtype")
     p.add_argument("--task", default=None, help="instruction (default: the checkpoint's training task)")
+    p.add_argument(
+        "--max-batch", type=int, default=32, help="most concurrent requests answered by one forward pass (1: none)"
+    )
+    p.add_argument(
+        "--batch-window-ms", type=float, default=0.0, help="an idle server waits this long for more requests"
+    )
     add_threads_option(p)

@@ -28,6 +28,7 @@ from pydantic import Field, computed_field, field_validator, model_validator
 from handvla.atomic import read_json
 from handvla.config import ConfigModel, load_config
 from handvla.errors import CheckpointError, ConfigError
+from handvla.policy.action_space import UNIFIED_DIM, EmbodimentMap, ResolvedMap
 
 POLICY_CONFIG_NAME = "policy_config.json"
 POLICY_FORMAT_VERSION = 1
@@ -55,6 +56,7 @@ BUILT_FIELDS = (
     "fps",
     "prop_token_id",
     "action_token_offset",
+    "embodiment",
 )
 
 
@@ -94,7 +96,9 @@ class FlowSettings(ConfigModel):
     )
     time_max: float = Field(0.999, gt=0.0, le=1.0)
     rtc_guidance: float = Field(
-        2.0, ge=0.0, description="real-time chunking: weight of the pull towards the committed prefix (0: inpainting only)"
+        2.0,
+        ge=0.0,
+        description="real-time chunking: weight of the pull towards the committed prefix (0: inpainting only)",
     )
 
     def width_for(self, llm_width: int) -> int:
@@ -164,6 +168,9 @@ class PolicyConfig(ConfigModel):
     fps: float | None = None
     prop_token_id: int | None = None
     action_token_offset: int | None = Field(None, description="token id of <ACTION_CHUNK_0> (ids contiguous)")
+    embodiment: EmbodimentMap | None = Field(
+        None, description="where state and actions live in the unified 200-d space (None: the dataset's own)"
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -217,6 +224,22 @@ class PolicyConfig(ConfigModel):
         if self.preset:
             return {"type": "preset", "preset": self.preset, "seed": self.seed}
         return {}
+
+    @property
+    def model_state_dim(self) -> int | None:
+        """The state size the model reads: the unified space's with an embodiment map, else the robot's."""
+        return UNIFIED_DIM if self.embodiment is not None else self.state_dim
+
+    @property
+    def model_action_dim(self) -> int | None:
+        """The action size the model writes (unified space or the robot's own)."""
+        return UNIFIED_DIM if self.embodiment is not None else self.action_dim
+
+    def unified_map(self) -> ResolvedMap | None:
+        """The embodiment map as index arrays for this config's state and action sizes (None: no map)."""
+        if self.embodiment is None:
+            return None
+        return self.embodiment.resolve(self.state_dim, self.action_dim, "embodiment")
 
     @property
     def observation_names(self) -> list[str]:

@@ -115,7 +115,9 @@ class ActionExpert(nn.Module):
         self.position = nn.Parameter(torch.zeros(chunk_size, D))
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         self.context_in = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, D))
-        self.blocks = nn.ModuleList(_Block(D, settings.heads, settings.mlp_ratio) for _ in range(settings.layers))
+        self.blocks = nn.ModuleList(
+            _Block(D, settings.heads, settings.mlp_ratio) for _ in range(settings.layers)
+        )
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False)
         self.ada_out = nn.Linear(D, 2 * D)
         self.action_out = nn.Linear(D, action_dim)

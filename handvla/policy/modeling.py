@@ -104,12 +104,14 @@ class PolicyOutput:
 def masked_action_errors(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L1, MSE) of ``pred`` vs ``target`` (B, Na, A), averaged over the real steps (``mask`` (B, Na) True)
-    and the action dimensions."""
+    """(L1, MSE) of ``pred`` vs ``target`` (B, Na, A), averaged over the real entries: ``mask`` (B, Na) marks
+    the real chunk steps (all action dimensions count), (B, Na, A) the real entries (an embodiment's
+    slots of the unified space on its real steps)."""
     err = pred.float() - target.float()
     m = torch.ones(err.shape[:2], device=err.device) if mask is None else mask.to(err.device, torch.float32)
-    denom = (m.sum() * err.shape[-1]).clamp(min=1.0)
-    m = m[..., None]
+    if m.dim() == 2:
+        m = m[..., None].expand_as(err)
+    denom = m.sum().clamp(min=1.0)
     return (err.abs() * m).sum() / denom, (err.square() * m).sum() / denom
 
 
@@ -143,13 +145,15 @@ class HandVLAPolicyModel(nn.Module):
         H = config.hidden_size
         self.config = config
         self.backbone = backbone
-        self.proprio = mlp(config.state_dim, config.proprio_hidden_size or H, H)  # fp
+        # with an embodiment map the model reads and writes the unified 200-d space
+        Ds, A = config.model_state_dim, config.model_action_dim
+        self.proprio = mlp(Ds, config.proprio_hidden_size or H, H)  # fp
         self.action_queries = nn.Parameter(torch.zeros(config.chunk_size, H))
         if config.head == "flow":
             config.flow.width = config.flow.width_for(H)  # the checkpoint says the width it was built with
-            self.action_expert = ActionExpert(config.action_dim, H, config.chunk_size, config.flow)
+            self.action_expert = ActionExpert(A, H, config.chunk_size, config.flow)
         else:
-            self.action_head = mlp(H, config.head_hidden_size or H, config.action_dim)  # fr
+            self.action_head = mlp(H, config.head_hidden_size or H, A)  # fr
         self.processor = processor
         self.normalizer: Normalizer | None = None
         self.motion_tokenizer_dir: Path | None = None
@@ -612,7 +616,8 @@ class HandVLAPolicy:
         d = int(delay)
         if d == 0:
             return None
-        return np.asarray(self.normalizer.normalize(c.action_key, prev[:d]), np.float32)
+        prefix = np.asarray(self.normalizer.normalize(c.action_key, prev[:d]), np.float32)
+        return self.processor.actions_to_model(prefix)
 
     @torch.no_grad()  # not inference_mode: the flow expert's prefix guidance takes a gradient
     def predict_normalized_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
@@ -623,7 +628,7 @@ class HandVLAPolicy:
         batch = {k: v.to(self.device) for k, v in self.processor.collate(samples).items()}
         d = max((len(p) for p in prefixes if p is not None), default=0)
         if d:
-            A = self.config.action_dim
+            A = self.config.model_action_dim
             pre = np.zeros((len(observations), d, A), np.float32)
             lens = np.zeros(len(observations), np.int64)
             for b, p in enumerate(prefixes):

@@ -50,6 +50,7 @@ from tokenizers import AddedToken
 from handvla.atomic import atomic_write_bytes, atomic_write_json, read_json
 from handvla.data.lerobot import BASE_STATS, QUANTILES, FeatureStats, compute_stats
 from handvla.errors import CheckpointError, ConfigError, InputError
+from handvla.policy.action_space import ResolvedMap
 from handvla.policy.configuration import POLICY_CONFIG_NAME, PolicyConfig
 from handvla.vla.processing import IMAGE_PLACEHOLDER
 
@@ -327,6 +328,7 @@ class PolicyProcessor:
         self.pad_id = int(vla_processor.vocab.pad_id)
         self.answer = "".join(action_chunk_token(i) for i in range(config.chunk_size))
         self._ids_cache: dict[tuple, torch.Tensor] = {}
+        self.unified = config.unified_map()  # None: the model works in the robot's own state/action space
 
     def prompt(self, task: str | None) -> str:
         """The user turn for ``task`` (default: the config's ``default_task``)."""
@@ -353,10 +355,16 @@ class PolicyProcessor:
         return text
 
     def encode(
-        self, task: str | None, images: Sequence[np.ndarray], state: np.ndarray | torch.Tensor
+        self,
+        task: str | None,
+        images: Sequence[np.ndarray],
+        state: np.ndarray | torch.Tensor,
+        unified: ResolvedMap | None = None,
     ) -> dict[str, torch.Tensor]:
         """One sample: ``input_ids`` (L,) int64, ``pixel_values`` (tiles, 3, S, S) float32 (absent without
-        cameras), ``state`` (state_dim,) float32 (already normalised)."""
+        cameras), ``state`` (state_dim,) float32 (already normalised; with an embodiment map, placed in the
+        unified space). ``unified``: another embodiment's map (a training dataset of another robot), whose
+        state has its own size."""
         cfg = self.config
         if len(images) != len(cfg.image_keys):
             raise InputError(
@@ -366,8 +374,12 @@ class PolicyProcessor:
             np.asarray(state, np.float32) if not isinstance(state, torch.Tensor) else state
         )
         state_t = state_t.to(torch.float32).reshape(-1)
-        if state_t.numel() != cfg.state_dim:
+        if unified is not None:
+            state_t = unified.state_to_unified(state_t)
+        elif state_t.numel() != cfg.state_dim:
             raise InputError("policy observation", "state", f"{cfg.state_dim} values", str(state_t.numel()))
+        elif self.unified is not None:
+            state_t = self.unified.state_to_unified(state_t)
         imgs = [np.asarray(im.numpy() if isinstance(im, torch.Tensor) else im) for im in images]
         tiles = [self.vla.tile_image(im) for im in imgs]  # each (tiles, 3, S, S)
         # why: the token ids only depend on the task and the tile counts; tokenising the chat template
@@ -438,10 +450,29 @@ class PolicyProcessor:
         obs_task = observation.get("task")
         return self.encode(obs_task if isinstance(obs_task, str) else task, images, state_n)
 
+    def actions_to_model(self, actions, mask=None, unified: ResolvedMap | None = None):
+        """Normalised robot actions (..., action_dim) -> what the model predicts: the same, or with an
+        embodiment map the unified (..., 200) vector. With ``mask`` (..., ) (False: padded chunk step),
+        also the loss mask: (...,) unchanged, or (..., 200) = step mask x the embodiment's action slots.
+        ``unified``: another embodiment's map (see `encode`)."""
+        um = unified if unified is not None else self.unified
+        if um is None:
+            return actions if mask is None else (actions, mask)
+        out = um.action_to_unified(actions)
+        if mask is None:
+            return out
+        slots = um.action_mask()
+        if isinstance(mask, torch.Tensor):
+            return out, mask[..., None] & torch.from_numpy(slots).to(mask.device)
+        return out, np.asarray(mask)[..., None] & slots
+
     def postprocess(self, actions: np.ndarray | torch.Tensor, normalizer: Normalizer) -> np.ndarray:
-        """A predicted chunk (..., action_dim) in normalised units -> float32 actions in robot units."""
+        """A predicted chunk (..., model action size) in normalised units -> float32 actions in robot units
+        (with an embodiment map, the robot's dimensions are read out of the unified vector first)."""
         if isinstance(actions, torch.Tensor):
             actions = actions.float().cpu().numpy()
+        if self.unified is not None:
+            actions = self.unified.action_from_unified(actions)
         return np.asarray(normalizer.unnormalize(self.config.action_key, actions), np.float32)
 
 

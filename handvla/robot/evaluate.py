@@ -1,4 +1,5 @@
-"""Evaluating a policy: closed loop in the Adroit simulator, open loop on a recorded LeRobot dataset.
+"""Evaluating a policy: closed loop in a simulator (Adroit, Meta-World MT10; one task or a whole suite),
+open loop on a recorded LeRobot dataset.
 
 A policy is anything with the ``handvla.robot.server.Policy`` protocol (``metadata()`` with
 ``chunk_size``, ``action_dim``, ``observation``; ``infer(obs) -> (chunk_size, action_dim)``), used
@@ -10,8 +11,11 @@ task's instruction, when the policy has them.
 
 Closed loop (``evaluate_closed_loop``): N episodes on seeds ``seed .. seed+N-1`` (default 10000 on, so
 they are not the demonstration seeds 0 ..), each ``max_steps`` long. Success per episode follows the
-DAPG / D4RL rule (goal achieved on more than 25 steps; see ``handvla.robot.sim.adroit``); the success rate
-comes with its 95 % Wilson score interval. Returns are sums of the environment's dense reward as defined
+task's rule (Adroit: the DAPG / D4RL rule, goal achieved on more than 25 steps, see
+``handvla.robot.sim.adroit``; Meta-World: success at any step); the success rate comes with its 95 % Wilson
+score interval. ``evaluate_suite`` runs every task of a suite (``handvla.robot.sim.suites``) on the same
+seeds and adds the mean over tasks, with the Wilson interval of all the suite's episodes pooled. The
+instruction also travels in each observation (``task``), so a remote multi-task policy gets it too. Returns are sums of the environment's dense reward as defined
 by the installed gymnasium-robotics (its v1 reward changed across versions: compare success, not return,
 across installations).
 
@@ -115,6 +119,7 @@ class PolicyController:
         self.policy = policy
         self.keys = list(self.client.metadata["observation"])
         self.calls = 0
+        self.task: str | None = None
 
     def reset(self, sim) -> None:
         self.broker.reset()
@@ -122,6 +127,7 @@ class PolicyController:
             raise ConfigError(
                 f"the policy's action_dim is {self.client.metadata['action_dim']}, the {sim.spec.name} task's is {sim.action_dim}"
             )
+        self.task = sim.instruction
         target = self.policy.policy if isinstance(self.policy, _LocalClient) else self.policy
         if callable(getattr(target, "set_task", None)):
             target.set_task(sim.instruction)
@@ -130,7 +136,7 @@ class PolicyController:
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         self.calls += 1
-        return self.broker.act({k: obs[k] for k in self.keys})
+        return self.broker.act({k: obs[k] for k in self.keys} | {"task": self.task})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,7 +188,8 @@ def evaluate_closed_loop(
     ``video_dir`` + ``video_episodes``: save the first episodes as mp4 (``<task>_seed<k>.mp4``).
     """
     # why here: importing the simulator chooses MuJoCo's GL backend; only closed-loop evaluation needs it
-    from handvla.robot.sim.adroit import DEFAULT_CAMERA, DEFAULT_IMAGE_SIZE, AdroitSim, rollout
+    from handvla.robot.sim.adroit import DEFAULT_IMAGE_SIZE, rollout
+    from handvla.robot.sim.suites import make_sim
 
     if int(episodes) < 1:
         raise ConfigError(f"episodes must be >= 1, got {episodes}")
@@ -191,9 +198,7 @@ def evaluate_closed_loop(
     img_hw = spec_hw or image_size or DEFAULT_IMAGE_SIZE  # the spec's fixed size wins
     own = sim is None
     if own:
-        sim = AdroitSim(
-            task, image_size=img_hw if img_key else None, camera=camera or DEFAULT_CAMERA, max_steps=max_steps
-        )
+        sim = make_sim(task, image_size=img_hw if img_key else None, camera=camera, max_steps=max_steps)
     elif sim.spec.name != task:
         raise ConfigError(f"evaluate_closed_loop(task={task!r}) was given a {sim.spec.name!r} sim")
     elif img_key is not None and sim.image_hw is None:
@@ -239,6 +244,40 @@ def evaluate_closed_loop(
         steps_per_s=steps / secs if secs > 0 else 0.0,
         per_seed=per_seed,
     )
+
+
+def evaluate_suite(
+    policy: Any, suite: str | Sequence[str], episodes: int = 50, seed: int = EVAL_SEED, **kwargs
+) -> dict[str, Any]:
+    """`evaluate_closed_loop` on every task of ``suite`` (a suite name or a list of tasks), same seeds for
+    each: {suite, tasks: {task: result}, mean_success (over tasks), pooled_success_ci95 (Wilson interval of
+    all episodes pooled), episodes_per_task, seed}."""
+    # the simulators import mujoco: only closed loop needs them
+    from handvla.robot.sim.suites import suite_tasks
+
+    tasks = suite_tasks(suite) if isinstance(suite, str) else list(suite)
+    results = {t: evaluate_closed_loop(policy, task=t, episodes=episodes, seed=seed, **kwargs).to_dict() for t in tasks}
+    n_ok = sum(round(r["success_rate"] * r["episodes"]) for r in results.values())
+    n = sum(r["episodes"] for r in results.values())
+    return {
+        "suite": suite if isinstance(suite, str) else list(tasks),
+        "seed": int(seed),
+        "episodes_per_task": int(episodes),
+        "mean_success": float(np.mean([r["success_rate"] for r in results.values()])),
+        "pooled_success_ci95": list(wilson_interval(n_ok, n)),
+        "tasks": results,
+    }
+
+
+def suite_table(res: dict[str, Any]) -> str:
+    """A plain-text table of `evaluate_suite`'s result: task, success, 95 % interval, episodes."""
+    rows = [f"{'task':28s} {'success':>8s}  {'95% CI':>13s}  {'episodes':>8s}"]
+    for task, r in res["tasks"].items():
+        lo, hi = r["success_ci95"]
+        rows.append(f"{task:28s} {r['success_rate']:8.3f}  [{lo:5.3f}, {hi:5.3f}]  {r['episodes']:8d}")
+    lo, hi = res["pooled_success_ci95"]
+    rows.append(f"{'mean over tasks':28s} {res['mean_success']:8.3f}  [{lo:5.3f}, {hi:5.3f}]  (pooled)")
+    return "\n".join(rows)
 
 
 def evaluate_remote(url: str, **kwargs) -> ClosedLoopResult:

@@ -3,7 +3,10 @@
 One typed config (`PosttrainConfig`, YAML sections ``data``, ``model``, ``train``, ``eval``)::
 
     data:   dataset (a LeRobot v3 folder), chunk_size, image_keys, state_key / action_key, task override,
-            held-out episodes, where the normalisation statistics come from and their modes
+            held-out episodes, where the normalisation statistics come from and their modes, and optionally
+            ``embodiment``: where its state and action dimensions go in the unified 200-d action space
+            (handvla.policy.action_space; the model then reads and writes that space, the loss counts only
+            the embodiment's slots, and the deployed policy still takes and returns the robot's vectors)
     model:  the policy's one config, ``handvla.policy.PolicyConfig``: init_checkpoint (a handvla VLA,
             load_vla) | backbone (an InternVL3 -hf folder) | preset (random init); backbone_mode full /
             frozen / lora; head sizes; loss l1 / mse; tiles per camera. Its sizes, keys and cameras are
@@ -42,6 +45,7 @@ from handvla.atomic import atomic_write_text
 from handvla.config import ConfigModel, load_config
 from handvla.data.lerobot import INFO_PATH, STATS_PATH
 from handvla.errors import ConfigError, InputError, MissingResourceError
+from handvla.policy.action_space import EmbodimentMap
 from handvla.policy.configuration import BUILT_FIELDS, DEFAULT_CHUNK_SIZE, PolicyConfig
 from handvla.policy.modeling import MOTION_TOKENIZER_DIR, HandVLAPolicy, HandVLAPolicyModel
 from handvla.policy.processing import Normalizer, NormMode
@@ -54,6 +58,24 @@ from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_su
 FINAL_DIR = "final"
 NORM_DIR = "normalization"
 SUMMARY_NAME = "posttrain_summary.json"
+
+
+class ExtraDataset(ConfigModel):
+    """Another embodiment's LeRobot v3 dataset, trained in the same run through the unified action space
+    (``data.extra_datasets``). Its statistics are its own (stored in the checkpoint under
+    ``<embodiment name>:<key>``); its cameras fill the main dataset's camera slots in order.
+
+    Human-hand episodes: an episode store (``handvla data build`` / ``handvla data handworld``) is a LeRobot
+    v3 dataset too: ``state_key: right_hand.betas`` (slot ``right_beta``) and ``action_key:
+    right_hand.hand_pose`` (slot ``right_theta``: the chunk is the next hand poses)."""
+
+    dataset: str = Field(..., description="LeRobot v3.0 dataset folder")
+    embodiment: EmbodimentMap
+    image_keys: list[str] | None = Field(None, description="as many cameras as the main dataset's; None: all")
+    state_key: str = STATE_KEY
+    action_key: str = ACTION_KEY
+    task: str | None = None
+    max_episodes: int | None = Field(None, gt=0)
 
 
 class PosttrainDataConfig(ConfigModel):
@@ -77,6 +99,26 @@ class PosttrainDataConfig(ConfigModel):
     frame_cache_mb: float = Field(
         1024.0, ge=0, description="decode whole episodes once and keep them in memory when all fit (MB)"
     )
+    embodiment: EmbodimentMap | None = Field(
+        None,
+        description="where the dataset's state and action dimensions go in the unified 200-d action space "
+        "(handvla.policy.action_space); None: the policy works in the dataset's own space",
+    )
+    extra_datasets: list[ExtraDataset] = Field(
+        default_factory=list,
+        description="other embodiments' datasets trained in the same run (needs embodiment); sampled in "
+        "proportion to their frames; validation and the deployed policy use the main dataset",
+    )
+
+    @model_validator(mode="after")
+    def _extra_needs_unified(self) -> PosttrainDataConfig:
+        if self.extra_datasets and self.embodiment is None:
+            raise ValueError("extra_datasets: the main dataset needs an embodiment map too (data.embodiment)")
+        names = [self.embodiment.name] if self.embodiment else []
+        names += [e.embodiment.name for e in self.extra_datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"embodiment names must differ between datasets (their statistics are keyed by it): {names}")
+        return self
 
     @field_validator("image_keys", mode="before")
     @classmethod
@@ -113,7 +155,7 @@ class PosttrainConfig(ConfigModel):
         if given:
             raise ValueError(
                 f"model.{given[0]}: set from the dataset and the backbone when the policy is built (the data "
-                "section chooses chunk_size, image_keys, state_key, action_key and task), not in the config"
+                "section chooses chunk_size, image_keys, state_key, action_key, task and embodiment), not in the config"
             )
         return self
 
@@ -187,11 +229,12 @@ def build_normalizer(ds, cfg: PosttrainDataConfig, train_episodes: list[int]):
 
 class PolicyTrainDataset:
     """Training samples: an ``ActionChunkDataset`` (normalised state and actions, camera frames, task)
-    encoded by the policy's `PolicyProcessor` (the same code the deployed policy runs)."""
+    encoded by the policy's `PolicyProcessor` (the same code the deployed policy runs). ``unified`` and
+    ``image_keys``: another embodiment's map and cameras (``data.extra_datasets``)."""
 
-    def __init__(self, chunks, processor, task: str | None = None):
-        self.chunks, self.processor, self.task = chunks, processor, task
-        self.image_keys = list(processor.config.image_keys)
+    def __init__(self, chunks, processor, task: str | None = None, unified=None, image_keys=None):
+        self.chunks, self.processor, self.task, self.unified = chunks, processor, task, unified
+        self.image_keys = list(processor.config.image_keys if image_keys is None else image_keys)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -200,14 +243,54 @@ class PolicyTrainDataset:
         item = self.chunks[i]
         images = [item["images"][k] for k in self.image_keys]
         out = self.processor.encode(
-            self.task if self.task is not None else item["task"], images, item["state"]
+            self.task if self.task is not None else item["task"], images, item["state"], self.unified
         )
-        out["actions"] = item["actions"]
-        out["action_mask"] = item["action_mask"]
+        out["actions"], out["action_mask"] = self.processor.actions_to_model(
+            item["actions"], item["action_mask"], self.unified
+        )
         return out
 
     def collate(self, samples):
         return self.processor.collate(samples)
+
+
+class ConcatTrainDataset:
+    """Several `PolicyTrainDataset` as one (frames in order; the trainer shuffles)."""
+
+    def __init__(self, parts: list[PolicyTrainDataset]):
+        self.parts = parts
+        self._ends = np.cumsum([len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, i: int):
+        k = int(np.searchsorted(self._ends, i, side="right"))
+        return self.parts[k][i - (int(self._ends[k - 1]) if k else 0)]
+
+    def collate(self, samples):
+        return self.parts[0].collate(samples)
+
+
+class _PrefixedNormalizer:
+    """A `Normalizer` seen through ``<prefix>:<key>`` names (an extra dataset's statistics)."""
+
+    def __init__(self, normalizer: Normalizer, prefix: str):
+        self.normalizer, self.prefix = normalizer, prefix
+
+    def normalize(self, key, x):
+        return self.normalizer.normalize(f"{self.prefix}:{key}", x)
+
+
+def _merged(main: Normalizer, extras: dict[str, Normalizer]) -> Normalizer:
+    """One `Normalizer` with the main dataset's features under their own names and each extra dataset's
+    under ``<embodiment name>:<key>``."""
+    stats, modes, names = dict(main.stats), dict(main.modes), dict(main.names)
+    for prefix, n in extras.items():
+        stats |= {f"{prefix}:{k}": v for k, v in n.stats.items()}
+        modes |= {f"{prefix}:{k}": v for k, v in n.modes.items()}
+        names |= {f"{prefix}:{k}": v for k, v in n.names.items()}
+    return Normalizer(stats, modes, names, main.eps)
 
 
 # ---- model ------------------------------------------------------------------------------------------
@@ -230,8 +313,11 @@ def policy_config_from_dataset(
         state_names=ds.feature_names(d.state_key),
         action_names=ds.feature_names(d.action_key),
         fps=float(ds.fps),
+        embodiment=d.embodiment,
     )
-    return PolicyConfig.model_validate(cfg.model.model_dump() | update)
+    pcfg = PolicyConfig.model_validate(cfg.model.model_dump() | update)
+    pcfg.unified_map()  # a map that does not fit the dataset's sizes fails here, naming the field
+    return pcfg
 
 
 def _camera_shapes(ds, keys: list[str]) -> list[list[int]]:
@@ -255,7 +341,10 @@ def build_policy(cfg: PosttrainConfig, ds, normalizer, out_dir: Path, is_main: b
                 ds.root / INFO_PATH, f"features.{k}", "a video or image feature (data.image_keys)", "missing"
             )
     tasks = [t for t in ds.tasks if t]
-    bundle = load_initial_vla(m, tasks + ([d.task] if d.task else []), out_dir, is_main, barrier)
+    corpus = tasks + ([d.task] if d.task else [])
+    for e in d.extra_datasets:  # a random preset's text tokenizer also learns the other datasets' tasks
+        corpus += [t for t in RobotDataset(e.dataset, columns=[]).tasks if t] + ([e.task] if e.task else [])
+    bundle = load_initial_vla(m, corpus, out_dir, is_main, barrier)
     pcfg = policy_config_from_dataset(ds, cfg, cams, _camera_shapes(ds, cams), tasks)
     model = HandVLAPolicyModel.from_vla(bundle, pcfg)
     if m.init_checkpoint and (Path(m.init_checkpoint) / MOTION_TOKENIZER_DIR).is_dir():
@@ -311,11 +400,24 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
     d = cfg.data
     ds = RobotDataset(d.dataset, columns=[d.state_key, d.action_key])
     train_eps, val_eps = split_episodes(ds.num_episodes, d.max_episodes, d.val_episodes, str(ds.root))
+    extras = []  # (config, dataset, training episodes)
+    for e in d.extra_datasets:
+        ds_e = RobotDataset(e.dataset, columns=[e.state_key, e.action_key])
+        e.embodiment.resolve(_feature_dim(ds_e, e.state_key), _feature_dim(ds_e, e.action_key),
+                             f"data.extra_datasets ({e.dataset}).embodiment")  # fmt: skip
+        n = min(ds_e.num_episodes, e.max_episodes or ds_e.num_episodes)
+        extras.append((e, ds_e, list(range(n))))
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "posttrain_config.json", cfg.model_dump_json(indent=2))
         if Normalizer.maybe_load(out_dir / NORM_DIR) is None:
-            build_normalizer(ds, d, train_eps).save(out_dir / NORM_DIR)
+            extra_norms = {
+                e.embodiment.name: build_normalizer(
+                    ds_e, d.model_copy(update={"state_key": e.state_key, "action_key": e.action_key}), eps
+                )
+                for e, ds_e, eps in extras
+            }
+            _merged(build_normalizer(ds, d, train_eps), extra_norms).save(out_dir / NORM_DIR)
     barrier(info)
     # fixed once per run: a resumed run keeps the statistics its first session computed
     normalizer = Normalizer.load(out_dir / NORM_DIR)
@@ -328,6 +430,22 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
         )
 
     train_set = PolicyTrainDataset(chunks(train_eps), model.processor, d.task)
+    if extras:
+        parts = [train_set]
+        for e, ds_e, eps in extras:
+            cams = list(ds_e.video_keys + ds_e.image_keys) if e.image_keys is None else list(e.image_keys)
+            if len(cams) != len(pcfg.image_keys):
+                raise ConfigError(
+                    f"data.extra_datasets ({e.dataset}).image_keys: {len(cams)} cameras {cams}; the policy's "
+                    f"prompt has {len(pcfg.image_keys)} (the main dataset's)"
+                )
+            um = e.embodiment.resolve(_feature_dim(ds_e, e.state_key), _feature_dim(ds_e, e.action_key))
+            ch = ActionChunkDataset(
+                ds_e, d.chunk_size, cams, e.state_key, e.action_key,
+                _PrefixedNormalizer(normalizer, e.embodiment.name), eps, d.frame_cache_mb,
+            )  # fmt: skip
+            parts.append(PolicyTrainDataset(ch, model.processor, e.task, unified=um, image_keys=cams))
+        train_set = ConcatTrainDataset(parts)
     val_set = PolicyTrainDataset(chunks(val_eps), model.processor, d.task) if val_eps else None
 
     def eval_fn(m, step):
@@ -354,6 +472,10 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
         "output_dir": str(out_dir),
         "dataset": str(ds.root),
         "episodes": {"train": len(train_eps), "val": len(val_eps)},
+        "extra_datasets": [
+            {"dataset": str(ds_e.root), "embodiment": e.embodiment.name, "episodes": len(eps)}
+            for e, ds_e, eps in extras
+        ],
         "frames": {"train": len(train_set), "val": len(val_set) if val_set else 0},
         "state_dim": pcfg.state_dim,
         "action_dim": pcfg.action_dim,

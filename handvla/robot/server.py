@@ -121,7 +121,9 @@ class PolicyServer:
         ``batch_window_ms``: how long an idle server waits for more requests after the first one arrives
         (0: answer it at once; requests that arrive during a pass are batched anyway)."""
         if max_batch < 1 or batch_window_ms < 0:
-            raise ValueError(f"max_batch must be >= 1 and batch_window_ms >= 0, got {max_batch}, {batch_window_ms}")
+            raise ConfigError(
+                f"max_batch must be >= 1 and batch_window_ms >= 0, got {max_batch} and {batch_window_ms}"
+            )
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"port: expected a TCP port from 0 to 65535 (0: any free port), got {port!r}")
         self.policy, self.host, self.port = policy, host, port

@@ -10,7 +10,9 @@ Facts from the environments' source (gymnasium-robotics 1.4, ``envs/adroit_hand`
   goal" when the ball centre is within 0.1 m of the target.
 - ``door`` (``AdroitHandDoor-v1``): state 39 (27 joint positions, latch, door hinge angle, palm and handle
   positions, palm - handle, door open flag), action 28; goal achieved when the hinge is at >= 1.35 rad.
-- Both are registered with 200 steps per episode.
+- ``hammer`` (``AdroitHandHammer-v1``, action 26) and ``pen`` (``AdroitHandPen-v1``, action 24, 100 steps):
+  no scripted expert here (they need a learned or planned one); they run for evaluation.
+- relocate, door and hammer are registered with 200 steps per episode.
 
 Episode success follows the convention of the papers that introduced these tasks (DAPG, D4RL:
 ``evaluate_success`` counts an episode as solved when the goal was achieved on MORE than 25 of its steps);
@@ -60,6 +62,8 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "relocate": TaskSpec("relocate", "AdroitHandRelocate-v1", "relocate the ball to the target"),
     "door": TaskSpec("door", "AdroitHandDoor-v1", "open the door"),
+    "hammer": TaskSpec("hammer", "AdroitHandHammer-v1", "hammer the nail into the board"),
+    "pen": TaskSpec("pen", "AdroitHandPen-v1", "rotate the pen to the target orientation", max_steps=100),
 }
 #: cameras defined here (free cameras: look-at point in metres, distance, azimuth and elevation in degrees)
 #: besides the XML's "fixed" and "vil_camera"; "front" frames the whole workspace of both tasks (ball,
@@ -205,6 +209,8 @@ class AdroitSim:
         xyz = lambda p: [f"{p}.{a}" for a in "xyz"]  # noqa: E731
         if self.spec.name == "relocate":
             return joints[:30] + xyz("palm_minus_ball") + xyz("palm_minus_target") + xyz("ball_minus_target")
+        if self.spec.name != "door":
+            return [f"state_{i}" for i in range(self.state_dim)]
         # door: qpos[1:-2] (all joints but the first arm slide, the door hinge and the latch), then these
         names = (
             joints[1:-2] + ["latch", "door_hinge"] + xyz("palm") + xyz("handle") + xyz("palm_minus_handle")
@@ -247,28 +253,10 @@ class AdroitSim:
 
     def render(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W, 3) uint8 from ``camera`` (shadows/reflections off unless ``shadows``)."""
-        mj = self._mujoco
-        h, w = size or self.image_hw or (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
-        if self._renderer is None or (self._renderer.height, self._renderer.width) != (h, w):
-            if self._renderer is not None:
-                self._renderer.close()
-            # the model's offscreen buffer bounds the render size
-            self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, w)
-            self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, h)
-            try:
-                self._renderer = mj.Renderer(self.model, h, w)
-            except mj.FatalError as e:
-                raise MissingResourceError(
-                    f"no OpenGL context for rendering ({e}); on a machine without a display set MUJOCO_GL=egl "
-                    f"(or osmesa) before anything imports mujoco (it is now {os.environ.get('MUJOCO_GL')!r}; "
-                    "importing handvla.robot.sim first sets egl)"
-                ) from None
-            # why: a renderer left to the garbage collector at interpreter exit fails noisily in EGL teardown
-            atexit.register(_close_renderer, weakref.ref(self))
-            self._renderer.scene.flags[mj.mjtRndFlag.mjRND_SHADOW] = self.shadows
-            self._renderer.scene.flags[mj.mjtRndFlag.mjRND_REFLECTION] = self.shadows
-        self._renderer.update_scene(self.data, camera=self._camera)
-        return self._renderer.render().copy()
+        if self._renderer is None:
+            self._renderer = OffscreenRenderer(self.model, self.shadows)
+        hw = size or self.image_hw or (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+        return self._renderer.render(self.data, self._camera, hw)
 
     def privileged(self) -> dict[str, np.ndarray]:
         """Simulator state a scripted expert may use (world frame, metres): joint positions/velocities, the
@@ -281,7 +269,7 @@ class AdroitSim:
                 "obj_pos": d.xpos[e.obj_body_id].copy(),
                 "target_pos": d.site_xpos[e.target_obj_site_id].copy(),
             }
-        else:
+        elif self.spec.name == "door":
             out |= {
                 "palm_pos": d.site_xpos[e.grasp_site_id].copy(),
                 "handle_pos": d.site_xpos[e.handle_site_id].copy(),
@@ -302,11 +290,48 @@ class AdroitSim:
         self.close()
 
 
+class OffscreenRenderer:
+    """A ``mujoco.Renderer`` per frame size for one model, shadows and reflections off unless asked for,
+    closed at interpreter exit (a renderer left to the garbage collector fails noisily in EGL teardown)."""
+
+    def __init__(self, model, shadows: bool = False):
+        import mujoco
+
+        self._mj, self.model, self.shadows = mujoco, model, bool(shadows)
+        self._renderer = None
+        atexit.register(_close_renderer, weakref.ref(self))
+
+    def render(self, data, camera: Any, hw: tuple[int, int]) -> np.ndarray:
+        mj = self._mj
+        h, w = hw
+        if self._renderer is None or (self._renderer.height, self._renderer.width) != (h, w):
+            self.close()
+            # the model's offscreen buffer bounds the render size
+            self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, w)
+            self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, h)
+            try:
+                self._renderer = mj.Renderer(self.model, h, w)
+            except mj.FatalError as e:
+                raise MissingResourceError(
+                    f"no OpenGL context for rendering ({e}); on a machine without a display set MUJOCO_GL=egl "
+                    f"(or osmesa) before anything imports mujoco (it is now {os.environ.get('MUJOCO_GL')!r}; "
+                    "importing handvla.robot.sim first sets egl)"
+                ) from None
+            self._renderer.scene.flags[mj.mjtRndFlag.mjRND_SHADOW] = self.shadows
+            self._renderer.scene.flags[mj.mjtRndFlag.mjRND_REFLECTION] = self.shadows
+        self._renderer.update_scene(data, camera=camera)
+        return self._renderer.render().copy()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+
 def _close_renderer(ref: weakref.ref) -> None:
-    sim = ref()
-    if sim is not None and sim._renderer is not None:
-        sim._renderer.close()
-        sim._renderer = None
+    r = ref()
+    if r is not None:
+        r.close()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -36,7 +36,9 @@ from handvla.config import ConfigModel
 from handvla.data.lerobot import vector_feature, video_feature, video_key
 from handvla.errors import ConfigError
 from handvla.robot.lerobot_format import RobotDatasetWriter
-from handvla.robot.sim.adroit import DEFAULT_CAMERA, AdroitSim, Rollout, rollout, task_spec
+from handvla.robot.sim.adroit import AdroitSim, Rollout, rollout
+from handvla.robot.sim.metaworld import MT10, MetaWorldExpert
+from handvla.robot.sim.suites import make_sim, task_spec
 
 # Closed-hand joint targets (rad), found during development by a random search over grasp poses (40 poses,
 # each scored by relocate success on 16 seeds, the best ones re-checked on 60 others); the success they
@@ -228,11 +230,14 @@ class ExpertPolicy:
 
 
 def make_expert(task: str, config: Any = None):
-    """The scripted expert of ``task`` (only relocate has one)."""
+    """The scripted expert of ``task``: relocate (`RelocateExpert`) and the Meta-World MT10 tasks (the
+    metaworld package's scripted policies). Adroit door, hammer and pen have none."""
     task_spec(task)
     if task == "relocate":
         return RelocateExpert(config)
-    raise ConfigError(f"no scripted expert for task {task!r} (have: relocate)")
+    if task in MT10:
+        return MetaWorldExpert(task)
+    raise ConfigError(f"no scripted expert for task {task!r} (have: relocate and the Meta-World MT10 tasks)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,7 +259,7 @@ def demo_features(sim: AdroitSim, image_size: tuple[int, int] | None, camera_key
 
 
 def collect_demos(
-    task: str,
+    task: str | Sequence[str],
     n_episodes: int,
     out_dir: str | Path,
     seed: int = 0,
@@ -269,79 +274,102 @@ def collect_demos(
     """Run the scripted expert on seeds ``seed, seed+1, ...`` and write ``n_episodes`` demonstrations to a
     LeRobot v3 dataset at ``out_dir``: ``observation.state`` (the sim state), ``action``, ``next.reward``,
     ``next.success`` and, unless ``image_size`` is None, the video ``observation.images.<camera>``; task
-    text = the task's instruction. ``only_successful``: keep only episodes the expert solved (by the
-    episode success rule), trying at most ``max_attempts`` seeds (default 3 x n_episodes).
-    Returns a summary: episodes written, seeds used, success rate of the attempts, frames, seconds.
+    text = the task's instruction. ``task`` may be several tasks (a suite's, with one state and action
+    size): ``n_episodes`` each, in one multi-task dataset. ``only_successful``: keep only episodes the
+    expert solved (by the episode success rule), trying at most ``max_attempts`` seeds per task (default
+    3 x n_episodes). Returns a summary: episodes written, seeds used and the expert's success rate per
+    task, seconds.
     """
-
-
     if int(n_episodes) < 1:
         raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
-    spec = task_spec(task)
-    camera = camera or DEFAULT_CAMERA
-    sim = AdroitSim(task, image_size=image_size, camera=camera)
-    expert = make_expert(task, expert_config)
-    key = video_key(camera)
+    tasks = [task] if isinstance(task, str) else list(task)
+    specs = [task_spec(t) for t in tasks]
+    experts = [make_expert(t, expert_config) for t in tasks]  # fails before any work for a task without one
     max_attempts = int(max_attempts or 3 * n_episodes)
-    written, attempts, kept_seeds, results = 0, 0, [], []
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-
-        bar = tqdm(total=int(n_episodes), desc=f"{task} demos", unit="ep")
+    per_task: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=int(n_episodes) * len(tasks), desc="demos", unit="ep") if progress else None
+    writer = None
+    first = None
     try:
-        with RobotDatasetWriter(
-            out_dir,
-            sim.fps,
-            demo_features(sim, sim.image_hw, key),
-            robot_type=spec.robot_type,
-            episodes_per_file=episodes_per_file,
-        ) as writer:
-            while written < n_episodes and attempts < max_attempts:
-                s = int(seed) + attempts
-                attempts += 1
-                ro = rollout(sim, expert, s, record_images=sim.image_hw is not None)
-                results.append(ro.success)
-                if only_successful and not ro.success:
-                    continue
-                frames = {
-                    "observation.state": ro.states,
-                    "action": ro.actions,
-                    "next.reward": ro.rewards,
-                    "next.success": ro.goal_achieved,
+        for spec, expert in zip(specs, experts):
+            sim = make_sim(spec.name, image_size=image_size, camera=camera)
+            try:
+                key = video_key(getattr(sim, "camera", None) or "main")
+                feats = demo_features(sim, sim.image_hw, key)
+                if writer is None:
+                    first = (spec.name, feats)
+                    writer = RobotDatasetWriter(
+                        out_dir, sim.fps, feats, robot_type=spec.robot_type, episodes_per_file=episodes_per_file
+                    )
+                elif feats != first[1]:
+                    raise ConfigError(
+                        f"tasks {first[0]!r} and {spec.name!r} have different state/action/camera features; "
+                        "a multi-task demo dataset needs one set"
+                    )
+                written, attempts, kept, results = 0, 0, [], []
+                while written < n_episodes and attempts < max_attempts:
+                    s = int(seed) + attempts
+                    attempts += 1
+                    ro = rollout(sim, expert, s, record_images=sim.image_hw is not None)
+                    results.append(ro.success)
+                    if only_successful and not ro.success:
+                        continue
+                    frames = {
+                        "observation.state": ro.states,
+                        "action": ro.actions,
+                        "next.reward": ro.rewards,
+                        "next.success": ro.goal_achieved,
+                    }
+                    if ro.images is not None:
+                        frames[key] = ro.images
+                    writer.add_episode(frames, spec.instruction)
+                    kept.append(s)
+                    written += 1
+                    if bar is not None:
+                        bar.update(1)
+                per_task[spec.name] = {
+                    "episodes": written,
+                    "seeds": kept,
+                    "attempts": attempts,
+                    "expert_success_rate": float(np.mean(results)) if results else 0.0,
                 }
-                if ro.images is not None:
-                    frames[key] = ro.images
-                writer.add_episode(frames, spec.instruction)
-                kept_seeds.append(s)
-                written += 1
-                if bar is not None:
-                    bar.update(1)
+                if written < n_episodes:
+                    raise ConfigError(
+                        f"{spec.name}: only {written} of {n_episodes} successful demonstrations in {attempts} "
+                        f"attempts (raise max_attempts or set only_successful=False)"
+                    )
+                fps, hw = sim.fps, sim.image_hw
+            finally:
+                sim.close()
+        writer.close()
+    except ConfigError:
+        if writer is not None:
+            writer.close()  # too few successes: the episodes written so far stay, as a valid dataset
+        raise
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
         if bar is not None:
             bar.close()
-        sim.close()
-    if written < n_episodes:
-        raise ConfigError(
-            f"only {written} of {n_episodes} successful demonstrations in {attempts} attempts "
-            f"(raise max_attempts or set only_successful=False); the {written} are in {out_dir}"
-        )
-    return {
-        "task": task,
+    out = {
+        "task": task if isinstance(task, str) else list(tasks),
         "out_dir": str(out_dir),
-        "episodes": written,
-        "seeds": kept_seeds,
-        "attempts": attempts,
-        "expert_success_rate": float(np.mean(results)) if results else 0.0,
-        "image_size": list(sim.image_hw) if sim.image_hw else None,
-        "fps": sim.fps,
+        "episodes": sum(v["episodes"] for v in per_task.values()),
+        "image_size": list(hw) if hw else None,
+        "fps": fps,
         "seconds": time.perf_counter() - t0,
     }
+    if isinstance(task, str):
+        return out | {k: per_task[task][k] for k in ("seeds", "attempts", "expert_success_rate")}
+    return out | {"per_task": per_task}
 
 
 def expert_rollouts(task: str, seeds: Sequence[int], config: Any = None) -> list[Rollout]:
     """The expert's episodes on ``seeds`` without rendering (for tests and benchmarks)."""
-    sim = AdroitSim(task)
+    sim = make_sim(task)
     expert = make_expert(task, config)
     try:
         return [rollout(sim, expert, int(s)) for s in seeds]
