@@ -47,15 +47,9 @@ def _run_eval_suite(args: argparse.Namespace, seed: int) -> int:
     from handvla.robot.client import PolicyClient
     from handvla.robot.evaluate import evaluate_suite, suite_table
     from handvla.robot.sim.metaworld import MetaWorldScriptedPolicy
-    from handvla.robot.sim.suites import suite_tasks
+    from handvla.robot.sim.suites import select_tasks
 
-    tasks = suite_tasks(args.suite)
-    if args.tasks:
-        chosen = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        unknown = sorted(set(chosen) - set(tasks))
-        if unknown:
-            raise ConfigError(f"--tasks: {unknown} are not in suite {args.suite!r} ({tasks})")
-        tasks = chosen
+    tasks = select_tasks(args.suite, args.tasks)
     kwargs = dict(
         episodes=args.episodes, seed=seed, replan_every=args.replan_every, max_steps=args.max_steps,
         progress=not args.quiet,

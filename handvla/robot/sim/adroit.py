@@ -123,7 +123,73 @@ class StepResult:
     done: bool  # the episode reached its step limit
 
 
-class AdroitSim:
+class GymSim:
+    """What every simulator wrapper shares (`AdroitSim`, `handvla.robot.sim.metaworld.MetaWorldSim`): sizes
+    and rate from the wrapped environment ``self.env``, the task's instruction, the observation spec and
+    dict (``state`` and, when ``image_hw`` is set, a rendered ``image``), action checks, closing. Subclasses
+    set ``spec``, ``env``, ``image_hw``, ``_obs``, ``_renderer`` and implement ``reset``, ``step``,
+    ``render`` and ``close``."""
+
+    spec: TaskSpec
+    image_hw: tuple[int, int] | None
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.env.action_space.shape[0])
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.env.observation_space.shape[0])
+
+    @property
+    def fps(self) -> float:
+        """Control steps per second (1 / the environment's control period)."""
+        return 1.0 / float(self.env.dt)
+
+    @property
+    def instruction(self) -> str:
+        return self.spec.instruction
+
+    def observation_spec(self) -> dict[str, dict[str, Any]]:
+        """The ``observation`` block of a ``Policy.metadata()`` for this sim."""
+        spec: dict[str, dict[str, Any]] = {"state": {"shape": [self.state_dim], "dtype": "float32"}}
+        if self.image_hw is not None:
+            spec["image"] = {"shape": [*self.image_hw, 3], "dtype": "uint8"}
+        return spec
+
+    def observation(self) -> dict[str, np.ndarray]:
+        obs = {"state": np.asarray(self._obs, np.float32)}
+        if self.image_hw is not None:
+            obs["image"] = self.render()
+        return obs
+
+    def checked_action(self, action: np.ndarray) -> np.ndarray:
+        """``action`` as float64 (action_dim,), or InputError naming the sim."""
+        if self._obs is None:
+            raise ConfigError(f"{type(self).__name__}.step before reset")
+        a = np.asarray(action, np.float64).reshape(-1)
+        if a.shape != (self.action_dim,) or not np.isfinite(a).all():
+            raise InputError(
+                f"sim {self.spec.name}",
+                "action",
+                f"{self.action_dim} finite values in [-1, 1]",
+                str(np.shape(action)),
+            )
+        return a
+
+    def _close_renderer(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AdroitSim(GymSim):
     """One Adroit task. ``reset(seed)`` -> observation; ``step(action)`` -> ``StepResult``.
 
     ``image_size``: render ``obs["image"]`` (uint8 (H, W, 3)) from ``camera`` at this size; None = no
@@ -176,30 +242,6 @@ class AdroitSim:
         self._obs: np.ndarray | None = None
 
     # -- facts -------------------------------------------------------------------------------------------
-    @property
-    def action_dim(self) -> int:
-        return int(self.env.action_space.shape[0])
-
-    @property
-    def state_dim(self) -> int:
-        return int(self.env.observation_space.shape[0])
-
-    @property
-    def fps(self) -> float:
-        """Control steps per second (MuJoCo timestep x frame_skip = 0.01 s)."""
-        return 1.0 / float(self.env.dt)
-
-    @property
-    def instruction(self) -> str:
-        return self.spec.instruction
-
-    def observation_spec(self) -> dict[str, dict[str, Any]]:
-        """The ``observation`` block of a ``Policy.metadata()`` for this sim."""
-        spec: dict[str, dict[str, Any]] = {"state": {"shape": [self.state_dim], "dtype": "float32"}}
-        if self.image_hw is not None:
-            spec["image"] = {"shape": [*self.image_hw, 3], "dtype": "uint8"}
-        return spec
-
     def joint_names(self) -> list[str]:
         m, mj = self.model, self._mujoco
         return [mj.mj_id2name(m, mj.mjtObj.mjOBJ_JOINT, j) for j in range(m.njnt)]
@@ -229,27 +271,10 @@ class AdroitSim:
         return self.observation()
 
     def step(self, action: np.ndarray) -> StepResult:
-        if self._obs is None:
-            raise ConfigError("AdroitSim.step before reset")
-        a = np.asarray(action, np.float64).reshape(-1)
-        if a.shape != (self.action_dim,):
-            raise InputError(
-                f"sim {self.spec.name}",
-                "action",
-                f"{self.action_dim} values in [-1, 1]",
-                str(np.shape(action)),
-            )
-        if not np.isfinite(a).all():
-            raise InputError(f"sim {self.spec.name}", "action", "finite values", "NaN/inf")
+        a = self.checked_action(action)
         self._obs, reward, _, _, info = self.env.step(a)
         self.t += 1
         return StepResult(self.observation(), float(reward), bool(info["success"]), self.t >= self.max_steps)
-
-    def observation(self) -> dict[str, np.ndarray]:
-        obs = {"state": np.asarray(self._obs, np.float32)}
-        if self.image_hw is not None:
-            obs["image"] = self.render()
-        return obs
 
     def render(self, size: tuple[int, int] | None = None) -> np.ndarray:
         """(H, W, 3) uint8 from ``camera`` (shadows/reflections off unless ``shadows``)."""
@@ -278,16 +303,8 @@ class AdroitSim:
         return out
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        self._close_renderer()
         self._env.close()
-
-    def __enter__(self) -> AdroitSim:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class OffscreenRenderer:
@@ -342,7 +359,7 @@ def _close_renderer(ref: weakref.ref) -> None:
 class Controller(Protocol):
     """Anything that acts in the sim: ``reset(sim)`` at the start of an episode, ``act(obs)`` per step."""
 
-    def reset(self, sim: AdroitSim) -> None: ...
+    def reset(self, sim: GymSim) -> None: ...
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -398,7 +415,7 @@ class Rollout:
 
 
 def rollout(
-    sim: AdroitSim,
+    sim: GymSim,
     controller: Controller,
     seed: int,
     record_images: bool = False,

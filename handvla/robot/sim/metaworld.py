@@ -31,6 +31,7 @@ import numpy as np
 from handvla.errors import ConfigError, InputError, MissingResourceError
 from handvla.robot.sim.adroit import (
     DEFAULT_IMAGE_SIZE,
+    GymSim,
     OffscreenRenderer,
     StepResult,
     TaskSpec,
@@ -91,7 +92,7 @@ def _benchmark():
     return _BENCHMARK["mt10"]
 
 
-class MetaWorldSim:
+class MetaWorldSim(GymSim):
     """One Meta-World MT10 task with `AdroitSim`'s interface: ``reset(seed)`` -> observation;
     ``step(action)`` -> ``StepResult``. ``image_size``: render ``obs["image"]`` from ``camera`` (one of the
     model's cameras: corner, corner2, corner3, corner4, topview, behindGripper, gripperPOV)."""
@@ -132,28 +133,6 @@ class MetaWorldSim:
         self._obs: np.ndarray | None = None
 
     # -- facts ---------------------------------------------------------------------------------------------
-    @property
-    def action_dim(self) -> int:
-        return int(self.env.action_space.shape[0])
-
-    @property
-    def state_dim(self) -> int:
-        return int(self.env.observation_space.shape[0])
-
-    @property
-    def fps(self) -> float:
-        return 1.0 / float(self.env.dt)
-
-    @property
-    def instruction(self) -> str:
-        return self.spec.instruction
-
-    def observation_spec(self) -> dict[str, dict[str, Any]]:
-        spec: dict[str, dict[str, Any]] = {"state": {"shape": [self.state_dim], "dtype": "float32"}}
-        if self.image_hw is not None:
-            spec["image"] = {"shape": [*self.image_hw, 3], "dtype": "uint8"}
-        return spec
-
     def state_names(self) -> list[str]:
         return list(STATE_NAMES)
 
@@ -172,16 +151,7 @@ class MetaWorldSim:
         return self.observation()
 
     def step(self, action: np.ndarray) -> StepResult:
-        if self._obs is None:
-            raise ConfigError("MetaWorldSim.step before reset")
-        a = np.asarray(action, np.float64).reshape(-1)
-        if a.shape != (self.action_dim,) or not np.isfinite(a).all():
-            raise InputError(
-                f"sim {self.spec.name}",
-                "action",
-                f"{self.action_dim} finite values in [-1, 1]",
-                str(np.shape(action)),
-            )
+        a = self.checked_action(action)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._obs, reward, _, truncated, info = self.env.step(a)
@@ -189,12 +159,6 @@ class MetaWorldSim:
         # Meta-World's own evaluation ends an episode at its first success
         done = bool(info["success"]) or self.t >= self.max_steps or bool(truncated)
         return StepResult(self.observation(), float(reward), bool(info["success"]), done)
-
-    def observation(self) -> dict[str, np.ndarray]:
-        obs = {"state": np.asarray(self._obs, np.float32)}
-        if self.image_hw is not None:
-            obs["image"] = self.render()
-        return obs
 
     def render(self, size: tuple[int, int] | None = None) -> np.ndarray:
         if self._renderer is None:
@@ -204,16 +168,8 @@ class MetaWorldSim:
         )
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        self._close_renderer()
         self.env.close()
-
-    def __enter__(self) -> MetaWorldSim:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class MetaWorldExpert:

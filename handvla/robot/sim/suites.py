@@ -42,3 +42,15 @@ def make_sim(task: str, image_size=None, camera: str | None = None, max_steps: i
             task, image_size=image_size, camera=camera or adroit.DEFAULT_CAMERA, max_steps=max_steps, **kw
         )
     return MetaWorldSim(task, image_size=image_size, camera=camera, max_steps=max_steps, **kw)
+
+
+def select_tasks(suite: str, tasks: str | None = None) -> list[str]:
+    """The tasks of ``suite``, or of them the comma-separated ``tasks`` (ConfigError naming a stranger)."""
+    all_tasks = suite_tasks(suite)
+    if not tasks:
+        return all_tasks
+    chosen = [t.strip() for t in tasks.split(",") if t.strip()]
+    unknown = sorted(set(chosen) - set(all_tasks))
+    if unknown:
+        raise ConfigError(f"--tasks: {unknown} are not in suite {suite!r} ({all_tasks})")
+    return chosen
