@@ -52,13 +52,13 @@ def _write_real_clip(root: Path, real_hands: Path) -> None:
     np.savez(d / "lost_right.npz", joints=np.full((n, 21, 3), np.nan, np.float32), t=rec.t[:n], side="right")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, real_hands_dir):
-    root = tmp_path_factory.mktemp("build")
+def make_build_data(root: Path, real_hands: Path) -> Path:
+    """Five sources in their native layouts with good and broken episodes, and their build config (also
+    used by tests/test_ray_build.py)."""
     mano_dir, _ = F.mano_folder(root, mirror_left=True)
     F.write_hamer(root / "hamer", T=12)
     F.write_dexycb(root / "dexycb")  # camera 0 has images, camera 1 has none (skipped: no video)
-    _write_real_clip(root, real_hands_dir)
+    _write_real_clip(root, real_hands)
     eg = F.write_egodex(root / "egodex", T=4)
     eg["path"].write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)  # a corrupt HDF5
     F.write_dexycb(root / "dexycb_nocalib")
@@ -80,7 +80,13 @@ def data(tmp_path_factory, real_hands_dir):
     }
     path = root / "build.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return root, path
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, real_hands_dir):
+    root = tmp_path_factory.mktemp("build")
+    return root, make_build_data(root, real_hands_dir)
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +171,12 @@ def test_shard_and_merge_equal_single_build(data, single):
                 "--shard",
                 f"{i}/2",
                 "--no-progress",
+                "--max-failed-fraction",
+                "1",  # the fixture is mostly broken episodes on purpose
             ]
         )
-        assert rc == 0
+        shard = json.loads((root / f"shard{i}" / "build_summary.json").read_text())
+        assert rc == (0 if shard["episodes_in_store"] else 2)  # a shard of only broken episodes: exit 2
     rc = main(
         ["data", "merge", str(root / "merged"), str(root / "shard1"), str(root / "shard0"), "--no-progress"]
     )
@@ -216,3 +225,116 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="YAML"):
         load_build_config(tmp_path / "c.yaml")
     assert main(["data", "build", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")]) == 2
+
+
+def _cli_build(cfg: dict, root: Path, out: Path, *extra: str) -> int:
+    path = root / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return main(["data", "build", "--config", str(path), "--out", str(out), "--no-progress", *extra])
+
+
+def test_nothing_written_exits_2_and_leaves_a_reusable_out(data, capsys):
+    """Every episode skipped for lack of video: exit 2 naming the reason and its count, no store left
+    behind, and the next run with 'video: false' builds into the same --out (it used to fail with
+    "camera='main', writer asked for None")."""
+    root, path = data
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sources"] = [s for s in cfg["sources"] if s["name"] == "dexycb" and "label" not in s]
+    cfg["sources"][0]["include"] = ["*/839512060362"]  # the camera without images
+    out = root / "novideo"
+    capsys.readouterr()
+    assert _cli_build(cfg, root, out) == 2
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["skipped"] == 1
+    assert "nothing was written" in cap.err and "1 skipped: no video" in cap.err and "video: false" in cap.err
+    assert not (out / "meta").exists() and (out / "build_summary.json").is_file()
+    assert _cli_build({**cfg, "video": False}, root, out) == 0
+    assert EpisodeStore(out).camera is None and len(EpisodeStore(out)) == 1
+
+
+def test_an_empty_store_of_other_settings_is_recreated(data):
+    """An empty store with video, as an older failed build left it, is re-created for a motion-only build;
+    a store WITH episodes of other settings is refused before any work, saying what to do."""
+    from handvla.data.store import EpisodeWriter
+
+    root, path = data
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sources"] = [s for s in cfg["sources"] if s["name"] == "joints21"]
+    cfg["sources"][0]["include"] = ["clip_right"]
+    out = root / "legacy"
+    EpisodeWriter(out, fps=15, camera="main").close()  # an empty store with video
+    s = build(load_build_config(base={**cfg, "video": False}), out, progress=False)
+    assert s["reset_empty_store"] and s["episodes_in_store"] == 1 and EpisodeStore(out).camera is None
+    with pytest.raises(ConfigError, match=r"holds 1 episodes built with video: false .*another --out"):
+        build(load_build_config(base=cfg), out, progress=False)
+    assert len(EpisodeStore(out)) == 1
+
+
+def test_most_episodes_failed_is_an_error_naming_the_reasons(single):
+    from handvla.ingest.build import BuildFailed, check_outcome
+
+    _, s = single  # 3 written, 5 failed, 1 skipped
+    with pytest.raises(BuildFailed, match="6 of 9 episodes failed or were skipped") as e:
+        check_outcome(s)
+    msg = str(e.value)
+    assert "2 failed: InputError: expected an existing YAML file" in msg  # grouped, with the count
+    assert "1 skipped: no video" in msg and "the 3 written are kept" in msg
+    check_outcome(s, max_failed_fraction=0.7)  # 6/9 < 0.7: accepted
+
+
+def test_config_errors_come_before_any_work(data, tmp_path):
+    root, path = data
+    cfg = yaml.safe_load(path.read_text())
+    dex = next(s for s in cfg["sources"] if s["name"] == "dexycb")
+
+    def refused(match: str, **changes) -> None:
+        c = {**cfg, **changes}
+        with pytest.raises(ConfigError, match=match):
+            build(load_build_config(base=c), tmp_path / "o", progress=False)
+        assert not (tmp_path / "o").exists()  # nothing was started
+
+    # root one level too deep: the hint names the parent that has the episodes
+    deep = {**dex, "root": str(Path(dex["root"]) / "20200709-subject-01")}
+    refused(r"sources\[0\] \(dexycb\): no episodes .*one level too deep: 'dexycb' finds 2", sources=[deep])
+    # the wrong adapter: the hint names the one that reads this folder
+    wrong = {"name": "egodex", "root": str(root / "hamer")}
+    refused(r"no episodes of 'egodex' .*wrong adapter\? 'hamer' finds 1", sources=[wrong])
+    refused(r"include \['nothing\*'\]", sources=[{**dex, "include": ["nothing*"]}])
+    refused(
+        r"sources\[0\] \(dexycb\)\.root: .*no such folder", sources=[{**dex, "root": str(root / "missing")}]
+    )
+    refused(r"mano_dir: ", mano_dir=str(root / "no_mano"))
+    refused(r"mano_dir: the sources \['dexycb'\] need", mano_dir=None, sources=[dex])
+    intr = {**dex, "intrinsics": {"file": str(root / "none.yaml")}}
+    refused(r"sources\[0\] \(dexycb\)\.intrinsics\.file: .*no such file", sources=[intr])
+    (tmp_path / "o").write_text("")
+    with pytest.raises(ConfigError, match="--out .*got a file"):
+        build(load_build_config(path), tmp_path / "o", progress=False)
+    with pytest.raises(SystemExit) as e:  # argparse: exit 2
+        main(["data", "build", "--config", str(path), "--out", str(tmp_path / "p"), "--workers", "0"])
+    assert e.value.code == 2 and not (tmp_path / "p").exists()
+    assert (
+        main(
+            [
+                "data",
+                "build",
+                "--config",
+                str(path),
+                "--out",
+                str(tmp_path / "p"),
+                "--ray",
+                "x:1",
+                "--max-retries",
+                "-1",
+            ]
+        )
+        == 2
+    )
+
+
+def test_ray_without_the_extra_says_how_to_install(data, tmp_path, monkeypatch):
+    root, path = data
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    with pytest.raises(ConfigError, match=r"Ray is not installed.*handvla\[cluster\]"):
+        build(load_build_config(path), tmp_path / "o", ray="local", progress=False)
+    assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@ to checking them.
     handvla data annotate DIR [--backend rules|openai] [--url URL --model NAME] [--workers N]
     handvla data instructions DIR [DIR ...] --out MANIFEST [--size N] [--seed S]
     handvla data build --config configs/build_unihand.yaml --out stores/unihand [--workers 4] [--shard i/n]
+                      [--ray local|auto|HOST:PORT] (exit status 2 when nothing or too little was built)
     handvla data merge stores/unihand stores/shard_0 stores/shard_1 ...
     handvla data handworld --episodes N --out DIR     the built-in world's episodes
     handvla data view DIR --episode K --out F.mp4     an episode's stored hands drawn over its video
@@ -389,8 +390,12 @@ def add_instructions(sub) -> argparse.ArgumentParser:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from handvla.ingest.build import build, load_build_config, parse_shard
+    from handvla.ingest.build import build, check_outcome, load_build_config, parse_shard
 
+    if not 0 <= args.max_failed_fraction <= 1:
+        raise ConfigError(
+            f"--max-failed-fraction: expected a number from 0 to 1, got {args.max_failed_fraction}"
+        )
     cfg = load_build_config(args.config)
     summary = build(
         cfg,
@@ -399,8 +404,11 @@ def run_build(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard),
         limit=args.limit,
         progress=not args.no_progress,
+        ray=args.ray,
+        max_retries=args.max_retries,
     )
     print_json(summary)
+    check_outcome(summary, args.max_failed_fraction)  # exit 2 when nothing (or too little) was built
     return 0
 
 
@@ -412,13 +420,42 @@ def add_build(sub) -> argparse.ArgumentParser:
         help="source datasets -> one standardised, aligned, balanced episode store (resumable, parallel)",
         description="Read every enabled source of the config, standardise (fit joints, clean pseudo-labels, "
         "15 fps), align to the canonical camera, add balancing copies and write the store. Episodes "
-        "already in the store are skipped; failures are reported in OUT/build_report.jsonl and skipped.",
+        "already in the store are skipped; failures are reported in OUT/build_report.jsonl and skipped. "
+        "The config is checked before any work. Exit status 2 (with the summary printed) when nothing was "
+        "written or more than --max-failed-fraction of the episodes failed or were skipped.",
     )
     p.add_argument("--config", required=True, help="build config (YAML): see handvla.ingest.build")
     p.add_argument("--out", required=True, help="the store folder (created or resumed)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's)")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="worker processes (default: the config's); with --ray: tasks at once (default: the cluster's CPUs)",
+    )
     p.add_argument("--shard", default=None, help="i/n: build only shard i of n (by a stable key hash)")
-    p.add_argument("--limit", type=int, default=None, help="at most N episodes per source (a quick trial)")
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, help="at most N episodes per source (a quick trial)"
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="build on a Ray cluster (needs handvla[cluster]): 'local' starts a local instance, 'auto' uses "
+        "the running one (or starts one), or host:port / ray://host:port; every node must read the sources",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        help="with --ray: retries of an episode whose worker process or node died (default 3)",
+    )
+    p.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.5,
+        help="exit status 2 when more than this fraction of the episodes tried failed or were skipped "
+        "(default 0.5; 1 never)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -641,10 +678,12 @@ def add_view(sub) -> argparse.ArgumentParser:
 
 def run_sim_demos(args: argparse.Namespace) -> int:
     from handvla.robot.sim.expert import collect_demos
+    from handvla.robot.sim.suites import select_tasks
 
     size = None if args.image_size == 0 else int(args.image_size)
+    task = select_tasks(args.suite, args.tasks) if args.suite else args.task
     summary = collect_demos(
-        args.task,
+        task,
         args.episodes,
         args.out,
         seed=args.seed,
@@ -662,15 +701,18 @@ def add_sim_demos(sub) -> argparse.ArgumentParser:
         sub,
         "sim-demos",
         run_sim_demos,
-        help="expert demonstrations in the Adroit simulator as a LeRobot v3 dataset",
+        help="expert demonstrations in a simulator (a task or a suite) as a LeRobot v3 dataset",
         description=(
-            "Run the scripted expert of an Adroit task on seeds SEED, SEED+1, ... and write the episodes "
-            "(by default only the solved ones) to a LeRobot v3 dataset: observation.state, action, "
-            "next.reward, next.success and the video observation.images.<camera>."
+            "Run the scripted expert of a task (or of every task of a suite) on seeds SEED, SEED+1, ... and "
+            "write the episodes (by default only the solved ones) to one LeRobot v3 dataset: "
+            "observation.state, action, next.reward, next.success and the video observation.images.<camera>; "
+            "each episode's task text is its instruction."
         ),
     )
     p.add_argument("--task", default="relocate", help="sim task with a scripted expert (default relocate)")
-    p.add_argument("--episodes", type=int, required=True, metavar="N", help="demonstrations to write")
+    p.add_argument("--suite", default=None, help="instead: every task of a suite (metaworld-mt10)")
+    p.add_argument("--tasks", default=None, help="with --suite: only these tasks (comma-separated)")
+    p.add_argument("--episodes", type=int, required=True, metavar="N", help="demonstrations to write (per task)")
     p.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created, or appended to)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0; evaluation starts at 10000)")
     p.add_argument("--image-size", type=int, default=128, metavar="PX", help="square frames (0: no video)")
