@@ -656,3 +656,36 @@ def test_released_shapes_come_from_the_config(name, llm, tmp_path):
         (f"model.vision_tower.encoder.layer.23.attention.{p}_proj.weight", exp[f"model.vision_tower.encoder.layer.23.attention.{p}_proj.weight"][0])
         for p in "qkv"
     ]  # fmt: skip
+
+
+def test_pretrain_encodes_data_with_the_releases_tokenizer_given_mano(converted, tmp_path, capsys):
+    """``model.mano_dir``: pretraining data goes through the converted release's own GRVQ tokenizer, whose
+    D162 features need MANO's joints (a fake MANO folder here); without it, a one-line error."""
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
+
+    root, rel, out, k = converted
+    mano = tmp_path / "mano"
+    for seed, side in enumerate(("left", "right")):
+        write_fake_mano_pickle(mano / f"MANO_{side.upper()}.pkl", side, seed)
+    generate_episodes(2, tmp_path / "hw", seed=3, progress=False,
+                      config=HandWorldConfig(width=64, height=48, seconds=2.0, shadows=False))  # fmt: skip
+    pre = {"data": {"stores": [str(tmp_path / "hw")], "seconds": [1], "align": False},
+           "model": {"preset": None, "init_checkpoint": str(out), "mano_dir": str(mano)},
+           "train": {"output_dir": str(tmp_path / "pre"), "max_steps": 2, "batch_size": 2, "lr": 1e-4,
+                     "warmup_steps": 0, "log_every": 1, "save_every": 100}}  # fmt: skip
+    (tmp_path / "pre.yaml").write_text(json.dumps(pre))
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(tmp_path / "pre.yaml"), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train"]["steps_done"] == 2 and np.isfinite(summary["train"]["loss"])
+    from handvla.tokenizer.being_h0 import BEING_H0_MODEL_TYPE
+
+    assert load_vla(tmp_path / "pre" / "final").motion_tokenizer.config.model_type == BEING_H0_MODEL_TYPE
+    # without the MANO folder: one line saying what is missing, before any training step
+    del pre["model"]["mano_dir"]
+    pre["train"]["output_dir"] = str(tmp_path / "pre2")
+    (tmp_path / "pre.yaml").write_text(json.dumps(pre))
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(tmp_path / "pre.yaml"), "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("handvla")]
+    assert len(err) == 1 and "model.mano_dir" in err[0], err

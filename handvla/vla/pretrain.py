@@ -34,6 +34,8 @@ from safetensors.torch import load_file
 
 from handvla.config import ConfigModel, load_config
 from handvla.errors import CheckpointError, ConfigError
+from handvla.hand.registry import load_hand_model
+from handvla.hand.topology import SIDES
 from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
@@ -58,6 +60,11 @@ class ModelConfig(ConfigModel):
     init_checkpoint: str | None = Field(None, description="a VLA checkpoint (save_vla folder) to continue")
     motion_tokenizer: str | None = Field(
         None, description="MotionTokenizer folder (default: the checkpoint's)"
+    )
+    mano_dir: str | None = Field(
+        None,
+        description="MANO model folder, for a motion tokenizer whose hand model is MANO (Being-H0's "
+        "GRVQ-8K: its features need MANO's joints)",
     )
     text_vocab_size: int = Field(1024, ge=259, description="BPE size of the text tokenizer of random presets")
     dtype: str | None = Field(None, description="load dtype of real weights: float32, bfloat16, float16")
@@ -138,6 +145,15 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
         need_motion_tokenizer=True,
         preset_overrides=m.preset_overrides,
     )
+    mt = bundle.motion_tokenizer
+    if mt is not None and mt.config.hand_model == "mano":
+        if not m.mano_dir:
+            raise ConfigError(
+                "model.mano_dir: the motion tokenizer works in MANO's features (e.g. Being-H0's GRVQ-8K); set it "
+                "to the folder with MANO_LEFT.pkl / MANO_RIGHT.pkl (mano_v1_2/models of the official zip)"
+            )
+        for side in SIDES:
+            mt.set_hand_model(load_hand_model(mt.config.hand_model, side, m.mano_dir))
     c = bundle.model.config
     c.motion_logit_mask_prob = float(m.motion_logit_mask_prob)
     c.loss_quantile_low, c.loss_quantile_high = 0.0, 1.0  # set per step by the loss (curriculum start)
