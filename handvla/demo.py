@@ -179,6 +179,11 @@ def train_tokenizer(cfg: DemoConfig, out: Path, worlds: dict[str, Path], progres
         train_cfg.batch_size = 16
         train_cfg.lr = 5e-5
         train_cfg.freeze_encoder = True
+        # the store's tracks are plentiful (no up-weighting), and the demo scores the tokenizer on its own
+        # held-out stores afterwards (no validation split inside its short budget)
+        train_cfg.real_weight = 1.0
+        train_cfg.val_fraction = 0.0
+        train_cfg.val_builtin_sequences = 0
         if cfg.tokenizer_preset == "default":
             train_cfg.lattice_init_windows = 4096
         train_cfg.seed = cfg.seed

@@ -207,3 +207,19 @@ def test_out_of_range_inputs_warn_naming_file_and_field(tmp_path, capsys):
     res = evaluate_motions(model, [lm_far])
     assert any(x.startswith("far.npz: field 'wrist_pos'") for x in res["warnings"])
     assert evaluate_motions(model, builtin_motions(1, 2.0, 0, FPS))["warnings"] == []
+
+
+def test_a_run_that_gets_worse_on_held_out_files_says_so(tmp_path, capsys):
+    """A learning rate that wrecks the PCA start: the final model is worse than the best one on the held-out
+    files, and the summary and stderr say which folder to use."""
+    mc, _ = preset("tiny")
+    _motion_files(tmp_path / "real", 6)
+    tc = TokenizerTrainConfig(steps=30, val_fraction=0.34, eval_minutes=0.01, lr=0.3, warmup_steps=0,
+                              freeze_encoder=False, **SMALL)  # fmt: skip
+    train(mc, tc, ["builtin", str(tmp_path / "real")], tmp_path / "run", progress=False)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    v = s["validation"]
+    assert v["final"]["mpjpe_mm"] > 1.05 * v["best"]["mpjpe_mm"]
+    worse = [w for w in s["warnings"] if "got worse with training" in w]
+    assert len(worse) == 1 and str(tmp_path / "run" / "best") in worse[0]
+    assert "got worse with training" in capsys.readouterr().err

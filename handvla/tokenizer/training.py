@@ -453,6 +453,16 @@ def train(
     stage.codebook_init_s += codebook_s
     if summary["warning"]:
         warnings.append(summary["warning"])
+    if validator is not None and validator.best and validator.history:
+        final, best, metric = validator.history[-1], validator.best, tc.best_metric
+        if final[metric] > 1.05 * best[metric]:
+            msg = (
+                f"held-out {metric} got worse with training: {final[metric]:.2f} at the last step vs "
+                f"{best[metric]:.2f} at step {best['step']} ({best['tag']}); use {validator.best_dir} "
+                f"({out_dir} holds the last step)"
+            )
+            warn([msg])
+            warnings.append(msg)
     setup = {"setup_s": setup_s, "load_s": load_s, "features_s": features_s}
     run_summary = _run_summary(tc, out_dir, summary, stage, validator, data_rows, val_how, setup,
                                time.perf_counter() - t_start, warnings)  # fmt: skip
