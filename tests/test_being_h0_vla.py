@@ -436,6 +436,24 @@ def test_pretrain_and_generate_start_from_the_converted_folder(converted, tmp_pa
         assert d["right.motion_ids"].shape == (1, bundle.motion_tokenizer.layout.tokens_per_block)
 
 
+def _pretrain_from(init: Path, tmp_path: Path, capsys, run: str = "pre", **model) -> int:
+    """``handvla pretrain`` for 2 steps from the checkpoint ``init`` on two small HandWorld episodes (made
+    once per test folder), output ``tmp_path / run``; ``model``: more fields of the model section. Returns
+    the exit status with the captured output cleared before the run."""
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
+
+    if not (tmp_path / "hw").is_dir():
+        generate_episodes(2, tmp_path / "hw", seed=3, progress=False,
+                          config=HandWorldConfig(width=64, height=48, seconds=2.0, shadows=False))  # fmt: skip
+    pre = {"data": {"stores": [str(tmp_path / "hw")], "seconds": [1], "align": False},
+           "model": {"preset": None, "init_checkpoint": str(init), **model},
+           "train": {"output_dir": str(tmp_path / run), "max_steps": 2, "batch_size": 2, "lr": 1e-4,
+                     "warmup_steps": 0, "log_every": 1, "save_every": 100}}  # fmt: skip
+    (tmp_path / f"{run}.yaml").write_text(json.dumps(pre))
+    capsys.readouterr()
+    return main(["pretrain", "--config", str(tmp_path / f"{run}.yaml"), "--quiet"])
+
+
 def test_pretrain_and_posttrain_commands_run_from_a_converted_folder(tmp_path, capsys):
     """``model.init_checkpoint: DIR`` of ``handvla pretrain`` (on HandWorld episodes) and ``handvla posttrain``
     (on a robot dataset), two optimiser steps each, from a converted release. The motion tokenizer here is
@@ -443,7 +461,6 @@ def test_pretrain_and_posttrain_commands_run_from_a_converted_folder(tmp_path, c
     MANO files, which the test cannot ship."""
     from test_posttrain import base_config, write_dataset
 
-    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
     from handvla.tokenizer.modeling import MotionTokenizer
 
@@ -454,15 +471,7 @@ def test_pretrain_and_posttrain_commands_run_from_a_converted_folder(tmp_path, c
     conv = tmp_path / "converted"
     assert main(["convert", "being-h0", "--src", str(tmp_path / "release"), "--tokenizer", str(tmp_path / "mt"),
                  "--out", str(conv), "--quiet"]) == 0  # fmt: skip
-    generate_episodes(2, tmp_path / "hw", seed=3, progress=False,
-                      config=HandWorldConfig(width=64, height=48, seconds=2.0, shadows=False))  # fmt: skip
-    pre = {"data": {"stores": [str(tmp_path / "hw")], "seconds": [1], "align": False},
-           "model": {"preset": None, "init_checkpoint": str(conv)},
-           "train": {"output_dir": str(tmp_path / "pre"), "max_steps": 2, "batch_size": 2, "lr": 1e-4,
-                     "warmup_steps": 0, "log_every": 1, "save_every": 100}}  # fmt: skip
-    (tmp_path / "pre.yaml").write_text(json.dumps(pre))
-    capsys.readouterr()
-    assert main(["pretrain", "--config", str(tmp_path / "pre.yaml"), "--quiet"]) == 0
+    assert _pretrain_from(conv, tmp_path, capsys) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["train"]["steps_done"] == 2 and np.isfinite(summary["train"]["loss"])
     trained = load_vla(tmp_path / "pre" / "final")
@@ -661,31 +670,17 @@ def test_released_shapes_come_from_the_config(name, llm, tmp_path):
 def test_pretrain_encodes_data_with_the_releases_tokenizer_given_mano(converted, tmp_path, capsys):
     """``model.mano_dir``: pretraining data goes through the converted release's own GRVQ tokenizer, whose
     D162 features need MANO's joints (a fake MANO folder here); without it, a one-line error."""
-    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
-
     root, rel, out, k = converted
     mano = tmp_path / "mano"
     for seed, side in enumerate(("left", "right")):
         write_fake_mano_pickle(mano / f"MANO_{side.upper()}.pkl", side, seed)
-    generate_episodes(2, tmp_path / "hw", seed=3, progress=False,
-                      config=HandWorldConfig(width=64, height=48, seconds=2.0, shadows=False))  # fmt: skip
-    pre = {"data": {"stores": [str(tmp_path / "hw")], "seconds": [1], "align": False},
-           "model": {"preset": None, "init_checkpoint": str(out), "mano_dir": str(mano)},
-           "train": {"output_dir": str(tmp_path / "pre"), "max_steps": 2, "batch_size": 2, "lr": 1e-4,
-                     "warmup_steps": 0, "log_every": 1, "save_every": 100}}  # fmt: skip
-    (tmp_path / "pre.yaml").write_text(json.dumps(pre))
-    capsys.readouterr()
-    assert main(["pretrain", "--config", str(tmp_path / "pre.yaml"), "--quiet"]) == 0
+    assert _pretrain_from(out, tmp_path, capsys, mano_dir=str(mano)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["train"]["steps_done"] == 2 and np.isfinite(summary["train"]["loss"])
     from handvla.tokenizer.being_h0 import BEING_H0_MODEL_TYPE
 
     assert load_vla(tmp_path / "pre" / "final").motion_tokenizer.config.model_type == BEING_H0_MODEL_TYPE
     # without the MANO folder: one line saying what is missing, before any training step
-    del pre["model"]["mano_dir"]
-    pre["train"]["output_dir"] = str(tmp_path / "pre2")
-    (tmp_path / "pre.yaml").write_text(json.dumps(pre))
-    capsys.readouterr()
-    assert main(["pretrain", "--config", str(tmp_path / "pre.yaml"), "--quiet"]) == 2
+    assert _pretrain_from(out, tmp_path, capsys, run="pre2") == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("handvla")]
     assert len(err) == 1 and "model.mano_dir" in err[0], err

@@ -320,6 +320,11 @@ def policy_config_from_dataset(
     return pcfg
 
 
+def _cameras(ds, image_keys: list[str] | None) -> list[str]:
+    """The cameras a dataset section names: ``image_keys``, or all video/image features when None."""
+    return list(ds.video_keys + ds.image_keys) if image_keys is None else list(image_keys)
+
+
 def _camera_shapes(ds, keys: list[str]) -> list[list[int]]:
     """(H, W, 3) of each camera, from one decoded frame (also proves the video decodes)."""
     shapes = []
@@ -334,7 +339,7 @@ def build_policy(cfg: PosttrainConfig, ds, normalizer, out_dir: Path, is_main: b
     ``cfg.model`` names (`load_initial_vla`; a random preset's text tokenizer is trained on the task texts
     too)."""
     d, m = cfg.data, cfg.model
-    cams = list(ds.video_keys + ds.image_keys) if d.image_keys is None else list(d.image_keys)
+    cams = _cameras(ds, d.image_keys)
     for k in cams:
         if k not in ds.video_keys + ds.image_keys:
             raise InputError(
@@ -400,13 +405,20 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
     d = cfg.data
     ds = RobotDataset(d.dataset, columns=[d.state_key, d.action_key])
     train_eps, val_eps = split_episodes(ds.num_episodes, d.max_episodes, d.val_episodes, str(ds.root))
-    extras = []  # (config, dataset, training episodes)
+    extras = []  # (config, dataset, training episodes, resolved map, cameras), all checked before any work
+    n_cams = len(_cameras(ds, d.image_keys))
     for e in d.extra_datasets:
         ds_e = RobotDataset(e.dataset, columns=[e.state_key, e.action_key])
-        e.embodiment.resolve(_feature_dim(ds_e, e.state_key), _feature_dim(ds_e, e.action_key),
-                             f"data.extra_datasets ({e.dataset}).embodiment")  # fmt: skip
+        um = e.embodiment.resolve(_feature_dim(ds_e, e.state_key), _feature_dim(ds_e, e.action_key),
+                                  f"data.extra_datasets ({e.dataset}).embodiment")  # fmt: skip
+        cams = _cameras(ds_e, e.image_keys)
+        if len(cams) != n_cams:
+            raise ConfigError(
+                f"data.extra_datasets ({e.dataset}).image_keys: {len(cams)} cameras {cams}; the policy's "
+                f"prompt has {n_cams} (the main dataset's)"
+            )
         n = min(ds_e.num_episodes, e.max_episodes or ds_e.num_episodes)
-        extras.append((e, ds_e, list(range(n))))
+        extras.append((e, ds_e, list(range(n)), um, cams))
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "posttrain_config.json", cfg.model_dump_json(indent=2))
@@ -415,7 +427,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
                 e.embodiment.name: build_normalizer(
                     ds_e, d.model_copy(update={"state_key": e.state_key, "action_key": e.action_key}), eps
                 )
-                for e, ds_e, eps in extras
+                for e, ds_e, eps, _, _ in extras
             }
             _merged(build_normalizer(ds, d, train_eps), extra_norms).save(out_dir / NORM_DIR)
     barrier(info)
@@ -432,14 +444,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
     train_set = PolicyTrainDataset(chunks(train_eps), model.processor, d.task)
     if extras:
         parts = [train_set]
-        for e, ds_e, eps in extras:
-            cams = list(ds_e.video_keys + ds_e.image_keys) if e.image_keys is None else list(e.image_keys)
-            if len(cams) != len(pcfg.image_keys):
-                raise ConfigError(
-                    f"data.extra_datasets ({e.dataset}).image_keys: {len(cams)} cameras {cams}; the policy's "
-                    f"prompt has {len(pcfg.image_keys)} (the main dataset's)"
-                )
-            um = e.embodiment.resolve(_feature_dim(ds_e, e.state_key), _feature_dim(ds_e, e.action_key))
+        for e, ds_e, eps, um, cams in extras:
             ch = ActionChunkDataset(
                 ds_e, d.chunk_size, cams, e.state_key, e.action_key,
                 _PrefixedNormalizer(normalizer, e.embodiment.name), eps, d.frame_cache_mb,
@@ -474,7 +479,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
         "episodes": {"train": len(train_eps), "val": len(val_eps)},
         "extra_datasets": [
             {"dataset": str(ds_e.root), "embodiment": e.embodiment.name, "episodes": len(eps)}
-            for e, ds_e, eps in extras
+            for e, ds_e, eps, _, _ in extras
         ],
         "frames": {"train": len(train_set), "val": len(val_set) if val_set else 0},
         "state_dim": pcfg.state_dim,

@@ -133,6 +133,21 @@ class GymSim:
     spec: TaskSpec
     image_hw: tuple[int, int] | None
 
+    def _episode_settings(
+        self, spec: TaskSpec, image_size, camera, max_steps: int | None, shadows: bool
+    ) -> None:
+        """The settings every wrapper checks the same way: task, frame size, camera, episode length."""
+        self.spec = spec
+        self.image_hw = _image_size(image_size)
+        self.camera, self.shadows = camera, bool(shadows)
+        self.max_steps = int(max_steps or spec.max_steps)
+        if self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+        self._renderer: OffscreenRenderer | None = None
+        self.t = 0
+        self.seed: int | None = None
+        self._obs: np.ndarray | None = None
+
     @property
     def action_dim(self) -> int:
         return int(self.env.action_space.shape[0])
@@ -204,12 +219,7 @@ class AdroitSim(GymSim):
         max_steps: int | None = None,
         shadows: bool = False,
     ):
-        self.spec = task_spec(task)
-        self.image_hw = _image_size(image_size)
-        self.camera, self.shadows = camera, bool(shadows)
-        self.max_steps = int(max_steps or self.spec.max_steps)
-        if self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+        self._episode_settings(task_spec(task), image_size, camera, max_steps, shadows)
         gym = _import_gym()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -236,10 +246,6 @@ class AdroitSim(GymSim):
             raise ConfigError(
                 f"task {task!r} has no camera {camera!r}; cameras: {sorted(FREE_CAMERAS) + cams}"
             )
-        self._renderer = None
-        self.t = 0
-        self.seed: int | None = None
-        self._obs: np.ndarray | None = None
 
     # -- facts -------------------------------------------------------------------------------------------
     def joint_names(self) -> list[str]:

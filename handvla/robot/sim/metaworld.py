@@ -35,7 +35,6 @@ from handvla.robot.sim.adroit import (
     OffscreenRenderer,
     StepResult,
     TaskSpec,
-    _image_size,
 )
 
 ROBOT_TYPE = "sawyer"
@@ -107,13 +106,7 @@ class MetaWorldSim(GymSim):
     ):
         if task not in TASKS:
             raise ConfigError(f"unknown Meta-World task {task!r}; MT10 has {sorted(TASKS)}")
-        self.spec = TASKS[task]
-        self.image_hw = _image_size(image_size)
-        self.camera = camera or DEFAULT_CAMERA
-        self.shadows = bool(shadows)
-        self.max_steps = int(max_steps or self.spec.max_steps)
-        if self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+        self._episode_settings(TASKS[task], image_size, camera or DEFAULT_CAMERA, max_steps, shadows)
         bench = _benchmark()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -127,10 +120,6 @@ class MetaWorldSim(GymSim):
                 mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(self.model.ncam)
             ]
             raise ConfigError(f"task {task!r} has no camera {self.camera!r}; cameras: {cams}")
-        self._renderer: OffscreenRenderer | None = None
-        self.t = 0
-        self.seed: int | None = None
-        self._obs: np.ndarray | None = None
 
     # -- facts ---------------------------------------------------------------------------------------------
     def state_names(self) -> list[str]:
