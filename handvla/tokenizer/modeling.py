@@ -288,6 +288,9 @@ class GroupedResidualQuantizer(nn.Module):
         self.init_method = init_method
         G, L, K, d = groups, layers, codebook_size, self.group_dim
         self.register_buffer("codebook", torch.zeros(G, L, K, d))
+        #: codebook maintenance in training mode (``TokenizerTrainConfig.codebook_updates``): 'ema_reseed'
+        #: (EMA means and dead codes re-seeded from the batch), 'ema' (means only) or 'off'
+        self.training_updates = "ema_reseed"
         self.register_buffer("ema_usage", torch.full((G, L, K), 1.0 / K))
         self.register_buffer("ema_sum", torch.zeros(G, L, K, d))
         self.register_buffer("initted", torch.zeros((), dtype=torch.bool))
@@ -323,7 +326,7 @@ class GroupedResidualQuantizer(nn.Module):
         self.initted.fill_(True)
 
     @torch.no_grad()
-    def _update(self, g: int, layer: int, x: torch.Tensor, idx: torch.Tensor) -> None:
+    def _update(self, g: int, layer: int, x: torch.Tensor, idx: torch.Tensor, reseed: bool = True) -> None:
         K, M, decay = self.codebook_size, x.shape[0], self.decay
         share = torch.bincount(idx, minlength=K).to(x.dtype) / M
         mean_sum = torch.zeros(K, x.shape[1], dtype=x.dtype).index_add_(0, idx, x) / M
@@ -331,7 +334,7 @@ class GroupedResidualQuantizer(nn.Module):
         usage.mul_(decay).add_(share, alpha=1 - decay)
         sums.mul_(decay).add_(mean_sum, alpha=1 - decay)
         self.codebook[g, layer] = sums / self._smoothed_usage(usage)[:, None]
-        if self.dead_threshold <= 0:
+        if self.dead_threshold <= 0 or not reseed:
             return
         dead = (usage < self.dead_threshold / K).nonzero()[:, 0]
         if dead.numel() == 0:
@@ -347,10 +350,13 @@ class GroupedResidualQuantizer(nn.Module):
     def forward(self, z: torch.Tensor, update: bool | None = None) -> QuantizerOutput:
         """z (B, N, dim) -> quantised (B, N, dim), codes (B, N, groups, layers), commitment loss.
 
-        ``update`` (default: ``self.training``) runs the EMA / dead-code maintenance on this batch
-        (and the k-means initialisation first, if the codebooks were never initialised).
+        ``update`` runs the EMA / dead-code maintenance on this batch (and the k-means initialisation
+        first, if the codebooks were never initialised); by default, in training mode as
+        ``training_updates`` says.
         """
-        update = self.training if update is None else update
+        reseed = update is not None or self.training_updates == "ema_reseed"
+        if update is None:
+            update = self.training and self.training_updates != "off"
         B, N, _ = z.shape
         if update and not bool(self.initted):
             self.init_codebooks(z)
@@ -365,7 +371,7 @@ class GroupedResidualQuantizer(nn.Module):
                 q = cb[idx]  # (M, d), no gradient: codebooks follow the EMA, not the loss
                 commit = commit + F.mse_loss(residual, q)
                 if update:
-                    self._update(g, layer, residual.detach(), idx)
+                    self._update(g, layer, residual.detach(), idx, reseed)
                 residual = residual - q
                 total = total + q
                 gcodes.append(idx)

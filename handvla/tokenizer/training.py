@@ -383,6 +383,8 @@ def train(
     if tc.freeze_encoder:
         for part in model.parts.values():
             part.encoder.requires_grad_(False)
+    for part in model.parts.values():
+        part.quantizer.training_updates = tc.codebook_updates
     stage = TokenizerStage(sampler, tc)
     trainer = Trainer(
         model,
