@@ -45,6 +45,23 @@ def test_metaworld_episodes_are_seeded_and_the_experts_solve_them():
         assert not rollout(sim, Still(), 0).success
 
 
+def test_metaworld_evaluation_seeds_use_placements_no_demonstration_seed_uses():
+    from handvla.robot.evaluate import EVAL_SEED
+    from handvla.robot.sim.metaworld import EVAL_SEEDS_FROM, variation_index
+
+    assert EVAL_SEEDS_FROM == EVAL_SEED
+    demo = {variation_index(s) for s in range(300)}
+    held = {variation_index(s) for s in range(EVAL_SEED, EVAL_SEED + 300)}
+    assert demo == set(range(25)) and held == set(range(25, 50))
+    # and in the simulator: the goal of an evaluation episode is none of the demonstration seeds' goals
+    with MetaWorldSim("reach-v3") as sim:
+        goals = {tuple(np.round(sim.reset(s)["state"][-3:], 5)) for s in range(25)}
+        evals = {tuple(np.round(sim.reset(s)["state"][-3:], 5)) for s in range(EVAL_SEED, EVAL_SEED + 25)}
+    assert len(goals) == 25 and len(evals) == 25 and not goals & evals
+    with pytest.raises(ConfigError, match="reach the evaluation seeds"):
+        collect_demos("reach-v3", 5, "/nonexistent", seed=EVAL_SEED - 3, progress=False)
+
+
 def test_suites_name_their_tasks_and_experts():
     assert suite_tasks("metaworld-mt10") == list(MT10) and len(SUITES["metaworld-mt10"]) == 10
     assert suite_tasks("adroit") == ["relocate", "door", "hammer", "pen"]

@@ -50,7 +50,9 @@ from handvla.robot.server import REQUIRED_METADATA, validate_observation
 from handvla.stats import wilson_interval
 from handvla.video import write_video
 
-EVAL_SEED = 10_000  # first evaluation seed: far from the demonstration seeds (0, 1, ...)
+# first evaluation seed: far from the demonstration seeds (0, 1, ...); Meta-World maps seeds from here on to
+# the variations its demonstrations never use (handvla.robot.sim.metaworld.EVAL_SEEDS_FROM, the same value)
+EVAL_SEED = 10_000
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ mapped back to [-1, 1] (``(ctrl - act_mean) / act_rng``), i.e. exactly what the 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +38,7 @@ from handvla.data.lerobot import vector_feature, video_feature, video_key
 from handvla.errors import ConfigError
 from handvla.robot.lerobot_format import RobotDatasetWriter
 from handvla.robot.sim.adroit import AdroitSim, Rollout, rollout
-from handvla.robot.sim.metaworld import MT10, MetaWorldExpert
+from handvla.robot.sim.metaworld import EVAL_SEEDS_FROM, MT10, VARIATIONS, MetaWorldExpert, variation_index
 from handvla.robot.sim.suites import make_sim, task_spec
 
 # Closed-hand joint targets (rad), found during development by a random search over grasp poses (40 poses,
@@ -286,6 +287,11 @@ def collect_demos(
     specs = [task_spec(t) for t in tasks]
     experts = [make_expert(t, expert_config) for t in tasks]  # fails before any work for a task without one
     max_attempts = int(max_attempts or 3 * n_episodes)
+    if any(t in MT10 for t in tasks) and int(seed) + max_attempts > EVAL_SEEDS_FROM:
+        raise ConfigError(
+            f"Meta-World demonstrations: seeds {seed}..{int(seed) + max_attempts - 1} reach the evaluation "
+            f"seeds ({EVAL_SEEDS_FROM} and up, whose placements no demonstration may use); start lower"
+        )
     t0 = time.perf_counter()
     per_task: dict[str, dict[str, Any]] = {}
     bar = tqdm(total=int(n_episodes) * len(tasks), desc="demos", unit="ep") if progress else None
@@ -334,6 +340,16 @@ def collect_demos(
                     "attempts": attempts,
                     "expert_success_rate": float(np.mean(results)) if results else 0.0,
                 }
+                if spec.name in MT10:
+                    placements = len({variation_index(k) for k in kept})
+                    per_task[spec.name]["distinct_placements"] = placements
+                    if placements < written:
+                        print(
+                            f"warning: {spec.name}: {written} demonstrations on {placements} distinct "
+                            f"placements (Meta-World has {VARIATIONS // 2} for demonstrations; the scripted "
+                            "expert repeats itself on a placement)",
+                            file=sys.stderr,
+                        )
                 if written < n_episodes:
                     raise ConfigError(
                         f"{spec.name}: only {written} of {n_episodes} successful demonstrations in {attempts} "

@@ -7,9 +7,12 @@ Facts from Meta-World 3.1 (``metaworld`` on PyPI; its v3 environments):
   second object position (3) and quaternion (4), the same 18 values of the previous frame, goal position
   (3); action 4 in [-1, 1]: end-effector displacement (x, y, z) and gripper effort;
 - a control step is 5 MuJoCo steps of 2.5 ms (80 steps per second); episodes last at most 500 steps;
-- each task has 50 variations (object and goal placements): the benchmark's ``train_tasks``. The episode
-  of seed ``s`` uses variation ``s mod 50`` of the benchmark built with seed 0, reset with seed ``s``, so
-  the same seed is the same episode on every machine;
+- each task has 50 variations (object and goal placements): the benchmark's ``train_tasks`` (a reset
+  with another seed does not move them). Handvla splits them: demonstration seeds (below
+  ``EVAL_SEEDS_FROM`` = 10000, where ``handvla data sim-demos`` starts) use variations 0-24 (``s mod
+  25``), evaluation seeds (10000 and up, where ``handvla eval sim`` starts) variations 25-49 (``25 + s mod
+  25``), so a policy is scored on placements its demonstrations never showed; the benchmark is built
+  with seed 0 and the episode reset with seed ``s``: the same seed is the same episode on every machine;
 - success: the environment's ``success`` flag at any step, i.e. ``success_min_steps`` = 1; as in
   Meta-World's own evaluation, an episode ends at its first success (demonstrations end there too);
 - scripted policies: ``metaworld.policies.Sawyer<Task>V3Policy`` for every task.
@@ -40,6 +43,16 @@ from handvla.robot.sim.adroit import (
 ROBOT_TYPE = "sawyer"
 DEFAULT_CAMERA = "corner2"
 VARIATIONS = 50
+#: the first evaluation seed (``handvla.robot.evaluate.EVAL_SEED``): seeds from here on use the second half
+#: of every task's variations, seeds below it (demonstrations) the first half
+EVAL_SEEDS_FROM = 10_000
+
+
+def variation_index(seed: int, variations: int = VARIATIONS) -> int:
+    """The task variation of episode ``seed``: demonstration seeds (< EVAL_SEEDS_FROM) the first half of the
+    variations, evaluation seeds the second half (disjoint placements)."""
+    half = variations // 2
+    return seed % half if seed < EVAL_SEEDS_FROM else half + seed % (variations - half)
 #: MT10: environment name -> (instruction, the package's scripted policy class)
 MT10: dict[str, tuple[str, str]] = {
     "reach-v3": ("reach the goal position", "SawyerReachV3Policy"),
@@ -130,11 +143,11 @@ class MetaWorldSim(GymSim):
 
     # -- episodes ------------------------------------------------------------------------------------------
     def reset(self, seed: int) -> dict[str, np.ndarray]:
-        """Start the episode of ``seed``: variation ``seed mod 50``, reset with ``seed``."""
+        """Start the episode of ``seed``: variation `variation_index` (seed), reset with ``seed``."""
         seed = int(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.env.set_task(self._variations[seed % len(self._variations)])
+            self.env.set_task(self._variations[variation_index(seed, len(self._variations))])
             self._obs, _ = self.env.reset(seed=seed)
         self.seed, self.t = seed, 0
         return self.observation()
