@@ -95,6 +95,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/robot_suite")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="posttrain config override for the trained arms, e.g. model.flow.train_samples=4 (repeatable)",
+    )
+    ap.add_argument("--tag", default="", help="suffix of the run folders (to keep ablations apart)")
     args = ap.parse_args()
     tasks = suite_tasks(args.suite)
     if args.tasks:
@@ -114,17 +122,23 @@ def main() -> int:
     actions = RobotDataset(demos, columns=["action"]).column("action")
     eval_kw = dict(episodes=args.episodes, seed=EVAL_SEED, progress=not args.no_progress)
     out: dict = {"settings": vars(args) | {"tasks": tasks, "dataset": str(demos), "eval_seed": EVAL_SEED}}
+
+    def cached(name: str, make_policy) -> dict:
+        """A baseline's evaluation, kept in the work folder (the same tasks, seeds and episodes)."""
+        path = work / f"{name}_{tag}_eval_{args.episodes}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        res = table(evaluate_suite(make_policy(), tasks, **eval_kw))
+        atomic_write_json(path, res)
+        return res
+
     out["scripted_experts"] = (
-        table(evaluate_suite(MetaWorldScriptedPolicy(), tasks, **eval_kw))
-        if args.suite == "metaworld-mt10"
-        else None
+        cached("scripted", MetaWorldScriptedPolicy) if args.suite == "metaworld-mt10" else None
     )
-    out["mean_action_baseline"] = table(
-        evaluate_suite(MeanActionPolicy(actions.mean(0), 39), tasks, **eval_kw)
-    )
+    out["mean_action_baseline"] = cached("mean_action", lambda: MeanActionPolicy(actions.mean(0), 39))
     per_seed: dict[str, dict] = {}
     for head in [h for h in args.heads.split(",") if h]:
-        run = work / f"{tag}_{head}_s{args.steps}_seed{args.seed}"
+        run = work / f"{tag}_{head}_s{args.steps}_seed{args.seed}{args.tag and '_' + args.tag}"
         base = {
             "data": {"dataset": str(demos), "chunk_size": args.chunk, "stats": "compute"},
             "model": {"preset": "tiny", "head": head, "seed": args.seed},
@@ -147,7 +161,7 @@ def main() -> int:
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text())
         else:
-            summary = run_posttrain(load_posttrain_config(base=base), progress=not args.no_progress)
+            summary = run_posttrain(load_posttrain_config(overrides=args.set, base=base), progress=not args.no_progress)
         eval_path = run / f"suite_eval_{args.episodes}.json"
         if eval_path.is_file():
             res = json.loads(eval_path.read_text())

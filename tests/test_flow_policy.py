@@ -144,6 +144,33 @@ def test_flow_head_trains_saves_and_loads(flow_run):
         HandVLAPolicyModel.from_pretrained(bad)
 
 
+def test_flow_train_samples_lower_the_loss_variance_at_one_backbone_pass(flow_run):
+    """``flow.train_samples: k`` draws k (noise, time) pairs per chunk against the same backbone states:
+    the batch keeps its size, the loss estimates the same expectation, with about 1/k of the variance."""
+    _, out, _ = flow_run
+    model = HandVLAPolicyModel.from_pretrained(out / "final").train()
+    expert = model.action_expert
+    g = torch.Generator().manual_seed(3)
+    B, L = 6, 9
+    hidden = torch.randn(B, L, expert.context_in[0].normalized_shape[0], generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    acts = torch.randn(B, expert.chunk_size, expert.action_dim, generator=g)
+    losses = {}
+    for k in (1, 8):
+        expert.settings.train_samples = k
+        vals = []
+        for seed in range(24):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                o = model._flow_output(hidden, mask, acts, None, None, None, None)
+            assert o.actions.shape == acts.shape
+            vals.append(o.loss.item())
+        losses[k] = np.array(vals)
+    expert.settings.train_samples = 1
+    assert losses[8].std() < 0.6 * losses[1].std(), (losses[1].std(), losses[8].std())
+    assert abs(losses[8].mean() - losses[1].mean()) < 3 * losses[1].std() / np.sqrt(24)
+
+
 def test_flow_policy_samples_reproducibly_and_keeps_committed_actions(flow_run):
     ds, out, _ = flow_run
     policy = HandVLAPolicy.load(out / "final", device="cpu")

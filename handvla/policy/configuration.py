@@ -95,6 +95,13 @@ class FlowSettings(ConfigModel):
         (1.5, 1.0), description="flow time t = time_max * (1 - Beta(a, b)): weight on the noisier steps"
     )
     time_max: float = Field(0.999, gt=0.0, le=1.0)
+    train_samples: int = Field(
+        4,
+        ge=1,
+        description="flow-matching draws (noise, time) per training chunk: the backbone runs once and the "
+        "expert sees every draw (a lower-variance loss; 1 = one draw, as pi0 trains). On Meta-World MT10 "
+        "at 2000 steps 4 draws lifted held-out success from 0.72 to 0.785 (README, robot suite)",
+    )
     rtc_guidance: float = Field(
         2.0,
         ge=0.0,

@@ -15,8 +15,10 @@ Flow matching (rectified flow), in normalised action units::
     loss = mean over real chunk steps and action dims of |v(x_t, t, context) - u|^2
 
 ``t = time_max * (1 - s)`` with ``s ~ Beta(a, b)`` (``FlowSettings.time_beta``, (1.5, 1) by default): more
-weight on the noisier (small t) half, where the context decides the most. Inference integrates
-``dx/dt = v`` from noise at t = 0 to t = 1 with ``num_steps`` Euler steps.
+weight on the noisier (small t) half, where the context decides the most. Each training chunk gets
+``FlowSettings.train_samples`` draws of (noise, t) against the same backbone states (the backbone runs once
+per chunk; only the expert runs per draw), which lowers the variance of the loss's gradient. Inference
+integrates ``dx/dt = v`` from noise at t = 0 to t = 1 with ``num_steps`` Euler steps.
 
 Real-time chunking (`ActionExpert.sample` with ``prefix``): while the robot executes the previous chunk
 the next one is computed; its first ``d`` actions (``d`` = the inference delay in control steps) will be

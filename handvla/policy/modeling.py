@@ -357,13 +357,16 @@ class HandVLAPolicyModel(nn.Module):
         expert = self.action_expert
         ctx_mask = attention_mask.bool()
         if actions is not None and self.training:
-            x_t, t, u = expert.training_targets(actions)
-            v = expert(x_t, t, hidden, ctx_mask)
+            k = expert.settings.train_samples  # draws per chunk; the backbone's states are shared
+            rep = (lambda z: z.repeat_interleave(k, dim=0)) if k > 1 else (lambda z: z)
+            acts, amask = rep(actions), None if action_mask is None else rep(action_mask)
+            x_t, t, u = expert.training_targets(acts)
+            v = expert(x_t, t, rep(hidden), rep(ctx_mask))
             est = x_t + (1 - t)[:, None, None] * v
-            _, vel_mse = masked_action_errors(v, u, action_mask)
-            out = PolicyOutput(actions=est, loss=vel_mse, velocity_mse=vel_mse)
+            _, vel_mse = masked_action_errors(v, u, amask)
+            out = PolicyOutput(actions=est[::k], loss=vel_mse, velocity_mse=vel_mse)
             with torch.no_grad():
-                out.l1, out.mse = masked_action_errors(est, actions, action_mask)
+                out.l1, out.mse = masked_action_errors(est, acts, amask)
             return out
         chunk = expert.sample(hidden, ctx_mask, prefix=prefix, generator=generator, prefix_len=prefix_len)
         out = PolicyOutput(actions=chunk)
