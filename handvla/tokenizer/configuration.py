@@ -252,7 +252,8 @@ class TokenizerTrainConfig(ConfigModel):
     freeze_encoder: bool = Field(
         True,
         description="train only the decoders: encoders (and so the latent space the codebooks live in) stay as "
-        "initialised, the codebooks keep refining by EMA, and the decoders learn to undo quantisation error",
+        "initialised (codebook_updates says whether the codebooks still move), and the decoders learn to "
+        "undo quantisation error",
     )
     codebook_updates: Literal["off", "ema", "ema_reseed"] = Field(
         "off",

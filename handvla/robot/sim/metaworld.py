@@ -53,6 +53,8 @@ def variation_index(seed: int, variations: int = VARIATIONS) -> int:
     variations, evaluation seeds the second half (disjoint placements)."""
     half = variations // 2
     return seed % half if seed < EVAL_SEEDS_FROM else half + seed % (variations - half)
+
+
 #: MT10: environment name -> (instruction, the package's scripted policy class)
 MT10: dict[str, tuple[str, str]] = {
     "reach-v3": ("reach the goal position", "SawyerReachV3Policy"),
