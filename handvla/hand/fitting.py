@@ -628,8 +628,7 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
     # frames) are what L-BFGS removes most slowly: start from the same low-pass applied to the parameters.
     if w_acc > 0 and N > 2:
         t0 = lowpass(t0, inv_dt, inv_dt2, w_acc)
-        q = _hemisphere_aligned(matrix_to_quaternion(R0))
-        R0 = quaternion_to_matrix(lowpass(q, inv_dt, inv_dt2, w_acc))
+        R0 = _lowpass_rotations(R0, inv_dt, inv_dt2, w_acc)
     pose0 = init_finger_pose(R0, x, rest)
     # Handedness check. The palm points alone cannot tell a hand from its mirror image (they are nearly
     # coplanar), but fingers flex towards the palm: with the wrong side, the Kabsch palm is flipped and
@@ -647,27 +646,10 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
     if w_acc > 0 and N > 2:
         pose0 = lowpass(pose0.reshape(N, 45), inv_dt, inv_dt2, w_acc, w_vel).reshape(N, 15, 3)
 
+    start = _FitStart(x, rest, R0, t0, pose0, betas0, palm_offset0, frames, inv_dt, inv_dt2, w_acc, w_vel,
+                      root_is_palm)  # fmt: skip
     refine = _refine_fast if cfg.method == "fast" else _refine_lbfgs
-    R, pose, wrist, betas, palm_offset, extra = refine(
-        model,
-        local_fn,
-        x,
-        rest,
-        R0,
-        t0,
-        pose0,
-        betas0,
-        palm_offset0,
-        frames,
-        inv_dt,
-        inv_dt2,
-        w_acc,
-        w_vel,
-        root_is_palm,
-        cfg,
-        progress,
-        N,
-    )
+    R, pose, wrist, betas, palm_offset, extra = refine(model, local_fn, start, cfg, progress)
 
     # ---- outputs ----------------------------------------------------------------------------------------------
     with torch.no_grad():
@@ -729,27 +711,40 @@ def _predict(local_fn, R, pose, wrist, betas, palm_offset) -> torch.Tensor:
     return j
 
 
-def _refine_fast(
-    model,
-    local_fn,
-    x,
-    rest,
-    R0,
-    t0,
-    pose0,
-    betas0,
-    palm_offset0,
-    frames,
-    inv_dt,
-    inv_dt2,
-    w_acc,
-    w_vel,
-    root_is_palm,
-    cfg: FitConfig,
-    progress,
-    N,
-):
+@dataclass(frozen=True)
+class _FitStart:
+    """What both refinement paths start from: the observed points ``x`` (N, 21, 3), the rest pose's
+    points, the initial parameters (*0), the anatomical frames, the time weights and smoothing weights."""
+
+    x: torch.Tensor
+    rest: torch.Tensor
+    R0: torch.Tensor
+    t0: torch.Tensor
+    pose0: torch.Tensor
+    betas0: torch.Tensor
+    palm_offset0: torch.Tensor | None
+    frames: torch.Tensor
+    inv_dt: torch.Tensor
+    inv_dt2: torch.Tensor
+    w_acc: float
+    w_vel: float
+    root_is_palm: bool
+
+    @property
+    def N(self) -> int:
+        return self.x.shape[0]
+
+
+def _lowpass_rotations(R: torch.Tensor, inv_dt, inv_dt2, w_acc: float) -> torch.Tensor:
+    """The smoothing spline of a rotation track (N, 3, 3), through sign-aligned quaternions."""
+    q = _hemisphere_aligned(matrix_to_quaternion(R))
+    return quaternion_to_matrix(lowpass(q, inv_dt, inv_dt2, w_acc))
+
+
+def _refine_fast(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
     """Batched Gauss-Newton from the analytic initialisation (``handvla.hand.ik``), then the low-pass."""
+    x, frames, N = start.x, start.frames, start.N
+    inv_dt, inv_dt2, w_acc, w_vel = start.inv_dt, start.inv_dt2, start.w_acc, start.w_vel
     dev = torch.device(cfg.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
@@ -769,14 +764,14 @@ def _refine_fast(
         w_limits=cfg.w_limits,
         w_betas=cfg.w_betas,
         fit_betas=cfg.fit_betas,
-        root_is_palm=root_is_palm,
+        root_is_palm=start.root_is_palm,
     )
     state = GNState(
-        R0.to(dev),
-        t0.to(dev),
-        pose0.to(dev),
-        betas0.to(dev),
-        palm_offset0.to(dev) if palm_offset0 is not None else None,
+        start.R0.to(dev),
+        start.t0.to(dev),
+        start.pose0.to(dev),
+        start.betas0.to(dev),
+        start.palm_offset0.to(dev) if start.palm_offset0 is not None else None,
     )
     if callable(progress) and progress is not True:
         progress(0, cfg.gn_iters)
@@ -789,34 +784,17 @@ def _refine_fast(
         # Temporal smoothing: the smoothing spline of every parameter track (the same filter as the
         # initial low-pass). The shape and palm offset are per sequence already.
         wrist = lowpass(wrist, inv_dt, inv_dt2, w_acc)
-        q = _hemisphere_aligned(matrix_to_quaternion(R))
-        R = quaternion_to_matrix(lowpass(q, inv_dt, inv_dt2, w_acc))
+        R = _lowpass_rotations(R, inv_dt, inv_dt2, w_acc)
         pose = lowpass(pose.reshape(N, 45), inv_dt, inv_dt2, w_acc, w_vel).reshape(N, 15, 3)
     po = state.palm_offset.cpu() if state.palm_offset is not None else None
     return R, pose, wrist, state.betas.cpu(), po, {"gn_iters": cfg.gn_iters, **info}
 
 
-def _refine_lbfgs(
-    model,
-    local_fn,
-    x,
-    rest,
-    R0,
-    t0,
-    pose0,
-    betas0,
-    palm_offset0,
-    frames,
-    inv_dt,
-    inv_dt2,
-    w_acc,
-    w_vel,
-    root_is_palm,
-    cfg: FitConfig,
-    progress,
-    N,
-):
+def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
     """The joint L-BFGS optimisation of data, limits and smoothness (the slow, original path)."""
+    x, rest, frames, N, root_is_palm = start.x, start.rest, start.frames, start.N, start.root_is_palm
+    R0, t0, pose0, betas0, palm_offset0 = start.R0, start.t0, start.pose0, start.betas0, start.palm_offset0
+    inv_dt, inv_dt2, w_acc, w_vel = start.inv_dt, start.inv_dt2, start.w_acc, start.w_vel
     # ---- parameters, scaled so that a unit step moves the joints by about a centimetre ----------------------
     # L-BFGS copes badly with curvatures that differ by orders of magnitude: finger rotations are scaled
     # by their lever arms, the wrist rotation by the hand's radius, the wrist position is in cm, and the
@@ -840,17 +818,10 @@ def _refine_lbfgs(
         palm_offset = palm_offset0 + palm_u / (100.0 * sqrt_n) if root_is_palm else None
         return R, pose, wrist, betas, palm_offset
 
-    def predict(R, pose, wrist, betas, palm_offset) -> torch.Tensor:
-        j = local_fn(pose, betas) @ R.transpose(-1, -2) + wrist[:, None]  # (N, 21, 3)
-        if root_is_palm:
-            palm_pt = wrist + (R @ palm_offset[:, None])[..., 0]
-            j = torch.cat([palm_pt[:, None], j[:, 1:]], 1)
-        return j
-
     def loss_fn(with_parts: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
         # Sums over frames (means over points): every per-frame unknown then has O(1) curvature.
         R, pose, wrist, betas, palm_offset = unpack()
-        d = (predict(R, pose, wrist, betas, palm_offset) - x) * 100.0  # cm
+        d = (_predict(local_fn, R, pose, wrist, betas, palm_offset) - x) * 100.0  # cm
         data = (d * d).sum(-1).mean(-1).sum()
         viol = limit_violation(anatomical_angles(pose, frames, model.side), lo, hi)
         lim = cfg.w_limits * (viol * viol).sum()
