@@ -82,14 +82,20 @@ def main(argv: list[str] | None = None) -> dict:
     px_tr, px_va = views(train), views(val)
     y_tr = torch.tensor([float(s[2]) for s in train])
     y_va = torch.tensor([float(s[2]) for s in val])
-    enc_tr = [proc.encode(question, "yes" if s[2] else "no", images=[np.zeros((8, 8, 3), np.uint8)]) for s in train]
-    enc_va = [proc.encode(question, "yes" if s[2] else "no", images=[np.zeros((8, 8, 3), np.uint8)]) for s in val]
+    # two distinct token sequences (the answer is the only difference); each batch gets its scenes' own tiles
+    blank = np.zeros((8, 8, 3), np.uint8)
+    enc = {seen: proc.encode(question, "yes" if seen else "no", images=[blank]) for seen in (False, True)}
+    enc_tr, enc_va = [enc[s[2]] for s in train], [enc[s[2]] for s in val]
     yes_first = proc.tokenizer("yes", add_special_tokens=False)["input_ids"][0]
 
     def batch(encs, px):  # the text of each sample, the scene's own tiles
         b = proc.collate(encs)
         b["pixel_values"] = px
         return b
+
+    def rated(hits: int, extra: dict) -> dict:
+        n = len(val)
+        return {"heldout_accuracy": hits / n, "heldout_accuracy_ci95": list(wilson_interval(hits, n)), **extra}
 
     def train_qa(model) -> dict:
         opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
@@ -115,10 +121,6 @@ def main(argv: list[str] | None = None) -> dict:
                 said_yes += [bool(t[0] == yes_first) for t in torch.split(out.logits.argmax(-1), lens)]
         hits = int((torch.tensor(said_yes) == (y_va > 0.5)).sum())
         return rated(hits, {"final_loss": float(loss.detach()), "steps": a.steps})
-
-    def rated(hits: int, extra: dict) -> dict:
-        n = len(val)
-        return {"heldout_accuracy": hits / n, "heldout_accuracy_ci95": list(wilson_interval(hits, n)), **extra}
 
     def tower_head(model) -> dict:
         hidden = int(model.config.text_config.hidden_size)

@@ -1,6 +1,6 @@
 """benchmarks/vla_vision_probe.py (the vision diagnosis of the README) runs end to end at small sizes: one
-JSON object, every arm trained for the asked steps, the always-"no" baseline matching the held-out labels, and
-the scenes' "seen" flags agreeing with the renderer's object labels."""
+JSON object, the one it returns, with every arm trained for the asked steps; the scenes' "seen" flags are
+seeded and only set when the scene has an object of that colour."""
 
 import importlib.util
 import json
