@@ -207,6 +207,61 @@ def test_text_tokenizer_roundtrip(tmp_path):
         load_text_tokenizer(tmp_path / "nope")
 
 
+def test_text_tokenizer_splits_digits():
+    # merges learned from coordinates would otherwise split "440" as "4" "40" and "425" as "42" "5"
+    tok = build_text_tokenizer(["<box>[[425, 310, 465, 389]]</box>"] * 5 + ["a 30-step motion"], vocab_size=400)
+    for number in ("440", "425", "1000"):
+        pieces = [tok.decode([i]) for i in tok(f"[[{number}, 7]]", add_special_tokens=False)["input_ids"]]
+        assert [p for p in pieces if p.strip().isdigit()] == list(number) + ["7"], pieces
+    assert tok.decode(tok("the 30-step motion", add_special_tokens=False)["input_ids"]) == "the 30-step motion"
+
+
+def test_random_vision_tower_knows_where_patches_are():
+    import math
+
+    from handvla.vla.modeling import sincos_position_table
+
+    bundle = build_vla("tiny", seed=0, vision_config={"image_size": 112})
+    tower = bundle.model.model.vision_tower
+    pe = tower.embeddings.position_embeddings.detach()[0].clone()
+    assert torch.equal(pe[0], torch.zeros_like(pe[0]))  # the class token
+    grid, dim = 8, pe.shape[1]  # 112 / 14 patches a side
+    n = dim // 4
+    for r, c in [(0, 0), (3, 5), (7, 2)]:
+        row = pe[1 + r * grid + c]
+        for k in range(n):
+            f = 100.0 ** (-k / n)
+            assert row[k] == pytest.approx(math.sin(r * f), abs=1e-6)
+            assert row[n + k] == pytest.approx(math.cos(r * f), abs=1e-6)
+            assert row[dim // 2 + k] == pytest.approx(math.sin(c * f), abs=1e-6)
+            assert row[dim // 2 + n + k] == pytest.approx(math.cos(c * f), abs=1e-6)
+    assert torch.unique(pe[1:], dim=0).shape[0] == grid * grid  # every patch its own code
+    assert torch.equal(sincos_position_table(grid, 6)[:, 2:3], torch.zeros(grid * grid, 1))  # leftover channel
+
+    # Swap two 14-px patches of an image: with zero position embeddings (transformers' init) the tower's
+    # patch outputs just swap too (it cannot tell where a patch is); with the table they do not.
+    px = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    sw = px.clone()
+    sw[..., 0:14, 0:14], sw[..., 42:56, 70:84] = px[..., 42:56, 70:84], px[..., 0:14, 0:14]
+    a_i, b_i = 1 + 0, 1 + 3 * grid + 5
+
+    def swapped_back(pos):
+        with torch.no_grad():
+            tower.embeddings.position_embeddings[0] = pos
+            out, out_sw = (tower(pixel_values=x).last_hidden_state[0] for x in (px, sw))
+        out_sw[[a_i, b_i]] = out_sw[[b_i, a_i]]
+        return float((out - out_sw).abs().max())
+
+    assert swapped_back(torch.zeros_like(pe)) < 1e-5
+    assert swapped_back(pe) > 1e-2
+    # transformers' zero start stays available (an ablation), and travels in the config
+    zero = build_vla("tiny", seed=0, vision_config={"image_size": 112}, vision_position_init="zero")
+    assert not zero.model.model.vision_tower.embeddings.position_embeddings.detach().any()
+    assert zero.model.config.vision_position_init == "zero"
+    with pytest.raises(ConfigError, match="vision_position_init"):
+        build_vla("tiny", vision_position_init="learned")
+
+
 # ---- checkpoints -----------------------------------------------------------------------------------------
 
 

@@ -88,6 +88,10 @@ class HandVLAConfig(InternVLConfig):
     weight per residual layer for the cross-entropy of motion ids, which need per-layer ids,
     ``codes_per_layer > 0``; None = every token weighs 1, the reference).
 
+    ``vision_position_init``: how a RANDOM-init model's vision tower starts its absolute position
+    embeddings: ``"sincos"`` (a 2-D sin-cos table, `handvla.vla.modeling.init_vision_positions`) or
+    ``"zero"`` (transformers' init); a pretrained tower keeps its own.
+
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
     (informational).
@@ -117,6 +121,7 @@ class HandVLAConfig(InternVLConfig):
     loss_quantile_low: float = 0.0
     loss_quantile_high: float = 1.0
     motion_layer_loss_weights: list[float] | None = None
+    vision_position_init: str = "sincos"
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     has_motion_tokenizer: bool = False
@@ -154,6 +159,10 @@ class HandVLAConfig(InternVLConfig):
         if self.motion_layer_loss_weights is not None:
             self.motion_layout.check_layer_weights(
                 self.motion_layer_loss_weights, "HandVLAConfig.motion_layer_loss_weights"
+            )
+        if self.vision_position_init not in ("sincos", "zero"):
+            raise ConfigError(
+                f"HandVLAConfig.vision_position_init: expected 'sincos' or 'zero', got {self.vision_position_init!r}"
             )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")

@@ -75,8 +75,13 @@ def build_text_tokenizer(
             f"build_text_tokenizer: vocab_size must be >= 259 (the byte alphabet), got {vocab_size}"
         )
     tok = Tokenizer(models.BPE())
-    # Qwen-like: no prefix space, so "In" at the start and " In" mid-sentence are distinct tokens.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Qwen-like: no prefix space, so "In" at the start and " In" mid-sentence are distinct tokens; and every
+    # digit its own token, as Qwen2's pre-tokenizer splits numbers, so that a number reads the same way
+    # wherever it appears (with merges learned from a small corpus "440" became "4" "40" and "425" "42" "5",
+    # which a small model cannot learn to write as coordinates).
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
