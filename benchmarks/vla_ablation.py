@@ -39,9 +39,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pretrain config override")
     p.add_argument("--counterfactual", action="append", default=[], metavar="NAME",
                    help="also ask for another object of the same scene on this --eval store (instruction following)")
+    p.add_argument("--grounding", action="append", default=[], metavar="NAME",
+                   help="also ask where each object is on this --eval store (handvla.vla.grounding)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld
+    from handvla.vla.grounding import evaluate_grounding
     from handvla.vla.modeling import load_vla
     from handvla.vla.pretrain import load_pretrain_config, run_pretrain
 
@@ -78,6 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
         cf = evaluate_counterfactual(bundle, stores[name], max_episodes=a.eval_episodes, seconds=a.seconds,
                                      batch_size=8)["summary"]  # fmt: skip
         res[f"{name}_counterfactual"] = cf
+    for name in a.grounding:
+        g = evaluate_grounding(bundle, stores[name], max_episodes=a.eval_episodes, batch_size=16)
+        g.pop("examples")
+        res[f"{name}_grounding"] = g
     res["minutes"] = (time.time() - t) / 60
     print("RESULT", json.dumps(res, default=str))
     return res

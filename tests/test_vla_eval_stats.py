@@ -324,5 +324,10 @@ def test_vla_eval_cli(world, capsys):
     assert main(base + ["--quiet"]) == 0
     s = json.loads(capsys.readouterr()[0])["seen"]
     assert s["train_reference"]["stores"] == [str(root / "train")] and "baselines_skipped" not in s
+    assert "grounding" not in s
+    # object grounding beside the constant box
+    assert main(base + ["--quiet", "--grounding"]) == 0
+    g = json.loads(capsys.readouterr()[0])["seen"]["grounding"]
+    assert g["episodes"] == 1 and g["questions"] >= 1 and "right_object_ci95" in g["constant_box"]
     assert main(base + ["--prediction-episodes", "-1"]) == 2
     assert "--prediction-episodes" in capsys.readouterr()[1]

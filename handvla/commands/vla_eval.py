@@ -34,6 +34,7 @@ def _parse_stores(items: list[str]) -> dict[str, str]:
 def run_vla_eval(args: argparse.Namespace) -> int:
     from handvla.vla.baselines import checkpoint_training_stores, load_training_reference
     from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld, format_summary_table
+    from handvla.vla.grounding import evaluate_grounding
     from handvla.vla.modeling import load_vla
 
     set_threads(args)
@@ -86,6 +87,11 @@ def run_vla_eval(args: argparse.Namespace) -> int:
                 bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2, batch_size=args.batch_size,
                 align=align,
             )["summary"]
+        if args.grounding:  # "where is the red cube?": object grounding in the model's view
+            res["summary"]["grounding"] = evaluate_grounding(
+                bundle, path, max_episodes=args.episodes, batch_size=args.batch_size, align=align
+            )
+            res["summary"]["grounding"].pop("examples")
         if ref is None and note:
             res["summary"]["baselines_skipped"] = f"constant / template / retrieval: {note}"
         results[name] = res
@@ -162,6 +168,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="also ask, with each scene's image, for the episode's object and for another object of the scene "
         "(instruction following: a model that ignores the object's name ends at the same place twice)",
+    )
+    e.add_argument(
+        "--grounding",
+        action="store_true",
+        help="also ask where each object of the scene is (the data.grounding task: answered box vs the true one, "
+        "beside a constant box)",
     )
     e.add_argument("--out", default=None, help="write per-episode results to this JSON file")
     e.add_argument("--quiet", action="store_true", help="no progress bars and no summary table on stderr")

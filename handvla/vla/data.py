@@ -7,6 +7,10 @@ Task types (Being-H0's physical instruction data, docs/being-h0-reference.md sec
 - ``translation`` (motion translation): image + motion blocks in the prompt -> text (answer);
 - ``prediction`` (contextual motion prediction): image + history blocks in the prompt -> the next blocks.
 
+Beside them, off by default, one auxiliary type: ``grounding`` ("In <image>, where is the red cube?" -> the
+object's box in InternVL's format, ``handvla.vla.grounding``), ``data.grounding`` questions per task sample
+from episodes whose scene is known (HandWorld), drawn after the balancing.
+
 Where samples come from (`collect_samples`):
 
 - an instruction manifest (``handvla.language.instructions``, ``.jsonl`` / ``.parquet``): each record names the
@@ -65,10 +69,13 @@ from tqdm.auto import tqdm
 from handvla.atomic import atomic_savez
 from handvla.camera import warp_to_canonical
 from handvla.config import ConfigModel
+from handvla.data.schema import camera_from_row
 from handvla.data.store import EpisodeStore
 from handvla.errors import ConfigError, InputError
 from handvla.language.instructions.build import read_manifest
 from handvla.language.instructions.sampling import InstructionBalanceConfig, balanced_sample
+from handvla.language.instructions.templates import TASK_TYPES
+from handvla.vla.grounding import grounding_questions
 from handvla.vla.processing import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -81,7 +88,9 @@ from handvla.vla.processing import (
     translation_prompt,
 )
 
-TASK_TYPES = ("generation", "translation", "prediction")
+#: auxiliary task types, off by default (``data.grounding``): object-grounding questions (``handvla.vla.grounding``)
+AUX_TASK_TYPES = ("grounding",)
+ALL_TASK_TYPES = TASK_TYPES + AUX_TASK_TYPES
 #: UniHand-2.5M proportions: 1.6M generation, 0.4M translation, 0.5M contextual prediction
 DEFAULT_TASK_MIX = {"generation": 1.6, "translation": 0.4, "prediction": 0.5}
 SIDE_CODE = {"left": 0, "right": 1}
@@ -123,6 +132,12 @@ class VLADataConfig(ConfigModel):
     pack: bool = Field(False, description="pack samples into rows of up to max_length tokens")
     cache: str | None = Field(None, description="motion-token cache file (.npz); None: memory only")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="share of episodes held out for validation")
+    grounding: float = Field(
+        0.0,
+        ge=0.0,
+        description="auxiliary object-grounding questions per task sample, from episodes whose scene is known "
+        "(HandWorld; handvla.vla.grounding); 0: the reference's three task types only",
+    )
     seed: int = 0
 
     @field_validator("task_mix")
@@ -286,7 +301,8 @@ def collect_samples(
     if split not in ("train", "val", "all"):
         raise ConfigError(f"collect_samples: split must be 'train', 'val' or 'all', got {split!r}")
     if cfg.manifest:
-        return _manifest_samples(cfg, split)
+        specs, dirs, report = _manifest_samples(cfg, split)
+        return _with_grounding(specs, dirs, report, cfg, split)
     if not cfg.stores:
         raise ConfigError("data: give 'stores' (episode store folders) or a 'manifest'")
     stores = _open_stores(cfg.stores)
@@ -319,8 +335,40 @@ def collect_samples(
     else:
         specs = pool
     report["samples"] = len(specs)
-    report["task_types"] = {t: sum(1 for s in specs if s.task_type == t) for t in TASK_TYPES}
-    return specs, [str(Path(p)) for p in cfg.stores], report
+    report["task_types"] = {t: sum(1 for s in specs if s.task_type == t) for t in ALL_TASK_TYPES}
+    return _with_grounding(specs, [str(Path(p)) for p in cfg.stores], report, cfg, split)
+
+
+def _with_grounding(
+    specs: list[SampleSpec], store_dirs: list[str], report: dict[str, Any], cfg: VLADataConfig, split: str
+) -> tuple[list[SampleSpec], list[str], dict[str, Any]]:
+    """``specs`` plus ``round(cfg.grounding * len(specs))`` object-grounding questions drawn (seeded; each
+    (image, object) once before any repeats) from the split's episodes with a known scene and video."""
+    n = int(round(cfg.grounding * len(specs)))
+    if n <= 0:
+        return specs, store_dirs, report
+    pool: list[SampleSpec] = []
+    for di, store in enumerate(_open_stores(store_dirs)):
+        if store.camera is None:
+            continue
+        for k in range(len(store)):
+            row = store.meta(k)
+            if not in_split(row["key"], cfg.val_fraction, split):
+                continue
+            where = f"{store.root} episode {k}"
+            for prompt, answer in grounding_questions(row["ground_truth"], camera_from_row(row), cfg.align, where):
+                pool.append(SampleSpec(di, k, "grounding", "both", 0.0, 0.0, 0.0, prompt, answer))
+    if not pool:
+        raise ConfigError(
+            f"data.grounding = {cfg.grounding}: no episode of {store_dirs} with video has a known scene "
+            "(ground_truth.scene with objects in view, as HandWorld writes): set data.grounding to 0"
+        )
+    rng = np.random.default_rng([int(cfg.seed), 0x6120])
+    order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))])[:n]
+    report = dict(report, grounding={"questions": n, "distinct": len(pool)})
+    report["samples"] = len(specs) + n
+    report["task_types"] = dict(report["task_types"], grounding=n)
+    return specs + [pool[i] for i in order.tolist()], store_dirs, report
 
 
 def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec], list[str], dict[str, Any]]:
@@ -625,7 +673,7 @@ class VLAInstructionDataset(Dataset):
             tokens=int(self.lengths.sum()),
             mean_length=float(self.lengths.mean()) if len(self.lengths) else 0.0,
             max_length=int(self.lengths.max()) if len(self.lengths) else 0,
-            task_types={t: sum(1 for s in self.specs if s.task_type == t) for t in TASK_TYPES},
+            task_types={t: sum(1 for s in self.specs if s.task_type == t) for t in ALL_TASK_TYPES},
         )
         if not self.specs:
             raise ConfigError(f"VLAInstructionDataset: no samples left ({self.report})")
@@ -633,6 +681,8 @@ class VLAInstructionDataset(Dataset):
     # -- spans and motion ----------------------------------------------------------------------------------
     @staticmethod
     def _spans(s: SampleSpec) -> list[tuple[float, float]]:
+        if s.task_type == "grounding":
+            return []
         spans = [(s.start_s, s.end_s)]
         if s.task_type == "prediction":
             spans.append((float(s.history_start_s), s.start_s))
@@ -640,6 +690,8 @@ class VLAInstructionDataset(Dataset):
 
     def _motions(self, s: SampleSpec) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(prompt motions, answer motions) of a sample, each (blocks, hands, ids_per_block)."""
+        if s.task_type == "grounding":
+            return [], []
         fps, hands = self.fps[s.dataset], hands_for_mode(s.hand_mode)
         target = self.cache.motion(s.dataset, s.episode, s.start_s, s.end_s, hands, fps)
         if s.task_type == "generation":
@@ -771,6 +823,8 @@ def build_datasets(
 
 
 __all__ = [
+    "ALL_TASK_TYPES",
+    "AUX_TASK_TYPES",
     "DEFAULT_TASK_MIX",
     "TASK_TYPES",
     "MotionTokenCache",

@@ -445,6 +445,33 @@ def predict_motion(
     return generate_motion(model, processor, images, tasks, seconds, hand_mode, history=hist, **kwargs)
 
 
+def answer_questions(
+    model,
+    processor: HandVLAProcessor,
+    images: Sequence,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 48,
+    system=...,
+) -> list[str]:
+    """Image + question -> text, greedy (e.g. the grounding questions of ``handvla.vla.grounding``): one
+    ``<image>`` per prompt, no motion; the answer may not contain motion or image tokens. Returns the decoded
+    answers (up to ``<|im_end|>``)."""
+    if len(images) != len(prompts) or not prompts:
+        raise InputError("answer_questions", "images", f"one image per prompt ({len(prompts)})", str(len(images)))
+    if max_new_tokens <= 0:
+        raise InputError("answer_questions", "max_new_tokens", "a positive integer", str(max_new_tokens))
+    samples = [processor.encode(q, images=[im], system=system) for im, q in zip(images, prompts)]
+    head = text_only_processor(processor.vocab)
+    seqs, plen = _generate(model, processor, samples, lambda _: head, max_new_tokens, False, 1.0, None, 1.0, None)
+    out = []
+    for row in seqs[:, plen:].cpu().tolist():
+        if processor.vocab.eos_id in row:
+            row = row[: row.index(processor.vocab.eos_id)]
+        out.append(processor.decode(row, skip_special_tokens=True))
+    return out
+
+
 def translate_motion(
     model,
     processor: HandVLAProcessor,

@@ -1,0 +1,229 @@
+"""Can the random-init VLA learn "In <image>, where is the red cube?" (``handvla.vla.grounding``) on rendered
+HandWorld scenes (tables with 1-4 coloured objects, no hands)? Trains by next-token loss on the questions
+only and prints one JSON line per evaluation, then one JSON object with all of them.
+
+Scored on held-out scenes (greedy answers): ``centre_in_box`` (the answered box's centre inside the true
+box) and ``right_object`` (for scenes of two or more objects: the answered centre nearer the named object
+than any other; ``chance`` = mean 1 / objects), beside one constant box (the mean true box). Options:
+
+- ``--one-object 1``: only scenes with exactly one object in view (localisation without a name to bind);
+  ``--one-object-steps K``: the first K steps on those scenes, then all (a curriculum);
+- ``--position-init zero``: transformers' zero start for the vision tower's position embeddings
+  (default: the 2-D sin-cos table of ``build_vla``);
+- ``--warm-steps N``: first train the vision tower and projector with a linear head that says, per visual
+  token, which colours' boxes it overlaps (weighted binary cross-entropy), then the questions;
+  ``--warm-head embeddings``: the head's weights are the LLM's input embeddings of the colour words (" red",
+  ...), so red visual tokens come to look like the word " red" to the LLM;
+- ``--overrides``: preset overrides as JSON (a larger model, a larger tile).
+
+    python benchmarks/vla_grounding_probe.py --scenes 8000 --steps 2250
+    python benchmarks/vla_grounding_probe.py --scenes 24000 --one-object 1 --steps 1000 --eval-every 500
+    python benchmarks/vla_grounding_probe.py --scenes 24000 --one-object-steps 1000 --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def render_scenes(n: int, seed: int, size: tuple[int, int], align: bool, tile: int) -> list[tuple]:
+    """``n`` scenes (ego and third rigs in turn) as (the model's view, [(object name, box 0..1000)])."""
+    from handvla.synth.handworld.cameras import make_camera
+    from handvla.synth.handworld.raster import Renderer
+    from handvla.synth.handworld.scene import sample_scene
+    from handvla.vla.data import prepare_image
+    from handvla.vla.grounding import object_box_in_view, object_name
+
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 0x5EE])
+        scene = sample_scene(rng)
+        cam = make_camera(("ego", "third")[i % 2], size[0], size[1], rng)
+        view = prepare_image(Renderer(cam).render(scene).rgb, cam.K, align, (tile, tile))
+        objs = [
+            (object_name(o.to_dict()), object_box_in_view(o.to_dict(), cam, align)) for o in scene.objects
+        ]
+        out.append((view, [(nm, bx) for nm, bx in objs if bx is not None]))
+    return out
+
+
+def _colour_map(scenes, grid: int, colours: list[str]) -> torch.Tensor:
+    """(scenes, grid * grid, colours): 1 where a visual token's cell overlaps a box of that colour."""
+    y = torch.zeros(len(scenes), grid * grid, len(colours))
+    edges = np.arange(grid + 1) * 1000 / grid
+    for i, (_, objs) in enumerate(scenes):
+        for name, b in objs:
+            c = colours.index(name.split()[0])
+            rows = [r for r in range(grid) if b[1] < edges[r + 1] and b[3] > edges[r]]
+            cols = [q for q in range(grid) if b[0] < edges[q + 1] and b[2] > edges[q]]
+            for r in rows:
+                y[i, [r * grid + q for q in cols], c] = 1
+    return y
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenes", type=int, default=8000)
+    p.add_argument("--val-scenes", type=int, default=1000)
+    p.add_argument("--render-size", default="112x84", help="WxH")
+    p.add_argument("--align", type=int, default=0, help="1: warp to the canonical camera")
+    p.add_argument("--tile", type=int, default=112)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--one-object", type=int, default=0)
+    p.add_argument("--one-object-steps", type=int, default=0)
+    p.add_argument("--position-init", choices=("sincos", "zero"), default="sincos")
+    p.add_argument("--warm-steps", type=int, default=0)
+    p.add_argument("--warm-head", choices=("linear", "embeddings"), default="linear")
+    p.add_argument("--overrides", default="{}", help="preset overrides, JSON")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    from handvla.synth.handworld.scene import PALETTE
+    from handvla.vla.generation import answer_questions
+    from handvla.vla.grounding import grounding_answer, grounding_prompt, parse_grounding_answer, score_boxes
+    from handvla.vla.loading import load_initial_vla
+    from handvla.vla.pretrain import ModelConfig, vla_loss
+
+    t0 = time.time()
+    size = tuple(int(v) for v in a.render_size.lower().split("x"))
+    train = render_scenes(a.scenes, 0, size, bool(a.align), a.tile)
+    val = render_scenes(a.val_scenes, 1, size, bool(a.align), a.tile)
+    if a.one_object:
+        train = [s for s in train if len(s[1]) == 1]
+        val = [s for s in val if len(s[1]) == 1]
+    render_s = time.time() - t0
+    qa = [
+        (i, grounding_prompt(nm), grounding_answer(nm, bx))
+        for i, (_, objs) in enumerate(train)
+        for nm, bx in objs
+    ]
+    one = np.array([j for j, (i, _, _) in enumerate(qa) if len(train[i][1]) == 1], np.int64)
+    overrides = json.loads(a.overrides)
+    overrides["vision_config"] = {"image_size": a.tile, **overrides.get("vision_config", {})}
+    overrides["vision_position_init"] = a.position_init
+    bundle = load_initial_vla(ModelConfig(preset="tiny", preset_overrides=overrides),
+                              [t for _, q, x in qa[:4000] for t in (q, x)], Path(tempfile.mkdtemp()), True,
+                              lambda: None, preset_overrides=overrides)  # fmt: skip
+    model, proc = bundle.model, bundle.processor
+    px = torch.cat([proc.tile_image(view) for view, _ in train])
+    blank = np.zeros((8, 8, 3), np.uint8)  # the text's placeholder; each batch gets its scenes' own tiles
+    enc = [proc.encode(q, x, images=[blank]) for _, q, x in qa]
+    questions = [(view, nm, bx, [b for n2, b in objs if n2 != nm]) for view, objs in val for nm, bx in objs]
+    const = np.mean([q[2] for q in questions], axis=0)
+
+    truth, others = [q[2] for q in questions], [q[3] for q in questions]
+
+    def score(answers) -> dict:
+        r = score_boxes(answers, truth, others)
+        return {k: r[k] for k in ("centre_in_box", "right_object", "centre_error")}
+
+    def evaluate() -> dict:
+        model.eval()
+        answers = []
+        with torch.no_grad():
+            for i in range(0, len(questions), 64):
+                part = questions[i : i + 64]
+                texts = answer_questions(
+                    model, proc, [q[0] for q in part], [grounding_prompt(q[1]) for q in part]
+                )
+                answers += [parse_grounding_answer(t) for t in texts]
+        model.train()
+        return {"model": score(answers), "constant_box": score([tuple(const)] * len(questions))}
+
+    res: dict = {"args": vars(a), "train_scenes": len(train), "heldout_scenes": len(val), "questions": len(qa),
+                 "one_object_questions": int(len(one)), "heldout_questions": len(questions),
+                 "right_object_chance": float(np.mean([1 / (1 + len(q[3])) for q in questions if q[3]]))
+                 if any(q[3] for q in questions) else None, "render_seconds": round(render_s, 1)}  # fmt: skip
+    if a.warm_steps:
+        res["warm_up"] = _warm_up(model, proc, train, val, a, list(PALETTE))
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    model.train()
+    res["curve"] = []
+    loss = torch.zeros(())
+    for step in range(a.steps):
+        for g in opt.param_groups:
+            g["lr"] = a.lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / a.steps))
+        pool = one if step < a.one_object_steps and len(one) >= a.batch_size else np.arange(len(enc))
+        idx = rng.choice(pool, a.batch_size, replace=False)
+        batch = proc.collate([enc[i] for i in idx])
+        batch["pixel_values"] = px[[qa[i][0] for i in idx]]
+        loss, _ = vla_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
+            row = {"step": step + 1, "loss": round(float(loss.detach()), 4),
+                   "minutes": round((time.time() - t0) / 60, 1), **evaluate()}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            res["curve"].append(row)
+    res["steps_done"], res["final_loss"] = a.steps, float(loss.detach())
+    res["minutes"] = round((time.time() - t0) / 60, 1)
+    print(json.dumps(res))
+    return res
+
+
+def _warm_up(model, proc, train, val, a, colours: list[str]) -> dict:
+    """Tower + projector + a linear head: which colours' boxes each visual token overlaps."""
+
+    def tokens(pixels):
+        f = model.model.get_image_features(pixel_values=pixels)
+        return f if torch.is_tensor(f) else f.pooler_output
+
+    px_tr = torch.cat([proc.tile_image(view) for view, _ in train])
+    px_va = torch.cat([proc.tile_image(view) for view, _ in val])
+    grid = int(round(math.sqrt(tokens(px_tr[:1]).shape[1])))
+    y_tr, y_va = _colour_map(train, grid, colours), _colour_map(val, grid, colours)
+    if a.warm_head == "embeddings":  # the colour words' own embedding rows score the visual tokens
+        ids = [proc.tokenizer(f" {c}", add_special_tokens=False)["input_ids"][0] for c in colours]
+        table = model.get_input_embeddings().weight
+        bias = torch.nn.Parameter(torch.zeros(len(colours)))
+
+        def head(x):
+            return x @ table[ids].T + bias
+
+        extra = [table, bias]
+    else:
+        head = torch.nn.Linear(int(model.config.text_config.hidden_size), len(colours))
+        extra = list(head.parameters())
+    parts = (model.model.vision_tower, model.model.multi_modal_projector)
+    params = [q for m in parts for q in m.parameters()] + extra
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    pos = torch.tensor(float((1 - y_tr.mean()) / y_tr.mean().clamp_min(1e-6)))
+    rng = np.random.default_rng(1)
+    loss = torch.zeros(())
+    for step in range(a.warm_steps):
+        for g in opt.param_groups:
+            g["lr"] = a.lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / a.warm_steps))
+        idx = torch.from_numpy(rng.choice(len(train), min(a.batch_size, len(train)), replace=False))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            head(tokens(px_tr[idx])), y_tr[idx], pos_weight=pos
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    with torch.no_grad():
+        pred, truth = head(tokens(px_va)) > 0, y_va > 0.5
+    tp = float((pred & truth).sum())
+    return {"steps_done": a.warm_steps, "final_loss": float(loss.detach()),
+            "token_f1": 2 * tp / max(1.0, float(pred.sum() + truth.sum())),
+            "all_positive_f1": 2 * float(truth.sum()) / max(1.0, float(truth.numel() + truth.sum()))}  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Object-grounding questions: an auxiliary pretraining task for episodes whose scene is known.
+
+"In <image>, where is the red cube?" -> "<ref>the red cube</ref><box>[[x1, y1, x2, y2]]</box>", the box of the
+object in the image the model sees (after the canonical warp when alignment is on), corners in InternVL's
+grounding convention: whole numbers 0..1000 across the image's width and height.
+
+Why: a pretrained InternVL3 already grounds referring expressions; a randomly initialised backbone does not,
+and measured on HandWorld it does not learn to from motion answers at CPU budgets (README, "Does the VLA
+learn?"). These short text answers teach the colour/shape words -> image location binding that instructed
+motion needs, at a small fraction of a motion sample's cost. Off by default (``data.grounding: 0``): the
+reference's three task types only.
+
+Truth: HandWorld episodes carry their scene (``ground_truth.scene``: objects with pose and extents) and a
+world -> camera extrinsic; the box is the projection of the object's eight bounding-box corners at the
+episode's first frame.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from handvla.camera import CANONICAL_IMAGE_SIZE, Camera, canonical_homography
+from handvla.data.schema import camera_from_row
+from handvla.errors import InputError
+from handvla.synth.handworld.scene import SHAPE_NOUNS
+from handvla.vla.processing import IMAGE_PLACEHOLDER
+
+#: the extent of InternVL's normalised box coordinates
+BOX_SCALE = 1000
+#: objects whose visible box covers less than this share of their projected box are not asked about
+MIN_VISIBLE_SHARE = 0.5
+
+
+def grounding_prompt(name: str) -> str:
+    """The question about object ``name`` ("red cube")."""
+    return f"In {IMAGE_PLACEHOLDER}, where is the {name}?"
+
+
+def grounding_answer(name: str, box: tuple[int, int, int, int]) -> str:
+    """InternVL's referring-expression answer: "<ref>the red cube</ref><box>[[x1, y1, x2, y2]]</box>"."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return f"<ref>the {name}</ref><box>[[{x1}, {y1}, {x2}, {y2}]]</box>"
+
+
+_BOX_RE = re.compile(r"\[\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]\]")
+
+
+def parse_grounding_answer(text: str) -> tuple[int, int, int, int] | None:
+    """The first box "[[x1, y1, x2, y2]]" of a generated answer (the ``<ref>``/``<box>`` tags may have been
+    stripped as special tokens), or None when there is none."""
+    m = _BOX_RE.search(text)
+    return None if m is None else tuple(int(v) for v in m.groups())  # type: ignore[return-value]
+
+
+def _box_corners(obj: dict[str, Any]) -> np.ndarray:
+    """(8, 3) world-frame corners of an object's bounding box (``pose`` object -> world, ``size_m`` extents)."""
+    half = np.asarray(obj["size_m"], np.float64).reshape(3) / 2
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], np.float64)
+    pose = np.asarray(obj["pose"], np.float64).reshape(4, 4)
+    return (signs * half) @ pose[:3, :3].T + pose[:3, 3]
+
+
+def object_box_in_view(obj: dict[str, Any], camera: Camera, align: bool) -> tuple[int, int, int, int] | None:
+    """The object's box in the model's view, 0..1000 (x across the width, y down the height), or None when
+    less than ``MIN_VISIBLE_SHARE`` of its projected box is inside the view (or any corner is behind the
+    camera). ``align``: the view is the canonical camera's image (``handvla.camera.warp_to_canonical``);
+    else the camera's own image, resized."""
+    uv = camera.project_world(_box_corners(obj))
+    if not np.isfinite(uv).all():
+        return None
+    if align:
+        H = canonical_homography(camera.K)
+        uv = uv @ H[:2, :2].T + H[:2, 2]
+        size = np.asarray(CANONICAL_IMAGE_SIZE, np.float64)
+    else:
+        size = np.array([camera.width, camera.height], np.float64)
+    lo, hi = uv.min(0) / size, uv.max(0) / size
+    area = float(np.prod(hi - lo))
+    clo, chi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
+    if area <= 0 or float(np.prod(np.maximum(chi - clo, 0))) < MIN_VISIBLE_SHARE * area:
+        return None
+    x1, y1 = np.rint(clo * BOX_SCALE).astype(int)
+    x2, y2 = np.rint(chi * BOX_SCALE).astype(int)
+    return int(x1), int(y1), int(x2), int(y2)
+
+
+def scene_objects(ground_truth: str | dict | None, where: str) -> list[dict[str, Any]]:
+    """The scene objects of an episode's ground truth (JSON text or dict); [] when it has no scene."""
+    if ground_truth is None:
+        return []
+    gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    scene = gt.get("scene") if isinstance(gt, dict) else None
+    if not scene:
+        return []
+    objs = scene.get("objects")
+    if not isinstance(objs, list):
+        raise InputError(where, "ground_truth.scene.objects", "a list of objects", type(objs).__name__)
+    return objs
+
+
+def object_name(obj: dict[str, Any]) -> str:
+    """'red cube', as instructions name it."""
+    return f"{obj['colour']} {SHAPE_NOUNS[obj['shape']]}"
+
+
+def grounding_questions(
+    ground_truth: str | dict | None, camera: Camera | None, align: bool, where: str
+) -> list[tuple[str, str]]:
+    """(prompt, answer) for every object of the episode's scene in the model's view."""
+    if camera is None or camera.extrinsics is None:
+        return []
+    out = []
+    for obj in scene_objects(ground_truth, where):
+        box = object_box_in_view(obj, camera, align)
+        if box is not None:
+            name = object_name(obj)
+            out.append((grounding_prompt(name), grounding_answer(name, box)))
+    return out
+
+
+def _centre(box) -> np.ndarray:
+    b = np.asarray(box, np.float64)
+    return (b[:2] + b[2:]) / 2
+
+
+def score_boxes(
+    answered: Sequence[tuple[int, int, int, int] | None],
+    truth: Sequence[tuple[int, int, int, int]],
+    others: Sequence[Sequence[tuple[int, int, int, int]]],
+) -> dict[str, Any]:
+    """Score answered boxes (None: no box in the answer) against the true ones: ``centre_in_box`` (the
+    answered centre inside the true box), ``right_object`` (over questions whose scene has ``others``: the
+    answered centre nearer the named object's centre than any other object's) with Wilson 95 % intervals,
+    and the mean ``centre_error`` (0..1000 units, answered boxes only)."""
+    from handvla.stats import rate_summary
+
+    inside, right, err = [], [], []
+    for pred, box, rest in zip(answered, truth, others, strict=True):
+        c = None if pred is None else _centre(pred)
+        inside.append(c is not None and bool(box[0] <= c[0] <= box[2] and box[1] <= c[1] <= box[3]))
+        if c is not None:
+            err.append(float(np.linalg.norm(c - _centre(box))))
+        if rest:
+            d = None if c is None else np.linalg.norm(c - _centre(box))
+            right.append(d is not None and all(d < np.linalg.norm(c - _centre(b)) for b in rest))
+    return {
+        **rate_summary(inside, "centre_in_box"),
+        **rate_summary(right, "right_object"),
+        "centre_error": float(np.mean(err)) if err else None,
+    }
+
+
+def evaluate_grounding(
+    bundle, store, max_episodes: int | None = None, batch_size: int = 16, align: bool | None = None
+) -> dict[str, Any]:
+    """Ask every in-view object of the first ``max_episodes`` episodes of ``store`` (HandWorld) where it is.
+
+    Per question: ``well_formed`` (the answer has a box), ``centre_in_box`` (the answered box's centre lies
+    in the true box), ``right_object`` (for scenes of two or more objects in view: the answered centre is
+    nearer the named object's true centre than any other object's; chance 1 / objects), the centre error
+    (0..1000 units). Beside them the input-free baseline: one constant box (the mean true box of these
+    questions) scored the same way. Wilson 95 % intervals on every rate."""
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.data import prepare_image
+    from handvla.vla.evaluate import model_alignment, model_image_size
+    from handvla.vla.generation import answer_questions
+
+    model, processor = bundle.model, bundle.processor
+    st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
+    align = model_alignment(model.config) if align is None else bool(align)
+    size = model_image_size(model.config, processor)
+    n_ep = len(st) if max_episodes is None else min(len(st), int(max_episodes))
+    qs: list[dict[str, Any]] = []
+    for k in range(n_ep):
+        row = st.meta(k)
+        cam = camera_from_row(row)
+        where = f"{st.root} episode {k}"
+        objs = [(o, object_box_in_view(o, cam, align)) for o in scene_objects(row["ground_truth"], where)]
+        objs = [(o, b) for o, b in objs if b is not None]
+        if not objs:
+            continue
+        ep = st.load_episode(k, 0.0, 1.0 / st.fps, with_video=True)
+        image = prepare_image(ep.video[0], ep.camera.K, align, size)
+        for o, b in objs:
+            qs.append({"episode": k, "image": image, "prompt": grounding_prompt(object_name(o)), "box": b,
+                       "others": [ob for oo, ob in objs if oo is not o]})  # fmt: skip
+    if not qs:
+        raise InputError(str(st.root), "ground_truth.scene", "episodes with objects in view", "none")
+    model.eval()
+    for i in range(0, len(qs), batch_size):
+        part = qs[i : i + batch_size]
+        texts = answer_questions(model, processor, [q["image"] for q in part], [q["prompt"] for q in part])
+        for q, t in zip(part, texts):
+            q["answer"], q["pred"] = t, parse_grounding_answer(t)
+    const = tuple(np.mean([q["box"] for q in qs], axis=0))
+    truth, others = [q["box"] for q in qs], [q["others"] for q in qs]
+    multi = [q for q in qs if q["others"]]
+    return {
+        "episodes": n_ep,
+        "questions": len(qs),
+        "align": align,
+        "well_formed": sum(q["pred"] is not None for q in qs) / len(qs),
+        "model": score_boxes([q["pred"] for q in qs], truth, others),
+        "constant_box": score_boxes([const] * len(qs), truth, others),
+        "right_object_chance": float(np.mean([1.0 / (1 + len(q["others"])) for q in multi]))
+        if multi
+        else None,
+        "examples": [{"prompt": q["prompt"], "answer": q["answer"], "box": list(q["box"])} for q in qs[:5]],
+    }
+
+
+__all__ = [
+    "BOX_SCALE",
+    "evaluate_grounding",
+    "grounding_answer",
+    "grounding_prompt",
+    "grounding_questions",
+    "object_box_in_view",
+    "parse_grounding_answer",
+    "score_boxes",
+]
