@@ -83,6 +83,27 @@ def test_out_of_view_objects_are_not_asked():
     assert object_box_in_view(behind, cam, False) is None
 
 
+def test_bad_scene_records_are_named():
+    from handvla.errors import InputError
+    from handvla.vla.grounding import scene_objects
+
+    assert scene_objects(None, "ep") == [] and scene_objects('{"acting_hands": ["left"]}', "ep") == []
+    with pytest.raises(InputError, match="ep.*ground_truth"):
+        scene_objects("{not json", "ep")
+    with pytest.raises(InputError, match=r"objects\[1\].*pose"):
+        scene_objects(
+            {
+                "scene": {
+                    "objects": [
+                        {"shape": "box", "colour": "red", "size_m": [1, 1, 1], "pose": []},
+                        {"shape": "box", "colour": "red", "size_m": [1, 1, 1]},
+                    ]
+                }
+            },
+            "ep",
+        )
+
+
 def test_answer_round_trip():
     a = grounding_answer("red cube", (12, 340, 56, 1000))
     assert a == "<ref>the red cube</ref><box>[[12, 340, 56, 1000]]</box>"

@@ -6,9 +6,11 @@ grounding convention: whole numbers 0..1000 across the image's width and height.
 
 Why: a pretrained InternVL3 already grounds referring expressions; a randomly initialised backbone does not,
 and measured on HandWorld it does not learn to from motion answers at CPU budgets (README, "Does the VLA
-learn?"). These short text answers teach the colour/shape words -> image location binding that instructed
-motion needs, at a small fraction of a motion sample's cost. Off by default (``data.grounding: 0``): the
-reference's three task types only.
+learn?"). These short text answers ask for the colour/shape words -> image location binding that
+instructed motion needs, at a small fraction of a motion sample's cost, and measure it directly
+(`evaluate_grounding`). Measured so far: the tiny preset learns to point at an object but not at the named
+one at CPU budgets, mixed into pretraining or alone (README, (5)). Off by default (``data.grounding: 0``):
+the reference's three task types only.
 
 Truth: HandWorld episodes carry their scene (``ground_truth.scene``: objects with pose and extents) and a
 world -> camera extrinsic; the box is the projection of the object's eight bounding-box corners at the
@@ -93,13 +95,22 @@ def scene_objects(ground_truth: str | dict | None, where: str) -> list[dict[str,
     """The scene objects of an episode's ground truth (JSON text or dict); [] when it has no scene."""
     if ground_truth is None:
         return []
-    gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    try:
+        gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    except json.JSONDecodeError as e:
+        raise InputError(where, "ground_truth", "JSON text", f"unreadable ({e})") from None
     scene = gt.get("scene") if isinstance(gt, dict) else None
     if not scene:
         return []
     objs = scene.get("objects")
     if not isinstance(objs, list):
         raise InputError(where, "ground_truth.scene.objects", "a list of objects", type(objs).__name__)
+    for i, o in enumerate(objs):
+        missing = [k for k in ("shape", "colour", "size_m", "pose") if not isinstance(o, dict) or k not in o]
+        if missing:
+            raise InputError(
+                where, f"ground_truth.scene.objects[{i}]", "shape, colour, size_m and pose", f"no {missing}"
+            )
     return objs
 
 
