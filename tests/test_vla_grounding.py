@@ -95,8 +95,8 @@ def test_bad_scene_records_are_named():
             {
                 "scene": {
                     "objects": [
-                        {"shape": "box", "colour": "red", "size_m": [1, 1, 1], "pose": []},
-                        {"shape": "box", "colour": "red", "size_m": [1, 1, 1]},
+                        {"object_id": 0, "shape": "box", "colour": "red", "size_m": [1, 1, 1], "pose": []},
+                        {"object_id": 1, "shape": "box", "colour": "red", "size_m": [1, 1, 1]},
                     ]
                 }
             },

@@ -336,19 +336,25 @@ def collect_samples(
         specs = pool
     report["samples"] = len(specs)
     report["task_types"] = {t: sum(1 for s in specs if s.task_type == t) for t in ALL_TASK_TYPES}
-    return _with_grounding(specs, [str(Path(p)) for p in cfg.stores], report, cfg, split)
+    return _with_grounding(specs, [str(Path(p)) for p in cfg.stores], report, cfg, split, stores)
 
 
 def _with_grounding(
-    specs: list[SampleSpec], store_dirs: list[str], report: dict[str, Any], cfg: VLADataConfig, split: str
+    specs: list[SampleSpec],
+    store_dirs: list[str],
+    report: dict[str, Any],
+    cfg: VLADataConfig,
+    split: str,
+    stores: list | None = None,
 ) -> tuple[list[SampleSpec], list[str], dict[str, Any]]:
     """``specs`` plus ``round(cfg.grounding * len(specs))`` object-grounding questions drawn (seeded; each
-    (image, object) once before any repeats) from the split's episodes with a known scene and video."""
+    (image, object) once before any repeats) from the split's episodes with a known scene and video.
+    ``stores``: ``store_dirs`` already opened (else they are opened here)."""
     n = int(round(cfg.grounding * len(specs)))
     if n <= 0:
         return specs, store_dirs, report
     pool: list[SampleSpec] = []
-    for di, store in enumerate(_open_stores(store_dirs)):
+    for di, store in enumerate(stores if stores is not None else _open_stores(store_dirs)):
         if store.camera is None:
             continue
         for k in range(len(store)):

@@ -445,6 +445,20 @@ def predict_motion(
     return generate_motion(model, processor, images, tasks, seconds, hand_mode, history=hist, **kwargs)
 
 
+def _decode_answers(
+    processor: HandVLAProcessor, seqs: torch.Tensor, prompt_length: int
+) -> tuple[list[str], list[list[int]]]:
+    """The generated text answers of ``seqs`` (after ``prompt_length``), each up to ``<|im_end|>``, and
+    their token ids (without it)."""
+    texts, rows = [], []
+    for row in seqs[:, prompt_length:].cpu().tolist():
+        if processor.vocab.eos_id in row:
+            row = row[: row.index(processor.vocab.eos_id)]
+        rows.append(row)
+        texts.append(processor.decode(row, skip_special_tokens=True))
+    return texts, rows
+
+
 def answer_questions(
     model,
     processor: HandVLAProcessor,
@@ -458,18 +472,17 @@ def answer_questions(
     ``<image>`` per prompt, no motion; the answer may not contain motion or image tokens. Returns the decoded
     answers (up to ``<|im_end|>``)."""
     if len(images) != len(prompts) or not prompts:
-        raise InputError("answer_questions", "images", f"one image per prompt ({len(prompts)})", str(len(images)))
+        raise InputError(
+            "answer_questions", "images", f"one image per prompt ({len(prompts)})", str(len(images))
+        )
     if max_new_tokens <= 0:
         raise InputError("answer_questions", "max_new_tokens", "a positive integer", str(max_new_tokens))
     samples = [processor.encode(q, images=[im], system=system) for im, q in zip(images, prompts)]
     head = text_only_processor(processor.vocab)
-    seqs, plen = _generate(model, processor, samples, lambda _: head, max_new_tokens, False, 1.0, None, 1.0, None)
-    out = []
-    for row in seqs[:, plen:].cpu().tolist():
-        if processor.vocab.eos_id in row:
-            row = row[: row.index(processor.vocab.eos_id)]
-        out.append(processor.decode(row, skip_special_tokens=True))
-    return out
+    seqs, plen = _generate(
+        model, processor, samples, lambda _: head, max_new_tokens, False, 1.0, None, 1.0, None
+    )
+    return _decode_answers(processor, seqs, plen)[0]
 
 
 def translate_motion(
@@ -523,10 +536,5 @@ def translate_motion(
     seqs, plen = _generate(
         model, processor, samples, lambda _: head, max_new_tokens, do_sample, temperature, top_k, top_p, seed
     )
-    texts, rows = [], []
-    for row in seqs[:, plen:].cpu().tolist():
-        if processor.vocab.eos_id in row:
-            row = row[: row.index(processor.vocab.eos_id)]
-        rows.append(row)
-        texts.append(processor.decode(row, skip_special_tokens=True))
+    texts, rows = _decode_answers(processor, seqs, plen)
     return (texts, rows) if return_token_ids else texts

@@ -29,11 +29,13 @@ import numpy as np
 from handvla.camera import CANONICAL_IMAGE_SIZE, Camera, canonical_homography
 from handvla.data.schema import camera_from_row
 from handvla.errors import InputError
-from handvla.synth.handworld.scene import SHAPE_NOUNS
+from handvla.synth.handworld.scene import SceneObject
 from handvla.vla.processing import IMAGE_PLACEHOLDER
 
 #: the extent of InternVL's normalised box coordinates
 BOX_SCALE = 1000
+#: the fields of a scene object record (``SceneObject.to_dict``) that the questions use
+OBJECT_FIELDS = ("object_id", "shape", "colour", "size_m", "pose")
 #: objects whose visible box covers less than this share of their projected box are not asked about
 MIN_VISIBLE_SHARE = 0.5
 
@@ -106,17 +108,17 @@ def scene_objects(ground_truth: str | dict | None, where: str) -> list[dict[str,
     if not isinstance(objs, list):
         raise InputError(where, "ground_truth.scene.objects", "a list of objects", type(objs).__name__)
     for i, o in enumerate(objs):
-        missing = [k for k in ("shape", "colour", "size_m", "pose") if not isinstance(o, dict) or k not in o]
+        missing = [k for k in OBJECT_FIELDS if not isinstance(o, dict) or k not in o]
         if missing:
             raise InputError(
-                where, f"ground_truth.scene.objects[{i}]", "shape, colour, size_m and pose", f"no {missing}"
+                where, f"ground_truth.scene.objects[{i}]", ", ".join(OBJECT_FIELDS), f"no {missing}"
             )
     return objs
 
 
 def object_name(obj: dict[str, Any]) -> str:
-    """'red cube', as instructions name it."""
-    return f"{obj['colour']} {SHAPE_NOUNS[obj['shape']]}"
+    """'red cube', as instructions name it (`SceneObject.name` of the record)."""
+    return SceneObject.from_dict(obj).name
 
 
 def grounding_questions(

@@ -407,8 +407,9 @@ def build_vla(
 ) -> VLABundle:
     """A randomly initialised VLA (the vision tower's position embeddings a 2-D sin-cos table,
     `init_vision_positions`, unless ``config.vision_position_init`` is "zero"). ``preset``: a preset name
-    or a `HandVLAConfig`; ``overrides`` go to `HandVLAConfig.from_preset`. Without ``tokenizer`` one is trained on ``corpus`` (`build_text_tokenizer`).
-    With ``motion_tokenizer`` the motion layout is taken from it (and checked against ``layout``)."""
+    or a `HandVLAConfig`; ``overrides`` go to `HandVLAConfig.from_preset`. Without ``tokenizer`` one is
+    trained on ``corpus`` (`build_text_tokenizer`). With ``motion_tokenizer`` the motion layout is taken
+    from it (and checked against ``layout``)."""
     if motion_tokenizer is not None:
         mt_layout = motion_tokenizer.layout
         if layout is not None and not layout.same_ids(mt_layout):
