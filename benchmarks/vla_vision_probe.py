@@ -28,18 +28,12 @@ import torch
 
 
 def render_scenes(n: int, seed: int, size: tuple[int, int], colour: str) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-    """``n`` scenes (rgb uint8, intrinsics K, whether an object of ``colour`` covers a pixel), rigs ego and
-    third in turn, scene ``i`` from seed ``[seed, i]``."""
-    from handvla.synth.handworld.cameras import make_camera
-    from handvla.synth.handworld.raster import LABEL_OBJECT0, Renderer
-    from handvla.synth.handworld.scene import sample_scene
+    """``n`` scenes (``render_table_scenes``) as (rgb uint8, intrinsics K, whether an object of ``colour``
+    covers a pixel)."""
+    from handvla.synth.handworld.raster import LABEL_OBJECT0, render_table_scenes
 
     out = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i, 0x5EE])
-        scene = sample_scene(rng)
-        cam = make_camera(("ego", "third")[i % 2], size[0], size[1], rng)
-        res = Renderer(cam).render(scene)
+    for scene, cam, res in render_table_scenes(n, seed, size):
         seen = any(o.colour == colour and (res.labels == LABEL_OBJECT0 + o.object_id).any() for o in scene.objects)
         out.append((res.rgb, cam.K, bool(seen)))
     return out

@@ -239,6 +239,20 @@ def test_renderer_draws_objects_where_the_camera_projects_them():
             assert np.isfinite(res.depth_m[mask]).all()
 
 
+def test_table_scenes_are_seeded_per_index_and_alternate_rigs():
+    a = list(RS.render_table_scenes(4, 7, (64, 48)))
+    b = list(RS.render_table_scenes(2, 7, (64, 48)))  # scene i does not depend on how many are drawn
+    for (sa, ca, ra), (sb, cb, rb) in zip(a, b):
+        assert [o.to_dict() for o in sa.objects] == [o.to_dict() for o in sb.objects]
+        np.testing.assert_array_equal(ca.K, cb.K)
+        np.testing.assert_array_equal(ra.rgb, rb.rgb)
+    assert ra.rgb.shape == (48, 64, 3)
+    assert not np.allclose(a[0][1].extrinsics, a[1][1].extrinsics)  # ego, then third person
+    assert all(np.isin(r.labels, [RS.LABEL_OBJECT0 + o.object_id for o in s.objects]).any() for s, _, r in a)
+    other = next(RS.render_table_scenes(1, 8, (64, 48)))
+    assert [o.to_dict() for o in other[0].objects] != [o.to_dict() for o in a[0][0].objects]
+
+
 def test_pixel_centres_are_at_half_integers():
     # A sphere on the optical axis of a camera with (cx, cy) = (W/2, H/2) is drawn symmetrically only if
     # pixel (j, i) samples the point (j + 0.5, i + 0.5), the convention of handvla.camera.

@@ -18,6 +18,7 @@ The renderer also returns its own 2D joint positions (the projected joint centre
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,8 @@ import numpy as np
 from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.hand.topology import OPENPOSE_PARENTS, check_side
-from handvla.synth.handworld.scene import TABLE_COLOURS, Scene, SceneObject
+from handvla.synth.handworld.cameras import make_camera
+from handvla.synth.handworld.scene import TABLE_COLOURS, Scene, SceneObject, sample_scene
 
 LABEL_BACKGROUND = 0
 LABEL_TABLE = 1
@@ -594,3 +596,16 @@ def render_frame(
 ) -> RenderResult:
     """One-off convenience wrapper around ``Renderer``."""
     return Renderer(camera, shadows=shadows).render(scene, object_poses, hands_world)
+
+
+def render_table_scenes(
+    n: int, seed: int, size: tuple[int, int], rigs: tuple[str, ...] = ("ego", "third")
+) -> Iterator[tuple[Scene, Camera, RenderResult]]:
+    """``n`` hand-free table scenes, rendered at ``size`` (width, height) pixels: scene ``i`` and its camera
+    (the rigs in turn) drawn from the seed ``[seed, i]``, so a scene does not depend on ``n``. Yields (scene,
+    camera, render)."""
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 0x5EE])
+        scene = sample_scene(rng)
+        cam = make_camera(rigs[i % len(rigs)], size[0], size[1], rng)
+        yield scene, cam, Renderer(cam).render(scene)
