@@ -36,22 +36,15 @@ import torch
 
 
 def render_scenes(n: int, seed: int, size: tuple[int, int], align: bool, tile: int) -> list[tuple]:
-    """``n`` scenes (ego and third rigs in turn) as (the model's view, [(object name, box 0..1000)])."""
-    from handvla.synth.handworld.cameras import make_camera
-    from handvla.synth.handworld.raster import Renderer
-    from handvla.synth.handworld.scene import sample_scene
+    """``n`` scenes (``render_table_scenes``) as (the model's view, [(object name, box 0..1000)])."""
+    from handvla.synth.handworld.raster import render_table_scenes
     from handvla.vla.data import prepare_image
     from handvla.vla.grounding import object_box_in_view, object_name
 
     out = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i, 0x5EE])
-        scene = sample_scene(rng)
-        cam = make_camera(("ego", "third")[i % 2], size[0], size[1], rng)
-        view = prepare_image(Renderer(cam).render(scene).rgb, cam.K, align, (tile, tile))
-        objs = [
-            (object_name(o.to_dict()), object_box_in_view(o.to_dict(), cam, align)) for o in scene.objects
-        ]
+    for scene, cam, res in render_table_scenes(n, seed, size):
+        view = prepare_image(res.rgb, cam.K, align, (tile, tile))
+        objs = [(object_name(o.to_dict()), object_box_in_view(o.to_dict(), cam, align)) for o in scene.objects]
         out.append((view, [(nm, bx) for nm, bx in objs if bx is not None]))
     return out
 
@@ -86,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warm-steps", type=int, default=0)
     p.add_argument("--warm-head", choices=("linear", "embeddings"), default="linear")
     p.add_argument("--overrides", default="{}", help="preset overrides, JSON")
+    p.add_argument("--question-first", type=int, default=0,
+                   help="1: 'Where is the red cube? <image>' (the image's tokens can attend to the name)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     a = p.parse_args(argv)
@@ -93,7 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     from handvla.synth.handworld.scene import PALETTE
     from handvla.vla.generation import answer_questions
-    from handvla.vla.grounding import grounding_answer, grounding_prompt, parse_grounding_answer, score_boxes
+    from handvla.vla.grounding import grounding_answer, parse_grounding_answer, score_boxes
+    from handvla.vla.grounding import grounding_prompt as image_first
+    from handvla.vla.processing import IMAGE_PLACEHOLDER
+
+    def grounding_prompt(name: str) -> str:
+        return f"Where is the {name}? {IMAGE_PLACEHOLDER}" if a.question_first else image_first(name)
     from handvla.vla.loading import load_initial_vla
     from handvla.vla.pretrain import ModelConfig, vla_loss
 
