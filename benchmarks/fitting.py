@@ -8,6 +8,12 @@ per source (the joint scheme: ``leap21``, ``mediapipe21``) and overall, for each
 source's files), frames per second (wall clock and this process's CPU time) and the worst frames; then
 the speed ratio fast / lbfgs. Per-file rows go to stderr as they finish.
 
+Beside them, ``skeleton_floor_mm``: the error of the best hand of CONSTANT bone lengths and palm shape that
+any per-frame pose can reach (a free rigid palm of the six palm points, then free bone directions of free
+but constant lengths, fitted by Adam; no limits, no smoothing, no shape space). Every hand model with a
+rigid palm and fixed bones, the fitted one included, is bound by it: the part of a source's error that is
+its own bone-length and palm jitter (``--floor-iters 0`` skips it).
+
 Speed is measured after one warm-up fit per method (the first call pays one-off costs). ``cpu_frames_per_s``
 counts this process's CPU time, which is what the fit costs whatever else runs on the machine;
 ``frames_per_s`` is wall clock and drops when other jobs share the cores. Both methods run on the same
@@ -28,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from handvla.hand.fitting import FitConfig, fit_recording
 from handvla.hand.io import load_joints
@@ -50,12 +57,60 @@ def _aggregate(rows: list[dict], errors: list[np.ndarray]) -> dict:
     }
 
 
+_PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19)  # OpenPose order
+_PALM = (0, 1, 5, 9, 13, 17)
+
+
+def skeleton_floor(x: np.ndarray, iters: int = 1500) -> np.ndarray:
+    """Per-frame mean error (mm) of the best constant-bone-length hand on ``x`` (N, 21, 3) metres (see the
+    module doc): per frame a palm rotation and position and 15 bone directions; per sequence the palm
+    shape and 15 bone lengths."""
+    X = torch.tensor(x, dtype=torch.float64)
+    N = X.shape[0]
+    kids = [i for i in range(21) if i not in _PALM]
+    # start: the first frame's palm as the template, each frame's palm rotation from Kabsch onto it
+    P = X[:, list(_PALM)] - X[:, list(_PALM)].mean(1, keepdim=True)
+    U, _, Vt = torch.linalg.svd(P[:1].transpose(-1, -2) @ P)  # H = A^T B per frame, A = frame 0
+    D = torch.diag_embed(torch.ones(N, 3, dtype=X.dtype))
+    D[:, 2, 2] = torch.sign(torch.linalg.det(Vt.transpose(-1, -2) @ U.transpose(-1, -2)))
+    R0 = Vt.transpose(-1, -2) @ D @ U.transpose(-1, -2)  # frame 0 -> frame t
+    rot = torch.tensor(Rotation.from_matrix(R0.numpy()).as_rotvec(), requires_grad=True)
+    palm = (X[0, list(_PALM)] - X[0, 0]).clone().requires_grad_(True)
+    pos = X[:, 0].clone().requires_grad_(True)
+    bones = torch.stack([X[:, i] - X[:, _PARENTS[i]] for i in kids], 1)
+    log_len = bones.norm(dim=-1).median(0).values.log().clone().requires_grad_(True)
+    dirs = bones.clone().requires_grad_(True)
+    from handvla.hand.rotations import axis_angle_to_matrix
+
+    def points() -> torch.Tensor:
+        P: list = [None] * 21
+        pp = pos[:, None] + palm @ axis_angle_to_matrix(rot).transpose(-1, -2)
+        for k, i in enumerate(_PALM):
+            P[i] = pp[:, k]
+        d = dirs / dirs.norm(dim=-1, keepdim=True)
+        for k, i in enumerate(kids):  # parents come first in OpenPose order
+            P[i] = P[_PARENTS[i]] + log_len[k].exp() * d[:, k]
+        return torch.stack(P, 1)
+
+    opt = torch.optim.Adam([rot, pos, palm, log_len, dirs], lr=1e-3)
+    for _ in range(iters):
+        loss = (points() - X).norm(dim=-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return ((points() - X).norm(dim=-1).mean(-1) * 1000).numpy()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/real_hands"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads per fit (FitConfig.num_threads)")
     ap.add_argument("--methods", default="fast,lbfgs", help="comma-separated FitConfig.method values")
     ap.add_argument("--device", default="cpu", help="torch device of the fast method")
+    ap.add_argument(
+        "--floor-iters", type=int, default=1500, help="Adam steps of the skeleton floor (0: skip)"
+    )
     args = ap.parse_args(argv)
     files = sorted(args.data.glob("*.npz"))
     if not files:
@@ -70,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     errs: dict[str, dict[str, list[np.ndarray]]] = {m: {} for m in methods}
+    floors: dict[str, list[np.ndarray]] = {}
     for f, rec in zip(files, recs):
+        if args.floor_iters:
+            obs = np.isfinite(rec.joints).all(axis=(1, 2))
+            floors.setdefault(rec.joint_scheme, []).append(skeleton_floor(rec.joints[obs], args.floor_iters))
         for m, cfg in configs.items():
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -118,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             rs = [r for r in rows[m] if src == "all" or r["source"] == src]
             es = [e for s, lst in errs[m].items() if src == "all" or s == src for e in lst]
             block[m] = _aggregate(rs, es)
+        if floors:
+            fl = np.concatenate([e for s, lst in floors.items() if src == "all" or s == src for e in lst])
+            block["skeleton_floor_mm"] = round(float(fl.mean()), 3)
         if "fast" in block and "lbfgs" in block:
             block["speed_ratio_fast_over_lbfgs"] = {
                 "wall": round(block["fast"]["frames_per_s"] / block["lbfgs"]["frames_per_s"], 2),

@@ -64,6 +64,17 @@ a fixed combination cannot absorb without biasing the wrist; the Leap thumb's fi
 base, the same point as the model's thumb CMC, so nothing else changes. The wrist is then estimated (no
 Leap clip observes it): it sits where the model's rest geometry puts it relative to the palm points.
 
+Palm landmarks (``FitConfig.landmark_offsets``, on by default): sources do not put the wrist, the thumb's
+CMC and the MCPs where the model has its joint centres (an RGB detector's landmarks follow the skin and its
+own hand model; a tracker's palm is its own template), and the model's palm is one rigid body whose shape
+only the 10 betas move. So each of these six points is modelled as the model's joint plus a per-sequence
+offset in the wrist frame (``FitResult.landmark_offsets``, reported in mm per landmark by ``summary()``),
+with a weak Gaussian prior; the palm centre above is row 0 of the same offsets. Being rigid in the wrist
+frame, they cannot absorb finger articulation; they stop a palm the betas cannot shape from tilting the
+wrist and bending the fingers. On the shared real files: MediaPipe 4.59 -> 3.38 mm, Leap 2.37 -> 1.66 mm
+(``benchmarks/fitting.py``); on synthetic data with known offsets they are only partly identifiable (the
+shape moves the palm joints too) but bring the model's joints closer to the truth (tests).
+
 Gaps: a frame is fitted when all 21 points are finite. Other frames are filled from the nearest fitted
 frames on each side (``HandMotion.filled``: slerp for every rotation, linear for the wrist position, the
 nearest fitted frame before the first / after the last) and get ``valid = False``. Smoothness terms only
@@ -95,7 +106,12 @@ from tqdm import tqdm
 from handvla.config import ConfigModel
 from handvla.errors import ConfigError, InputError
 from handvla.hand import anatomy
-from handvla.hand.ik import GaussNewtonFitter, GNState, rest_points_and_jacobian
+from handvla.hand.ik import (
+    OFFSET_POINTS,
+    GaussNewtonFitter,
+    GNState,
+    rest_points_and_jacobian,
+)
 from handvla.hand.metrics import similarity_transform
 from handvla.hand.model import HandModel
 from handvla.hand.motion import HandMotion
@@ -156,6 +172,15 @@ class FitConfig(ConfigModel):
     # weighted by how far it moves the joints (its lever arm on the rest hand), so ``acc_hz`` is, for every
     # parameter alike, the frequency above which the acceleration penalty outweighs the data: a
     # 4th-order low-pass on the fit. Hand motion has little above 5 Hz; tracker jitter is broadband.
+    # Per-sequence offsets of the six palm landmarks (the wrist, the thumb's CMC, the four MCPs) from the
+    # model's joints, in the wrist frame, with the Gaussian prior sum (o / landmark_offset_mm)^2 over their
+    # 18 coordinates: an offset of that size costs as much as one frame fitted 1 cm off at every point, so
+    # clips of more than a few tens of frames let the data decide (the palm centre of ``root_is_palm`` data
+    # is always fitted, without a prior). Sources place these
+    # landmarks differently from the model's joint centres (an RGB detector's knuckles and wrist lie on the
+    # skin); the palm is one rigid body in the model, so offsets there cannot absorb finger articulation.
+    landmark_offsets: bool = True
+    landmark_offset_mm: float = 10.0
     acc_hz: float = 8.0  # wrist position, wrist rotation and finger rotations
     vel_hz: float = 30.0  # finger rotations only: a light damping of what the joints do not determine
     history_size: int = 20
@@ -173,6 +198,10 @@ class FitConfig(ConfigModel):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ConfigError(f"fitting: {name} must be a non-negative number, got {v!r}")
+        if not (np.isfinite(self.landmark_offset_mm) and self.landmark_offset_mm > 0):
+            raise ConfigError(
+                f"fitting: landmark_offset_mm must be a positive number, got {self.landmark_offset_mm!r}"
+            )
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as e:
@@ -182,16 +211,27 @@ class FitConfig(ConfigModel):
         return self
 
 
+_OPENPOSE_NAMES = {0: "wrist", 1: "thumb_cmc", 5: "index_mcp", 9: "middle_mcp", 13: "ring_mcp", 17: "little_mcp"}
+#: the palm landmarks of ``FitResult.landmark_offsets``' rows (row 0 is the palm centre for palm-centre data)
+LANDMARK_NAMES = tuple(_OPENPOSE_NAMES[i] for i in OFFSET_POINTS)
+
+
 @dataclass
 class FitResult:
     motion: HandMotion  # the fitted parameters, T frames, gaps interpolated and valid=False
     fit_mpjpe_mm: float  # mean joint error over observed frames and points
     per_frame_mpjpe_mm: np.ndarray  # (T,) NaN where not observed
-    joints: np.ndarray  # (T, 21, 3) model joints in metres (point 0 = palm centre when root_is_palm)
+    # (T, 21, 3) the model's points in metres, as compared with the data: its joints, the palm landmarks
+    # moved by ``landmark_offsets`` (point 0 = palm centre when root_is_palm)
+    joints: np.ndarray
     frames_per_s: float
     seconds: float
     root_is_palm: bool = False
     palm_offset: np.ndarray | None = None  # (3,) metres, wrist frame, when root_is_palm
+    #: (6, 3) metres, wrist frame: how far the source's palm landmarks (``LANDMARK_NAMES``) sit from the
+    #: model's joints (``FitConfig.landmark_offsets``; row 0 = ``palm_offset`` for palm-centre data, the
+    #: other rows zero when only that is fitted); None when none were fitted
+    landmark_offsets: np.ndarray | None = None
     #: per finger, how far the fitted angles go past the strict (literature) anatomical limits, in degrees:
     #: per frame the largest excess over the finger's 3 joints x 3 axes, then its mean and max over the
     #: observed frames (see ``beyond_limits_report``). Real trackers report a few degrees of
@@ -216,6 +256,9 @@ class FitResult:
             "frames_per_s": self.frames_per_s,
             "seconds": self.seconds,
             "root_is_palm": self.root_is_palm,
+            "landmark_offsets_mm": None
+            if self.landmark_offsets is None
+            else {n: round(float(np.linalg.norm(o)) * 1000, 1) for n, o in zip(LANDMARK_NAMES, self.landmark_offsets)},
             "beyond_limits_deg": self.beyond_limits_deg,
             "worst_frames": self.worst_frames(),
             "betas": [round(float(b), 4) for b in self.motion.betas],
@@ -616,11 +659,13 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
     R0 = R0.float()
     # The shape is fixed by betas0, so place the wrist at scale 1: the palm centroids coincide.
     t0 = x[:, palm].mean(1) - (R0 @ rest[palm].mean(0)[:, None])[..., 0]  # (N, 3)
-    palm_offset0 = None
+    offsets0 = None
+    if root_is_palm or cfg.landmark_offsets:
+        offsets0 = torch.zeros(6, 3)
     if root_is_palm:
         # Observed palm centre in the Kabsch palm frame, median over frames (robust to bad frames).
         local = (R0.transpose(-1, -2) @ (x[:, 0] - t0)[..., None])[..., 0]
-        palm_offset0 = local.median(0).values
+        offsets0[0] = local.median(0).values
     inv_dt, inv_dt2 = _time_weights(t_all[obs_idx], obs_idx, fps)
     w_acc = (2 * np.pi * cfg.acc_hz) ** -4 if cfg.acc_hz > 0 else 0.0
     w_vel = (2 * np.pi * cfg.vel_hz) ** -2 if cfg.vel_hz > 0 else 0.0
@@ -646,17 +691,17 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
     if w_acc > 0 and N > 2:
         pose0 = lowpass(pose0.reshape(N, 45), inv_dt, inv_dt2, w_acc, w_vel).reshape(N, 15, 3)
 
-    start = _FitStart(x, rest, R0, t0, pose0, betas0, palm_offset0, frames, inv_dt, inv_dt2, w_acc, w_vel,
+    start = _FitStart(x, rest, R0, t0, pose0, betas0, offsets0, frames, inv_dt, inv_dt2, w_acc, w_vel,
                       root_is_palm)  # fmt: skip
     refine = _refine_fast if cfg.method == "fast" else _refine_lbfgs
-    R, pose, wrist, betas, palm_offset, extra = refine(model, local_fn, start, cfg, progress)
+    R, pose, wrist, betas, offsets, extra = refine(model, local_fn, start, cfg, progress)
 
     # ---- outputs ----------------------------------------------------------------------------------------------
     with torch.no_grad():
         R, pose, wrist, betas = R.cpu(), pose.cpu(), wrist.cpu(), betas.cpu()
-        palm_offset = palm_offset.cpu() if palm_offset is not None else None
+        offsets = offsets.cpu() if offsets is not None else None
         x = x.cpu()
-        j = _predict(local_fn, R, pose, wrist, betas, palm_offset)
+        j = _predict(local_fn, R, pose, wrist, betas, offsets)
         err = (j - x).norm(dim=-1) * 1000.0  # (N, 21) mm
         beyond = limit_violation(anatomical_angles(pose, frames.cpu(), model.side), *limits_rad(0.0))
         obs = obs_idx.numpy()
@@ -676,10 +721,7 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
         # Joints on all T frames from the filled parameters (gap frames included, e.g. for rendering).
         R_all = axis_angle_to_matrix(torch.from_numpy(motion.global_orient))
         wp_all = torch.from_numpy(motion.wrist_pos)
-        j_all = local_fn(torch.from_numpy(motion.hand_pose), betas) @ R_all.transpose(-1, -2)
-        j_all = j_all + wp_all[:, None]
-        if root_is_palm:
-            j_all = torch.cat([(wp_all + (R_all @ palm_offset[:, None])[..., 0])[:, None], j_all[:, 1:]], 1)
+        j_all = _predict(local_fn, R_all, torch.from_numpy(motion.hand_pose), wp_all, betas, offsets)
     per_frame = np.full(T, np.nan, np.float32)
     per_frame[obs] = err.mean(-1).numpy()
     seconds = time.perf_counter() - t_start
@@ -691,7 +733,8 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
         frames_per_s=T / seconds,
         seconds=seconds,
         root_is_palm=root_is_palm,
-        palm_offset=palm_offset.numpy() if root_is_palm else None,
+        palm_offset=offsets[0].numpy() if root_is_palm else None,
+        landmark_offsets=offsets.numpy() if offsets is not None else None,
         beyond_limits_deg=beyond_limits_report(np.rad2deg(beyond.numpy())),
         stats={
             "method": cfg.method,
@@ -702,12 +745,13 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
     )
 
 
-def _predict(local_fn, R, pose, wrist, betas, palm_offset) -> torch.Tensor:
-    """(N, 21, 3) model points; point 0 is the palm centre when ``palm_offset`` is given."""
+def _predict(local_fn, R, pose, wrist, betas, offsets) -> torch.Tensor:
+    """(N, 21, 3) model points; with ``offsets`` (6, 3) (``GNState.offsets``) the palm landmarks moved by
+    them in the wrist frame (point 0 is then the palm centre of ``root_is_palm`` data)."""
     j = local_fn(pose, betas) @ R.transpose(-1, -2) + wrist[:, None]
-    if palm_offset is not None:
-        palm_pt = wrist + (R @ palm_offset[:, None])[..., 0]
-        j = torch.cat([palm_pt[:, None], j[:, 1:]], 1)
+    if offsets is not None:
+        j = j.clone()
+        j[:, list(OFFSET_POINTS)] += (R[:, None] @ offsets[None, :, :, None])[..., 0]
     return j
 
 
@@ -722,7 +766,7 @@ class _FitStart:
     t0: torch.Tensor
     pose0: torch.Tensor
     betas0: torch.Tensor
-    palm_offset0: torch.Tensor | None
+    offsets0: torch.Tensor | None
     frames: torch.Tensor
     inv_dt: torch.Tensor
     inv_dt2: torch.Tensor
@@ -765,13 +809,15 @@ def _refine_fast(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
         w_betas=cfg.w_betas,
         fit_betas=cfg.fit_betas,
         root_is_palm=start.root_is_palm,
+        landmark_offsets=cfg.landmark_offsets,
+        w_offsets=_offset_prior_weight(cfg),
     )
     state = GNState(
         start.R0.to(dev),
         start.t0.to(dev),
         start.pose0.to(dev),
         start.betas0.to(dev),
-        start.palm_offset0.to(dev) if start.palm_offset0 is not None else None,
+        start.offsets0.to(dev) if start.offsets0 is not None else None,
     )
     if callable(progress) and progress is not True:
         progress(0, cfg.gn_iters)
@@ -782,18 +828,18 @@ def _refine_fast(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
     R, wrist, pose = state.R.cpu(), state.t.cpu(), state.pose.cpu()
     if w_acc > 0 and N > 2:
         # Temporal smoothing: the smoothing spline of every parameter track (the same filter as the
-        # initial low-pass). The shape and palm offset are per sequence already.
+        # initial low-pass). The shape and landmark offsets are per sequence already.
         wrist = lowpass(wrist, inv_dt, inv_dt2, w_acc)
         R = _lowpass_rotations(R, inv_dt, inv_dt2, w_acc)
         pose = lowpass(pose.reshape(N, 45), inv_dt, inv_dt2, w_acc, w_vel).reshape(N, 15, 3)
-    po = state.palm_offset.cpu() if state.palm_offset is not None else None
+    po = state.offsets.cpu() if state.offsets is not None else None
     return R, pose, wrist, state.betas.cpu(), po, {"gn_iters": cfg.gn_iters, **info}
 
 
 def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
     """The joint L-BFGS optimisation of data, limits and smoothness (the slow, original path)."""
     x, rest, frames, N, root_is_palm = start.x, start.rest, start.frames, start.N, start.root_is_palm
-    R0, t0, pose0, betas0, palm_offset0 = start.R0, start.t0, start.pose0, start.betas0, start.palm_offset0
+    R0, t0, pose0, betas0, offsets0 = start.R0, start.t0, start.pose0, start.betas0, start.offsets0
     inv_dt, inv_dt2, w_acc, w_vel = start.inv_dt, start.inv_dt2, start.w_acc, start.w_vel
     # ---- parameters, scaled so that a unit step moves the joints by about a centimetre ----------------------
     # L-BFGS copes badly with curvatures that differ by orders of magnitude: finger rotations are scaled
@@ -807,7 +853,13 @@ def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
     pose_u = (pose0 * lever_pose_sqrt).contiguous().requires_grad_(True)  # rad * sqrt(lever)
     wrist_cm = torch.zeros(N, 3, requires_grad=True)  # offset from the initial wrist, cm
     betas_u = (betas0 * sqrt_n).requires_grad_(True)
-    palm_u = torch.zeros(3, requires_grad=True)  # offset from the initial palm offset, cm * sqrt(N)
+    off_u = torch.zeros(6, 3, requires_grad=True)  # landmark offsets from their start, cm * sqrt(N)
+    off_free = torch.zeros(6, 1)  # the fitted rows, and the prior's weight on each (per m^2)
+    off_w = torch.zeros(6, 1)
+    if offsets0 is not None:
+        off_free[0 if not cfg.landmark_offsets else slice(None)] = 1.0
+        off_w[:] = _offset_prior_weight(cfg) if cfg.landmark_offsets else 0.0
+        off_w[0] = 0.0 if root_is_palm else off_w[0]
     lo, hi = limits_rad(cfg.limit_margin_deg)
 
     def unpack() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -815,13 +867,13 @@ def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
         pose = pose_u / lever_pose_sqrt  # (N, 15, 3)
         wrist = t0 + wrist_cm / 100.0  # (N, 3)
         betas = betas_u / sqrt_n
-        palm_offset = palm_offset0 + palm_u / (100.0 * sqrt_n) if root_is_palm else None
-        return R, pose, wrist, betas, palm_offset
+        offsets = offsets0 + off_free * off_u / (100.0 * sqrt_n) if offsets0 is not None else None
+        return R, pose, wrist, betas, offsets
 
     def loss_fn(with_parts: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
         # Sums over frames (means over points): every per-frame unknown then has O(1) curvature.
-        R, pose, wrist, betas, palm_offset = unpack()
-        d = (_predict(local_fn, R, pose, wrist, betas, palm_offset) - x) * 100.0  # cm
+        R, pose, wrist, betas, offsets = unpack()
+        d = (_predict(local_fn, R, pose, wrist, betas, offsets) - x) * 100.0  # cm
         data = (d * d).sum(-1).mean(-1).sum()
         viol = limit_violation(anatomical_angles(pose, frames, model.side), lo, hi)
         lim = cfg.w_limits * (viol * viol).sum()
@@ -836,6 +888,7 @@ def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
             "acc_rot": w_acc * lever_rot * a_rot,
             "acc_pos": w_acc * lever_pos * a_pos,
             "betas": cfg.w_betas * (betas * betas).sum(),
+            "offsets": (off_w * offsets * offsets).sum() if offsets is not None else torch.zeros(()),
         }
         total = sum(parts.values())
         return total, ({k: float(v.detach()) / N for k, v in parts.items()} if with_parts else {})
@@ -883,26 +936,31 @@ def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
         tick(max(0, max_eval - evals[0]))
         return evals[0]
 
-    glob = [delta_u, wrist_cm] + ([betas_u] if cfg.fit_betas else []) + ([palm_u] if root_is_palm else [])
+    glob = [delta_u, wrist_cm] + ([betas_u] if cfg.fit_betas else []) + ([off_u] if offsets0 is not None else [])
     evals = run_stage(glob, cfg.global_iters)
     evals += run_stage(glob + [pose_u], cfg.iters)
     if bar is not None:
         bar.close()
 
     with torch.no_grad():
-        R, pose, wrist, betas, palm_offset = unpack()
+        R, pose, wrist, betas, offsets = unpack()
         _, parts = loss_fn(with_parts=True)
     return (
         R,
         pose,
         wrist,
         betas,
-        palm_offset,
+        offsets,
         {
             "loss_evals": evals,
             "loss_per_frame": {k: round(v, 5) for k, v in parts.items()},
         },
     )
+
+
+def _offset_prior_weight(cfg: FitConfig) -> float:
+    """The landmark offsets' prior weight per m^2 in the fitting loss (``FitConfig.landmark_offset_mm``)."""
+    return 1e6 / cfg.landmark_offset_mm**2
 
 
 def _max_evals(iters: int) -> int:

@@ -8,8 +8,8 @@ Gauss-Newton / Levenberg-Marquardt iterations solve, for all frames at once,
          + w_betas |beta|^2
 
 where theta_t (51 per frame: wrist rotation increment, wrist position, 15 finger axis-angles) are per-frame
-unknowns and beta (the 10 shape coefficients, plus the palm-centre offset when point 0 is the palm centre)
-is shared by the sequence. The normal equations are block-arrow shaped (one 51 x 51 block per frame, all
+unknowns and beta (the 10 shape coefficients, plus the palm landmarks' offsets when they are fitted, see
+``GNState.offsets``) is shared by the sequence. The normal equations are block-arrow shaped (one 51 x 51 block per frame, all
 coupled only through the shared unknowns; within a frame each finger's 9 couple only to the wrist's 6), so
 one step eliminates the fingers (batched 9 x 9 blocks), then the wrist (6 x 6), and solves a small Schur
 complement for the shared unknowns, as in bundle adjustment. Temporal smoothness is not in this
@@ -41,6 +41,10 @@ _TIP_OF_FINGER = (17, 18, 20, 19, 16)
 _OPENPOSE_FROM_FINGER_MAJOR = (16, 17, 18, 19, 0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11)
 #: and the inverse: position among OpenPose points 1..20 of each finger-major point
 _FINGER_MAJOR_FROM_OPENPOSE = tuple(_OPENPOSE_FROM_FINGER_MAJOR.index(m) for m in range(20))
+
+#: OpenPose index of the point each row of ``GNState.offsets`` moves: point 0, then the base (MCP, or the
+#: thumb's CMC) of each finger in the finger-major (MANO) order
+OFFSET_POINTS = (0,) + tuple(1 + _FINGER_MAJOR_FROM_OPENPOSE[4 * f] for f in range(5))
 
 NP = 51  # per-frame unknowns: wrist rotation increment (3), wrist position (3, metres), 15 x 3 axis-angle
 
@@ -146,14 +150,26 @@ def joints21(
     t: torch.Tensor,
     pose: torch.Tensor,
     sk: Skeleton,
-    palm_offset: torch.Tensor | None = None,
+    offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(N, 21, 3) OpenPose order; point 0 is the wrist, or ``t + R palm_offset`` when given."""
+    """(N, 21, 3) OpenPose order; point 0 is the wrist. With ``offsets`` (6, 3) (``GNState.offsets``) the
+    six palm landmarks are moved by them, in the wrist frame."""
     pts, _, _ = pose_chain(R, t, pose, sk)
     N = pts.shape[0]
-    root = t if palm_offset is None else t + (R @ palm_offset[:, None])[..., 0]
+    root = t
+    if offsets is not None:
+        root, pts = _offset_landmarks(R, t, pts, offsets)
     fm = pts.reshape(N, 20, 3)[:, list(_OPENPOSE_FROM_FINGER_MAJOR)]
     return torch.cat([root[:, None], fm], 1)
+
+
+def _offset_landmarks(
+    R: torch.Tensor, t: torch.Tensor, pts: torch.Tensor, offsets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point 0 (``t + R o_0``) and the finger points (N, 5, 4, 3) with each finger's base moved by ``R o_f``."""
+    Ro = (R[:, None] @ offsets[None, :, :, None])[..., 0]  # (N, 6, 3)
+    base = pts[:, :, :1] + Ro[:, 1:, None]
+    return t + Ro[:, 0], torch.cat([base, pts[:, :, 1:]], 2)
 
 
 @dataclass
@@ -162,7 +178,9 @@ class GNState:
     t: torch.Tensor  # (N, 3) metres
     pose: torch.Tensor  # (N, 15, 3)
     betas: torch.Tensor  # (10,)
-    palm_offset: torch.Tensor | None  # (3,) metres in the wrist frame, or None
+    #: (6, 3) metres in the wrist frame, or None: per-sequence offsets of the palm landmarks (point 0, then
+    #: each finger's base in ``OFFSET_POINTS`` order) from the model's joints; rows not fitted stay zero
+    offsets: torch.Tensor | None
 
 
 class GaussNewtonFitter:
@@ -184,7 +202,12 @@ class GaussNewtonFitter:
         root_is_palm: bool,
         damping: float = 0.1,
         max_step_rad: float = 0.5,
+        landmark_offsets: bool = False,
+        w_offsets: float = 0.0,
     ):
+        """``root_is_palm``: point 0 is the palm centre, its offset from the wrist (``offsets`` row 0) is
+        fitted without a prior; ``landmark_offsets``: all six rows are fitted, with the Gaussian prior
+        ``w_offsets |o|^2`` (o in metres) on every row but a palm centre's."""
         self.model, self.x = model, x
         dev, dt = x.device, x.dtype
         self.F = frames.to(dev, dt)  # (15, 3, 3) columns twist, spread, bend
@@ -192,7 +215,13 @@ class GaussNewtonFitter:
         self.lo, self.hi = lo.to(dev, dt), hi.to(dev, dt)
         self.w_limits, self.w_betas = w_limits, w_betas
         self.fit_betas, self.root_is_palm = fit_betas, root_is_palm
-        self.n_shared = (NUM_BETAS if fit_betas else 0) + (3 if root_is_palm else 0)
+        rows = list(range(6)) if landmark_offsets else [0] if root_is_palm else []
+        #: the fitted rows of ``offsets``, their prior weight (per m^2) and positions among the shared unknowns
+        self.off_rows = rows
+        self.w_off = torch.tensor(
+            [0.0 if (r == 0 and root_is_palm) else w_offsets for r in rows], dtype=torch.float64
+        )
+        self.n_shared = (NUM_BETAS if fit_betas else 0) + 3 * len(rows)
         self.damping = damping
         self.max_step = max_step_rad
         # absolute damping (cm^2 per unit^2 of each unknown): steers what the joints do not determine (the
@@ -214,7 +243,7 @@ class GaussNewtonFitter:
 
     def frame_costs(self, s: GNState, sk: Skeleton) -> torch.Tensor:
         """(N,) per-frame loss (data + limits)."""
-        j = joints21(s.R, s.t, s.pose, sk, s.palm_offset)
+        j = joints21(s.R, s.t, s.pose, sk, s.offsets)
         d = (j - self.x) * self.scale
         lim = self._beyond(s.pose)
         return (d * d).sum((-1, -2)) + self.w_limits * (lim * lim).sum((-1, -2))
@@ -236,6 +265,11 @@ class GaussNewtonFitter:
         Jf = Jf * self.mask[None, None, :, :, None, None]  # (N, 5, 4, 3[l], 3[c], 3[xyz])
         Jf = Jf.permute(0, 1, 2, 5, 3, 4).reshape(N, 5, 4, 3, 9) * sc
         Rt = s.R.transpose(-1, -2)  # rows = columns of R
+        Ro = None
+        root = s.t
+        if s.offsets is not None:
+            Ro = (s.R[:, None] @ s.offsets[None, :, :, None])[..., 0]  # (N, 6, 3)
+            root, pts = _offset_landmarks(s.R, s.t, pts, s.offsets)  # the bases move; Jf used the joints
         rel = pts - s.t[:, None, None]
         Jw = pts.new_empty(N, 5, 4, 3, 6)
         Jw[..., :3] = torch.linalg.cross(
@@ -245,11 +279,8 @@ class GaussNewtonFitter:
         Jw = Jw * sc
         Jw0 = pts.new_zeros(N, 3, 6)
         Jw0[:, :, 3:] = self.eye3
-        root = s.t
-        if s.palm_offset is not None:
-            Ro = (s.R @ s.palm_offset[:, None])[..., 0]
-            root = s.t + Ro
-            Jw0[:, :, :3] = torch.linalg.cross(Rt, Ro[:, None].expand(N, 3, 3)).transpose(-1, -2)
+        if Ro is not None:
+            Jw0[:, :, :3] = torch.linalg.cross(Rt, Ro[:, :1].expand(N, 3, 3)).transpose(-1, -2)
         Jw0 = Jw0 * sc
         res0 = (root - self.x0) * sc
         res = (pts - self.x_fm) * sc
@@ -262,9 +293,15 @@ class GaussNewtonFitter:
                 dbo = G @ sk.d_bones[None]  # (N, 5, 3, 3, 10)
                 parts.append(torch.cat([db, db + torch.cumsum(dbo, 2)], 2))
                 parts0.append(pts.new_zeros(N, 3, NUM_BETAS))
-            if s.palm_offset is not None:
-                parts.append(pts.new_zeros(N, 5, 4, 3, 3))
-                parts0.append(s.R)
+            if self.off_rows:
+                # d point / d o_row = R, for the row's own point only
+                Jo = pts.new_zeros(N, 5, 4, 3, 6, 3)
+                Jo[:, :, 0, :, 1:, :] = (s.R[:, None, :, None, :] * torch.eye(5, dtype=pts.dtype,
+                                         device=pts.device)[None, :, None, :, None])  # fmt: skip
+                J0 = pts.new_zeros(N, 3, 6, 3)
+                J0[:, :, 0] = s.R
+                parts.append(Jo[..., self.off_rows, :].reshape(N, 5, 4, 3, -1))
+                parts0.append(J0[..., self.off_rows, :].reshape(N, 3, -1))
             Js0, Js = torch.cat(parts0, -1) * sc, torch.cat(parts, -1) * sc
         return res0, res, Jw0, Jw, Jf, Js0, Js
 
@@ -327,6 +364,11 @@ class GaussNewtonFitter:
         if self.fit_betas:
             C[:NUM_BETAS, :NUM_BETAS] += self.w_betas * torch.eye(NUM_BETAS, device=C.device, dtype=C.dtype)
             gs[:NUM_BETAS] += self.w_betas * s.betas.double()
+        if self.off_rows:
+            k = NUM_BETAS if self.fit_betas else 0
+            w = self.w_off.to(C.device).repeat_interleave(3)
+            C[k:, k:] += torch.diag(w)
+            gs[k:] += w * s.offsets[self.off_rows].reshape(-1).double()
         # B^T A^-1 [g | B] summed over frames: (S, 1 + S)
         T = (rw[..., 1:].transpose(-1, -2) @ Xw).sum(0) + (rf[..., 1:].transpose(-1, -2) @ Xf).sum((0, 1))
         T = T.double()
@@ -343,15 +385,24 @@ class GaussNewtonFitter:
         R = s.R @ _exp(d_p[:, 0:3])
         t = s.t + d_p[:, 3:6]
         pose = s.pose + d_p[:, 6:].reshape(N, 15, 3)
-        betas, po = s.betas, s.palm_offset
+        betas, off = s.betas, s.offsets
         if d_sh is not None:
             k = 0
             if self.fit_betas:
                 betas = betas + d_sh[:NUM_BETAS]
                 k = NUM_BETAS
-            if po is not None:
-                po = po + d_sh[k : k + 3]
-        return GNState(R, t, pose, betas, po)
+            if self.off_rows:
+                off = off.clone()
+                off[self.off_rows] = off[self.off_rows] + d_sh[k:].reshape(-1, 3)
+        return GNState(R, t, pose, betas, off)
+
+    def prior(self, s: GNState) -> float:
+        """The shared unknowns' prior: shape, and the offsets of the fitted landmark rows."""
+        p = self.w_betas * float((s.betas * s.betas).sum()) if self.fit_betas else 0.0
+        if self.off_rows:
+            o = s.offsets[self.off_rows].double().cpu()
+            p += float((self.w_off[:, None] * o * o).sum())
+        return p
 
     def run(self, s: GNState, iters: int) -> tuple[GNState, Skeleton, dict]:
         """``iters`` LM iterations, never raising the loss. Per frame, a step that raises the frame's cost
@@ -364,8 +415,7 @@ class GaussNewtonFitter:
         lam_sh = 1e-3
         sk = skeleton(self.model, s.betas)
         cost = self.frame_costs(s, sk)
-        prior = (lambda b: self.w_betas * float((b * b).sum())) if self.fit_betas else (lambda b: 0.0)
-        total = float(cost.sum()) + prior(s.betas)
+        total = float(cost.sum()) + self.prior(s)
         history = [total]
 
         def merge(better: torch.Tensor, a: GNState, b: GNState) -> GNState:
@@ -375,7 +425,7 @@ class GaussNewtonFitter:
                 torch.where(better[:, None], a.t, b.t),
                 torch.where(b3, a.pose, b.pose),
                 b.betas,
-                b.palm_offset,
+                b.offsets,
             )
 
         for _ in range(iters):
@@ -388,11 +438,11 @@ class GaussNewtonFitter:
             accepted_shared = False
             if d_sh is not None and bool(torch.isfinite(d_sh).all()):
                 sk_new = skeleton(self.model, new.betas, sk) if self.fit_betas else sk
-                old_pose = GNState(s.R, s.t, s.pose, new.betas, new.palm_offset)
+                old_pose = GNState(s.R, s.t, s.pose, new.betas, new.offsets)
                 c_new, c_keep = self.frame_costs(new, sk_new), self.frame_costs(old_pose, sk_new)
                 better = c_new <= c_keep
                 c_merged = torch.where(better, c_new, c_keep)
-                total_new = float(c_merged.sum()) + prior(new.betas)
+                total_new = float(c_merged.sum()) + self.prior(new)
                 if total_new <= total:
                     s, sk, cost, total = merge(better, new, old_pose), sk_new, c_merged, total_new
                     accepted_shared = True
@@ -400,12 +450,12 @@ class GaussNewtonFitter:
                 else:
                     lam_sh = min(lam_sh * 4.0, 1e6)
             if not accepted_shared:
-                same_shared = GNState(new.R, new.t, new.pose, s.betas, s.palm_offset)
+                same_shared = GNState(new.R, new.t, new.pose, s.betas, s.offsets)
                 c_new = self.frame_costs(same_shared, sk)
                 better = c_new <= cost
                 s = merge(better, same_shared, s)
                 cost = torch.where(better, c_new, cost)
-                total = float(cost.sum()) + prior(s.betas)
+                total = float(cost.sum()) + self.prior(s)
             lam = torch.where(better, lam * 0.3, lam * 4.0).clamp(1e-6, 1e6)
             history.append(total)
         return s, sk, {"gn_loss_per_frame": [round(h / N, 5) for h in history]}

@@ -684,6 +684,7 @@ def _fit_side(
         "frames_fitted": int(np.isfinite(fit.per_frame_mpjpe_mm).sum()),
         "fit_frames_per_s": round(fit.frames_per_s, 2),
         "beyond_limits_deg": fit.beyond_limits_deg,
+        "landmark_offsets_mm": fit.summary()["landmark_offsets_mm"],
         "side_check": {
             "verdict": verdict,
             "flex_deg": round(cues["flex_deg"], 2),

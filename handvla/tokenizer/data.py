@@ -42,7 +42,7 @@ from tqdm import tqdm
 from handvla.atomic import atomic_write_bytes
 from handvla.data.store import EpisodeStore
 from handvla.errors import InputError, MissingResourceError
-from handvla.hand import fitting
+from handvla.hand import fitting, ik
 from handvla.hand import rotations as R
 from handvla.hand.features import FeatureNormalizer, FeatureSpec, motion_to_features
 from handvla.hand.fitting import fit_recording
@@ -81,7 +81,8 @@ class LoadedMotion:
     kind: str  # 'builtin', 'params' or 'joints'
     observed: np.ndarray | None = None  # (T, 21, 3) observed joints (joint files), metres, NaN = missing
     root_is_palm: bool = False
-    palm_offset: np.ndarray | None = None  # (3,) wrist frame, when point 0 is the palm centre
+    #: (6, 3) wrist frame: the fit's palm-landmark offsets (``FitResult.landmark_offsets``), or None
+    landmark_offsets: np.ndarray | None = None
     fit_mpjpe_mm: float | None = None
     source: str = ""  # the source as given (``builtin``, a path, a glob, a store)
     group: str = ""  # its file: the path, or ``STORE#episode`` (``split_by_file`` keeps groups whole)
@@ -223,7 +224,8 @@ def _fit_cache_key(path: str, fps: float) -> str:
     h = hashlib.sha256(Path(path).read_bytes())
     h.update(f"fps={fps}".encode())
     h.update(repr(fitting.FitConfig()).encode())
-    h.update(inspect.getsource(fitting).encode())  # a changed fitter invalidates old fits
+    for module in (fitting, ik):  # a changed fitter invalidates old fits
+        h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:24]
 
 
@@ -243,17 +245,18 @@ def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) 
     if cache_file is not None and cache_file.is_file() and meta_file.is_file():
         motion = load_motion(cache_file)
         meta = json.loads(meta_file.read_text())
-        palm = np.asarray(meta["palm_offset"], np.float32) if meta.get("palm_offset") is not None else None
+        offsets = meta.get("landmark_offsets")
+        offsets = np.asarray(offsets, np.float32).reshape(6, 3) if offsets is not None else None
         fit_mm = meta["fit_mpjpe_mm"]
     else:
         res = fit_recording(rec)
-        motion, palm, fit_mm = res.motion, res.palm_offset, float(res.fit_mpjpe_mm)
+        motion, offsets, fit_mm = res.motion, res.landmark_offsets, float(res.fit_mpjpe_mm)
         if cache_file is not None:
             save_motion(cache_file, motion)
             meta = {
                 "source": str(path),
                 "fit_mpjpe_mm": fit_mm,
-                "palm_offset": None if palm is None else [float(v) for v in palm],
+                "landmark_offsets": None if offsets is None else offsets.astype(float).tolist(),
             }
             atomic_write_bytes(meta_file, json.dumps(meta).encode())
     return LoadedMotion(
@@ -262,7 +265,7 @@ def load_joint_file(path: str, fps: float, fit_cache: str | Path | None = None) 
         "joints",
         observed=rec.joints,
         root_is_palm=rec.root_is_palm,
-        palm_offset=palm,
+        landmark_offsets=offsets,
         fit_mpjpe_mm=fit_mm,
         source=str(path),
         group=str(path),

@@ -6,8 +6,8 @@ the tokenizer's hand model, compared with the joints of the input motion through
 - ``pa_mpjpe_mm``: after per-frame similarity Procrustes alignment;
 - ``mwte_mm``: mean wrist translation error.
 Joint files are fitted first (``handvla.tokenizer.data.load_joint_file``); for them
-``observed_mpjpe_mm`` also compares the decoded joints with the OBSERVED points (the palm-centre point 0 of
-Leap files placed from the fitted palm offset), next to ``fit_mpjpe_mm``, the fit's own error. Means are
+``observed_mpjpe_mm`` also compares the decoded joints with the OBSERVED points (the palm landmarks placed
+from the fit's landmark offsets: the palm-centre point 0 of Leap files, an RGB detector's knuckles), next to ``fit_mpjpe_mm``, the fit's own error. Means are
 over all valid frames of all clips (frame-weighted). Metrics come from ``handvla.hand.metrics``.
 
 Inputs outside the tokenizer's range (features far from its normalisation stats: a world frame,
@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from handvla.hand import metrics as M
+from handvla.hand.ik import OFFSET_POINTS
 from handvla.hand.motion import HandMotion
 from handvla.hand.rotations import axis_angle_to_matrix
 from handvla.tokenizer.data import FeatureClip, LoadedMotion, load_sources, stats_range_warnings, warn
@@ -38,11 +39,14 @@ def reconstruct(model: MotionTokenizer, motion: HandMotion) -> HandMotion:
 
 
 def _observed_points(lm: LoadedMotion, motion: HandMotion, joints: np.ndarray) -> np.ndarray:
-    """Model joints as the tracker reports them: point 0 = palm centre for Leap-style files."""
+    """Model joints as the tracker reports them: the palm landmarks moved by the fit's offsets (point 0 =
+    palm centre for Leap-style files)."""
     out = joints.copy()
-    if lm.root_is_palm and lm.palm_offset is not None:
+    if lm.landmark_offsets is not None:
         Rw = axis_angle_to_matrix(torch.tensor(motion.global_orient)).numpy()  # (T, 3, 3)
-        out[:, 0] = motion.wrist_pos + Rw @ np.asarray(lm.palm_offset, np.float32)
+        out[:, list(OFFSET_POINTS)] += np.einsum(
+            "tij,kj->tki", Rw, np.asarray(lm.landmark_offsets, np.float32)
+        )
     return out
 
 
