@@ -9,10 +9,10 @@ Gauss-Newton / Levenberg-Marquardt iterations solve, for all frames at once,
 
 where theta_t (51 per frame: wrist rotation increment, wrist position, 15 finger axis-angles) are per-frame
 unknowns and beta (the 10 shape coefficients, plus the palm landmarks' offsets when they are fitted, see
-``GNState.offsets``) is shared by the sequence. The normal equations are block-arrow shaped (one 51 x 51 block per frame, all
-coupled only through the shared unknowns; within a frame each finger's 9 couple only to the wrist's 6), so
-one step eliminates the fingers (batched 9 x 9 blocks), then the wrist (6 x 6), and solves a small Schur
-complement for the shared unknowns, as in bundle adjustment. Temporal smoothness is not in this
+``GNState.offsets``, with their prior) is shared by the sequence. The normal equations are block-arrow
+shaped (one 51 x 51 block per frame, all coupled only through the shared unknowns; within a frame each
+finger's 9 couple only to the wrist's 6), so one step eliminates the fingers (batched 9 x 9 blocks), then
+the wrist (6 x 6), and solves a small Schur complement for the shared unknowns, as in bundle adjustment. Temporal smoothness is not in this
 loss; the fitter low-passes the result afterwards (see ``handvla.hand.fitting``).
 
 Kinematics: the model's rest skeleton (``HandModel.rest_joints_and_tips``) posed by the same chain as
@@ -216,7 +216,7 @@ class GaussNewtonFitter:
         self.w_limits, self.w_betas = w_limits, w_betas
         self.fit_betas, self.root_is_palm = fit_betas, root_is_palm
         rows = list(range(6)) if landmark_offsets else [0] if root_is_palm else []
-        #: the fitted rows of ``offsets``, their prior weight (per m^2) and positions among the shared unknowns
+        #: the fitted rows of ``offsets`` (after the betas among the shared unknowns) and their prior weights
         self.off_rows = rows
         self.w_off = torch.tensor(
             [0.0 if (r == 0 and root_is_palm) else w_offsets for r in rows], dtype=torch.float64
@@ -296,8 +296,8 @@ class GaussNewtonFitter:
             if self.off_rows:
                 # d point / d o_row = R, for the row's own point only
                 Jo = pts.new_zeros(N, 5, 4, 3, 6, 3)
-                Jo[:, :, 0, :, 1:, :] = (s.R[:, None, :, None, :] * torch.eye(5, dtype=pts.dtype,
-                                         device=pts.device)[None, :, None, :, None])  # fmt: skip
+                eye5 = torch.eye(5, dtype=pts.dtype, device=pts.device)
+                Jo[:, :, 0, :, 1:, :] = torch.einsum("fg,nij->nfigj", eye5, s.R)
                 J0 = pts.new_zeros(N, 3, 6, 3)
                 J0[:, :, 0] = s.R
                 parts.append(Jo[..., self.off_rows, :].reshape(N, 5, 4, 3, -1))
