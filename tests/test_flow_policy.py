@@ -44,7 +44,7 @@ _CTX = torch.randn(3, H, generator=torch.Generator().manual_seed(5))
 @pytest.fixture(scope="module")
 def toy_expert() -> ActionExpert:
     torch.manual_seed(0)
-    expert = ActionExpert(A, H, NA, FlowSettings(width=32, layers=2, heads=4, num_steps=10))
+    expert = ActionExpert(A, H, NA, FlowSettings(width=32, layers=2, heads=4, num_steps=10, noise_scale=1.0))
     opt = torch.optim.Adam(expert.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
     for _ in range(400):
@@ -77,6 +77,24 @@ def test_flow_expert_samples_both_modes_where_regression_averages(toy_expert):
     for c, level in ((0, 0.5), (1, -0.5)):
         s = toy_expert.sample(_class_ctx(c, 50), generator=g)
         assert abs(float(s.mean()) - level) < 0.1, (c, float(s.mean()))
+
+
+def test_noise_scale_zero_is_deterministic_and_scales_the_spread(toy_expert):
+    """noise_scale 0 integrates from zero: the same chunk for every generator; between 0 and 1 the
+    samples of a one-mode context spread less than at 1."""
+    spread, default = {}, toy_expert.settings.noise_scale
+    try:
+        for scale in (1.0, 0.3, 0.0):
+            toy_expert.settings.noise_scale = scale
+            s = toy_expert.sample(_class_ctx(0, 64), generator=torch.Generator().manual_seed(6))
+            spread[scale] = float(s.std(dim=0).mean())
+            if scale == 0.0:
+                other = toy_expert.sample(_class_ctx(0, 1), generator=torch.Generator().manual_seed(7))
+                torch.testing.assert_close(s, other.expand_as(s), atol=1e-6, rtol=0)
+                assert abs(float(s.mean()) - 0.5) < 0.1  # still the class's level
+    finally:
+        toy_expert.settings.noise_scale = default
+    assert spread[0.0] < 1e-6 < spread[0.3] < spread[1.0], spread
 
 
 def test_real_time_chunking_keeps_the_prefix_and_continues_from_it(toy_expert):

@@ -91,6 +91,14 @@ class FlowSettings(ConfigModel):
     heads: int = Field(4, gt=0)
     mlp_ratio: float = Field(4.0, gt=0)
     num_steps: int = Field(10, ge=1, description="Euler integration steps at inference")
+    noise_scale: float = Field(
+        0.5,
+        ge=0.0,
+        description="standard deviation of the starting noise at inference: 1 samples the learnt action "
+        "distribution, below 1 nearer its mode, 0 integrates deterministically from zero. 0.5 measured best "
+        "on unseen seeds (README, robot suite): Adroit relocate at 2500 steps 0.69 vs 0.46 at 1, Meta-World "
+        "MT10 0.884 vs 0.860 (0: 0.872)",
+    )
     time_beta: tuple[float, float] = Field(
         (1.5, 1.0), description="flow time t = time_max * (1 - Beta(a, b)): weight on the noisier steps"
     )

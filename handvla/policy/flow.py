@@ -18,7 +18,8 @@ Flow matching (rectified flow), in normalised action units::
 weight on the noisier (small t) half, where the context decides the most. Each training chunk gets
 ``FlowSettings.train_samples`` draws of (noise, t) against the same backbone states (the backbone runs once
 per chunk; only the expert runs per draw), which lowers the variance of the loss's gradient. Inference
-integrates ``dx/dt = v`` from noise at t = 0 to t = 1 with ``num_steps`` Euler steps.
+integrates ``dx/dt = v`` from noise (standard deviation ``noise_scale``) at t = 0 to t = 1 with
+``num_steps`` Euler steps.
 
 Real-time chunking (`ActionExpert.sample` with ``prefix``): while the robot executes the previous chunk
 the next one is computed; its first ``d`` actions (``d`` = the inference delay in control steps) will be
@@ -201,7 +202,7 @@ class ActionExpert(nn.Module):
         if n < 1:
             raise InputError("ActionExpert.sample", "num_steps", "at least 1", str(n))
         device = context.device
-        x0 = torch.randn((B, Na, A), generator=generator, device="cpu").to(device)
+        x0 = torch.randn((B, Na, A), generator=generator, device="cpu").to(device) * self.settings.noise_scale
         d = 0
         if prefix is not None:
             d = prefix.shape[1]
