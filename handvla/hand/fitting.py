@@ -163,24 +163,22 @@ class FitConfig(ConfigModel):
     gn_iters: int = 3  # Gauss-Newton iterations of the fast method
     device: str = "cpu"  # torch device of the fast method's refinement ('cuda' on a GPU)
     iters: int = 50  # L-BFGS iterations of the full stage (method 'lbfgs')
-    global_iters: int = 5  # L-BFGS iterations of the global stage (wrist, shape, palm offset)
+    global_iters: int = 5  # L-BFGS iterations of the global stage (wrist, shape, landmark offsets)
     fit_betas: bool = True
     w_betas: float = 1.0  # Gaussian prior on betas (unit variance), for the whole sequence
     w_limits: float = 30.0  # per squared radian outside the limits, summed over joints and axes
     limit_margin_deg: float = 10.0
+    # Per-sequence offsets of the six palm landmarks (the wrist, the thumb's CMC, the four MCPs) from the
+    # model's joints, in the wrist frame (see the module doc), with the Gaussian prior
+    # sum (o / landmark_offset_mm)^2 over their 18 coordinates: an offset of that size costs as much as one
+    # frame fitted 1 cm off at every point, so clips of more than a few tens of frames let the data decide.
+    # The palm centre of ``root_is_palm`` data is always fitted, without a prior.
+    landmark_offsets: bool = True
+    landmark_offset_mm: float = 10.0
     # Temporal smoothness as cutoff frequencies (0 = off). Each parameter's acceleration (velocity) is
     # weighted by how far it moves the joints (its lever arm on the rest hand), so ``acc_hz`` is, for every
     # parameter alike, the frequency above which the acceleration penalty outweighs the data: a
     # 4th-order low-pass on the fit. Hand motion has little above 5 Hz; tracker jitter is broadband.
-    # Per-sequence offsets of the six palm landmarks (the wrist, the thumb's CMC, the four MCPs) from the
-    # model's joints, in the wrist frame, with the Gaussian prior sum (o / landmark_offset_mm)^2 over their
-    # 18 coordinates: an offset of that size costs as much as one frame fitted 1 cm off at every point, so
-    # clips of more than a few tens of frames let the data decide (the palm centre of ``root_is_palm`` data
-    # is always fitted, without a prior). Sources place these
-    # landmarks differently from the model's joint centres (an RGB detector's knuckles and wrist lie on the
-    # skin); the palm is one rigid body in the model, so offsets there cannot absorb finger articulation.
-    landmark_offsets: bool = True
-    landmark_offset_mm: float = 10.0
     acc_hz: float = 8.0  # wrist position, wrist rotation and finger rotations
     vel_hz: float = 30.0  # finger rotations only: a light damping of what the joints do not determine
     history_size: int = 20
@@ -211,7 +209,14 @@ class FitConfig(ConfigModel):
         return self
 
 
-_OPENPOSE_NAMES = {0: "wrist", 1: "thumb_cmc", 5: "index_mcp", 9: "middle_mcp", 13: "ring_mcp", 17: "little_mcp"}
+_OPENPOSE_NAMES = {
+    0: "wrist",
+    1: "thumb_cmc",
+    5: "index_mcp",
+    9: "middle_mcp",
+    13: "ring_mcp",
+    17: "little_mcp",
+}
 #: the palm landmarks of ``FitResult.landmark_offsets``' rows (row 0 is the palm centre for palm-centre data)
 LANDMARK_NAMES = tuple(_OPENPOSE_NAMES[i] for i in OFFSET_POINTS)
 
@@ -258,7 +263,10 @@ class FitResult:
             "root_is_palm": self.root_is_palm,
             "landmark_offsets_mm": None
             if self.landmark_offsets is None
-            else {n: round(float(np.linalg.norm(o)) * 1000, 1) for n, o in zip(LANDMARK_NAMES, self.landmark_offsets)},
+            else {
+                n: round(float(np.linalg.norm(o)) * 1000, 1)
+                for n, o in zip(LANDMARK_NAMES, self.landmark_offsets)
+            },
             "beyond_limits_deg": self.beyond_limits_deg,
             "worst_frames": self.worst_frames(),
             "betas": [round(float(b), 4) for b in self.motion.betas],
@@ -936,7 +944,9 @@ def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
         tick(max(0, max_eval - evals[0]))
         return evals[0]
 
-    glob = [delta_u, wrist_cm] + ([betas_u] if cfg.fit_betas else []) + ([off_u] if offsets0 is not None else [])
+    glob = (
+        [delta_u, wrist_cm] + ([betas_u] if cfg.fit_betas else []) + ([off_u] if offsets0 is not None else [])
+    )
     evals = run_stage(glob, cfg.global_iters)
     evals += run_stage(glob + [pose_u], cfg.iters)
     if bar is not None:
