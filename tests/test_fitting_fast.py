@@ -284,7 +284,10 @@ def test_real_leap_and_mediapipe_fast_at_least_as_accurate_as_lbfgs():
         fast = fit_recording(rec)
         slow = fit_recording(rec, config=FitConfig(method="lbfgs"))
         margin = 0.1 if name.startswith("leap_") else -0.01
-        assert fast.fit_mpjpe_mm < (2.0 if name.startswith("leap_") else 4.0) and fast.fit_mpjpe_mm < slow.fit_mpjpe_mm - margin, (
+        assert (
+            fast.fit_mpjpe_mm < (2.0 if name.startswith("leap_") else 4.0)
+            and fast.fit_mpjpe_mm < slow.fit_mpjpe_mm - margin
+        ), (
             name,
             fast.fit_mpjpe_mm,
             slow.fit_mpjpe_mm,
@@ -323,7 +326,8 @@ def test_landmark_offsets_are_fitted_and_bring_the_joints_under_them_closer(meth
     assert off_err < 0.75 * np.linalg.norm(offsets, axis=-1).mean(), off_err
     assert fits[0].landmark_offsets is None and fits[0].summary()["landmark_offsets_mm"] is None
     summ = fits[1].summary()["landmark_offsets_mm"]
-    assert list(summ) == list(LANDMARK_NAMES) and summ["wrist"] == pytest.approx(
+    assert list(summ) == ["wrist", "thumb_cmc", "index_mcp", "middle_mcp", "ring_mcp", "little_mcp"]
+    assert set(summ) == set(LANDMARK_NAMES) and summ["wrist"] == pytest.approx(
         np.linalg.norm(fits[1].landmark_offsets[0]) * 1000, abs=0.06
     )
 

@@ -263,9 +263,9 @@ class FitResult:
             "root_is_palm": self.root_is_palm,
             "landmark_offsets_mm": None
             if self.landmark_offsets is None
-            else {
-                n: round(float(np.linalg.norm(o)) * 1000, 1)
-                for n, o in zip(LANDMARK_NAMES, self.landmark_offsets)
+            else {  # in OpenPose order: wrist, thumb, index, middle, ring, little
+                LANDMARK_NAMES[r]: round(float(np.linalg.norm(self.landmark_offsets[r])) * 1000, 1)
+                for r in np.argsort(OFFSET_POINTS)
             },
             "beyond_limits_deg": self.beyond_limits_deg,
             "worst_frames": self.worst_frames(),
