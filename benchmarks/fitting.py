@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from handvla.hand.fitting import FitConfig, fit_recording
+from handvla.hand.fitting import PALM_POINTS, FitConfig, fit_recording
 from handvla.hand.io import load_joints
+from handvla.hand.topology import OPENPOSE_PARENTS
 
 
 def _aggregate(rows: list[dict], errors: list[np.ndarray]) -> dict:
@@ -57,27 +58,24 @@ def _aggregate(rows: list[dict], errors: list[np.ndarray]) -> dict:
     }
 
 
-_PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19)  # OpenPose order
-_PALM = (0, 1, 5, 9, 13, 17)
-
-
 def skeleton_floor(x: np.ndarray, iters: int = 1500) -> np.ndarray:
     """Per-frame mean error (mm) of the best constant-bone-length hand on ``x`` (N, 21, 3) metres (see the
     module doc): per frame a palm rotation and position and 15 bone directions; per sequence the palm
     shape and 15 bone lengths."""
     X = torch.tensor(x, dtype=torch.float64)
     N = X.shape[0]
-    kids = [i for i in range(21) if i not in _PALM]
+    palm_pts, parents = list(PALM_POINTS), OPENPOSE_PARENTS.tolist()
+    kids = [i for i in range(21) if i not in palm_pts]
     # start: the first frame's palm as the template, each frame's palm rotation from Kabsch onto it
-    P = X[:, list(_PALM)] - X[:, list(_PALM)].mean(1, keepdim=True)
+    P = X[:, palm_pts] - X[:, palm_pts].mean(1, keepdim=True)
     U, _, Vt = torch.linalg.svd(P[:1].transpose(-1, -2) @ P)  # H = A^T B per frame, A = frame 0
     D = torch.diag_embed(torch.ones(N, 3, dtype=X.dtype))
     D[:, 2, 2] = torch.sign(torch.linalg.det(Vt.transpose(-1, -2) @ U.transpose(-1, -2)))
     R0 = Vt.transpose(-1, -2) @ D @ U.transpose(-1, -2)  # frame 0 -> frame t
     rot = torch.tensor(Rotation.from_matrix(R0.numpy()).as_rotvec(), requires_grad=True)
-    palm = (X[0, list(_PALM)] - X[0, 0]).clone().requires_grad_(True)
+    palm = (X[0, palm_pts] - X[0, 0]).clone().requires_grad_(True)
     pos = X[:, 0].clone().requires_grad_(True)
-    bones = torch.stack([X[:, i] - X[:, _PARENTS[i]] for i in kids], 1)
+    bones = torch.stack([X[:, i] - X[:, parents[i]] for i in kids], 1)
     log_len = bones.norm(dim=-1).median(0).values.log().clone().requires_grad_(True)
     dirs = bones.clone().requires_grad_(True)
     from handvla.hand.rotations import axis_angle_to_matrix
@@ -85,11 +83,11 @@ def skeleton_floor(x: np.ndarray, iters: int = 1500) -> np.ndarray:
     def points() -> torch.Tensor:
         P: list = [None] * 21
         pp = pos[:, None] + palm @ axis_angle_to_matrix(rot).transpose(-1, -2)
-        for k, i in enumerate(_PALM):
+        for k, i in enumerate(palm_pts):
             P[i] = pp[:, k]
         d = dirs / dirs.norm(dim=-1, keepdim=True)
         for k, i in enumerate(kids):  # parents come first in OpenPose order
-            P[i] = P[_PARENTS[i]] + log_len[k].exp() * d[:, k]
+            P[i] = P[parents[i]] + log_len[k].exp() * d[:, k]
         return torch.stack(P, 1)
 
     opt = torch.optim.Adam([rot, pos, palm, log_len, dirs], lr=1e-3)

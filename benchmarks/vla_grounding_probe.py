@@ -39,13 +39,13 @@ def render_scenes(n: int, seed: int, size: tuple[int, int], align: bool, tile: i
     """``n`` scenes (``render_table_scenes``) as (the model's view, [(object name, box 0..1000)])."""
     from handvla.synth.handworld.raster import render_table_scenes
     from handvla.vla.data import prepare_image
-    from handvla.vla.grounding import object_box_in_view, object_name
+    from handvla.vla.grounding import object_name, objects_in_view
 
     out = []
     for scene, cam, res in render_table_scenes(n, seed, size):
         view = prepare_image(res.rgb, cam.K, align, (tile, tile))
-        objs = [(object_name(o.to_dict()), object_box_in_view(o.to_dict(), cam, align)) for o in scene.objects]
-        out.append((view, [(nm, bx) for nm, bx in objs if bx is not None]))
+        in_view = objects_in_view([o.to_dict() for o in scene.objects], cam, align)
+        out.append((view, [(object_name(o), box) for o, box in in_view]))
     return out
 
 

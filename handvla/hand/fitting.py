@@ -110,6 +110,7 @@ from handvla.hand.ik import (
     OFFSET_POINTS,
     GaussNewtonFitter,
     GNState,
+    offset_rows,
     rest_points_and_jacobian,
 )
 from handvla.hand.metrics import similarity_transform
@@ -757,10 +758,16 @@ def _predict(local_fn, R, pose, wrist, betas, offsets) -> torch.Tensor:
     """(N, 21, 3) model points; with ``offsets`` (6, 3) (``GNState.offsets``) the palm landmarks moved by
     them in the wrist frame (point 0 is then the palm centre of ``root_is_palm`` data)."""
     j = local_fn(pose, betas) @ R.transpose(-1, -2) + wrist[:, None]
-    if offsets is not None:
-        j = j.clone()
-        j[:, list(OFFSET_POINTS)] += (R[:, None] @ offsets[None, :, :, None])[..., 0]
-    return j
+    return j if offsets is None else with_landmark_offsets(j, R, offsets)
+
+
+def with_landmark_offsets(joints: torch.Tensor, R: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(N, 21, 3) joints in OpenPose order -> the points a source reports: its palm landmarks
+    (``OFFSET_POINTS``) moved by ``offsets`` (6, 3) (``FitResult.landmark_offsets``) in the wrist frames
+    ``R`` (N, 3, 3)."""
+    out = joints.clone()
+    out[:, list(OFFSET_POINTS)] += (R[:, None] @ offsets.to(R.dtype)[None, :, :, None])[..., 0]
+    return out
 
 
 @dataclass(frozen=True)
@@ -864,10 +871,8 @@ def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
     off_u = torch.zeros(6, 3, requires_grad=True)  # landmark offsets from their start, cm * sqrt(N)
     off_free = torch.zeros(6, 1)  # the fitted rows, and the prior's weight on each (per m^2)
     off_w = torch.zeros(6, 1)
-    if offsets0 is not None:
-        off_free[0 if not cfg.landmark_offsets else slice(None)] = 1.0
-        off_w[:] = _offset_prior_weight(cfg) if cfg.landmark_offsets else 0.0
-        off_w[0] = 0.0 if root_is_palm else off_w[0]
+    rows, w_rows = offset_rows(root_is_palm, cfg.landmark_offsets, _offset_prior_weight(cfg))
+    off_free[rows], off_w[rows, 0] = 1.0, w_rows.float()
     lo, hi = limits_rad(cfg.limit_margin_deg)
 
     def unpack() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -172,6 +172,17 @@ def _offset_landmarks(
     return t + Ro[:, 0], torch.cat([base, pts[:, :, 1:]], 2)
 
 
+def offset_rows(
+    root_is_palm: bool, landmark_offsets: bool, w_offsets: float
+) -> tuple[list[int], torch.Tensor]:
+    """The rows of ``GNState.offsets`` that are fitted and the prior weight of each (per m^2, float64): all
+    six with ``landmark_offsets``, else only a palm centre's (row 0 of ``root_is_palm`` data), which is
+    never penalised."""
+    rows = list(range(6)) if landmark_offsets else [0] if root_is_palm else []
+    w = [0.0 if (r == 0 and root_is_palm) else w_offsets for r in rows]
+    return rows, torch.tensor(w, dtype=torch.float64)
+
+
 @dataclass
 class GNState:
     R: torch.Tensor  # (N, 3, 3)
@@ -215,13 +226,9 @@ class GaussNewtonFitter:
         self.lo, self.hi = lo.to(dev, dt), hi.to(dev, dt)
         self.w_limits, self.w_betas = w_limits, w_betas
         self.fit_betas, self.root_is_palm = fit_betas, root_is_palm
-        rows = list(range(6)) if landmark_offsets else [0] if root_is_palm else []
         #: the fitted rows of ``offsets`` (after the betas among the shared unknowns) and their prior weights
-        self.off_rows = rows
-        self.w_off = torch.tensor(
-            [0.0 if (r == 0 and root_is_palm) else w_offsets for r in rows], dtype=torch.float64
-        )
-        self.n_shared = (NUM_BETAS if fit_betas else 0) + 3 * len(rows)
+        self.off_rows, self.w_off = offset_rows(root_is_palm, landmark_offsets, w_offsets)
+        self.n_shared = (NUM_BETAS if fit_betas else 0) + 3 * len(self.off_rows)
         self.damping = damping
         self.max_step = max_step_rad
         # absolute damping (cm^2 per unit^2 of each unknown): steers what the joints do not determine (the

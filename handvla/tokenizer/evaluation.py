@@ -7,8 +7,8 @@ the tokenizer's hand model, compared with the joints of the input motion through
 - ``mwte_mm``: mean wrist translation error.
 Joint files are fitted first (``handvla.tokenizer.data.load_joint_file``); for them
 ``observed_mpjpe_mm`` also compares the decoded joints with the OBSERVED points (the palm landmarks placed
-from the fit's landmark offsets: the palm-centre point 0 of Leap files, an RGB detector's knuckles), next to ``fit_mpjpe_mm``, the fit's own error. Means are
-over all valid frames of all clips (frame-weighted). Metrics come from ``handvla.hand.metrics``.
+from the fit's landmark offsets: the palm-centre point 0 of Leap files, an RGB detector's knuckles), next
+to ``fit_mpjpe_mm``, the fit's own error. Means are over all valid frames of all clips (frame-weighted). Metrics come from ``handvla.hand.metrics``.
 
 Inputs outside the tokenizer's range (features far from its normalisation stats: a world frame,
 millimetres) are listed in ``warnings`` (file and field; ``handvla.tokenizer.data.stats_range_warnings``)
@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from handvla.hand import metrics as M
-from handvla.hand.ik import OFFSET_POINTS
+from handvla.hand.fitting import with_landmark_offsets
 from handvla.hand.motion import HandMotion
 from handvla.hand.rotations import axis_angle_to_matrix
 from handvla.tokenizer.data import FeatureClip, LoadedMotion, load_sources, stats_range_warnings, warn
@@ -41,13 +41,10 @@ def reconstruct(model: MotionTokenizer, motion: HandMotion) -> HandMotion:
 def _observed_points(lm: LoadedMotion, motion: HandMotion, joints: np.ndarray) -> np.ndarray:
     """Model joints as the tracker reports them: the palm landmarks moved by the fit's offsets (point 0 =
     palm centre for Leap-style files)."""
-    out = joints.copy()
-    if lm.landmark_offsets is not None:
-        Rw = axis_angle_to_matrix(torch.tensor(motion.global_orient)).numpy()  # (T, 3, 3)
-        out[:, list(OFFSET_POINTS)] += np.einsum(
-            "tij,kj->tki", Rw, np.asarray(lm.landmark_offsets, np.float32)
-        )
-    return out
+    if lm.landmark_offsets is None:
+        return joints.copy()
+    Rw = axis_angle_to_matrix(torch.tensor(motion.global_orient))  # (T, 3, 3)
+    return with_landmark_offsets(torch.from_numpy(joints), Rw, torch.from_numpy(lm.landmark_offsets)).numpy()
 
 
 def evaluate_motions(

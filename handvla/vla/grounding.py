@@ -121,19 +121,23 @@ def object_name(obj: dict[str, Any]) -> str:
     return SceneObject.from_dict(obj).name
 
 
+def objects_in_view(
+    objects: Sequence[dict[str, Any]], camera: Camera | None, align: bool
+) -> list[tuple[dict[str, Any], tuple[int, int, int, int]]]:
+    """(object record, its box in the model's view, ``object_box_in_view``) for each of ``objects`` in view;
+    none without a posed camera."""
+    if camera is None or camera.extrinsics is None:
+        return []
+    boxes = [(obj, object_box_in_view(obj, camera, align)) for obj in objects]
+    return [(obj, box) for obj, box in boxes if box is not None]
+
+
 def grounding_questions(
     ground_truth: str | dict | None, camera: Camera | None, align: bool, where: str
 ) -> list[tuple[str, str]]:
     """(prompt, answer) for every object of the episode's scene in the model's view."""
-    if camera is None or camera.extrinsics is None:
-        return []
-    out = []
-    for obj in scene_objects(ground_truth, where):
-        box = object_box_in_view(obj, camera, align)
-        if box is not None:
-            name = object_name(obj)
-            out.append((grounding_prompt(name), grounding_answer(name, box)))
-    return out
+    in_view = objects_in_view(scene_objects(ground_truth, where), camera, align)
+    return [(grounding_prompt(object_name(o)), grounding_answer(object_name(o), box)) for o, box in in_view]
 
 
 def _centre(box) -> np.ndarray:
@@ -191,10 +195,8 @@ def evaluate_grounding(
     qs: list[dict[str, Any]] = []
     for k in range(n_ep):
         row = st.meta(k)
-        cam = camera_from_row(row)
         where = f"{st.root} episode {k}"
-        objs = [(o, object_box_in_view(o, cam, align)) for o in scene_objects(row["ground_truth"], where)]
-        objs = [(o, b) for o, b in objs if b is not None]
+        objs = objects_in_view(scene_objects(row["ground_truth"], where), camera_from_row(row), align)
         if not objs:
             continue
         ep = st.load_episode(k, 0.0, 1.0 / st.fps, with_video=True)
@@ -234,6 +236,7 @@ __all__ = [
     "grounding_prompt",
     "grounding_questions",
     "object_box_in_view",
+    "objects_in_view",
     "parse_grounding_answer",
     "score_boxes",
 ]
