@@ -243,6 +243,31 @@ def test_cli_units_flag_and_refusal(tmp_path):
     assert len(res["worst_frames"]) == 5 and out.exists()
 
 
+def test_cli_landmark_offset_flag(tmp_path):
+    """``--landmark-offset-mm 0`` fits the model's own palm joints (no offsets), a positive value sets the
+    offsets' prior scale, a negative one is a one-line error."""
+    j = synthetic(T=30, seed=16)["joints"]
+    src = save_joints(tmp_path / "j.npz", JointsRecording(joints=j, t=np.arange(30) / 30.0, fps=30.0))
+    out = tmp_path / "p.npz"
+    runs = {}
+    for mm in ("0", "10", "50"):
+        rc, stdout, _ = _cli(
+            ["hand", "fit", "--joints", str(src), "--out", str(out), "--quiet", "--landmark-offset-mm", mm]
+        )
+        assert rc == 0
+        runs[mm] = json.loads(stdout)
+    no_offsets = fit_joints(j, fps=30.0, config=FitConfig(landmark_offsets=False))
+    assert runs["0"]["fit_mpjpe_mm"] == pytest.approx(no_offsets.fit_mpjpe_mm, abs=0.01)
+    assert runs["0"]["landmark_offsets_mm"] is None
+    assert any(runs["10"]["landmark_offsets_mm"].values())
+    # a weaker prior lets the offsets grow (and fit at least as closely)
+    assert sum(runs["50"]["landmark_offsets_mm"].values()) > sum(runs["10"]["landmark_offsets_mm"].values())
+    rc, _, err = _cli(
+        ["hand", "fit", "--joints", str(src), "--out", str(out), "--quiet", "--landmark-offset-mm", "-1"]
+    )
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--landmark-offset-mm" in err
+
+
 @pytest.mark.parametrize("kind", ["empty", "corrupt"])
 def test_cli_empty_or_corrupt_npz_is_one_line_exit_2(tmp_path, kind):
     p = _corrupt_copies(tmp_path)[kind]

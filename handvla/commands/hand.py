@@ -56,6 +56,14 @@ def add_fit(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--acc-hz", type=float, default=None, help="smoothness cutoff in Hz (default 8, 0 = no smoothing)"
     )
+    p.add_argument(
+        "--landmark-offset-mm",
+        type=float,
+        default=None,
+        help="prior scale (mm) of the per-sequence offsets of the palm landmarks (wrist, thumb CMC, MCPs) "
+        "from the model's joints, for trackers that put them elsewhere (default 10; 0 = no offsets: the "
+        "model's own joints)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -77,6 +85,12 @@ def run_fit(args: argparse.Namespace) -> int:
         if not args.acc_hz >= 0:
             raise ConfigError(f"--acc-hz must be >= 0, got {args.acc_hz}")
         config.acc_hz = args.acc_hz
+    if args.landmark_offset_mm is not None:
+        if not args.landmark_offset_mm >= 0:
+            raise ConfigError(f"--landmark-offset-mm must be >= 0, got {args.landmark_offset_mm}")
+        config.landmark_offsets = args.landmark_offset_mm > 0
+        if config.landmark_offsets:
+            config.landmark_offset_mm = args.landmark_offset_mm
     if args.hand_model == "mano" and args.mano_dir is None:
         raise ConfigError(
             "--hand-model mano needs --mano-dir (the folder with MANO_RIGHT.pkl / MANO_LEFT.pkl)"
