@@ -24,7 +24,7 @@ import torch
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", required=True, help="training HandWorld store")
+    p.add_argument("--train", required=True, nargs="+", help="training HandWorld store(s)")
     p.add_argument("--eval", action="append", required=True, metavar="NAME=DIR", help="held-out store(s)")
     p.add_argument("--tokenizer", required=True, help="motion tokenizer folder")
     p.add_argument("--out", required=True, help="run folder (replaced)")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     shutil.rmtree(a.out, ignore_errors=True)
     base = dict(
-        data=dict(stores=[a.train], seconds=[a.seconds], align=bool(a.align)),
+        data=dict(stores=list(a.train), seconds=[a.seconds], align=bool(a.align)),
         model=dict(preset="tiny", motion_tokenizer=a.tokenizer),
         train=dict(output_dir=a.out, max_steps=a.steps, max_minutes=a.minutes, batch_size=a.batch_size, lr=a.lr,
                    warmup_steps=30, save_every=100_000, log_every=25, progress=False, tensorboard=False),
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     for item in a.eval:
         name, path = item.split("=", 1)
         r = evaluate_handworld(bundle, path, max_episodes=a.eval_episodes, max_seconds=a.seconds, batch_size=8,
-                               train_stores=[a.train])["summary"]  # fmt: skip
+                               train_stores=list(a.train))["summary"]  # fmt: skip
         res[name] = {k: r.get(k) for k in keys}
         res[name]["baselines"] = {
             k: {kk: v.get(kk) for kk in ("target_accuracy", "target_accuracy_ci95", "final_wrist_error_m")}

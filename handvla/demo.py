@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -93,6 +93,9 @@ class DemoConfig(ConfigModel):
     #: cross-entropy weight per residual layer of the motion ids (coarse layers carry where the hand goes;
     #: the finest ones are close to noise at this data size); None: all 1, the reference
     vla_layer_loss_weights: tuple[float, ...] | None = (4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
+    #: where the image's tokens stand in the prompt: 'in_prompt' (the reference) or 'after_text' (after the
+    #: instruction; `HandVLAConfig.image_position`)
+    vla_image_position: Literal["in_prompt", "after_text"] = "in_prompt"
     vla_minutes: float = 3.5
     vla_max_steps: int = 500
     vla_batch_size: int = 16
@@ -242,7 +245,8 @@ def pretrain_vla(cfg: DemoConfig, out: Path, worlds: dict[str, Path], tok_dir: P
                            seed=cfg.seed),
         model=ModelConfig(preset=cfg.vla_preset, motion_tokenizer=str(tok_dir), seed=cfg.seed,
                           preset_overrides={"vision_config": {"image_size": cfg.vla_tile}},
-                          motion_layer_loss_weights=_layer_weights(cfg, tok_dir)),
+                          motion_layer_loss_weights=_layer_weights(cfg, tok_dir),
+                          image_position=cfg.vla_image_position),
         train=TrainConfig(output_dir=str(run_dir), max_steps=cfg.vla_max_steps, max_minutes=cfg.vla_minutes,
                           batch_size=cfg.vla_batch_size, lr=cfg.vla_lr, warmup_steps=min(30, cfg.vla_max_steps // 5),
                           save_every=100, log_every=10, seed=cfg.seed, progress=progress, tensorboard=False),

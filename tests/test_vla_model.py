@@ -35,7 +35,7 @@ from handvla.vla import (
     vla_from_backbone,
 )
 from handvla.vla.configuration import IMG_CONTEXT_TOKEN, IMG_END_TOKEN, IMG_START_TOKEN, motion_token
-from handvla.vla.processing import IGNORE_INDEX, chat_text
+from handvla.vla.processing import IGNORE_INDEX, chat_text, place_images
 from handvla.vla.text_tokenizer import add_motion_tokens
 
 # 32 motion ids: 4 wrist ids in [0, 16) then 4 finger ids in [16, 32) per block
@@ -542,6 +542,57 @@ def test_sequence_equals_tokenising_the_expanded_string(tiny):
         proc.encode("no image here", images=[img])
     with pytest.raises(InputError):
         proc.motion_token_ids(np.full((1, 1, 128), 8192))
+
+
+def test_image_after_text_puts_the_instruction_before_the_image(tiny):
+    """``image_position="after_text"``: the prompt's <image> reads "the image" and the image tokens follow
+    the whole user text (so, causally, they can attend to the instruction); the reference order is the
+    default and a wrong value is a config error."""
+    prompt = "In <image>, pick up the cube, what?"
+    assert place_images(prompt, "in_prompt") == prompt
+    assert place_images("In <image>, pick up the cube, what?", "after_text") == (
+        "In the image, pick up the cube, what?\n<image>"
+    )
+    assert place_images("In <image> and <image>, go", "after_text") == (
+        "In image 1 and image 2, go\nimage 1: <image>\nimage 2: <image>"
+    )
+    assert place_images("no image", "after_text") == "no image"
+    with pytest.raises(InputError, match="image_position"):
+        place_images("In <image>", "first")
+    assert HandVLAConfig.from_preset("tiny").image_position == "in_prompt"
+    with pytest.raises(ConfigError, match="image_position"):
+        HandVLAConfig.from_preset("tiny", image_position="before")
+
+    proc, tok, cfg = tiny.processor, tiny.tokenizer, tiny.model.config
+    rng = np.random.default_rng(6)
+    hist = _motion(rng, cfg.motion_layout, 1, 1)
+    img = _image(56, 56)
+    prompt = "In <image>, pick up the red cube. Given <motion>, what next?"
+    ref_first = proc.encode(prompt, "ok", images=[img], prompt_motions=[hist])
+    cfg.image_position = "after_text"
+    try:
+        s = proc.encode(prompt, "ok", images=[img], prompt_motions=[hist])
+    finally:
+        cfg.image_position = "in_prompt"
+    img_str = IMG_START_TOKEN + IMG_CONTEXT_TOKEN * (4 * s.num_tiles[0]) + IMG_END_TOKEN
+    blocks = "".join(
+        "<mot>" + "".join(motion_token(int(i)) for i in blk) + "</mot>"
+        for blk in hist.reshape(-1, hist.shape[-1])
+    )
+    text = chat_text(
+        "In the image, pick up the red cube. Given " + blocks + ", what next?\n" + img_str,
+        system="You are a helpful assistant.",
+        answer="ok",
+    )
+    assert s.input_ids.tolist() == tok(text, add_special_tokens=False)["input_ids"]
+    ids = s.input_ids.tolist()
+    v = proc.vocab
+    # every instruction and motion token now precedes the image; the reference order has them after it
+    assert ids.index(v.img_start_id) > ids.index(v.mot_end_id)
+    first = ref_first.input_ids.tolist()
+    assert first.index(v.img_start_id) < first.index(v.mot_start_id)
+    assert torch.equal(s.pixel_values, ref_first.pixel_values)
+    assert s.labels[-2:].tolist() == ref_first.labels[-2:].tolist()
 
 
 def _expected_tiles(w: int, h: int, lo: int, hi: int) -> int:

@@ -51,6 +51,8 @@ def motion_token(index: int) -> str:
 
 # The system turn of every chat (stored in the config so training and inference use the same one).
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+#: HandVLAConfig.image_position: the reference's (the image where the prompt says) or after the user's text
+IMAGE_POSITIONS = ("in_prompt", "after_text")
 
 # ImageNet statistics: InternViT was trained on them (InternVL's own preprocessing).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,6 +94,11 @@ class HandVLAConfig(InternVLConfig):
     embeddings: ``"sincos"`` (a 2-D sin-cos table, `handvla.vla.modeling.init_vision_positions`) or
     ``"zero"`` (transformers' init); a pretrained tower keeps its own.
 
+    ``image_position``: where the image's tokens stand in the user turn. ``"in_prompt"`` (the reference):
+    where the prompt's ``<image>`` is ("In <image>, pick up the red cube, ..."). ``"after_text"``: the
+    placeholder reads "the image" and the image follows the whole user text, so that (causal attention) the
+    image tokens can attend to the instruction; see `handvla.vla.processing.place_images`.
+
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
     (informational).
@@ -122,6 +129,7 @@ class HandVLAConfig(InternVLConfig):
     loss_quantile_high: float = 1.0
     motion_layer_loss_weights: list[float] | None = None
     vision_position_init: str = "sincos"
+    image_position: str = "in_prompt"
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     has_motion_tokenizer: bool = False
@@ -163,6 +171,10 @@ class HandVLAConfig(InternVLConfig):
         if self.vision_position_init not in ("sincos", "zero"):
             raise ConfigError(
                 f"HandVLAConfig.vision_position_init: expected 'sincos' or 'zero', got {self.vision_position_init!r}"
+            )
+        if self.image_position not in IMAGE_POSITIONS:
+            raise ConfigError(
+                f"HandVLAConfig.image_position: expected one of {IMAGE_POSITIONS}, got {self.image_position!r}"
             )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")

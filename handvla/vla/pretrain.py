@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -76,6 +76,13 @@ class ModelConfig(ConfigModel):
         None,
         description="loss weight per residual layer of motion ids (needs a tokenizer with per-layer ids); "
         "None: every answer token weighs 1 (the reference)",
+    )
+
+    image_position: Literal["in_prompt", "after_text"] | None = Field(
+        None,
+        description="where the image's tokens stand in the user turn: in_prompt (the reference: where the "
+        "prompt's <image> is) or after_text (after the instruction, so the image tokens attend to it); None: "
+        "the checkpoint's or preset's",
     )
 
     @field_validator("loss_quantiles")
@@ -161,6 +168,8 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
         c.motion_layer_loss_weights = c.motion_layout.check_layer_weights(
             m.motion_layer_loss_weights, "model.motion_layer_loss_weights"
         )
+    if m.image_position is not None:
+        c.image_position = m.image_position
     c.image_alignment = "canonical" if cfg.data.align else "none"
     return bundle
 

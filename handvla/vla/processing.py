@@ -20,6 +20,9 @@ Labels are -100 everywhere except the answer tokens and the closing ``<|im_end|>
 answer only. Text between special tokens is tokenised piecewise; because added tokens always split text,
 this equals tokenising the expanded string (a test checks it).
 
+With ``config.image_position == "after_text"`` the prompt's ``<image>`` is first rewritten by `place_images`
+(the words "the image" where it stood, the image itself after the whole user text).
+
 Images are given as they are; mapping them to the canonical camera first is ``handvla.camera``'s
 ``warp_to_canonical``.
 """
@@ -37,7 +40,13 @@ from transformers import GotOcr2ImageProcessorPil, PreTrainedTokenizerBase
 
 from handvla.camera import as_pil_image
 from handvla.errors import InputError
-from handvla.vla.configuration import DEFAULT_SYSTEM_PROMPT, IM_END_TOKEN, IM_START_TOKEN, HandVLAConfig
+from handvla.vla.configuration import (
+    DEFAULT_SYSTEM_PROMPT,
+    IM_END_TOKEN,
+    IM_START_TOKEN,
+    IMAGE_POSITIONS,
+    HandVLAConfig,
+)
 from handvla.vla.text_tokenizer import MotionVocab
 
 IGNORE_INDEX = -100
@@ -101,6 +110,26 @@ def continuation_prompt(
         f"{head}. Given the previous {fps * history_seconds}-step motion sequence "
         f"{MOTION_PLACEHOLDER} of {HAND_PHRASES[hand_mode]}, what is the next {fps * seconds}-step motion sequence?"
     )
+
+
+def place_images(prompt: str, image_position: str) -> str:
+    """The user text with its images where ``image_position`` puts them. ``"in_prompt"``: unchanged.
+    ``"after_text"``: each ``<image>`` becomes the words "the image" ("image 1", "image 2", ... when there are
+    several) and the images follow the text, one per line, so that with causal attention the image tokens
+    come after (and can attend to) the instruction: "In <image>, pick up the red cube, what is ...?" ->
+    "In the image, pick up the red cube, what is ...?\n<image>"."""
+    if image_position not in IMAGE_POSITIONS:
+        raise InputError("image_position", None, f"one of {IMAGE_POSITIONS}", repr(image_position))
+    n = prompt.count(IMAGE_PLACEHOLDER)
+    if image_position == "in_prompt" or n == 0:
+        return prompt
+    names = ["the image"] if n == 1 else [f"image {i + 1}" for i in range(n)]
+    text = prompt
+    for name in names:
+        text = text.replace(IMAGE_PLACEHOLDER, name, 1)
+    if n == 1:
+        return f"{text}\n{IMAGE_PLACEHOLDER}"
+    return text + "".join(f"\n{name}: {IMAGE_PLACEHOLDER}" for name in names)
 
 
 def chat_text(prompt: str, system: str | None = DEFAULT_SYSTEM_PROMPT, answer: str | None = None) -> str:
@@ -265,8 +294,10 @@ class HandVLAProcessor:
         """Tokenise one chat turn. Placeholders: ``<image>`` (prompt only) consumes ``images`` in order,
         ``<motion>`` consumes ``prompt_motions`` in the prompt and ``answer_motions`` in the answer. With
         ``answer=None`` the sequence ends after the assistant header (a generation prompt, no labels).
-        ``system``: the system prompt (default: the processor's; None: no system turn)."""
+        ``system``: the system prompt (default: the processor's; None: no system turn). The config's
+        ``image_position`` places the images (`place_images`)."""
         system = self.system_prompt if system is ... else system
+        prompt = place_images(prompt, self.config.image_position)
         images, prompt_motions, answer_motions = list(images), list(prompt_motions), list(answer_motions)
         nl = self._text_ids("\n")
         head: list[int] = []
