@@ -371,6 +371,7 @@ def test_example_configs_load():
     assert (model_cfg.codebook_size, model_cfg.id_layout, model_cfg.token_order) == (128, "per_layer", "layer_group_time")
     cfg = load_pretrain_config(root / "pretrain_handworld.yaml")
     assert cfg.model.preset_overrides == {"vision_config": {"image_size": 112}}
+    assert cfg.model.image_position == "in_prompt" and len(cfg.model.motion_layer_loss_weights) == 8
 
 
 def test_counterfactual_probe_asks_for_each_scene_object(world, trained_tokenizer):
