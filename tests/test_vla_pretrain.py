@@ -103,6 +103,26 @@ def test_samples_match_an_independent_encoding(world):
     assert plain.size == ds.image_size and not np.array_equal(np.asarray(plain), np.asarray(ref))
 
 
+def test_lengths_are_exact_with_the_image_after_the_text(world):
+    """``image_position="after_text"`` rewrites the prompt; the lengths computed without images follow it."""
+    root, store, mt = world
+    cfg = VLADataConfig(stores=[str(store)], seconds=[1], history_seconds=[1])
+    specs, dirs, _ = collect_samples(cfg, "all")
+    bundle = _bundle(mt, specs)
+    bundle.model.config.image_position = "after_text"
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, mt, align=True)
+    seen = set()
+    for i, s in enumerate(ds.specs):
+        if s.task_type in seen:
+            continue
+        seen.add(s.task_type)
+        ids = ds.encode(i).input_ids.tolist()
+        assert len(ids) == ds.lengths[i]
+        v = bundle.processor.vocab
+        assert ids[ids.index(v.img_end_id) + 1] == v.eos_id  # the image ends the user turn
+    assert {"generation", "translation", "prediction"} <= seen
+
+
 def test_packing_gives_the_loss_of_separate_samples(world):
     root, store, mt = world
     cfg = VLADataConfig(stores=[str(store)], seconds=[1], task_mix={"generation": 1.0, "translation": 1.0})

@@ -85,6 +85,7 @@ from handvla.vla.processing import (
     continuation_prompt,
     generation_prompt,
     hands_for_mode,
+    place_images,
     translation_prompt,
 )
 
@@ -640,8 +641,9 @@ class VLAInstructionDataset(Dataset):
         computed = self.cache.fill(needed, progress)
         if computed:
             self.cache.save()
-        # Lengths without reading images: <image> -> one added token stands in for <img> ... </img>, so the
-        # text splits exactly as in the real encoding (added tokens always split text).
+        # Lengths without reading images: the images placed as the model's config says, then <image> -> one
+        # added token stands in for <img> ... </img>, so the text splits exactly as in the real encoding
+        # (added tokens always split text).
         n_tiles = processor.num_tiles(*self.image_size)
         image_tokens = n_tiles * processor.tokens_per_tile + 2
         kept, lengths = [], []
@@ -652,7 +654,7 @@ class VLAInstructionDataset(Dataset):
                 self.report["absent_hand"] += 1
                 continue
             enc = processor.encode(
-                s.prompt.replace(IMAGE_PLACEHOLDER, "<img>"),
+                place_images(s.prompt, processor.config.image_position).replace(IMAGE_PLACEHOLDER, "<img>"),
                 s.answer if s.answer is not None else MOTION_PLACEHOLDER,
                 prompt_motions=prompt_m,
                 answer_motions=answer_m,
