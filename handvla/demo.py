@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,6 +42,7 @@ from handvla.tokenizer.loading import load_tokenizer
 from handvla.tokenizer.training import train
 from handvla.train.trainer import TrainConfig
 from handvla.vla.baselines import load_training_reference
+from handvla.vla.configuration import ImagePosition
 from handvla.vla.data import VLADataConfig, prepare_image
 from handvla.vla.evaluate import (
     evaluate_counterfactual,
@@ -95,7 +96,7 @@ class DemoConfig(ConfigModel):
     vla_layer_loss_weights: tuple[float, ...] | None = (4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
     #: where the image's tokens stand in the prompt: 'in_prompt' (the reference) or 'after_text' (after the
     #: instruction; `HandVLAConfig.image_position`)
-    vla_image_position: Literal["in_prompt", "after_text"] = "in_prompt"
+    vla_image_position: ImagePosition = "in_prompt"
     vla_minutes: float = 3.5
     vla_max_steps: int = 500
     vla_batch_size: int = 16

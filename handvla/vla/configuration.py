@@ -24,7 +24,7 @@ local checkpoint, so the presets only matter for planning (parameter counts) and
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Literal, get_args
 
 from transformers import AutoConfig, InternVLConfig
 
@@ -52,7 +52,8 @@ def motion_token(index: int) -> str:
 # The system turn of every chat (stored in the config so training and inference use the same one).
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 #: HandVLAConfig.image_position: the reference's (the image where the prompt says) or after the user's text
-IMAGE_POSITIONS = ("in_prompt", "after_text")
+ImagePosition = Literal["in_prompt", "after_text"]
+IMAGE_POSITIONS: tuple[str, ...] = get_args(ImagePosition)
 
 # ImageNet statistics: InternViT was trained on them (InternVL's own preprocessing).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

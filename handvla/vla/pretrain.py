@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from handvla.hand.registry import load_hand_model
 from handvla.hand.topology import SIDES
 from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
+from handvla.vla.configuration import ImagePosition
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
 from handvla.vla.evaluate import evaluate_handworld
 from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_summary
@@ -78,7 +79,7 @@ class ModelConfig(ConfigModel):
         "None: every answer token weighs 1 (the reference)",
     )
 
-    image_position: Literal["in_prompt", "after_text"] | None = Field(
+    image_position: ImagePosition | None = Field(
         None,
         description="where the image's tokens stand in the user turn: in_prompt (the reference: where the "
         "prompt's <image> is) or after_text (after the instruction, so the image tokens attend to it); None: "
