@@ -72,10 +72,19 @@ class VideoWriter:
             for frame in frames:  # (H, W, 3) uint8
                 w.write(frame)
 
-    ``crf`` (0-51, lower = better) and ``preset`` are libx264's quality/speed settings.
+    ``crf`` (0-51, lower = better) and ``preset`` are libx264's quality/speed settings. ``threads``: libx264's
+    encoding threads; 0 lets it choose from the machine's cores, and then the bytes written depend on the
+    machine (the pictures differ slightly too); a fixed number gives the same file on every machine.
     """
 
-    def __init__(self, path: str | Path, fps: float = 15.0, crf: int = 18, preset: str = "veryfast"):
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float = 15.0,
+        crf: int = 18,
+        preset: str = "veryfast",
+        threads: int = 0,
+    ):
         self.path = file_target(path)  # not an existing folder
         self._ext = _ext(self.path)
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
@@ -86,6 +95,9 @@ class VideoWriter:
             )
         self.fps = float(fps)
         self.crf, self.preset = int(crf), str(preset)
+        if not (isinstance(threads, int) and threads >= 0):
+            raise InputError(self.path, "threads", "an integer >= 0 (0: libx264 chooses)", repr(threads))
+        self.threads = threads
         # a temporary name in the same folder (keeping the extension, which picks the container);
         # created with the usual permissions, unlike mkstemp's owner-only ones
         self._tmp = Path(f"{tmp_path(self.path)}{self._ext}")
@@ -103,7 +115,7 @@ class VideoWriter:
         stream = self._container.add_stream("libx264", rate=rate)
         stream.width, stream.height = w + w % 2, h + h % 2
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        stream.options = {"crf": str(self.crf), "preset": self.preset, "threads": str(self.threads)}
         self._stream = stream
 
     def write(self, frame: np.ndarray) -> None:
@@ -198,11 +210,13 @@ def write_video(
     fps: float = 15.0,
     crf: int = 18,
     preset: str = "veryfast",
+    threads: int = 0,
 ) -> Path:
-    """Write frames ((T, H, W, 3) uint8 array or an iterable of (H, W, 3)) to an MP4 or GIF, atomically."""
+    """Write frames ((T, H, W, 3) uint8 array or an iterable of (H, W, 3)) to an MP4 or GIF, atomically
+    (``crf``, ``preset``, ``threads``: see ``VideoWriter``)."""
     if isinstance(frames, np.ndarray) and frames.ndim != 4:
         raise InputError(path, "frames", "a uint8 array of shape (T, H, W, 3)", f"shape {frames.shape}")
-    with VideoWriter(path, fps=fps, crf=crf, preset=preset) as w:
+    with VideoWriter(path, fps=fps, crf=crf, preset=preset, threads=threads) as w:
         w.write_all(frames)
     return Path(path)
 

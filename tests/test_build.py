@@ -68,7 +68,7 @@ def make_build_data(root: Path, real_hands: Path) -> Path:
         "hand_model": "builtin",
         "mano_dir": str(mano_dir),
         "standardize": {"fit_iters": 10},
-        "align": {"out_size": [96, 54]},
+        "align": {"out_size": [128, 72]},  # (96 x 54: libx264 veryfast is not repeatable there)
         "balance": {"enabled": True, "augmentations": ["mirror"], "max_copies": 1},
         "sources": [
             {"name": "hamer", "root": str(root / "hamer"), "intrinsics": {"default": {"hfov_deg": 60}}},
@@ -128,8 +128,8 @@ def test_build_writes_good_episodes_and_reports_bad_ones(single):
     # every episode is at 15 fps, in the canonical camera, with the standardisation report
     for k in range(len(store)):
         ep = store.load_episode(k)
-        assert ep.camera.width == 96 and ep.camera.fx == pytest.approx(736.6339 * 96 / 1920)
-        assert ep.video.shape[1:3] == (54, 96)
+        assert ep.camera.width == 128 and ep.camera.fx == pytest.approx(736.6339 * 128 / 1920)
+        assert ep.video.shape[1:3] == (72, 128)
         prov = ep.annotations["provenance"]
         assert "standardize" in prov and "align" in prov and prov["build"]["order"][2] in (0, 1)
     hamer = store.load_episode(0, with_video=False)

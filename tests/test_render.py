@@ -223,3 +223,15 @@ def test_render_motions_to_files(tmp_path):
     tr = track_from_motion(motions["left"])
     out = render_video(tmp_path / "one.mp4", [tr], fps=15, width=32, height=32)
     assert read_video(out).shape == (15, 32, 32, 3)
+
+
+def test_writer_uses_the_encoder_threads_asked_for(tmp_path):
+    """A fixed thread count (what the data build uses) is what libx264 records in the stream; it is what
+    makes the bytes the same on machines with other core counts."""
+    frames = np.random.default_rng(0).integers(0, 256, (4, 240, 320, 3), dtype=np.uint8)  # tall: 2 threads
+    for n in (1, 2):
+        data = write_video(tmp_path / f"t{n}.mp4", frames, threads=n).read_bytes()
+        assert f" threads={n} ".encode() in data
+    with pytest.raises(InputError, match="threads"):
+        write_video(tmp_path / "bad.mp4", frames, threads=-1)
+    assert not (tmp_path / "bad.mp4").exists()

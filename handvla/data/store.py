@@ -333,6 +333,7 @@ class EpisodeWriter:
         camera: str | None | object = AS_STORED,
         crf: int = 20,
         preset: str = "veryfast",
+        encoder_threads: int = 0,
         compact_every: int = 1000,
         durable: bool = True,
         robot_type: str | None = None,
@@ -340,6 +341,7 @@ class EpisodeWriter:
         self.root = Path(root)
         self.durable = bool(durable)
         self.crf, self.preset, self.compact_every = int(crf), preset, int(compact_every)
+        self.encoder_threads = encoder_threads  # libx264 threads for frames given as arrays (video.VideoWriter)
         self._lock = WriterLock(self.root, "EpisodeWriter", "store")
         self._closed = False
         try:
@@ -701,7 +703,9 @@ class EpisodeWriter:
                     f"uint8 frames of shape ({T}, {cam.height}, {cam.width}, 3) (T, camera height, width, RGB)",
                     f"{frames.dtype} {frames.shape}",
                 )
-            V.write_video(path, frames, fps=self.fps, crf=self.crf, preset=self.preset)
+            V.write_video(
+                path, frames, fps=self.fps, crf=self.crf, preset=self.preset, threads=self.encoder_threads
+            )
             if self.durable:
                 fsync_file(path)
         if self.durable:

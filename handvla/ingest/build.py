@@ -135,6 +135,12 @@ class BuildConfig(ConfigModel):
     workers: int = Field(1, ge=1)
     crf: int = Field(20, ge=0, le=51, description="libx264 quality of the stored video")
     preset: str = "veryfast"
+    encoder_threads: int = Field(
+        1,
+        ge=0,
+        description="libx264 threads per stored video. 1 (workers already encode in parallel) writes the "
+        "same bytes on every machine and node; 0 lets libx264 choose from the cores, machine-dependent",
+    )
     standardize: StandardizeConfig = Field(default_factory=StandardizeConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
     balance: ViewBalanceConfig = Field(default_factory=ViewBalanceConfig)
@@ -549,7 +555,14 @@ def _process(job: Job, cfg: BuildConfig, written: list[Path]) -> JobResult:
             name = hashlib.sha1(e.key.encode()).hexdigest()[:16]
             path = _WORKER["tmp"] / f"{name}.mp4"
             written.append(path)
-            write_video(path, fr, fps=cfg.standardize.fps, crf=cfg.crf, preset=cfg.preset)
+            write_video(
+                path,
+                fr,
+                fps=cfg.standardize.fps,
+                crf=cfg.crf,
+                preset=cfg.preset,
+                threads=cfg.encoder_threads,
+            )
             e = replace(e, video=str(path))
         episodes.append(e)
     return JobResult(job, "written", episodes=episodes, report=std.report)
@@ -618,6 +631,7 @@ def build(
             camera="main" if cfg.video else None,
             crf=cfg.crf,
             preset=cfg.preset,
+            encoder_threads=cfg.encoder_threads,
         )
     except BaseException:
         if runner is not None:
