@@ -7,7 +7,10 @@ RANK / WORLD_SIZE / LOCAL_RANK and this module joins the group (NCCL on GPUs, gl
 from __future__ import annotations
 
 import atexit
+import gc
 import os
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +56,26 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group (idempotent; a no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group (idempotent; a no-op in a single process).
+
+    On CPU (gloo) a worker thread frees a finished collective's tensors a moment after the caller has woken
+    up, and it takes the GIL to do so; if the interpreter is shutting down by then, the process aborts
+    ('terminate called without an active exception', exit code -6, after all the work was done). So on a
+    normal exit the ranks meet at a barrier, the worker threads get that moment, and the group's last
+    references are collected while the interpreter is alive (its destructor joins the threads). After an
+    uncaught exception there is no barrier: the peers may never come, and the launcher stops them."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gloo = dist.get_backend() == "gloo"
+    if getattr(sys, "last_value", None) is None:
+        dist.barrier()
+        if gloo:
+            time.sleep(_GLOO_SETTLE_S)
+    dist.destroy_process_group()
+    gc.collect()
+
+
+_GLOO_SETTLE_S = 0.2  # seconds for gloo's worker threads to release the last collective (see above)
 
 
 def wrap_model(model: nn.Module, strategy: str, info: DistInfo, layer_types: tuple[type, ...] = ()) -> nn.Module:
