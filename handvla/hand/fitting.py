@@ -167,6 +167,10 @@ class FitConfig(ConfigModel):
     global_iters: int = 5  # L-BFGS iterations of the global stage (wrist, shape, landmark offsets)
     fit_betas: bool = True
     w_betas: float = 1.0  # Gaussian prior on betas (unit variance), for the whole sequence
+    # Every shape coefficient stays within +-betas_bound. They are in standard deviations of the model's
+    # training hands: beyond about 3 the shape is no longer a hand, and 21 joints do not determine all ten
+    # (with a weak prior, w_betas <= 0.03, unbounded fits ran off to |beta| 10-10000 and 5-90 mm errors).
+    betas_bound: float = 3.0
     w_limits: float = 30.0  # per squared radian outside the limits, summed over joints and axes
     limit_margin_deg: float = 10.0
     # Per-sequence offsets of the six palm landmarks (the wrist, the thumb's CMC, the four MCPs) from the
@@ -197,6 +201,8 @@ class FitConfig(ConfigModel):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ConfigError(f"fitting: {name} must be a non-negative number, got {v!r}")
+        if not (np.isfinite(self.betas_bound) and self.betas_bound > 0):
+            raise ConfigError(f"fitting: betas_bound must be a positive number, got {self.betas_bound!r}")
         if not (np.isfinite(self.landmark_offset_mm) and self.landmark_offset_mm > 0):
             raise ConfigError(
                 f"fitting: landmark_offset_mm must be a positive number, got {self.landmark_offset_mm!r}"
@@ -399,11 +405,13 @@ def init_betas(
     root_is_palm: bool = False,
     w_prior: float = 1.0,
     iters: int = 5,
+    bound: float = 3.0,
 ) -> torch.Tensor:
     """Shape from bone lengths: betas (10,) whose rest skeleton best matches the median observed distance
     of each rigid point pair (pose-independent, so this needs no pose). x: (N, 21, 3) metres. The loss
     is in cm^2 summed over pairs; ``w_prior`` weighs |betas|^2 against it. A few Gauss-Newton steps (the
-    rest skeleton's derivative by batched central differences, ``handvla.hand.ik``)."""
+    rest skeleton's derivative by batched central differences, ``handvla.hand.ik``), each kept within
+    +-``bound``."""
     pairs = [(a, b) for a, b in _RIGID_PAIRS if not (root_is_palm and a == 0)]
     # rest points come in MANO order (16 joints, then tips): the row of each OpenPose point
     a = torch.as_tensor([int(MANO_TO_OPENPOSE[p[0]]) for p in pairs])
@@ -421,7 +429,7 @@ def init_betas(
         r = (dist - obs) * 100.0
         H = J.T @ J + w_prior * eye
         g = J.T @ r + w_prior * betas
-        betas = betas - torch.linalg.solve(H, g)
+        betas = (betas - torch.linalg.solve(H, g)).clamp(-bound, bound)
     return betas.float()
 
 
@@ -652,7 +660,11 @@ def _fit(joints, side, fps, t, hand_model, root_is_palm, cfg: FitConfig, progres
     # ---- initialisation: shape from bone lengths, Kabsch on the palm points, swing IK for the fingers ----
     local_fn = local_joints_fn(model)
     # The bone-length prior is weighed as in the full loss, where data is summed over N frames.
-    betas0 = init_betas(model, x, root_is_palm, cfg.w_betas / N) if cfg.fit_betas else torch.zeros(NUM_BETAS)
+    betas0 = (
+        init_betas(model, x, root_is_palm, cfg.w_betas / N, bound=cfg.betas_bound)
+        if cfg.fit_betas
+        else torch.zeros(NUM_BETAS)
+    )
     with torch.no_grad():
         rest = local_fn(torch.zeros(1, 15, 3), betas0)[0]  # (21, 3)
     palm = list(PALM_POINTS[1:]) if root_is_palm else list(PALM_POINTS)
@@ -823,6 +835,7 @@ def _refine_fast(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
         w_limits=cfg.w_limits,
         w_betas=cfg.w_betas,
         fit_betas=cfg.fit_betas,
+        betas_bound=cfg.betas_bound,
         root_is_palm=start.root_is_palm,
         landmark_offsets=cfg.landmark_offsets,
         w_offsets=_offset_prior_weight(cfg),
@@ -879,7 +892,7 @@ def _refine_lbfgs(model, local_fn, start: _FitStart, cfg: FitConfig, progress):
         R = R0 @ axis_angle_to_matrix(delta_u / rot_scale)  # (N, 3, 3)
         pose = pose_u / lever_pose_sqrt  # (N, 15, 3)
         wrist = t0 + wrist_cm / 100.0  # (N, 3)
-        betas = betas_u / sqrt_n
+        betas = (betas_u / sqrt_n).clamp(-cfg.betas_bound, cfg.betas_bound)
         offsets = offsets0 + off_free * off_u / (100.0 * sqrt_n) if offsets0 is not None else None
         return R, pose, wrist, betas, offsets
 

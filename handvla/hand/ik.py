@@ -211,6 +211,7 @@ class GaussNewtonFitter:
         w_betas: float,
         fit_betas: bool,
         root_is_palm: bool,
+        betas_bound: float = float("inf"),
         damping: float = 0.1,
         max_step_rad: float = 0.5,
         landmark_offsets: bool = False,
@@ -218,7 +219,8 @@ class GaussNewtonFitter:
     ):
         """``root_is_palm``: point 0 is the palm centre, its offset from the wrist (``offsets`` row 0) is
         fitted without a prior; ``landmark_offsets``: all six rows are fitted, with the Gaussian prior
-        ``w_offsets |o|^2`` (o in metres) on every row but a palm centre's."""
+        ``w_offsets |o|^2`` (o in metres) on every row but a palm centre's; ``betas_bound``: every shape
+        coefficient is kept within +-this (a step is projected onto the box before it is judged)."""
         self.model, self.x = model, x
         dev, dt = x.device, x.dtype
         self.F = frames.to(dev, dt)  # (15, 3, 3) columns twist, spread, bend
@@ -226,6 +228,7 @@ class GaussNewtonFitter:
         self.lo, self.hi = lo.to(dev, dt), hi.to(dev, dt)
         self.w_limits, self.w_betas = w_limits, w_betas
         self.fit_betas, self.root_is_palm = fit_betas, root_is_palm
+        self.betas_bound = float(betas_bound)
         #: the fitted rows of ``offsets`` (after the betas among the shared unknowns) and their prior weights
         self.off_rows, self.w_off = offset_rows(root_is_palm, landmark_offsets, w_offsets)
         self.n_shared = (NUM_BETAS if fit_betas else 0) + 3 * len(self.off_rows)
@@ -396,7 +399,7 @@ class GaussNewtonFitter:
         if d_sh is not None:
             k = 0
             if self.fit_betas:
-                betas = betas + d_sh[:NUM_BETAS]
+                betas = (betas + d_sh[:NUM_BETAS]).clamp(-self.betas_bound, self.betas_bound)
                 k = NUM_BETAS
             if self.off_rows:
                 off = off.clone()
