@@ -58,12 +58,16 @@ def setup(tmp_path, real_hands_dir):
     path = make_build_data(tmp_path, real_hands_dir)
     markers = tmp_path / "markers"
     markers.mkdir()
+    (tmp_path / "worker_tmp").mkdir()  # the workers' temporary folder
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook travels to the workers
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         logging_level="WARNING",
-        runtime_env={"worker_process_setup_hook": _crash_hook(str(markers))},
+        runtime_env={
+            "worker_process_setup_hook": _crash_hook(str(markers)),
+            "env_vars": {"TMPDIR": str(tmp_path / "worker_tmp")},
+        },
     )
     try:
         local = build(load_build_config(path), tmp_path / "local", workers=1, progress=False)
@@ -120,3 +124,6 @@ def test_ray_build_equals_local_build_retries_dead_workers_and_reports_lost_epis
     assert sorted(a) == sorted(b) and any(k.endswith(".mp4") for k in a)
     assert [k for k in a if a[k] != b[k]] == []  # the same store, byte for byte
     assert EpisodeStore(root / "ray").validate(deep=True) == []
+    # each task's temporary folder is gone; only the 3 tasks whose worker was killed mid-task left theirs
+    # (before: one per worker process, never removed)
+    assert len(list((root / "worker_tmp").iterdir())) <= 3

@@ -43,7 +43,6 @@ skipped, naming the reasons with their counts.
 
 from __future__ import annotations
 
-import atexit
 import fnmatch
 import hashlib
 import json
@@ -455,22 +454,22 @@ def _category(e: HandvlaError) -> str:
 
 def _ray_job(cfg_json: str, job: Job) -> tuple[JobResult, list[bytes | None]]:
     """``process_job`` on a Ray worker (``handvla.ingest.distributed``): the encoded videos come back as
-    bytes (the driver may be another machine), not as paths in the worker's temporary folder."""
-    if _WORKER.get("cfg_json") != cfg_json:
-        tmp = tempfile.mkdtemp(prefix="handvla-build-")
-        atexit.register(shutil.rmtree, tmp, True)
-        _worker_init(cfg_json, tmp)
-        _WORKER["cfg_json"] = cfg_json
-    r = process_job(job)
-    videos: list[bytes | None] = []
-    for i, e in enumerate(r.episodes):
-        if isinstance(e.video, str):
-            path = Path(e.video)
-            videos.append(path.read_bytes())
-            path.unlink()
-            r.episodes[i] = replace(e, video=None)
-        else:
-            videos.append(None)
+    bytes (the driver may be another machine), not as paths in the worker's temporary folder. Each task
+    has its own temporary folder, removed when it ends (Ray stops its workers without running exit
+    handlers, so a folder per worker process would stay behind)."""
+    with tempfile.TemporaryDirectory(prefix="handvla-build-") as tmp:
+        if _WORKER.get("cfg_json") != cfg_json:
+            _worker_init(cfg_json, tmp)
+            _WORKER["cfg_json"] = cfg_json
+        _WORKER["tmp"] = Path(tmp)
+        r = process_job(job)
+        videos: list[bytes | None] = []
+        for i, e in enumerate(r.episodes):
+            if isinstance(e.video, str):
+                videos.append(Path(e.video).read_bytes())
+                r.episodes[i] = replace(e, video=None)
+            else:
+                videos.append(None)
     return r, videos
 
 
