@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import gc
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -56,21 +55,18 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group (idempotent; a no-op in a single process).
+    """Leave the process group (idempotent; a no-op in a single process). Registered to run at exit.
 
     On CPU (gloo) a worker thread frees a finished collective's tensors a moment after the caller has woken
     up, and it takes the GIL to do so; if the interpreter is shutting down by then, the process aborts
-    ('terminate called without an active exception', exit code -6, after all the work was done). So on a
-    normal exit the ranks meet at a barrier, the worker threads get that moment, and the group's last
-    references are collected while the interpreter is alive (its destructor joins the threads). After an
-    uncaught exception there is no barrier: the peers may never come, and the launcher stops them."""
+    ('terminate called without an active exception', exit code -6, after all the work was done). So the
+    worker threads get that moment first, and the group's last references are collected while the
+    interpreter is alive (its destructor joins the threads; DDP holds a reference until then). No barrier:
+    a rank that stops on an error must not wait for peers that are still working."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    gloo = dist.get_backend() == "gloo"
-    if getattr(sys, "last_value", None) is None:
-        dist.barrier()
-        if gloo:
-            time.sleep(_GLOO_SETTLE_S)
+    if dist.get_backend() == "gloo":
+        time.sleep(_GLOO_SETTLE_S)
     dist.destroy_process_group()
     gc.collect()
 
