@@ -264,3 +264,32 @@ def test_flow_resume_replays_the_uninterrupted_run(tmp_path):
     la = [x for x in losses(tmp_path / "a") if x is not None]
     lb = [x for x in losses(tmp_path / "b") if x is not None]
     assert len(la) == 4 and la == lb
+
+
+def test_context_in_norms_conditions_the_expert_on_the_context_mean():
+    """``context_in_norms``: the context's (masked) mean reaches the adaptive norms. With cross-attention
+    cut, the velocity still depends on the context, padding does not count, and the option starts as the
+    time-only expert (its last layer is zero); without the option the same cut expert ignores the context."""
+    x, t = torch.randn(2, NA, A), torch.full((2,), 0.3)
+    ctx, other = torch.randn(2, 3, H), torch.randn(2, 3, H)
+    out = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        expert = ActionExpert(A, H, NA, FlowSettings(width=32, layers=2, heads=4, context_in_norms=on))
+        assert (expert.context_cond is not None) == on
+        with torch.no_grad():
+            for p in expert.parameters():  # leave the zero-initialised start
+                p.add_(torch.randn(p.shape) * 0.1)
+            for blk in expert.blocks:  # cut cross-attention: the context can only act through the norms
+                blk.cross_attn.out.weight.zero_()
+                blk.cross_attn.out.bias.zero_()
+        out[on] = (expert(x, t, ctx), expert(x, t, other))
+        if on:
+            mask = torch.tensor([[True, True, False]] * 2)
+            padded = ctx.clone()
+            padded[:, 2] += 5.0  # a padding token: ignored
+            torch.testing.assert_close(expert(x, t, ctx, mask), expert(x, t, padded, mask))
+    torch.testing.assert_close(out[False][0], out[False][1])
+    assert (out[True][0] - out[True][1]).abs().max() > 1e-3
+    fresh = ActionExpert(A, H, NA, FlowSettings(width=32, layers=2, heads=4, context_in_norms=True))
+    assert fresh.context_cond[-1].weight.abs().max() == 0 and fresh.context_cond[-1].bias.abs().max() == 0

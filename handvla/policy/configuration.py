@@ -110,6 +110,11 @@ class FlowSettings(ConfigModel):
         "expert sees every draw (a lower-variance loss; 1 = one draw, as pi0 trains). On Meta-World MT10 "
         "at 2000 steps 4 draws lifted held-out success from 0.72 to 0.785 (README, robot suite)",
     )
+    context_in_norms: bool = Field(
+        False,
+        description="also condition the expert's adaptive norms on the mean of the VLA's context (beside the "
+        "flow time), not only its cross-attention: a stronger hold on which task the chunk is for",
+    )
     rtc_guidance: float = Field(
         2.0,
         ge=0.0,

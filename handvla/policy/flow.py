@@ -118,6 +118,10 @@ class ActionExpert(nn.Module):
         self.position = nn.Parameter(torch.zeros(chunk_size, D))
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         self.context_in = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, D))
+        # FlowSettings.context_in_norms: the context's mean joins the time in every adaptive norm
+        self.context_cond = (
+            nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D)) if settings.context_in_norms else None
+        )
         self.blocks = nn.ModuleList(
             _Block(D, settings.heads, settings.mlp_ratio) for _ in range(settings.layers)
         )
@@ -140,21 +144,32 @@ class ActionExpert(nn.Module):
         for blk in self.blocks:
             nn.init.zeros_(blk.ada.weight)
             nn.init.zeros_(blk.ada.bias)
-        for lin in (self.ada_out, self.action_out):
+        zero = [self.ada_out, self.action_out]
+        if self.context_cond is not None:
+            zero.append(self.context_cond[-1])  # starts as the time-only expert
+        for lin in zero:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
     # -- the network --------------------------------------------------------------------------------------
     def encode_context(self, context: torch.Tensor, context_mask: torch.Tensor | None):
-        """Per block, the context's (keys, values), and the attention mask: computed once per chunk."""
+        """Per block, the context's (keys, values), the attention mask and (``context_in_norms``) the
+        context's conditioning vector: computed once per chunk."""
         ctx = self.context_in(context.float())
         kvs = [blk.cross_attn.project_kv(ctx) for blk in self.blocks]
         mask = None if context_mask is None else context_mask.bool()[:, None, None, :]
-        return kvs, mask
+        cond = None
+        if self.context_cond is not None:
+            w = torch.ones(ctx.shape[:2], device=ctx.device) if context_mask is None else context_mask.float()
+            mean = (ctx * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1.0)
+            cond = self.context_cond(mean)
+        return kvs, mask, cond
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, encoded) -> torch.Tensor:
-        kvs, mask = encoded
+        kvs, mask, cond = encoded
         temb = self.time_mlp(timestep_embedding(t, self.position.shape[1]))
+        if cond is not None:
+            temb = temb + cond
         h = self.action_in(x.float()) + self.position[None, : x.shape[1]]
         for blk, kv in zip(self.blocks, kvs):
             h = blk(h, temb, kv, mask)
