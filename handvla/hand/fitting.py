@@ -405,13 +405,13 @@ def init_betas(
     root_is_palm: bool = False,
     w_prior: float = 1.0,
     iters: int = 5,
-    bound: float = 3.0,
+    bound: float = float("inf"),
 ) -> torch.Tensor:
     """Shape from bone lengths: betas (10,) whose rest skeleton best matches the median observed distance
     of each rigid point pair (pose-independent, so this needs no pose). x: (N, 21, 3) metres. The loss
     is in cm^2 summed over pairs; ``w_prior`` weighs |betas|^2 against it. A few Gauss-Newton steps (the
     rest skeleton's derivative by batched central differences, ``handvla.hand.ik``), each kept within
-    +-``bound``."""
+    +-``bound`` (the fit passes ``FitConfig.betas_bound``)."""
     pairs = [(a, b) for a, b in _RIGID_PAIRS if not (root_is_palm and a == 0)]
     # rest points come in MANO order (16 joints, then tips): the row of each OpenPose point
     a = torch.as_tensor([int(MANO_TO_OPENPOSE[p[0]]) for p in pairs])
