@@ -14,7 +14,11 @@ than any other; ``chance`` = mean 1 / objects), beside one constant box (the mea
   token, which colours' boxes it overlaps (weighted binary cross-entropy), then the questions;
   ``--warm-head embeddings``: the head's weights are the LLM's input embeddings of the colour words (" red",
   ...), so red visual tokens come to look like the word " red" to the LLM;
-- ``--overrides``: preset overrides as JSON (a larger model, a larger tile).
+- ``--overrides``: preset overrides as JSON (a larger model, a larger tile);
+- ``--film 1``: ``vision_film`` (the tower's output modulated by the question, which then precedes the
+  image: ``image_position: after_text``); ``--binding W``: that plus ``binding_loss_weight: W`` (the
+  model's binding loss: a linear head on the visual tokens says whether each overlaps the NAMED object's
+  box), scored on held-out questions by where the head's highest token falls (``binding``).
 
     python benchmarks/vla_grounding_probe.py --scenes 8000 --steps 2250
     python benchmarks/vla_grounding_probe.py --scenes 24000 --one-object 1 --steps 1000 --eval-every 500
@@ -51,16 +55,13 @@ def render_scenes(n: int, seed: int, size: tuple[int, int], align: bool, tile: i
 
 def _colour_map(scenes, grid: int, colours: list[str]) -> torch.Tensor:
     """(scenes, grid * grid, colours): 1 where a visual token's cell overlaps a box of that colour."""
-    y = torch.zeros(len(scenes), grid * grid, len(colours))
-    edges = np.arange(grid + 1) * 1000 / grid
+    from handvla.vla.grounding import box_token_map
+
+    y = np.zeros((len(scenes), grid * grid, len(colours)), np.float32)
     for i, (_, objs) in enumerate(scenes):
-        for name, b in objs:
-            c = colours.index(name.split()[0])
-            rows = [r for r in range(grid) if b[1] < edges[r + 1] and b[3] > edges[r]]
-            cols = [q for q in range(grid) if b[0] < edges[q + 1] and b[2] > edges[q]]
-            for r in rows:
-                y[i, [r * grid + q for q in cols], c] = 1
-    return y
+        for c, colour in enumerate(colours):
+            y[i, :, c] = box_token_map([b for name, b in objs if name.split()[0] == colour], grid)
+    return torch.from_numpy(y)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--overrides", default="{}", help="preset overrides, JSON")
     p.add_argument("--question-first", type=int, default=0,
                    help="1: 'Where is the red cube? <image>' (the image's tokens can attend to the name)")
+    p.add_argument("--film", type=int, default=0, help="1: vision_film (implies image_position after_text)")
+    p.add_argument("--binding", type=float, default=0.0, help="binding_loss_weight (implies --film 1)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     a = p.parse_args(argv)
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = json.loads(a.overrides)
     overrides["vision_config"] = {"image_size": a.tile, **overrides.get("vision_config", {})}
     overrides["vision_position_init"] = a.position_init
+    if a.film or a.binding:
+        overrides.update(vision_film=True, image_position="after_text", binding_loss_weight=a.binding)
     bundle = load_initial_vla(ModelConfig(preset="tiny", preset_overrides=overrides),
                               [t for _, q, x in qa[:4000] for t in (q, x)], Path(tempfile.mkdtemp()), True,
                               lambda: None, preset_overrides=overrides)  # fmt: skip
@@ -140,8 +145,11 @@ def main(argv: list[str] | None = None) -> dict:
                     model, proc, [q[0] for q in part], [grounding_prompt(q[1]) for q in part]
                 )
                 answers += [parse_grounding_answer(t) for t in texts]
+        out = {"model": score(answers), "constant_box": score([tuple(const)] * len(questions))}
+        if a.binding:
+            out["binding"] = _binding_scores(model, proc, questions, grounding_prompt)
         model.train()
-        return {"model": score(answers), "constant_box": score([tuple(const)] * len(questions))}
+        return out
 
     res: dict = {"args": vars(a), "train_scenes": len(train), "heldout_scenes": len(val), "questions": len(qa),
                  "one_object_questions": int(len(one)), "heldout_questions": len(questions),
@@ -149,7 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
                  if any(q[3] for q in questions) else None, "render_seconds": round(render_s, 1)}  # fmt: skip
     if a.warm_steps:
         res["warm_up"] = _warm_up(model, proc, train, val, a, list(PALETTE))
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    if a.binding:  # per question: the visual tokens that overlap the named object (one tile per view)
+        grid = int(round(math.sqrt(model.config.image_seq_length)))
+        named = _named_map([bx for _, objs in train for _, bx in objs], grid)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     rng = np.random.default_rng(0)
     model.train()
     res["curve"] = []
@@ -161,10 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
         idx = rng.choice(pool, a.batch_size, replace=False)
         batch = proc.collate([enc[i] for i in idx])
         batch["pixel_values"] = px[[qa[i][0] for i in idx]]
+        if a.binding:
+            batch["image_token_targets"] = named[torch.from_numpy(idx)]
         loss, _ = vla_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
             row = {"step": step + 1, "loss": round(float(loss.detach()), 4),
@@ -175,6 +189,35 @@ def main(argv: list[str] | None = None) -> dict:
     res["minutes"] = round((time.time() - t0) / 60, 1)
     print(json.dumps(res))
     return res
+
+
+@torch.no_grad()
+def _binding_scores(model, proc, questions, prompt) -> dict:
+    """On held-out questions of scenes with two or more objects: how often the binding head's highest-scoring
+    visual token overlaps the named object's box, beside the same for another object of the scene."""
+    from handvla.vla.modeling import image_features
+
+    grid = int(round(math.sqrt(model.config.image_seq_length)))
+    multi = [q for q in questions if q[3]]
+    named, other = _named_map([q[2] for q in multi], grid), _named_map([q[3][0] for q in multi], grid)
+    hit_named = hit_other = 0
+    for i in range(0, len(multi), 64):
+        part = multi[i : i + 64]
+        batch = proc.collate([proc.encode(prompt(q[1]), "x", images=[q[0]]) for q in part])
+        feats = image_features(model.model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        top = model.binding_head(feats)[..., 0].argmax(-1)
+        rows = torch.arange(len(part))
+        hit_named += int(named[i + rows, top].sum())
+        hit_other += int(other[i + rows, top].sum())
+    return {"questions": len(multi), "top_token_on_named": hit_named / max(1, len(multi)),
+            "top_token_on_another": hit_other / max(1, len(multi))}  # fmt: skip
+
+
+def _named_map(boxes, grid: int) -> torch.Tensor:
+    """(len(boxes), grid * grid): per box, the visual tokens it overlaps (`box_token_map`)."""
+    from handvla.vla.grounding import box_token_map
+
+    return torch.from_numpy(np.stack([box_token_map([b], grid) for b in boxes]))
 
 
 def _warm_up(model, proc, train, val, a, colours: list[str]) -> dict:

@@ -382,6 +382,32 @@ def test_init_from_a_motion_pretrained_checkpoint(state_ds, tmp_path):
     assert json.loads((tmp_path / "policy" / "config.json").read_text())["has_motion_tokenizer"] is True
 
 
+def test_policy_on_a_vision_film_backbone(image_ds, tmp_path):
+    """A VLA pretrained with ``vision_film`` keeps its instruction modulation as a policy's backbone: the
+    policy carries it, saves it and loads it back (the same actions)."""
+    vla = build_vla("tiny", seed=5, vision_film=True, image_position="after_text")
+    with torch.no_grad():  # an active modulation (a new one starts at zero)
+        vla.model.model.instruction_film.out.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    save_vla(tmp_path / "vla", vla)
+    cfg = PosttrainConfig.model_validate(
+        base_config(image_ds, tmp_path / "run", model__init_checkpoint=str(tmp_path / "vla"))
+    )
+    (tmp_path / "run").mkdir()
+    ds = RobotDataset(image_ds)
+    norm = build_normalizer(ds, cfg.data, [0, 1, 2, 3])
+    model = build_policy(cfg, ds, norm, tmp_path / "run", True, lambda: None).eval()
+    assert model.backbone.instruction_film is not None
+    data = _samples(model, image_ds, norm)
+    batch = data.collate([data[i] for i in (0, 5, 30)])
+    with torch.no_grad():
+        ref = model(**batch).actions
+    model.save_pretrained(tmp_path / "policy")
+    back = HandVLAPolicyModel.from_pretrained(tmp_path / "policy")
+    assert back.backbone.instruction_film is not None
+    with torch.no_grad():
+        torch.testing.assert_close(back(**batch).actions, ref, rtol=0, atol=1e-6)
+
+
 def test_shipped_relocate_config_loads_both_arms():
     path = Path(__file__).resolve().parents[1] / "configs" / "posttrain_relocate.yaml"
     b = load_posttrain_config(path)

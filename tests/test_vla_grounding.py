@@ -222,3 +222,8 @@ def test_grounding_probe_benchmark_runs_small():
                         ["red", "blue"])  # fmt: skip
     assert y[0, :, 0].nonzero().flatten().tolist() == [0, 1, 4, 5]
     assert y[0, :, 1].nonzero().flatten().tolist() == [15]
+    # with the binding loss: the head's top token scored against the named object and another one
+    r = mod.main(["--scenes", "40", "--val-scenes", "8", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
+                  "--binding", "1", "--render-size", "64x48"])  # fmt: skip
+    b = r["curve"][0]["binding"]
+    assert b["questions"] > 0 and 0.0 <= b["top_token_on_named"] <= 1.0 and 0.0 <= b["top_token_on_another"] <= 1.0

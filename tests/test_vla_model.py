@@ -402,6 +402,22 @@ def test_from_backbone_loads_internvl_weights(tmp_path, tie):
         vla_from_backbone(tmp_path / "nothing")
 
 
+def test_from_backbone_with_vision_film_starts_as_the_backbone(tmp_path):
+    """``vision_film`` on a pretrained backbone: the new modulation is not in its weights, is not reported
+    as missing, and starts at no modulation (the same logits as the plain InternVL)."""
+    base, tok = _save_tiny_internvl(tmp_path)
+    bundle = vla_from_backbone(tmp_path, layout=SMALL_LAYOUT, vision_film=True, image_position="after_text")
+    film = bundle.model.model.instruction_film
+    assert not film.out.weight.any() and not film.out.bias.any()
+    s = bundle.processor.encode("In <image>, pick up the cube", "ok", images=[_image(112, 56)])
+    batch = bundle.processor.collate([s])
+    batch.pop("labels")
+    with torch.no_grad():
+        a = base(**batch).logits
+        b = bundle.model(**batch).logits
+    assert torch.allclose(b[..., : len(tok)], a, atol=1e-5)
+
+
 def test_from_backbone_rejects_foreign_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
     with pytest.raises(ConfigError, match="internvl"):

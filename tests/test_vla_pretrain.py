@@ -146,7 +146,7 @@ def test_packing_gives_the_loss_of_separate_samples(world):
     assert abs(float(got) - tot / n) < 1e-4
 
 
-def _pretrain_cfg(root, store, name, **train):
+def _pretrain_cfg(root, store, name, extra=(), **train):
     from handvla.vla.pretrain import load_pretrain_config
 
     t = dict(max_steps=12, batch_size=3, lr=3e-3, warmup_steps=2, log_every=1, save_every=4,
@@ -163,6 +163,7 @@ def _pretrain_cfg(root, store, name, **train):
         "model.quantile_start_step=6",
         f"train.output_dir={root / name}",
         "eval.val_samples=4",
+        *extra,
     ]
     return load_pretrain_config(None, sets)
 
@@ -204,6 +205,29 @@ def test_pretrain_learns_and_resumes_exactly(world, monkeypatch):
     resumed = P.run_pretrain(_pretrain_cfg(root, store, "cut"), resume=True, progress=False)
     assert resumed["train"]["step"] == 12
     assert _losses(root / "cut") == a  # bit-exact: same batches, masking draws and quantile curriculum
+
+
+def test_pretrain_with_the_instruction_modulation_and_binding_loss(world):
+    """``model.vision_film`` + ``model.binding_loss_weight``: the run logs the binding loss (HandWorld
+    episodes know their target objects), the exported VLA has both, with the image after the instruction;
+    the options are checked before any work."""
+    root, store, _ = world
+    import handvla.vla.pretrain as P
+    from handvla.vla.modeling import load_vla
+
+    film = ["model.vision_film=true", "model.binding_loss_weight=0.5"]
+    out = P.run_pretrain(_pretrain_cfg(root, store, "film", film, max_steps=3, eval_every=100), progress=False)
+    recs = [json.loads(line) for line in (root / "film" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss/binding"] > 0 for r in recs if "loss" in r] == [True] * 3
+    cfg = load_vla(out["final"]).model.config
+    assert cfg.vision_film and cfg.binding_loss_weight == 0.5 and cfg.image_position == "after_text"
+    with pytest.raises(ConfigError, match="binding_loss_weight"):
+        _pretrain_cfg(root, store, "x", ["model.binding_loss_weight=1"])
+    with pytest.raises(ConfigError, match="vision_film"):
+        _pretrain_cfg(root, store, "x", ["model.vision_film=true", "model.image_position=in_prompt"])
+    other = [f"model.init_checkpoint={out['final']}", "model.preset=null", *film[:1], "model.binding_loss_weight=1"]
+    with pytest.raises(ConfigError, match="binding_loss_weight"):
+        P.run_pretrain(_pretrain_cfg(root, store, "y", other, max_steps=1), progress=False)
 
 
 def test_pretrain_command_joins_the_process_group_once(world, tmp_path, monkeypatch, capsys):

@@ -126,6 +126,12 @@ def _init_rows_at_mean(weight: torch.Tensor, start: int, noise: float = 0.02, se
     weight[start:] = (old.mean(0).cpu() + noise * old.std(0).cpu() * eps).to(weight.dtype).to(weight.device)
 
 
+def _vision_parts(backbone: nn.Module) -> list[nn.Module]:
+    """The modules that make the visual tokens: tower, projector and, with ``vision_film``, the modulation."""
+    film = getattr(backbone, "instruction_film", None)
+    return [backbone.vision_tower, backbone.multi_modal_projector] + ([film] if film is not None else [])
+
+
 class HandVLAPolicyModel(nn.Module):
     """InternVL backbone (no LM head) + proprioception projector fp + action queries + an action head:
     the regression head fr (``config.head: regression``, Being-H0) or the flow-matching action expert
@@ -230,8 +236,8 @@ class HandVLAPolicyModel(nn.Module):
             bb.requires_grad_(True)
             if self.config.freeze_vision or not self.config.image_keys:
                 # why: unused parameters would break DDP, and a camera-less policy never uses the vision tower
-                bb.vision_tower.requires_grad_(False)
-                bb.multi_modal_projector.requires_grad_(False)
+                for part in _vision_parts(bb):
+                    part.requires_grad_(False)
         elif mode == "frozen":
             bb.requires_grad_(False)
         else:
@@ -301,11 +307,11 @@ class HandVLAPolicyModel(nn.Module):
         embeds = bb.get_input_embeddings()(input_ids)  # (B, L, H)
         dtype = embeds.dtype
         if pixel_values is not None:
-            vision_trains = any(p.requires_grad for p in bb.vision_tower.parameters()) or any(
-                p.requires_grad for p in bb.multi_modal_projector.parameters()
-            )
+            vision_trains = any(p.requires_grad for part in _vision_parts(bb) for p in part.parameters())
+            from handvla.vla.modeling import image_features  # see the import note in from_pretrained
+
             with torch.set_grad_enabled(vision_trains and torch.is_grad_enabled()):
-                feats = bb.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+                feats = image_features(bb, pixel_values, input_ids, attention_mask)
             feats = feats.reshape(-1, feats.shape[-1]).to(dtype)  # (tiles * tokens_per_tile, H)
             img_mask = input_ids == self.image_token_id
             if int(img_mask.sum()) != feats.shape[0]:
@@ -447,8 +453,7 @@ class HandVLAPolicyModel(nn.Module):
         file). ``dtype`` applies to the backbone; the small heads stay float32."""
         # why here: transformers takes seconds to import, and this package is imported for its statistics
         # and processing (robot data tools, the policy client's tests) without ever loading a model
-        from transformers import InternVLModel
-
+        from handvla.vla.modeling import HandVLAModel
 
         path = Path(path)
         if not path.is_dir():
@@ -472,7 +477,7 @@ class HandVLAPolicyModel(nn.Module):
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         try:
-            backbone, info = InternVLModel.from_pretrained(
+            backbone, info = HandVLAModel.from_pretrained(
                 str(path), config=vla_cfg, dtype=dtype, output_loading_info=True, local_files_only=True
             )
         except OSError as e:

@@ -100,6 +100,16 @@ class HandVLAConfig(InternVLConfig):
     placeholder reads "the image" and the image follows the whole user text, so that (causal attention) the
     image tokens can attend to the instruction; see `handvla.vla.processing.place_images`.
 
+    ``vision_film`` (off in the reference): the vision tower's output is modulated, per tile, by the text
+    that precedes the image in its sample (FiLM: features * (1 + gamma) + beta, with gamma and beta read from
+    an attention-pooled summary of that text's input embeddings; `handvla.vla.modeling.InstructionFiLM`),
+    so that visual features can depend on which object the instruction names before the LLM sees them.
+    Needs ``image_position: after_text`` (otherwise no instruction precedes the image).
+    ``binding_loss_weight`` (0: off, the reference; needs ``vision_film``): in training, adds this weight times
+    a binding loss: a linear head on the (modulated) visual tokens says whether each token overlaps an object
+    the instruction acts on (balanced binary cross-entropy; the truth comes with the batch as
+    ``image_token_targets``, from episodes with a known scene, `handvla.vla.grounding.target_boxes`).
+
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
     (informational).
@@ -131,6 +141,8 @@ class HandVLAConfig(InternVLConfig):
     motion_layer_loss_weights: list[float] | None = None
     vision_position_init: str = "sincos"
     image_position: str = "in_prompt"
+    vision_film: bool = False
+    binding_loss_weight: float = 0.0
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     has_motion_tokenizer: bool = False
@@ -176,6 +188,16 @@ class HandVLAConfig(InternVLConfig):
         if self.image_position not in IMAGE_POSITIONS:
             raise ConfigError(
                 f"HandVLAConfig.image_position: expected one of {IMAGE_POSITIONS}, got {self.image_position!r}"
+            )
+        if self.vision_film and self.image_position != "after_text":
+            raise ConfigError(
+                "HandVLAConfig.vision_film: needs image_position 'after_text' (the modulation reads the text "
+                f"before the image), got image_position {self.image_position!r}"
+            )
+        if self.binding_loss_weight < 0 or (self.binding_loss_weight > 0 and not self.vision_film):
+            raise ConfigError(
+                "HandVLAConfig.binding_loss_weight: expected 0, or > 0 with vision_film on, got "
+                f"{self.binding_loss_weight} (vision_film {self.vision_film})"
             )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")

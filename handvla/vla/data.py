@@ -75,13 +75,14 @@ from handvla.errors import ConfigError, InputError
 from handvla.language.instructions.build import read_manifest
 from handvla.language.instructions.sampling import InstructionBalanceConfig, balanced_sample
 from handvla.language.instructions.templates import TASK_TYPES
-from handvla.vla.grounding import grounding_questions
+from handvla.vla.grounding import box_token_map, grounding_questions, parse_grounding_answer, target_boxes
 from handvla.vla.processing import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
     MOTION_PLACEHOLDER,
     EncodedSample,
     HandVLAProcessor,
+    collate_image_token_targets,
     continuation_prompt,
     generation_prompt,
     hands_for_mode,
@@ -673,6 +674,9 @@ class VLAInstructionDataset(Dataset):
             self.packs = self._pack(int(max_length), seed)
         self._images: OrderedDict[tuple[int, int, int], Image.Image] = OrderedDict()
         self._image_cache = int(image_cache)
+        # the binding loss's truth (HandVLAConfig.binding_loss_weight): target boxes per episode
+        self.binding = float(getattr(processor.config, "binding_loss_weight", 0.0)) > 0
+        self._target_boxes: dict[tuple[int, int], list] = {}
         self.report.update(
             samples=len(self.specs),
             packs=None if self.packs is None else len(self.packs),
@@ -750,16 +754,38 @@ class VLAInstructionDataset(Dataset):
         return img
 
     # -- Dataset ----------------------------------------------------------------------------------------------
+    def boxes(self, s: SampleSpec) -> list:
+        """The boxes (0..1000 in the model's view) of what sample ``s`` names: a grounding question's
+        object, else the objects its episode's instruction acts on (`target_boxes`); [] when unknown."""
+        if s.task_type == "grounding":
+            box = parse_grounding_answer(s.answer or "")
+            return [] if box is None else [box]
+        key = (s.dataset, s.episode)
+        if key not in self._target_boxes:
+            store = self.stores[s.dataset]
+            row = store.meta(s.episode)
+            where = f"{store.root} episode {s.episode}"
+            self._target_boxes[key] = target_boxes(row.get("ground_truth"), camera_from_row(row), self.align, where)
+        return self._target_boxes[key]
+
     def encode(self, i: int) -> EncodedSample:
         s = self.specs[i]
         prompt_m, answer_m = self._motions(s)
-        return self.processor.encode(
+        enc = self.processor.encode(
             s.prompt,
             s.answer if s.answer is not None else MOTION_PLACEHOLDER,
             images=[] if s.image_s is None else [self.image(s)],
             prompt_motions=prompt_m,
             answer_motions=answer_m,
         )
+        if self.binding and enc.pixel_values is not None:
+            boxes = self.boxes(s)
+            if boxes:  # the last tile (the thumbnail, or the only tile) shows the whole view
+                tpt = self.processor.tokens_per_tile
+                targets = torch.full((enc.pixel_values.shape[0], tpt), -1.0)
+                targets[-1] = torch.from_numpy(box_token_map(boxes, int(round(tpt**0.5))))
+                enc.image_token_targets = targets
+        return enc
 
     def __len__(self) -> int:
         return len(self.packs) if self.packs is not None else len(self.specs)
@@ -798,6 +824,9 @@ def collate_packs(packs: Sequence[Sequence[EncodedSample]], pad_id: int) -> dict
     pix = [s.pixel_values for pack in packs for s in pack if s.pixel_values is not None]
     if pix:
         out["pixel_values"] = torch.cat(pix, 0)
+    targets = collate_image_token_targets([s for pack in packs for s in pack])
+    if targets is not None:
+        out["image_token_targets"] = targets
     return out
 
 

@@ -140,6 +140,34 @@ def grounding_questions(
     return [(grounding_prompt(object_name(o)), grounding_answer(object_name(o), box)) for o, box in in_view]
 
 
+def target_boxes(ground_truth: str | dict | None, camera: Camera | None, align: bool, where: str) -> list:
+    """The boxes (0..1000 in the model's view, `object_box_in_view`) of the objects an episode's instruction
+    acts on (``ground_truth.targets``, HandWorld's record), at the scene's initial poses; [] when the
+    episode has no known scene or none of them is in view."""
+    if ground_truth is None:
+        return []
+    try:
+        gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
+    except json.JSONDecodeError as e:
+        raise InputError(where, "ground_truth", "JSON text", f"unreadable ({e})") from None
+    if not isinstance(gt, dict):
+        return []
+    ids = {t.get("object_id") for t in gt.get("targets") or [] if isinstance(t, dict)}
+    return [box for obj, box in objects_in_view(scene_objects(gt, where), camera, align) if obj["object_id"] in ids]
+
+
+def box_token_map(boxes: Sequence[Sequence[float]], grid: int) -> np.ndarray:
+    """(grid * grid,) float32, row-major over a tile's visual tokens: 1 where a token's cell of the view
+    overlaps one of ``boxes`` (0..1000, x1 y1 x2 y2), else 0."""
+    edges = np.arange(grid + 1) * BOX_SCALE / grid
+    out = np.zeros((grid, grid), np.float32)
+    for x1, y1, x2, y2 in boxes:
+        rows = (y1 < edges[1:]) & (y2 > edges[:-1])
+        cols = (x1 < edges[1:]) & (x2 > edges[:-1])
+        out[np.ix_(rows, cols)] = 1.0
+    return out.reshape(-1)
+
+
 def _centre(box) -> np.ndarray:
     b = np.asarray(box, np.float64)
     return (b[:2] + b[2:]) / 2

@@ -58,13 +58,15 @@ def load_initial_vla(
     motion_tokenizer: str | Path | None = None,
     need_motion_tokenizer: bool = False,
     preset_overrides: dict[str, Any] | None = None,
+    backbone_overrides: dict[str, Any] | None = None,
 ) -> VLABundle:
     """The `VLABundle` a training job starts from (see the module doc). ``corpus``: the job's texts for a
     random preset's text tokenizer; ``is_main`` / ``barrier``: this rank trains that tokenizer or waits for
     it. ``motion_tokenizer``: a MotionTokenizer folder, used instead of the checkpoint's. With
     ``need_motion_tokenizer`` the bundle must carry one (the given one, else the checkpoint's, loaded; a
     random preset needs the given one); without it a checkpoint's motion tokenizer is not loaded.
-    ``preset_overrides``: `HandVLAConfig` fields over the preset's."""
+    ``preset_overrides``: `HandVLAConfig` fields over the preset's; ``backbone_overrides``: `HandVLAConfig`
+    fields of a model extended from a backbone (`vla_from_backbone`)."""
     if source.init_checkpoint and source.backbone:
         raise ConfigError("model: give one of init_checkpoint and backbone (got both)")
     mt = load_tokenizer(motion_tokenizer) if motion_tokenizer else None
@@ -76,7 +78,9 @@ def load_initial_vla(
             bundle.motion_tokenizer = mt
             bundle.model.config.has_motion_tokenizer = True
     elif source.backbone:
-        bundle = vla_from_backbone(source.backbone, motion_tokenizer=mt, dtype=dtype, seed=source.seed)
+        bundle = vla_from_backbone(
+            source.backbone, motion_tokenizer=mt, dtype=dtype, seed=source.seed, **(backbone_overrides or {})
+        )
     else:
         if not source.preset:
             raise ConfigError("model: give an init_checkpoint, a backbone or a preset")

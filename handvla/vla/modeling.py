@@ -28,8 +28,10 @@ from transformers import (
     AutoModelForImageTextToText,
     InternVLConfig,
     InternVLForConditionalGeneration,
+    InternVLModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.internvl.modeling_internvl import InternVLCausalLMOutputWithPast
 
 from handvla.atomic import atomic_dir, check_safetensors, read_json
@@ -47,6 +49,148 @@ from handvla.vla.text_tokenizer import (
 )
 
 MOTION_TOKENIZER_DIR = "motion_tokenizer"
+#: attention-pooling heads of `InstructionFiLM` (each pools the instruction's embeddings with its own weights)
+FILM_HEADS = 4
+
+
+class InstructionFiLM(torch.nn.Module):
+    """Feature-wise modulation of visual features by an instruction (``HandVLAConfig.vision_film``).
+
+    The instruction's token embeddings (T, L, H) are pooled by ``FILM_HEADS`` content-based attention
+    heads (one score per token and head, softmax over the instruction's tokens), normalised and mapped to
+    (gamma, beta), each (T, D); the visual features become ``x * (1 + gamma) + beta``. The output layer
+    starts at zero, so a new modulation leaves the features unchanged (`reset_parameters`)."""
+
+    def __init__(self, text_dim: int, vision_dim: int, heads: int = FILM_HEADS):
+        super().__init__()
+        self.score = torch.nn.Linear(text_dim, heads)
+        self.norm = torch.nn.LayerNorm(heads * text_dim)
+        self.out = torch.nn.Linear(heads * text_dim, 2 * vision_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.score.reset_parameters()
+        self.norm.reset_parameters()
+        torch.nn.init.zeros_(self.out.weight)
+        torch.nn.init.zeros_(self.out.bias)
+
+    def forward(
+        self, embeds: torch.Tensor, rows: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``embeds`` (B, L, H): a batch's input embeddings; ``rows`` (T,): the row of each tile;
+        ``text_mask`` (T, L) bool: the tokens each tile reads (none: no modulation but the biases).
+        Returns (gamma, beta), each (T, D)."""
+        scores = self.score(embeds).float()[rows]  # (T, L, heads)
+        scores = scores.masked_fill(~text_mask[..., None], float("-inf"))
+        weights = torch.softmax(scores, dim=1).nan_to_num(0.0).to(embeds.dtype)  # all-masked rows -> 0
+        pooled = torch.einsum("tlh,tld->thd", weights, embeds[rows]).flatten(1)
+        gamma, beta = self.out(self.norm(pooled)).chunk(2, dim=-1)
+        return gamma, beta
+
+
+def binding_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """Balanced binary cross-entropy of per-visual-token ``logits`` (tiles, T) against ``targets`` (1 / 0,
+    -1 = unknown): the mean over target tokens plus the mean over the other known tokens, halved. Without
+    known targets: zero, still connected to ``logits`` (every parameter gets a gradient, as DDP needs)."""
+    zero = logits.sum() * 0.0
+    if targets is None:
+        return zero
+    targets = targets.to(logits.device, logits.dtype)
+    if targets.shape != logits.shape:
+        raise ConfigError(
+            f"image_token_targets: expected {tuple(logits.shape)} (tiles, tokens per tile), got {tuple(targets.shape)}"
+        )
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.clamp(min=0), reduction="none")
+    pos, neg = targets == 1, targets == 0
+    if not pos.any() or not neg.any():
+        return zero
+    return 0.5 * (bce[pos].mean() + bce[neg].mean())
+
+
+def add_instruction_film(inner: torch.nn.Module, config: HandVLAConfig) -> None:
+    """Give the InternVL model ``inner`` its `InstructionFiLM` when ``config.vision_film`` is on."""
+    if getattr(config, "vision_film", False):
+        inner.instruction_film = InstructionFiLM(config.text_config.hidden_size, config.vision_config.hidden_size)
+
+
+class HandVLAModel(InternVLModel):
+    """The VLA without its LM head (a policy's backbone): InternVL's model plus, with ``vision_film``, the
+    instruction's modulation (`add_instruction_film`). Same weight names as a VLA's ``.model``."""
+
+    config_class = HandVLAConfig
+
+    def __init__(self, config: HandVLAConfig):
+        super().__init__(config)
+        add_instruction_film(self, config)
+
+
+def instruction_text_mask(
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    tokens_per_tile: int,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each tile of a batch (its visual tokens in row-major order of ``input_ids``, ``tokens_per_tile``
+    each): (its row (T,), (T, L) bool of the tokens before the tile in the same sample that are text:
+    not visual tokens, not padding (``attention_mask`` 0). A sample starts where ``position_ids`` is 0
+    (packed rows), else at the row's start."""
+    B, L = input_ids.shape
+    is_image = input_ids == image_token_id
+    rows, cols = is_image.nonzero(as_tuple=True)  # row-major
+    if rows.numel() % tokens_per_tile:
+        raise ConfigError(
+            f"instruction_text_mask: {rows.numel()} visual tokens is not a multiple of {tokens_per_tile} per tile"
+        )
+    rows, first = rows[::tokens_per_tile], cols[::tokens_per_tile]  # each tile's first visual token
+    arange = torch.arange(L, device=input_ids.device)
+    if position_ids is not None:
+        starts = torch.cummax(torch.where(position_ids == 0, arange, 0), dim=1).values  # (B, L)
+        start = starts[rows, first]
+    else:
+        start = torch.zeros_like(first)
+    text = ~is_image
+    if attention_mask is not None:
+        text = text & attention_mask.bool()
+    mask = (arange[None] >= start[:, None]) & (arange[None] < first[:, None]) & text[rows]
+    return rows, mask
+
+
+def image_features(
+    inner: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(tiles, tokens_per_tile, H): the projected visual tokens of ``pixel_values`` for the InternVL model
+    ``inner`` (a VLA's ``.model``, a policy's backbone). With an `InstructionFiLM` on ``inner``
+    (``vision_film``), each tile's tower output is modulated by the text before it in ``input_ids``."""
+    film = getattr(inner, "instruction_film", None)
+    if film is None:
+        return inner.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+    if input_ids is None:
+        raise ConfigError("vision_film: the visual features depend on the text, so input_ids are needed")
+    cfg = inner.config
+    layer = cfg.vision_feature_layer
+    out = inner.vision_tower(
+        pixel_values=pixel_values.to(dtype=inner.dtype), output_hidden_states=layer != -1, return_dict=True
+    )
+    feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+    if cfg.vision_feature_select_strategy == "default":
+        feats = feats[:, 1:]
+    rows, mask = instruction_text_mask(
+        input_ids, cfg.image_token_id, int(cfg.image_seq_length), attention_mask, position_ids
+    )
+    if rows.numel() != feats.shape[0]:
+        raise ConfigError(
+            f"vision_film: {feats.shape[0]} tiles in pixel_values but {rows.numel()} in input_ids' placeholders"
+        )
+    gamma, beta = film(inner.get_input_embeddings()(input_ids), rows, mask)
+    feats = feats * (1 + gamma[:, None].to(feats.dtype)) + beta[:, None].to(feats.dtype)
+    T, n = feats.shape[0], int(round(feats.shape[1] ** 0.5))
+    feats = inner.pixel_shuffle(feats.reshape(T, n, n, -1), scale_factor=cfg.downsample_ratio)
+    return inner.multi_modal_projector(feats.reshape(T, -1, feats.shape[-1]))
 
 
 def motion_lm_loss(
@@ -139,6 +283,12 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
 
     config_class = HandVLAConfig  # explicit: string annotations (postponed evaluation) are not resolved
 
+    def __init__(self, config: HandVLAConfig):
+        super().__init__(config)
+        add_instruction_film(self.model, config)
+        if getattr(config, "binding_loss_weight", 0.0) > 0:  # training only: not part of a policy's backbone
+            self.binding_head = torch.nn.Linear(config.text_config.hidden_size, 1)
+
     @property
     def motion_vocab(self) -> MotionVocab:
         return MotionVocab.from_config(self.config)
@@ -157,6 +307,7 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
         loss_quantiles: tuple[float, float] | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         answer_logits_only: bool = False,
+        image_token_targets: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> InternVLCausalLMOutputWithPast:
         """InternVL forward. With ``labels`` (B, L) (-100 = not scored; see ``HandVLAProcessor``), ``loss`` is
@@ -169,7 +320,18 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
         prompt's image and text positions are skipped, the same loss at a fraction of the head's cost,
         which dominates small models with a large vocabulary); ``logits`` is then (N, V) for the N labelled
         tokens, in row-major order, and ``answer_targets`` (N,) holds their labels. The output also carries
-        ``answer_token_losses`` (N,), detached, for per-kind metrics."""
+        ``answer_token_losses`` (N,), detached, for per-kind metrics.
+
+        ``image_token_targets`` (tiles, tokens_per_tile): 1 / 0 where a visual token does / does not overlap
+        an object the instruction acts on, -1 unknown; with ``binding_loss_weight`` > 0, in training mode,
+        the loss gains the weighted binding loss (``out.binding_loss``, detached, for metrics)."""
+        binding = None
+        if pixel_values is not None and getattr(self.model, "instruction_film", None) is not None:
+            feats = image_features(self.model, pixel_values, input_ids, attention_mask, position_ids)
+            kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
+            pixel_values = None
+            if self.training and labels is not None and getattr(self, "binding_head", None) is not None:
+                binding = binding_loss(self.binding_head(feats)[..., 0], image_token_targets)
         if labels is not None and answer_logits_only:
             outputs = self.model(
                 input_ids=input_ids,
@@ -224,6 +386,9 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
                 return_token_losses=True,
                 token_weights=self.token_loss_weights(logits.shape[-1]) if self.training else None,
             )
+            if binding is not None:
+                loss = loss + cfg.binding_loss_weight * binding
+                out.binding_loss = binding.detach()
             out.loss = loss
             out.answer_token_losses = token_loss.detach()
         return out
@@ -525,6 +690,11 @@ def vla_from_backbone(
     model, info = HandVLAForConditionalGeneration.from_pretrained(
         str(path), config=config, dtype=dtype, output_loading_info=True, local_files_only=True
     )
+    film = getattr(model.model, "instruction_film", None)
+    if film is not None:  # new with this option: not in the backbone's weights; starts as no modulation
+        film.reset_parameters()
+        new = (".instruction_film.", ".binding_head.")
+        info["missing_keys"] = [k for k in info.get("missing_keys", []) if not any(n in f".{k}" for n in new)]
     _check_loading_info(path, model, info)
     extend_vocabulary(model, tokenizer, layout, seed=seed)
     model.config.has_motion_tokenizer = motion_tokenizer is not None

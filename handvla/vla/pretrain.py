@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from safetensors.torch import load_file
 
 from handvla.config import ConfigModel, load_config
@@ -85,6 +85,33 @@ class ModelConfig(ConfigModel):
         "prompt's <image> is) or after_text (after the instruction, so the image tokens attend to it); None: "
         "the checkpoint's or preset's",
     )
+
+    vision_film: bool = Field(
+        False,
+        description="modulate the vision tower's output by the instruction before the image (InstructionFiLM; "
+        "implies image_position after_text); off in the reference. A random preset or a backbone gains it; an "
+        "init_checkpoint must have it",
+    )
+    binding_loss_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of the binding loss (needs vision_film): a head on the visual tokens says which "
+        "overlap the object the instruction acts on, from episodes with a known scene (HandWorld); 0: off",
+    )
+
+    @model_validator(mode="after")
+    def _check_film(self):
+        if self.binding_loss_weight > 0 and not self.vision_film:
+            raise ValueError("binding_loss_weight > 0 needs vision_film: true")
+        if self.vision_film and self.image_position == "in_prompt":
+            raise ValueError("vision_film needs image_position after_text (the instruction before the image)")
+        return self
+
+    def film_overrides(self) -> dict[str, Any]:
+        """The `HandVLAConfig` fields these options set on a new model ({} when vision_film is off)."""
+        if not self.vision_film:
+            return {}
+        return {"vision_film": True, "image_position": "after_text", "binding_loss_weight": self.binding_loss_weight}
 
     @field_validator("loss_quantiles")
     @classmethod
@@ -151,8 +178,19 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
         barrier,
         motion_tokenizer=m.motion_tokenizer,
         need_motion_tokenizer=True,
-        preset_overrides=m.preset_overrides,
+        preset_overrides={**m.preset_overrides, **m.film_overrides()},
+        backbone_overrides=m.film_overrides(),
     )
+    if m.vision_film and not getattr(bundle.model.config, "vision_film", False):
+        raise ConfigError(
+            f"model.vision_film: the init_checkpoint {m.init_checkpoint} was trained without it (the modulation "
+            "is part of the model's shape): set vision_film to false, or start from a preset or a backbone"
+        )
+    if m.vision_film and m.binding_loss_weight != bundle.model.config.binding_loss_weight:
+        raise ConfigError(
+            f"model.binding_loss_weight: {m.binding_loss_weight}, but the init_checkpoint {m.init_checkpoint} "
+            f"has {bundle.model.config.binding_loss_weight} (its binding head exists only when > 0): use its value"
+        )
     mt = bundle.motion_tokenizer
     if mt is not None and mt.config.hand_model == "mano":
         if not m.mano_dir:
@@ -235,6 +273,8 @@ def vla_loss(model, batch: dict[str, torch.Tensor], quantiles: tuple[float, floa
         hits = out.logits.argmax(-1) == targets
         acc = hits.float().mean() if targets.numel() else torch.zeros(())
         kinds = token_kind_metrics(hits, targets, out.answer_token_losses, unwrap(model).config)
+        if getattr(out, "binding_loss", None) is not None:  # HandVLAConfig.binding_loss_weight
+            kinds["loss/binding"] = float(out.binding_loss)
     return out.loss, {"token_acc": float(acc), "answer_tokens": float(targets.numel()), **kinds}
 
 

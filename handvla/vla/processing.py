@@ -145,12 +145,32 @@ def chat_text(prompt: str, system: str | None = DEFAULT_SYSTEM_PROMPT, answer: s
 @dataclass
 class EncodedSample:
     """One tokenised sample. ``input_ids``/``labels``: (L,) int64; ``pixel_values``: (tiles, 3, S, S) or
-    None; ``num_tiles``: tiles per image, in placeholder order."""
+    None; ``num_tiles``: tiles per image, in placeholder order; ``image_token_targets``: (tiles,
+    tokens_per_tile) float32 or None, per visual token 1 / 0 = does / does not overlap an object the
+    instruction acts on, -1 = unknown (the binding loss's truth, ``HandVLAConfig.binding_loss_weight``)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor | None = None
     num_tiles: list[int] = field(default_factory=list)
+    image_token_targets: torch.Tensor | None = None
+
+
+def collate_image_token_targets(samples: Sequence[EncodedSample]) -> torch.Tensor | None:
+    """The batch's ``image_token_targets`` (all tiles in ``pixel_values`` order; -1 for samples without
+    them), or None when no sample has them."""
+    with_images = [s for s in samples if s.pixel_values is not None]
+    if not any(s.image_token_targets is not None for s in with_images):
+        return None
+    t = next(s.image_token_targets for s in with_images if s.image_token_targets is not None).shape[1]
+    return torch.cat(
+        [
+            s.image_token_targets
+            if s.image_token_targets is not None
+            else torch.full((s.pixel_values.shape[0], t), -1.0)
+            for s in with_images
+        ]
+    )
 
 
 class HandVLAProcessor:
@@ -388,6 +408,9 @@ class HandVLAProcessor:
         pix = [s.pixel_values for s in samples if s.pixel_values is not None]
         if pix:
             out["pixel_values"] = torch.cat(pix, 0)
+        targets = collate_image_token_targets(samples)
+        if targets is not None:
+            out["image_token_targets"] = targets
         return out
 
     def decode(self, token_ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
