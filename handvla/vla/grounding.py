@@ -93,15 +93,21 @@ def object_box_in_view(obj: dict[str, Any], camera: Camera, align: bool) -> tupl
     return int(x1), int(y1), int(x2), int(y2)
 
 
-def scene_objects(ground_truth: str | dict | None, where: str) -> list[dict[str, Any]]:
-    """The scene objects of an episode's ground truth (JSON text or dict); [] when it has no scene."""
+def _ground_truth(ground_truth: str | dict | None, where: str) -> dict | None:
+    """An episode's ground truth record (JSON text or dict) as a dict, or None when there is none."""
     if ground_truth is None:
-        return []
+        return None
     try:
         gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
     except json.JSONDecodeError as e:
         raise InputError(where, "ground_truth", "JSON text", f"unreadable ({e})") from None
-    scene = gt.get("scene") if isinstance(gt, dict) else None
+    return gt if isinstance(gt, dict) else None
+
+
+def scene_objects(ground_truth: str | dict | None, where: str) -> list[dict[str, Any]]:
+    """The scene objects of an episode's ground truth (JSON text or dict); [] when it has no scene."""
+    gt = _ground_truth(ground_truth, where)
+    scene = gt.get("scene") if gt is not None else None
     if not scene:
         return []
     objs = scene.get("objects")
@@ -144,13 +150,8 @@ def target_boxes(ground_truth: str | dict | None, camera: Camera | None, align: 
     """The boxes (0..1000 in the model's view, `object_box_in_view`) of the objects an episode's instruction
     acts on (``ground_truth.targets``, HandWorld's record), at the scene's initial poses; [] when the
     episode has no known scene or none of them is in view."""
-    if ground_truth is None:
-        return []
-    try:
-        gt = json.loads(ground_truth) if isinstance(ground_truth, str) else ground_truth
-    except json.JSONDecodeError as e:
-        raise InputError(where, "ground_truth", "JSON text", f"unreadable ({e})") from None
-    if not isinstance(gt, dict):
+    gt = _ground_truth(ground_truth, where)
+    if gt is None:
         return []
     ids = {t.get("object_id") for t in gt.get("targets") or [] if isinstance(t, dict)}
     return [box for obj, box in objects_in_view(scene_objects(gt, where), camera, align) if obj["object_id"] in ids]
