@@ -55,6 +55,21 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 ImagePosition = Literal["in_prompt", "after_text"]
 IMAGE_POSITIONS: tuple[str, ...] = get_args(ImagePosition)
 
+def check_film_options(vision_film: bool, image_position: str, binding_loss_weight: float, where: str) -> None:
+    """ConfigError unless the options agree: ``vision_film`` reads the text before the image, so it needs
+    ``image_position`` "after_text"; ``binding_loss_weight`` is >= 0, and > 0 only with ``vision_film``."""
+    if vision_film and image_position != "after_text":
+        raise ConfigError(
+            f"{where}.vision_film: needs image_position 'after_text' (the modulation reads the text before the "
+            f"image), got image_position {image_position!r}"
+        )
+    if binding_loss_weight < 0 or (binding_loss_weight > 0 and not vision_film):
+        raise ConfigError(
+            f"{where}.binding_loss_weight: expected 0, or > 0 with vision_film on, got {binding_loss_weight} "
+            f"(vision_film {vision_film})"
+        )
+
+
 # ImageNet statistics: InternViT was trained on them (InternVL's own preprocessing).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -189,16 +204,7 @@ class HandVLAConfig(InternVLConfig):
             raise ConfigError(
                 f"HandVLAConfig.image_position: expected one of {IMAGE_POSITIONS}, got {self.image_position!r}"
             )
-        if self.vision_film and self.image_position != "after_text":
-            raise ConfigError(
-                "HandVLAConfig.vision_film: needs image_position 'after_text' (the modulation reads the text "
-                f"before the image), got image_position {self.image_position!r}"
-            )
-        if self.binding_loss_weight < 0 or (self.binding_loss_weight > 0 and not self.vision_film):
-            raise ConfigError(
-                "HandVLAConfig.binding_loss_weight: expected 0, or > 0 with vision_film on, got "
-                f"{self.binding_loss_weight} (vision_film {self.vision_film})"
-            )
+        check_film_options(self.vision_film, self.image_position, self.binding_loss_weight, "HandVLAConfig")
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")
         side, patch = self.vision_config.image_size[0], self.vision_config.patch_size[0]

@@ -38,7 +38,7 @@ from handvla.hand.registry import load_hand_model
 from handvla.hand.topology import SIDES
 from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
-from handvla.vla.configuration import ImagePosition
+from handvla.vla.configuration import ImagePosition, check_film_options
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
 from handvla.vla.evaluate import evaluate_handworld
 from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_summary
@@ -100,11 +100,9 @@ class ModelConfig(ConfigModel):
     )
 
     @model_validator(mode="after")
-    def _check_film(self):
-        if self.binding_loss_weight > 0 and not self.vision_film:
-            raise ValueError("binding_loss_weight > 0 needs vision_film: true")
-        if self.vision_film and self.image_position == "in_prompt":
-            raise ValueError("vision_film needs image_position after_text (the instruction before the image)")
+    def _check_film(self):  # before any work; unset, image_position follows vision_film (film_overrides)
+        position = self.image_position or ("after_text" if self.vision_film else "in_prompt")
+        check_film_options(self.vision_film, position, self.binding_loss_weight, "model")
         return self
 
     def film_overrides(self) -> dict[str, Any]:
