@@ -18,7 +18,9 @@ than any other; ``chance`` = mean 1 / objects), beside one constant box (the mea
 - ``--film 1``: ``vision_film`` (the tower's output modulated by the question, which then precedes the
   image: ``image_position: after_text``); ``--binding W``: that plus ``binding_loss_weight: W`` (the
   model's binding loss: a linear head on the visual tokens says whether each overlaps the NAMED object's
-  box), scored on held-out questions by where the head's highest token falls (``binding``).
+  box), scored on held-out questions by where the head's highest token falls (``binding``);
+- ``--motion-tokenizer TOK --save DIR``: the model gets TOK's motion ids in its vocabulary and is saved
+  (``save_vla``) after training, so that motion pretraining can continue it (``model.init_checkpoint``).
 
     python benchmarks/vla_grounding_probe.py --scenes 8000 --steps 2250
     python benchmarks/vla_grounding_probe.py --scenes 24000 --one-object 1 --steps 1000 --eval-every 500
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--film", type=int, default=0, help="1: vision_film (implies image_position after_text)")
     p.add_argument("--binding", type=float, default=0.0, help="binding_loss_weight (implies --film 1)")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--motion-tokenizer", default=None,
+                   help="a MotionTokenizer folder: the model's vocabulary gains its ids (for --save)")
+    p.add_argument("--save", default=None,
+                   help="write the trained model here (save_vla), e.g. as pretraining's model.init_checkpoint")
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -121,7 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
         overrides.update(vision_film=True, image_position="after_text", binding_loss_weight=a.binding)
     bundle = load_initial_vla(ModelConfig(preset="tiny", preset_overrides=overrides),
                               [t for _, q, x in qa[:4000] for t in (q, x)], Path(tempfile.mkdtemp()), True,
-                              lambda: None, preset_overrides=overrides)  # fmt: skip
+                              lambda: None, motion_tokenizer=a.motion_tokenizer,
+                              need_motion_tokenizer=bool(a.motion_tokenizer),
+                              preset_overrides=overrides)  # fmt: skip
     model, proc = bundle.model, bundle.processor
     px = torch.cat([proc.tile_image(view) for view, _ in train])
     blank = np.zeros((8, 8, 3), np.uint8)  # the text's placeholder; each batch gets its scenes' own tiles
@@ -187,6 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
             res["curve"].append(row)
     res["steps_done"], res["final_loss"] = a.steps, float(loss.detach())
     res["minutes"] = round((time.time() - t0) / 60, 1)
+    if a.save:
+        from handvla.vla.modeling import save_vla
+
+        res["saved"] = str(save_vla(a.save, bundle))
     print(json.dumps(res))
     return res
 

@@ -199,8 +199,9 @@ def test_grounding_samples_encode_and_evaluate(world):
     assert r["constant_box"]["centre_error"] > 0
 
 
-def test_grounding_probe_benchmark_runs_small():
-    """benchmarks/vla_grounding_probe.py end to end at toy sizes: the curve, the constant box, the warm-up."""
+def test_grounding_probe_benchmark_runs_small(tmp_path):
+    """benchmarks/vla_grounding_probe.py end to end at toy sizes: the curve, the constant box, the warm-up;
+    with the binding loss, a motion tokenizer and --save: a checkpoint that motion pretraining can start from."""
     import importlib.util
     from pathlib import Path
 
@@ -223,7 +224,21 @@ def test_grounding_probe_benchmark_runs_small():
     assert y[0, :, 0].nonzero().flatten().tolist() == [0, 1, 4, 5]
     assert y[0, :, 1].nonzero().flatten().tolist() == [15]
     # with the binding loss: the head's top token scored against the named object and another one
+    from conftest import calibrated_tokenizer
+
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.vla.modeling import load_vla
+
+    generate_episodes(2, tmp_path / "hw", seed=3, config=HandWorldConfig(width=64, height=48, shadows=False),
+                      progress=False)  # fmt: skip
+    mt = calibrated_tokenizer(tmp_path / "hw")
+    mt.save_pretrained(tmp_path / "mt")
     r = mod.main(["--scenes", "40", "--val-scenes", "8", "--steps", "2", "--eval-every", "2", "--batch-size", "4",
-                  "--binding", "1", "--render-size", "64x48"])  # fmt: skip
+                  "--binding", "1", "--render-size", "64x48",
+                  "--motion-tokenizer", str(tmp_path / "mt"), "--save", str(tmp_path / "ckpt")])  # fmt: skip
     b = r["curve"][0]["binding"]
     assert b["questions"] > 0 and 0.0 <= b["top_token_on_named"] <= 1.0 and 0.0 <= b["top_token_on_another"] <= 1.0
+    saved = load_vla(r["saved"])
+    c = saved.model.config
+    assert c.vision_film and c.binding_loss_weight == 1.0 and c.image_position == "after_text"
+    assert saved.motion_tokenizer is not None and c.vocabulary_ready

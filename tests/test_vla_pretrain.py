@@ -230,6 +230,27 @@ def test_pretrain_with_the_instruction_modulation_and_binding_loss(world):
         P.run_pretrain(_pretrain_cfg(root, store, "y", other, max_steps=1), progress=False)
 
 
+def test_pretrain_freezes_named_parameters(world):
+    """``model.freeze``: continuing a checkpoint with its vision path fixed changes only the rest; a prefix
+    that names no parameter is a config error that lists the model's parts."""
+    root, store, _ = world
+    import handvla.vla.pretrain as P
+    from handvla.vla.modeling import load_vla
+
+    film = ["model.vision_film=true", "model.binding_loss_weight=0.5"]
+    start = P.run_pretrain(_pretrain_cfg(root, store, "f0", film, max_steps=1, eval_every=100), progress=False)
+    frozen = ["model.vision_tower", "model.multi_modal_projector", "model.instruction_film", "binding_head"]
+    cont = [f"model.init_checkpoint={start['final']}", "model.preset=null", *film, f"model.freeze=[{', '.join(frozen)}]"]
+    out = P.run_pretrain(_pretrain_cfg(root, store, "f1", cont, max_steps=3, eval_every=100), progress=False)
+    a = load_vla(start["final"]).model.state_dict()
+    b = load_vla(out["final"]).model.state_dict()
+    moved = {k for k in a if not torch.equal(a[k], b[k])}
+    assert moved and all(k.startswith(("model.language_model.", "lm_head.")) for k in moved)
+    assert any(k.startswith("model.vision_tower.") for k in a) and any(k.startswith("binding_head.") for k in a)
+    with pytest.raises(ConfigError, match="model.freeze: 'model.vision'.*model.vision_tower"):
+        P.run_pretrain(_pretrain_cfg(root, store, "f2", ["model.freeze=[model.vision]"], max_steps=1), progress=False)
+
+
 def test_pretrain_command_joins_the_process_group_once(world, tmp_path, monkeypatch, capsys):
     """``handvla pretrain``: the job sets up distributed once and hands it to the trainer; the command
     decides whether to print from that state, without setting it up again."""

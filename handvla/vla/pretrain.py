@@ -99,6 +99,13 @@ class ModelConfig(ConfigModel):
         "overlap the object the instruction acts on, from episodes with a known scene (HandWorld); 0: off",
     )
 
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parameter-name prefixes kept fixed during training, e.g. [model.vision_tower, "
+        "model.multi_modal_projector, model.instruction_film] to keep a vision path trained on grounding "
+        "questions (an init_checkpoint) while the LLM learns motion; each must name at least one parameter",
+    )
+
     @model_validator(mode="after")
     def _check_film(self):  # before any work; unset, image_position follows vision_film (film_overrides)
         position = self.image_position or ("after_text" if self.vision_film else "in_prompt")
@@ -207,8 +214,27 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
         )
     if m.image_position is not None:
         c.image_position = m.image_position
+    freeze_parameters(bundle.model, m.freeze, "model.freeze")
     c.image_alignment = "canonical" if cfg.data.align else "none"
     return bundle
+
+
+def freeze_parameters(model: torch.nn.Module, prefixes: list[str], where: str) -> int:
+    """Turn off gradients of every parameter whose name starts with one of ``prefixes`` (a prefix matches
+    whole name parts: ``model.vision_tower`` matches ``model.vision_tower.x`` but not ``model.vision_towerx``).
+    Returns how many parameters (elements) it froze; a prefix that names none is a ConfigError."""
+    named = dict(model.named_parameters())
+    frozen = 0
+    for prefix in prefixes:
+        hits = [n for n in named if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+        if not hits:
+            tops = sorted({".".join(n.split(".")[:2]) for n in named})
+            raise ConfigError(f"{where}: {prefix!r} names no parameter of the model (its parts: {', '.join(tops)})")
+        for n in hits:
+            if named[n].requires_grad:
+                named[n].requires_grad_(False)
+                frozen += named[n].numel()
+    return frozen
 
 
 # ---- loss and eval --------------------------------------------------------------------------------------
