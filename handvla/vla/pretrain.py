@@ -219,22 +219,18 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     return bundle
 
 
-def freeze_parameters(model: torch.nn.Module, prefixes: list[str], where: str) -> int:
+def freeze_parameters(model: torch.nn.Module, prefixes: list[str], where: str) -> None:
     """Turn off gradients of every parameter whose name starts with one of ``prefixes`` (a prefix matches
     whole name parts: ``model.vision_tower`` matches ``model.vision_tower.x`` but not ``model.vision_towerx``).
-    Returns how many parameters (elements) it froze; a prefix that names none is a ConfigError."""
+    A prefix that names none is a ConfigError that lists the model's parts (modules, two levels deep)."""
     named = dict(model.named_parameters())
-    frozen = 0
     for prefix in prefixes:
         hits = [n for n in named if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
         if not hits:
-            tops = sorted({".".join(n.split(".")[:2]) for n in named})
-            raise ConfigError(f"{where}: {prefix!r} names no parameter of the model (its parts: {', '.join(tops)})")
+            parts = sorted({".".join(n.split(".")[:-1][:2]) or n for n in named})
+            raise ConfigError(f"{where}: {prefix!r} names no parameter of the model (its parts: {', '.join(parts)})")
         for n in hits:
-            if named[n].requires_grad:
-                named[n].requires_grad_(False)
-                frozen += named[n].numel()
-    return frozen
+            named[n].requires_grad_(False)
 
 
 # ---- loss and eval --------------------------------------------------------------------------------------
