@@ -257,3 +257,54 @@ def test_binding_targets_mark_the_instructed_object_and_train(world):
         model.eval(), bundle.processor, [_image()], ["In <image>, where?"], max_new_tokens=3
     )
     assert len(texts) == 1
+
+
+def test_binding_mark_moves_the_head_into_the_vision_path(world, tmp_path):
+    """``binding_mark``: the binding head becomes the mark's score (same binding loss), a new mark changes
+    nothing, a trained direction is added to each visual token times its binding probability, the loss
+    trains it, a checkpoint keeps it and a policy's backbone counts it among the vision parts."""
+    from handvla.policy.modeling import _vision_parts
+    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
+    from handvla.tokenizer.modeling import MotionTokenizer
+    from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
+    from handvla.vla.modeling import set_binding_mark
+
+    with pytest.raises(ConfigError, match="binding_mark.*vision_film"):
+        HandVLAConfig.from_preset("tiny", binding_mark=True)
+    torch.manual_seed(0)
+    mt = MotionTokenizer(TokenizerConfig(**PRESETS["tiny"]))
+    bundle = build_vla("tiny", motion_tokenizer=mt, seed=0, vision_film=True, image_position="after_text",
+                       binding_loss_weight=1.0, vision_config={"image_size": 112})  # fmt: skip
+    _activate(bundle.model)
+    specs, dirs, _ = collect_samples(VLADataConfig(stores=[str(world)], seconds=[1]))
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, mt)
+    batch = ds.collate([ds[i] for i in range(4)])
+    model = bundle.model.train()
+    torch.manual_seed(1)
+    before = model(**batch)
+    head = model.binding_head.weight.detach().clone()
+    set_binding_mark(model, seed=0)
+    assert model.config.binding_mark and not hasattr(model, "binding_head")
+    torch.testing.assert_close(model.model.binding_mark.score.weight, head)
+    torch.manual_seed(1)
+    after = model(**batch)
+    torch.testing.assert_close(after.loss, before.loss)  # zero direction: the same model
+    torch.testing.assert_close(after.binding_loss, before.binding_loss)
+    after.loss.backward()
+    mark = model.model.binding_mark
+    assert mark.direction.grad.abs().max() > 0 and mark.score.weight.grad.abs().max() > 0
+    with torch.no_grad():
+        mark.direction.copy_(torch.randn(mark.direction.shape))
+    with torch.no_grad():
+        feats, logits = image_features(model.model, batch["pixel_values"], batch["input_ids"],
+                                       batch["attention_mask"], return_binding_logits=True)  # fmt: skip
+        model.model.binding_mark = None
+        plain = image_features(model.model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        model.model.binding_mark = mark
+    torch.testing.assert_close(logits, (mark.score(plain))[..., 0])
+    torch.testing.assert_close(feats, plain + torch.sigmoid(logits)[..., None] * mark.direction)
+    save_vla(tmp_path / "ckpt", bundle, motion_tokenizer=mt)
+    loaded = load_vla(tmp_path / "ckpt").model
+    assert loaded.config.binding_mark and not hasattr(loaded, "binding_head")
+    torch.testing.assert_close(loaded.model.binding_mark.direction, mark.direction)
+    assert any(m is loaded.model.binding_mark for m in _vision_parts(loaded.model))

@@ -242,3 +242,45 @@ def test_grounding_probe_benchmark_runs_small(tmp_path):
     c = saved.model.config
     assert c.vision_film and c.binding_loss_weight == 1.0 and c.image_position == "after_text"
     assert saved.motion_tokenizer is not None and c.vocabulary_ready
+
+
+def test_readout_probe_benchmark_runs_small(tmp_path):
+    """benchmarks/vla_readout_probe.py end to end on a tiny checkpoint with the binding and end-point heads:
+    the truth scores 1 / 1 / never the same object, the read-out of layer 0 (the same token in every prompt,
+    so the same features) always ends at one object, and every score is a rate with its interval."""
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import calibrated_tokenizer
+
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
+    from handvla.vla import build_vla
+    from handvla.vla.modeling import save_vla
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vla_readout_probe.py"
+    spec = importlib.util.spec_from_file_location("vla_readout_probe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    generate_episodes(24, tmp_path / "hw", seed=4, config=HandWorldConfig(width=64, height=48, shadows=False),
+                      progress=False)  # fmt: skip
+    mt = calibrated_tokenizer(tmp_path / "hw")
+    bundle = build_vla("tiny", motion_tokenizer=mt, seed=0, vision_film=True, image_position="after_text",
+                       binding_loss_weight=1.0, endpoint_loss_weight=1.0)  # fmt: skip
+    save_vla(tmp_path / "ckpt", bundle, motion_tokenizer=mt)
+    r = mod.main(["--ckpt", str(tmp_path / "ckpt"), "--train", str(tmp_path / "hw"), "--eval", str(tmp_path / "hw"),
+                  "--train-scenes", "12", "--batch-size", "4"])  # fmt: skip
+    assert r["eval_scenes"] >= 3 and r["train_prompts"] > r["train_scenes"] >= 3
+    o = r["oracle"]
+    assert o["named"] == 1.0 and o["other"] == 1.0 and o["same_end_point_rate"] == 0.0
+    assert set(r["readouts"]) == {"visual_tokens", "llm_layer_0", "llm_layer_1", "llm_layer_2"}
+    for kind in ("ridge", "mlp"):
+        assert r["readouts"]["llm_layer_0"][kind]["same_end_point_rate"] == 1.0
+        for name, v in r["readouts"].items():
+            assert 0.0 <= v[kind]["named"] <= 1.0 and len(v[kind]["named_ci95"]) == 2, name
+    assert 0.0 < r["chance"] < 1.0
+    c = r["visual_token_cell"]
+    tpt = bundle.processor.tokens_per_tile
+    assert c["chance_cell"] == 1 / tpt and c["tokens_scored"] == tpt * 2 * r["eval_scenes"]
+    assert c["cell"] <= min(c["row"], c["column"]) <= 1.0
+    assert 0.0 <= r["endpoint_head"]["named"] <= 1.0
+    assert set(r["binding_head"]) == {"factual", "counterfactual"}

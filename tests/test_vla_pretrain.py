@@ -318,3 +318,112 @@ def test_config_errors(tmp_path):
     f.write_text("data: {stores: [a]}\ntrain: {output_dir: o, lr: 0.5}\n")
     cfg = load_pretrain_config(f, ["train.lr=1e-3", "data.hand_modes=[right]"])
     assert cfg.train.lr == 1e-3 and cfg.data.hand_modes == ["right"] and cfg.data.align
+
+
+def test_endpoint_targets_and_loss(world):
+    """``endpoint_loss_weight``: every motion answer's tokens carry where its wrists end (the last valid frame
+    of the answer span, read here from the episode slice itself), text answers carry NaN, padded and packed
+    batches line them up with the tokens, and the loss adds to the token loss and trains the head."""
+    root, store, mt = world
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.modeling import endpoint_loss, set_endpoint_loss
+
+    cfg = VLADataConfig(stores=[str(store)], seconds=[1, 2], history_seconds=[1])
+    specs, dirs, _ = collect_samples(cfg, "all")
+    bundle = _bundle(mt, specs)
+    set_endpoint_loss(bundle.model, 1.0, seed=0)
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, mt, align=False)
+    st = EpisodeStore(store)
+    kinds = set()
+    for i, s in enumerate(ds.specs):
+        enc = ds.encode(i)
+        if s.task_type == "translation":
+            assert torch.isnan(enc.answer_endpoint).all()
+            continue
+        kinds.add(s.task_type)
+        ep = st.load_episode(s.episode, s.start_s, s.end_s, with_video=False)
+        for j, h in enumerate(("left", "right")):
+            got = enc.answer_endpoint[3 * j : 3 * j + 3]
+            valid = np.flatnonzero(ep.hands[h].valid)
+            if h in hands_for_mode(s.hand_mode) and len(valid):
+                np.testing.assert_allclose(got.numpy(), ep.hands[h].wrist_pos[valid[-1]], atol=1e-6)
+            else:
+                assert torch.isnan(got).all()
+    assert kinds == {"generation", "prediction"}
+    items = [ds[i] for i in range(4)]
+    batch = ds.collate(items)
+    assert batch["endpoint_targets"].shape == (*batch["input_ids"].shape, 6)
+    for b, enc in enumerate(items):
+        n = len(enc.input_ids)
+        torch.testing.assert_close(batch["endpoint_targets"][b, :n], enc.answer_endpoint.expand(n, 6), equal_nan=True)
+        assert torch.isnan(batch["endpoint_targets"][b, n:]).all()
+    packed = VLAInstructionDataset(specs, dirs, bundle.processor, mt, align=False, max_length=900, pack=True)
+    pb = packed.collate([packed[0]])
+    rows = torch.cat([packed.encode(j).answer_endpoint.expand(len(packed.encode(j).input_ids), 6) for j in packed.packs[0]])
+    torch.testing.assert_close(pb["endpoint_targets"][0, : len(rows)], rows, equal_nan=True)
+
+    model = bundle.model.train()
+    out = model(**batch, use_cache=False, answer_logits_only=True)
+    plain = {k: v for k, v in batch.items() if k != "endpoint_targets"}
+    base = model(**plain, use_cache=False, answer_logits_only=True)
+    assert getattr(base, "endpoint_loss", None) is None and float(out.endpoint_loss) > 0
+    torch.testing.assert_close(out.loss, base.loss + out.endpoint_loss, rtol=1e-5, atol=1e-6)
+    # the loss is the head's smooth L1 on the states that predict labelled tokens (a second path)
+    h = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                    attention_mask=batch["attention_mask"], use_cache=False)[0]  # fmt: skip
+    valid = batch["labels"][:, 1:] != IGNORE_INDEX
+    want = endpoint_loss(model.endpoint_head(h[:, :-1][valid]), batch["endpoint_targets"][:, 1:][valid])
+    torch.testing.assert_close(out.endpoint_loss, want.detach(), rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    assert model.endpoint_head.weight.grad.abs().sum() > 0
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = float(out.endpoint_loss)
+    for _ in range(30):
+        opt.zero_grad()
+        o = model(**batch, use_cache=False, answer_logits_only=True)
+        o.loss.backward()
+        opt.step()
+    assert float(o.endpoint_loss) < 0.5 * first
+    set_endpoint_loss(model, 0.0)
+    assert not hasattr(model, "endpoint_head") and model.config.endpoint_loss_weight == 0.0
+
+
+def test_pretrain_with_the_endpoint_loss_continues_a_checkpoint_without_it(world):
+    """``model.endpoint_loss_weight``: a checkpoint trained without the head gains one, the loss is logged,
+    the saved checkpoint keeps the head, and continuing it with the loss off drops it."""
+    root, store, _ = world
+    import handvla.vla.pretrain as P
+    from handvla.vla.modeling import load_vla
+
+    start = P.run_pretrain(_pretrain_cfg(root, store, "e0", max_steps=1, eval_every=100), progress=False)
+    cont = [f"model.init_checkpoint={start['final']}", "model.preset=null", "model.endpoint_loss_weight=2.0"]
+    out = P.run_pretrain(_pretrain_cfg(root, store, "e1", cont, max_steps=2, eval_every=100), progress=False)
+    recs = [json.loads(line) for line in (root / "e1" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/endpoint" in r for r in recs)
+    b = load_vla(out["final"]).model
+    assert b.config.endpoint_loss_weight == 2.0 and b.endpoint_head.weight.shape == (6, b.config.text_config.hidden_size)
+    off = [f"model.init_checkpoint={out['final']}", "model.preset=null"]
+    out2 = P.run_pretrain(_pretrain_cfg(root, store, "e2", off, max_steps=1, eval_every=100), progress=False)
+    assert not hasattr(load_vla(out2["final"]).model, "endpoint_head")
+
+
+def test_pretrain_moves_a_checkpoints_binding_head_into_the_mark(world):
+    """``model.binding_mark``: continuing a checkpoint trained with the binding head, the head becomes the
+    mark's score (kept fixed here by ``model.freeze``) and only the mark's direction and the rest train."""
+    root, store, _ = world
+    import handvla.vla.pretrain as P
+    from handvla.vla.modeling import load_vla
+
+    film = ["model.vision_film=true", "model.binding_loss_weight=0.5"]
+    start = P.run_pretrain(_pretrain_cfg(root, store, "m0", film, max_steps=1, eval_every=100), progress=False)
+    frozen = "model.freeze=[model.vision_tower, model.multi_modal_projector, model.instruction_film, model.binding_mark.score]"
+    cont = [f"model.init_checkpoint={start['final']}", "model.preset=null", *film, "model.binding_mark=true", frozen]
+    out = P.run_pretrain(_pretrain_cfg(root, store, "m1", cont, max_steps=3, eval_every=100), progress=False)
+    a = load_vla(start["final"]).model.state_dict()
+    b = load_vla(out["final"]).model.state_dict()
+    assert "binding_head.weight" in a and "binding_head.weight" not in b
+    torch.testing.assert_close(b["model.binding_mark.score.weight"], a["binding_head.weight"])
+    assert b["model.binding_mark.direction"].abs().max() > 0  # started at zero, trained
+    moved = {k for k in a if k in b and not torch.equal(a[k], b[k])}
+    assert moved and all(k.startswith(("model.language_model.", "lm_head.")) for k in moved)

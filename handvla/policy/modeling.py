@@ -127,9 +127,10 @@ def _init_rows_at_mean(weight: torch.Tensor, start: int, noise: float = 0.02, se
 
 
 def _vision_parts(backbone: nn.Module) -> list[nn.Module]:
-    """The modules that make the visual tokens: tower, projector and, with ``vision_film``, the modulation."""
-    film = getattr(backbone, "instruction_film", None)
-    return [backbone.vision_tower, backbone.multi_modal_projector] + ([film] if film is not None else [])
+    """The modules that make the visual tokens: tower, projector and, with ``vision_film``, the modulation
+    (and with ``binding_mark``, the mark)."""
+    extra = [getattr(backbone, name, None) for name in ("instruction_film", "binding_mark")]
+    return [backbone.vision_tower, backbone.multi_modal_projector] + [m for m in extra if m is not None]
 
 
 class HandVLAPolicyModel(nn.Module):

@@ -55,9 +55,12 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 ImagePosition = Literal["in_prompt", "after_text"]
 IMAGE_POSITIONS: tuple[str, ...] = get_args(ImagePosition)
 
-def check_film_options(vision_film: bool, image_position: str, binding_loss_weight: float, where: str) -> None:
+def check_film_options(
+    vision_film: bool, image_position: str, binding_loss_weight: float, where: str, binding_mark: bool = False
+) -> None:
     """ConfigError unless the options agree: ``vision_film`` reads the text before the image, so it needs
-    ``image_position`` "after_text"; ``binding_loss_weight`` is >= 0, and > 0 only with ``vision_film``."""
+    ``image_position`` "after_text"; ``binding_loss_weight`` is >= 0, and > 0 only with ``vision_film``;
+    ``binding_mark`` only with ``vision_film``."""
     if vision_film and image_position != "after_text":
         raise ConfigError(
             f"{where}.vision_film: needs image_position 'after_text' (the modulation reads the text before the "
@@ -68,6 +71,8 @@ def check_film_options(vision_film: bool, image_position: str, binding_loss_weig
             f"{where}.binding_loss_weight: expected 0, or > 0 with vision_film on, got {binding_loss_weight} "
             f"(vision_film {vision_film})"
         )
+    if binding_mark and not vision_film:
+        raise ConfigError(f"{where}.binding_mark: needs vision_film on (the mark scores the modulated visual tokens)")
 
 
 # ImageNet statistics: InternViT was trained on them (InternVL's own preprocessing).
@@ -124,6 +129,16 @@ class HandVLAConfig(InternVLConfig):
     a binding loss: a linear head on the (modulated) visual tokens says whether each token overlaps an object
     the instruction acts on (balanced binary cross-entropy; the truth comes with the batch as
     ``image_token_targets``, from episodes with a known scene, `handvla.vla.grounding.target_boxes`).
+    ``binding_mark`` (off; needs ``vision_film``): the binding head moves into the vision path
+    (`handvla.vla.modeling.BindingMark`, on the model as ``binding_mark``): each visual token gains a learned
+    direction times its binding probability, so that the LLM's attention can key on the tokens the
+    instruction marks; the binding loss then trains that head. Part of the model (a policy keeps it).
+    ``endpoint_loss_weight`` (0: off, the reference): in training, adds this weight times an end-point loss:
+    a linear head on the LLM's last hidden state at every position that predicts a motion answer's token
+    regresses where that answer's wrists END (camera frame, metres; smooth L1 with a 5 cm knee; per hand,
+    only hands with a valid final frame). The truth comes with the batch as ``endpoint_targets`` (from the
+    answer motion itself, so any motion data has it). It asks every answer state to carry the goal that the
+    motion ids encode only spread over many tokens. Training only: the head is not part of a policy.
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
@@ -158,6 +173,8 @@ class HandVLAConfig(InternVLConfig):
     image_position: str = "in_prompt"
     vision_film: bool = False
     binding_loss_weight: float = 0.0
+    binding_mark: bool = False
+    endpoint_loss_weight: float = 0.0
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     has_motion_tokenizer: bool = False
@@ -204,7 +221,13 @@ class HandVLAConfig(InternVLConfig):
             raise ConfigError(
                 f"HandVLAConfig.image_position: expected one of {IMAGE_POSITIONS}, got {self.image_position!r}"
             )
-        check_film_options(self.vision_film, self.image_position, self.binding_loss_weight, "HandVLAConfig")
+        check_film_options(
+            self.vision_film, self.image_position, self.binding_loss_weight, "HandVLAConfig", self.binding_mark
+        )
+        if not self.endpoint_loss_weight >= 0.0:
+            raise ConfigError(
+                f"HandVLAConfig.endpoint_loss_weight: expected a number >= 0, got {self.endpoint_loss_weight!r}"
+            )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")
         side, patch = self.vision_config.image_size[0], self.vision_config.patch_size[0]

@@ -87,6 +87,7 @@ from handvla.vla.processing import (
     generation_prompt,
     hands_for_mode,
     place_images,
+    token_endpoint_rows,
     translation_prompt,
 )
 
@@ -677,6 +678,9 @@ class VLAInstructionDataset(Dataset):
         # the binding loss's truth (HandVLAConfig.binding_loss_weight): target boxes per episode
         self.binding = float(getattr(processor.config, "binding_loss_weight", 0.0)) > 0
         self._target_boxes: dict[tuple[int, int], list] = {}
+        # the end-point loss's truth (HandVLAConfig.endpoint_loss_weight): wrist tracks per episode
+        self.endpoint = float(getattr(processor.config, "endpoint_loss_weight", 0.0)) > 0
+        self._wrists: dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.report.update(
             samples=len(self.specs),
             packs=None if self.packs is None else len(self.packs),
@@ -768,6 +772,31 @@ class VLAInstructionDataset(Dataset):
             self._target_boxes[key] = target_boxes(row.get("ground_truth"), camera_from_row(row), self.align, where)
         return self._target_boxes[key]
 
+    def answer_endpoint(self, s: SampleSpec) -> torch.Tensor:
+        """(6,): where the wrists of sample ``s``'s answer motion end (left xyz, right xyz; camera frame,
+        metres): the last valid frame of the tokenized answer span per hand; NaN for a hand not in the answer
+        or never valid in it, and for samples whose answer is text."""
+        out = torch.full((6,), float("nan"))
+        if s.task_type not in ("generation", "prediction"):
+            return out
+        key = (s.dataset, s.episode)
+        if key not in self._wrists:
+            ep = self.stores[s.dataset].load_episode(s.episode, with_video=False)
+            self._wrists[key] = {
+                h: (np.asarray(ep.hands[h].wrist_pos, np.float32), np.asarray(ep.hands[h].valid, bool))
+                for h in ("left", "right")
+            }
+        starts = self.cache.block_starts(s.start_s, s.end_s, self.fps[s.dataset])
+        for j, h in enumerate(("left", "right")):
+            if h not in hands_for_mode(s.hand_mode):
+                continue
+            pos, valid = self._wrists[key][h]
+            a, b = starts[0], min(starts[-1] + self.cache.F, len(valid))
+            last = np.flatnonzero(valid[a:b])
+            if len(last):
+                out[3 * j : 3 * j + 3] = torch.tensor(pos[a + last[-1]])
+        return out
+
     def encode(self, i: int) -> EncodedSample:
         s = self.specs[i]
         prompt_m, answer_m = self._motions(s)
@@ -785,6 +814,8 @@ class VLAInstructionDataset(Dataset):
                 targets = torch.full((enc.pixel_values.shape[0], tpt), -1.0)
                 targets[-1] = torch.from_numpy(box_token_map(boxes, int(round(tpt**0.5))))
                 enc.image_token_targets = targets
+        if self.endpoint:
+            enc.answer_endpoint = self.answer_endpoint(s)
         return enc
 
     def __len__(self) -> int:
@@ -821,6 +852,12 @@ def collate_packs(packs: Sequence[Sequence[EncodedSample]], pad_id: int) -> dict
         input_ids[b, :n], labels[b, :n], position_ids[b, :n] = ids, lab, pos
         position_ids[b, n:] = torch.arange(L - n)  # the padding is a sequence of its own
     out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if any(s.answer_endpoint is not None for pack in packs for s in pack):
+        ends = torch.full((B, L, 6), float("nan"))
+        for b, pack in enumerate(packs):
+            rows_b = torch.cat([token_endpoint_rows(s) for s in pack])
+            ends[b, : len(rows_b)] = rows_b
+        out["endpoint_targets"] = ends
     pix = [s.pixel_values for pack in packs for s in pack if s.pixel_values is not None]
     if pix:
         out["pixel_values"] = torch.cat(pix, 0)

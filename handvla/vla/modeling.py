@@ -39,7 +39,7 @@ from handvla.errors import CheckpointError, ConfigError, MissingResourceError
 from handvla.tokenizer.configuration import TokenizerConfig
 from handvla.tokenizer.layout import TokenLayout, token_layout
 from handvla.tokenizer.loading import load_tokenizer
-from handvla.vla.configuration import HandVLAConfig
+from handvla.vla.configuration import HandVLAConfig, check_film_options
 from handvla.vla.processing import IGNORE_INDEX, HandVLAProcessor
 from handvla.vla.text_tokenizer import (
     MotionVocab,
@@ -107,10 +107,85 @@ def binding_loss(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Te
     return 0.5 * (bce[pos].mean() + bce[neg].mean())
 
 
+ENDPOINT_KNEE_M = 0.05  # the end-point loss is quadratic within 5 cm of the truth, linear beyond
+
+
+def endpoint_loss(pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Smooth L1 (metres, knee `ENDPOINT_KNEE_M`) of predicted end points ``pred`` (N, 6: left xyz, right
+    xyz) against ``targets`` (N, 6; NaN = unknown), the mean over known entries. Without known entries:
+    zero, still connected to ``pred``."""
+    known = ~torch.isnan(targets)
+    if not known.any():
+        return pred.sum() * 0.0
+    return torch.nn.functional.smooth_l1_loss(
+        pred[known], targets[known].to(pred.dtype), beta=ENDPOINT_KNEE_M, reduction="mean"
+    )
+
+
+def set_endpoint_loss(model: torch.nn.Module, weight: float, seed: int = 0) -> None:
+    """Set ``config.endpoint_loss_weight`` of a `HandVLAForConditionalGeneration` to ``weight`` and give it an
+    ``endpoint_head`` to match: a new one (seeded) where it had none, none where ``weight`` is 0. The head
+    is training-only, so a checkpoint can be continued with or without the loss."""
+    if not weight >= 0.0:
+        raise ConfigError(f"endpoint_loss_weight: expected a number >= 0, got {weight!r}")
+    model.config.endpoint_loss_weight = float(weight)
+    has = getattr(model, "endpoint_head", None) is not None
+    if weight > 0 and not has:
+        hidden = model.config.text_config.hidden_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            head = torch.nn.Linear(hidden, 6)
+        ref = next(model.parameters())
+        model.endpoint_head = head.to(ref.device, ref.dtype)
+    elif weight == 0 and has:
+        del model.endpoint_head
+
+
+class BindingMark(torch.nn.Module):
+    """The binding head inside the vision path (``HandVLAConfig.binding_mark``): ``score`` (a linear map of a
+    projected visual token to its binding logit, trained by the binding loss) and ``direction`` (H,), added
+    to every visual token times the sigmoid of its logit. ``direction`` starts at zero, so a new mark
+    changes nothing until trained."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.score = torch.nn.Linear(hidden, 1)
+        self.direction = torch.nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feats`` (tiles, T, H) -> (the marked tokens (tiles, T, H), the logits (tiles, T))."""
+        logits = self.score(feats)[..., 0]
+        return feats + torch.sigmoid(logits)[..., None] * self.direction.to(feats.dtype), logits
+
+
 def add_instruction_film(inner: torch.nn.Module, config: HandVLAConfig) -> None:
-    """Give the InternVL model ``inner`` its `InstructionFiLM` when ``config.vision_film`` is on."""
+    """Give the InternVL model ``inner`` its `InstructionFiLM` when ``config.vision_film`` is on, and its
+    `BindingMark` when ``config.binding_mark`` is."""
     if getattr(config, "vision_film", False):
         inner.instruction_film = InstructionFiLM(config.text_config.hidden_size, config.vision_config.hidden_size)
+    if getattr(config, "binding_mark", False):
+        inner.binding_mark = BindingMark(config.text_config.hidden_size)
+
+
+def set_binding_mark(model: torch.nn.Module, seed: int = 0) -> None:
+    """Turn ``binding_mark`` on for a `HandVLAForConditionalGeneration` with ``vision_film``: its binding head
+    (when it has one, e.g. from grounding questions) becomes the mark's ``score``, with a zero
+    ``direction``. Nothing to do when the mark is there already."""
+    if getattr(model.model, "binding_mark", None) is not None:
+        return
+    check_film_options(
+        model.config.vision_film, model.config.image_position, model.config.binding_loss_weight, "model", True
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        mark = BindingMark(model.config.text_config.hidden_size)
+    head = getattr(model, "binding_head", None)
+    if head is not None:
+        mark.score.load_state_dict(head.state_dict())
+        del model.binding_head
+    ref = next(model.parameters())
+    model.model.binding_mark = mark.to(ref.device, ref.dtype)
+    model.config.binding_mark = True
 
 
 class HandVLAModel(InternVLModel):
@@ -162,13 +237,17 @@ def image_features(
     input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
+    return_binding_logits: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """(tiles, tokens_per_tile, H): the projected visual tokens of ``pixel_values`` for the InternVL model
     ``inner`` (a VLA's ``.model``, a policy's backbone). With an `InstructionFiLM` on ``inner``
-    (``vision_film``), each tile's tower output is modulated by the text before it in ``input_ids``."""
+    (``vision_film``), each tile's tower output is modulated by the text before it in ``input_ids``; with a
+    `BindingMark` (``binding_mark``) the projected tokens are then marked. ``return_binding_logits``: also
+    the mark's logits (tiles, tokens_per_tile), None without a mark."""
     film = getattr(inner, "instruction_film", None)
     if film is None:
-        return inner.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+        feats = inner.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+        return (feats, None) if return_binding_logits else feats
     if input_ids is None:
         raise ConfigError("vision_film: the visual features depend on the text, so input_ids are needed")
     cfg = inner.config
@@ -190,7 +269,12 @@ def image_features(
     feats = feats * (1 + gamma[:, None].to(feats.dtype)) + beta[:, None].to(feats.dtype)
     T, n = feats.shape[0], int(round(feats.shape[1] ** 0.5))
     feats = inner.pixel_shuffle(feats.reshape(T, n, n, -1), scale_factor=cfg.downsample_ratio)
-    return inner.multi_modal_projector(feats.reshape(T, -1, feats.shape[-1]))
+    feats = inner.multi_modal_projector(feats.reshape(T, -1, feats.shape[-1]))
+    mark = getattr(inner, "binding_mark", None)
+    logits = None
+    if mark is not None:
+        feats, logits = mark(feats)
+    return (feats, logits) if return_binding_logits else feats
 
 
 def motion_lm_loss(
@@ -286,8 +370,11 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
     def __init__(self, config: HandVLAConfig):
         super().__init__(config)
         add_instruction_film(self.model, config)
-        if getattr(config, "binding_loss_weight", 0.0) > 0:  # training only: not part of a policy's backbone
+        if getattr(config, "binding_loss_weight", 0.0) > 0 and not getattr(config, "binding_mark", False):
+            # training only: not part of a policy's backbone (with binding_mark the head is the mark's score)
             self.binding_head = torch.nn.Linear(config.text_config.hidden_size, 1)
+        if getattr(config, "endpoint_loss_weight", 0.0) > 0:  # training only, as the binding head
+            self.endpoint_head = torch.nn.Linear(config.text_config.hidden_size, 6)
 
     @property
     def motion_vocab(self) -> MotionVocab:
@@ -308,6 +395,7 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
         num_items_in_batch: int | torch.Tensor | None = None,
         answer_logits_only: bool = False,
         image_token_targets: torch.Tensor | None = None,
+        endpoint_targets: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> InternVLCausalLMOutputWithPast:
         """InternVL forward. With ``labels`` (B, L) (-100 = not scored; see ``HandVLAProcessor``), ``loss`` is
@@ -324,14 +412,28 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
 
         ``image_token_targets`` (tiles, tokens_per_tile): 1 / 0 where a visual token does / does not overlap
         an object the instruction acts on, -1 unknown; with ``binding_loss_weight`` > 0, in training mode,
-        the loss gains the weighted binding loss (``out.binding_loss``, detached, for metrics)."""
+        the loss gains the weighted binding loss (``out.binding_loss``, detached, for metrics).
+
+        ``endpoint_targets`` (B, L, 6): per token, where the wrists of the motion answer it belongs to end
+        (left xyz, right xyz; camera frame, metres; NaN unknown); with ``endpoint_loss_weight`` > 0, in
+        training mode, the loss gains the weighted `endpoint_loss` of ``endpoint_head`` on the last hidden
+        state at every position that predicts a labelled token (``out.endpoint_loss``, detached)."""
         binding = None
+        endpoint_on = (
+            self.training and labels is not None and endpoint_targets is not None
+            and getattr(self, "endpoint_head", None) is not None
+        )  # fmt: skip
         if pixel_values is not None and getattr(self.model, "instruction_film", None) is not None:
-            feats = image_features(self.model, pixel_values, input_ids, attention_mask, position_ids)
+            feats, mark_logits = image_features(
+                self.model, pixel_values, input_ids, attention_mask, position_ids, return_binding_logits=True
+            )
             kwargs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=feats)}
             pixel_values = None
-            if self.training and labels is not None and getattr(self, "binding_head", None) is not None:
-                binding = binding_loss(self.binding_head(feats)[..., 0], image_token_targets)
+            if self.training and labels is not None and self.config.binding_loss_weight > 0:
+                if mark_logits is None and getattr(self, "binding_head", None) is not None:
+                    mark_logits = self.binding_head(feats)[..., 0]
+                if mark_logits is not None:
+                    binding = binding_loss(mark_logits, image_token_targets)
         if labels is not None and answer_logits_only:
             outputs = self.model(
                 input_ids=input_ids,
@@ -343,7 +445,8 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
             )
             target = labels[:, 1:].to(outputs[0].device)
             valid = target != IGNORE_INDEX
-            logits = self.lm_head(outputs[0][:, :-1][valid])
+            last_hidden = outputs[0]
+            logits = self.lm_head(last_hidden[:, :-1][valid])
             out = InternVLCausalLMOutputWithPast(logits=logits)
             targets = target[valid]
             out.answer_targets = targets
@@ -357,12 +460,13 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
                 inputs_embeds=inputs_embeds,
                 labels=None,
                 logits_to_keep=logits_to_keep,
-                **kwargs,
+                **({**kwargs, "output_hidden_states": True} if endpoint_on else kwargs),
             )
             if labels is not None:
                 target = labels[:, 1:].to(out.logits.device)
                 valid = target != IGNORE_INDEX
                 logits, targets = out.logits[:, :-1][valid], target[valid]
+                last_hidden = out.hidden_states[-1] if endpoint_on else None
         if labels is not None:
             cfg = self.config
             if motion_logit_mask_prob is None:
@@ -389,6 +493,17 @@ class HandVLAForConditionalGeneration(InternVLForConditionalGeneration):
             if binding is not None:
                 loss = loss + cfg.binding_loss_weight * binding
                 out.binding_loss = binding.detach()
+            if endpoint_on:
+                et = endpoint_targets.to(last_hidden.device)
+                if et.shape[:2] != labels.shape or et.shape[-1] != 6:
+                    raise ConfigError(
+                        f"endpoint_targets: expected {(*labels.shape, 6)} (batch, tokens, left and right xyz), "
+                        f"got {tuple(et.shape)}"
+                    )
+                pred = self.endpoint_head(last_hidden[:, :-1][valid]).float()
+                ep_loss = endpoint_loss(pred, et[:, 1:][valid])
+                loss = loss + cfg.endpoint_loss_weight * ep_loss
+                out.endpoint_loss = ep_loss.detach()
             out.loss = loss
             out.answer_token_losses = token_loss.detach()
         return out
@@ -693,8 +808,8 @@ def vla_from_backbone(
     film = getattr(model.model, "instruction_film", None)
     if film is not None:  # new with this option: not in the backbone's weights; starts as no modulation
         film.reset_parameters()
-        new = (".instruction_film.", ".binding_head.")
-        info["missing_keys"] = [k for k in info.get("missing_keys", []) if not any(n in f".{k}" for n in new)]
+    new = (".instruction_film.", ".binding_head.", ".binding_mark.", ".endpoint_head.")  # ours, not InternVL's
+    info["missing_keys"] = [k for k in info.get("missing_keys", []) if not any(n in f".{k}" for n in new)]
     _check_loading_info(path, model, info)
     extend_vocabulary(model, tokenizer, layout, seed=seed)
     model.config.has_motion_tokenizer = motion_tokenizer is not None

@@ -42,7 +42,13 @@ from handvla.vla.configuration import ImagePosition, check_film_options
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
 from handvla.vla.evaluate import evaluate_handworld
 from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_summary
-from handvla.vla.modeling import HandVLAForConditionalGeneration, VLABundle, save_vla
+from handvla.vla.modeling import (
+    HandVLAForConditionalGeneration,
+    VLABundle,
+    save_vla,
+    set_binding_mark,
+    set_endpoint_loss,
+)
 
 FINAL_DIR = "final"
 SUMMARY_NAME = "pretrain_summary.json"
@@ -99,6 +105,21 @@ class ModelConfig(ConfigModel):
         "overlap the object the instruction acts on, from episodes with a known scene (HandWorld); 0: off",
     )
 
+    binding_mark: bool = Field(
+        False,
+        description="move the binding head into the vision path (needs vision_film): each visual token gains "
+        "a learned direction times its binding probability, for the LLM's attention to key on; an "
+        "init_checkpoint's binding head becomes the mark's score (freeze it as model.binding_mark.score)",
+    )
+
+    endpoint_loss_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of the end-point loss: a head on the LLM's answer states regresses where the "
+        "answer motion's wrists end (camera frame, metres); 0: off (the reference). An init_checkpoint without "
+        "the head gains one",
+    )
+
     freeze: list[str] = Field(
         default_factory=list,
         description="parameter-name prefixes kept fixed during training, e.g. [model.vision_tower, "
@@ -109,14 +130,19 @@ class ModelConfig(ConfigModel):
     @model_validator(mode="after")
     def _check_film(self):  # before any work; unset, image_position follows vision_film (film_overrides)
         position = self.image_position or ("after_text" if self.vision_film else "in_prompt")
-        check_film_options(self.vision_film, position, self.binding_loss_weight, "model")
+        check_film_options(self.vision_film, position, self.binding_loss_weight, "model", self.binding_mark)
         return self
 
     def film_overrides(self) -> dict[str, Any]:
         """The `HandVLAConfig` fields these options set on a new model ({} when vision_film is off)."""
         if not self.vision_film:
             return {}
-        return {"vision_film": True, "image_position": "after_text", "binding_loss_weight": self.binding_loss_weight}
+        return {
+            "vision_film": True,
+            "image_position": "after_text",
+            "binding_loss_weight": self.binding_loss_weight,
+            "binding_mark": self.binding_mark,
+        }
 
     @field_validator("loss_quantiles")
     @classmethod
@@ -214,6 +240,9 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
         )
     if m.image_position is not None:
         c.image_position = m.image_position
+    if m.binding_mark:
+        set_binding_mark(bundle.model, seed=m.seed)
+    set_endpoint_loss(bundle.model, m.endpoint_loss_weight, seed=m.seed)
     freeze_parameters(bundle.model, m.freeze, "model.freeze")
     c.image_alignment = "canonical" if cfg.data.align else "none"
     return bundle
@@ -295,6 +324,8 @@ def vla_loss(model, batch: dict[str, torch.Tensor], quantiles: tuple[float, floa
         kinds = token_kind_metrics(hits, targets, out.answer_token_losses, unwrap(model).config)
         if getattr(out, "binding_loss", None) is not None:  # HandVLAConfig.binding_loss_weight
             kinds["loss/binding"] = float(out.binding_loss)
+        if getattr(out, "endpoint_loss", None) is not None:  # HandVLAConfig.endpoint_loss_weight
+            kinds["loss/endpoint"] = float(out.endpoint_loss)
     return out.loss, {"token_acc": float(acc), "answer_tokens": float(targets.numel()), **kinds}
 
 

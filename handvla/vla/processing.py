@@ -147,13 +147,23 @@ class EncodedSample:
     """One tokenised sample. ``input_ids``/``labels``: (L,) int64; ``pixel_values``: (tiles, 3, S, S) or
     None; ``num_tiles``: tiles per image, in placeholder order; ``image_token_targets``: (tiles,
     tokens_per_tile) float32 or None, per visual token 1 / 0 = does / does not overlap an object the
-    instruction acts on, -1 = unknown (the binding loss's truth, ``HandVLAConfig.binding_loss_weight``)."""
+    instruction acts on, -1 = unknown (the binding loss's truth, ``HandVLAConfig.binding_loss_weight``);
+    ``answer_endpoint``: (6,) float32 or None, where the answer motion's left and right wrists end (camera
+    frame, metres; NaN unknown or not in the answer; the end-point loss's truth,
+    ``HandVLAConfig.endpoint_loss_weight``)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor | None = None
     num_tiles: list[int] = field(default_factory=list)
     image_token_targets: torch.Tensor | None = None
+    answer_endpoint: torch.Tensor | None = None
+
+
+def token_endpoint_rows(sample: EncodedSample) -> torch.Tensor:
+    """(len(input_ids), 6): the sample's ``answer_endpoint`` at every one of its tokens (NaN without one)."""
+    row = sample.answer_endpoint if sample.answer_endpoint is not None else torch.full((6,), float("nan"))
+    return row.to(torch.float32).expand(len(sample.input_ids), 6)
 
 
 def collate_image_token_targets(samples: Sequence[EncodedSample]) -> torch.Tensor | None:
@@ -405,6 +415,12 @@ class HandVLAProcessor:
             lab[b, sl] = s.labels
             mask[b, sl] = 1
         out = {"input_ids": ids, "attention_mask": mask, "labels": lab}
+        if any(s.answer_endpoint is not None for s in samples):
+            ends = torch.full((B, L, 6), float("nan"))
+            for b, s in enumerate(samples):
+                n = len(s.input_ids)
+                ends[b, slice(L - n, L) if padding_side == "left" else slice(0, n)] = token_endpoint_rows(s)
+            out["endpoint_targets"] = ends
         pix = [s.pixel_values for s in samples if s.pixel_values is not None]
         if pix:
             out["pixel_values"] = torch.cat(pix, 0)
