@@ -46,7 +46,7 @@ def scene_requests(store, limit: int | None, every_object: bool, align: bool, si
     uniquely named objects: every object named in turn (``every_object``) or the episode's own target then
     the next other object (the counterfactual evaluation's pair)."""
     from handvla.vla.data import prepare_image
-    from handvla.vla.evaluate import _object_phrase, object_positions_camera
+    from handvla.vla.evaluate import _object_phrase, counterfactual_scene, object_positions_camera
     from handvla.vla.grounding import objects_in_view
 
     reqs, scenes = [], 0
@@ -54,15 +54,10 @@ def scene_requests(store, limit: int | None, every_object: bool, align: bool, si
         if limit is not None and scenes >= limit:
             break
         ep = store.load_episode(k, 0, 1.0 / store.fps, with_video=True)
-        gt = ep.ground_truth or {}
-        objs = {int(o["object_id"]): o for o in (gt.get("scene") or {}).get("objects", [])}
-        targets = [t for t in gt.get("targets", []) if int(t["object_id"]) in objs]
-        if len(objs) < 2 or len(targets) != 1 or len(gt.get("acting_hands", [])) != 1:
+        scene = counterfactual_scene(ep.ground_truth)
+        if scene is None:
             continue
-        names = [_object_phrase(o) for o in objs.values()]
-        if len(set(names)) != len(names):
-            continue
-        tg, hand = int(targets[0]["object_id"]), targets[0]["hand"]
+        objs, tg, hand = scene
         ids = sorted(objs)
         named = ids if every_object else [tg, ids[(ids.index(tg) + 1) % len(ids)]]
         positions = object_positions_camera(ep, 0)

@@ -690,6 +690,21 @@ def _object_phrase(obj: dict[str, Any]) -> str:
     return f"the {obj['colour']} {SHAPE_NOUNS.get(obj['shape'], obj['shape'])}"
 
 
+def counterfactual_scene(ground_truth: dict | None) -> tuple[dict[int, dict[str, Any]], int, str] | None:
+    """(the scene's objects by id, the target's id, its hand) when an episode's ground truth suits the
+    counterfactual evaluation: one one-hand target among two or more objects whose names (`_object_phrase`)
+    are unique in the scene, so that words can single each out; else None."""
+    gt = ground_truth or {}
+    objs = {int(o["object_id"]): o for o in (gt.get("scene") or {}).get("objects", [])}
+    targets = [t for t in gt.get("targets", []) if int(t["object_id"]) in objs]
+    if len(objs) < 2 or len(targets) != 1 or len(gt.get("acting_hands", [])) != 1:
+        return None
+    names = [_object_phrase(o) for o in objs.values()]
+    if len(set(names)) != len(names):
+        return None
+    return objs, int(targets[0]["object_id"]), targets[0]["hand"]
+
+
 @torch.no_grad()
 def evaluate_counterfactual(
     bundle,
@@ -720,18 +735,12 @@ def evaluate_counterfactual(
     reqs = []
     for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
         ep = st.load_episode(k, with_video=True)
-        gt = ep.ground_truth or {}
-        objs = {int(o["object_id"]): o for o in (gt.get("scene") or {}).get("objects", [])}
-        targets = [t for t in gt.get("targets", []) if int(t["object_id"]) in objs]
-        if len(objs) < 2 or len(targets) != 1 or len(gt.get("acting_hands", [])) != 1:
+        scene = counterfactual_scene(ep.ground_truth)
+        if scene is None:
             continue
-        names = [_object_phrase(o) for o in objs.values()]
-        if len(set(names)) != len(names):
-            continue  # an object the words cannot single out
-        tg = int(targets[0]["object_id"])
+        objs, tg, hand = scene
         ids = sorted(objs)
         other = ids[(ids.index(tg) + 1) % len(ids)]
-        hand = targets[0]["hand"]
         positions = object_positions_camera(ep, 0)
         image = prepare_image(ep.video[0], ep.camera.K, align, size)
         for which, oid in (("factual", tg), ("counterfactual", other)):
