@@ -408,18 +408,18 @@ class HandVLAProcessor:
         ids = torch.full((B, L), self.vocab.pad_id, dtype=torch.long)
         lab = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((B, L), dtype=torch.long)
+        with_ends = any(s.answer_endpoint is not None for s in samples)
+        ends = torch.full((B, L, 6), float("nan")) if with_ends else None
         for b, s in enumerate(samples):
             n = len(s.input_ids)
             sl = slice(L - n, L) if padding_side == "left" else slice(0, n)
             ids[b, sl] = s.input_ids
             lab[b, sl] = s.labels
             mask[b, sl] = 1
+            if with_ends:
+                ends[b, sl] = token_endpoint_rows(s)
         out = {"input_ids": ids, "attention_mask": mask, "labels": lab}
-        if any(s.answer_endpoint is not None for s in samples):
-            ends = torch.full((B, L, 6), float("nan"))
-            for b, s in enumerate(samples):
-                n = len(s.input_ids)
-                ends[b, slice(L - n, L) if padding_side == "left" else slice(0, n)] = token_endpoint_rows(s)
+        if with_ends:
             out["endpoint_targets"] = ends
         pix = [s.pixel_values for s in samples if s.pixel_values is not None]
         if pix:
