@@ -19,9 +19,10 @@ Prompts are the counterfactual evaluation's ("move your {hand} hand to {object}"
 on the episode's first image. Read-outs regress the named object's centre (camera frame, metres, frame 0)
 and are fitted on scenes of the ``--train`` stores with every object of the scene named in turn (so a
 read-out that ignores the name cannot fit them all); they are scored on held-out scenes of ``--eval`` as the
-counterfactual evaluation scores generated motion: the prediction nearest the named object (``named``,
-with the episode's own target named; ``other``, with another object of the scene named; ``same``: both
-nearest the same object), with Wilson 95 % intervals and ``chance`` = mean 1 / objects. ``--generate``
+counterfactual evaluation scores generated motion (`counterfactual_scores`): the prediction nearest the
+named object (``named_target_accuracy``, with the episode's own target named; ``other_object_accuracy``, with
+another object of the scene named; ``same_end_point_rate``: both nearest the same object), with Wilson 95 %
+intervals and ``chance`` = mean 1 / objects. ``--generate``
 adds the model's own generated motion on the same scenes (`evaluate_counterfactual`).
 
     python benchmarks/vla_readout_probe.py --ckpt RUN/final --train STORE [STORE ...] --eval HELDOUT
@@ -212,22 +213,10 @@ def token_cell_readout(train_vis: np.ndarray, eval_vis: np.ndarray, tokens: int)
 
 
 def score(pred: np.ndarray, reqs: list[dict]) -> dict:
-    """The counterfactual evaluation's scores of predicted end points (one per request, pairs in order)."""
-    from handvla.stats import rate_summary
-    from handvla.vla.evaluate import target_hit
+    """The counterfactual evaluation's summary of predicted end points (one per request, pairs in order)."""
+    from handvla.vla.evaluate import counterfactual_scores
 
-    hits, nearest = [], []
-    for p, r in zip(pred, reqs):
-        d = {oid: float(np.linalg.norm(p - q)) for oid, q in r["objects"].items()}
-        nearest.append(min(d, key=d.get))
-        hits.append(target_hit(p, r["object_id"], r["objects"]))
-    fac = [i for i, r in enumerate(reqs) if r["which"] == "factual"]
-    cf = [i for i, r in enumerate(reqs) if r["which"] == "counterfactual"]
-    out = {}
-    out.update(rate_summary([hits[i] for i in fac], "named"))
-    out.update(rate_summary([hits[i] for i in cf], "other"))
-    out["same_end_point_rate"] = float(np.mean([nearest[a] == nearest[b] for a, b in zip(fac, cf)]))
-    return out
+    return counterfactual_scores(pred, reqs)[1]
 
 
 def binding_scores(top: np.ndarray, reqs: list[dict], grid: int) -> dict:
@@ -296,8 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
         for kind, fit in (("ridge", fit_ridge), ("mlp", fit_mlp)):
             predict, info = fit(tr[name], y, groups, args.seed)
             readouts[name][kind] = {**score(predict(ev[name]), eval_reqs), **info, "dims": int(tr[name].shape[1])}
-    # the ceiling: the named object's own centre; chance: mean 1 / objects over the counterfactual requests
-    truth = np.stack([r["objects"][r["object_id"]] for r in eval_reqs])
+    # the ceiling: the named object's own centre (its summary carries chance: mean 1 / objects)
+    oracle = score(np.stack([r["objects"][r["object_id"]] for r in eval_reqs]), eval_reqs)
     result = {
         "checkpoint": str(Path(args.ckpt)),
         "train_stores": args.train,
@@ -305,8 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
         "train_scenes": int(groups.max()) + 1,
         "train_prompts": len(train_reqs),
         "eval_scenes": sum(r["which"] == "factual" for r in eval_reqs),
-        "chance": float(np.mean([1.0 / len(r["objects"]) for r in eval_reqs if r["which"] == "counterfactual"])),
-        "oracle": score(truth, eval_reqs),
+        "chance": oracle["chance"],
+        "oracle": oracle,
         "readouts": readouts,
     }
     tpt = int(bundle.processor.tokens_per_tile)

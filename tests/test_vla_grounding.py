@@ -271,16 +271,17 @@ def test_readout_probe_benchmark_runs_small(tmp_path):
                   "--train-scenes", "12", "--batch-size", "4"])  # fmt: skip
     assert r["eval_scenes"] >= 3 and r["train_prompts"] > r["train_scenes"] >= 3
     o = r["oracle"]
-    assert o["named"] == 1.0 and o["other"] == 1.0 and o["same_end_point_rate"] == 0.0
+    assert o["named_target_accuracy"] == 1.0 and o["other_object_accuracy"] == 1.0 and o["same_end_point_rate"] == 0.0
     assert set(r["readouts"]) == {"visual_tokens", "llm_layer_0", "llm_layer_1", "llm_layer_2"}
     for kind in ("ridge", "mlp"):
         assert r["readouts"]["llm_layer_0"][kind]["same_end_point_rate"] == 1.0
         for name, v in r["readouts"].items():
-            assert 0.0 <= v[kind]["named"] <= 1.0 and len(v[kind]["named_ci95"]) == 2, name
+            assert 0.0 <= v[kind]["named_target_accuracy"] <= 1.0, name
+            assert len(v[kind]["named_target_accuracy_ci95"]) == 2, name
     assert 0.0 < r["chance"] < 1.0
     c = r["visual_token_cell"]
     tpt = bundle.processor.tokens_per_tile
     assert c["chance_cell"] == 1 / tpt and c["tokens_scored"] == tpt * 2 * r["eval_scenes"]
     assert c["cell"] <= min(c["row"], c["column"]) <= 1.0
-    assert 0.0 <= r["endpoint_head"]["named"] <= 1.0
+    assert 0.0 <= r["endpoint_head"]["named_target_accuracy"] <= 1.0
     assert set(r["binding_head"]) == {"factual", "counterfactual"}

@@ -751,22 +751,36 @@ def evaluate_counterfactual(
     model.eval()
     wrists = final_wrist_positions(bundle, [r["image"] for r in reqs], [r["task"] for r in reqs],
                                    [r["hand"] for r in reqs], seconds, batch_size) if reqs else []  # fmt: skip
+    model.train(was)
+    out: dict[str, Any] = {"episodes": sum(r["which"] == "factual" for r in reqs), "seconds": int(seconds)}
+    rows, summary = counterfactual_scores(wrists, reqs)
+    out.update(summary)
+    return {"summary": out, "rows": rows}
+
+
+def counterfactual_scores(end_points, reqs: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+    """Score end points (metres, camera frame, one per request) of counterfactual request pairs.
+
+    ``reqs`` alternate factual / counterfactual per scene, each with ``which``, ``object_id`` and ``objects``
+    ({object id: position}). Returns per-request rows (``hit``, ``nearest``, ...) and the summary:
+    the two target accuracies with Wilson 95 % intervals, ``chance`` (mean 1 / objects) and
+    ``same_end_point_rate`` (both requests of a scene end nearest the same object).
+    """
     rows = []
-    for r, w in zip(reqs, wrists):
-        d = {oid: float(np.linalg.norm(w - p)) for oid, p in r["objects"].items()}
-        rows.append({"episode": r["episode"], "rig": r["rig"], "which": r["which"], "task": r["task"],
+    for r, w in zip(reqs, end_points):
+        d = {oid: float(np.linalg.norm(np.asarray(w) - p)) for oid, p in r["objects"].items()}
+        rows.append({"episode": r.get("episode"), "rig": r.get("rig"), "which": r["which"], "task": r.get("task"),
                      "hit": target_hit(w, r["object_id"], r["objects"]), "nearest": min(d, key=d.get),
                      "n_objects": len(r["objects"])})  # fmt: skip
-    model.train(was)
     fac = [r for r in rows if r["which"] == "factual"]
     cf = [r for r in rows if r["which"] == "counterfactual"]
     same = [a["nearest"] == b["nearest"] for a, b in zip(fac, cf)]
-    out: dict[str, Any] = {"episodes": len(fac), "seconds": int(seconds)}
+    out: dict[str, Any] = {}
     out.update(rate_summary([r["hit"] for r in fac], "named_target_accuracy"))
     out.update(rate_summary([r["hit"] for r in cf], "other_object_accuracy"))
     out["chance"] = _mean([1.0 / r["n_objects"] for r in cf])
     out["same_end_point_rate"] = _mean([float(x) for x in same])
-    return {"summary": out, "rows": rows}
+    return rows, out
 
 
 # ---- reporting ------------------------------------------------------------------------------------------
