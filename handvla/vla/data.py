@@ -678,9 +678,11 @@ class VLAInstructionDataset(Dataset):
         # the binding loss's truth (HandVLAConfig.binding_loss_weight): target boxes per episode
         self.binding = float(getattr(processor.config, "binding_loss_weight", 0.0)) > 0
         self._target_boxes: dict[tuple[int, int], list] = {}
-        # the end-point loss's truth (HandVLAConfig.endpoint_loss_weight): wrist tracks per episode
+        # the end-point loss's truth (HandVLAConfig.endpoint_loss_weight): six numbers per sample, read from
+        # the wrist tracks of the last few episodes (long real episodes are not all kept in memory)
         self.endpoint = float(getattr(processor.config, "endpoint_loss_weight", 0.0)) > 0
-        self._wrists: dict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        self._endpoints: dict[tuple, torch.Tensor] = {}
+        self._wrists: OrderedDict[tuple[int, int], dict[str, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
         self.report.update(
             samples=len(self.specs),
             packs=None if self.packs is None else len(self.packs),
@@ -779,13 +781,20 @@ class VLAInstructionDataset(Dataset):
         out = torch.full((6,), float("nan"))
         if s.task_type not in ("generation", "prediction"):
             return out
+        skey = (s.dataset, s.episode, s.start_s, s.end_s, s.hand_mode)
+        if skey in self._endpoints:
+            return self._endpoints[skey].clone()
         key = (s.dataset, s.episode)
-        if key not in self._wrists:
+        if key in self._wrists:
+            self._wrists.move_to_end(key)
+        else:
             ep = self.stores[s.dataset].load_episode(s.episode, with_video=False)
             self._wrists[key] = {
                 h: (np.asarray(ep.hands[h].wrist_pos, np.float32), np.asarray(ep.hands[h].valid, bool))
                 for h in ("left", "right")
             }
+            while len(self._wrists) > 32:
+                self._wrists.popitem(last=False)
         starts = self.cache.block_starts(s.start_s, s.end_s, self.fps[s.dataset])
         for j, h in enumerate(("left", "right")):
             if h not in hands_for_mode(s.hand_mode):
@@ -795,7 +804,8 @@ class VLAInstructionDataset(Dataset):
             last = np.flatnonzero(valid[a:b])
             if len(last):
                 out[3 * j : 3 * j + 3] = torch.tensor(pos[a + last[-1]])
-        return out
+        self._endpoints[skey] = out
+        return out.clone()
 
     def encode(self, i: int) -> EncodedSample:
         s = self.specs[i]
