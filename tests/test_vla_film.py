@@ -308,3 +308,59 @@ def test_binding_mark_moves_the_head_into_the_vision_path(world, tmp_path):
     assert loaded.config.binding_mark and not hasattr(loaded, "binding_head")
     torch.testing.assert_close(loaded.model.binding_mark.direction, mark.direction)
     assert any(m is loaded.model.binding_mark for m in _vision_parts(loaded.model))
+
+
+def test_binding_pool_adds_the_marked_tokens_to_every_token(world, tmp_path):
+    """``binding_pool``: needs the mark; a new pool changes nothing; a trained one adds its map of the tile's
+    tokens weighted by the softmax of the mark's logits to every token (checked a second way); the loss
+    trains it; a mark without a pool gains one (continuing a checkpoint) and a checkpoint keeps it."""
+    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
+    from handvla.tokenizer.modeling import MotionTokenizer
+    from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
+    from handvla.vla.modeling import set_binding_mark
+    from handvla.vla.pretrain import ModelConfig
+
+    with pytest.raises(ConfigError, match="binding_pool.*binding_mark"):
+        HandVLAConfig.from_preset("tiny", vision_film=True, image_position="after_text", binding_pool=True)
+    with pytest.raises(ConfigError, match="binding_pool.*binding_mark"):
+        ModelConfig(preset="tiny", vision_film=True, binding_pool=True)
+    torch.manual_seed(0)
+    mt = MotionTokenizer(TokenizerConfig(**PRESETS["tiny"]))
+    bundle = build_vla("tiny", motion_tokenizer=mt, seed=0, vision_film=True, image_position="after_text",
+                       binding_loss_weight=1.0, binding_mark=True, vision_config={"image_size": 112})  # fmt: skip
+    _activate(bundle.model)
+    model = bundle.model.train()
+    mark = model.model.binding_mark
+    assert mark.pool is None
+    with torch.no_grad():
+        mark.direction.copy_(torch.randn(mark.direction.shape))
+    specs, dirs, _ = collect_samples(VLADataConfig(stores=[str(world)], seconds=[1]))
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, mt)
+    batch = ds.collate([ds[i] for i in range(4)])
+    torch.manual_seed(1)
+    before = model(**batch)
+    set_binding_mark(model, seed=0, pool=True)  # a mark without a pool gains one, zero at the start
+    assert model.config.binding_pool and mark.pool is not None and model.model.binding_mark is mark
+    torch.manual_seed(1)
+    after = model(**batch)
+    torch.testing.assert_close(after.loss, before.loss)
+    after.loss.backward()
+    assert mark.pool.weight.grad.abs().max() > 0
+    with torch.no_grad():
+        mark.pool.weight.copy_(torch.randn(mark.pool.weight.shape) * 0.1)
+        mark.pool.bias.copy_(torch.randn(mark.pool.bias.shape) * 0.1)
+        feats, logits = image_features(model.model, batch["pixel_values"], batch["input_ids"],
+                                       batch["attention_mask"], return_binding_logits=True)  # fmt: skip
+        model.model.binding_mark = None
+        plain = image_features(model.model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        model.model.binding_mark = mark
+    # the second way: per tile, a loop over its tokens
+    for t in range(plain.shape[0]):
+        w = torch.softmax(logits[t], 0)
+        pooled = sum(w[i] * plain[t, i] for i in range(plain.shape[1]))
+        want = plain[t] + torch.sigmoid(logits[t])[:, None] * mark.direction + mark.pool(pooled)
+        torch.testing.assert_close(feats[t], want)
+    save_vla(tmp_path / "ckpt", bundle, motion_tokenizer=mt)
+    loaded = load_vla(tmp_path / "ckpt").model
+    assert loaded.config.binding_pool
+    torch.testing.assert_close(loaded.model.binding_mark.pool.weight, mark.pool.weight)

@@ -427,3 +427,23 @@ def test_pretrain_moves_a_checkpoints_binding_head_into_the_mark(world):
     assert b["model.binding_mark.direction"].abs().max() > 0  # started at zero, trained
     moved = {k for k in a if k in b and not torch.equal(a[k], b[k])}
     assert moved and all(k.startswith(("model.language_model.", "lm_head.")) for k in moved)
+
+
+def test_pretrain_adds_a_pool_to_a_checkpoints_mark(world):
+    """``model.binding_pool``: continuing a checkpoint with a mark but no pool, the mark gains one (zero at
+    the start) that trains while the rest of the mark is kept fixed."""
+    root, store, _ = world
+    import handvla.vla.pretrain as P
+    from handvla.vla.modeling import load_vla
+
+    film = ["model.vision_film=true", "model.binding_loss_weight=0.5", "model.binding_mark=true"]
+    start = P.run_pretrain(_pretrain_cfg(root, store, "p0", film, max_steps=1, eval_every=100), progress=False)
+    frozen = "model.freeze=[model.vision_tower, model.multi_modal_projector, model.instruction_film, model.binding_mark.score]"
+    cont = [f"model.init_checkpoint={start['final']}", "model.preset=null", *film, "model.binding_pool=true", frozen]
+    out = P.run_pretrain(_pretrain_cfg(root, store, "p1", cont, max_steps=3, eval_every=100), progress=False)
+    a = load_vla(start["final"]).model.state_dict()
+    loaded = load_vla(out["final"]).model
+    b = loaded.state_dict()
+    assert "model.binding_mark.pool.weight" not in a and loaded.config.binding_pool
+    assert b["model.binding_mark.pool.weight"].abs().max() > 0  # started at zero, trained
+    torch.testing.assert_close(b["model.binding_mark.score.weight"], a["model.binding_mark.score.weight"])

@@ -56,11 +56,16 @@ ImagePosition = Literal["in_prompt", "after_text"]
 IMAGE_POSITIONS: tuple[str, ...] = get_args(ImagePosition)
 
 def check_film_options(
-    vision_film: bool, image_position: str, binding_loss_weight: float, where: str, binding_mark: bool = False
+    vision_film: bool,
+    image_position: str,
+    binding_loss_weight: float,
+    where: str,
+    binding_mark: bool = False,
+    binding_pool: bool = False,
 ) -> None:
     """ConfigError unless the options agree: ``vision_film`` reads the text before the image, so it needs
     ``image_position`` "after_text"; ``binding_loss_weight`` is >= 0, and > 0 only with ``vision_film``;
-    ``binding_mark`` only with ``vision_film``."""
+    ``binding_mark`` only with ``vision_film``; ``binding_pool`` only with ``binding_mark``."""
     if vision_film and image_position != "after_text":
         raise ConfigError(
             f"{where}.vision_film: needs image_position 'after_text' (the modulation reads the text before the "
@@ -73,6 +78,8 @@ def check_film_options(
         )
     if binding_mark and not vision_film:
         raise ConfigError(f"{where}.binding_mark: needs vision_film on (the mark scores the modulated visual tokens)")
+    if binding_pool and not binding_mark:
+        raise ConfigError(f"{where}.binding_pool: needs binding_mark on (the pool is weighted by the mark's scores)")
 
 
 # ImageNet statistics: InternViT was trained on them (InternVL's own preprocessing).
@@ -133,6 +140,9 @@ class HandVLAConfig(InternVLConfig):
     (`handvla.vla.modeling.BindingMark`, on the model as ``binding_mark``): each visual token gains a learned
     direction times its binding probability, so that the LLM's attention can key on the tokens the
     instruction marks; the binding loss then trains that head. Part of the model (a policy keeps it).
+    ``binding_pool`` (off; needs ``binding_mark``): every visual token of a tile also gains a learned linear
+    map (zero at the start) of the tokens pooled by the mark's softmax over the tile, so that any attention
+    to the image reads what the instruction marked, without having to find it.
     ``endpoint_loss_weight`` (0: off, the reference): in training, adds this weight times an end-point loss:
     a linear head on the LLM's last hidden state at every position that predicts a motion answer's token
     regresses where that answer's wrists END (camera frame, metres; smooth L1 with a 5 cm knee; per hand,
@@ -174,6 +184,7 @@ class HandVLAConfig(InternVLConfig):
     vision_film: bool = False
     binding_loss_weight: float = 0.0
     binding_mark: bool = False
+    binding_pool: bool = False
     endpoint_loss_weight: float = 0.0
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
@@ -222,7 +233,12 @@ class HandVLAConfig(InternVLConfig):
                 f"HandVLAConfig.image_position: expected one of {IMAGE_POSITIONS}, got {self.image_position!r}"
             )
         check_film_options(
-            self.vision_film, self.image_position, self.binding_loss_weight, "HandVLAConfig", self.binding_mark
+            self.vision_film,
+            self.image_position,
+            self.binding_loss_weight,
+            "HandVLAConfig",
+            self.binding_mark,
+            self.binding_pool,
         )
         if not self.endpoint_loss_weight >= 0.0:
             raise ConfigError(

@@ -145,17 +145,32 @@ class BindingMark(torch.nn.Module):
     """The binding head inside the vision path (``HandVLAConfig.binding_mark``): ``score`` (a linear map of a
     projected visual token to its binding logit, trained by the binding loss) and ``direction`` (H,), added
     to every visual token times the sigmoid of its logit. ``direction`` starts at zero, so a new mark
-    changes nothing until trained."""
+    changes nothing until trained. With ``pool`` (``HandVLAConfig.binding_pool``), ``pool`` (a linear map,
+    zero at the start) of the tile's tokens weighted by the softmax of their logits is added to every token
+    of the tile."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, pool: bool = False):
         super().__init__()
         self.score = torch.nn.Linear(hidden, 1)
         self.direction = torch.nn.Parameter(torch.zeros(hidden))
+        self.pool = zero_linear(hidden, hidden) if pool else None
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``feats`` (tiles, T, H) -> (the marked tokens (tiles, T, H), the logits (tiles, T))."""
         logits = self.score(feats)[..., 0]
-        return feats + torch.sigmoid(logits)[..., None] * self.direction.to(feats.dtype), logits
+        out = feats + torch.sigmoid(logits)[..., None] * self.direction.to(feats.dtype)
+        if self.pool is not None:
+            weights = torch.softmax(logits.float(), dim=-1).to(feats.dtype)
+            out = out + self.pool(torch.einsum("tn,tnh->th", weights, feats))[:, None]
+        return out, logits
+
+
+def zero_linear(n_in: int, n_out: int) -> torch.nn.Linear:
+    """A Linear(n_in, n_out) whose weight and bias start at zero (an addition that changes nothing yet)."""
+    layer = torch.nn.Linear(n_in, n_out)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    return layer
 
 
 def add_instruction_film(inner: torch.nn.Module, config: HandVLAConfig) -> None:
@@ -164,28 +179,33 @@ def add_instruction_film(inner: torch.nn.Module, config: HandVLAConfig) -> None:
     if getattr(config, "vision_film", False):
         inner.instruction_film = InstructionFiLM(config.text_config.hidden_size, config.vision_config.hidden_size)
     if getattr(config, "binding_mark", False):
-        inner.binding_mark = BindingMark(config.text_config.hidden_size)
+        inner.binding_mark = BindingMark(config.text_config.hidden_size, getattr(config, "binding_pool", False))
 
 
-def set_binding_mark(model: torch.nn.Module, seed: int = 0) -> None:
+def set_binding_mark(model: torch.nn.Module, seed: int = 0, pool: bool = False) -> None:
     """Turn ``binding_mark`` on for a `HandVLAForConditionalGeneration` with ``vision_film``: its binding head
     (when it has one, e.g. from grounding questions) becomes the mark's ``score``, with a zero
-    ``direction``. Nothing to do when the mark is there already."""
-    if getattr(model.model, "binding_mark", None) is not None:
-        return
-    check_film_options(
-        model.config.vision_film, model.config.image_position, model.config.binding_loss_weight, "model", True
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        mark = BindingMark(model.config.text_config.hidden_size)
-    head = getattr(model, "binding_head", None)
-    if head is not None:
-        mark.score.load_state_dict(head.state_dict())
-        del model.binding_head
+    ``direction``. With ``pool`` (``binding_pool``) a mark without a pool gains one, zero at the start.
+    Nothing else to do when the mark is there already."""
     ref = next(model.parameters())
-    model.model.binding_mark = mark.to(ref.device, ref.dtype)
-    model.config.binding_mark = True
+    mark = getattr(model.model, "binding_mark", None)
+    if mark is None:
+        check_film_options(
+            model.config.vision_film, model.config.image_position, model.config.binding_loss_weight, "model", True
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            mark = BindingMark(model.config.text_config.hidden_size)
+        head = getattr(model, "binding_head", None)
+        if head is not None:
+            mark.score.load_state_dict(head.state_dict())
+            del model.binding_head
+        model.model.binding_mark = mark.to(ref.device, ref.dtype)
+        model.config.binding_mark = True
+    if pool and mark.pool is None:
+        hidden = model.config.text_config.hidden_size
+        mark.pool = zero_linear(hidden, hidden).to(ref.device, ref.dtype)
+        model.config.binding_pool = True
 
 
 class HandVLAModel(InternVLModel):

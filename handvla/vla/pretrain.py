@@ -112,6 +112,13 @@ class ModelConfig(ConfigModel):
         "init_checkpoint's binding head becomes the mark's score (freeze it as model.binding_mark.score)",
     )
 
+    binding_pool: bool = Field(
+        False,
+        description="with binding_mark: every visual token also gains a learned map (zero at the start) of the "
+        "tokens pooled by the mark's softmax, so that any attention to the image reads the marked object; an "
+        "init_checkpoint's mark without a pool gains one",
+    )
+
     endpoint_loss_weight: float = Field(
         0.0,
         ge=0.0,
@@ -130,7 +137,9 @@ class ModelConfig(ConfigModel):
     @model_validator(mode="after")
     def _check_film(self):  # before any work; unset, image_position follows vision_film (film_overrides)
         position = self.image_position or ("after_text" if self.vision_film else "in_prompt")
-        check_film_options(self.vision_film, position, self.binding_loss_weight, "model", self.binding_mark)
+        check_film_options(
+            self.vision_film, position, self.binding_loss_weight, "model", self.binding_mark, self.binding_pool
+        )
         return self
 
     def film_overrides(self) -> dict[str, Any]:
@@ -142,6 +151,7 @@ class ModelConfig(ConfigModel):
             "image_position": "after_text",
             "binding_loss_weight": self.binding_loss_weight,
             "binding_mark": self.binding_mark,
+            "binding_pool": self.binding_pool,
         }
 
     @field_validator("loss_quantiles")
@@ -241,7 +251,7 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     if m.image_position is not None:
         c.image_position = m.image_position
     if m.binding_mark:
-        set_binding_mark(bundle.model, seed=m.seed)
+        set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)
     set_endpoint_loss(bundle.model, m.endpoint_loss_weight, seed=m.seed)
     freeze_parameters(bundle.model, m.freeze, "model.freeze")
     c.image_alignment = "canonical" if cfg.data.align else "none"
