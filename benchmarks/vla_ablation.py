@@ -66,12 +66,15 @@ def main(argv: list[str] | None = None) -> dict:
     }
     bundle = load_vla(Path(a.out) / "final")
     keys = ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m", "mpjpe_mm", "mwte_mm",
-            "tokenizer_mpjpe_mm")
+            "tokenizer_mpjpe_mm", "prefix_target_accuracy", "prefix_target_accuracy_ci95",
+            "motion_follows_prefix_rate", "motion_follows_prefix_rate_ci95")  # the last four: answer-prefix models
     for item in a.eval:
         name, path = item.split("=", 1)
-        r = evaluate_handworld(bundle, path, max_episodes=a.eval_episodes, max_seconds=a.seconds, batch_size=8,
-                               train_stores=list(a.train))["summary"]  # fmt: skip
-        res[name] = {k: r.get(k) for k in keys}
+        full = evaluate_handworld(bundle, path, max_episodes=a.eval_episodes, max_seconds=a.seconds, batch_size=8,
+                                  train_stores=list(a.train))  # fmt: skip
+        (Path(a.out) / f"eval_{name}.json").write_text(json.dumps(full, default=str))
+        r = full["summary"]
+        res[name] = {k: r[k] for k in keys if k in r}
         res[name]["baselines"] = {
             k: {kk: v.get(kk) for kk in ("target_accuracy", "target_accuracy_ci95", "final_wrist_error_m")}
             for k, v in (r.get("baselines") or {}).items()
@@ -79,8 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
     stores = dict(item.split("=", 1) for item in a.eval)
     for name in a.counterfactual:
         cf = evaluate_counterfactual(bundle, stores[name], max_episodes=a.eval_episodes, seconds=a.seconds,
-                                     batch_size=8)["summary"]  # fmt: skip
-        res[f"{name}_counterfactual"] = cf
+                                     batch_size=8)  # fmt: skip
+        (Path(a.out) / f"counterfactual_{name}.json").write_text(json.dumps(cf["rows"], default=str))
+        res[f"{name}_counterfactual"] = cf["summary"]
     for name in a.grounding:
         g = evaluate_grounding(bundle, stores[name], max_episodes=a.eval_episodes, batch_size=16)
         g.pop("examples")

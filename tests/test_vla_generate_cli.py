@@ -67,10 +67,11 @@ def test_generate_writes_valid_outputs(setup, capsys):
     assert (
         info["hands"] == ["left", "right"] and info["aligned"] and info["generated_tokens"] == 1 * 2 * 130 + 1
     )
+    assert info["answer_prefix"] == ""  # the reference answers with motion only
     got = load_generated(out.with_suffix(".npz"))
     with np.load(out.with_suffix(".npz")) as d:
         ids = {s: d[f"{s}.motion_ids"] for s in ("left", "right")}
-        assert tuple(d["camera"][4:]) == (64, 48)
+        assert tuple(d["camera"][4:]) == (64, 48) and str(d["answer_prefix"]) == ""
     for side in ("left", "right"):
         m = got[side]
         assert m.side == side and len(m) == 15 and m.fps == 15.0

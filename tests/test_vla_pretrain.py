@@ -431,7 +431,8 @@ def test_pretrain_moves_a_checkpoints_binding_head_into_the_mark(world):
 
 def test_pretrain_adds_a_pool_to_a_checkpoints_mark(world):
     """``model.binding_pool``: continuing a checkpoint with a mark but no pool, the mark gains one (zero at
-    the start) that trains while the rest of the mark is kept fixed."""
+    the start) that trains while the rest of the mark is kept fixed. The continuation also switches on
+    ``model.motion_answer_prefix`` (the checkpoint keeps it; its periodic evaluation scores the prefix)."""
     root, store, _ = world
     import handvla.vla.pretrain as P
     from handvla.vla.modeling import load_vla
@@ -439,11 +440,19 @@ def test_pretrain_adds_a_pool_to_a_checkpoints_mark(world):
     film = ["model.vision_film=true", "model.binding_loss_weight=0.5", "model.binding_mark=true"]
     start = P.run_pretrain(_pretrain_cfg(root, store, "p0", film, max_steps=1, eval_every=100), progress=False)
     frozen = "model.freeze=[model.vision_tower, model.multi_modal_projector, model.instruction_film, model.binding_mark.score]"
-    cont = [f"model.init_checkpoint={start['final']}", "model.preset=null", *film, "model.binding_pool=true", frozen]
+    cont = [f"model.init_checkpoint={start['final']}", "model.preset=null", *film, "model.binding_pool=true", frozen,
+            "model.motion_answer_prefix=target_boxes", f"eval.handworld={{hw: {store}}}", "eval.final_episodes=2",
+            "eval.max_seconds=1"]  # fmt: skip
     out = P.run_pretrain(_pretrain_cfg(root, store, "p1", cont, max_steps=3, eval_every=100), progress=False)
     a = load_vla(start["final"]).model.state_dict()
     loaded = load_vla(out["final"]).model
     b = loaded.state_dict()
     assert "model.binding_mark.pool.weight" not in a and loaded.config.binding_pool
+    assert load_vla(start["final"]).model.config.motion_answer_prefix == "none"
+    assert loaded.config.motion_answer_prefix == "target_boxes"
+    final = out["final_eval"]["hw"]  # the final evaluation generates and scores the stated boxes
+    assert final["valid_output_rate"] == 1.0 and "prefix_target_accuracy" in final
+    with pytest.raises(Exception, match="motion_answer_prefix"):
+        _pretrain_cfg(root, store, "p2", ["model.motion_answer_prefix=boxes"])
     assert b["model.binding_mark.pool.weight"].abs().max() > 0  # started at zero, trained
     torch.testing.assert_close(b["model.binding_mark.score.weight"], a["model.binding_mark.score.weight"])

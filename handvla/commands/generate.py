@@ -164,6 +164,8 @@ def run_generate(args: argparse.Namespace) -> int:
         "instruction": np.array(args.instruction),
         "seconds": np.array(int(args.seconds)),
         "camera": np.array([*cam, W, H], np.float64),
+        # what the answer said before its motion (motion_answer_prefix; boxes 0..1000 of the model's view)
+        "answer_prefix": np.array(out.prefix_texts[0]),
     }
     motions, info = {}, {}
     for j, side in enumerate(hands):
@@ -204,6 +206,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "generated_tokens": new_tokens,
             "generate_seconds": gen_s,
             "tokens_per_s": new_tokens / gen_s if gen_s > 0 else None,
+            "answer_prefix": out.prefix_texts[0],
             "motion": info,
         }
     )

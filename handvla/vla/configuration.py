@@ -82,6 +82,11 @@ def check_film_options(
         raise ConfigError(f"{where}.binding_pool: needs binding_mark on (the pool is weighted by the mark's scores)")
 
 
+#: what a motion answer says before its motion blocks (``HandVLAConfig.motion_answer_prefix``)
+MotionAnswerPrefix = Literal["none", "target_boxes"]
+MOTION_ANSWER_PREFIXES: tuple[str, ...] = get_args(MotionAnswerPrefix)
+
+
 # ImageNet statistics: InternViT was trained on them (InternVL's own preprocessing).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -149,6 +154,13 @@ class HandVLAConfig(InternVLConfig):
     only hands with a valid final frame). The truth comes with the batch as ``endpoint_targets`` (from the
     answer motion itself, so any motion data has it). It asks every answer state to carry the goal that the
     motion ids encode only spread over many tokens. Training only: the head is not part of a policy.
+    ``motion_answer_prefix``: what a motion answer (generation, prediction) says before its motion blocks.
+    ``"none"`` (the reference): nothing, the answer is the blocks. ``"target_boxes"``: first the box of each
+    object the instruction acts on, in InternVL's grounding format
+    ("<ref>the red cube</ref><box>[[x1, y1, x2, y2]]</box>", `handvla.vla.grounding.grounding_prefix`;
+    nothing when no target is known), then the blocks: the model states where the named object is, and its
+    motion ids can attend to that statement. Decoding lets text through until the first ``<mot>``
+    (`handvla.vla.generation.MotionBlockConstraint`) and returns the text beside the motion.
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
@@ -186,6 +198,7 @@ class HandVLAConfig(InternVLConfig):
     binding_mark: bool = False
     binding_pool: bool = False
     endpoint_loss_weight: float = 0.0
+    motion_answer_prefix: str = "none"
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     has_motion_tokenizer: bool = False
@@ -243,6 +256,11 @@ class HandVLAConfig(InternVLConfig):
         if not self.endpoint_loss_weight >= 0.0:
             raise ConfigError(
                 f"HandVLAConfig.endpoint_loss_weight: expected a number >= 0, got {self.endpoint_loss_weight!r}"
+            )
+        if self.motion_answer_prefix not in MOTION_ANSWER_PREFIXES:
+            raise ConfigError(
+                f"HandVLAConfig.motion_answer_prefix: expected one of {MOTION_ANSWER_PREFIXES}, got "
+                f"{self.motion_answer_prefix!r}"
             )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")

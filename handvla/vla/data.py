@@ -38,6 +38,8 @@ needs is tokenized once when the dataset is built (`MotionTokenCache`: in memory
 ``.npz`` file keyed by a fingerprint of the tokenizer weights and the stores) - deterministic, so a
 resumed run sees the same ids. A block in which the hand has no valid frame is ``-1`` (``<MOT_NOOP>``);
 samples whose answer would contain such a block are dropped (the constrained decoder never emits NOOP).
+With ``HandVLAConfig.motion_answer_prefix`` "target_boxes", the motion answers of samples with an image
+first give the boxes of their hands' targets (`VLAInstructionDataset.answer_text`).
 
 Batches (`VLAInstructionDataset.collate`): plain padding with ``HandVLAProcessor.collate``, or, with
 ``pack = True``, sequence packing: samples are grouped (first fit, in a seeded order fixed at build time)
@@ -75,7 +77,13 @@ from handvla.errors import ConfigError, InputError
 from handvla.language.instructions.build import read_manifest
 from handvla.language.instructions.sampling import InstructionBalanceConfig, balanced_sample
 from handvla.language.instructions.templates import TASK_TYPES
-from handvla.vla.grounding import box_token_map, grounding_questions, parse_grounding_answer, target_boxes
+from handvla.vla.grounding import (
+    box_token_map,
+    grounding_prefix,
+    grounding_questions,
+    parse_grounding_answer,
+    target_grounding,
+)
 from handvla.vla.processing import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -648,6 +656,9 @@ class VLAInstructionDataset(Dataset):
         # (added tokens always split text).
         n_tiles = processor.num_tiles(*self.image_size)
         image_tokens = n_tiles * processor.tokens_per_tile + 2
+        # the target boxes of an episode (per hand set): the binding loss's truth and the answer prefix
+        self._targets: dict[tuple, list] = {}
+        self.answer_prefix = getattr(processor.config, "motion_answer_prefix", "none")
         kept, lengths = [], []
         self.report: dict[str, Any] = {"absent_hand": 0, "too_long": 0, "motion_only": 0}
         for s in specs:
@@ -657,7 +668,7 @@ class VLAInstructionDataset(Dataset):
                 continue
             enc = processor.encode(
                 place_images(s.prompt, processor.config.image_position).replace(IMAGE_PLACEHOLDER, "<img>"),
-                s.answer if s.answer is not None else MOTION_PLACEHOLDER,
+                self.answer_text(s),
                 prompt_motions=prompt_m,
                 answer_motions=answer_m,
             )
@@ -677,7 +688,6 @@ class VLAInstructionDataset(Dataset):
         self._image_cache = int(image_cache)
         # the binding loss's truth (HandVLAConfig.binding_loss_weight): target boxes per episode
         self.binding = float(getattr(processor.config, "binding_loss_weight", 0.0)) > 0
-        self._target_boxes: dict[tuple[int, int], list] = {}
         # the end-point loss's truth (HandVLAConfig.endpoint_loss_weight): six numbers per sample, read from
         # the wrist tracks of the last few episodes (long real episodes are not all kept in memory)
         self.endpoint = float(getattr(processor.config, "endpoint_loss_weight", 0.0)) > 0
@@ -760,19 +770,36 @@ class VLAInstructionDataset(Dataset):
         return img
 
     # -- Dataset ----------------------------------------------------------------------------------------------
-    def boxes(self, s: SampleSpec) -> list:
-        """The boxes (0..1000 in the model's view) of what sample ``s`` names: a grounding question's
-        object, else the objects its episode's instruction acts on (`target_boxes`); [] when unknown."""
-        if s.task_type == "grounding":
-            box = parse_grounding_answer(s.answer or "")
-            return [] if box is None else [box]
-        key = (s.dataset, s.episode)
-        if key not in self._target_boxes:
+    def targets(self, s: SampleSpec, hands: tuple[str, ...] | None = None) -> list:
+        """(name, box) of each object sample ``s``'s episode's instruction acts on (``hands``: only those
+        hands' targets), boxes 0..1000 in the model's view (`target_grounding`); [] when unknown."""
+        key = (s.dataset, s.episode, hands)
+        if key not in self._targets:
             store = self.stores[s.dataset]
             row = store.meta(s.episode)
             where = f"{store.root} episode {s.episode}"
-            self._target_boxes[key] = target_boxes(row.get("ground_truth"), camera_from_row(row), self.align, where)
-        return self._target_boxes[key]
+            self._targets[key] = target_grounding(
+                row.get("ground_truth"), camera_from_row(row), self.align, where, hands
+            )
+        return self._targets[key]
+
+    def boxes(self, s: SampleSpec) -> list:
+        """The boxes (0..1000 in the model's view) of what sample ``s`` names: a grounding question's
+        object, else the objects its episode's instruction acts on (`targets`); [] when unknown."""
+        if s.task_type == "grounding":
+            box = parse_grounding_answer(s.answer or "")
+            return [] if box is None else [box]
+        return [box for _name, box in self.targets(s)]
+
+    def answer_text(self, s: SampleSpec) -> str:
+        """Sample ``s``'s answer: its text, or for a motion answer the motion placeholder, after the boxes of
+        its hands' targets when ``HandVLAConfig.motion_answer_prefix`` is "target_boxes" and it has an
+        image (`grounding_prefix`; nothing when no target is known)."""
+        if s.answer is not None:
+            return s.answer
+        if self.answer_prefix == "target_boxes" and s.image_s is not None:
+            return grounding_prefix(self.targets(s, hands_for_mode(s.hand_mode))) + MOTION_PLACEHOLDER
+        return MOTION_PLACEHOLDER
 
     def answer_endpoint(self, s: SampleSpec) -> torch.Tensor:
         """(6,): where the wrists of sample ``s``'s answer motion end (left xyz, right xyz; camera frame,
@@ -812,7 +839,7 @@ class VLAInstructionDataset(Dataset):
         prompt_m, answer_m = self._motions(s)
         enc = self.processor.encode(
             s.prompt,
-            s.answer if s.answer is not None else MOTION_PLACEHOLDER,
+            self.answer_text(s),
             images=[] if s.image_s is None else [self.image(s)],
             prompt_motions=prompt_m,
             answer_motions=answer_m,

@@ -22,16 +22,22 @@ from handvla.errors import InputError
 from handvla.vla.generation import generate_motion
 
 
-def final_wrist_positions(bundle, images, tasks, modes, seconds: int, batch_size: int = 8) -> np.ndarray:
+def final_wrist_positions(
+    bundle, images, tasks, modes, seconds: int, batch_size: int = 8, prefixes=None, said: list | None = None
+) -> np.ndarray:
     """(N, 3) final wrist position (metres, camera frame) of the first hand of each request (greedy,
     constrained generation of ``seconds`` seconds, decoded by the bundle's motion tokenizer; the wrist joint
-    position does not depend on the hand shape, so none is given)."""
+    position does not depend on the hand shape, so none is given). ``prefixes``: per request, text the answer
+    is made to start with (`generate_motion`). ``said``: a list that receives each answer's text before
+    its motion (``MotionGeneration.prefix_texts``)."""
     out = []
     mt = bundle.motion_tokenizer
     for b in range(0, len(tasks), batch_size):
         sl = slice(b, b + batch_size)
         gen = generate_motion(bundle.model, bundle.processor, list(images[sl]), list(tasks[sl]), seconds,
-                              list(modes[sl]))  # fmt: skip
+                              list(modes[sl]), prefixes=None if prefixes is None else list(prefixes[sl]))  # fmt: skip
+        if said is not None:
+            said.extend(gen.prefix_texts)
         for ids, hands in zip(gen.motion, gen.hands):
             motion = mt.decode_motion(ids[:, 0], side=hands[0])
             out.append(np.asarray(motion.wrist_pos[-1], np.float64))

@@ -63,7 +63,6 @@ from handvla.errors import ConfigError, InputError
 from handvla.hand.metrics import mpjpe, mwte, pa_mpjpe
 from handvla.hand.motion import HandMotion
 from handvla.stats import rate_summary
-from handvla.synth.handworld.scene import SHAPE_NOUNS
 from handvla.vla.baselines import (
     TrainingReference,
     checkpoint_training_stores,
@@ -82,7 +81,16 @@ from handvla.vla.generation import (
     is_valid_motion_output,
     parse_motion_output,
     predict_motion,
+    split_text_prefix,
+    text_prefix_tokens,
     translate_motion,
+)
+from handvla.vla.grounding import (
+    grounding_prefix,
+    object_name,
+    objects_in_view,
+    pointed_object,
+    scene_objects,
 )
 from handvla.vla.modeling import load_vla
 from handvla.vla.processing import generation_prompt, hands_for_mode
@@ -204,6 +212,18 @@ def _summarise(rows: list[dict[str, Any]], tokens: int, gen_s: float) -> dict[st
         "generate_seconds": float(gen_s),
         "tokens_per_s": tokens / gen_s if gen_s > 0 else None,
         "baselines": _summarise_baselines(rows),
+        **_summarise_prefix(rows),
+    }
+
+
+def _summarise_prefix(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rates of `_score_prefix` over the rows that have them ({} for a model without an answer prefix)."""
+    scored = [r for r in rows if "prefix_hits" in r]
+    if not scored:
+        return {}
+    return {
+        **_rate([h for r in scored for h in r["prefix_hits"]], "prefix_target_accuracy"),
+        **_rate([h for r in scored for h in r["motion_follows_prefix"]], "motion_follows_prefix_rate"),
     }
 
 
@@ -284,6 +304,7 @@ def evaluate_handworld(
         idx = idx[: int(max_episodes)]
     vocab = processor.vocab
     F = int(mt.config.frames_per_block)
+    text_prefix = text_prefix_tokens(model.config)  # HandVLAConfig.motion_answer_prefix
 
     # Requests: one per episode with ground truth and a whole second of motion.
     reqs = []
@@ -325,10 +346,10 @@ def evaluate_handworld(
 
         def head(prompt_length: int, blocks=blocks):
             if constrained:
-                return MotionBlockConstraint(vocab, prompt_length, blocks)
+                return MotionBlockConstraint(vocab, prompt_length, blocks, text_prefix_tokens=text_prefix)
             return _NoConstraint()
 
-        max_new = max(blocks) * vocab.block_length + 1
+        max_new = text_prefix + max(blocks) * vocab.block_length + 1
         t0 = time.perf_counter()
         seqs, plen = _generate(model, processor, samples, head, max_new, do_sample, 1.0, 50, 1.0, seed)
         gen_s += time.perf_counter() - t0
@@ -338,7 +359,13 @@ def evaluate_handworld(
             row_tokens = new[i]
             eos = (row_tokens == vocab.eos_id).nonzero()
             tokens += int(eos[0, 0]) + 1 if len(eos) else len(row_tokens)
+            said = None
+            if text_prefix:
+                head_ids, row_tokens = split_text_prefix(row_tokens, vocab)
+                said = processor.decode(head_ids.tolist(), skip_special_tokens=False)
             row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
+            if said is not None:
+                _score_prefix(row, ctx, said, ep, align, f"{st.root} episode {k}")
             rows.append(row)
             ctxs.append(ctx)
         bar.update(len(batch))
@@ -494,10 +521,31 @@ def _score(
         m2.append(pa_mpjpe(joints, true_joints[h], valid))
         m3.append(mwte(joints, true_joints[h], valid))
         final_wrist[h] = np.asarray(motion.wrist_pos[-1], np.float64)
+    ctx["final_wrist"] = final_wrist
     row["target_hits"] = [target_hit(final_wrist[h], oid, objects) for h, oid in pairs]
     row["final_wrist_error_m"] = _mean([_dist(final_wrist[h], true_final[h]) for h in hands])
     row["mpjpe_mm"], row["pa_mpjpe_mm"], row["mwte_mm"] = _mean(m1), _mean(m2), _mean(m3)
     return row, ctx
+
+
+def _score_prefix(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, align: bool, where: str) -> None:
+    """Score what an answer said before its motion (``HandVLAConfig.motion_answer_prefix`` "target_boxes"):
+    per scored (hand, target) pair, the box the answer gives under the target's name points at the object
+    in view whose box centre is nearest its centre; ``prefix_hits``: that object is the target;
+    ``motion_follows_prefix``: the generated final wrist ends nearest that object (whichever it is)."""
+    row["answer_prefix"] = said
+    row["prefix_hits"], row["motion_follows_prefix"] = [], []
+    in_view = {int(o["object_id"]): (object_name(o), box)
+               for o, box in objects_in_view(scene_objects(ctx["ground_truth"], where), ep.camera, align)}  # fmt: skip
+    boxes = {i: box for i, (_name, box) in in_view.items()}
+    objects, final = ctx["objects"], ctx.get("final_wrist")
+    for h, oid in ctx["pairs"]:
+        pointed = pointed_object(said, in_view[oid][0], boxes) if oid in in_view else None
+        row["prefix_hits"].append(pointed == oid)
+        follows = False
+        if pointed is not None and final is not None and pointed in objects:
+            follows = target_hit(final[h], pointed, objects)
+        row["motion_follows_prefix"].append(bool(follows))
 
 
 def _score_input_free(row: dict[str, Any], ctx: dict[str, Any], ref: TrainingReference) -> None:
@@ -687,7 +735,7 @@ def _evaluate_prediction(
 
 def _object_phrase(obj: dict[str, Any]) -> str:
 
-    return f"the {obj['colour']} {SHAPE_NOUNS.get(obj['shape'], obj['shape'])}"
+    return f"the {object_name(obj)}"
 
 
 def counterfactual_scene(ground_truth: dict | None) -> tuple[dict[int, dict[str, Any]], int, str] | None:
@@ -723,7 +771,10 @@ def evaluate_counterfactual(
     against the object it was asked for (objects where the scene placed them). A model that reads the
     instruction reaches both; one that ignores it goes to the same place twice and scores (b) near 0.
     Returns the two target accuracies with Wilson 95 % intervals, ``chance`` (mean 1 / objects),
-    ``same_end_point_rate`` (both requests end nearest the same object) and per-request rows.
+    ``same_end_point_rate`` (both requests end nearest the same object) and per-request rows. For a model
+    with an answer prefix (``HandVLAConfig.motion_answer_prefix``) also the rates of
+    `_counterfactual_prefix_scores`: whether its stated boxes point at the asked object, and whether its
+    motion follows a stated box that contradicts the instruction.
     """
 
     model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
@@ -732,7 +783,8 @@ def evaluate_counterfactual(
     st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
     align = model_alignment(model.config) if align is None else bool(align)
     size = tuple(image_size) if image_size else model_image_size(model.config, processor)
-    reqs = []
+    prefix = text_prefix_tokens(model.config) > 0  # HandVLAConfig.motion_answer_prefix
+    reqs, stated = [], []
     for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
         ep = st.load_episode(k, with_video=True)
         scene = counterfactual_scene(ep.ground_truth)
@@ -743,19 +795,52 @@ def evaluate_counterfactual(
         other = ids[(ids.index(tg) + 1) % len(ids)]
         positions = object_positions_camera(ep, 0)
         image = prepare_image(ep.video[0], ep.camera.K, align, size)
+        boxes = {int(o["object_id"]): box for o, box in objects_in_view(list(objs.values()), ep.camera, align)}
         for which, oid in (("factual", tg), ("counterfactual", other)):
             task = f"move your {hand} hand to {_object_phrase(objs[oid])}"
             reqs.append({"episode": k, "rig": ep.rig, "which": which, "object_id": oid, "hand": hand, "task": task,
-                         "image": image, "objects": positions})
+                         "image": image, "objects": positions, "boxes": boxes,
+                         "name": object_name(objs[oid])})  # fmt: skip
+        if prefix and other in boxes:  # the own target asked for, the other object's box stated
+            stated.append({**reqs[-2], "which": "stated_other", "object_id": other, "asked_id": tg,
+                           "prefix": grounding_prefix([(object_name(objs[other]), boxes[other])])})  # fmt: skip
     was = model.training
     model.eval()
+    said: list[str] = []
     wrists = final_wrist_positions(bundle, [r["image"] for r in reqs], [r["task"] for r in reqs],
-                                   [r["hand"] for r in reqs], seconds, batch_size) if reqs else []  # fmt: skip
+                                   [r["hand"] for r in reqs], seconds, batch_size, said=said) if reqs else []  # fmt: skip
+    forced = final_wrist_positions(bundle, [r["image"] for r in stated], [r["task"] for r in stated],
+                                   [r["hand"] for r in stated], seconds, batch_size,
+                                   prefixes=[r["prefix"] for r in stated]) if stated else []  # fmt: skip
     model.train(was)
     out: dict[str, Any] = {"episodes": sum(r["which"] == "factual" for r in reqs), "seconds": int(seconds)}
     rows, summary = counterfactual_scores(wrists, reqs)
     out.update(summary)
+    if prefix:
+        out.update(_counterfactual_prefix_scores(rows, reqs, said, stated, forced))
     return {"summary": out, "rows": rows}
+
+
+def _counterfactual_prefix_scores(rows, reqs, said, stated, forced) -> dict[str, Any]:
+    """For a model with an answer prefix: whether each answer's stated box (under the asked object's name)
+    points at the asked object, per request kind (``factual_prefix_accuracy``, ``counterfactual_...``), and,
+    over the ``stated`` requests (the episode's own target asked for, the OTHER object's box made the
+    answer's start), how often the motion ends at the stated object (``stated_object_accuracy``) and at the
+    asked one (``asked_object_accuracy_when_other_stated``)."""
+    out: dict[str, Any] = {}
+    for which in ("factual", "counterfactual"):
+        hits = []
+        for row, r, text in zip(rows, reqs, said):
+            if r["which"] == which:
+                row["answer_prefix"] = text
+                hits.append(pointed_object(text, r["name"], r["boxes"]) == r["object_id"])
+        out.update(rate_summary(hits, f"{which}_prefix_accuracy"))
+    out["stated_other_requests"] = len(stated)
+    out.update(rate_summary([target_hit(w, r["object_id"], r["objects"]) for r, w in zip(stated, forced)],
+                            "stated_object_accuracy"))  # fmt: skip
+    out.update(rate_summary([target_hit(w, r["asked_id"], r["objects"]) for r, w in zip(stated, forced)],
+                            "asked_object_accuracy_when_other_stated"))  # fmt: skip
+    return out
 
 
 def counterfactual_scores(end_points, reqs: list[dict]) -> tuple[list[dict], dict[str, Any]]:

@@ -6,6 +6,9 @@ motion ids (optionally wrist ids for the first ``wrist_ids_per_block`` positions
 rest), then ``</mot>``, for ``blocks`` blocks, then only the end-of-turn token ``<|im_end|>``. Because every
 step has exactly one legal structure, the output parses for every seed, temperature and model, trained or
 not (Being-H0's 1B model produced parsable motion only 64.8% of the time without such a constraint).
+With ``text_prefix_tokens`` > 0 (a model whose ``motion_answer_prefix`` is "target_boxes") the answer may
+first say up to that many text tokens (no motion, image or end-of-turn token); the blocks start at the first
+``<mot>``, which is forced once the text reaches the cap.
 
 - `generate_motion`: image + task -> motion ids (seconds, hands, ids_per_block) per sample.
 - `predict_motion`: contextual prediction: history blocks in the prompt, the continuation is generated.
@@ -18,7 +21,7 @@ Block order in a sequence: second by second; within a second left hand then righ
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,7 +50,16 @@ from handvla.vla.text_tokenizer import MotionVocab
 
 # States of the block automaton: which tokens are legal next. States >= _S_POS0 are the positions of a
 # block's motion ids (state _S_POS0 + k: the id at position k).
-_S_START, _S_ANY, _S_END, _S_EOS, _S_POS0 = range(5)
+_S_START, _S_ANY, _S_END, _S_EOS, _S_TEXT, _S_POS0 = range(6)
+#: the most text tokens a motion answer may start with (``HandVLAConfig.motion_answer_prefix``): two targets'
+#: "<ref>the red cube</ref><box>[[x1, y1, x2, y2]]</box>" take about 60 tokens of a small byte-level BPE
+TEXT_PREFIX_MAX_TOKENS = 96
+
+
+def text_prefix_tokens(config) -> int:
+    """How many text tokens `MotionBlockConstraint` lets a motion answer start with for a model of ``config``:
+    `TEXT_PREFIX_MAX_TOKENS` when its ``motion_answer_prefix`` is not "none", else 0."""
+    return TEXT_PREFIX_MAX_TOKENS if getattr(config, "motion_answer_prefix", "none") != "none" else 0
 
 
 class MotionBlockConstraint(LogitsProcessor):
@@ -59,9 +71,13 @@ class MotionBlockConstraint(LogitsProcessor):
     finger ids after them, and with per-layer ids only the position's residual-layer range); False allows
     any motion id.
     ``allow_noop``: also allow ``<MOT_NOOP>`` inside blocks (off: the output is always real motion).
+    ``text_prefix_tokens``: before the first block, each row may say up to this many text tokens (anything
+    but motion, image, end-of-turn and padding tokens); its blocks start at its first ``<mot>``, forced once
+    the cap is reached (0: the blocks start at once).
 
-    The state is a function of the number of generated tokens only (every row follows the same structure),
-    so the processor needs no memory between calls and works with any cache or batch layout.
+    The state is a function of the generated tokens only (the count, and with a text prefix where each row's
+    first ``<mot>`` stands), so the processor needs no memory between calls and works with any cache or
+    batch layout.
     """
 
     def __init__(
@@ -71,6 +87,7 @@ class MotionBlockConstraint(LogitsProcessor):
         blocks: int | Sequence[int],
         restrict_parts: bool = True,
         allow_noop: bool = False,
+        text_prefix_tokens: int = 0,
     ):
         blocks_list = [blocks] if isinstance(blocks, (int, np.integer)) else list(blocks)
         if not blocks_list or any(int(b) <= 0 for b in blocks_list):
@@ -80,6 +97,9 @@ class MotionBlockConstraint(LogitsProcessor):
         self.blocks = torch.tensor([int(b) for b in blocks_list], dtype=torch.long)
         self.restrict_parts = restrict_parts
         self.allow_noop = allow_noop
+        if isinstance(text_prefix_tokens, bool) or int(text_prefix_tokens) != text_prefix_tokens or text_prefix_tokens < 0:
+            raise InputError("MotionBlockConstraint", "text_prefix_tokens", "a whole number >= 0", repr(text_prefix_tokens))
+        self.text_prefix_tokens = int(text_prefix_tokens)
         lay = vocab.layout
         if restrict_parts:
             states = [_S_START] + [_S_POS0 + k for k in range(lay.tokens_per_block)] + [_S_END]
@@ -91,8 +111,8 @@ class MotionBlockConstraint(LogitsProcessor):
 
     @property
     def max_new_tokens(self) -> int:
-        """Tokens the longest row generates: its blocks plus the end-of-turn token."""
-        return int(self.blocks.max()) * self.vocab.block_length + 1
+        """Tokens the longest row generates: its text prefix, blocks and the end-of-turn token."""
+        return self.text_prefix_tokens + int(self.blocks.max()) * self.vocab.block_length + 1
 
     def _build_table(self, V: int, device: torch.device) -> torch.Tensor:
         v = self.vocab
@@ -112,6 +132,11 @@ class MotionBlockConstraint(LogitsProcessor):
             t[_S_POS0:, v.mot_noop_id] = True
         t[_S_END, v.mot_end_id] = True
         t[_S_EOS, v.eos_id] = True
+        t[_S_TEXT] = True  # text, then <mot>: no motion id, image or end token
+        lo, hi = v.motion_token_range
+        t[_S_TEXT, lo:hi] = False
+        no_text = [v.mot_end_id, v.mot_noop_id, v.img_start_id, v.img_end_id, v.img_context_id, v.eos_id, v.pad_id]
+        t[_S_TEXT, no_text] = False
         return t.to(device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -140,8 +165,19 @@ class MotionBlockConstraint(LogitsProcessor):
                     str(blocks.numel()),
                 )
         L = self.vocab.block_length
-        in_block = self.block_states[n % L].expand(B)
-        state = torch.where(n >= blocks * L, torch.full_like(in_block, _S_EOS), in_block).to(scores.device)
+        blocks = blocks.to(scores.device)
+        states = self.block_states.to(scores.device)
+        if not self.text_prefix_tokens:
+            in_block = states[n % L].expand(B)
+            state = torch.where(n >= blocks * L, torch.full_like(in_block, _S_EOS), in_block)
+        else:  # count from each row's first <mot> (m = 0 while the row is still in its text)
+            starts = input_ids[:, self.prompt_length :] == self.vocab.mot_start_id
+            started = starts.any(dim=1)
+            first = starts.int().argmax(dim=1) if n else torch.zeros_like(blocks)
+            m = torch.where(started, n - first, torch.zeros_like(blocks))
+            in_block = torch.where(m >= blocks * L, torch.full_like(m, _S_EOS), states[m % L])
+            text = torch.full_like(m, _S_TEXT if n < self.text_prefix_tokens else _S_START)
+            state = torch.where(started, in_block, text)
         allowed = self._table[state]  # (B, V)
         return scores.masked_fill(~allowed, float("-inf"))
 
@@ -214,6 +250,17 @@ def _structure_error(
     return None
 
 
+def split_text_prefix(
+    tokens: np.ndarray | torch.Tensor | Sequence[int], vocab: MotionVocab
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generated token ids -> (the text before the first ``<mot>``, the rest from it on); all text when
+    there is no ``<mot>``."""
+    arr = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.int64).reshape(-1)
+    at = np.flatnonzero(arr == vocab.mot_start_id)
+    k = int(at[0]) if len(at) else len(arr)
+    return arr[:k], arr[k:]
+
+
 def parse_motion_output(
     tokens: np.ndarray | torch.Tensor | Sequence[int],
     vocab: MotionVocab,
@@ -222,8 +269,9 @@ def parse_motion_output(
     check_parts: bool = True,
     allow_noop: bool = False,
 ) -> np.ndarray:
-    """Generated token ids (after the prompt) -> motion ids (seconds, hands, ids_per_block) int64
-    (``<MOT_NOOP>`` -> -1 when ``allow_noop``). Raises InputError naming the first malformed token."""
+    """Generated token ids (after the prompt, and after any text before the motion: `split_text_prefix`) ->
+    motion ids (seconds, hands, ids_per_block) int64 (``<MOT_NOOP>`` -> -1 when ``allow_noop``). Raises
+    InputError naming the first malformed token."""
     arr = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens, dtype=np.int64).reshape(-1)
     blocks = _check_seconds(seconds) * int(hands)
     err = _structure_error(arr, vocab, blocks, check_parts, allow_noop)
@@ -256,12 +304,15 @@ def is_valid_motion_output(
 class MotionGeneration:
     """Result of `generate_motion` / `predict_motion`. ``motion[i]``: (seconds_i, hands_i, ids_per_block)
     int64 motion ids of sample i; ``hands[i]``: its hands in block order; ``sequences``: (B, prompt + new)
-    token ids as returned by ``generate`` (left-padded prompts); ``prompt_length``: padded prompt length."""
+    token ids as returned by ``generate`` (left-padded prompts); ``prompt_length``: padded prompt length
+    (with the given ``prefixes``); ``prefix_texts[i]``: what the answer said before its motion (the given
+    prefix, or the generated text of a model with ``motion_answer_prefix``; "" when none)."""
 
     motion: list[np.ndarray]
     hands: list[tuple[str, ...]]
     sequences: torch.Tensor
     prompt_length: int
+    prefix_texts: list[str] = field(default_factory=list)
 
 
 def _broadcast(value, n: int, name: str) -> list:
@@ -347,6 +398,7 @@ def _motion_request(
     hand_mode,
     history=None,
     system=...,
+    prefixes=None,
 ) -> tuple[list[EncodedSample], list[int], list[int], list[tuple[str, ...]]]:
     tasks_l = _as_list(tasks)
     n = len(tasks_l)
@@ -381,6 +433,11 @@ def _motion_request(
             prompt = continuation_prompt(tasks_l[i], h.shape[0], secs[i], modes[i], fps)
             motions = [h]
         samples.append(processor.encode(prompt, images=[images_l[i]], prompt_motions=motions, system=system))
+    if prefixes is not None:
+        for i, text in enumerate(_broadcast(prefixes, n, "prefixes")):
+            if not isinstance(text, str):
+                raise InputError("generation request", f"prefixes[{i}]", "text", repr(text))
+            samples[i] = processor.start_answer(samples[i], text)
     blocks = [s * len(h) for s, h in zip(secs, hands)]
     return samples, secs, blocks, hands
 
@@ -401,30 +458,42 @@ def generate_motion(
     seed: int | None = None,
     system=...,
     history: Sequence[np.ndarray] | None = None,
+    prefixes: str | Sequence[str] | None = None,
 ) -> MotionGeneration:
     """Instructed motion generation with the reference prompt, batched over ``tasks`` (one image per task,
     or one image for all). ``seconds`` / ``hand_mode``: one value or one per task. Greedy by default;
     ``do_sample`` samples with ``temperature`` / ``top_k`` (HF's default 50) / ``top_p`` applied after the
     block constraint. ``seed`` seeds torch's RNG first. ``history``: per task, motion ids (h_seconds, hands,
-    ids_per_block) shown in the prompt to continue from (see `predict_motion`)."""
+    ids_per_block) shown in the prompt to continue from (see `predict_motion`).
+
+    A model whose ``motion_answer_prefix`` is not "none" first says its text (up to
+    `TEXT_PREFIX_MAX_TOKENS`), returned in ``prefix_texts``. ``prefixes``: per task (or one for all), text
+    the answer is made to start with instead (e.g. the box of another object, to see whether the motion
+    follows what the answer says); the motion blocks then follow it at once."""
     samples, secs, blocks, hands = _motion_request(
-        processor, images, tasks, seconds, hand_mode, history, system
+        processor, images, tasks, seconds, hand_mode, history, system, prefixes
     )
     vocab = processor.vocab
+    text = 0 if prefixes is not None else text_prefix_tokens(processor.config)
 
     def make(prompt_length: int) -> MotionBlockConstraint:
-        return MotionBlockConstraint(vocab, prompt_length, blocks, restrict_parts=restrict_parts)
+        return MotionBlockConstraint(
+            vocab, prompt_length, blocks, restrict_parts=restrict_parts, text_prefix_tokens=text
+        )
 
-    max_new = max(blocks) * vocab.block_length + 1
+    max_new = text + max(blocks) * vocab.block_length + 1
     seqs, plen = _generate(
         model, processor, samples, make, max_new, do_sample, temperature, top_k, top_p, seed
     )
     new = seqs[:, plen:].cpu()
-    motion = [
-        parse_motion_output(new[i], vocab, secs[i], len(hands[i]), check_parts=restrict_parts)
-        for i in range(len(samples))
-    ]
-    return MotionGeneration(motion=motion, hands=hands, sequences=seqs.cpu(), prompt_length=plen)
+    motion, said = [], []
+    for i in range(len(samples)):
+        head, rest = split_text_prefix(new[i], vocab) if text else (np.zeros(0, np.int64), new[i])
+        motion.append(parse_motion_output(rest, vocab, secs[i], len(hands[i]), check_parts=restrict_parts))
+        said.append(processor.decode(head.tolist(), skip_special_tokens=False) if len(head) else "")
+    if prefixes is not None:
+        said = [str(t) for t in _broadcast(prefixes, len(samples), "prefixes")]
+    return MotionGeneration(motion=motion, hands=hands, sequences=seqs.cpu(), prompt_length=plen, prefix_texts=said)
 
 
 def predict_motion(

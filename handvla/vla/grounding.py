@@ -61,6 +61,16 @@ def parse_grounding_answer(text: str) -> tuple[int, int, int, int] | None:
     return None if m is None else tuple(int(v) for v in m.groups())  # type: ignore[return-value]
 
 
+def pointed_object(text: str, name: str, boxes: dict[int, Sequence[float]]) -> int | None:
+    """Which object a text's grounding statement points at: of ``boxes`` ({object id: box}, 0..1000), the one
+    whose centre is nearest the centre of the first box ``text`` states under ``name`` ("red cube",
+    `parse_grounding_prefix`); None when it states none for that name or ``boxes`` is empty."""
+    box = next((b for n, b in parse_grounding_prefix(text) if n == name), None)
+    if box is None or not boxes:
+        return None
+    return min(boxes, key=lambda i: float(np.linalg.norm(_centre(boxes[i]) - _centre(box))))
+
+
 def _box_corners(obj: dict[str, Any]) -> np.ndarray:
     """(8, 3) world-frame corners of an object's bounding box (``pose`` object -> world, ``size_m`` extents)."""
     half = np.asarray(obj["size_m"], np.float64).reshape(3) / 2
@@ -146,15 +156,49 @@ def grounding_questions(
     return [(grounding_prompt(object_name(o)), grounding_answer(object_name(o), box)) for o, box in in_view]
 
 
-def target_boxes(ground_truth: str | dict | None, camera: Camera | None, align: bool, where: str) -> list:
-    """The boxes (0..1000 in the model's view, `object_box_in_view`) of the objects an episode's instruction
-    acts on (``ground_truth.targets``, HandWorld's record), at the scene's initial poses; [] when the
-    episode has no known scene or none of them is in view."""
+def target_grounding(
+    ground_truth: str | dict | None,
+    camera: Camera | None,
+    align: bool,
+    where: str,
+    hands: Sequence[str] | None = None,
+) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """(name, box) of each object an episode's instruction acts on (``ground_truth.targets``, HandWorld's
+    record; in the record's order), its box 0..1000 in the model's view (`object_box_in_view`) at the scene's
+    initial poses; ``hands``: only the targets of these hands. [] when the episode has no known scene or
+    none of them is in view."""
     gt = _ground_truth(ground_truth, where)
     if gt is None:
         return []
-    ids = {t.get("object_id") for t in gt.get("targets") or [] if isinstance(t, dict)}
-    return [box for obj, box in objects_in_view(scene_objects(gt, where), camera, align) if obj["object_id"] in ids]
+    ids = [
+        t.get("object_id")
+        for t in gt.get("targets") or []
+        if isinstance(t, dict) and (hands is None or t.get("hand") in hands)
+    ]
+    boxes = {obj["object_id"]: (obj, box) for obj, box in objects_in_view(scene_objects(gt, where), camera, align)}
+    return [(object_name(boxes[i][0]), boxes[i][1]) for i in dict.fromkeys(ids) if i in boxes]
+
+
+def target_boxes(ground_truth: str | dict | None, camera: Camera | None, align: bool, where: str) -> list:
+    """The boxes of `target_grounding` (every hand's targets)."""
+    return [box for _name, box in target_grounding(ground_truth, camera, align, where)]
+
+
+def grounding_prefix(targets: Sequence[tuple[str, tuple[int, int, int, int]]]) -> str:
+    """The text a motion answer starts with when ``HandVLAConfig.motion_answer_prefix`` is "target_boxes":
+    `grounding_answer` of each (name, box) of `target_grounding`, in order ("" when there is none)."""
+    return "".join(grounding_answer(name, box) for name, box in targets)
+
+
+_NAMED_BOX_RE = re.compile(
+    r"(?:<ref>\s*(?:the\s+)?(.*?)\s*</ref>)?\s*(?:<box>)?\s*\[\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]\]"
+)
+
+
+def parse_grounding_prefix(text: str) -> list[tuple[str | None, tuple[int, int, int, int]]]:
+    """Every (name, box) of a generated text in `grounding_prefix`'s format, in order: the name without its
+    "the" ("red cube"; None for a box without a ``<ref>`` before it)."""
+    return [(m.group(1), tuple(int(v) for v in m.groups()[1:])) for m in _NAMED_BOX_RE.finditer(text)]  # type: ignore[misc]
 
 
 def box_token_map(boxes: Sequence[Sequence[float]], grid: int) -> np.ndarray:
@@ -262,10 +306,15 @@ __all__ = [
     "BOX_SCALE",
     "evaluate_grounding",
     "grounding_answer",
+    "grounding_prefix",
     "grounding_prompt",
     "grounding_questions",
     "object_box_in_view",
     "objects_in_view",
     "parse_grounding_answer",
+    "parse_grounding_prefix",
+    "pointed_object",
     "score_boxes",
+    "target_boxes",
+    "target_grounding",
 ]

@@ -38,7 +38,7 @@ from handvla.hand.registry import load_hand_model
 from handvla.hand.topology import SIDES
 from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
-from handvla.vla.configuration import ImagePosition, check_film_options
+from handvla.vla.configuration import ImagePosition, MotionAnswerPrefix, check_film_options
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
 from handvla.vla.evaluate import evaluate_handworld
 from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_summary
@@ -125,6 +125,13 @@ class ModelConfig(ConfigModel):
         description="weight of the end-point loss: a head on the LLM's answer states regresses where the "
         "answer motion's wrists end (camera frame, metres); 0: off (the reference). An init_checkpoint without "
         "the head gains one",
+    )
+
+    motion_answer_prefix: MotionAnswerPrefix | None = Field(
+        None,
+        description="what motion answers say before their motion blocks: none (the reference) or target_boxes "
+        "(the box of each object the instruction acts on, InternVL's <ref>..</ref><box>[[..]]</box>, from "
+        "episodes with a known scene); None: the checkpoint's or preset's",
     )
 
     freeze: list[str] = Field(
@@ -250,6 +257,8 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
         )
     if m.image_position is not None:
         c.image_position = m.image_position
+    if m.motion_answer_prefix is not None:
+        c.motion_answer_prefix = m.motion_answer_prefix
     if m.binding_mark:
         set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)
     set_endpoint_loss(bundle.model, m.endpoint_loss_weight, seed=m.seed)

@@ -30,7 +30,7 @@ Images are given as they are; mapping them to the canonical camera first is ``ha
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import EllipsisType
 
 import numpy as np
@@ -428,6 +428,14 @@ class HandVLAProcessor:
         if targets is not None:
             out["image_token_targets"] = targets
         return out
+
+    def start_answer(self, sample: EncodedSample, text: str) -> EncodedSample:
+        """A generation prompt (`encode` with ``answer=None``) whose answer starts with ``text``, tokenised
+        as `encode` tokenises an answer's text before a placeholder; no labels."""
+        if IMAGE_PLACEHOLDER in text or MOTION_PLACEHOLDER in text:
+            raise InputError("answer start", None, "plain text without placeholders", repr(text))
+        ids = torch.cat([sample.input_ids, torch.tensor(self._text_ids(text), dtype=torch.long)])
+        return replace(sample, input_ids=ids, labels=torch.full_like(ids, IGNORE_INDEX))
 
     def decode(self, token_ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
