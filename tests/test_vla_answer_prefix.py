@@ -255,3 +255,7 @@ def test_evaluation_reports_prefix_scores(world):
     cf = evaluate_counterfactual(bundle, world, seconds=1)["summary"]
     assert cf["episodes"] >= 1 and cf["factual_prefix_accuracy_n"] == cf["episodes"]
     assert cf["stated_object_accuracy_n"] == cf["stated_other_requests"] >= 1
+    # the split by whether the stated box was right covers every factual request and its hits
+    split = [cf[f"factual_accuracy_when_prefix_{g}_{k}"] for g in ("right", "wrong") for k in ("n", "successes")]
+    assert split[0] + split[2] == cf["episodes"] and split[0] == cf["factual_prefix_accuracy_successes"]
+    assert split[1] + split[3] == cf["named_target_accuracy_successes"]

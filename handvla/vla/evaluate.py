@@ -823,18 +823,25 @@ def evaluate_counterfactual(
 
 def _counterfactual_prefix_scores(rows, reqs, said, stated, forced) -> dict[str, Any]:
     """For a model with an answer prefix: whether each answer's stated box (under the asked object's name)
-    points at the asked object, per request kind (``factual_prefix_accuracy``, ``counterfactual_...``), and,
+    points at the asked object, per request kind (``factual_prefix_accuracy``, ``counterfactual_...``), the
+    asked object's accuracy split by that (``factual_accuracy_when_prefix_right`` / ``_wrong``: equal when
+    the motion ignores what the answer stated), and,
     over the ``stated`` requests (the episode's own target asked for, the OTHER object's box made the
     answer's start), how often the motion ends at the stated object (``stated_object_accuracy``) and at the
     asked one (``asked_object_accuracy_when_other_stated``)."""
     out: dict[str, Any] = {}
     for which in ("factual", "counterfactual"):
-        hits = []
+        right, reached = [], []
         for row, r, text in zip(rows, reqs, said):
             if r["which"] == which:
                 row["answer_prefix"] = text
-                hits.append(pointed_object(text, r["name"], r["boxes"]) == r["object_id"])
-        out.update(rate_summary(hits, f"{which}_prefix_accuracy"))
+                right.append(pointed_object(text, r["name"], r["boxes"]) == r["object_id"])
+                reached.append(row["hit"])
+        out.update(rate_summary(right, f"{which}_prefix_accuracy"))
+        # does the motion depend on what was stated? the asked object reached, given the box right / not
+        for given, keep in (("right", True), ("wrong", False)):
+            hits = [h for h, ok in zip(reached, right) if ok == keep]
+            out.update(rate_summary(hits, f"{which}_accuracy_when_prefix_{given}"))
     out["stated_other_requests"] = len(stated)
     out.update(rate_summary([target_hit(w, r["object_id"], r["objects"]) for r, w in zip(stated, forced)],
                             "stated_object_accuracy"))  # fmt: skip
