@@ -140,7 +140,7 @@ class HandVLAConfig(InternVLConfig):
     ``binding_loss_weight`` (0: off, the reference; needs ``vision_film``): in training, adds this weight times
     a binding loss: a linear head on the (modulated) visual tokens says whether each token overlaps an object
     the instruction acts on (balanced binary cross-entropy; the truth comes with the batch as
-    ``image_token_targets``, from episodes with a known scene, `handvla.vla.grounding.target_boxes`).
+    ``image_token_targets``, from episodes with a known scene, `handvla.vla.grounding.target_grounding`).
     ``binding_mark`` (off; needs ``vision_film``): the binding head moves into the vision path
     (`handvla.vla.modeling.BindingMark`, on the model as ``binding_mark``): each visual token gains a learned
     direction times its binding probability, so that the LLM's attention can key on the tokens the

@@ -179,11 +179,6 @@ def target_grounding(
     return [(object_name(boxes[i][0]), boxes[i][1]) for i in dict.fromkeys(ids) if i in boxes]
 
 
-def target_boxes(ground_truth: str | dict | None, camera: Camera | None, align: bool, where: str) -> list:
-    """The boxes of `target_grounding` (every hand's targets)."""
-    return [box for _name, box in target_grounding(ground_truth, camera, align, where)]
-
-
 def grounding_prefix(targets: Sequence[tuple[str, tuple[int, int, int, int]]]) -> str:
     """The text a motion answer starts with when ``HandVLAConfig.motion_answer_prefix`` is "target_boxes":
     `grounding_answer` of each (name, box) of `target_grounding`, in order ("" when there is none)."""
@@ -315,6 +310,5 @@ __all__ = [
     "parse_grounding_prefix",
     "pointed_object",
     "score_boxes",
-    "target_boxes",
     "target_grounding",
 ]
