@@ -488,7 +488,7 @@ def generate_motion(
     new = seqs[:, plen:].cpu()
     motion, said = [], []
     for i in range(len(samples)):
-        head, rest = split_text_prefix(new[i], vocab) if text else (np.zeros(0, np.int64), new[i])
+        head, rest = split_text_prefix(new[i], vocab)  # head: empty unless the model may say text first
         motion.append(parse_motion_output(rest, vocab, secs[i], len(hands[i]), check_parts=restrict_parts))
         said.append(processor.decode(head.tolist(), skip_special_tokens=False) if len(head) else "")
     if prefixes is not None:
