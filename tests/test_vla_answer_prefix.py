@@ -252,6 +252,12 @@ def test_evaluation_reports_prefix_scores(world):
     for key in ("prefix_target_accuracy", "motion_follows_prefix_rate"):
         lo, hi = s[f"{key}_ci95"]
         assert lo <= s[key] <= hi
+    from handvla.vla.evaluate import format_summary_table
+
+    table = format_summary_table("eval", s)  # handvla vla-eval's text output shows the rates
+    row = next(line for line in table.splitlines() if line.strip().startswith("stated box right"))
+    assert f"{s['prefix_target_accuracy']:.3f}" in row and f"{s['prefix_target_accuracy_ci95'][0]:.3f}" in row
+    assert "motion at the box" in table and "stated box" not in format_summary_table("eval", plain)
     cf = evaluate_counterfactual(bundle, world, seconds=1)["summary"]
     assert cf["episodes"] >= 1 and cf["factual_prefix_accuracy_n"] == cf["episodes"]
     assert cf["stated_object_accuracy_n"] == cf["stated_other_requests"] >= 1

@@ -349,7 +349,7 @@ def evaluate_handworld(
                 return MotionBlockConstraint(vocab, prompt_length, blocks, text_prefix_tokens=text_prefix)
             return _NoConstraint()
 
-        max_new = text_prefix + max(blocks) * vocab.block_length + 1
+        max_new = MotionBlockConstraint(vocab, 0, blocks, text_prefix_tokens=text_prefix).max_new_tokens
         t0 = time.perf_counter()
         seqs, plen = _generate(model, processor, samples, head, max_new, do_sample, 1.0, 50, 1.0, seed)
         gen_s += time.perf_counter() - t0
@@ -888,8 +888,9 @@ def _fmt_ci(ci) -> str:
 
 def format_summary_table(name: str, summary: dict[str, Any]) -> str:
     """A plain-text table of one store's summary: the model, its input-free baselines, the tokenizer floor
-    and the oracle (target accuracy with its Wilson 95 % interval, final-wrist error in metres), then
-    translation and prediction when they were scored."""
+    and the oracle (target accuracy with its Wilson 95 % interval, final-wrist error in metres), the
+    answer-prefix rates of a model that states its targets first, then translation and prediction when
+    they were scored."""
     lines = [
         f"{name}: {summary.get('episodes', 0)} episodes, {summary.get('target_pairs', 0)} (hand, target) pairs",
         f"  {'':<18}{'target acc':>11}  {'95% CI':<17}{'final wrist err m':>18}",
@@ -913,6 +914,12 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
         0.0,
     )
     line("chance", summary.get("chance_target_accuracy"), None)
+    for key, label in (
+        ("prefix_target_accuracy", "stated box right"),
+        ("motion_follows_prefix_rate", "motion at the box"),
+    ):  # models whose answers state their targets first (HandVLAConfig.motion_answer_prefix)
+        if key in summary:
+            line(label, summary[key], summary.get(f"{key}_ci95"))
     if summary.get("baselines_skipped"):
         lines.append(f"  (skipped: {summary['baselines_skipped']})")
     tr = summary.get("translation")

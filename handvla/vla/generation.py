@@ -481,7 +481,7 @@ def generate_motion(
             vocab, prompt_length, blocks, restrict_parts=restrict_parts, text_prefix_tokens=text
         )
 
-    max_new = text + max(blocks) * vocab.block_length + 1
+    max_new = make(0).max_new_tokens
     seqs, plen = _generate(
         model, processor, samples, make, max_new, do_sample, temperature, top_k, top_p, seed
     )
