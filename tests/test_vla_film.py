@@ -120,8 +120,10 @@ def test_checkpoint_roundtrip_and_generation(film, tmp_path):
         ref = film.model(**batch).logits
     back = load_vla(save_vla(tmp_path / "ckpt", film))
     assert back.model.config.vision_film and back.model.model.instruction_film is not None
-    with torch.no_grad():
-        assert torch.equal(back.model(**batch).logits, ref)
+    saved, loaded = film.model.state_dict(), back.model.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    with torch.no_grad():  # the same weights; float kernels may differ in the last bits with memory layout
+        assert torch.allclose(back.model(**batch).logits, ref, rtol=0, atol=1e-5)
     texts = answer_questions(
         back.model,
         back.processor,
