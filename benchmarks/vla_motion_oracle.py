@@ -269,6 +269,12 @@ def main(argv: list[str] | None = None) -> dict:
     train = collect_pairs(a.train, mt, a.seconds, a.train_pairs)
     held = collect_pairs([a.eval], mt, a.seconds, a.eval_pairs)
     collect_s = time.time() - t0
+    for name, rows in (("--train", train), ("--eval", held)):
+        if not rows:
+            p.error(f"{name}: no (hand, target) pairs of {a.seconds} s with two or more objects in view")
+    lw = [float(v) for v in a.layer_weights.split(",")]
+    if len(lw) not in (1, mt.layout.layers):
+        p.error(f"--layer-weights: expected 1 or {mt.layout.layers} values (one per residual layer), got {len(lw)}")
     coder = PromptCoder(a.condition, mt.layout.vocab_size, train, a.bins)
     blocks, T = a.seconds, mt.layout.tokens_per_block
     L = blocks * T
@@ -283,7 +289,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     Xtr, Xev = tensors(train), tensors(held)
     model = build_lm(coder.vocab, a.hidden, a.layers, a.heads, P + L)
-    lw = [float(v) for v in a.layer_weights.split(",")]
     pos_w = torch.tensor([lw[li] if len(lw) > 1 else lw[0] for li in pos_layer[perm]], dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(

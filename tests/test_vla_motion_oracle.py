@@ -147,3 +147,15 @@ def test_benchmark_runs_and_scores_follow_their_definitions(world, capsys):
     }
     lo, hi = res["generated"]["ci95"]
     assert lo <= res["generated"]["target_accuracy"] <= hi
+
+
+def test_bad_arguments_are_named(world, capsys):
+    mod = _module()
+    base = ["--tokenizer", str(world / "tok"), "--train", str(world / "train"), "--eval", str(world / "heldout"),
+            "--steps", "1"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        mod.main(base + ["--seconds", "1", "--layer-weights", "1,2"])
+    assert "--layer-weights: expected 1 or" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(base + ["--seconds", "5"])  # longer than the 2-second episodes
+    assert "--train: no (hand, target) pairs of 5 s" in capsys.readouterr().err
