@@ -9,6 +9,7 @@ import torch
 torch.set_num_threads(1)
 
 REAL_HANDS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_hands"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +17,21 @@ def real_hands_dir() -> Path:
     if not REAL_HANDS.is_dir():
         pytest.skip(f"real captured data not found at {REAL_HANDS}")
     return REAL_HANDS
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``load(name)``: the script ``benchmarks/<name>.py`` imported as a module (the benchmarks are scripts,
+    not a package), for tests that call its functions or its ``main(argv)``."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
 
 
 @pytest.fixture(autouse=True)

@@ -384,20 +384,10 @@ def test_lowpass_banded_solve_equals_the_dense_system():
         )
 
 
-def _benchmark():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fitting.py"
-    spec = importlib.util.spec_from_file_location("fitting_benchmark", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_skeleton_floor_is_zero_for_a_rigid_hand_and_bounds_the_fit():
+def test_skeleton_floor_is_zero_for_a_rigid_hand_and_bounds_the_fit(benchmark_script):
     """The benchmark's floor: a hand of constant bones (the model's own joints) is reached almost exactly;
     with bone lengths that change from frame to frame it is above zero and below the model fit's error."""
-    floor = _benchmark().skeleton_floor
+    floor = benchmark_script("fitting").skeleton_floor
     s = synthetic(T=40, seed=23)
     assert floor(s["joints"], iters=1500).mean() < 0.3
     g = np.random.default_rng(24)

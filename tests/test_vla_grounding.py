@@ -199,16 +199,10 @@ def test_grounding_samples_encode_and_evaluate(world):
     assert r["constant_box"]["centre_error"] > 0
 
 
-def test_grounding_probe_benchmark_runs_small(tmp_path):
+def test_grounding_probe_benchmark_runs_small(tmp_path, benchmark_script):
     """benchmarks/vla_grounding_probe.py end to end at toy sizes: the curve, the constant box, the warm-up;
     with the binding loss, a motion tokenizer and --save: a checkpoint that motion pretraining can start from."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vla_grounding_probe.py"
-    spec = importlib.util.spec_from_file_location("vla_grounding_probe", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark_script("vla_grounding_probe")
     r = mod.main(["--scenes", "40", "--val-scenes", "8", "--steps", "3", "--eval-every", "3", "--batch-size", "4",
                   "--warm-steps", "2", "--one-object-steps", "2", "--render-size", "64x48"])  # fmt: skip
     assert r["steps_done"] == 3 and len(r["curve"]) == 1 and r["curve"][0]["step"] == 3
@@ -244,23 +238,17 @@ def test_grounding_probe_benchmark_runs_small(tmp_path):
     assert saved.motion_tokenizer is not None and c.vocabulary_ready
 
 
-def test_readout_probe_benchmark_runs_small(tmp_path):
+def test_readout_probe_benchmark_runs_small(tmp_path, benchmark_script):
     """benchmarks/vla_readout_probe.py end to end on a tiny checkpoint with the binding and end-point heads:
     the truth scores 1 / 1 / never the same object, the read-out of layer 0 (the same token in every prompt,
     so the same features) always ends at one object, and every score is a rate with its interval."""
-    import importlib.util
-    from pathlib import Path
-
     from conftest import calibrated_tokenizer
 
     from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
     from handvla.vla import build_vla
     from handvla.vla.modeling import save_vla
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vla_readout_probe.py"
-    spec = importlib.util.spec_from_file_location("vla_readout_probe", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = benchmark_script("vla_readout_probe")
     generate_episodes(24, tmp_path / "hw", seed=4, config=HandWorldConfig(width=64, height=48, shadows=False),
                       progress=False)  # fmt: skip
     mt = calibrated_tokenizer(tmp_path / "hw")

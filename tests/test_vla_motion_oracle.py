@@ -5,22 +5,16 @@ follow their definitions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vla_motion_oracle.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("vla_motion_oracle", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def oracle(benchmark_script):
+    return benchmark_script("vla_motion_oracle")
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +32,12 @@ def world(tmp_path_factory):
     return root
 
 
-def test_pairs_carry_the_place_in_the_ids_frame(world):
+def test_pairs_carry_the_place_in_the_ids_frame(world, oracle):
     from handvla.data.store import EpisodeStore
     from handvla.tokenizer import MotionTokenizer
     from handvla.vla.evaluate import object_positions_camera
 
-    mod = _module()
+    mod = oracle
     mt = MotionTokenizer.from_pretrained(world / "tok")
     rows = mod.collect_pairs([world / "train"], mt, seconds=1)
     store = EpisodeStore(world / "train")
@@ -79,10 +73,10 @@ def test_pairs_carry_the_place_in_the_ids_frame(world):
 
 
 @pytest.mark.parametrize("order", ["block", "layer", "part"])
-def test_answer_orders_are_undone_and_keep_layer_ranges(world, order):
+def test_answer_orders_are_undone_and_keep_layer_ranges(world, oracle, order):
     from handvla.tokenizer import MotionTokenizer
 
-    mod = _module()
+    mod = oracle
     mt = MotionTokenizer.from_pretrained(world / "tok")
     lay, blocks = mt.layout, 2
     perm, pos_layer, pos_part = mod.answer_permutation(lay, blocks, order)
@@ -116,11 +110,11 @@ def test_answer_orders_are_undone_and_keep_layer_ranges(world, order):
         mod.answer_permutation(lay, blocks, "time")
 
 
-def test_benchmark_runs_and_scores_follow_their_definitions(world, capsys):
+def test_benchmark_runs_and_scores_follow_their_definitions(world, oracle, capsys):
     from handvla.tokenizer import MotionTokenizer
     from handvla.vla.evaluate import target_hit
 
-    mod = _module()
+    mod = oracle
     args = ["--tokenizer", str(world / "tok"), "--train", str(world / "train"), "--eval", str(world / "heldout"),
             "--seconds", "1", "--steps", "3", "--batch-size", "4", "--hidden", "16", "--layers", "1", "--heads", "2",
             "--bins", "8", "--answer-order", "layer", "--eval-every", "2"]  # fmt: skip
@@ -149,8 +143,8 @@ def test_benchmark_runs_and_scores_follow_their_definitions(world, capsys):
     assert lo <= res["generated"]["target_accuracy"] <= hi
 
 
-def test_bad_arguments_are_named(world, capsys):
-    mod = _module()
+def test_bad_arguments_are_named(world, oracle, capsys):
+    mod = oracle
     base = ["--tokenizer", str(world / "tok"), "--train", str(world / "train"), "--eval", str(world / "heldout"),
             "--steps", "1"]  # fmt: skip
     with pytest.raises(SystemExit):

@@ -2,24 +2,13 @@
 JSON object, the one it returns, with every arm trained for the asked steps; the scenes' "seen" flags are
 seeded and only set when the scene has an object of that colour."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "vla_vision_probe.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("vla_vision_probe", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_scenes_say_whether_the_colour_is_seen():
-    mod = _module()
+def test_scenes_say_whether_the_colour_is_seen(benchmark_script):
+    mod = benchmark_script("vla_vision_probe")
     from handvla.synth.handworld.scene import sample_scene
 
     scenes = mod.render_scenes(12, 4, (64, 48), "red")
@@ -30,8 +19,8 @@ def test_scenes_say_whether_the_colour_is_seen():
         assert seen <= has_red  # seen only if the scene has one (it may be out of view)
 
 
-def test_probe_runs_every_arm(capsys):
-    res = _module().main(["--scenes", "24", "--val-scenes", "16", "--steps", "2", "--tile", "56",
+def test_probe_runs_every_arm(capsys, benchmark_script):
+    res = benchmark_script("vla_vision_probe").main(["--scenes", "24", "--val-scenes", "16", "--steps", "2", "--tile", "56",
                           "--render-size", "64x48", "--batch-size", "4"])  # fmt: skip
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == res
     for arm in ("vla", "tower_head", "vla_from_tower"):
