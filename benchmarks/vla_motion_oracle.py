@@ -210,16 +210,15 @@ def generate(model, prompts: torch.Tensor, ranges: np.ndarray, batch: int = 256)
 
 
 def score_end_points(finals: list[np.ndarray], rows: list[dict]) -> dict:
-    from handvla.stats import wilson_interval
+    from handvla.stats import rate_summary
     from handvla.vla.evaluate import target_hit
 
-    hits = [target_hit(f, oid, r["objects"]) for f, r in zip(finals, rows) for oid in r["targets"]]
+    hits = rate_summary(target_hit(f, oid, r["objects"]) for f, r in zip(finals, rows) for oid in r["targets"])
     err = [float(np.linalg.norm(f - r["final_cam"])) for f, r in zip(finals, rows)]
-    s = int(sum(hits))
     return {
-        "target_accuracy": s / max(1, len(hits)),
-        "ci95": list(wilson_interval(s, len(hits))),
-        "pairs": len(hits),
+        "target_accuracy": hits["rate"],
+        "ci95": hits["ci95"],
+        "pairs": hits["n"],
         "final_wrist_error_cm": 100 * float(np.mean(err)),
     }
 
@@ -357,11 +356,11 @@ def main(argv: list[str] | None = None) -> dict:
         coarse_floor[f"wrist_layers_below_{k}"] = {kk: r[kk] for kk in ("target_accuracy", "final_wrist_error_cm")}
     mean_final = {s: np.mean([r["final_cam"] for r in train if r["side"] == s], 0) for s in ("left", "right")}
     const = score_end_points([mean_final[r["side"]] for r in held], held)
-    told = None
-    if a.condition in ("target", "target_digits", "final"):
-        role = "final" if a.condition == "final" else "target"
-        sign = {"left": np.array([-1.0, 1, 1]), "right": np.ones(3)}
-        told = score_end_points([r[role] * sign[r["side"]] for r in held], held)
+    told = None  # the told place itself as the end point (camera frame)
+    if a.condition in ("target", "target_digits"):
+        told = score_end_points([r["objects"][r["targets"][0]] for r in held], held)
+    elif a.condition == "final":
+        told = score_end_points([r["final_cam"] for r in held], held)
     out = {
         "condition": a.condition,
         "model": {"hidden": a.hidden, "layers": a.layers, "heads": a.heads,
