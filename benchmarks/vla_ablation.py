@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also ask for another object of the same scene on this --eval store (instruction following)")
     p.add_argument("--grounding", action="append", default=[], metavar="NAME",
                    help="also ask where each object is on this --eval store (handvla.vla.grounding)")
+    p.add_argument("--rerank", action="append", default=[], metavar="NAME",
+                   help="also decode best of --rerank-samples by the model's own grounding boxes on this --eval "
+                   "store (handvla.vla.rerank)")
+    p.add_argument("--rerank-samples", type=int, default=8)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld
@@ -85,6 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
                                      batch_size=8)  # fmt: skip
         (Path(a.out) / f"counterfactual_{name}.json").write_text(json.dumps(cf["rows"], default=str))
         res[f"{name}_counterfactual"] = cf["summary"]
+    for name in a.rerank:
+        full = evaluate_handworld(bundle, stores[name], max_episodes=a.eval_episodes, max_seconds=a.seconds,
+                                  batch_size=4, rerank_samples=a.rerank_samples)  # fmt: skip
+        (Path(a.out) / f"eval_{name}_reranked.json").write_text(json.dumps(full, default=str))
+        r = full["summary"]
+        res[f"{name}_reranked"] = {k: r.get(k) for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95",
+                                                         "final_wrist_error_m", "rerank")}  # fmt: skip
     for name in a.grounding:
         g = evaluate_grounding(bundle, stores[name], max_episodes=a.eval_episodes, batch_size=16)
         g.pop("examples")

@@ -185,8 +185,16 @@ def allowed_ranges(mt, blocks: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate(model, prompts: torch.Tensor, ranges: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Greedy, each answer position restricted to its id range (KV cache). prompts (N, P) -> ids (N, L)."""
+def generate(
+    model,
+    prompts: torch.Tensor,
+    ranges: np.ndarray,
+    batch: int = 256,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> np.ndarray:
+    """Each answer position restricted to its id range (KV cache); greedy at ``temperature`` 0, else sampled
+    from the softmax of logits / temperature. prompts (N, P) -> ids (N, L)."""
     model.eval()
     out = []
     lo, hi = torch.as_tensor(ranges[:, 0]), torch.as_tensor(ranges[:, 1])
@@ -199,7 +207,11 @@ def generate(model, prompts: torch.Tensor, ranges: np.ndarray, batch: int = 256)
             masked = logits.clone()
             masked[:, : int(lo[p])] = -torch.inf
             masked[:, int(hi[p]) :] = -torch.inf
-            nxt = masked.argmax(-1)
+            if temperature > 0:
+                probs = torch.softmax(masked / temperature, -1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                nxt = masked.argmax(-1)
             ids.append(nxt)
             if p + 1 < len(ranges):
                 res = model(input_ids=nxt[:, None], cache=past, use_cache=True)
@@ -232,6 +244,40 @@ def decode_finals(mt, ids: np.ndarray, rows: list[dict], blocks: int) -> list[np
     return out
 
 
+def told_places(rows: list[dict], condition: str) -> list[np.ndarray] | None:
+    """The place the prompt tells, in the camera frame (None for conditions that tell no end place)."""
+    if condition in ("target", "target_digits"):
+        return [np.asarray(r["objects"][r["targets"][0]], np.float64) for r in rows]
+    if condition == "final":
+        return [r["final_cam"] for r in rows]
+    return None
+
+
+def rerank_by_place(mt, model, prompts, ranges, inv, rows, blocks, places, samples, temperature, seed) -> dict:
+    """Sample ``max(samples)`` answers per prompt, decode each, and keep the one whose final wrist lies nearest
+    the told place: for every k in ``samples``, the score of that choice among the first k. Beside it the score
+    of one sample (no choice) and the rate at which any of the k ends at a target (the choice's ceiling)."""
+    from handvla.stats import rate_summary
+    from handvla.vla.evaluate import target_hit
+
+    K = max(samples)
+    g = torch.Generator().manual_seed(seed)
+    ids = generate(model, prompts.repeat_interleave(K, 0), ranges, temperature=temperature, generator=g)[:, inv]
+    finals = np.stack(decode_finals(mt, ids, [r for r in rows for _ in range(K)], blocks)).reshape(len(rows), K, 3)
+    dist = np.linalg.norm(finals - np.stack(places)[:, None], axis=-1)
+    out = {"temperature": temperature, "one_sample": score_end_points(list(finals[:, 0]), rows)}
+    for k in samples:
+        pick = dist[:, :k].argmin(1)
+        res = score_end_points([finals[i, j] for i, j in enumerate(pick)], rows)
+        res["distance_to_place_cm"] = 100 * float(dist[np.arange(len(rows)), pick].mean())
+        anyhit = rate_summary(
+            any(target_hit(finals[i, j], oid, r["objects"]) for j in range(k)) for i, r in enumerate(rows) for oid in r["targets"]
+        )
+        res["any_of_k_reaches_target"] = anyhit["rate"]
+        out[f"nearest_of_{k}"] = res
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokenizer", required=True)
@@ -256,6 +302,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-pairs", type=int, default=None, help="cap on training pairs")
     p.add_argument("--eval-pairs", type=int, default=400)
     p.add_argument("--eval-every", type=int, default=0, help="also score at these step intervals (0: end only)")
+    p.add_argument("--rerank-samples", default="",
+                   help="comma-separated k (e.g. 4,16): also sample k answers per prompt and keep the one whose "
+                   "decoded end lies nearest --rerank-place")
+    p.add_argument("--rerank-place", default="target", choices=["target", "final"],
+                   help="the place answers are chosen by: the target object's centre, or the true path's end; "
+                   "whatever the prompt tells (with --condition none, the choice alone uses the place)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --rerank-samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     a = p.parse_args(argv)
@@ -274,6 +327,9 @@ def main(argv: list[str] | None = None) -> dict:
     lw = [float(v) for v in a.layer_weights.split(",")]
     if len(lw) not in (1, mt.layout.layers):
         p.error(f"--layer-weights: expected 1 or {mt.layout.layers} values (one per residual layer), got {len(lw)}")
+    samples = sorted({int(v) for v in a.rerank_samples.split(",") if v.strip()})
+    if samples and min(samples) < 1:
+        p.error(f"--rerank-samples: expected comma-separated counts >= 1, got {a.rerank_samples!r}")
     coder = PromptCoder(a.condition, mt.layout.vocab_size, train, a.bins)
     blocks, T = a.seconds, mt.layout.tokens_per_block
     L = blocks * T
@@ -340,6 +396,12 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"step {step}: {curve[-1]['eval']}", file=sys.stderr, flush=True)
     train_s = time.time() - t_train
     result = evaluate()
+    if samples:
+        t_rr = time.time()
+        result["reranked"] = rerank_by_place(mt, model, Xev[:, :P], ranges, inv, held, blocks,
+                                             told_places(held, a.rerank_place), samples, a.temperature, a.seed)
+        result["reranked"]["place"] = a.rerank_place
+        result["reranked"]["seconds"] = round(time.time() - t_rr, 1)
 
     # baselines on the same pairs
     true_ids = Xev[:, P:].numpy()[:, inv]
@@ -356,11 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
         coarse_floor[f"wrist_layers_below_{k}"] = {kk: r[kk] for kk in ("target_accuracy", "final_wrist_error_cm")}
     mean_final = {s: np.mean([r["final_cam"] for r in train if r["side"] == s], 0) for s in ("left", "right")}
     const = score_end_points([mean_final[r["side"]] for r in held], held)
-    told = None  # the told place itself as the end point (camera frame)
-    if a.condition in ("target", "target_digits"):
-        told = score_end_points([r["objects"][r["targets"][0]] for r in held], held)
-    elif a.condition == "final":
-        told = score_end_points([r["final_cam"] for r in held], held)
+    places = told_places(held, a.condition)  # the told place itself as the end point (camera frame)
+    told = score_end_points(places, held) if places is not None else None
     out = {
         "condition": a.condition,
         "model": {"hidden": a.hidden, "layers": a.layers, "heads": a.heads,

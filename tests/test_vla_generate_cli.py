@@ -87,6 +87,31 @@ def test_generate_writes_valid_outputs(setup, capsys):
         assert np.array_equal(d["left.motion_ids"], ids["left"]) and not (root / "gen2.mp4").exists()
 
 
+def test_generate_best_of_k_by_the_models_boxes(setup, capsys):
+    root, store, ckpt, mt, intr, ep = setup
+    from handvla.commands.generate import load_generated
+
+    out = root / "gen_rr"
+    argv = ["generate", "--ckpt", str(ckpt), "--image", str(root / "frame.png"), "--intrinsics", intr,
+            "--instruction", "pick up the red cube", "--hands", "right", "--seconds", "1", "--out", str(out),
+            "--no-video", "--rerank-samples", "3"]  # fmt: skip
+    rc, stdout, err = _run(capsys, argv)
+    assert rc == 0, err
+    rr = json.loads(stdout)["rerank"]
+    assert rr["samples"] == 3 and rr["objects"] == {"right": "red cube"} and 0 <= rr["chosen"] < 3
+    assert list(rr["boxes"]) == ["right"] and len(rr["view_distance"]) == 3
+    with np.load(out.with_suffix(".npz")) as d:  # the kept sample is what the files hold
+        np.testing.assert_allclose(load_generated(out.with_suffix(".npz"))["right"].wrist_pos,
+                                   mt.decode_motion(d["right.motion_ids"], side="right").wrist_pos, atol=1e-6)  # fmt: skip
+    rc, stdout, err = _run(capsys, argv[:-1] + ["2", "--objects", "right=blue ball"])
+    assert rc == 0, err
+    assert json.loads(stdout)["rerank"]["objects"] == {"right": "blue ball"}
+    rc, _, err = _run(capsys, argv[:10] + ["both"] + argv[11:] + ["--objects", "red cube"])
+    assert rc == 2 and "--objects" in err
+    rc, _, err = _run(capsys, argv[:-1] + ["-2"])
+    assert rc == 2 and "--rerank-samples" in err
+
+
 def test_generate_bad_input(setup, capsys, tmp_path):
     root, store, ckpt, mt, intr, ep = setup
     bad = tmp_path / "bad.png"
@@ -151,3 +176,13 @@ def test_handworld_ground_truth_and_vla_eval(setup, capsys):
     rc, stdout, _ = _run(capsys, ["vla-eval", "--ckpt", str(ckpt), "--store", str(store), "--episodes", "1",
                                   "--max-seconds", "1", "--no-constraint", "--quiet"])  # fmt: skip
     assert rc == 0 and json.loads(stdout)["hw"]["valid_output_rate"] == 0.0
+    # best of K by the model's own boxes, beside the greedy answer, in the JSON and the table
+    rc, stdout, err = _run(capsys, ["vla-eval", "--ckpt", str(ckpt), "--store", f"seen={store}", "--episodes", "2",
+                                    "--max-seconds", "1", "--rerank-samples", "2", "--translation-episodes", "0",
+                                    "--prediction-episodes", "0"])  # fmt: skip
+    assert rc == 0, err
+    rr = json.loads(stdout)["seen"]["reranked"]
+    assert rr["rerank"]["samples"] == 2 and rr["target_pairs"] == json.loads(stdout)["seen"]["target_pairs"]
+    assert "best of 2 by box" in err and "any of 2" in err
+    rc, _, err = _run(capsys, ["vla-eval", "--ckpt", str(ckpt), "--store", str(store), "--rerank-samples", "-1"])
+    assert rc != 0 and "--rerank-samples" in err

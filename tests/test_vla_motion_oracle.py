@@ -153,3 +153,44 @@ def test_bad_arguments_are_named(world, oracle, capsys):
     with pytest.raises(SystemExit):
         mod.main(base + ["--seconds", "5"])  # longer than the 2-second episodes
     assert "--train: no (hand, target) pairs of 5 s" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main(base + ["--seconds", "1", "--rerank-samples", "0,4"])
+    assert "--rerank-samples: expected comma-separated counts >= 1" in capsys.readouterr().err
+
+
+def test_sampled_answers_stay_legal_and_the_nearest_one_is_kept(world, oracle):
+    """Best-of-k by the told place: sampled ids keep each position's range, the kept answer is the one of
+    the first k whose decoded end is nearest the place (so its distance never grows with k), one sample is
+    the first candidate, and "any of k reaches the target" bounds the choice from above."""
+    from handvla.tokenizer import MotionTokenizer
+
+    mod = oracle
+    mt = MotionTokenizer.from_pretrained(world / "tok")
+    rows = mod.collect_pairs([world / "heldout"], mt, seconds=1)
+    lay, blocks = mt.layout, 1
+    perm, _, _ = mod.answer_permutation(lay, blocks, "layer")
+    inv = np.argsort(perm)
+    ranges = mod.allowed_ranges(mt, blocks)[perm]
+    torch.manual_seed(0)
+    model = mod.build_lm(lay.vocab_size + 8, 16, 1, 2, lay.tokens_per_block + 4)
+    prompts = torch.full((len(rows), 2), lay.vocab_size + 1, dtype=torch.long)
+    g = torch.Generator().manual_seed(1)
+    ids = mod.generate(model, prompts.repeat_interleave(5, 0), ranges, temperature=1.0, generator=g)
+    legal = ranges
+    assert ((ids >= legal[:, 0]) & (ids < legal[:, 1])).all()
+    assert len({tuple(r) for r in ids}) > 1  # sampling, not greedy: the same prompt gives different answers
+
+    places = mod.told_places(rows, "target")
+    res = mod.rerank_by_place(mt, model, prompts, ranges, inv, rows, blocks, places, [1, 2, 6], 1.0, seed=3)
+    assert res["nearest_of_1"]["target_accuracy"] == res["one_sample"]["target_accuracy"]
+    d = [res[f"nearest_of_{k}"]["distance_to_place_cm"] for k in (1, 2, 6)]
+    assert d[0] >= d[1] >= d[2]
+    for k in (1, 2, 6):
+        assert res[f"nearest_of_{k}"]["any_of_k_reaches_target"] >= res[f"nearest_of_{k}"]["target_accuracy"]
+    # recomputed by hand: the same seed gives the same candidates
+    g = torch.Generator().manual_seed(3)
+    cand = mod.generate(model, prompts.repeat_interleave(6, 0), ranges, temperature=1.0, generator=g)[:, inv]
+    finals = np.stack(mod.decode_finals(mt, cand, [r for r in rows for _ in range(6)], blocks)).reshape(len(rows), 6, 3)
+    best = np.linalg.norm(finals - np.stack(places)[:, None], axis=-1).min(1)
+    assert res["nearest_of_6"]["distance_to_place_cm"] == pytest.approx(100 * best.mean())
+    assert mod.told_places(rows, "none") is None

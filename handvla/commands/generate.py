@@ -44,6 +44,25 @@ def parse_intrinsics(text: str | None) -> tuple[float, float, float, float] | No
     return vals  # type: ignore[return-value]
 
 
+def parse_objects(text: str | None, hands: tuple[str, ...]) -> dict[str, str] | None:
+    """'--objects': "red cube" (the one acting hand's object) or "left=red cube,right=blue ball" -> hand ->
+    object name (None passes through)."""
+    if text is None:
+        return None
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if len(items) == 1 and "=" not in items[0]:
+        if len(hands) != 1:
+            raise InputError("--objects", None, "hand=name for each hand when both hands act", repr(text))
+        return {hands[0]: items[0]}
+    out = {}
+    for item in items:
+        hand, sep, name = (v.strip() for v in item.partition("="))
+        if not sep or hand not in hands or not name:
+            raise InputError("--objects", None, f"items hand=name with hand in {list(hands)}", repr(item))
+        out[hand] = name
+    return out
+
+
 def read_image(path: str | Path):
     """An RGB PIL image, or a clear error for a missing or undecodable file."""
     from PIL import Image, UnidentifiedImageError
@@ -107,6 +126,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.temperature <= 0:
         raise InputError("--temperature", None, "a positive number", str(args.temperature))
     K = parse_intrinsics(args.intrinsics)
+    if args.rerank_samples < 0:
+        raise InputError("--rerank-samples", None, "a whole number >= 0", str(args.rerank_samples))
+    objects_arg = parse_objects(args.objects, hands)
     image = read_image(args.image)
     base = _out_base(args.out)
     if not Path(args.ckpt).is_dir():
@@ -142,19 +164,38 @@ def run_generate(args: argparse.Namespace) -> int:
     view = prepare_image(image, K if align else None, align, size)
 
     t0 = time.perf_counter()
-    out = generate_motion(
-        bundle.model,
-        bundle.processor,
-        view,
-        args.instruction,
-        int(args.seconds),
-        args.hands,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
+    rerank = None
+    if args.rerank_samples:  # best of K by the model's own boxes for the named objects (handvla.vla.rerank)
+        from handvla.vla.grounding import instruction_object_names
+        from handvla.vla.rerank import generate_motion_grounded
+
+        objects = objects_arg if objects_arg is not None else instruction_object_names(args.instruction, hands)
+        out = generate_motion_grounded(
+            bundle.model, bundle.processor, mt, view, args.instruction, int(args.seconds), args.hands,
+            objects=objects, cameras=Camera(*map(float, cam), W, H), align=align, samples=args.rerank_samples,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        )  # fmt: skip
+        rerank = {
+            "samples": int(len(out.candidate_ends[0])),
+            "objects": objects,
+            "boxes": out.boxes[0],
+            "chosen": out.chosen[0],
+            "view_distance": [None if not np.isfinite(d) else round(float(d), 1) for d in out.view_distance[0]],
+        }
+    else:
+        out = generate_motion(
+            bundle.model,
+            bundle.processor,
+            view,
+            args.instruction,
+            int(args.seconds),
+            args.hands,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
     gen_s = time.perf_counter() - t0
     ids = out.motion[0]  # (seconds, hands, ids_per_block)
     new_tokens = int((out.sequences[0, out.prompt_length :] != bundle.processor.vocab.pad_id).sum())
@@ -207,6 +248,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "generate_seconds": gen_s,
             "tokens_per_s": new_tokens / gen_s if gen_s > 0 else None,
             "answer_prefix": out.prefix_texts[0],
+            **({"rerank": rerank} if rerank is not None else {}),
             "motion": info,
         }
     )
@@ -236,6 +278,21 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument(
+        "--rerank-samples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="best of K (handvla.vla.rerank): sample K motions and keep the one whose final wrists lie nearest the "
+        "boxes the model itself answers for the objects the hands go to (0: off; sampled with --temperature, "
+        "--top-k, --top-p)",
+    )
+    p.add_argument(
+        "--objects",
+        default=None,
+        help='with --rerank-samples: the object each hand goes to, "red cube" or "left=red cube,right=blue ball" '
+        "(default: read off the instruction in HandWorld's grammar, colour + shape)",
+    )
     p.add_argument("--no-video", action="store_true", help="write only the npz")
     p.add_argument("--mano-dir", help="MANO model folder, for a motion tokenizer whose hand model is MANO")
     add_threads_option(p)

@@ -44,6 +44,7 @@ def run_vla_eval(args: argparse.Namespace) -> int:
     for flag, v in (
         ("--translation-episodes", args.translation_episodes),
         ("--prediction-episodes", args.prediction_episodes),
+        ("--rerank-samples", args.rerank_samples),
     ):
         if v < 0:
             raise ConfigError(f"{flag}: expected a whole number >= 0, got {v}")
@@ -82,6 +83,16 @@ def run_vla_eval(args: argparse.Namespace) -> int:
             res["summary"]["images_shuffled"] = {
                 k: sh.get(k) for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m")
             }
+        if args.rerank_samples:  # best of k by the model's own grounding answers, beside the greedy answer
+            rr = evaluate_handworld(
+                bundle, path, max_episodes=args.episodes, max_seconds=args.max_seconds, align=align,
+                seed=args.seed, batch_size=args.batch_size, rerank_samples=args.rerank_samples,
+                rerank_temperature=args.rerank_temperature,
+            )["summary"]  # fmt: skip
+            res["summary"]["reranked"] = {
+                k: rr.get(k)
+                for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m", "rerank")
+            } | {"temperature": args.rerank_temperature}
         if args.counterfactual:  # instruction following: the same image, another object named
             res["summary"]["counterfactual"] = evaluate_counterfactual(
                 bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2, batch_size=args.batch_size,
@@ -163,6 +174,16 @@ def register(subparsers) -> None:
         help="also score every episode with the NEXT episode's image (input sensitivity: a model that reads "
         "the image drops towards the baselines)",
     )
+    e.add_argument(
+        "--rerank-samples",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also decode best of K (handvla.vla.rerank): K sampled motions per episode, the one kept whose final "
+        "wrists lie nearest the boxes the model itself answers for the objects its instruction names; scored "
+        "beside the greedy answer (summary.reranked), with the first sample and 'any of the K' rates (0: off)",
+    )
+    e.add_argument("--rerank-temperature", type=float, default=1.0, help="sampling temperature of --rerank-samples")
     e.add_argument(
         "--counterfactual",
         action="store_true",

@@ -87,6 +87,8 @@ from handvla.vla.generation import (
 )
 from handvla.vla.grounding import (
     grounding_prefix,
+    instruction_object_names,
+    nearest_box,
     object_name,
     objects_in_view,
     pointed_object,
@@ -94,6 +96,7 @@ from handvla.vla.grounding import (
 )
 from handvla.vla.modeling import load_vla
 from handvla.vla.processing import generation_prompt, hands_for_mode
+from handvla.vla.rerank import generate_motion_grounded
 
 
 def model_alignment(config) -> bool:
@@ -213,6 +216,7 @@ def _summarise(rows: list[dict[str, Any]], tokens: int, gen_s: float) -> dict[st
         "tokens_per_s": tokens / gen_s if gen_s > 0 else None,
         "baselines": _summarise_baselines(rows),
         **_summarise_prefix(rows),
+        **_summarise_rerank(rows),
     }
 
 
@@ -259,6 +263,8 @@ def evaluate_handworld(
     prediction_episodes: int = 0,
     translation_max_tokens: int = 64,
     shuffle_images: bool = False,
+    rerank_samples: int = 0,
+    rerank_temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Generate and score motion on HandWorld episodes of ``store`` (a folder or an ``EpisodeStore``).
 
@@ -273,7 +279,10 @@ def evaluate_handworld(
     ``translation_max_tokens``: cap on generated text tokens. ``shuffle_images``: give each episode the
     NEXT episode's image (a derangement; instruction and scoring stay the episode's own): a model that uses
     the image drops towards the input-free baselines, one that ignores it does not (an input-sensitivity
-    probe).
+    probe). ``rerank_samples`` > 0: decode by `generate_motion_grounded` instead of greedily: that many
+    samples (at ``rerank_temperature``) of each episode whose instruction names its objects
+    (`instruction_object_names`, the text only), the one whose final wrists lie nearest the boxes the model
+    itself answers for those objects kept; ``summary.rerank`` scores the boxes and the first and best samples.
 
     Returns {"summary": overall + ``per_rig`` + ``baselines`` (+ ``translation``, ``prediction``),
     "episodes": one row per episode, "translation_episodes", "prediction_episodes": their rows}.
@@ -351,7 +360,17 @@ def evaluate_handworld(
 
         max_new = MotionBlockConstraint(vocab, 0, blocks, text_prefix_tokens=text_prefix).max_new_tokens
         t0 = time.perf_counter()
-        seqs, plen = _generate(model, processor, samples, head, max_new, do_sample, 1.0, 50, 1.0, seed)
+        grounded = None
+        if rerank_samples:
+            grounded = generate_motion_grounded(
+                model, processor, mt, [r[4] for r in batch], [r[1].tasks[0] for r in batch], [r[3] for r in batch],
+                [r[2] for r in batch], objects=[instruction_object_names(r[1].tasks[0], hands_for_mode(r[2])) for r in batch],
+                cameras=[r[1].camera for r in batch], align=align, samples=int(rerank_samples),
+                temperature=rerank_temperature, seed=seed,
+            )  # fmt: skip
+            seqs, plen = grounded.sequences, grounded.prompt_length
+        else:
+            seqs, plen = _generate(model, processor, samples, head, max_new, do_sample, 1.0, 50, 1.0, seed)
         gen_s += time.perf_counter() - t0
         new = seqs[:, plen:].cpu()
         for i, (k, ep, mode, seconds, _image) in enumerate(batch):
@@ -366,6 +385,8 @@ def evaluate_handworld(
             row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
             if said is not None:
                 _score_prefix(row, ctx, said, ep, align, f"{st.root} episode {k}")
+            if grounded is not None:
+                _score_rerank(row, ctx, grounded, i, ep, align, f"{st.root} episode {k}")
             rows.append(row)
             ctxs.append(ctx)
         bar.update(len(batch))
@@ -546,6 +567,39 @@ def _score_prefix(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, align
         if pointed is not None and final is not None and pointed in objects:
             follows = target_hit(final[h], pointed, objects)
         row["motion_follows_prefix"].append(bool(follows))
+
+
+def _score_rerank(row: dict[str, Any], ctx: dict[str, Any], grounded, i: int, ep, align: bool, where: str) -> None:
+    """Score how request ``i`` of a `generate_motion_grounded` batch was chosen, per scored (hand, target)
+    pair: ``rerank_box_hits``: the box the model answered for the hand's named object points at the target
+    (its centre nearest the target's box centre among the objects in view); ``rerank_first_hits``: the first
+    sample (no choice) ends at the target; ``rerank_any_hits``: some sample does (the choice's ceiling)."""
+    boxes, ends = grounded.boxes[i], grounded.candidate_ends[i]
+    in_view = {int(o["object_id"]): box
+               for o, box in objects_in_view(scene_objects(ctx["ground_truth"], where), ep.camera, align)}  # fmt: skip
+    objects, hands = ctx["objects"], list(ctx["hands"])
+    row["rerank"] = {"boxes": boxes, "chosen": int(grounded.chosen[i]), "samples": int(len(ends))}
+    row["rerank_box_hits"], row["rerank_first_hits"], row["rerank_any_hits"] = [], [], []
+    for h, oid in ctx["pairs"]:
+        row["rerank_box_hits"].append(nearest_box(boxes.get(h), in_view) == oid)
+        j = hands.index(h)
+        row["rerank_first_hits"].append(target_hit(ends[0, j], oid, objects))
+        row["rerank_any_hits"].append(any(target_hit(e[j], oid, objects) for e in ends))
+
+
+def _summarise_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rates of `_score_rerank` over the rows that have them ({} when decoding did not rerank)."""
+    scored = [r for r in rows if "rerank_box_hits" in r]
+    if not scored:
+        return {}
+    return {
+        "rerank": {
+            "samples": max(r["rerank"]["samples"] for r in scored),
+            **rate_summary([h for r in scored for h in r["rerank_box_hits"]], "box_points_at_target"),
+            **rate_summary([h for r in scored for h in r["rerank_first_hits"]], "first_sample_target_accuracy"),
+            **rate_summary([h for r in scored for h in r["rerank_any_hits"]], "any_sample_target_accuracy"),
+        }
+    }
 
 
 def _score_input_free(row: dict[str, Any], ctx: dict[str, Any], ref: TrainingReference) -> None:
@@ -920,6 +974,16 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
     ):  # models whose answers state their targets first (HandVLAConfig.motion_answer_prefix)
         if key in summary:
             line(label, summary[key], summary.get(f"{key}_ci95"))
+    rr = summary.get("reranked")  # handvla vla-eval --rerank-samples
+    if rr:
+        k = (rr.get("rerank") or {}).get("samples")
+        line(f"best of {k} by box", rr.get("target_accuracy"), rr.get("target_accuracy_ci95"), rr.get("final_wrist_error_m"))
+        for key, label in (
+            ("first_sample_target_accuracy", "  one sample"),
+            ("any_sample_target_accuracy", f"  any of {k}"),
+            ("box_points_at_target", "  its box right"),
+        ):
+            line(label, rr["rerank"].get(key), rr["rerank"].get(f"{key}_ci95"))
     if summary.get("baselines_skipped"):
         lines.append(f"  (skipped: {summary['baselines_skipped']})")
     tr = summary.get("translation")

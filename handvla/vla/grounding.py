@@ -29,7 +29,7 @@ import numpy as np
 from handvla.camera import CANONICAL_IMAGE_SIZE, Camera, canonical_homography
 from handvla.data.schema import camera_from_row
 from handvla.errors import InputError
-from handvla.synth.handworld.scene import SceneObject
+from handvla.synth.handworld.scene import PALETTE, SHAPE_NOUNS, SceneObject
 from handvla.vla.processing import IMAGE_PLACEHOLDER
 
 #: the extent of InternVL's normalised box coordinates
@@ -65,7 +65,12 @@ def pointed_object(text: str, name: str, boxes: dict[int, Sequence[float]]) -> i
     """Which object a text's grounding statement points at: of ``boxes`` ({object id: box}, 0..1000), the one
     whose centre is nearest the centre of the first box ``text`` states under ``name`` ("red cube",
     `parse_grounding_prefix`); None when it states none for that name or ``boxes`` is empty."""
-    box = next((b for n, b in parse_grounding_prefix(text) if n == name), None)
+    return nearest_box(next((b for n, b in parse_grounding_prefix(text) if n == name), None), boxes)
+
+
+def nearest_box(box: Sequence[float] | None, boxes: dict[int, Sequence[float]]) -> int | None:
+    """Of ``boxes`` ({object id: box}, 0..1000), the one whose centre is nearest ``box``'s centre; None when
+    ``box`` is None or ``boxes`` is empty."""
     if box is None or not boxes:
         return None
     return min(boxes, key=lambda i: float(np.linalg.norm(_centre(boxes[i]) - _centre(box))))
@@ -79,6 +84,24 @@ def _box_corners(obj: dict[str, Any]) -> np.ndarray:
     return (signs * half) @ pose[:3, :3].T + pose[:3, 3]
 
 
+def pixels_to_view(uv: np.ndarray, camera: Camera, align: bool) -> np.ndarray:
+    """(N, 2) pixels of the camera's own image -> where they lie in the model's view, as fractions (0..1
+    across its width and height): the canonical camera's image when ``align`` (the warp is affine), else the
+    camera's image resized."""
+    uv = np.asarray(uv, np.float64).reshape(-1, 2)
+    if align:
+        H = canonical_homography(camera.K)
+        return (uv @ H[:2, :2].T + H[:2, 2]) / np.asarray(CANONICAL_IMAGE_SIZE, np.float64)
+    return uv / np.array([camera.width, camera.height], np.float64)
+
+
+def points_in_view(points_cam: np.ndarray, camera: Camera, align: bool) -> np.ndarray:
+    """(N, 3) points in the camera frame (metres) -> (N, 2) their place in the model's view in box units
+    (0..``BOX_SCALE`` across the width and down the height; outside that range when out of view; NaN
+    behind the camera)."""
+    return pixels_to_view(camera.project(np.asarray(points_cam, np.float64).reshape(-1, 3)), camera, align) * BOX_SCALE
+
+
 def object_box_in_view(obj: dict[str, Any], camera: Camera, align: bool) -> tuple[int, int, int, int] | None:
     """The object's box in the model's view, 0..1000 (x across the width, y down the height), or None when
     less than ``MIN_VISIBLE_SHARE`` of its projected box is inside the view (or any corner is behind the
@@ -87,13 +110,8 @@ def object_box_in_view(obj: dict[str, Any], camera: Camera, align: bool) -> tupl
     uv = camera.project_world(_box_corners(obj))
     if not np.isfinite(uv).all():
         return None
-    if align:
-        H = canonical_homography(camera.K)
-        uv = uv @ H[:2, :2].T + H[:2, 2]
-        size = np.asarray(CANONICAL_IMAGE_SIZE, np.float64)
-    else:
-        size = np.array([camera.width, camera.height], np.float64)
-    lo, hi = uv.min(0) / size, uv.max(0) / size
+    view = pixels_to_view(uv, camera, align)
+    lo, hi = view.min(0), view.max(0)
     area = float(np.prod(hi - lo))
     clo, chi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
     if area <= 0 or float(np.prod(np.maximum(chi - clo, 0))) < MIN_VISIBLE_SHARE * area:
@@ -177,6 +195,26 @@ def target_grounding(
     ]
     boxes = {obj["object_id"]: (obj, box) for obj, box in objects_in_view(scene_objects(gt, where), camera, align)}
     return [(object_name(boxes[i][0]), boxes[i][1]) for i in dict.fromkeys(ids) if i in boxes]
+
+
+_OBJECT_PHRASE_RE = re.compile(
+    r"\b(" + "|".join(PALETTE) + r")\s+(" + "|".join(sorted(set(SHAPE_NOUNS.values()))) + r")\b", re.IGNORECASE
+)
+
+
+def instruction_object_names(instruction: str, hands: Sequence[str]) -> dict[str, str]:
+    """Hand -> the object it goes to, read off an instruction in HandWorld's grammar (objects are "<colour>
+    <shape noun>", e.g. "red cube"): one hand acting takes the first object named (the one a "put the X
+    behind the Y" picks up); both hands take the first and second named, left then right, as HandWorld's
+    two-hand instructions name them; {} when the instruction names fewer objects than that (a wave, a
+    clap). Text only: the scene is not consulted."""
+    names = [f"{c.lower()} {s.lower()}" for c, s in _OBJECT_PHRASE_RE.findall(instruction)]
+    hands = list(hands)
+    if len(hands) == 1 and names:
+        return {hands[0]: names[0]}
+    if len(hands) == 2 and len(names) >= 2:
+        return {"left": names[0], "right": names[1]}
+    return {}
 
 
 def grounding_prefix(targets: Sequence[tuple[str, tuple[int, int, int, int]]]) -> str:

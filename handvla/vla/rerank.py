@@ -1,0 +1,157 @@
+"""Best-of-k motion chosen by the model's own grounding (a decoding option; the reference decodes greedily).
+
+Why: told exactly where to go, a small LM over the motion ids still ends the wrist at the place only 0.68-0.79
+of the time, while some of its samples do end there (README, "Does the VLA learn?" (12), (13)). The same
+VLA answers "where is the red cube?" right far more often than its motion goes there ((10)). This decoder
+uses the one to pick the other:
+
+1. for every (hand, object) the caller names, the model is asked the grounding question about the object
+   (`handvla.vla.grounding.grounding_prompt`) on the same image; the answer's box centre is where, in the
+   model's view, that hand should end;
+2. ``samples`` motion answers are sampled under the block constraint (`generate_motion`);
+3. each is decoded by the motion tokenizer and each named hand's final wrist is projected into the model's
+   view (the camera's intrinsics; the canonical camera's image when the model aligns views); the answer
+   whose ends lie nearest the stated box centres (mean over the named hands, box units 0..1000) is kept.
+
+A request that names no object is sampled once; one whose answers give no box keeps its first sample. The choice
+uses nothing the model did not say itself besides the camera (needed to put a 3-D end point in the image)
+and the object names (which the caller reads off the instruction, e.g. `instruction_object_names` for
+HandWorld's instruction grammar).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from handvla.camera import Camera
+from handvla.errors import InputError
+from handvla.vla.generation import MotionGeneration, _broadcast, answer_questions, generate_motion
+from handvla.vla.grounding import grounding_prompt, parse_grounding_answer, points_in_view
+
+
+@dataclass
+class GroundedMotion(MotionGeneration):
+    """`MotionGeneration` of the kept samples, and how they were chosen. Per request: ``boxes[i]``: hand ->
+    the box the model answered for the hand's named object (None: no box in its answer); ``chosen[i]``: the
+    kept sample's index; ``view_distance[i]``: (its samples,) mean distance, in box units, from each sample's
+    named hands' final wrists to their boxes' centres (NaN when nothing was grounded); ``candidate_ends[i]``:
+    (its samples, hands, 3) every sample's final wrist per hand, camera frame, metres."""
+
+    boxes: list[dict[str, tuple[int, int, int, int] | None]] = field(default_factory=list)
+    chosen: list[int] = field(default_factory=list)
+    view_distance: list[np.ndarray] = field(default_factory=list)
+    candidate_ends: list[np.ndarray] = field(default_factory=list)
+
+
+def motion_final_wrists(motion_tokenizer, ids: np.ndarray, hands: Sequence[str]) -> np.ndarray:
+    """(hands, 3) final wrist (camera frame, metres) of each hand of motion ids (seconds, hands, ids_per_block),
+    decoded by ``motion_tokenizer`` (the wrist joint does not depend on the hand's shape)."""
+    return np.stack(
+        [np.asarray(motion_tokenizer.decode_motion(ids[:, j], side=h).wrist_pos[-1], np.float64) for j, h in enumerate(hands)]
+    )
+
+
+def choose_by_boxes(
+    ends_view: np.ndarray, hands: Sequence[str], boxes: dict[str, tuple[int, int, int, int] | None]
+) -> tuple[int, np.ndarray]:
+    """``ends_view``: (samples, hands, 2) final wrists in the model's view (box units). Returns (index of the
+    sample whose named hands end nearest their boxes' centres, the (samples,) mean distances); index 0 and
+    NaN distances when no hand has a box."""
+    cols = [j for j, h in enumerate(hands) if boxes.get(h) is not None]
+    if not cols:
+        return 0, np.full(len(ends_view), np.nan)
+    centres = np.stack([(np.asarray(boxes[hands[j]][:2], float) + np.asarray(boxes[hands[j]][2:], float)) / 2 for j in cols])
+    d = np.linalg.norm(ends_view[:, cols] - centres[None], axis=-1).mean(1)
+    d = np.where(np.isfinite(d), d, np.inf)  # an end behind the camera is never chosen over one in front
+    return int(np.argmin(d)), np.where(np.isfinite(d), d, np.nan)
+
+
+def generate_motion_grounded(
+    model,
+    processor,
+    motion_tokenizer,
+    images,
+    tasks: str | Sequence[str],
+    seconds: int | Sequence[int] = 1,
+    hand_mode: str | Sequence[str] = "both",
+    *,
+    objects: dict[str, str] | Sequence[dict[str, str]],
+    cameras: Camera | Sequence[Camera],
+    align: bool,
+    samples: int = 8,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    max_answer_tokens: int = 48,
+) -> GroundedMotion:
+    """Instructed motion, best of ``samples`` by the model's grounding answers (module doc). ``objects``: per
+    request (or one for all), hand -> the name of the object that hand goes to ("red cube"; hands not
+    named are not used for the choice; {}: one sample, no question); ``cameras``: per request (or one), the camera the image was taken
+    with (intrinsics and image size); ``align``: the model sees views warped to the canonical camera.
+    Sampling: ``temperature`` / ``top_k`` / ``top_p`` as `generate_motion`'s, seeded with ``seed``."""
+    if isinstance(samples, bool) or int(samples) != samples or samples < 1:
+        raise InputError("generate_motion_grounded", "samples", "a whole number >= 1", repr(samples))
+    if motion_tokenizer is None:
+        raise InputError("generate_motion_grounded", "motion_tokenizer", "a MotionTokenizer", "None")
+    tasks_l = list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
+    n = len(tasks_l)
+    images_l = _broadcast(images, n, "images") if isinstance(images, (list, tuple)) else [images] * n
+    objs = _broadcast(objects, n, "objects") if isinstance(objects, (list, tuple)) else [objects] * n
+    cams = _broadcast(cameras, n, "cameras") if isinstance(cameras, (list, tuple)) else [cameras] * n
+    for i, (o, c) in enumerate(zip(objs, cams)):
+        if not isinstance(o, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in o.items()):
+            raise InputError("generate_motion_grounded", f"objects[{i}]", "a dict hand -> object name", repr(o))
+        if not isinstance(c, Camera):
+            raise InputError("generate_motion_grounded", f"cameras[{i}]", "a handvla.camera.Camera", type(c).__name__)
+    secs = _broadcast(seconds, n, "seconds") if isinstance(seconds, (list, tuple)) else [seconds] * n
+    modes = _broadcast(hand_mode, n, "hand_mode") if isinstance(hand_mode, (list, tuple)) else [hand_mode] * n
+
+    # 1. where the model says each named object is
+    questions = [(i, h, name) for i, o in enumerate(objs) for h, name in o.items()]
+    boxes: list[dict[str, tuple[int, int, int, int] | None]] = [{} for _ in range(n)]
+    if questions:
+        answers = answer_questions(
+            model, processor, [images_l[i] for i, _, _ in questions], [grounding_prompt(name) for _, _, name in questions],
+            max_new_tokens=max_answer_tokens,
+        )  # fmt: skip
+        for (i, h, _name), text in zip(questions, answers):
+            boxes[i][h] = parse_grounding_answer(text)
+
+    # 2. samples of every request, side by side (one for a request that names no object: nothing to choose by)
+    counts = [int(samples) if objs[i] else 1 for i in range(n)]
+    start = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    rep = [i for i in range(n) for _ in range(counts[i])]
+    gen = generate_motion(
+        model, processor, [images_l[i] for i in rep], [tasks_l[i] for i in rep], [secs[i] for i in rep],
+        [modes[i] for i in rep], do_sample=samples > 1, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+    )  # fmt: skip
+
+    # 3. decode, project, keep the nearest
+    chosen, dists, ends_all = [], [], []
+    for i in range(n):
+        hands, rows = gen.hands[start[i]], range(start[i], start[i + 1])
+        ends = np.stack([motion_final_wrists(motion_tokenizer, gen.motion[j], hands) for j in rows])
+        view = points_in_view(ends.reshape(-1, 3), cams[i], align).reshape(len(rows), len(hands), 2)
+        k, d = choose_by_boxes(view, hands, boxes[i])
+        chosen.append(k)
+        dists.append(d)
+        ends_all.append(ends)
+    keep = [int(start[i]) + k for i, k in enumerate(chosen)]
+    return GroundedMotion(
+        motion=[gen.motion[j] for j in keep],
+        hands=[gen.hands[j] for j in keep],
+        sequences=gen.sequences[keep],
+        prompt_length=gen.prompt_length,
+        prefix_texts=[gen.prefix_texts[j] for j in keep],
+        boxes=boxes,
+        chosen=chosen,
+        view_distance=dists,
+        candidate_ends=ends_all,
+    )
+
+
+__all__ = ["GroundedMotion", "choose_by_boxes", "generate_motion_grounded", "motion_final_wrists"]
