@@ -236,12 +236,10 @@ def score_end_points(finals: list[np.ndarray], rows: list[dict]) -> dict:
 
 
 def decode_finals(mt, ids: np.ndarray, rows: list[dict], blocks: int) -> list[np.ndarray]:
+    """Where each answer's wrist ends (camera frame): the last block decoded, one batch for all rows."""
     T = mt.layout.tokens_per_block
-    out = []
-    for r, row_ids in zip(rows, ids):
-        m = mt.decode_motion(row_ids.reshape(blocks, T), side=r["side"], betas=r["betas"], num_frames=r["n"])
-        out.append(np.asarray(m.wrist_pos[-1], np.float64))
-    return out
+    last = np.asarray(ids).reshape(len(ids), blocks, T)[:, -1]
+    return list(mt.final_wrist_positions(last, [r["side"] for r in rows]))
 
 
 def told_places(rows: list[dict], condition: str) -> list[np.ndarray] | None:

@@ -242,6 +242,22 @@ def test_encode_decode_shapes_ranges_and_determinism():
     assert torch.equal(model.encode(padded[None])[0], torch.as_tensor(tokens.ids[2]))
 
 
+def test_final_wrist_positions_match_decoding_whole_motions():
+    """The batched end point (last blocks only) equals decode_motion's last wrist, per side (left mirrored)."""
+    model = _tiny_model()
+    with torch.no_grad():  # spread the codebooks so ids decode to different places
+        for part in model.parts.values():
+            part.quantizer.codebook.normal_(0, 0.5)
+    motions = [model.encode_motion(_motion(45, seed=s)).ids for s in range(4)]
+    sides = ["left", "right", "left", "right"]
+    got = model.final_wrist_positions(np.stack([m[-1] for m in motions]), sides, batch_size=3)
+    ref = np.stack([model.decode_motion(m, side=s).wrist_pos[-1] for m, s in zip(motions, sides)])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert np.abs(got[0] - got[1]).max() > 1e-3  # the sides and motions did differ
+    with pytest.raises(InputError, match="sides"):
+        model.final_wrist_positions(np.stack([m[-1] for m in motions]), sides[:3])
+
+
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     model = _tiny_model()
     model.save_pretrained(tmp_path)

@@ -17,6 +17,7 @@ and ``decode_motion(..., side='left')`` mirrors back, so left and right hands sh
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -762,6 +763,22 @@ class MotionTokenizer(nn.Module):
             hand_model=self.config.hand_model,
         )
         return motion.mirrored() if side == "left" else motion
+
+    @torch.no_grad()
+    def final_wrist_positions(self, last_blocks: Any, sides: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        """(N, tokens_per_block) motion ids, each the LAST block of a motion -> (N, 3) float64: where that
+        motion's wrist ends (the block's last frame, metres, the frame of ``sides[i]``: left hands mirrored
+        back), as `decode_motion` of the whole motion would give it. Blocks decode independently, so only
+        the last one is decoded; many motions decode as one batch (e.g. to choose among sampled answers)."""
+        ids = self.layout.validate(last_blocks, "final_wrist_positions")
+        sides = list(sides)
+        if len(sides) != len(ids) or not set(sides) <= {"left", "right"}:
+            raise InputError("final_wrist_positions", "sides", f"{len(ids)} of 'left' / 'right'", repr(sides)[:80])
+        F_ = self.config.frames_per_block
+        feats = torch.cat([self.decode(ids[i : i + batch_size])[:, F_ - 1] for i in range(0, len(ids), batch_size)])
+        wrist = features_to_params(self.spec, feats)["wrist_pos"].numpy().astype(np.float64)
+        wrist[:, 0] *= np.where(np.asarray(sides) == "left", -1.0, 1.0)
+        return wrist
 
     def motion_joints(self, motion: HandMotion) -> np.ndarray:
         """Joints (T, 21, 3) in metres of a motion through the tokenizer's hand model (its side, betas)."""

@@ -46,12 +46,14 @@ class GroundedMotion(MotionGeneration):
     candidate_ends: list[np.ndarray] = field(default_factory=list)
 
 
-def motion_final_wrists(motion_tokenizer, ids: np.ndarray, hands: Sequence[str]) -> np.ndarray:
-    """(hands, 3) final wrist (camera frame, metres) of each hand of motion ids (seconds, hands, ids_per_block),
-    decoded by ``motion_tokenizer`` (the wrist joint does not depend on the hand's shape)."""
-    return np.stack(
-        [np.asarray(motion_tokenizer.decode_motion(ids[:, j], side=h).wrist_pos[-1], np.float64) for j, h in enumerate(hands)]
-    )
+def motion_final_wrists(motion_tokenizer, motions: Sequence[np.ndarray], hands: Sequence[str]) -> np.ndarray:
+    """(len(motions), hands, 3) final wrist (camera frame, metres) of each hand of each motion's ids
+    (seconds, hands, ids_per_block), as decoded by ``motion_tokenizer`` (one batch of last blocks)."""
+    if not len(motions):
+        return np.zeros((0, len(hands), 3))
+    last = np.stack([np.asarray(m)[-1] for m in motions])  # (N, hands, ids_per_block)
+    ends = motion_tokenizer.final_wrist_positions(last.reshape(-1, last.shape[-1]), list(hands) * len(motions))
+    return ends.reshape(len(motions), len(hands), 3)
 
 
 def choose_by_boxes(
@@ -134,7 +136,7 @@ def generate_motion_grounded(
     chosen, dists, ends_all = [], [], []
     for i in range(n):
         hands, rows = gen.hands[start[i]], range(start[i], start[i + 1])
-        ends = np.stack([motion_final_wrists(motion_tokenizer, gen.motion[j], hands) for j in rows])
+        ends = motion_final_wrists(motion_tokenizer, [gen.motion[j] for j in rows], hands)
         view = points_in_view(ends.reshape(-1, 3), cams[i], align).reshape(len(rows), len(hands), 2)
         k, d = choose_by_boxes(view, hands, boxes[i])
         chosen.append(k)
