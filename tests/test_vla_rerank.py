@@ -156,6 +156,9 @@ def test_grounded_generation_keeps_the_nearest_sample(world, bundle, monkeypatch
         assert not np.array_equal(far.motion[0], got.motion[0])
     with pytest.raises(InputError, match="samples"):
         rr.generate_motion_grounded(model, proc, mt, image, "wave", objects={}, cameras=ep.camera, align=False, samples=0)
+    with pytest.raises(InputError, match="hands of mode"):
+        rr.generate_motion_grounded(model, proc, mt, image, "wave", 1, "right", objects={"left": "red cube"},
+                                    cameras=ep.camera, align=False)  # fmt: skip
     with pytest.raises(InputError, match="cameras"):
         rr.generate_motion_grounded(model, proc, mt, image, "wave", objects={}, cameras=ep.camera.K, align=False)
 

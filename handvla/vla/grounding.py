@@ -73,7 +73,7 @@ def nearest_box(box: Sequence[float] | None, boxes: dict[int, Sequence[float]]) 
     ``box`` is None or ``boxes`` is empty."""
     if box is None or not boxes:
         return None
-    return min(boxes, key=lambda i: float(np.linalg.norm(_centre(boxes[i]) - _centre(box))))
+    return min(boxes, key=lambda i: float(np.linalg.norm(box_centre(boxes[i]) - box_centre(box))))
 
 
 def _box_corners(obj: dict[str, Any]) -> np.ndarray:
@@ -246,7 +246,8 @@ def box_token_map(boxes: Sequence[Sequence[float]], grid: int) -> np.ndarray:
     return out.reshape(-1)
 
 
-def _centre(box) -> np.ndarray:
+def box_centre(box) -> np.ndarray:
+    """(2,) float64 centre of a box (x1, y1, x2, y2)."""
     b = np.asarray(box, np.float64)
     return (b[:2] + b[2:]) / 2
 
@@ -264,13 +265,13 @@ def score_boxes(
 
     inside, right, err = [], [], []
     for pred, box, rest in zip(answered, truth, others, strict=True):
-        c = None if pred is None else _centre(pred)
+        c = None if pred is None else box_centre(pred)
         inside.append(c is not None and bool(box[0] <= c[0] <= box[2] and box[1] <= c[1] <= box[3]))
         if c is not None:
-            err.append(float(np.linalg.norm(c - _centre(box))))
+            err.append(float(np.linalg.norm(c - box_centre(box))))
         if rest:
-            d = None if c is None else np.linalg.norm(c - _centre(box))
-            right.append(d is not None and all(d < np.linalg.norm(c - _centre(b)) for b in rest))
+            d = None if c is None else np.linalg.norm(c - box_centre(box))
+            right.append(d is not None and all(d < np.linalg.norm(c - box_centre(b)) for b in rest))
     return {
         **rate_summary(inside, "centre_in_box"),
         **rate_summary(right, "right_object"),

@@ -29,7 +29,8 @@ import numpy as np
 from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.vla.generation import MotionGeneration, _broadcast, answer_questions, generate_motion
-from handvla.vla.grounding import grounding_prompt, parse_grounding_answer, points_in_view
+from handvla.vla.grounding import box_centre, grounding_prompt, parse_grounding_answer, points_in_view
+from handvla.vla.processing import hands_for_mode
 
 
 @dataclass
@@ -65,7 +66,7 @@ def choose_by_boxes(
     cols = [j for j, h in enumerate(hands) if boxes.get(h) is not None]
     if not cols:
         return 0, np.full(len(ends_view), np.nan)
-    centres = np.stack([(np.asarray(boxes[hands[j]][:2], float) + np.asarray(boxes[hands[j]][2:], float)) / 2 for j in cols])
+    centres = np.stack([box_centre(boxes[hands[j]]) for j in cols])
     d = np.linalg.norm(ends_view[:, cols] - centres[None], axis=-1).mean(1)
     d = np.where(np.isfinite(d), d, np.inf)  # an end behind the camera is never chosen over one in front
     return int(np.argmin(d)), np.where(np.isfinite(d), d, np.nan)
@@ -91,10 +92,11 @@ def generate_motion_grounded(
     max_answer_tokens: int = 48,
 ) -> GroundedMotion:
     """Instructed motion, best of ``samples`` by the model's grounding answers (module doc). ``objects``: per
-    request (or one for all), hand -> the name of the object that hand goes to ("red cube"; hands not
-    named are not used for the choice; {}: one sample, no question); ``cameras``: per request (or one), the camera the image was taken
-    with (intrinsics and image size); ``align``: the model sees views warped to the canonical camera.
-    Sampling: ``temperature`` / ``top_k`` / ``top_p`` as `generate_motion`'s, seeded with ``seed``."""
+    request (or one for all), acting hand -> the name of the object it goes to ("red cube"; hands not named
+    do not count in the choice; {}: one sample, no question); ``cameras``: per request (or one), the camera
+    the image was taken with (intrinsics and image size); ``align``: the model sees views warped to the
+    canonical camera. Sampling: ``temperature`` / ``top_k`` / ``top_p`` as `generate_motion`'s, seeded with
+    ``seed``; ``max_answer_tokens``: cap on each grounding answer."""
     if isinstance(samples, bool) or int(samples) != samples or samples < 1:
         raise InputError("generate_motion_grounded", "samples", "a whole number >= 1", repr(samples))
     if motion_tokenizer is None:
@@ -111,6 +113,9 @@ def generate_motion_grounded(
             raise InputError("generate_motion_grounded", f"cameras[{i}]", "a handvla.camera.Camera", type(c).__name__)
     secs = _broadcast(seconds, n, "seconds") if isinstance(seconds, (list, tuple)) else [seconds] * n
     modes = _broadcast(hand_mode, n, "hand_mode") if isinstance(hand_mode, (list, tuple)) else [hand_mode] * n
+    for i, (o, m) in enumerate(zip(objs, modes)):
+        if not set(o) <= set(hands_for_mode(m)):
+            raise InputError("generate_motion_grounded", f"objects[{i}]", f"hands of mode {m!r}", repr(sorted(o)))
 
     # 1. where the model says each named object is
     questions = [(i, h, name) for i, o in enumerate(objs) for h, name in o.items()]
