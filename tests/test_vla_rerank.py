@@ -175,7 +175,11 @@ def test_evaluation_reports_rerank_scores(world, bundle):
         assert len(row["rerank_box_hits"]) == len(row["target_hits"])
         for hit, anyhit in zip(row["target_hits"], row["rerank_any_hits"]):
             assert anyhit or not hit  # the kept sample is one of the samples
-    for key in ("box_points_at_target", "first_sample_target_accuracy", "any_sample_target_accuracy"):
+    for row in rows:  # the choice by the true box is one of the samples too
+        assert len(row["rerank_true_box_hits"]) == len(row["target_hits"])
+        assert all(a or not t for t, a in zip(row["rerank_true_box_hits"], row["rerank_any_hits"]))
+    for key in ("box_points_at_target", "first_sample_target_accuracy", "any_sample_target_accuracy",
+                "true_box_choice_target_accuracy"):  # fmt: skip
         lo, hi = s[f"{key}_ci95"]
         assert lo <= s[key] <= hi
     assert len(rows) == len(r["episodes"])  # every episode goes through the grounded decoder

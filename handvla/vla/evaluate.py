@@ -92,11 +92,12 @@ from handvla.vla.grounding import (
     object_name,
     objects_in_view,
     pointed_object,
+    points_in_view,
     scene_objects,
 )
 from handvla.vla.modeling import load_vla
 from handvla.vla.processing import generation_prompt, hands_for_mode
-from handvla.vla.rerank import generate_motion_grounded
+from handvla.vla.rerank import choose_by_boxes, generate_motion_grounded
 
 
 def model_alignment(config) -> bool:
@@ -573,18 +574,27 @@ def _score_rerank(row: dict[str, Any], ctx: dict[str, Any], grounded, i: int, ep
     """Score how request ``i`` of a `generate_motion_grounded` batch was chosen, per scored (hand, target)
     pair: ``rerank_box_hits``: the box the model answered for the hand's named object points at the target
     (its centre nearest the target's box centre among the objects in view); ``rerank_first_hits``: the first
-    sample (no choice) ends at the target; ``rerank_any_hits``: some sample does (the choice's ceiling)."""
+    sample (no choice) ends at the target; ``rerank_any_hits``: some sample does (the choice's ceiling);
+    ``rerank_true_box_hits``: the sample chosen by the TRUE target box ends at the target (the choice with
+    perfect grounding: what the model's boxes cost, and what choosing in the image costs)."""
     boxes, ends = grounded.boxes[i], grounded.candidate_ends[i]
     in_view = {int(o["object_id"]): box
                for o, box in objects_in_view(scene_objects(ctx["ground_truth"], where), ep.camera, align)}  # fmt: skip
     objects, hands = ctx["objects"], list(ctx["hands"])
     row["rerank"] = {"boxes": boxes, "chosen": int(grounded.chosen[i]), "samples": int(len(ends))}
     row["rerank_box_hits"], row["rerank_first_hits"], row["rerank_any_hits"] = [], [], []
+    row["rerank_true_box_hits"] = []
+    view = points_in_view(ends.reshape(-1, 3), ep.camera, align).reshape(*ends.shape[:2], 2)
     for h, oid in ctx["pairs"]:
         row["rerank_box_hits"].append(nearest_box(boxes.get(h), in_view) == oid)
         j = hands.index(h)
         row["rerank_first_hits"].append(target_hit(ends[0, j], oid, objects))
         row["rerank_any_hits"].append(any(target_hit(e[j], oid, objects) for e in ends))
+        if oid in in_view:
+            k, _ = choose_by_boxes(view[:, [j]], [h], {h: in_view[oid]})
+            row["rerank_true_box_hits"].append(target_hit(ends[k, j], oid, objects))
+        else:
+            row["rerank_true_box_hits"].append(False)
 
 
 def _summarise_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -598,6 +608,7 @@ def _summarise_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
             **rate_summary([h for r in scored for h in r["rerank_box_hits"]], "box_points_at_target"),
             **rate_summary([h for r in scored for h in r["rerank_first_hits"]], "first_sample_target_accuracy"),
             **rate_summary([h for r in scored for h in r["rerank_any_hits"]], "any_sample_target_accuracy"),
+            **rate_summary([h for r in scored for h in r["rerank_true_box_hits"]], "true_box_choice_target_accuracy"),
         }
     }
 
@@ -982,6 +993,7 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
             ("first_sample_target_accuracy", "  one sample"),
             ("any_sample_target_accuracy", f"  any of {k}"),
             ("box_points_at_target", "  its box right"),
+            ("true_box_choice_target_accuracy", "  by the true box"),
         ):
             line(label, rr["rerank"].get(key), rr["rerank"].get(f"{key}_ci95"))
     if summary.get("baselines_skipped"):
