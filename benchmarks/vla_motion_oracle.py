@@ -31,6 +31,11 @@ order), ``layer`` (the whole answer coarse to fine: every block's residual-layer
 finger) and ``part`` (every block's wrist ids, then every block's finger ids). Training progress goes to
 stderr.
 
+``--rerank-samples 1,4,8,16``: also sample that many answers per prompt (``--temperature``) and keep the one
+whose decoded end lies nearest the place (``--rerank-place``): best of k as ``handvla.vla.rerank`` decodes
+the VLA, here with the told place in 3-D instead of the model's own box in the image; beside it one sample
+alone and the rate at which any of the k ends at the target.
+
     python benchmarks/vla_motion_oracle.py --tokenizer TOK --train STORE [STORE ...] --eval HELDOUT \\
         --condition target [--steps 2000] [--answer-order block|layer|part]
 
@@ -304,8 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="comma-separated k (e.g. 4,16): also sample k answers per prompt and keep the one whose "
                    "decoded end lies nearest --rerank-place")
     p.add_argument("--rerank-place", default="target", choices=["target", "final"],
-                   help="the place answers are chosen by: the target object's centre, or the true path's end; "
-                   "whatever the prompt tells (with --condition none, the choice alone uses the place)")
+                   help="the place answers are chosen by: the target object's centre, or the true path's end "
+                   "(whatever --condition tells the LM: with 'none' only the choice uses the place)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of --rerank-samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
