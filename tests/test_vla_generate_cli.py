@@ -179,9 +179,11 @@ def test_handworld_ground_truth_and_vla_eval(setup, capsys):
     # best of K by the model's own boxes, beside the greedy answer, in the JSON and the table
     rc, stdout, err = _run(capsys, ["vla-eval", "--ckpt", str(ckpt), "--store", f"seen={store}", "--episodes", "2",
                                     "--max-seconds", "1", "--rerank-samples", "2", "--translation-episodes", "0",
-                                    "--prediction-episodes", "0"])  # fmt: skip
+                                    "--prediction-episodes", "0", "--out", str(out)])  # fmt: skip
     assert rc == 0, err
     rr = json.loads(stdout)["seen"]["reranked"]
+    rows = json.loads(out.read_text())["seen"]["reranked_episodes"]  # the kept answers' rows, for paired tests
+    assert sum(len(r["target_hits"]) for r in rows) == rr["target_pairs"] and all("rerank" in r for r in rows)
     assert rr["rerank"]["samples"] == 2 and rr["target_pairs"] == json.loads(stdout)["seen"]["target_pairs"]
     assert "best of 2 by box" in err and "any of 2" in err
     rc, _, err = _run(capsys, ["vla-eval", "--ckpt", str(ckpt), "--store", str(store), "--rerank-samples", "-1"])

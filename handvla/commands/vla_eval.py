@@ -84,11 +84,13 @@ def run_vla_eval(args: argparse.Namespace) -> int:
                 k: sh.get(k) for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m")
             }
         if args.rerank_samples:  # best of k by the model's own grounding answers, beside the greedy answer
-            rr = evaluate_handworld(
+            rr_all = evaluate_handworld(
                 bundle, path, max_episodes=args.episodes, max_seconds=args.max_seconds, align=align,
                 seed=args.seed, batch_size=args.batch_size, rerank_samples=args.rerank_samples,
                 rerank_temperature=args.rerank_temperature,
-            )["summary"]  # fmt: skip
+            )  # fmt: skip
+            rr = rr_all["summary"]
+            res["reranked_episodes"] = rr_all["episodes"]  # --out: per episode, beside the greedy rows
             res["summary"]["reranked"] = {
                 k: rr.get(k)
                 for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m", "rerank")
