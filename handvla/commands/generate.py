@@ -13,6 +13,10 @@ Weak-perspective alignment leaves 3D unchanged, so the generated motion is in th
 (T, 15, 3), ``{side}.wrist_pos`` (T, 3, metres), ``{side}.betas``, ``{side}.valid``, ``{side}.fps``,
 ``{side}.joints`` (T, 21, 3, metres, camera frame), ``{side}.motion_ids`` (seconds, ids_per_block); and
 ``instruction``, ``seconds``, ``camera`` (fx, fy, cx, cy, width, height). `load_generated` reads it back.
+
+``--rerank-samples K``: K sampled answers, the one kept whose final wrists project nearest the boxes the model
+itself answers for the objects the hands go to (``--objects``, or read off the instruction); the JSON's
+``rerank`` gives the objects, the boxes, the kept sample and every sample's distance (``handvla.vla.rerank``).
 """
 
 from __future__ import annotations
