@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from handvla.errors import InputError
+from handvla.errors import ConfigError, InputError
 from handvla.vla.grounding import (
     instruction_object_names,
     object_box_in_view,
@@ -166,6 +166,8 @@ def test_grounded_generation_keeps_the_nearest_sample(world, bundle, monkeypatch
 def test_evaluation_reports_rerank_scores(world, bundle):
     from handvla.vla.evaluate import evaluate_handworld
 
+    with pytest.raises(ConfigError, match="block constraint"):
+        evaluate_handworld(bundle, world, max_episodes=1, max_seconds=1, rerank_samples=2, constrained=False)
     r = evaluate_handworld(bundle, world, max_episodes=8, max_seconds=1, rerank_samples=3)
     s = r["summary"]["rerank"]
     rows = [row for row in r["episodes"] if "rerank_box_hits" in row]

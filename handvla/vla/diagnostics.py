@@ -26,8 +26,8 @@ def final_wrist_positions(
     bundle, images, tasks, modes, seconds: int, batch_size: int = 8, prefixes=None, said: list | None = None
 ) -> np.ndarray:
     """(N, 3) final wrist position (metres, camera frame) of the first hand of each request (greedy,
-    constrained generation of ``seconds`` seconds, decoded by the bundle's motion tokenizer; the wrist joint
-    position does not depend on the hand shape, so none is given). ``prefixes``: per request, text the answer
+    constrained generation of ``seconds`` seconds; its last block decoded by the bundle's motion tokenizer,
+    `MotionTokenizer.final_wrist_positions`; the wrist joint does not depend on the hand shape). ``prefixes``: per request, text the answer
     is made to start with (`generate_motion`). ``said``: a list that receives each answer's text before
     its motion (``MotionGeneration.prefix_texts``)."""
     out = []
@@ -38,10 +38,9 @@ def final_wrist_positions(
                               list(modes[sl]), prefixes=None if prefixes is None else list(prefixes[sl]))  # fmt: skip
         if said is not None:
             said.extend(gen.prefix_texts)
-        for ids, hands in zip(gen.motion, gen.hands):
-            motion = mt.decode_motion(ids[:, 0], side=hands[0])
-            out.append(np.asarray(motion.wrist_pos[-1], np.float64))
-    return np.stack(out)
+        last = np.stack([ids[-1, 0] for ids in gen.motion])  # the first hand's last block
+        out.append(mt.final_wrist_positions(last, [hands[0] for hands in gen.hands]))
+    return np.concatenate(out)
 
 
 @torch.no_grad()

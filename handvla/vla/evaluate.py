@@ -299,6 +299,8 @@ def evaluate_handworld(
     ):
         if isinstance(v, bool) or int(v) != v or v < 0:
             raise ConfigError(f"evaluate_handworld: {name}: expected a whole number >= 0, got {v!r}")
+    if rerank_samples and not constrained:
+        raise ConfigError("evaluate_handworld: rerank_samples decodes under the block constraint; constrained=False")
     if isinstance(translation_max_tokens, bool) or int(translation_max_tokens) < 1:
         raise ConfigError(
             f"evaluate_handworld: translation_max_tokens: expected a whole number >= 1, got {translation_max_tokens!r}"
@@ -348,21 +350,9 @@ def evaluate_handworld(
     bar = tqdm(total=len(reqs), desc="evaluate", unit="ep", disable=not progress)
     for b0 in range(0, len(reqs), batch_size):
         batch = reqs[b0 : b0 + batch_size]
-        samples, blocks = [], []
-        for _k, ep, mode, seconds, image in batch:
-            prompt = generation_prompt(ep.tasks[0], seconds, mode, int(fps))
-            samples.append(processor.encode(prompt, images=[image]))
-            blocks.append(seconds * len(hands_for_mode(mode)))
-
-        def head(prompt_length: int, blocks=blocks):
-            if constrained:
-                return MotionBlockConstraint(vocab, prompt_length, blocks, text_prefix_tokens=text_prefix)
-            return _NoConstraint()
-
-        max_new = MotionBlockConstraint(vocab, 0, blocks, text_prefix_tokens=text_prefix).max_new_tokens
-        t0 = time.perf_counter()
         grounded = None
-        if rerank_samples:
+        if rerank_samples:  # encodes its own prompts (k copies of each) and asks the grounding questions
+            t0 = time.perf_counter()
             grounded = generate_motion_grounded(
                 model, processor, mt, [r[4] for r in batch], [r[1].tasks[0] for r in batch], [r[3] for r in batch],
                 [r[2] for r in batch], objects=[instruction_object_names(r[1].tasks[0], hands_for_mode(r[2])) for r in batch],
@@ -371,6 +361,19 @@ def evaluate_handworld(
             )  # fmt: skip
             seqs, plen = grounded.sequences, grounded.prompt_length
         else:
+            samples, blocks = [], []
+            for _k, ep, mode, seconds, image in batch:
+                prompt = generation_prompt(ep.tasks[0], seconds, mode, int(fps))
+                samples.append(processor.encode(prompt, images=[image]))
+                blocks.append(seconds * len(hands_for_mode(mode)))
+
+            def head(prompt_length: int, blocks=blocks):
+                if constrained:
+                    return MotionBlockConstraint(vocab, prompt_length, blocks, text_prefix_tokens=text_prefix)
+                return _NoConstraint()
+
+            max_new = MotionBlockConstraint(vocab, 0, blocks, text_prefix_tokens=text_prefix).max_new_tokens
+            t0 = time.perf_counter()
             seqs, plen = _generate(model, processor, samples, head, max_new, do_sample, 1.0, 50, 1.0, seed)
         gen_s += time.perf_counter() - t0
         new = seqs[:, plen:].cpu()
