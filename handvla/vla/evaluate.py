@@ -957,8 +957,9 @@ def _fmt_ci(ci) -> str:
 def format_summary_table(name: str, summary: dict[str, Any]) -> str:
     """A plain-text table of one store's summary: the model, its input-free baselines, the tokenizer floor
     and the oracle (target accuracy with its Wilson 95 % interval, final-wrist error in metres), the
-    answer-prefix rates of a model that states its targets first, then translation and prediction when
-    they were scored."""
+    answer-prefix rates of a model that states its targets first, best of k by the model's own boxes
+    (``summary.reranked``, `handvla vla-eval --rerank-samples`), then translation and prediction when they
+    were scored."""
     lines = [
         f"{name}: {summary.get('episodes', 0)} episodes, {summary.get('target_pairs', 0)} (hand, target) pairs",
         f"  {'':<18}{'target acc':>11}  {'95% CI':<17}{'final wrist err m':>18}",
