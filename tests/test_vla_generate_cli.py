@@ -110,6 +110,17 @@ def test_generate_best_of_k_by_the_models_boxes(setup, capsys):
     assert rc == 2 and "--objects" in err
     rc, _, err = _run(capsys, argv[:-1] + ["-2"])
     assert rc == 2 and "--rerank-samples" in err
+    # on the table (3-D): the JSON gives where each box puts its object and every sample's distance to it
+    rc, stdout, err = _run(capsys, argv + ["--table-plane", "0,-2,-1,1.2"])
+    assert rc == 0, err
+    rr = json.loads(stdout)["rerank"]
+    placed = rr["object_points_m"]["right"] is not None
+    assert rr["chosen_in"] == ("table" if placed else "view") and len(rr["object_distance_m"]) == 3
+    for bad in ("0,0,0,1", "1,2,3", "a,b,c,d"):
+        rc, _, err = _run(capsys, argv + ["--table-plane", bad])
+        assert rc == 2 and "--table-plane" in err
+    rc, _, err = _run(capsys, argv[:-2] + ["--table-plane", "0,-1,0,0.5"])
+    assert rc == 2 and "--table-plane" in err and "--rerank-samples" in err
 
 
 def test_generate_bad_input(setup, capsys, tmp_path):

@@ -17,6 +17,9 @@ Weak-perspective alignment leaves 3D unchanged, so the generated motion is in th
 ``--rerank-samples K``: K sampled answers, the one kept whose final wrists project nearest the boxes the model
 itself answers for the objects the hands go to (``--objects``, or read off the instruction); the JSON's
 ``rerank`` gives the objects, the boxes, the kept sample and every sample's distance (``handvla.vla.rerank``).
+With ``--table-plane nx,ny,nz,d`` (the table the objects rest on, camera frame, metres, normal pointing up)
+the choice is made in 3-D: each box centre's ray meets the table, which places the object, and the sample
+whose wrists end nearest those points is kept (``rerank.object_points_m``, ``rerank.object_distance_m``).
 """
 
 from __future__ import annotations
@@ -65,6 +68,20 @@ def parse_objects(text: str | None, hands: tuple[str, ...]) -> dict[str, str] | 
             raise InputError("--objects", None, f"items hand=name with hand in {list(hands)}", repr(item))
         out[hand] = name
     return out
+
+
+def parse_plane(text: str | None) -> np.ndarray | None:
+    """'--table-plane': "nx,ny,nz,d" (camera frame, metres: n . p + d = 0 on the table, n pointing up from it)
+    -> (4,) with a unit normal (None passes through)."""
+    if text is None:
+        return None
+    try:
+        vals = np.array([float(v) for v in str(text).split(",")], np.float64)
+    except ValueError:
+        raise InputError("--table-plane", None, "four numbers nx,ny,nz,d (camera frame, metres)", repr(text)) from None
+    if vals.shape != (4,) or not np.isfinite(vals).all() or np.linalg.norm(vals[:3]) < 1e-9:
+        raise InputError("--table-plane", None, "four finite numbers nx,ny,nz,d with a nonzero normal", repr(text))
+    return vals / np.linalg.norm(vals[:3])
 
 
 def read_image(path: str | Path):
@@ -133,6 +150,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.rerank_samples < 0:
         raise InputError("--rerank-samples", None, "a whole number >= 0", str(args.rerank_samples))
     objects_arg = parse_objects(args.objects, hands)
+    plane = parse_plane(args.table_plane)
+    if plane is not None and not args.rerank_samples:
+        raise InputError("--table-plane", None, "--rerank-samples K as well (it places the objects of the choice)", "alone")
     image = read_image(args.image)
     base = _out_base(args.out)
     if not Path(args.ckpt).is_dir():
@@ -177,15 +197,22 @@ def run_generate(args: argparse.Namespace) -> int:
         out = generate_motion_grounded(
             bundle.model, bundle.processor, mt, view, args.instruction, int(args.seconds), args.hands,
             objects=objects, cameras=Camera(*map(float, cam), W, H), align=align, samples=args.rerank_samples,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, support_planes=plane,
         )  # fmt: skip
         rerank = {
             "samples": int(len(out.candidate_ends[0])),
             "objects": objects,
             "boxes": out.boxes[0],
             "chosen": out.chosen[0],
+            "chosen_in": out.space[0],
             "view_distance": [None if not np.isfinite(d) else round(float(d), 1) for d in out.view_distance[0]],
         }
+        if plane is not None:
+            rerank["object_points_m"] = {
+                h: None if q is None else [round(float(v), 4) for v in q] for h, q in out.object_points[0].items()
+            }
+            rerank["object_distance_m"] = [None if not np.isfinite(d) else round(float(d), 4)
+                                           for d in out.object_distance_m[0]]  # fmt: skip
     else:
         out = generate_motion(
             bundle.model,
@@ -296,6 +323,13 @@ def register(subparsers) -> None:
         default=None,
         help='with --rerank-samples: the object each hand goes to, "red cube" or "left=red cube,right=blue ball" '
         "(default: read off the instruction in HandWorld's grammar, colour + shape)",
+    )
+    p.add_argument(
+        "--table-plane",
+        default=None,
+        metavar="NX,NY,NZ,D",
+        help="with --rerank-samples: the table the objects rest on, camera frame (n . p + d = 0, metres, n pointing "
+        "up): the choice is made in 3-D, each box centre's ray met with the table (default: in the image)",
     )
     p.add_argument("--no-video", action="store_true", help="write only the npz")
     p.add_argument("--mano-dir", help="MANO model folder, for a motion tokenizer whose hand model is MANO")

@@ -87,19 +87,25 @@ def run_vla_eval(args: argparse.Namespace) -> int:
             rr_all = evaluate_handworld(
                 bundle, path, max_episodes=args.episodes, max_seconds=args.max_seconds, align=align,
                 seed=args.seed, batch_size=args.batch_size, rerank_samples=args.rerank_samples,
-                rerank_temperature=args.rerank_temperature,
+                rerank_temperature=args.rerank_temperature, rerank_space=args.rerank_space,
             )  # fmt: skip
             rr = rr_all["summary"]
             res["reranked_episodes"] = rr_all["episodes"]  # --out: per episode, beside the greedy rows
             res["summary"]["reranked"] = {
                 k: rr.get(k)
                 for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m", "rerank")
-            } | {"temperature": args.rerank_temperature}
+            } | {"temperature": args.rerank_temperature, "space": args.rerank_space}
         if args.counterfactual:  # instruction following: the same image, another object named
             res["summary"]["counterfactual"] = evaluate_counterfactual(
                 bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2, batch_size=args.batch_size,
                 align=align,
             )["summary"]
+            if args.rerank_samples:  # the same requests, best of K by the model's box for the asked object
+                res["summary"]["counterfactual_reranked"] = evaluate_counterfactual(
+                    bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2,
+                    batch_size=args.batch_size, align=align, rerank_samples=args.rerank_samples,
+                    rerank_temperature=args.rerank_temperature, rerank_space=args.rerank_space, seed=args.seed,
+                )["summary"]  # fmt: skip
         if args.grounding:  # "where is the red cube?": object grounding in the model's view
             res["summary"]["grounding"] = evaluate_grounding(
                 bundle, path, max_episodes=args.episodes, batch_size=args.batch_size, align=align
@@ -186,6 +192,13 @@ def register(subparsers) -> None:
         "beside the greedy answer (summary.reranked), with the first sample and 'any of the K' rates (0: off)",
     )
     e.add_argument("--rerank-temperature", type=float, default=1.0, help="sampling temperature of --rerank-samples")
+    e.add_argument(
+        "--rerank-space",
+        choices=("table", "view"),
+        default="table",
+        help="where --rerank-samples compares final wrists with the boxes: 'table' in 3-D (each box centre's ray "
+        "met with the table, HandWorld's world z = 0 from the episode's extrinsics) or 'view' in the image",
+    )
     e.add_argument(
         "--counterfactual",
         action="store_true",

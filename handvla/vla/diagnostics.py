@@ -22,25 +22,29 @@ from handvla.errors import InputError
 from handvla.vla.generation import generate_motion
 
 
-def final_wrist_positions(
-    bundle, images, tasks, modes, seconds: int, batch_size: int = 8, prefixes=None, said: list | None = None
-) -> np.ndarray:
+def final_wrists_and_texts(
+    bundle, images, tasks, modes, seconds: int, batch_size: int = 8, prefixes=None
+) -> tuple[np.ndarray, list[str]]:
     """(N, 3) final wrist position (metres, camera frame) of the first hand of each request (greedy,
     constrained generation of ``seconds`` seconds; its last block decoded by the bundle's motion tokenizer,
-    `MotionTokenizer.final_wrist_positions`; the wrist joint does not depend on the hand shape). ``prefixes``: per request, text the answer
-    is made to start with (`generate_motion`). ``said``: a list that receives each answer's text before
-    its motion (``MotionGeneration.prefix_texts``)."""
-    out = []
+    `MotionTokenizer.final_wrist_positions`; the wrist joint does not depend on the hand shape), and each
+    answer's text before its motion (``MotionGeneration.prefix_texts``). ``prefixes``: per request, text the
+    answer is made to start with (`generate_motion`)."""
+    out, texts = [], []
     mt = bundle.motion_tokenizer
     for b in range(0, len(tasks), batch_size):
         sl = slice(b, b + batch_size)
         gen = generate_motion(bundle.model, bundle.processor, list(images[sl]), list(tasks[sl]), seconds,
                               list(modes[sl]), prefixes=None if prefixes is None else list(prefixes[sl]))  # fmt: skip
-        if said is not None:
-            said.extend(gen.prefix_texts)
+        texts.extend(gen.prefix_texts)
         last = np.stack([ids[-1, 0] for ids in gen.motion])  # the first hand's last block
         out.append(mt.final_wrist_positions(last, [hands[0] for hands in gen.hands]))
-    return np.concatenate(out)
+    return (np.concatenate(out) if out else np.zeros((0, 3))), texts
+
+
+def final_wrist_positions(bundle, images, tasks, modes, seconds: int, batch_size: int = 8, prefixes=None) -> np.ndarray:
+    """`final_wrists_and_texts` without the texts."""
+    return final_wrists_and_texts(bundle, images, tasks, modes, seconds, batch_size, prefixes)[0]
 
 
 @torch.no_grad()
@@ -80,4 +84,4 @@ def input_sensitivity(
     }
 
 
-__all__ = ["final_wrist_positions", "input_sensitivity"]
+__all__ = ["final_wrist_positions", "final_wrists_and_texts", "input_sensitivity"]

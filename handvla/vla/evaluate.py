@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ from handvla.vla.baselines import (
     names_object,
 )
 from handvla.vla.data import default_image_size, prepare_image
-from handvla.vla.diagnostics import final_wrist_positions
+from handvla.vla.diagnostics import final_wrist_positions, final_wrists_and_texts
 from handvla.vla.generation import (
     MotionBlockConstraint,
     _generate,
@@ -94,10 +95,17 @@ from handvla.vla.grounding import (
     pointed_object,
     points_in_view,
     scene_objects,
+    support_plane_in_camera,
 )
 from handvla.vla.modeling import load_vla
 from handvla.vla.processing import generation_prompt, hands_for_mode
-from handvla.vla.rerank import choose_by_boxes, generate_motion_grounded
+from handvla.vla.rerank import (
+    RERANK_SPACES,
+    choose_by_boxes,
+    choose_by_points,
+    generate_motion_grounded,
+    object_points_from_boxes,
+)
 
 
 def model_alignment(config) -> bool:
@@ -266,6 +274,8 @@ def evaluate_handworld(
     shuffle_images: bool = False,
     rerank_samples: int = 0,
     rerank_temperature: float = 1.0,
+    rerank_space: str = "table",
+    object_centre_height_m: float = 0.03,
 ) -> dict[str, Any]:
     """Generate and score motion on HandWorld episodes of ``store`` (a folder or an ``EpisodeStore``).
 
@@ -284,6 +294,9 @@ def evaluate_handworld(
     samples (at ``rerank_temperature``) of each episode whose instruction names its objects
     (`instruction_object_names`, the text only), the one whose final wrists lie nearest the boxes the model
     itself answers for those objects kept; ``summary.rerank`` scores the boxes and the first and best samples.
+    ``rerank_space``: "table" chooses along the table, objects placed on HandWorld's table (world z = 0,
+    known from the episode's extrinsics) with their centres ``object_centre_height_m`` above it; "view" in
+    the image.
 
     Returns {"summary": overall + ``per_rig`` + ``baselines`` (+ ``translation``, ``prediction``),
     "episodes": one row per episode, "translation_episodes", "prediction_episodes": their rows}.
@@ -299,6 +312,8 @@ def evaluate_handworld(
     ):
         if isinstance(v, bool) or int(v) != v or v < 0:
             raise ConfigError(f"evaluate_handworld: {name}: expected a whole number >= 0, got {v!r}")
+    if rerank_space not in RERANK_SPACES:
+        raise ConfigError(f"evaluate_handworld: rerank_space: expected one of {RERANK_SPACES}, got {rerank_space!r}")
     if rerank_samples and not constrained:
         raise ConfigError("evaluate_handworld: rerank_samples decodes under the block constraint; constrained=False")
     if isinstance(translation_max_tokens, bool) or int(translation_max_tokens) < 1:
@@ -357,7 +372,9 @@ def evaluate_handworld(
                 model, processor, mt, [r[4] for r in batch], [r[1].tasks[0] for r in batch], [r[3] for r in batch],
                 [r[2] for r in batch], objects=[instruction_object_names(r[1].tasks[0], hands_for_mode(r[2])) for r in batch],
                 cameras=[r[1].camera for r in batch], align=align, samples=int(rerank_samples),
-                temperature=rerank_temperature, seed=seed,
+                temperature=rerank_temperature, seed=seed, object_centre_height_m=object_centre_height_m,
+                support_planes=[support_plane_in_camera(r[1].camera) if rerank_space == "table" else None
+                                for r in batch],
             )  # fmt: skip
             seqs, plen = grounded.sequences, grounded.prompt_length
         else:
@@ -390,7 +407,7 @@ def evaluate_handworld(
             if said is not None:
                 _score_prefix(row, ctx, said, ep, align, f"{st.root} episode {k}")
             if grounded is not None:
-                _score_rerank(row, ctx, grounded, i, ep, align, f"{st.root} episode {k}")
+                _score_rerank(row, ctx, grounded, i, ep, align, object_centre_height_m, f"{st.root} episode {k}")
             rows.append(row)
             ctxs.append(ctx)
         bar.update(len(batch))
@@ -573,31 +590,57 @@ def _score_prefix(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, align
         row["motion_follows_prefix"].append(bool(follows))
 
 
-def _score_rerank(row: dict[str, Any], ctx: dict[str, Any], grounded, i: int, ep, align: bool, where: str) -> None:
+def _score_rerank(
+    row: dict[str, Any], ctx: dict[str, Any], grounded, i: int, ep, align: bool, centre_height_m: float, where: str
+) -> None:
     """Score how request ``i`` of a `generate_motion_grounded` batch was chosen, per scored (hand, target)
     pair: ``rerank_box_hits``: the box the model answered for the hand's named object points at the target
     (its centre nearest the target's box centre among the objects in view); ``rerank_first_hits``: the first
     sample (no choice) ends at the target; ``rerank_any_hits``: some sample does (the choice's ceiling);
-    ``rerank_true_box_hits``: the sample chosen by the TRUE target box ends at the target (the choice with
-    perfect grounding: what the model's boxes cost, and what choosing in the image costs)."""
+    ``rerank_view_hits`` / ``rerank_table_hits``: the sample the model's boxes choose in the image / on the
+    table ends at the target (whichever space the kept one was chosen in); ``rerank_true_box_view_hits`` /
+    ``rerank_true_box_table_hits``: the same with the TRUE target box (perfect grounding: what the model's
+    boxes cost, and what each space costs); ``rerank_true_centre_hits``: the sample nearest the target's
+    true centre (where it is at the end) along the table. The row's ``rerank`` keeps the boxes, the space and
+    index of the kept sample, every sample's final wrists (metres, camera frame) and the object points."""
     boxes, ends = grounded.boxes[i], grounded.candidate_ends[i]
     in_view = {int(o["object_id"]): box
                for o, box in objects_in_view(scene_objects(ctx["ground_truth"], where), ep.camera, align)}  # fmt: skip
     objects, hands = ctx["objects"], list(ctx["hands"])
-    row["rerank"] = {"boxes": boxes, "chosen": int(grounded.chosen[i]), "samples": int(len(ends))}
-    row["rerank_box_hits"], row["rerank_first_hits"], row["rerank_any_hits"] = [], [], []
-    row["rerank_true_box_hits"] = []
+    plane = support_plane_in_camera(ep.camera)
+    pts = object_points_from_boxes(boxes, ep.camera, align, plane, centre_height_m)
+    row["rerank"] = {
+        "boxes": boxes,
+        "chosen": int(grounded.chosen[i]),
+        "space": grounded.space[i],
+        "samples": int(len(ends)),
+        "final_wrists_m": np.round(ends, 4).tolist(),
+        "object_points_m": {h: None if p is None else np.round(p, 4).tolist() for h, p in pts.items()},
+    }
+    keys = ("box", "first", "any", "view", "table", "true_box_view", "true_box_table", "true_centre")
+    for key in keys:
+        row[f"rerank_{key}_hits"] = []
     view = points_in_view(ends.reshape(-1, 3), ep.camera, align).reshape(*ends.shape[:2], 2)
+    k_view, _ = choose_by_boxes(view, hands, boxes)
+    k_table, d_table = choose_by_points(ends, hands, pts, along_plane=plane)
+    if not np.isfinite(d_table).any():
+        k_table = k_view
     for h, oid in ctx["pairs"]:
-        row["rerank_box_hits"].append(nearest_box(boxes.get(h), in_view) == oid)
         j = hands.index(h)
-        row["rerank_first_hits"].append(target_hit(ends[0, j], oid, objects))
-        row["rerank_any_hits"].append(any(target_hit(e[j], oid, objects) for e in ends))
+        hit = {"box": nearest_box(boxes.get(h), in_view) == oid, "first": target_hit(ends[0, j], oid, objects),
+               "any": any(target_hit(e[j], oid, objects) for e in ends),
+               "view": target_hit(ends[k_view, j], oid, objects), "table": target_hit(ends[k_table, j], oid, objects),
+               "true_box_view": False, "true_box_table": False}  # fmt: skip
         if oid in in_view:
             k, _ = choose_by_boxes(view[:, [j]], [h], {h: in_view[oid]})
-            row["rerank_true_box_hits"].append(target_hit(ends[k, j], oid, objects))
-        else:
-            row["rerank_true_box_hits"].append(False)
+            hit["true_box_view"] = target_hit(ends[k, j], oid, objects)
+            p = object_points_from_boxes({h: in_view[oid]}, ep.camera, align, plane, centre_height_m)
+            k, _ = choose_by_points(ends[:, [j]], [h], p, along_plane=plane)
+            hit["true_box_table"] = target_hit(ends[k, j], oid, objects)
+        k, _ = choose_by_points(ends[:, [j]], [h], {h: objects[oid]}, along_plane=plane)
+        hit["true_centre"] = target_hit(ends[k, j], oid, objects)
+        for key in keys:
+            row[f"rerank_{key}_hits"].append(bool(hit[key]))
 
 
 def _summarise_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -608,10 +651,19 @@ def _summarise_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "rerank": {
             "samples": max(r["rerank"]["samples"] for r in scored),
+            "chosen_in": dict(Counter(r["rerank"]["space"] for r in scored)),  # requests per space of the choice
             **rate_summary([h for r in scored for h in r["rerank_box_hits"]], "box_points_at_target"),
             **rate_summary([h for r in scored for h in r["rerank_first_hits"]], "first_sample_target_accuracy"),
             **rate_summary([h for r in scored for h in r["rerank_any_hits"]], "any_sample_target_accuracy"),
-            **rate_summary([h for r in scored for h in r["rerank_true_box_hits"]], "true_box_choice_target_accuracy"),
+            **rate_summary([h for r in scored for h in r["rerank_view_hits"]], "view_choice_target_accuracy"),
+            **rate_summary([h for r in scored for h in r["rerank_table_hits"]], "table_choice_target_accuracy"),
+            **rate_summary(
+                [h for r in scored for h in r["rerank_true_box_view_hits"]], "true_box_view_choice_target_accuracy"
+            ),
+            **rate_summary(
+                [h for r in scored for h in r["rerank_true_box_table_hits"]], "true_box_table_choice_target_accuracy"
+            ),
+            **rate_summary([h for r in scored for h in r["rerank_true_centre_hits"]], "true_centre_choice_target_accuracy"),
         }
     }
 
@@ -830,6 +882,11 @@ def evaluate_counterfactual(
     batch_size: int = 8,
     align: bool | None = None,
     image_size: tuple[int, int] | None = None,
+    rerank_samples: int = 0,
+    rerank_temperature: float = 1.0,
+    rerank_space: str = "table",
+    object_centre_height_m: float = 0.03,
+    seed: int | None = 0,
 ) -> dict[str, Any]:
     """Instruction following, measured by asking for ANOTHER object of the same scene.
 
@@ -842,16 +899,20 @@ def evaluate_counterfactual(
     ``same_end_point_rate`` (both requests end nearest the same object) and per-request rows. For a model
     with an answer prefix (``HandVLAConfig.motion_answer_prefix``) also the rates of
     `_counterfactual_prefix_scores`: whether its stated boxes point at the asked object, and whether its
-    motion follows a stated box that contradicts the instruction.
+    motion follows a stated box that contradicts the instruction. ``rerank_samples`` > 0: each request is
+    decoded best of that many by the model's own box for the asked object (`generate_motion_grounded`, as
+    `evaluate_handworld`'s options of the same names) instead of greedily (no prefix scores then).
     """
 
     model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
     if mt is None:
         raise ConfigError("evaluate_counterfactual: the VLA bundle has no motion tokenizer to decode motion with")
+    if rerank_space not in RERANK_SPACES:
+        raise ConfigError(f"evaluate_counterfactual: rerank_space: expected one of {RERANK_SPACES}, got {rerank_space!r}")
     st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
     align = model_alignment(model.config) if align is None else bool(align)
     size = tuple(image_size) if image_size else model_image_size(model.config, processor)
-    prefix = text_prefix_tokens(model.config) > 0  # HandVLAConfig.motion_answer_prefix
+    prefix = text_prefix_tokens(model.config) > 0 and not rerank_samples  # HandVLAConfig.motion_answer_prefix
     reqs, stated = [], []
     for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
         ep = st.load_episode(k, with_video=True)
@@ -868,20 +929,37 @@ def evaluate_counterfactual(
             task = f"move your {hand} hand to {_object_phrase(objs[oid])}"
             reqs.append({"episode": k, "rig": ep.rig, "which": which, "object_id": oid, "hand": hand, "task": task,
                          "image": image, "objects": positions, "boxes": boxes,
-                         "name": object_name(objs[oid])})  # fmt: skip
+                         "name": object_name(objs[oid]), "camera": ep.camera})  # fmt: skip
         if prefix and other in boxes:  # the own target asked for, the other object's box stated
             stated.append({**reqs[-2], "which": "stated_other", "object_id": other, "asked_id": tg,
                            "prefix": grounding_prefix([(object_name(objs[other]), boxes[other])])})  # fmt: skip
     was = model.training
     model.eval()
     said: list[str] = []
-    wrists = final_wrist_positions(bundle, [r["image"] for r in reqs], [r["task"] for r in reqs],
-                                   [r["hand"] for r in reqs], seconds, batch_size, said=said) if reqs else []  # fmt: skip
+    if rerank_samples and reqs:  # best of k by the model's box for the asked object
+        wrists_l = []
+        for b in range(0, len(reqs), batch_size):
+            part = reqs[b : b + batch_size]
+            g = generate_motion_grounded(
+                model, processor, mt, [r["image"] for r in part], [r["task"] for r in part], seconds,
+                [r["hand"] for r in part], objects=[{r["hand"]: r["name"]} for r in part],
+                cameras=[r["camera"] for r in part], align=align, samples=int(rerank_samples),
+                temperature=rerank_temperature, seed=seed, object_centre_height_m=object_centre_height_m,
+                support_planes=[support_plane_in_camera(r["camera"]) if rerank_space == "table" else None
+                                for r in part],
+            )  # fmt: skip
+            wrists_l += [g.candidate_ends[i][g.chosen[i], 0] for i in range(len(part))]
+        wrists = np.stack(wrists_l)
+    else:
+        wrists, said = final_wrists_and_texts(bundle, [r["image"] for r in reqs], [r["task"] for r in reqs],
+                                              [r["hand"] for r in reqs], seconds, batch_size)  # fmt: skip
     forced = final_wrist_positions(bundle, [r["image"] for r in stated], [r["task"] for r in stated],
                                    [r["hand"] for r in stated], seconds, batch_size,
                                    prefixes=[r["prefix"] for r in stated]) if stated else []  # fmt: skip
     model.train(was)
     out: dict[str, Any] = {"episodes": sum(r["which"] == "factual" for r in reqs), "seconds": int(seconds)}
+    if rerank_samples:
+        out["rerank"] = {"samples": int(rerank_samples), "temperature": rerank_temperature, "space": rerank_space}
     rows, summary = counterfactual_scores(wrists, reqs)
     out.update(summary)
     if prefix:
@@ -931,7 +1009,7 @@ def counterfactual_scores(end_points, reqs: list[dict]) -> tuple[list[dict], dic
         d = {oid: float(np.linalg.norm(np.asarray(w) - p)) for oid, p in r["objects"].items()}
         rows.append({"episode": r.get("episode"), "rig": r.get("rig"), "which": r["which"], "task": r.get("task"),
                      "hit": target_hit(w, r["object_id"], r["objects"]), "nearest": min(d, key=d.get),
-                     "n_objects": len(r["objects"])})  # fmt: skip
+                     "n_objects": len(r["objects"]), "final_wrist_m": np.round(np.asarray(w, float), 4).tolist()})  # fmt: skip
     fac = [r for r in rows if r["which"] == "factual"]
     cf = [r for r in rows if r["which"] == "counterfactual"]
     same = [a["nearest"] == b["nearest"] for a, b in zip(fac, cf)]
@@ -992,12 +1070,18 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
     rr = summary.get("reranked")  # handvla vla-eval --rerank-samples
     if rr:
         k = (rr.get("rerank") or {}).get("samples")
-        line(f"best of {k} by box", rr.get("target_accuracy"), rr.get("target_accuracy_ci95"), rr.get("final_wrist_error_m"))
+        spaces = (rr.get("rerank") or {}).get("chosen_in") or {}
+        space = max(spaces, key=spaces.get) if spaces else ""
+        line(f"best of {k} by box, {space}" if space else f"best of {k} by box", rr.get("target_accuracy"), rr.get("target_accuracy_ci95"), rr.get("final_wrist_error_m"))
         for key, label in (
             ("first_sample_target_accuracy", "  one sample"),
             ("any_sample_target_accuracy", f"  any of {k}"),
             ("box_points_at_target", "  its box right"),
-            ("true_box_choice_target_accuracy", "  by the true box"),
+            ("view_choice_target_accuracy", "  chosen in the image"),
+            ("table_choice_target_accuracy", "  chosen on the table"),
+            ("true_box_view_choice_target_accuracy", "  true box, image"),
+            ("true_box_table_choice_target_accuracy", "  true box, table"),
+            ("true_centre_choice_target_accuracy", "  true centre, table"),
         ):
             line(label, rr["rerank"].get(key), rr["rerank"].get(f"{key}_ci95"))
     if summary.get("baselines_skipped"):
@@ -1024,6 +1108,19 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
             v = pr.get(kd) or {}
             lines.append(
                 f"    {kd:<38}{_fmt(v.get('mpjpe_mm'), '.1f'):>10}{_fmt(v.get('mwte_mm'), '.1f'):>10}"
+            )
+    for key, label in (("counterfactual", "greedy"), ("counterfactual_reranked", "best of k by box")):
+        cf = summary.get(key)  # handvla vla-eval --counterfactual (--rerank-samples K)
+        if cf:
+            if key == "counterfactual":
+                lines.append(f"  {'counterfactual (' + str(cf['episodes']) + ' scenes)':<28}{'own target':>11}  "
+                             f"{'95% CI':<17}{'other object':>13}  {'95% CI':<17}{'same end':>9}")  # fmt: skip
+            if "rerank" in cf:
+                label = f"best of {cf['rerank']['samples']}, {cf['rerank']['space']}"
+            lines.append(
+                f"    {label:<26}{_fmt(cf.get('named_target_accuracy')):>11}  "
+                f"{_fmt_ci(cf.get('named_target_accuracy_ci95')):<17}{_fmt(cf.get('other_object_accuracy')):>13}  "
+                f"{_fmt_ci(cf.get('other_object_accuracy_ci95')):<17}{_fmt(cf.get('same_end_point_rate')):>9}"
             )
     return "\n".join(lines)
 

@@ -102,6 +102,45 @@ def points_in_view(points_cam: np.ndarray, camera: Camera, align: bool) -> np.nd
     return pixels_to_view(camera.project(np.asarray(points_cam, np.float64).reshape(-1, 3)), camera, align) * BOX_SCALE
 
 
+def view_to_pixels(view: np.ndarray, camera: Camera, align: bool) -> np.ndarray:
+    """(N, 2) places in the model's view (box units, as `points_in_view` gives them) -> (N, 2) pixels of the
+    camera's own image (the inverse of `pixels_to_view`)."""
+    frac = np.asarray(view, np.float64).reshape(-1, 2) / BOX_SCALE
+    if align:
+        H = canonical_homography(camera.K)
+        return (frac * np.asarray(CANONICAL_IMAGE_SIZE, np.float64) - H[:2, 2]) @ np.linalg.inv(H[:2, :2]).T
+    return frac * np.array([camera.width, camera.height], np.float64)
+
+
+def support_plane_in_camera(camera: Camera, height_m: float = 0.0) -> np.ndarray:
+    """(4,) the horizontal world plane z = ``height_m`` (HandWorld's table top is z = 0) in the camera frame:
+    (nx, ny, nz, d) with n . p + d = 0 for its points p (metres) and n the unit normal pointing up (world
+    +z). Needs the camera's world -> camera extrinsics."""
+    if camera.extrinsics is None:
+        raise InputError("support_plane_in_camera", "camera.extrinsics", "a world->camera matrix", "None")
+    R, t = camera.extrinsics[:3, :3], camera.extrinsics[:3, 3]
+    n = R[:, 2]
+    return np.array([*n, -float(n @ (R @ np.array([0.0, 0.0, float(height_m)]) + t))])
+
+
+def view_points_on_plane(
+    view: np.ndarray, camera: Camera, align: bool, plane: np.ndarray, above_m: float = 0.0
+) -> np.ndarray:
+    """(N, 2) places in the model's view (box units) -> (N, 3) camera-frame points (metres) where their rays
+    meet ``plane`` (`support_plane_in_camera`'s (4,) form) raised by ``above_m`` along its normal: where an
+    object seen there stands when it rests on the plane with its centre ``above_m`` high. NaN where a ray
+    is parallel to the plane or meets it behind the camera."""
+    plane = np.asarray(plane, np.float64).reshape(4)
+    n, d = plane[:3], plane[3] - float(above_m) * float(np.linalg.norm(plane[:3]))
+    uv = view_to_pixels(view, camera, align)
+    rays = np.column_stack([uv, np.ones(len(uv))]) @ np.linalg.inv(camera.K).T  # (N, 3), z = 1
+    denom = rays @ n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = -d / denom
+    ok = np.isfinite(s) & (s > 0) & (np.abs(denom) > 1e-9)
+    return np.where(ok[:, None], rays * s[:, None], np.nan)
+
+
 def object_box_in_view(obj: dict[str, Any], camera: Camera, align: bool) -> tuple[int, int, int, int] | None:
     """The object's box in the model's view, 0..1000 (x across the width, y down the height), or None when
     less than ``MIN_VISIBLE_SHARE`` of its projected box is inside the view (or any corner is behind the
@@ -349,5 +388,8 @@ __all__ = [
     "parse_grounding_prefix",
     "pointed_object",
     "score_boxes",
+    "support_plane_in_camera",
     "target_grounding",
+    "view_points_on_plane",
+    "view_to_pixels",
 ]

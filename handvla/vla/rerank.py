@@ -9,14 +9,24 @@ uses the one to pick the other:
    (`handvla.vla.grounding.grounding_prompt`) on the same image; the answer's box centre is where, in the
    model's view, that hand should end;
 2. ``samples`` motion answers are sampled under the block constraint (`generate_motion`);
-3. each is decoded by the motion tokenizer and each named hand's final wrist is projected into the model's
-   view (the camera's intrinsics; the canonical camera's image when the model aligns views); the answer
-   whose ends lie nearest the stated box centres (mean over the named hands, box units 0..1000) is kept.
+3. each is decoded by the motion tokenizer; the answer whose named hands' final wrists lie nearest the
+   objects is kept (mean over the named hands). Where the objects are is read off the boxes one of two
+   ways:
+   - in the image (no support plane given): each final wrist is projected into the model's view (the
+     camera's intrinsics; the canonical camera's image when the model aligns views) and compared with the
+     box centre (box units 0..1000). A wrist on the line of sight to an object looks as near as one at it,
+     so this choice cannot tell depth apart;
+   - on the table (``support_planes``: the table the objects rest on, in the camera frame, e.g. from
+     calibrated extrinsics, `handvla.vla.grounding.support_plane_in_camera`): the box centre's ray meets the
+     table raised by ``object_centre_height_m`` (objects a hand grasps are 4-8 cm tall), which places the
+     object in 3-D, and the wrists are compared with that point in metres along the table (the height above
+     it left out: how high the wrist ends over an object depends on the grasp, not on which object it is;
+     measured, README "Does the VLA learn?" (14)).
 
 A request that names no object is sampled once; one whose answers give no box keeps its first sample. The choice
-uses nothing the model did not say itself besides the camera (needed to put a 3-D end point in the image)
-and the object names (which the caller reads off the instruction, e.g. `instruction_object_names` for
-HandWorld's instruction grammar).
+uses nothing the model did not say itself besides the camera (needed to relate a 3-D end point and the
+image; in 3-D also where the table is) and the object names (which the caller reads off the instruction,
+e.g. `instruction_object_names` for HandWorld's instruction grammar).
 """
 
 from __future__ import annotations
@@ -29,8 +39,17 @@ import numpy as np
 from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.vla.generation import MotionGeneration, _broadcast, answer_questions, generate_motion
-from handvla.vla.grounding import box_centre, grounding_prompt, parse_grounding_answer, points_in_view
+from handvla.vla.grounding import (
+    box_centre,
+    grounding_prompt,
+    parse_grounding_answer,
+    points_in_view,
+    view_points_on_plane,
+)
 from handvla.vla.processing import hands_for_mode
+
+#: where `generate_motion_grounded` compares final wrists with the objects: 3-D on the table, or the image
+RERANK_SPACES = ("table", "view")
 
 
 @dataclass
@@ -38,12 +57,19 @@ class GroundedMotion(MotionGeneration):
     """`MotionGeneration` of the kept samples, and how they were chosen. Per request: ``boxes[i]``: hand ->
     the box the model answered for the hand's named object (None: no box in its answer); ``chosen[i]``: the
     kept sample's index; ``view_distance[i]``: (its samples,) mean distance, in box units, from each sample's
-    named hands' final wrists to their boxes' centres (NaN when nothing was grounded); ``candidate_ends[i]``:
-    (its samples, hands, 3) every sample's final wrist per hand, camera frame, metres."""
+    named hands' final wrists to their boxes' centres (NaN when nothing was grounded); ``object_points[i]``:
+    hand -> where its object stands (camera frame, metres; the box centre's ray on the raised table) or None
+    (no box, no table, or the ray misses it); ``object_distance_m[i]``: (its samples,) mean distance,
+    metres, along the table, from the named hands' final wrists to those points (NaN without them);
+    ``space[i]``: where the kept sample was chosen, "table" or "view"; ``candidate_ends[i]``: (its samples,
+    hands, 3) every sample's final wrist per hand, camera frame, metres."""
 
     boxes: list[dict[str, tuple[int, int, int, int] | None]] = field(default_factory=list)
     chosen: list[int] = field(default_factory=list)
     view_distance: list[np.ndarray] = field(default_factory=list)
+    object_points: list[dict[str, np.ndarray | None]] = field(default_factory=list)
+    object_distance_m: list[np.ndarray] = field(default_factory=list)
+    space: list[str] = field(default_factory=list)
     candidate_ends: list[np.ndarray] = field(default_factory=list)
 
 
@@ -72,6 +98,51 @@ def choose_by_boxes(
     return int(np.argmin(d)), np.where(np.isfinite(d), d, np.nan)
 
 
+def choose_by_points(
+    ends_cam: np.ndarray,
+    hands: Sequence[str],
+    points: dict[str, np.ndarray | None],
+    along_plane: np.ndarray | None = None,
+) -> tuple[int, np.ndarray]:
+    """``ends_cam``: (samples, hands, 3) final wrists, camera frame (metres). Returns (index of the sample
+    whose named hands end nearest their objects' ``points`` (3,), the (samples,) mean distances in metres);
+    index 0 and NaN distances when no hand has a point. ``along_plane``: a plane's normal (3,) (or its (4,)
+    form): distances are measured along the plane, the offset along its normal left out (the wrist's height
+    above an object depends on the grasp, not on which object it is)."""
+    cols = [j for j, h in enumerate(hands) if points.get(h) is not None and np.isfinite(points[h]).all()]
+    if not cols:
+        return 0, np.full(len(ends_cam), np.nan)
+    targets = np.stack([np.asarray(points[hands[j]], np.float64) for j in cols])
+    diff = np.asarray(ends_cam, np.float64)[:, cols] - targets[None]
+    if along_plane is not None:
+        n = np.asarray(along_plane, np.float64)[:3]
+        n = n / np.linalg.norm(n)
+        diff = diff - (diff @ n)[..., None] * n
+    d = np.linalg.norm(diff, axis=-1).mean(1)
+    d = np.where(np.isfinite(d), d, np.inf)
+    return int(np.argmin(d)), np.where(np.isfinite(d), d, np.nan)
+
+
+def object_points_from_boxes(
+    boxes: dict[str, tuple[int, int, int, int] | None],
+    camera: Camera,
+    align: bool,
+    plane: np.ndarray | None,
+    centre_height_m: float,
+) -> dict[str, np.ndarray | None]:
+    """Hand -> where the object of its box stands (camera frame, metres): the box centre's ray met with
+    ``plane`` raised by ``centre_height_m`` (`view_points_on_plane`); None for a hand without a box, for
+    every hand when ``plane`` is None, and where the ray misses the plane."""
+    out: dict[str, np.ndarray | None] = {}
+    for h, box in boxes.items():
+        p = None
+        if box is not None and plane is not None:
+            p = view_points_on_plane(box_centre(box)[None], camera, align, plane, centre_height_m)[0]
+            p = p if np.isfinite(p).all() else None
+        out[h] = p
+    return out
+
+
 def generate_motion_grounded(
     model,
     processor,
@@ -90,13 +161,19 @@ def generate_motion_grounded(
     top_p: float = 1.0,
     seed: int | None = 0,
     max_answer_tokens: int = 48,
+    support_planes: np.ndarray | Sequence[np.ndarray | None] | None = None,
+    object_centre_height_m: float = 0.03,
 ) -> GroundedMotion:
     """Instructed motion, best of ``samples`` by the model's grounding answers (module doc). ``objects``: per
     request (or one for all), acting hand -> the name of the object it goes to ("red cube"; hands not named
     do not count in the choice; {}: one sample, no question); ``cameras``: per request (or one), the camera
     the image was taken with (intrinsics and image size); ``align``: the model sees views warped to the
     canonical camera. Sampling: ``temperature`` / ``top_k`` / ``top_p`` as `generate_motion`'s, seeded with
-    ``seed``; ``max_answer_tokens``: cap on each grounding answer."""
+    ``seed``; ``max_answer_tokens``: cap on each grounding answer. ``support_planes``: per request (or one
+    (4,) for all; None: none) the table the objects rest on, camera frame, (nx, ny, nz, d) with the normal
+    pointing up (`handvla.vla.grounding.support_plane_in_camera`): the choice is made on the table, objects
+    placed on it with their centres ``object_centre_height_m`` above it (module doc); a request
+    without a plane, or whose boxes' rays miss it, is chosen in the image."""
     if isinstance(samples, bool) or int(samples) != samples or samples < 1:
         raise InputError("generate_motion_grounded", "samples", "a whole number >= 1", repr(samples))
     if motion_tokenizer is None:
@@ -111,6 +188,23 @@ def generate_motion_grounded(
             raise InputError("generate_motion_grounded", f"objects[{i}]", "a dict hand -> object name", repr(o))
         if not isinstance(c, Camera):
             raise InputError("generate_motion_grounded", f"cameras[{i}]", "a handvla.camera.Camera", type(c).__name__)
+    if support_planes is None:
+        planes: list = [None] * n
+    elif isinstance(support_planes, (list, tuple)):
+        planes = _broadcast(support_planes, n, "support_planes")
+    else:
+        planes = [support_planes] * n
+    for i, p in enumerate(planes):
+        if p is not None:
+            a = np.asarray(p, np.float64)
+            if a.shape != (4,) or not np.isfinite(a).all() or np.linalg.norm(a[:3]) < 1e-9:
+                raise InputError(
+                    "generate_motion_grounded", f"support_planes[{i}]", "(nx, ny, nz, d), a finite nonzero normal",
+                    repr(p),
+                )  # fmt: skip
+            planes[i] = a / np.linalg.norm(a[:3])
+    if not np.isfinite(object_centre_height_m) or object_centre_height_m < 0:
+        raise InputError("generate_motion_grounded", "object_centre_height_m", "metres >= 0", repr(object_centre_height_m))
     secs = _broadcast(seconds, n, "seconds") if isinstance(seconds, (list, tuple)) else [seconds] * n
     modes = _broadcast(hand_mode, n, "hand_mode") if isinstance(hand_mode, (list, tuple)) else [hand_mode] * n
     for i, (o, m) in enumerate(zip(objs, modes)):
@@ -138,14 +232,20 @@ def generate_motion_grounded(
     )  # fmt: skip
 
     # 3. decode, project, keep the nearest
-    chosen, dists, ends_all = [], [], []
+    chosen, dists, points, dists_m, spaces, ends_all = [], [], [], [], [], []
     for i in range(n):
         hands, rows = gen.hands[start[i]], range(start[i], start[i + 1])
         ends = motion_final_wrists(motion_tokenizer, [gen.motion[j] for j in rows], hands)
         view = points_in_view(ends.reshape(-1, 3), cams[i], align).reshape(len(rows), len(hands), 2)
         k, d = choose_by_boxes(view, hands, boxes[i])
-        chosen.append(k)
+        pts = object_points_from_boxes(boxes[i], cams[i], align, planes[i], object_centre_height_m)
+        k3, d3 = choose_by_points(ends, hands, pts, along_plane=planes[i])
+        in_table = bool(np.isfinite(d3).any())
+        chosen.append(k3 if in_table else k)
+        spaces.append("table" if in_table else "view")
         dists.append(d)
+        points.append(pts)
+        dists_m.append(d3)
         ends_all.append(ends)
     keep = [int(start[i]) + k for i, k in enumerate(chosen)]
     return GroundedMotion(
@@ -157,8 +257,19 @@ def generate_motion_grounded(
         boxes=boxes,
         chosen=chosen,
         view_distance=dists,
+        object_points=points,
+        object_distance_m=dists_m,
+        space=spaces,
         candidate_ends=ends_all,
     )
 
 
-__all__ = ["GroundedMotion", "choose_by_boxes", "generate_motion_grounded", "motion_final_wrists"]
+__all__ = [
+    "RERANK_SPACES",
+    "GroundedMotion",
+    "choose_by_boxes",
+    "choose_by_points",
+    "generate_motion_grounded",
+    "motion_final_wrists",
+    "object_points_from_boxes",
+]
