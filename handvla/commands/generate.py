@@ -18,8 +18,9 @@ Weak-perspective alignment leaves 3D unchanged, so the generated motion is in th
 itself answers for the objects the hands go to (``--objects``, or read off the instruction); the JSON's
 ``rerank`` gives the objects, the boxes, the kept sample and every sample's distance (``handvla.vla.rerank``).
 With ``--table-plane nx,ny,nz,d`` (the table the objects rest on, camera frame, metres, normal pointing up)
-the choice is made in 3-D: each box centre's ray meets the table, which places the object, and the sample
-whose wrists end nearest those points is kept (``rerank.object_points_m``, ``rerank.object_distance_m``).
+the choice is made on the table: each box centre's ray meets the table, which places the object in 3-D,
+and the sample whose wrists end nearest those points along the table is kept (``rerank.object_points_m``,
+``rerank.object_distance_m``).
 """
 
 from __future__ import annotations
@@ -329,7 +330,7 @@ def register(subparsers) -> None:
         default=None,
         metavar="NX,NY,NZ,D",
         help="with --rerank-samples: the table the objects rest on, camera frame (n . p + d = 0, metres, n pointing "
-        "up): the choice is made in 3-D, each box centre's ray met with the table (default: in the image)",
+        "up): the choice is made on the table, each box centre's ray met with it (default: in the image)",
     )
     p.add_argument("--no-video", action="store_true", help="write only the npz")
     p.add_argument("--mano-dir", help="MANO model folder, for a motion tokenizer whose hand model is MANO")

@@ -196,8 +196,8 @@ def register(subparsers) -> None:
         "--rerank-space",
         choices=("table", "view"),
         default="table",
-        help="where --rerank-samples compares final wrists with the boxes: 'table' in 3-D (each box centre's ray "
-        "met with the table, HandWorld's world z = 0 from the episode's extrinsics) or 'view' in the image",
+        help="where --rerank-samples compares final wrists with the boxes: 'table' along the table (each box "
+        "centre's ray met with it, HandWorld's world z = 0 from the episode's extrinsics) or 'view' in the image",
     )
     e.add_argument(
         "--counterfactual",
