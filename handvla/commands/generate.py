@@ -76,13 +76,13 @@ def parse_plane(text: str | None) -> np.ndarray | None:
     -> (4,) with a unit normal (None passes through)."""
     if text is None:
         return None
+    from handvla.vla.grounding import as_plane
+
     try:
-        vals = np.array([float(v) for v in str(text).split(",")], np.float64)
+        vals = [float(v) for v in str(text).split(",")]
     except ValueError:
         raise InputError("--table-plane", None, "four numbers nx,ny,nz,d (camera frame, metres)", repr(text)) from None
-    if vals.shape != (4,) or not np.isfinite(vals).all() or np.linalg.norm(vals[:3]) < 1e-9:
-        raise InputError("--table-plane", None, "four finite numbers nx,ny,nz,d with a nonzero normal", repr(text))
-    return vals / np.linalg.norm(vals[:3])
+    return as_plane(vals, "--table-plane", None)
 
 
 def read_image(path: str | Path):

@@ -103,6 +103,7 @@ from handvla.vla.rerank import (
     RERANK_SPACES,
     choose_by_boxes,
     choose_by_points,
+    choose_sample,
     generate_motion_grounded,
     object_points_from_boxes,
 )
@@ -622,9 +623,7 @@ def _score_rerank(
         row[f"rerank_{key}_hits"] = []
     view = points_in_view(ends.reshape(-1, 3), ep.camera, align).reshape(*ends.shape[:2], 2)
     k_view, _ = choose_by_boxes(view, hands, boxes)
-    k_table, d_table = choose_by_points(ends, hands, pts, along_plane=plane)
-    if not np.isfinite(d_table).any():
-        k_table = k_view
+    k_table = choose_sample(ends, view, hands, boxes, pts, plane)[0]  # the image's choice when nothing is placed
     for h, oid in ctx["pairs"]:
         j = hands.index(h)
         hit = {"box": nearest_box(boxes.get(h), in_view) == oid, "first": target_hit(ends[0, j], oid, objects),

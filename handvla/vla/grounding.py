@@ -123,6 +123,15 @@ def support_plane_in_camera(camera: Camera, height_m: float = 0.0) -> np.ndarray
     return np.array([*n, -float(n @ (R @ np.array([0.0, 0.0, float(height_m)]) + t))])
 
 
+def as_plane(values, where: str, field: str | None) -> np.ndarray:
+    """A plane (nx, ny, nz, d) (n . p + d = 0) as (4,) float64 with a unit normal, or an error naming
+    ``where`` / ``field`` when it is not four finite numbers with a nonzero normal."""
+    a = np.asarray(values, np.float64)
+    if a.shape != (4,) or not np.isfinite(a).all() or np.linalg.norm(a[:3]) < 1e-9:
+        raise InputError(where, field, "four finite numbers (nx, ny, nz, d) with a nonzero normal", repr(values))
+    return a / np.linalg.norm(a[:3])
+
+
 def view_points_on_plane(
     view: np.ndarray, camera: Camera, align: bool, plane: np.ndarray, above_m: float = 0.0
 ) -> np.ndarray:
@@ -377,6 +386,7 @@ def evaluate_grounding(
 
 __all__ = [
     "BOX_SCALE",
+    "as_plane",
     "evaluate_grounding",
     "grounding_answer",
     "grounding_prefix",

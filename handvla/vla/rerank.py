@@ -40,6 +40,7 @@ from handvla.camera import Camera
 from handvla.errors import InputError
 from handvla.vla.generation import MotionGeneration, _broadcast, answer_questions, generate_motion
 from handvla.vla.grounding import (
+    as_plane,
     box_centre,
     grounding_prompt,
     parse_grounding_answer,
@@ -123,6 +124,23 @@ def choose_by_points(
     return int(np.argmin(d)), np.where(np.isfinite(d), d, np.nan)
 
 
+def choose_sample(
+    ends_cam: np.ndarray,
+    ends_view: np.ndarray,
+    hands: Sequence[str],
+    boxes: dict[str, tuple[int, int, int, int] | None],
+    points: dict[str, np.ndarray | None],
+    plane: np.ndarray | None,
+) -> tuple[int, str, np.ndarray, np.ndarray]:
+    """The kept sample of one request: chosen on the table (`choose_by_points` along ``plane``) when some
+    named hand's object is placed on it (``points``), else in the image (`choose_by_boxes` on ``ends_view``).
+    Returns (its index, "table" or "view", the (samples,) image distances, the (samples,) table distances)."""
+    k_view, d_view = choose_by_boxes(ends_view, hands, boxes)
+    k_table, d_table = choose_by_points(ends_cam, hands, points, along_plane=plane)
+    on_table = bool(np.isfinite(d_table).any())
+    return (k_table, "table", d_view, d_table) if on_table else (k_view, "view", d_view, d_table)
+
+
 def object_points_from_boxes(
     boxes: dict[str, tuple[int, int, int, int] | None],
     camera: Camera,
@@ -194,15 +212,8 @@ def generate_motion_grounded(
         planes = _broadcast(support_planes, n, "support_planes")
     else:
         planes = [support_planes] * n
-    for i, p in enumerate(planes):
-        if p is not None:
-            a = np.asarray(p, np.float64)
-            if a.shape != (4,) or not np.isfinite(a).all() or np.linalg.norm(a[:3]) < 1e-9:
-                raise InputError(
-                    "generate_motion_grounded", f"support_planes[{i}]", "(nx, ny, nz, d), a finite nonzero normal",
-                    repr(p),
-                )  # fmt: skip
-            planes[i] = a / np.linalg.norm(a[:3])
+    planes = [None if p is None else as_plane(p, "generate_motion_grounded", f"support_planes[{i}]")
+              for i, p in enumerate(planes)]  # fmt: skip
     if not np.isfinite(object_centre_height_m) or object_centre_height_m < 0:
         raise InputError("generate_motion_grounded", "object_centre_height_m", "metres >= 0", repr(object_centre_height_m))
     secs = _broadcast(seconds, n, "seconds") if isinstance(seconds, (list, tuple)) else [seconds] * n
@@ -237,12 +248,10 @@ def generate_motion_grounded(
         hands, rows = gen.hands[start[i]], range(start[i], start[i + 1])
         ends = motion_final_wrists(motion_tokenizer, [gen.motion[j] for j in rows], hands)
         view = points_in_view(ends.reshape(-1, 3), cams[i], align).reshape(len(rows), len(hands), 2)
-        k, d = choose_by_boxes(view, hands, boxes[i])
         pts = object_points_from_boxes(boxes[i], cams[i], align, planes[i], object_centre_height_m)
-        k3, d3 = choose_by_points(ends, hands, pts, along_plane=planes[i])
-        in_table = bool(np.isfinite(d3).any())
-        chosen.append(k3 if in_table else k)
-        spaces.append("table" if in_table else "view")
+        k, space, d, d3 = choose_sample(ends, view, hands, boxes[i], pts, planes[i])
+        chosen.append(k)
+        spaces.append(space)
         dists.append(d)
         points.append(pts)
         dists_m.append(d3)
@@ -269,6 +278,7 @@ __all__ = [
     "GroundedMotion",
     "choose_by_boxes",
     "choose_by_points",
+    "choose_sample",
     "generate_motion_grounded",
     "motion_final_wrists",
     "object_points_from_boxes",
