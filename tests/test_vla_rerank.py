@@ -247,7 +247,7 @@ def test_grounded_generation_keeps_the_nearest_sample(world, bundle, monkeypatch
         rr.generate_motion_grounded(model, proc, mt, image, "wave", objects={}, cameras=ep.camera.K, align=False)
 
 
-def test_evaluation_reports_rerank_scores(world, bundle, monkeypatch):
+def test_evaluation_reports_rerank_scores(world, bundle, monkeypatch, benchmark_script):
     import handvla.vla.rerank as rr
     from handvla.vla.evaluate import evaluate_handworld
     from handvla.vla.processing import hands_for_mode
@@ -287,6 +287,18 @@ def test_evaluation_reports_rerank_scores(world, bundle, monkeypatch):
     for row in named:
         assert row["rerank"]["space"] == "table" and row["rerank_table_hits"] == row["target_hits"]
         assert all(p is not None for p in row["rerank"]["object_points_m"].values())
+    # the offline rules (benchmarks/vla_rerank_rules.py) on these rows agree with the evaluation's own rates
+    from handvla.data.store import EpisodeStore
+
+    offline = benchmark_script("vla_rerank_rules").score_rules(boxed["episodes"], EpisodeStore(world), False,
+                                                              boxed["episodes"])  # fmt: skip
+    bs = boxed["summary"]
+    assert offline["pairs"] == bs["target_pairs"] == bs["rerank"]["any_sample_target_accuracy_n"]
+    for rule, key in (("kept", "target_accuracy"), ("greedy", "target_accuracy")):
+        assert offline["rules"][rule]["rate"] == pytest.approx(bs[key], abs=1e-4)
+    for rule, key in (("any", "any_sample"), ("true_box_table", "true_box_table_choice"),
+                      ("true_end_table", "true_centre_choice")):  # fmt: skip
+        assert offline["rules"][rule]["rate"] == pytest.approx(bs["rerank"][f"{key}_target_accuracy"], abs=1e-4)
     monkeypatch.undo()
     view = evaluate_handworld(bundle, world, max_episodes=8, max_seconds=1, rerank_samples=3, rerank_space="view")
     vrows = [row for row in view["episodes"] if "rerank_box_hits" in row]
