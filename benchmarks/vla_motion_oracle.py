@@ -11,7 +11,11 @@ of the hand that goes there. Prompts (``--condition``):
 - ``start``: where the wrist starts (location tokens), no target;
 - ``target``: the start and the target object's centre (location tokens);
 - ``final``: the start and where the true wrist path ends (location tokens): the purest "place -> ids" step;
-- ``target_digits``: the start and the target as signed millimetre digit strings (as a box in text would be).
+- ``target_digits``: the start and the target as signed millimetre digit strings (as a box in text would be);
+- ``target_only``: the target object's centre alone (3-D, no start);
+- ``target_uv``: where the target's centre is in the image alone (x / z, y / z: the place a stated box gives,
+  without depth or start);
+- ``start_target_uv``: the start (3-D) and the target's place in the image.
 
 Location tokens: one token per (role, axis, bin), ``--bins`` uniform bins between the 1st and 99th
 percentile of the training values. Positions are in the camera frame, mirrored for left hands (x -> -x), as
@@ -54,7 +58,20 @@ import time
 import numpy as np
 import torch
 
-ROLES = ("start", "target", "final")
+ROLES = ("start", "target", "final", "target_uv")
+#: values per role: camera-frame positions (3) or image-plane coordinates (2)
+ROLE_DIMS = {"start": 3, "target": 3, "final": 3, "target_uv": 2}
+#: the roles each --condition tells, in prompt order
+CONDITION_ROLES = {
+    "none": (),
+    "start": ("start",),
+    "target": ("start", "target"),
+    "final": ("start", "final"),
+    "target_digits": ("start", "target"),
+    "target_only": ("target",),
+    "target_uv": ("target_uv",),
+    "start_target_uv": ("start", "target_uv"),
+}
 
 
 def collect_pairs(paths, mt, seconds: int, limit: int | None = None) -> list[dict]:
@@ -103,6 +120,7 @@ def collect_pairs(paths, mt, seconds: int, limit: int | None = None) -> list[dic
                         "start": np.asarray(m.wrist_pos[valid[0]], np.float64) * sign,
                         "target": objects[tgs[0]] * sign,
                         "final": np.asarray(m.wrist_pos[valid[-1]], np.float64) * sign,
+                        "target_uv": (objects[tgs[0]] * sign)[:2] / objects[tgs[0]][2],
                     }
                 )
     return rows
@@ -113,10 +131,12 @@ class PromptCoder:
 
     def __init__(self, condition: str, motion_vocab: int, train_rows: list[dict], bins: int):
         self.condition, self.bins, self.base = condition, bins, motion_vocab
-        self.roles = {"none": (), "start": ("start",), "target": ("start", "target"), "final": ("start", "final"),
-                      "target_digits": ("start", "target")}[condition]
-        allv = np.stack([r[role] for r in train_rows for role in ROLES])  # shared range for every role
-        self.lo, self.hi = np.percentile(allv, 1, axis=0), np.percentile(allv, 99, axis=0)
+        self.roles = CONDITION_ROLES[condition]
+        pos3 = np.stack([r[role] for r in train_rows for role in ROLES if ROLE_DIMS[role] == 3])
+        uv = np.stack([r["target_uv"] for r in train_rows])
+        # one shared range for the camera-frame roles, its own for the image-plane one
+        self.lo = {role: np.percentile(uv if ROLE_DIMS[role] == 2 else pos3, 1, axis=0) for role in ROLES}
+        self.hi = {role: np.percentile(uv if ROLE_DIMS[role] == 2 else pos3, 99, axis=0) for role in ROLES}
         nxt = motion_vocab
         self.side_tok = {"left": nxt, "right": nxt + 1}
         nxt += 2
@@ -128,12 +148,15 @@ class PromptCoder:
             self.role_tok = {role: nxt + i for i, role in enumerate(ROLES)}
             nxt += len(ROLES)
         else:
-            self.loc0 = nxt  # (role, axis, bin)
-            nxt += len(ROLES) * 3 * bins
+            self.loc0 = {}  # (role, axis, bin)
+            for role in ROLES:
+                self.loc0[role] = nxt
+                nxt += ROLE_DIMS[role] * bins
         self.vocab = nxt
 
-    def bin_of(self, v: np.ndarray) -> np.ndarray:
-        b = np.floor((v - self.lo) / (self.hi - self.lo) * self.bins).astype(np.int64)
+    def bin_of(self, v: np.ndarray, role: str) -> np.ndarray:
+        lo, hi = self.lo[role], self.hi[role]
+        b = np.floor((v - lo) / (hi - lo) * self.bins).astype(np.int64)
         return np.clip(b, 0, self.bins - 1)
 
     def prompt(self, row: dict) -> list[int]:
@@ -146,8 +169,7 @@ class PromptCoder:
                     out.append(self.sign_tok[1 if mm >= 0 else -1])
                     out += [self.digit0 + int(c) for c in f"{min(abs(mm), 9999):04d}"]
             else:
-                r = ROLES.index(role)
-                out += [self.loc0 + (r * 3 + a) * self.bins + int(b) for a, b in enumerate(self.bin_of(row[role]))]
+                out += [self.loc0[role] + a * self.bins + int(b) for a, b in enumerate(self.bin_of(row[role], role))]
         return out + [self.mot_tok]
 
 
@@ -249,7 +271,7 @@ def decode_finals(mt, ids: np.ndarray, rows: list[dict], blocks: int) -> list[np
 
 def told_places(rows: list[dict], condition: str) -> list[np.ndarray] | None:
     """The place the prompt tells, in the camera frame (None for conditions that tell no end place)."""
-    if condition in ("target", "target_digits"):
+    if condition in ("target", "target_digits", "target_only", "target_uv", "start_target_uv"):
         return [np.asarray(r["objects"][r["targets"][0]], np.float64) for r in rows]
     if condition == "final":
         return [r["final_cam"] for r in rows]
@@ -286,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--train", nargs="+", required=True)
     p.add_argument("--eval", required=True)
-    p.add_argument("--condition", default="target", choices=["none", "start", "target", "final", "target_digits"])
+    p.add_argument("--condition", default="target", choices=list(CONDITION_ROLES))
     p.add_argument("--seconds", type=int, default=2)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=16)

@@ -51,6 +51,8 @@ def test_pairs_carry_the_place_in_the_ids_frame(world, oracle):
         sign = np.array([-1.0, 1, 1]) if r["side"] == "left" else np.ones(3)  # the tokenizer mirrors left hands
         np.testing.assert_allclose(r["target"], objects[r["targets"][0]] * sign)
         np.testing.assert_allclose(r["final"] * sign, r["final_cam"])
+        c = objects[r["targets"][0]]  # the image-plane place: the mirrored centre over its depth
+        np.testing.assert_allclose(r["target_uv"], [sign[0] * c[0] / c[2], c[1] / c[2]])
         gt = ep.ground_truth["targets"]
         assert r["targets"] == [int(t["object_id"]) for t in gt if t["hand"] == r["side"]]
 
@@ -59,9 +61,17 @@ def test_pairs_carry_the_place_in_the_ids_frame(world, oracle):
     assert p[0] == coder.side_tok[rows[0]["side"]] and p[-1] == coder.mot_tok and len(p) == 1 + 6 + 1
     assert min(p) >= mt.layout.vocab_size and max(p) < coder.vocab  # never a motion id
     # a bin per axis that grows with the coordinate
-    lo, hi = coder.lo, coder.hi
-    assert (coder.bin_of(lo - 1) == 0).all() and (coder.bin_of(hi + 1) == 7).all()
-    assert (np.diff(coder.bin_of(np.linspace(lo, hi, 50)), axis=0) >= 0).all()
+    for role in ("target", "target_uv"):
+        lo, hi = coder.lo[role], coder.hi[role]
+        assert (coder.bin_of(lo - 1, role) == 0).all() and (coder.bin_of(hi + 1, role) == 7).all()
+        assert (np.diff(coder.bin_of(np.linspace(lo, hi, 50), role), axis=0) >= 0).all()
+    # the image-plane conditions: 2 tokens for the place, 3 for the start; no two roles share a token
+    for cond, n in (("target_only", 3), ("target_uv", 2), ("start_target_uv", 5)):
+        c = mod.PromptCoder(cond, mt.layout.vocab_size, rows, bins=8)
+        assert len(c.prompt(rows[0])) == 1 + n + 1
+    uv = mod.PromptCoder("start_target_uv", mt.layout.vocab_size, rows, bins=8)
+    tokens = [set(range(uv.loc0[r], uv.loc0[r] + mod.ROLE_DIMS[r] * 8)) for r in mod.ROLES]
+    assert sum(map(len, tokens)) == len(set().union(*tokens))
     digits = mod.PromptCoder("target_digits", mt.layout.vocab_size, rows, bins=8)
     row = dict(rows[0], start=np.array([0.1234, -0.05, 0.7]), target=np.array([0.0, 0.2, 1.0]))
     text = digits.prompt(row)[1:-1]
