@@ -26,22 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scipy.stats import binomtest  # noqa: E402
-
 from handvla.commands._util import print_json  # noqa: E402
 from handvla.policy import HandVLAPolicy  # noqa: E402
 from handvla.robot.evaluate import EVAL_SEED, run_sim_eval  # noqa: E402
 from handvla.robot.posttrain import load_posttrain_config, run_posttrain  # noqa: E402
 from handvla.robot.sim.expert import collect_demos  # noqa: E402
+from handvla.stats import mcnemar_exact  # noqa: E402
 
 CONFIG = ROOT / "configs" / "posttrain_relocate.yaml"
 VAL_EPISODES = 5
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pair counts (a binomial test at p = 1/2)."""
-    n = only_a + only_b
-    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
 
 
 def main() -> int:

@@ -30,8 +30,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scipy.stats import binomtest  # noqa: E402
-
 from handvla.atomic import atomic_write_json  # noqa: E402
 from handvla.commands._util import print_json  # noqa: E402
 from handvla.policy import HandVLAPolicy  # noqa: E402
@@ -41,6 +39,7 @@ from handvla.robot.posttrain import load_posttrain_config, run_posttrain  # noqa
 from handvla.robot.sim.expert import collect_demos  # noqa: E402
 from handvla.robot.sim.metaworld import MetaWorldScriptedPolicy  # noqa: E402
 from handvla.robot.sim.suites import suite_tasks  # noqa: E402
+from handvla.stats import mcnemar_exact  # noqa: E402
 
 
 class MeanActionPolicy:
@@ -58,11 +57,6 @@ class MeanActionPolicy:
 
     def infer(self, obs):
         return self.mean[None]
-
-
-def mcnemar_exact(only_a: int, only_b: int) -> float:
-    n = only_a + only_b
-    return 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
 
 
 def table(res: dict) -> dict:

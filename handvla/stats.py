@@ -1,4 +1,5 @@
-"""Small statistics helpers for reporting rates: Wilson score intervals of binomial proportions.
+"""Small statistics helpers for reporting rates: Wilson score intervals of binomial proportions, and the
+exact McNemar test of two methods scored on the same trials.
 
 A rate measured on n trials (say 0.63 = 19 of 30 target pairs) says little without its uncertainty: the
 Wilson 95 % interval of 19 of 30 is [0.455, 0.778]. The Wilson interval (Wilson 1927) keeps its coverage
@@ -56,4 +57,27 @@ def rate_summary(hits: Iterable[bool], prefix: str = "", z: float = Z95) -> dict
     }
 
 
-__all__ = ["Z95", "rate_summary", "wilson_interval"]
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pair counts: trials only method a got right and
+    trials only method b got right (a binomial test of ``only_a`` of their sum at 1/2; 1.0 without any)."""
+    from scipy.stats import binomtest
+
+    for name, v in (("only_a", only_a), ("only_b", only_b)):
+        if isinstance(v, bool) or int(v) != v or v < 0:
+            raise InputError("mcnemar_exact", name, "a whole number >= 0", repr(v))
+    n = int(only_a) + int(only_b)
+    return 1.0 if n == 0 else float(binomtest(int(only_a), n, 0.5).pvalue)
+
+
+def paired_comparison(a: Iterable[bool], b: Iterable[bool]) -> dict[str, object]:
+    """Method b against method a on the same trials (``a[i]``, ``b[i]``: trial i right): ``won`` (only b
+    right), ``lost`` (only a right), ``n`` trials and the exact McNemar ``p``."""
+    a, b = [bool(x) for x in a], [bool(x) for x in b]
+    if len(a) != len(b):
+        raise InputError("paired_comparison", "b", f"{len(a)} outcomes, one per trial of a", f"{len(b)}")
+    won = sum(y and not x for x, y in zip(a, b))
+    lost = sum(x and not y for x, y in zip(a, b))
+    return {"won": won, "lost": lost, "n": len(a), "p": mcnemar_exact(lost, won)}
+
+
+__all__ = ["Z95", "mcnemar_exact", "paired_comparison", "rate_summary", "wilson_interval"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from handvla.errors import InputError
-from handvla.stats import rate_summary, wilson_interval
+from handvla.stats import mcnemar_exact, paired_comparison, rate_summary, wilson_interval
 from handvla.vla.baselines import (
     TrainingEpisode,
     TrainingReference,
@@ -61,6 +61,21 @@ def test_wilson_matches_scipy():
     for k, n in [(0, 10), (5, 10), (10, 10), (1, 1), (7, 23), (63, 100), (250, 1000)]:
         ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
         np.testing.assert_allclose(wilson_interval(k, n), (ci.low, ci.high), atol=1e-9)
+
+
+def test_paired_comparison_is_the_exact_mcnemar_test():
+    # by hand: 0 of 5 discordant pairs one way is 2 * 0.5 ** 5; 3 of 6 is 1; none at all is 1
+    assert mcnemar_exact(0, 5) == pytest.approx(2 * 0.5**5)
+    assert mcnemar_exact(3, 3) == pytest.approx(1.0) and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(86, 27) == pytest.approx(mcnemar_exact(27, 86))
+    a = [True, True, False, False, True, False, True]
+    b = [True, False, True, True, True, True, False]
+    r = paired_comparison(a, b)
+    assert (r["won"], r["lost"], r["n"]) == (3, 2, 7) and r["p"] == pytest.approx(1.0)
+    with pytest.raises(InputError, match="one per trial"):
+        paired_comparison(a, b[:-1])
+    with pytest.raises(InputError, match="only_a"):
+        mcnemar_exact(-1, 2)
 
 
 # ---- the baselines' pieces -------------------------------------------------------------------------------

@@ -121,6 +121,15 @@ def test_generate_best_of_k_by_the_models_boxes(setup, capsys):
         assert rc == 2 and "--table-plane" in err
     rc, _, err = _run(capsys, argv[:-2] + ["--table-plane", "0,-1,0,0.5"])
     assert rc == 2 and "--table-plane" in err and "--rerank-samples" in err
+    # the motion made from the model's own boxes instead of the image
+    rc, stdout, err = _run(capsys, argv[:-1] + ["1", "--motion-from", "places"])
+    assert rc == 0, err
+    rr = json.loads(stdout)["rerank"]
+    assert rr["motion_from"] == "places" and rr["samples"] == 1
+    box = rr["boxes"]["right"]
+    assert rr["places"] == ("" if box is None else f"<ref>the red cube</ref><box>[[{', '.join(map(str, box))}]]</box>")
+    rc, _, err = _run(capsys, argv[:-2] + ["--motion-from", "places"])
+    assert rc == 2 and "--motion-from" in err and "--rerank-samples" in err
 
 
 def test_generate_bad_input(setup, capsys, tmp_path):
@@ -196,6 +205,13 @@ def test_handworld_ground_truth_and_vla_eval(setup, capsys):
     rows = json.loads(out.read_text())["seen"]["reranked_episodes"]  # the kept answers' rows, for paired tests
     assert sum(len(r["target_hits"]) for r in rows) == rr["target_pairs"] and all("rerank" in r for r in rows)
     assert rr["rerank"]["samples"] == 2 and rr["target_pairs"] == json.loads(stdout)["seen"]["target_pairs"]
-    assert "best of 2 by box" in err and "any of 2" in err
+    assert "best of 2 by box" in err and "any of 2" in err and "vs the model above" in err
+    # paired on the same pairs: won / lost recounted from the two sets of rows
+    greedy = {r["episode"]: r["target_hits"] for r in json.loads(out.read_text())["seen"]["episodes"]}
+    won = sum(b and not a for r in rows for a, b in zip(greedy[r["episode"]], r["target_hits"]))
+    lost = sum(a and not b for r in rows for a, b in zip(greedy[r["episode"]], r["target_hits"]))
+    pv = rr["paired_vs_greedy"]
+    assert (pv["won"], pv["lost"], pv["n"]) == (won, lost, rr["target_pairs"]) and 0 < pv["p"] <= 1
+    assert rr["motion_from"] == "image"
     rc, _, err = _run(capsys, ["vla-eval", "--ckpt", str(ckpt), "--store", str(store), "--rerank-samples", "-1"])
     assert rc != 0 and "--rerank-samples" in err

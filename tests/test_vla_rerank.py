@@ -325,7 +325,7 @@ def test_counterfactual_reranked_asks_for_the_asked_object(world, bundle, monkey
     res = evaluate_counterfactual(bundle, world, max_episodes=12, seconds=1, batch_size=4, rerank_samples=3)
     s, rows = res["summary"], res["rows"]
     assert s["episodes"] >= 2 and len(rows) == 2 * s["episodes"]
-    assert s["rerank"] == {"samples": 3, "temperature": 1.0, "space": "table"}
+    assert s["rerank"] == {"samples": 3, "temperature": 1.0, "space": "table", "motion_from": "image"}
     # one grounding question per request, naming the object that request asks for
     assert asked == [grounding_prompt(r["task"].split(" hand to the ")[1]) for r in rows]
     for key in ("named_target_accuracy", "other_object_accuracy"):

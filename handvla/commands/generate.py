@@ -20,7 +20,9 @@ itself answers for the objects the hands go to (``--objects``, or read off the i
 With ``--table-plane nx,ny,nz,d`` (the table the objects rest on, camera frame, metres, normal pointing up)
 the choice is made on the table: each box centre's ray meets the table, which places the object in 3-D,
 and the sample whose wrists end nearest those points along the table is kept (``rerank.object_points_m``,
-``rerank.object_distance_m``).
+``rerank.object_distance_m``). ``--motion-from places`` (with ``--rerank-samples K``; 1 = greedy): the motion
+is made from the model's boxes for the named objects instead of from the image ("where, then how"; models
+trained with ``data.place_motion``); the JSON's ``rerank.places`` is the text it was made from.
 """
 
 from __future__ import annotations
@@ -152,6 +154,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise InputError("--rerank-samples", None, "a whole number >= 0", str(args.rerank_samples))
     objects_arg = parse_objects(args.objects, hands)
     plane = parse_plane(args.table_plane)
+    if args.motion_from != "image" and not args.rerank_samples:
+        raise InputError("--motion-from", None, "--rerank-samples K as well (1: greedy from the places)", "alone")
     if plane is not None and not args.rerank_samples:
         raise InputError("--table-plane", None, "--rerank-samples K as well (it places the objects of the choice)", "alone")
     image = read_image(args.image)
@@ -199,6 +203,7 @@ def run_generate(args: argparse.Namespace) -> int:
             bundle.model, bundle.processor, mt, view, args.instruction, int(args.seconds), args.hands,
             objects=objects, cameras=Camera(*map(float, cam), W, H), align=align, samples=args.rerank_samples,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, support_planes=plane,
+            motion_from=args.motion_from,
         )  # fmt: skip
         rerank = {
             "samples": int(len(out.candidate_ends[0])),
@@ -207,6 +212,8 @@ def run_generate(args: argparse.Namespace) -> int:
             "chosen": out.chosen[0],
             "chosen_in": out.space[0],
             "view_distance": [None if not np.isfinite(d) else round(float(d), 1) for d in out.view_distance[0]],
+            "motion_from": args.motion_from,
+            "places": out.places[0],
         }
         if plane is not None:
             rerank["object_points_m"] = {
@@ -331,6 +338,14 @@ def register(subparsers) -> None:
         metavar="NX,NY,NZ,D",
         help="with --rerank-samples: the table the objects rest on, camera frame (n . p + d = 0, metres, n pointing "
         "up): the choice is made on the table, each box centre's ray met with it (default: in the image)",
+    )
+    p.add_argument(
+        "--motion-from",
+        choices=("image", "places"),
+        default="image",
+        help="with --rerank-samples: make the motion from the image (default) or from the boxes the model answers "
+        "for the named objects ('places': the image is only used to ask where they are; models trained with "
+        "data.place_motion; --rerank-samples 1 is the greedy answer)",
     )
     p.add_argument("--no-video", action="store_true", help="write only the npz")
     p.add_argument("--mano-dir", help="MANO model folder, for a motion tokenizer whose hand model is MANO")

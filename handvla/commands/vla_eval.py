@@ -33,7 +33,12 @@ def _parse_stores(items: list[str]) -> dict[str, str]:
 
 def run_vla_eval(args: argparse.Namespace) -> int:
     from handvla.vla.baselines import checkpoint_training_stores, load_training_reference
-    from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld, format_summary_table
+    from handvla.vla.evaluate import (
+        evaluate_counterfactual,
+        evaluate_handworld,
+        format_summary_table,
+        paired_target_hits,
+    )
     from handvla.vla.grounding import evaluate_grounding
     from handvla.vla.modeling import load_vla
 
@@ -88,13 +93,16 @@ def run_vla_eval(args: argparse.Namespace) -> int:
                 bundle, path, max_episodes=args.episodes, max_seconds=args.max_seconds, align=align,
                 seed=args.seed, batch_size=args.batch_size, rerank_samples=args.rerank_samples,
                 rerank_temperature=args.rerank_temperature, rerank_space=args.rerank_space,
+                motion_from=args.motion_from,
             )  # fmt: skip
             rr = rr_all["summary"]
             res["reranked_episodes"] = rr_all["episodes"]  # --out: per episode, beside the greedy rows
             res["summary"]["reranked"] = {
                 k: rr.get(k)
                 for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m", "rerank")
-            } | {"temperature": args.rerank_temperature, "space": args.rerank_space}
+            } | {"temperature": args.rerank_temperature, "space": args.rerank_space, "motion_from": args.motion_from,
+                 # the same pairs decoded both ways: won / lost against the greedy answer, exact McNemar p
+                 "paired_vs_greedy": paired_target_hits(res["episodes"], rr_all["episodes"])}
         if args.counterfactual:  # instruction following: the same image, another object named
             res["summary"]["counterfactual"] = evaluate_counterfactual(
                 bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2, batch_size=args.batch_size,
@@ -105,6 +113,7 @@ def run_vla_eval(args: argparse.Namespace) -> int:
                     bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2,
                     batch_size=args.batch_size, align=align, rerank_samples=args.rerank_samples,
                     rerank_temperature=args.rerank_temperature, rerank_space=args.rerank_space, seed=args.seed,
+                    motion_from=args.motion_from,
                 )["summary"]  # fmt: skip
         if args.grounding:  # "where is the red cube?": object grounding in the model's view
             res["summary"]["grounding"] = evaluate_grounding(
@@ -198,6 +207,14 @@ def register(subparsers) -> None:
         default="table",
         help="where --rerank-samples compares final wrists with the boxes: 'table' along the table (each box "
         "centre's ray met with it, HandWorld's world z = 0 from the episode's extrinsics) or 'view' in the image",
+    )
+    e.add_argument(
+        "--motion-from",
+        choices=("image", "places"),
+        default="image",
+        help="what the --rerank-samples answers are made from: 'image' (the reference), or 'places': the model is "
+        "asked where the named objects are and the motion is made from its boxes instead of the image (models "
+        "trained with data.place_motion; --rerank-samples 1 gives the greedy answer from the places)",
     )
     e.add_argument(
         "--counterfactual",

@@ -57,7 +57,7 @@ import json
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ from handvla.vla.processing import (
     generation_prompt,
     hands_for_mode,
     place_images,
+    place_prompt,
     token_endpoint_rows,
     translation_prompt,
 )
@@ -148,6 +149,14 @@ class VLADataConfig(ConfigModel):
         ge=0.0,
         description="auxiliary object-grounding questions per task sample, from episodes whose scene is known "
         "(HandWorld; handvla.vla.grounding); 0: the reference's three task types only",
+    )
+    place_motion: float = Field(
+        0.0,
+        ge=0.0,
+        description="image-free 'motion from places' copies per generation sample whose targets are known "
+        "(HandWorld): the image in the prompt replaced by the target objects' boxes in the view "
+        "(processing.place_prompt), the same motion answer, so that the motion must be read off the stated "
+        "place (decoded by generate_motion(places=...)); 0: none (the reference)",
     )
     seed: int = 0
 
@@ -313,6 +322,7 @@ def collect_samples(
         raise ConfigError(f"collect_samples: split must be 'train', 'val' or 'all', got {split!r}")
     if cfg.manifest:
         specs, dirs, report = _manifest_samples(cfg, split)
+        specs, report = _with_place_motion(specs, _open_stores(dirs), report, cfg)
         return _with_grounding(specs, dirs, report, cfg, split)
     if not cfg.stores:
         raise ConfigError("data: give 'stores' (episode store folders) or a 'manifest'")
@@ -347,7 +357,55 @@ def collect_samples(
         specs = pool
     report["samples"] = len(specs)
     report["task_types"] = {t: sum(1 for s in specs if s.task_type == t) for t in ALL_TASK_TYPES}
+    specs, report = _with_place_motion(specs, stores, report, cfg)
     return _with_grounding(specs, [str(Path(p)) for p in cfg.stores], report, cfg, split, stores)
+
+
+def target_places(ground_truth, camera, align: bool, where: str, hands: Sequence[str]) -> str:
+    """The places a motion-from-places prompt states for ``hands``: each hand's first target, left before
+    right (the order `generate_motion_grounded` names them in), in InternVL's grounding format; "" when no
+    hand's target is known and in view."""
+    named = []
+    for h in ("left", "right"):
+        if h in hands:
+            named += target_grounding(ground_truth, camera, align, where, (h,))[:1]
+    return grounding_prefix(named)
+
+
+def _with_place_motion(
+    specs: list[SampleSpec], stores: list, report: dict[str, Any], cfg: VLADataConfig
+) -> tuple[list[SampleSpec], dict[str, Any]]:
+    """``specs`` plus ``round(cfg.place_motion * n)`` motion-from-places copies (``VLADataConfig.place_motion``)
+    of the n generation samples with an image whose targets are known, drawn seeded (each once before any
+    repeats): the same span and answer, no image, the prompt's ``<image>`` replaced by the targets' boxes."""
+    if cfg.place_motion <= 0:
+        return specs, report
+    pool: list[SampleSpec] = []
+    places: dict[tuple, str] = {}
+    for s in specs:
+        if s.task_type != "generation" or s.image_s is None or s.prompt.count(IMAGE_PLACEHOLDER) != 1:
+            continue
+        key = (s.dataset, s.episode, s.hand_mode)
+        if key not in places:
+            store = stores[s.dataset]
+            row = store.meta(s.episode)
+            where = f"{store.root} episode {s.episode}"
+            places[key] = target_places(
+                row.get("ground_truth"), camera_from_row(row), cfg.align, where, hands_for_mode(s.hand_mode)
+            )
+        if places[key]:
+            pool.append(replace(s, image_s=None, prompt=place_prompt(s.prompt, places[key])))
+    if not pool:
+        raise ConfigError(
+            f"data.place_motion = {cfg.place_motion}: no generation sample with an image has known targets in "
+            "view (ground_truth.targets and scene, as HandWorld writes): set data.place_motion to 0"
+        )
+    n = int(round(cfg.place_motion * len(pool)))
+    rng = np.random.default_rng([int(cfg.seed), 0x91ACE])
+    order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))])[:n]
+    report = dict(report, place_motion={"samples": n, "distinct": len(pool)})
+    report["samples"] = report.get("samples", len(specs)) + n
+    return specs + [pool[i] for i in order.tolist()], report
 
 
 def _with_grounding(

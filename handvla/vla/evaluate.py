@@ -63,7 +63,7 @@ from handvla.data.store import EpisodeStore
 from handvla.errors import ConfigError, InputError
 from handvla.hand.metrics import mpjpe, mwte, pa_mpjpe
 from handvla.hand.motion import HandMotion
-from handvla.stats import rate_summary
+from handvla.stats import paired_comparison, rate_summary
 from handvla.vla.baselines import (
     TrainingReference,
     checkpoint_training_stores,
@@ -100,6 +100,7 @@ from handvla.vla.grounding import (
 from handvla.vla.modeling import load_vla
 from handvla.vla.processing import generation_prompt, hands_for_mode
 from handvla.vla.rerank import (
+    MOTION_SOURCES,
     RERANK_SPACES,
     choose_by_boxes,
     choose_by_points,
@@ -277,6 +278,7 @@ def evaluate_handworld(
     rerank_temperature: float = 1.0,
     rerank_space: str = "table",
     object_centre_height_m: float = 0.03,
+    motion_from: str = "image",
 ) -> dict[str, Any]:
     """Generate and score motion on HandWorld episodes of ``store`` (a folder or an ``EpisodeStore``).
 
@@ -297,7 +299,9 @@ def evaluate_handworld(
     itself answers for those objects kept; ``summary.rerank`` scores the boxes and the first and best samples.
     ``rerank_space``: "table" chooses along the table, objects placed on HandWorld's table (world z = 0,
     known from the episode's extrinsics) with their centres ``object_centre_height_m`` above it; "view" in
-    the image.
+    the image. ``motion_from`` "places" (with ``rerank_samples`` >= 1; 1 = greedy): the motion answers are
+    made from where the model's grounding answers put the named objects instead of from the image
+    (`generate_motion_grounded`, "where, then how").
 
     Returns {"summary": overall + ``per_rig`` + ``baselines`` (+ ``translation``, ``prediction``),
     "episodes": one row per episode, "translation_episodes", "prediction_episodes": their rows}.
@@ -317,6 +321,13 @@ def evaluate_handworld(
         raise ConfigError(f"evaluate_handworld: rerank_space: expected one of {RERANK_SPACES}, got {rerank_space!r}")
     if rerank_samples and not constrained:
         raise ConfigError("evaluate_handworld: rerank_samples decodes under the block constraint; constrained=False")
+    if motion_from not in MOTION_SOURCES:
+        raise ConfigError(f"evaluate_handworld: motion_from: expected one of {MOTION_SOURCES}, got {motion_from!r}")
+    if motion_from != "image" and not rerank_samples:
+        raise ConfigError(
+            "evaluate_handworld: motion_from='places' asks the model where the objects are first: give "
+            "rerank_samples >= 1 (1: the greedy answer from the places)"
+        )
     if isinstance(translation_max_tokens, bool) or int(translation_max_tokens) < 1:
         raise ConfigError(
             f"evaluate_handworld: translation_max_tokens: expected a whole number >= 1, got {translation_max_tokens!r}"
@@ -375,7 +386,7 @@ def evaluate_handworld(
                 cameras=[r[1].camera for r in batch], align=align, samples=int(rerank_samples),
                 temperature=rerank_temperature, seed=seed, object_centre_height_m=object_centre_height_m,
                 support_planes=[support_plane_in_camera(r[1].camera) if rerank_space == "table" else None
-                                for r in batch],
+                                for r in batch], motion_from=motion_from,
             )  # fmt: skip
             seqs, plen = grounded.sequences, grounded.prompt_length
         else:
@@ -617,6 +628,7 @@ def _score_rerank(
         "samples": int(len(ends)),
         "final_wrists_m": np.round(ends, 4).tolist(),
         "object_points_m": {h: None if p is None else np.round(p, 4).tolist() for h, p in pts.items()},
+        "places": grounded.places[i] if grounded.places else "",
     }
     keys = ("box", "first", "any", "view", "table", "true_box_view", "true_box_table", "true_centre")
     for key in keys:
@@ -642,6 +654,20 @@ def _score_rerank(
             row[f"rerank_{key}_hits"].append(bool(hit[key]))
 
 
+def paired_target_hits(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two decodings of the same episodes (`evaluate_handworld` rows) compared on their common (hand,
+    target) pairs: b's ``won`` / ``lost`` pairs against a and the exact McNemar ``p``
+    (`handvla.stats.paired_comparison`)."""
+    b_hits = {r["episode"]: r["target_hits"] for r in rows_b}
+    a, b = [], []
+    for r in rows_a:
+        other = b_hits.get(r["episode"])
+        if other is not None and len(other) == len(r["target_hits"]):
+            a += r["target_hits"]
+            b += other
+    return paired_comparison(a, b)
+
+
 def _summarise_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The rates of `_score_rerank` over the rows that have them ({} when decoding did not rerank)."""
     scored = [r for r in rows if "rerank_box_hits" in r]
@@ -650,6 +676,7 @@ def _summarise_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "rerank": {
             "samples": max(r["rerank"]["samples"] for r in scored),
+            "from_places": sum(bool(r["rerank"].get("places")) for r in scored),  # requests made from places
             "chosen_in": dict(Counter(r["rerank"]["space"] for r in scored)),  # requests per space of the choice
             **rate_summary([h for r in scored for h in r["rerank_box_hits"]], "box_points_at_target"),
             **rate_summary([h for r in scored for h in r["rerank_first_hits"]], "first_sample_target_accuracy"),
@@ -886,6 +913,7 @@ def evaluate_counterfactual(
     rerank_space: str = "table",
     object_centre_height_m: float = 0.03,
     seed: int | None = 0,
+    motion_from: str = "image",
 ) -> dict[str, Any]:
     """Instruction following, measured by asking for ANOTHER object of the same scene.
 
@@ -900,7 +928,9 @@ def evaluate_counterfactual(
     `_counterfactual_prefix_scores`: whether its stated boxes point at the asked object, and whether its
     motion follows a stated box that contradicts the instruction. ``rerank_samples`` > 0: each request is
     decoded best of that many by the model's own box for the asked object (`generate_motion_grounded`, as
-    `evaluate_handworld`'s options of the same names) instead of greedily (no prefix scores then).
+    `evaluate_handworld`'s options of the same names) instead of greedily (no prefix scores then);
+    ``motion_from`` "places" makes each request's motion from the model's box for the asked object instead of
+    the image (``rerank_samples`` 1: greedily).
     """
 
     model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
@@ -908,6 +938,11 @@ def evaluate_counterfactual(
         raise ConfigError("evaluate_counterfactual: the VLA bundle has no motion tokenizer to decode motion with")
     if rerank_space not in RERANK_SPACES:
         raise ConfigError(f"evaluate_counterfactual: rerank_space: expected one of {RERANK_SPACES}, got {rerank_space!r}")
+    if motion_from not in MOTION_SOURCES or (motion_from != "image" and not rerank_samples):
+        raise ConfigError(
+            f"evaluate_counterfactual: motion_from: expected one of {MOTION_SOURCES} ('places' with "
+            f"rerank_samples >= 1), got {motion_from!r} with rerank_samples={rerank_samples!r}"
+        )
     st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
     align = model_alignment(model.config) if align is None else bool(align)
     size = tuple(image_size) if image_size else model_image_size(model.config, processor)
@@ -945,7 +980,7 @@ def evaluate_counterfactual(
                 cameras=[r["camera"] for r in part], align=align, samples=int(rerank_samples),
                 temperature=rerank_temperature, seed=seed, object_centre_height_m=object_centre_height_m,
                 support_planes=[support_plane_in_camera(r["camera"]) if rerank_space == "table" else None
-                                for r in part],
+                                for r in part], motion_from=motion_from,
             )  # fmt: skip
             wrists_l += [g.candidate_ends[i][g.chosen[i], 0] for i in range(len(part))]
         wrists = np.stack(wrists_l)
@@ -958,7 +993,8 @@ def evaluate_counterfactual(
     model.train(was)
     out: dict[str, Any] = {"episodes": sum(r["which"] == "factual" for r in reqs), "seconds": int(seconds)}
     if rerank_samples:
-        out["rerank"] = {"samples": int(rerank_samples), "temperature": rerank_temperature, "space": rerank_space}
+        out["rerank"] = {"samples": int(rerank_samples), "temperature": rerank_temperature, "space": rerank_space,
+                         "motion_from": motion_from}  # fmt: skip
     rows, summary = counterfactual_scores(wrists, reqs)
     out.update(summary)
     if prefix:
@@ -1071,7 +1107,13 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
         k = (rr.get("rerank") or {}).get("samples")
         spaces = (rr.get("rerank") or {}).get("chosen_in") or {}
         space = max(spaces, key=spaces.get) if spaces else ""
-        line(f"best of {k} by box, {space}" if space else f"best of {k} by box", rr.get("target_accuracy"), rr.get("target_accuracy_ci95"), rr.get("final_wrist_error_m"))
+        label = f"best of {k} by box, {space}" if space else f"best of {k} by box"
+        if rr.get("motion_from") == "places":
+            label = f"from its places, {label}" if k != 1 else "from its places"
+        line(label, rr.get("target_accuracy"), rr.get("target_accuracy_ci95"), rr.get("final_wrist_error_m"))
+        pv = rr.get("paired_vs_greedy")
+        if pv:
+            lines.append(f"    vs the model above: {pv['won']} pairs won, {pv['lost']} lost (exact McNemar p {pv['p']:.2g})")
         for key, label in (
             ("first_sample_target_accuracy", "  one sample"),
             ("any_sample_target_accuracy", f"  any of {k}"),
@@ -1116,6 +1158,8 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
                              f"{'95% CI':<17}{'other object':>13}  {'95% CI':<17}{'same end':>9}")  # fmt: skip
             if "rerank" in cf:
                 label = f"best of {cf['rerank']['samples']}, {cf['rerank']['space']}"
+                if cf["rerank"].get("motion_from") == "places":
+                    label = "from its places" + (f", {label}" if cf["rerank"]["samples"] != 1 else "")
             lines.append(
                 f"    {label:<26}{_fmt(cf.get('named_target_accuracy')):>11}  "
                 f"{_fmt_ci(cf.get('named_target_accuracy_ci95')):<17}{_fmt(cf.get('other_object_accuracy')):>13}  "

@@ -44,6 +44,7 @@ from handvla.vla.processing import (
     continuation_prompt,
     generation_prompt,
     hands_for_mode,
+    place_prompt,
     translation_prompt,
 )
 from handvla.vla.text_tokenizer import MotionVocab
@@ -399,6 +400,7 @@ def _motion_request(
     history=None,
     system=...,
     prefixes=None,
+    places=None,
 ) -> tuple[list[EncodedSample], list[int], list[int], list[tuple[str, ...]]]:
     tasks_l = _as_list(tasks)
     n = len(tasks_l)
@@ -409,6 +411,10 @@ def _motion_request(
     modes = _broadcast(hand_mode, n, "hand_mode")
     hands = [hands_for_mode(m) for m in modes]
     hist = _broadcast(history, n, "history") if history is not None else [None] * n
+    if places is None or isinstance(places, str):
+        places_l = [places] * n
+    else:
+        places_l = _broadcast(list(places), n, "places")
     fps = processor.config.motion_fps
     samples = []
     for i in range(n):
@@ -432,6 +438,10 @@ def _motion_request(
                 )
             prompt = continuation_prompt(tasks_l[i], h.shape[0], secs[i], modes[i], fps)
             motions = [h]
+        if places_l[i]:  # motion from stated places: the image is not shown
+            prompt = place_prompt(prompt, places_l[i])
+            samples.append(processor.encode(prompt, images=[], prompt_motions=motions, system=system))
+            continue
         samples.append(processor.encode(prompt, images=[images_l[i]], prompt_motions=motions, system=system))
     if prefixes is not None:
         for i, text in enumerate(_broadcast(prefixes, n, "prefixes")):
@@ -459,6 +469,7 @@ def generate_motion(
     system=...,
     history: Sequence[np.ndarray] | None = None,
     prefixes: str | Sequence[str] | None = None,
+    places: str | Sequence[str | None] | None = None,
 ) -> MotionGeneration:
     """Instructed motion generation with the reference prompt, batched over ``tasks`` (one image per task,
     or one image for all). ``seconds`` / ``hand_mode``: one value or one per task. Greedy by default;
@@ -469,9 +480,15 @@ def generate_motion(
     A model whose ``motion_answer_prefix`` is not "none" first says its text (up to
     `TEXT_PREFIX_MAX_TOKENS`), returned in ``prefix_texts``. ``prefixes``: per task (or one for all), text
     the answer is made to start with instead (e.g. the box of another object, to see whether the motion
-    follows what the answer says); the motion blocks then follow it at once."""
+    follows what the answer says); the motion blocks then follow it at once.
+
+    ``places``: per task (or one for all; None: none), where the objects the motion acts on are, in InternVL's
+    grounding format ("<ref>the red cube</ref><box>[[x1, y1, x2, y2]]</box>", boxes 0..1000 of the model's
+    view; `handvla.vla.grounding.grounding_prefix`): the motion is made from the stated places instead of the
+    image (`place_prompt`; models trained with ``VLADataConfig.place_motion``); a task whose place is None or
+    "" keeps its image."""
     samples, secs, blocks, hands = _motion_request(
-        processor, images, tasks, seconds, hand_mode, history, system, prefixes
+        processor, images, tasks, seconds, hand_mode, history, system, prefixes, places
     )
     vocab = processor.vocab
     text = 0 if prefixes is not None else text_prefix_tokens(processor.config)

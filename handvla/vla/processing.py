@@ -112,6 +112,20 @@ def continuation_prompt(
     )
 
 
+def place_prompt(prompt: str, places: str) -> str:
+    """An image prompt with the image replaced by where its objects are: the prompt of a motion answer made
+    from stated places instead of pixels ("motion from places": ``VLADataConfig.place_motion`` trains it,
+    ``generate_motion(places=...)`` decodes it). ``places``: the objects the answer acts on in InternVL's
+    grounding format (`handvla.vla.grounding.grounding_prefix`), e.g. "In <image>, pick up the red cube, what
+    is ...?" -> "In <ref>the red cube</ref><box>[[...]]</box>, pick up the red cube, what is ...?". Every
+    template with one ``<image>`` works, so manifest prompts need no second set of templates."""
+    if prompt.count(IMAGE_PLACEHOLDER) != 1:
+        raise InputError("place_prompt", "prompt", f"exactly one {IMAGE_PLACEHOLDER}", repr(prompt))
+    if not isinstance(places, str) or "<box>" not in places:
+        raise InputError("place_prompt", "places", "one or more '<ref>NAME</ref><box>[[x1, y1, x2, y2]]</box>'", repr(places))
+    return prompt.replace(IMAGE_PLACEHOLDER, places)
+
+
 def place_images(prompt: str, image_position: str) -> str:
     """The user text with its images where ``image_position`` puts them. ``"in_prompt"``: unchanged.
     ``"after_text"``: each ``<image>`` becomes the words "the image" ("image 1", "image 2", ... when there are

@@ -23,6 +23,11 @@ uses the one to pick the other:
      it left out: how high the wrist ends over an object depends on the grasp, not on which object it is;
      measured, README "Does the VLA learn?" (14)).
 
+With ``motion_from="places"`` step 2 draws the answers from the boxes instead of the image: each prompt's
+image is replaced by the named objects' boxes in InternVL's grounding format (`generate_motion`'s
+``places``), so the motion is made from where the model says the objects are ("where, then how"; for models
+trained with ``VLADataConfig.place_motion``; README "Does the VLA learn?" (15)).
+
 A request that names no object is sampled once; one whose answers give no box keeps its first sample. The choice
 uses nothing the model did not say itself besides the camera (needed to relate a 3-D end point and the
 image; in 3-D also where the table is) and the object names (which the caller reads off the instruction,
@@ -42,6 +47,7 @@ from handvla.vla.generation import MotionGeneration, _broadcast, answer_question
 from handvla.vla.grounding import (
     as_plane,
     box_centre,
+    grounding_prefix,
     grounding_prompt,
     parse_grounding_answer,
     points_in_view,
@@ -51,6 +57,8 @@ from handvla.vla.processing import hands_for_mode
 
 #: where `generate_motion_grounded` compares final wrists with the objects: 3-D on the table, or the image
 RERANK_SPACES = ("table", "view")
+#: what `generate_motion_grounded`'s motion answers are made from: the image, or the model's stated places
+MOTION_SOURCES = ("image", "places")
 
 
 @dataclass
@@ -63,7 +71,8 @@ class GroundedMotion(MotionGeneration):
     (no box, no table, or the ray misses it); ``object_distance_m[i]``: (its samples,) mean distance,
     metres, along the table, from the named hands' final wrists to those points (NaN without them);
     ``space[i]``: where the kept sample was chosen, "table" or "view"; ``candidate_ends[i]``: (its samples,
-    hands, 3) every sample's final wrist per hand, camera frame, metres."""
+    hands, 3) every sample's final wrist per hand, camera frame, metres; ``places[i]``: the stated places its
+    motion was made from (``motion_from="places"``; "" when it was made from the image)."""
 
     boxes: list[dict[str, tuple[int, int, int, int] | None]] = field(default_factory=list)
     chosen: list[int] = field(default_factory=list)
@@ -72,6 +81,7 @@ class GroundedMotion(MotionGeneration):
     object_distance_m: list[np.ndarray] = field(default_factory=list)
     space: list[str] = field(default_factory=list)
     candidate_ends: list[np.ndarray] = field(default_factory=list)
+    places: list[str] = field(default_factory=list)
 
 
 def motion_final_wrists(motion_tokenizer, motions: Sequence[np.ndarray], hands: Sequence[str]) -> np.ndarray:
@@ -181,6 +191,7 @@ def generate_motion_grounded(
     max_answer_tokens: int = 48,
     support_planes: np.ndarray | Sequence[np.ndarray | None] | None = None,
     object_centre_height_m: float = 0.03,
+    motion_from: str = "image",
 ) -> GroundedMotion:
     """Instructed motion, best of ``samples`` by the model's grounding answers (module doc). ``objects``: per
     request (or one for all), acting hand -> the name of the object it goes to ("red cube"; hands not named
@@ -191,7 +202,14 @@ def generate_motion_grounded(
     (4,) for all; None: none) the table the objects rest on, camera frame, (nx, ny, nz, d) with the normal
     pointing up (`handvla.vla.grounding.support_plane_in_camera`): the choice is made on the table, objects
     placed on it with their centres ``object_centre_height_m`` above it (module doc); a request
-    without a plane, or whose boxes' rays miss it, is chosen in the image."""
+    without a plane, or whose boxes' rays miss it, is chosen in the image.
+
+    ``motion_from``: "image" (the motion answers see the image) or "places": they see, instead of the image,
+    where the model's own grounding answers put the named objects (`generate_motion`'s ``places``; "where,
+    then how", for models trained with ``VLADataConfig.place_motion``); a request with no named object or no
+    box in its answers keeps the image. ``samples`` 1 with "places" is the greedy answer from the places."""
+    if motion_from not in MOTION_SOURCES:
+        raise InputError("generate_motion_grounded", "motion_from", f"one of {MOTION_SOURCES}", repr(motion_from))
     if isinstance(samples, bool) or int(samples) != samples or samples < 1:
         raise InputError("generate_motion_grounded", "samples", "a whole number >= 1", repr(samples))
     if motion_tokenizer is None:
@@ -233,6 +251,13 @@ def generate_motion_grounded(
         for (i, h, _name), text in zip(questions, answers):
             boxes[i][h] = parse_grounding_answer(text)
 
+    # the stated places, left hand first (as training's `handvla.vla.data.target_places`)
+    places = [
+        grounding_prefix([(o[h], boxes[i][h]) for h in ("left", "right") if h in o and boxes[i].get(h) is not None])
+        if motion_from == "places" else ""
+        for i, o in enumerate(objs)
+    ]  # fmt: skip
+
     # 2. samples of every request, side by side (one for a request that names no object: nothing to choose by)
     counts = [int(samples) if objs[i] else 1 for i in range(n)]
     start = np.concatenate([[0], np.cumsum(counts)]).astype(int)
@@ -240,6 +265,7 @@ def generate_motion_grounded(
     gen = generate_motion(
         model, processor, [images_l[i] for i in rep], [tasks_l[i] for i in rep], [secs[i] for i in rep],
         [modes[i] for i in rep], do_sample=samples > 1, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        places=[places[i] or None for i in rep],
     )  # fmt: skip
 
     # 3. decode, project, keep the nearest
@@ -270,10 +296,12 @@ def generate_motion_grounded(
         object_distance_m=dists_m,
         space=spaces,
         candidate_ends=ends_all,
+        places=places,
     )
 
 
 __all__ = [
+    "MOTION_SOURCES",
     "RERANK_SPACES",
     "GroundedMotion",
     "choose_by_boxes",
