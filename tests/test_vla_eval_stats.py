@@ -78,6 +78,14 @@ def test_paired_comparison_is_the_exact_mcnemar_test():
         mcnemar_exact(-1, 2)
 
 
+def test_printed_json_keeps_small_numbers(capsys):
+    from handvla.commands._util import print_json
+
+    print_json({"p": 6.193e-11, "rate": 0.716783, "zero": 0.0, "lr": 0.00012345, "nested": [{"p": -2.5e-5}]})
+    got = json.loads(capsys.readouterr().out)
+    assert got == {"p": 6.19e-11, "rate": 0.7168, "zero": 0.0, "lr": 0.000123, "nested": [{"p": -2.5e-5}]}
+
+
 # ---- the baselines' pieces -------------------------------------------------------------------------------
 
 

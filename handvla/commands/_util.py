@@ -18,12 +18,15 @@ Run = Callable[[argparse.Namespace], int]
 
 
 def print_json(obj: Any) -> None:
-    """Print a result as one JSON document on stdout (numbers rounded for reading)."""
+    """Print a result as one JSON document on stdout (numbers rounded for reading: 4 decimals, or 3 significant
+    digits below 0.001, so that a small p-value or learning rate does not print as 0)."""
 
     def conv(x):
         if hasattr(x, "item"):
             x = x.item()
         if isinstance(x, float):
+            if x != 0.0 and abs(x) < 1e-3 and x == x and abs(x) != float("inf"):
+                return float(f"{x:.3g}")
             return round(x, 4)
         if isinstance(x, dict):
             return {k: conv(v) for k, v in x.items()}
