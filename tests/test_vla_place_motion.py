@@ -12,6 +12,7 @@ the samples `generate_motion(places=...)` draws with the same seed.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -60,8 +61,6 @@ def _true_places(store, s):
     from handvla.vla.processing import hands_for_mode
 
     row = store.meta(s.episode)
-    import json
-
     gt = json.loads(row["ground_truth"])
     objs = {o["object_id"]: o for o in scene_objects(gt, "t")}
     out = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ def print_json(obj: Any) -> None:
         if hasattr(x, "item"):
             x = x.item()
         if isinstance(x, float):
-            if x != 0.0 and abs(x) < 1e-3 and x == x and abs(x) != float("inf"):
+            if x != 0.0 and abs(x) < 1e-3 and math.isfinite(x):
                 return float(f"{x:.3g}")
             return round(x, 4)
         if isinstance(x, dict):

@@ -82,6 +82,7 @@ from handvla.vla.grounding import (
     grounding_prefix,
     grounding_questions,
     parse_grounding_answer,
+    stated_places,
     target_grounding,
 )
 from handvla.vla.processing import (
@@ -322,8 +323,9 @@ def collect_samples(
         raise ConfigError(f"collect_samples: split must be 'train', 'val' or 'all', got {split!r}")
     if cfg.manifest:
         specs, dirs, report = _manifest_samples(cfg, split)
-        specs, report = _with_place_motion(specs, _open_stores(dirs), report, cfg)
-        return _with_grounding(specs, dirs, report, cfg, split)
+        stores = _open_stores(dirs) if cfg.place_motion > 0 or cfg.grounding > 0 else None
+        specs, report = _with_place_motion(specs, stores, report, cfg)
+        return _with_grounding(specs, dirs, report, cfg, split, stores)
     if not cfg.stores:
         raise ConfigError("data: give 'stores' (episode store folders) or a 'manifest'")
     stores = _open_stores(cfg.stores)
@@ -362,22 +364,19 @@ def collect_samples(
 
 
 def target_places(ground_truth, camera, align: bool, where: str, hands: Sequence[str]) -> str:
-    """The places a motion-from-places prompt states for ``hands``: each hand's first target, left before
-    right (the order `generate_motion_grounded` names them in), in InternVL's grounding format; "" when no
-    hand's target is known and in view."""
-    named = []
-    for h in ("left", "right"):
-        if h in hands:
-            named += target_grounding(ground_truth, camera, align, where, (h,))[:1]
-    return grounding_prefix(named)
+    """The places a motion-from-places prompt states for ``hands`` (`stated_places`): each hand's first
+    target and its true box in the view; "" when no hand's target is known and in view."""
+    firsts = {h: target_grounding(ground_truth, camera, align, where, (h,))[:1] for h in hands}
+    return stated_places({h: t[0] for h, t in firsts.items() if t})
 
 
 def _with_place_motion(
-    specs: list[SampleSpec], stores: list, report: dict[str, Any], cfg: VLADataConfig
+    specs: list[SampleSpec], stores: list | None, report: dict[str, Any], cfg: VLADataConfig
 ) -> tuple[list[SampleSpec], dict[str, Any]]:
     """``specs`` plus ``round(cfg.place_motion * n)`` motion-from-places copies (``VLADataConfig.place_motion``)
     of the n generation samples with an image whose targets are known, drawn seeded (each once before any
-    repeats): the same span and answer, no image, the prompt's ``<image>`` replaced by the targets' boxes."""
+    repeats): the same span and answer, no image, the prompt's ``<image>`` replaced by the targets' boxes.
+    ``stores``: the opened stores ``specs`` index (None only when ``cfg.place_motion`` is 0)."""
     if cfg.place_motion <= 0:
         return specs, report
     pool: list[SampleSpec] = []

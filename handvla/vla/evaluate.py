@@ -628,7 +628,7 @@ def _score_rerank(
         "samples": int(len(ends)),
         "final_wrists_m": np.round(ends, 4).tolist(),
         "object_points_m": {h: None if p is None else np.round(p, 4).tolist() for h, p in pts.items()},
-        "places": grounded.places[i] if grounded.places else "",
+        "places": grounded.places[i],
     }
     keys = ("box", "first", "any", "view", "table", "true_box_view", "true_box_table", "true_centre")
     for key in keys:

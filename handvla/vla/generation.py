@@ -411,10 +411,7 @@ def _motion_request(
     modes = _broadcast(hand_mode, n, "hand_mode")
     hands = [hands_for_mode(m) for m in modes]
     hist = _broadcast(history, n, "history") if history is not None else [None] * n
-    if places is None or isinstance(places, str):
-        places_l = [places] * n
-    else:
-        places_l = _broadcast(list(places), n, "places")
+    places_l = _broadcast(places, n, "places")
     fps = processor.config.motion_fps
     samples = []
     for i in range(n):

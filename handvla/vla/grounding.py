@@ -271,6 +271,14 @@ def grounding_prefix(targets: Sequence[tuple[str, tuple[int, int, int, int]]]) -
     return "".join(grounding_answer(name, box) for name, box in targets)
 
 
+def stated_places(by_hand: dict[str, tuple[str, tuple[int, int, int, int]] | None]) -> str:
+    """The places a motion-from-places prompt states (``VLADataConfig.place_motion`` in training,
+    ``generate_motion_grounded(motion_from="places")`` at inference: one home, so both write them alike):
+    each hand's (object name, box), left hand first, in InternVL's grounding format; hands without one (absent
+    or None) are left out; "" when none has one."""
+    return grounding_prefix([by_hand[h] for h in ("left", "right") if by_hand.get(h) is not None])
+
+
 _NAMED_BOX_RE = re.compile(
     r"(?:<ref>\s*(?:the\s+)?(.*?)\s*</ref>)?\s*(?:<box>)?\s*\[\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]\]"
 )
@@ -390,6 +398,7 @@ __all__ = [
     "evaluate_grounding",
     "grounding_answer",
     "grounding_prefix",
+    "stated_places",
     "grounding_prompt",
     "grounding_questions",
     "object_box_in_view",

@@ -47,10 +47,10 @@ from handvla.vla.generation import MotionGeneration, _broadcast, answer_question
 from handvla.vla.grounding import (
     as_plane,
     box_centre,
-    grounding_prefix,
     grounding_prompt,
     parse_grounding_answer,
     points_in_view,
+    stated_places,
     view_points_on_plane,
 )
 from handvla.vla.processing import hands_for_mode
@@ -251,9 +251,9 @@ def generate_motion_grounded(
         for (i, h, _name), text in zip(questions, answers):
             boxes[i][h] = parse_grounding_answer(text)
 
-    # the stated places, left hand first (as training's `handvla.vla.data.target_places`)
+    # the stated places, written as training writes them (`stated_places`)
     places = [
-        grounding_prefix([(o[h], boxes[i][h]) for h in ("left", "right") if h in o and boxes[i].get(h) is not None])
+        stated_places({h: (name, boxes[i][h]) for h, name in o.items() if boxes[i].get(h) is not None})
         if motion_from == "places" else ""
         for i, o in enumerate(objs)
     ]  # fmt: skip
