@@ -177,6 +177,9 @@ def train_tokenizer(cfg: DemoConfig, out: Path, worlds: dict[str, Path], progres
         model_cfg.codebook_size = cfg.tokenizer_codebook_size
         model_cfg.id_layout = cfg.tokenizer_id_layout
         model_cfg.token_order = cfg.tokenizer_token_order
+        # greedy codes: the VLA learns the coarse layer first, and a beam may pick a coarse code that is not
+        # the nearest one (better in sum, harder to predict); every VLA result was measured on greedy ids
+        model_cfg.encode_beam = 1
         train_cfg.max_minutes = cfg.tokenizer_minutes
         train_cfg.builtin_sequences = cfg.tokenizer_builtin_sequences
         train_cfg.builtin_seconds = 6.0

@@ -17,6 +17,8 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
     report = (tmp_path / "report.html").read_text()
     assert "tokenizer_before_after.mp4" in report and "generated_heldout_0.mp4" in report
     assert (tmp_path / "videos" / "tokenizer_before_after.mp4").stat().st_size > 1000
+    # the VLA's tokenizer encodes greedily (every VLA result was measured on greedy ids)
+    assert json.loads((tmp_path / "tokenizer" / "config.json").read_text())["encode_beam"] == 1
     assert metrics["vla"].keys() == saved["vla"].keys()
 
     # the report states the training budget and compares the model with input-free baselines

@@ -28,6 +28,7 @@ from handvla.tokenizer.layout import token_layout
 from handvla.tokenizer.modeling import (
     GroupedResidualQuantizer,
     MotionTokenizer,
+    beam_search_codes,
     kmeans,
     lattice_codebook,
     nearest_code,
@@ -214,6 +215,74 @@ def test_quantizer_init_methods_per_part_and_config_checks():
     old = {**TokenizerConfig().model_dump(), "wrist_pos_weight": 2.0}
     del old["field_weights"]
     assert TokenizerConfig(**old).field_weights == {"wrist_pos": 2.0}
+
+
+def _sum_error(x, codebooks, codes):
+    """Squared error of x against the sum of its codes' vectors, per row."""
+    total = sum(codebooks[layer][codes[:, layer]] for layer in range(codebooks.shape[0]))
+    return (x - total).square().sum(-1)
+
+
+def test_beam_search_codes_against_greedy_and_exhaustive_search():
+    torch.manual_seed(0)
+    L, K, d = 3, 5, 4
+    x = torch.randn(200, d)
+    books = torch.randn(L, K, d) * torch.tensor([1.0, 0.6, 0.3])[:, None, None]
+    # beam 1 is the greedy chain: each layer's nearest code to what the previous layers left
+    greedy, residual = [], x
+    for layer in range(L):
+        idx = nearest_code(residual, books[layer])
+        residual = residual - books[layer][idx]
+        greedy.append(idx)
+    greedy = torch.stack(greedy, -1)
+    assert torch.equal(beam_search_codes(x, books, 1), greedy)
+    # every combination of codes, the true optimum of the sum
+    combos = torch.cartesian_prod(*[torch.arange(K)] * L)  # (K^L, L)
+    sums = sum(books[layer][combos[:, layer]] for layer in range(L))  # (K^L, d)
+    best = combos[torch.cdist(x, sums).argmin(1)]
+    exact = _sum_error(x, books, best)
+    errs = {b: _sum_error(x, books, beam_search_codes(x, books, b, chunk=7)) for b in (1, 2, 4, K**L)}
+    for b in (2, 4, K**L):  # a wider beam is never worse than greedy, row by row, nor worse than the optimum
+        assert (errs[b] <= errs[1] + 1e-5).all() and (errs[b] >= exact - 1e-5).all()
+    assert errs[4].mean() < errs[1].mean()  # and here it is better on average
+    torch.testing.assert_close(errs[K**L], exact)  # keeping every candidate finds the optimum
+    # chunking does not change the result
+    assert torch.equal(beam_search_codes(x, books, 4, chunk=7), beam_search_codes(x, books, 4, chunk=1000))
+
+
+def test_quantizer_beam_encoding_config_and_old_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    q = GroupedResidualQuantizer(8, groups=2, layers=3, codebook_size=16, beam=4)
+    q.init_codebooks(torch.randn(300, 8))
+    z = torch.randn(2, 5, 8)
+    out = q(z, update=False)
+    for g in range(2):  # the forward pass uses the beam's codes, group by group
+        ref = beam_search_codes(z.reshape(10, 8)[:, 4 * g : 4 * g + 4], q.codebook[g], 4)
+        assert torch.equal(out.codes.reshape(10, 2, 3)[:, g], ref)
+    torch.testing.assert_close(q.decode_codes(out.codes), out.quantized)
+    q.beam = 1
+    greedy = q(z, update=False)
+    assert (out.quantized - z).square().sum() <= (greedy.quantized - z).square().sum() + 1e-6
+    assert not torch.equal(out.codes, greedy.codes)  # the beam did choose other codes here
+    q.beam = 4  # a pass that updates the codebooks (EMA) assigns greedily, as k-means does
+    assert torch.equal(q(z, update=True).codes, greedy.codes)
+    with pytest.raises(ValueError, match="beam"):
+        GroupedResidualQuantizer(8, groups=2, layers=3, codebook_size=16, beam=0)
+    # the config's encode_beam reaches every part; a saved model keeps it
+    cfg = preset("tiny")[0]
+    assert cfg.encode_beam == TokenizerConfig().encode_beam > 1
+    model = MotionTokenizer(cfg.replace(encode_beam=3))
+    assert {p.quantizer.beam for p in model.parts.values()} == {3}
+    model.save_pretrained(tmp_path / "new")
+    assert MotionTokenizer.from_pretrained(tmp_path / "new").config.encode_beam == 3
+    # folders written before the field existed encoded greedily and still do
+    raw = json.loads((tmp_path / "new" / "config.json").read_text())
+    del raw["encode_beam"]
+    (tmp_path / "new" / "config.json").write_text(json.dumps(raw))
+    old = MotionTokenizer.from_pretrained(tmp_path / "new")
+    assert old.config.encode_beam == 1 and {p.quantizer.beam for p in old.parts.values()} == {1}
+    with pytest.raises(ConfigError, match="encode_beam"):
+        TokenizerConfig(encode_beam=0)
 
 
 # ---------------------------------------------------------------------------------------------------------

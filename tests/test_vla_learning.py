@@ -369,6 +369,7 @@ def test_example_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
     model_cfg, train_cfg = load_config_file(root / "tokenizer_vla.yaml")
     assert (model_cfg.codebook_size, model_cfg.id_layout, model_cfg.token_order) == (128, "per_layer", "layer_group_time")
+    assert model_cfg.encode_beam == 1  # the VLA's tokenizers encode greedily (the coarse layer is the nearest code)
     cfg = load_pretrain_config(root / "pretrain_handworld.yaml")
     assert cfg.model.preset_overrides == {"vision_config": {"image_size": 112}}
     assert cfg.model.image_position == "in_prompt" and len(cfg.model.motion_layer_loss_weights) == 8

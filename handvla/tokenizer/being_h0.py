@@ -136,6 +136,7 @@ class BeingH0TokenizerConfig(TokenizerConfig):
             "id_layout": "per_layer",
             "token_order": "group_time_layer",
             "linear_skip": False,
+            "encode_beam": 1,  # the release encodes greedily; its VLA was trained on those ids
         }
         for name, value in fixed.items():
             if getattr(self, name) != value:

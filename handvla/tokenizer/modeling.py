@@ -238,6 +238,53 @@ def _assign_chunked(x: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -
     return torch.cat([nearest_code(x[i : i + chunk], centres) for i in range(0, x.shape[0], chunk)])
 
 
+def beam_search_codes(x: torch.Tensor, codebooks: torch.Tensor, beam: int, chunk: int = 512) -> torch.Tensor:
+    """Residual codes that jointly approximate x: (M, d) vectors, (L, K, d) codebooks -> (M, L) int64.
+
+    Greedy residual quantisation picks each layer's nearest code to what the previous layers left, which
+    is not the best sum of L codes: a code slightly worse at layer l can leave a residual the later
+    layers represent much better. This keeps the ``beam`` best partial sums (smallest squared error of
+    the residual left) after every layer and returns the best full one; ``beam`` 1 is the greedy search.
+    The decoder is unchanged (codes are still summed layer by layer), so only encoding changes. A beam can
+    prune the greedy path (its partial sums ranked below others that end worse), so the greedy codes are
+    computed too and kept where they are better: the squared error is never larger than greedy's.
+    Cost: about ``beam + 1`` times greedy's distance computations."""
+    L, K, d = codebooks.shape
+    codes, residual = [], x
+    for layer in range(L):
+        idx = nearest_code(residual, codebooks[layer])
+        residual = residual - codebooks[layer][idx]
+        codes.append(idx)
+    greedy = torch.stack(codes, -1) if codes else x.new_zeros((x.shape[0], 0), dtype=torch.long)
+    if beam <= 1:
+        return greedy
+    greedy_err = (residual * residual).sum(-1)
+    norms = (codebooks * codebooks).sum(-1)  # (L, K)
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        residual = x[i : i + chunk, None, :]  # (m, b, d): the residual each kept candidate leaves
+        err = (residual * residual).sum(-1)  # (m, b) its squared norm
+        codes = residual.new_zeros((residual.shape[0], 1, 0), dtype=torch.long)
+        for layer in range(L):
+            cb = codebooks[layer]
+            # ||r - c||^2 = ||r||^2 - 2 r.c + ||c||^2 for every (candidate, code) pair
+            cand = err[..., None] - 2.0 * (residual @ cb.t()) + norms[layer]  # (m, b, K)
+            m, b = cand.shape[:2]
+            best = cand.reshape(m, b * K).topk(min(beam, b * K), dim=1, largest=False)
+            parent, code = best.indices // K, best.indices % K
+            residual = torch.gather(residual, 1, parent[..., None].expand(-1, -1, d)) - cb[code]
+            err = (residual * residual).sum(-1)  # recomputed, not carried: no drift from cancellation
+            codes = torch.cat(
+                [torch.gather(codes, 1, parent[..., None].expand(-1, -1, layer)), code[..., None]], 2
+            )
+        best_err, best = err.min(1)
+        found = codes.gather(1, best[:, None, None].expand(-1, 1, L))[:, 0]
+        out.append(
+            torch.where((best_err <= greedy_err[i : i + chunk])[:, None], found, greedy[i : i + chunk])
+        )
+    return torch.cat(out) if out else greedy
+
+
 @dataclass
 class QuantizerOutput:
     quantized: torch.Tensor  # (B, N, dim), straight-through gradient to the input
@@ -272,6 +319,7 @@ class GroupedResidualQuantizer(nn.Module):
         kmeans_iters: int = 10,
         eps: float = 1e-5,
         init_method: str = "kmeans",
+        beam: int = 1,
     ):
         super().__init__()
         if dim % groups:
@@ -287,6 +335,11 @@ class GroupedResidualQuantizer(nn.Module):
         if init_method not in ("kmeans", "lattice"):
             raise ValueError(f"init_method must be 'kmeans' or 'lattice', got {init_method!r}")
         self.init_method = init_method
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        #: candidates kept per layer when choosing codes (``beam_search_codes``; 1 = greedy); passes that
+        #: update the codebooks (EMA) choose greedily
+        self.beam = beam
         G, L, K, d = groups, layers, codebook_size, self.group_dim
         self.register_buffer("codebook", torch.zeros(G, L, K, d))
         #: codebook maintenance in training mode (``TokenizerTrainConfig.codebook_updates``): 'ema_reseed'
@@ -366,9 +419,12 @@ class GroupedResidualQuantizer(nn.Module):
         for g in range(self.groups):
             x = zf[:, g * self.group_dim : (g + 1) * self.group_dim]
             residual, total, gcodes = x, torch.zeros_like(x), []
+            # passes that maintain the codebooks assign greedily, as k-means does (and 1 / (beam + 1) the cost)
+            beam = self.beam if not update else 1
+            chosen = beam_search_codes(x.detach(), self.codebook[g], beam) if beam > 1 else None
             for layer in range(self.layers):
                 cb = self.codebook[g, layer]
-                idx = nearest_code(residual.detach(), cb)
+                idx = chosen[:, layer] if chosen is not None else nearest_code(residual.detach(), cb)
                 q = cb[idx]  # (M, d), no gradient: codebooks follow the EMA, not the loss
                 commit = commit + F.mse_loss(residual, q)
                 if update:
@@ -444,6 +500,7 @@ class PartAutoencoder(nn.Module):
             dead_threshold=config.dead_code_threshold,
             kmeans_iters=config.kmeans_iters if config.kmeans_init else 0,
             init_method=config.codebook_init.get(part, "kmeans"),
+            beam=config.encode_beam,
         )
         self.decoder = Decoder(in_dim, config.width, config.code_dim, stages, config.dilations, zi, ls)
         if config.init == "kaiming":
@@ -824,6 +881,9 @@ class MotionTokenizer(nn.Module):
             raise CheckpointError(
                 f"{cfg_path}: field 'format_version': expected {FORMAT_VERSION}, got {version!r}"
             )
+        # folders saved before ``encode_beam`` existed encoded greedily: their ids (and any model trained on
+        # them) stay the same
+        raw.setdefault("encode_beam", 1)
         try:
             config = load_config(cls.config_class, base=raw, what=str(cfg_path))
         except ConfigError as e:  # it names the file and the field
@@ -863,7 +923,9 @@ class MotionTokenizer(nn.Module):
 
 
 @torch.no_grad()
-def calibrated_tokenizer(motions: list[HandMotion], config: TokenizerConfig, seed: int = 0) -> MotionTokenizer:
+def calibrated_tokenizer(
+    motions: list[HandMotion], config: TokenizerConfig, seed: int = 0
+) -> MotionTokenizer:
     """An UNTRAINED tokenizer whose feature normaliser and codebooks (k-means on its random encoder's latents)
     are fitted to ``motions``: blocks get distinct, deterministic ids at once (an all-zero codebook would give
     every block the same ids), but its decoder does not reconstruct motion. For tests and throughput
