@@ -7,7 +7,9 @@ the original samples untouched, and refuses stores without scene truth; such a s
 or image tokens, with only its motion labelled; `generate_motion(places=...)` decodes from the places (the
 image unused, the same answer whatever image is passed) beside image requests in one batch; and
 `generate_motion_grounded(motion_from="places")` states the model's own boxes (monkeypatched here) and keeps
-the samples `generate_motion(places=...)` draws with the same seed.
+the samples `generate_motion(places=...)` draws with the same seed; with ``data.place_view: canonical`` the
+boxes are those of the canonical camera's view, in training (the true boxes) and at inference (the model's
+own), moved by `box_to_view` (checked against camera K^-1 then canonical K).
 """
 
 from __future__ import annotations
@@ -201,3 +203,55 @@ def test_evaluation_from_places(world, bundle, monkeypatch):
     assert cf["summary"]["rerank"]["motion_from"] == "places"
     with pytest.raises(ConfigError, match="motion_from"):
         evaluate_counterfactual(bundle, world, max_episodes=1, motion_from="places")
+
+
+def test_places_in_the_canonical_view(world, bundle, monkeypatch):
+    """``data.place_view: canonical``: a stated box means one ray from the camera whatever the rig (a prompt
+    without the image does not say which camera took it). Training states the true boxes moved to the
+    canonical camera's image, inference moves the model's own boxes there the same way, and the checkpoint's
+    config says which view its places are in."""
+    import handvla.vla.rerank as rr
+    from handvla.camera import CANONICAL_IMAGE_SIZE, CANONICAL_K
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.data import VLADataConfig, collect_samples, prepare_image
+    from handvla.vla.grounding import box_to_view, model_place_view, parse_grounding_prefix, stated_places
+    from handvla.vla.pretrain import load_pretrain_config
+
+    ep = EpisodeStore(world).load_episode(0, with_video=True)
+    cam = ep.camera
+    # the corners are the same rays in both views: camera pixel -> K^-1 -> canonical K (an independent path)
+    box = (100, 200, 300, 400)
+    canon = box_to_view(box, cam, False, True)
+    for (x, y), (cx, cy) in zip([box[:2], box[2:]], [canon[:2], canon[2:]]):
+        ray = np.linalg.inv(cam.K) @ np.array([x / 1000 * cam.width, y / 1000 * cam.height, 1.0])
+        p = CANONICAL_K @ ray
+        want = [p[0] / p[2] / CANONICAL_IMAGE_SIZE[0] * 1000, p[1] / p[2] / CANONICAL_IMAGE_SIZE[1] * 1000]
+        np.testing.assert_allclose([cx, cy], want, atol=0.51)
+    assert canon != box and box_to_view(box, cam, True, True) == box == box_to_view(box, cam, False, False)
+
+    # training: the same copies as in the model's view, each box moved to the canonical one
+    base = VLADataConfig(stores=[str(world)], seconds=[1], align=False, place_motion=1.0)
+    in_view = [s for s in collect_samples(base)[0] if s.image_s is None]
+    specs = collect_samples(base.model_copy(update={"place_view": "canonical"}))[0]
+    canonical = [s for s in specs if s.image_s is None]
+    assert len(canonical) == len(in_view) >= 4
+    episodes = {s.episode: EpisodeStore(world).load_episode(s.episode, with_video=False).camera for s in in_view}
+    for a, b in zip(in_view, canonical):
+        assert (a.episode, a.hand_mode, a.start_s) == (b.episode, b.hand_mode, b.start_s)
+        ia, pb = parse_grounding_prefix(a.prompt), parse_grounding_prefix(b.prompt)
+        assert [n for n, _ in ia] == [n for n, _ in pb]
+        assert [box_to_view(bx, episodes[a.episode], False, True) for _, bx in ia] == [bx for _, bx in pb]
+    with pytest.raises(ConfigError, match="data.place_view"):
+        load_pretrain_config(None, ["data.stores=[x]", "train.output_dir=x", "data.place_view=camera"])
+
+    # inference: the model's own box is moved to the view its config names (checkpoints before the option: model)
+    model, proc, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
+    assert model_place_view(model.config) == "model"
+    monkeypatch.setattr(model.config, "place_view", "canonical", raising=False)
+    monkeypatch.setattr(rr, "answer_questions", lambda m, p, ims, qs, **kw: ["[[10, 20, 30, 40]]"] * len(qs))
+    image = prepare_image(ep.video[0], cam.K, False, (56, 56))
+    got = rr.generate_motion_grounded(model, proc, mt, image, "reach for the red cube", 1, "right",
+                                      objects={"right": "red cube"}, cameras=cam, align=False, samples=1,
+                                      motion_from="places")  # fmt: skip
+    moved = box_to_view((10, 20, 30, 40), cam, False, True)
+    assert got.places == [stated_places({"right": ("red cube", moved)})] and moved != (10, 20, 30, 40)

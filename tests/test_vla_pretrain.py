@@ -185,6 +185,7 @@ def test_pretrain_learns_and_resumes_exactly(world, monkeypatch):
     assert full["final_val"]["val_loss"] < a[0]
     bundle = load_vla(full["final"])  # the exported VLA carries its motion tokenizer
     assert bundle.motion_tokenizer is not None and bundle.model.config.image_alignment == "canonical"
+    assert bundle.model.config.place_view == "model"  # the view motion-from-places prompts state boxes in
     assert tokenizer_fingerprint(bundle.motion_tokenizer) == tokenizer_fingerprint(mt)
 
     calls = {"n": 0}

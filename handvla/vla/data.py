@@ -78,6 +78,8 @@ from handvla.language.instructions.build import read_manifest
 from handvla.language.instructions.sampling import InstructionBalanceConfig, balanced_sample
 from handvla.language.instructions.templates import TASK_TYPES
 from handvla.vla.grounding import (
+    PLACE_VIEWS,
+    box_to_view,
     box_token_map,
     grounding_prefix,
     grounding_questions,
@@ -159,7 +161,22 @@ class VLADataConfig(ConfigModel):
         "(processing.place_prompt), the same motion answer, so that the motion must be read off the stated "
         "place (decoded by generate_motion(places=...)); 0: none (the reference)",
     )
+    place_view: str = Field(
+        "model",
+        description="the view whose boxes the motion-from-places prompts state (grounding.PLACE_VIEWS): 'model' "
+        "(the view the model sees: the camera's image, or the canonical camera's with align) or 'canonical' "
+        "(the canonical camera's whatever the model sees: one box is one ray on every rig, which a prompt "
+        "without the image needs; at inference the model's own boxes are mapped there with the camera's "
+        "intrinsics, grounding.box_to_view). Saved in the checkpoint's config",
+    )
     seed: int = 0
+
+    @field_validator("place_view")
+    @classmethod
+    def _check_place_view(cls, v: str) -> str:
+        if v not in PLACE_VIEWS:
+            raise ValueError(f"expected one of {list(PLACE_VIEWS)}, got {v!r}")
+        return v
 
     @field_validator("task_mix")
     @classmethod
@@ -363,11 +380,18 @@ def collect_samples(
     return _with_grounding(specs, [str(Path(p)) for p in cfg.stores], report, cfg, split, stores)
 
 
-def target_places(ground_truth, camera, align: bool, where: str, hands: Sequence[str]) -> str:
+def target_places(
+    ground_truth, camera, align: bool, where: str, hands: Sequence[str], place_view: str = "model"
+) -> str:
     """The places a motion-from-places prompt states for ``hands`` (`stated_places`): each hand's first
-    target and its true box in the view; "" when no hand's target is known and in view."""
+    target and its true box in the model's view (``align``), moved to the canonical view when ``place_view``
+    is "canonical" the way inference moves the model's own boxes (`box_to_view`); "" when no hand's target
+    is known and in view."""
     firsts = {h: target_grounding(ground_truth, camera, align, where, (h,))[:1] for h in hands}
-    return stated_places({h: t[0] for h, t in firsts.items() if t})
+    to_align = align or place_view == "canonical"
+    return stated_places(
+        {h: (t[0][0], box_to_view(t[0][1], camera, align, to_align)) for h, t in firsts.items() if t}
+    )
 
 
 def _with_place_motion(
@@ -390,8 +414,9 @@ def _with_place_motion(
             row = store.meta(s.episode)
             where = f"{store.root} episode {s.episode}"
             places[key] = target_places(
-                row.get("ground_truth"), camera_from_row(row), cfg.align, where, hands_for_mode(s.hand_mode)
-            )
+                row.get("ground_truth"), camera_from_row(row), cfg.align, where, hands_for_mode(s.hand_mode),
+                cfg.place_view,
+            )  # fmt: skip
         if places[key]:
             pool.append(replace(s, image_s=None, prompt=place_prompt(s.prompt, places[key])))
     if not pool:

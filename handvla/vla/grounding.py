@@ -271,6 +271,34 @@ def grounding_prefix(targets: Sequence[tuple[str, tuple[int, int, int, int]]]) -
     return "".join(grounding_answer(name, box) for name, box in targets)
 
 
+#: where the boxes of a motion-from-places prompt are measured (``VLADataConfig.place_view``): "model" = the
+#: model's own view (the camera's image, or the canonical camera's when the model sees aligned images);
+#: "canonical" = the canonical camera's image whatever the model sees, so that one box means one ray from
+#: the camera on every rig (a text prompt without the image does not say which camera took it)
+PLACE_VIEWS = ("model", "canonical")
+
+
+def model_place_view(config) -> str:
+    """The view a checkpoint's motion-from-places prompts state boxes in (``config.place_view``, written by
+    pretraining; "model" for checkpoints from before the option)."""
+    return getattr(config, "place_view", "model")
+
+
+def box_to_view(
+    box: tuple[int, int, int, int], camera: Camera, from_align: bool, to_align: bool
+) -> tuple[int, int, int, int]:
+    """A box (0..1000) in one view of ``camera``'s image -> the box of the same pixels in another view (the
+    canonical camera's image when ``*_align``, else the camera's own, resized). Both maps are affine without
+    rotation, so corners go to corners; the result is clipped to the view."""
+    if bool(from_align) == bool(to_align):
+        return tuple(int(v) for v in box)  # type: ignore[return-value]
+    corners = np.array([[box[0], box[1]], [box[2], box[3]]], np.float64)
+    view = pixels_to_view(view_to_pixels(corners, camera, from_align), camera, to_align) * BOX_SCALE
+    lo = np.clip(np.rint(view.min(0)), 0, BOX_SCALE).astype(int)
+    hi = np.clip(np.rint(view.max(0)), 0, BOX_SCALE).astype(int)
+    return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
+
+
 def stated_places(by_hand: dict[str, tuple[str, tuple[int, int, int, int]] | None]) -> str:
     """The places a motion-from-places prompt states (``VLADataConfig.place_motion`` in training,
     ``generate_motion_grounded(motion_from="places")`` at inference: one home, so both write them alike):
@@ -394,7 +422,10 @@ def evaluate_grounding(
 
 __all__ = [
     "BOX_SCALE",
+    "PLACE_VIEWS",
     "as_plane",
+    "box_to_view",
+    "model_place_view",
     "evaluate_grounding",
     "grounding_answer",
     "grounding_prefix",

@@ -264,6 +264,7 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     set_endpoint_loss(bundle.model, m.endpoint_loss_weight, seed=m.seed)
     freeze_parameters(bundle.model, m.freeze, "model.freeze")
     c.image_alignment = "canonical" if cfg.data.align else "none"
+    c.place_view = cfg.data.place_view
     return bundle
 
 
@@ -490,6 +491,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = Tru
         model = model.to("cpu").eval()
         model.config.image_size = list(train_set.image_size)
         model.config.image_alignment = "canonical" if cfg.data.align else "none"
+        model.config.place_view = cfg.data.place_view
         export = VLABundle(model, bundle.processor, mt)
         final = save_vla(out_dir / FINAL_DIR, export)
         summary["final"] = str(final)

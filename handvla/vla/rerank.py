@@ -47,7 +47,9 @@ from handvla.vla.generation import MotionGeneration, _broadcast, answer_question
 from handvla.vla.grounding import (
     as_plane,
     box_centre,
+    box_to_view,
     grounding_prompt,
+    model_place_view,
     parse_grounding_answer,
     points_in_view,
     stated_places,
@@ -251,9 +253,11 @@ def generate_motion_grounded(
         for (i, h, _name), text in zip(questions, answers):
             boxes[i][h] = parse_grounding_answer(text)
 
-    # the stated places, written as training writes them (`stated_places`)
+    # the stated places, written as training writes them (`stated_places`), in the view it states them in
+    to_align = align or model_place_view(model.config) == "canonical"
     places = [
-        stated_places({h: (name, boxes[i][h]) for h, name in o.items() if boxes[i].get(h) is not None})
+        stated_places({h: (name, box_to_view(boxes[i][h], cams[i], align, to_align)) for h, name in o.items()
+                       if boxes[i].get(h) is not None})
         if motion_from == "places" else ""
         for i, o in enumerate(objs)
     ]  # fmt: skip
