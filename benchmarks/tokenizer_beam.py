@@ -134,8 +134,6 @@ def main() -> int:
             report[name]["greedy_by_depth"] = depth_rows
             ev = evaluate_motions(bypassed(model), motions, check_range=False)
             report[name]["bypass"] = {k: ev[k] for k in METRICS}
-    for q in quantizers:
-        q.beam = model.config.encode_beam
     print_json(report)
     return 0
 

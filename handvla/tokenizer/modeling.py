@@ -923,9 +923,7 @@ class MotionTokenizer(nn.Module):
 
 
 @torch.no_grad()
-def calibrated_tokenizer(
-    motions: list[HandMotion], config: TokenizerConfig, seed: int = 0
-) -> MotionTokenizer:
+def calibrated_tokenizer(motions: list[HandMotion], config: TokenizerConfig, seed: int = 0) -> MotionTokenizer:
     """An UNTRAINED tokenizer whose feature normaliser and codebooks (k-means on its random encoder's latents)
     are fitted to ``motions``: blocks get distinct, deterministic ids at once (an all-zero codebook would give
     every block the same ids), but its decoder does not reconstruct motion. For tests and throughput

@@ -208,7 +208,8 @@ def generate_motion_grounded(
 
     ``motion_from``: "image" (the motion answers see the image) or "places": they see, instead of the image,
     where the model's own grounding answers put the named objects (`generate_motion`'s ``places``; "where,
-    then how", for models trained with ``VLADataConfig.place_motion``); a request with no named object or no
+    then how", for models trained with ``VLADataConfig.place_motion``), in the view its config names
+    (`grounding.model_place_view`: the canonical camera's moves each box there with the request's camera); a request with no named object or no
     box in its answers keeps the image. ``samples`` 1 with "places" is the greedy answer from the places."""
     if motion_from not in MOTION_SOURCES:
         raise InputError("generate_motion_grounded", "motion_from", f"one of {MOTION_SOURCES}", repr(motion_from))
