@@ -129,8 +129,8 @@ class TokenizerConfig(ConfigModel):
         "the sum of the layers' codes, modeling.beam_search_codes); 1 = greedy, the nearest code layer by "
         "layer (passes that update the codebooks, the set-up's EMA refinement, always choose greedily). Decoding "
         "is the same either way; a beam only finds codes whose sum is closer to the latent "
-        "(on held-out real hands 4 cuts MPJPE by an eighth and wrist error by a quarter, at a quarter of the "
-        "encoding speed: benchmarks/tokenizer_beam.py)",
+        "(on held-out real hands 4 cuts MPJPE by an eighth and wrist error by a quarter, at a quarter to a third "
+        "of the encoding speed: benchmarks/tokenizer_beam.py)",
     )
     ema_decay: float = Field(0.99, ge=0, lt=1, description="decay of the codebooks' EMA updates")
     dead_code_threshold: float = Field(

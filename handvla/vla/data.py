@@ -79,11 +79,11 @@ from handvla.language.instructions.sampling import InstructionBalanceConfig, bal
 from handvla.language.instructions.templates import TASK_TYPES
 from handvla.vla.grounding import (
     PLACE_VIEWS,
-    box_to_view,
     box_token_map,
     grounding_prefix,
     grounding_questions,
     parse_grounding_answer,
+    stated_box,
     stated_places,
     target_grounding,
 )
@@ -385,12 +385,11 @@ def target_places(
 ) -> str:
     """The places a motion-from-places prompt states for ``hands`` (`stated_places`): each hand's first
     target and its true box in the model's view (``align``), moved to the canonical view when ``place_view``
-    is "canonical" the way inference moves the model's own boxes (`box_to_view`); "" when no hand's target
+    is "canonical" the way inference moves the model's own boxes (`stated_box`); "" when no hand's target
     is known and in view."""
     firsts = {h: target_grounding(ground_truth, camera, align, where, (h,))[:1] for h in hands}
-    to_align = align or place_view == "canonical"
     return stated_places(
-        {h: (t[0][0], box_to_view(t[0][1], camera, align, to_align)) for h, t in firsts.items() if t}
+        {h: (t[0][0], stated_box(t[0][1], camera, align, place_view)) for h, t in firsts.items() if t}
     )
 
 

@@ -321,13 +321,7 @@ def evaluate_handworld(
         raise ConfigError(f"evaluate_handworld: rerank_space: expected one of {RERANK_SPACES}, got {rerank_space!r}")
     if rerank_samples and not constrained:
         raise ConfigError("evaluate_handworld: rerank_samples decodes under the block constraint; constrained=False")
-    if motion_from not in MOTION_SOURCES:
-        raise ConfigError(f"evaluate_handworld: motion_from: expected one of {MOTION_SOURCES}, got {motion_from!r}")
-    if motion_from != "image" and not rerank_samples:
-        raise ConfigError(
-            "evaluate_handworld: motion_from='places' asks the model where the objects are first: give "
-            "rerank_samples >= 1 (1: the greedy answer from the places)"
-        )
+    _check_motion_from("evaluate_handworld", motion_from, rerank_samples)
     if isinstance(translation_max_tokens, bool) or int(translation_max_tokens) < 1:
         raise ConfigError(
             f"evaluate_handworld: translation_max_tokens: expected a whole number >= 1, got {translation_max_tokens!r}"
@@ -654,6 +648,17 @@ def _score_rerank(
             row[f"rerank_{key}_hits"].append(bool(hit[key]))
 
 
+def _check_motion_from(where: str, motion_from: str, rerank_samples: int) -> None:
+    """The evaluations' ``motion_from``: one of ``MOTION_SOURCES``; "places" needs ``rerank_samples`` >= 1."""
+    if motion_from not in MOTION_SOURCES:
+        raise ConfigError(f"{where}: motion_from: expected one of {MOTION_SOURCES}, got {motion_from!r}")
+    if motion_from != "image" and not rerank_samples:
+        raise ConfigError(
+            f"{where}: motion_from='places' asks the model where the objects are first: give "
+            "rerank_samples >= 1 (1: the greedy answer from the places)"
+        )
+
+
 def paired_target_hits(rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]) -> dict[str, Any]:
     """Two decodings of the same episodes (`evaluate_handworld` rows) compared on their common (hand,
     target) pairs: b's ``won`` / ``lost`` pairs against a and the exact McNemar ``p``
@@ -938,11 +943,7 @@ def evaluate_counterfactual(
         raise ConfigError("evaluate_counterfactual: the VLA bundle has no motion tokenizer to decode motion with")
     if rerank_space not in RERANK_SPACES:
         raise ConfigError(f"evaluate_counterfactual: rerank_space: expected one of {RERANK_SPACES}, got {rerank_space!r}")
-    if motion_from not in MOTION_SOURCES or (motion_from != "image" and not rerank_samples):
-        raise ConfigError(
-            f"evaluate_counterfactual: motion_from: expected one of {MOTION_SOURCES} ('places' with "
-            f"rerank_samples >= 1), got {motion_from!r} with rerank_samples={rerank_samples!r}"
-        )
+    _check_motion_from("evaluate_counterfactual", motion_from, rerank_samples)
     st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
     align = model_alignment(model.config) if align is None else bool(align)
     size = tuple(image_size) if image_size else model_image_size(model.config, processor)

@@ -299,6 +299,15 @@ def box_to_view(
     return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
 
 
+def stated_box(
+    box: tuple[int, int, int, int], camera: Camera, align: bool, place_view: str
+) -> tuple[int, int, int, int]:
+    """A box of the model's view (``align``) as a motion-from-places prompt states it: moved to the canonical
+    camera's view when ``place_view`` is "canonical" (`box_to_view`), else as it is. One home for training's
+    true boxes (`handvla.vla.data.target_places`) and inference's own boxes (`generate_motion_grounded`)."""
+    return box_to_view(box, camera, align, align or place_view == "canonical")
+
+
 def stated_places(by_hand: dict[str, tuple[str, tuple[int, int, int, int]] | None]) -> str:
     """The places a motion-from-places prompt states (``VLADataConfig.place_motion`` in training,
     ``generate_motion_grounded(motion_from="places")`` at inference: one home, so both write them alike):
@@ -429,6 +438,7 @@ __all__ = [
     "evaluate_grounding",
     "grounding_answer",
     "grounding_prefix",
+    "stated_box",
     "stated_places",
     "grounding_prompt",
     "grounding_questions",

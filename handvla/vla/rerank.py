@@ -47,11 +47,11 @@ from handvla.vla.generation import MotionGeneration, _broadcast, answer_question
 from handvla.vla.grounding import (
     as_plane,
     box_centre,
-    box_to_view,
     grounding_prompt,
     model_place_view,
     parse_grounding_answer,
     points_in_view,
+    stated_box,
     stated_places,
     view_points_on_plane,
 )
@@ -209,8 +209,8 @@ def generate_motion_grounded(
     ``motion_from``: "image" (the motion answers see the image) or "places": they see, instead of the image,
     where the model's own grounding answers put the named objects (`generate_motion`'s ``places``; "where,
     then how", for models trained with ``VLADataConfig.place_motion``), in the view its config names
-    (`grounding.model_place_view`: the canonical camera's moves each box there with the request's camera); a request with no named object or no
-    box in its answers keeps the image. ``samples`` 1 with "places" is the greedy answer from the places."""
+    (`grounding.model_place_view`; the canonical camera's: each box moved there with the request's camera);
+    a request with no named object or no box in its answers keeps the image. ``samples`` 1 with "places" is the greedy answer from the places."""
     if motion_from not in MOTION_SOURCES:
         raise InputError("generate_motion_grounded", "motion_from", f"one of {MOTION_SOURCES}", repr(motion_from))
     if isinstance(samples, bool) or int(samples) != samples or samples < 1:
@@ -254,10 +254,10 @@ def generate_motion_grounded(
         for (i, h, _name), text in zip(questions, answers):
             boxes[i][h] = parse_grounding_answer(text)
 
-    # the stated places, written as training writes them (`stated_places`), in the view it states them in
-    to_align = align or model_place_view(model.config) == "canonical"
+    # the stated places, written as training writes them (`stated_places`, `stated_box`)
+    view = model_place_view(model.config)
     places = [
-        stated_places({h: (name, box_to_view(boxes[i][h], cams[i], align, to_align)) for h, name in o.items()
+        stated_places({h: (name, stated_box(boxes[i][h], cams[i], align, view)) for h, name in o.items()
                        if boxes[i].get(h) is not None})
         if motion_from == "places" else ""
         for i, o in enumerate(objs)
