@@ -56,3 +56,16 @@ def test_demo_set_overrides_are_typed():
     ):
         with pytest.raises(ConfigError, match=match):
             demo_set([bad])
+
+
+def test_reading_compares_with_the_camera_aware_baseline():
+    from handvla.demo import headline_rows, reading
+
+    seen = {"target_accuracy": 0.5, "target_accuracy_ci95": [0.44, 0.56], "target_pairs": 286,
+            "baselines": {"constant": {"target_accuracy": 0.29, "target_accuracy_ci95": [0.24, 0.35]},
+                          "rig_template": {"target_accuracy": 0.57, "target_accuracy_ci95": [0.52, 0.63]}}}  # fmt: skip
+    text = " ".join(reading({"heldout_seen_rigs": seen}))
+    assert "lower bound is above it" in text  # the constant: 0.44 > 0.29
+    assert "same camera" in text and "lower bound is NOT clearly above it" in text  # rig_template: 0.44 < 0.57
+    rows = headline_rows({"heldout_seen_rigs": seen})
+    assert any("camera rig" in r[0] and r[1].startswith("57") for r in rows)

@@ -89,7 +89,7 @@ def test_printed_json_keeps_small_numbers(capsys):
 # ---- the baselines' pieces -------------------------------------------------------------------------------
 
 
-def _entry(i, text, acting=("right",), wrist=None, template=None, objects=(), direction=None):
+def _entry(i, text, acting=("right",), wrist=None, template=None, objects=(), direction=None, rig=None):
     w = np.zeros((30, 3)) + i if wrist is None else np.asarray(wrist, np.float64)
     return TrainingEpisode(
         store="s",
@@ -103,7 +103,31 @@ def _entry(i, text, acting=("right",), wrist=None, template=None, objects=(), di
         objects=list(objects),
         direction=direction,
         tokens=text_tokens(text),
+        rig=rig,
     )
+
+
+def test_rig_template_knows_the_camera_not_the_layout():
+    ref = TrainingReference(
+        [
+            _entry(0, "reach", template="a", rig="ego", wrist=np.full((30, 3), 1.0)),
+            _entry(1, "reach", template="a", rig="ego", wrist=np.full((30, 3), 3.0)),
+            _entry(2, "reach", template="a", rig="third", wrist=np.full((30, 3), 10.0)),
+            _entry(3, "push", template="b", rig="third", wrist=np.full((30, 3), 20.0)),
+        ]
+    )
+    p, seen = ref.rig_template_mean("a", "ego", "right", 15)
+    assert seen and np.allclose(p, 2.0)  # the ego episodes of template a only
+    p, seen = ref.rig_template_mean("a", "third", "right", 15)
+    assert seen and np.allclose(p, 10.0)
+    # never filmed by that rig (or no rig known): the template's mean over every rig, marked as a fallback
+    for rig in ("phone", None):
+        p, seen = ref.rig_template_mean("a", rig, "right", 15)
+        assert not seen and np.allclose(p, ref.template_mean("a", "right", 15)[0]) and np.allclose(p, 14 / 3)
+    p, seen = ref.rig_template_mean("b", "ego", "right", 15)
+    assert not seen and np.allclose(p, 20.0)
+    p, seen = ref.rig_template_mean("b", "third", "left", 15)  # no left hand anywhere
+    assert not seen and p is None
 
 
 def test_reference_constant_template_retrieval_and_words():
@@ -227,6 +251,7 @@ def result(world):
 
 def test_baselines_against_independent_computations(world, result):
     from handvla.data.store import EpisodeStore
+    from handvla.vla.baselines import instruction_template
     from handvla.vla.evaluate import object_positions_camera, target_hit
 
     root = world[0]
@@ -235,6 +260,7 @@ def test_baselines_against_independent_computations(world, result):
     ev = EpisodeStore(root / "eval")
     rows = result["episodes"]
     assert len(rows) == 3 and any(r["target_hits"] for r in rows)
+    rig_checked = 0
     for r in rows:
         ep = ev.load_episode(r["episode"], with_video=False)
         n = 15  # one second at 15 fps
@@ -261,6 +287,20 @@ def test_baselines_against_independent_computations(world, result):
             assert r["baselines"]["constant"]["target_hits"] == want
             err = np.linalg.norm(mean - ep.hands[side].wrist_pos[n - 1])
             assert r["baselines"]["constant"]["final_wrist_error_m"] == pytest.approx(err, abs=1e-5)
+            # rig_template: the mean over the training episodes of the same template AND camera rig
+            tmpl = instruction_template(ep.tasks[0], ep.ground_truth)
+            same = [
+                e.hands[side].wrist_pos[n - 1]
+                for e in tr
+                if side in e.ground_truth["acting_hands"]
+                and e.rig == ep.rig
+                and instruction_template(e.tasks[0], e.ground_truth) == tmpl
+            ]
+            if same:
+                want = [target_hit(np.mean(np.asarray(same, np.float64), 0), oid, objects) for oid in pairs]
+                assert r["baselines"]["rig_template"]["target_hits"] == want
+                rig_checked += 1
+    assert rig_checked > 0  # the fixture has an evaluated hand whose template and rig training filmed
     # nothing of the evaluated store leaked into the reference
     assert result["summary"]["train_reference"]["episodes"] == 6
     assert result["summary"]["train_reference"]["excluded_evaluated_episodes"] == 0
@@ -278,7 +318,7 @@ def test_summary_keys_and_intervals(result):
     assert lo <= s["target_accuracy"] <= hi and [lo, hi] == list(
         wilson_interval(s["target_hits"], s["target_pairs"])
     )
-    assert set(s["baselines"]) == {"constant", "template", "retrieval", "tokenizer_floor"}
+    assert set(s["baselines"]) == {"constant", "template", "rig_template", "retrieval", "tokenizer_floor"}
     for name, b in s["baselines"].items():
         assert b["target_pairs"] == s["target_pairs"], name
         assert b["target_accuracy_ci95"][0] <= b["target_accuracy"] <= b["target_accuracy_ci95"][1]

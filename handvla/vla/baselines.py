@@ -133,8 +133,8 @@ def direction_hit(text: str, direction: str) -> bool:
 @dataclass
 class TrainingEpisode:
     """What the input-free baselines need of one training episode: its instruction (and template), the
-    acting hands' wrist tracks (camera frame, metres) and validity, the target objects' names and the
-    task's direction (None without one)."""
+    acting hands' wrist tracks (camera frame, metres) and validity, the target objects' names, the
+    task's direction (None without one) and the camera rig that filmed it (None when unknown)."""
 
     store: str
     index: int
@@ -147,6 +147,7 @@ class TrainingEpisode:
     objects: list[str] = field(default_factory=list)  # "red cube", per target
     direction: str | None = None
     tokens: frozenset[str] = frozenset()
+    rig: str | None = None
 
 
 def final_wrist_at(wrist: np.ndarray, valid: np.ndarray, num_frames: int) -> np.ndarray | None:
@@ -170,6 +171,7 @@ class TrainingReference:
         self.val_fraction = float(val_fraction)
         self._const: dict[tuple[str, int], np.ndarray | None] = {}
         self._tmpl: dict[tuple[str, str, int], np.ndarray | None] = {}
+        self._rig_tmpl: dict[tuple[str, str, str, int], np.ndarray | None] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -204,6 +206,24 @@ class TrainingReference:
             )
         p = self._tmpl[key]
         return (p, True) if p is not None else (self.constant(side, num_frames), False)
+
+    def rig_template_mean(
+        self, template: str, rig: str | None, side: str, num_frames: int
+    ) -> tuple[np.ndarray | None, bool]:
+        """(mean final wrist of the training episodes of ``template`` filmed by camera ``rig`` with ``side``
+        acting, True), or (`template_mean`, False) when that template and hand were never filmed by that rig
+        (an unseen rig, or ``rig`` None). It knows what the image says about the camera (where the table
+        sits in its frame) but nothing of the scene's layout: a model that beats ``template`` only by as
+        much as this baseline does may have learnt the camera, not the objects."""
+        if rig is None:
+            return self.template_mean(template, side, num_frames)[0], False
+        key = (template, str(rig), side, int(num_frames))
+        if key not in self._rig_tmpl:
+            self._rig_tmpl[key] = self._mean_final(
+                (e for e in self.entries if e.template == template and e.rig == rig), side, num_frames
+            )
+        p = self._rig_tmpl[key]
+        return (p, True) if p is not None else (self.template_mean(template, side, num_frames)[0], False)
 
     def retrieve_nearest(self, text: str, side: str | None = None) -> int | None:
         """Index (into ``entries``) of the training episode whose instruction has the highest token-set
@@ -265,6 +285,7 @@ def training_episode(store: str, k: int, ep) -> TrainingEpisode | None:
         ],
         direction=str(direction) if direction is not None else None,
         tokens=text_tokens(instr),
+        rig=None if getattr(ep, "rig", None) is None else str(ep.rig),
     )
 
 

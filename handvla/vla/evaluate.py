@@ -26,7 +26,9 @@ Every rate comes with its Wilson 95 % score interval (``handvla.stats.wilson_int
 
 ``baselines`` (``handvla.vla.baselines``) are scored on the same pairs as the model, each with
 ``target_accuracy`` (+ interval) and ``final_wrist_error_m``: ``constant`` (the mean training final wrist
-of that hand side), ``template`` (the same per instruction template, no image), ``retrieval`` (the final
+of that hand side), ``template`` (the same per instruction template, no image), ``rig_template`` (the same
+per instruction template and camera rig: what an image says about the camera, nothing of the scene's
+layout; the template's mean for a rig training never saw), ``retrieval`` (the final
 wrist of the training episode with the nearest instruction text, no image), fitted on TRAINING stores
 (``train_stores``; skipped, with ``baselines_skipped`` saying why, without them), and ``tokenizer_floor``
 (the true motion encoded + decoded: what a perfect VLA with this tokenizer would score, with its MPJPE /
@@ -198,8 +200,8 @@ def _summarise_baselines(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if name == "tokenizer_floor":
             d["mpjpe_mm"] = _mean([r["tokenizer_mpjpe_mm"] for r in rows])
             d["mwte_mm"] = _mean([r["tokenizer_mwte_mm"] for r in rows])
-        if name == "template":
-            d["unseen_template_hands"] = int(sum(b.get("fallbacks", 0) for b in bl))
+        if name in ("template", "rig_template"):  # hands predicted by the next coarser mean
+            d[f"unseen_{name}_hands"] = int(sum(b.get("fallbacks", 0) for b in bl))
         out[name] = d
     return out
 
@@ -462,7 +464,8 @@ def evaluate_handworld(
         summary["train_reference"] = ref_info
     else:
         summary["baselines_skipped"] = (
-            "constant / template / retrieval: no training stores given (train_stores, --train-store)"
+            "constant / template / rig_template / retrieval: no training stores given "
+            "(train_stores, --train-store)"
         )
     summary["per_rig"] = {
         rig: _summarise([r for r in rows if r["rig"] == rig], 0, 0.0)
@@ -700,18 +703,22 @@ def _summarise_rerank(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _score_input_free(row: dict[str, Any], ctx: dict[str, Any], ref: TrainingReference) -> None:
-    """Add the constant / template / retrieval baselines' target hits and final-wrist errors to ``row``
-    (a hand the baseline has no prediction for misses its targets)."""
+    """Add the constant / template / rig_template / retrieval baselines' target hits and final-wrist
+    errors to ``row`` (a hand the baseline has no prediction for misses its targets)."""
     text, n, hands = row["task"], ctx["n"], ctx["hands"]
     template = instruction_template(text, ctx["ground_truth"])
     row["template"] = template
-    preds: dict[str, dict[str, np.ndarray | None]] = {"constant": {}, "template": {}, "retrieval": {}}
-    fallbacks, retrieved = 0, []
+    names = ("constant", "template", "rig_template", "retrieval")
+    preds: dict[str, dict[str, np.ndarray | None]] = {name: {} for name in names}
+    fallbacks, retrieved = {"template": 0, "rig_template": 0}, []
     for h in hands:
         preds["constant"][h] = ref.constant(h, n)
         p, seen = ref.template_mean(template, h, n)
         preds["template"][h] = p
-        fallbacks += int(not seen)
+        fallbacks["template"] += int(not seen)
+        p, seen = ref.rig_template_mean(template, row["rig"], h, n)
+        preds["rig_template"][h] = p
+        fallbacks["rig_template"] += int(not seen)
         i = ref.retrieve_nearest(text, h)
         e = None if i is None else ref.entries[i]
         preds["retrieval"][h] = None if e is None else final_wrist_at(e.wrist[h], e.valid[h], n)
@@ -724,7 +731,8 @@ def _score_input_free(row: dict[str, Any], ctx: dict[str, Any], ref: TrainingRef
             ],
             "final_wrist_error_m": _mean([_dist(pred[h], ctx["true_final"][h]) for h in hands]),
         }
-    scored["template"]["fallbacks"] = fallbacks
+    for name, k in fallbacks.items():
+        scored[name]["fallbacks"] = k
     scored["retrieval"]["episodes"] = retrieved
     row["baselines"] = {**scored, **row["baselines"]}
 
@@ -1187,7 +1195,7 @@ def evaluate_checkpoint(
     for name, path in stores.items():
         out[name] = evaluate_handworld(bundle, path, train_stores=ref, **kwargs)
         if ref is None and note:
-            out[name]["summary"]["baselines_skipped"] = f"constant / template / retrieval: {note}"
+            out[name]["summary"]["baselines_skipped"] = f"constant / template / rig_template / retrieval: {note}"
     return out
 
 
