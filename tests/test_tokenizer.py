@@ -523,6 +523,37 @@ def test_window_sampler_pads_like_encoding():
     assert b.mask[0].tolist() == [True] * 10 + [False] * 6
 
 
+def test_window_sampler_speed_augmentation():
+    cfg, _ = preset("tiny")
+    F = cfg.frames_per_block
+    T = 200
+    feats = torch.arange(T, dtype=torch.float32)[:, None].expand(T, cfg.spec.dim).clone()  # feature = time
+    valid = torch.ones(T, dtype=torch.bool)
+    clip = FeatureClip(feats, torch.zeros(10), valid, "ramp")
+    # off (1): the same draws and the same windows as a sampler without the option
+    a, b = WindowSampler(cfg, [clip], seed=3).sample(8), WindowSampler(cfg, [clip], seed=3, aug_speed=1.0).sample(8)
+    assert torch.equal(a.feats, b.feats) and torch.equal(a.mask, b.mask)
+    # on: each window is the ramp played at one speed in [1/2, 2], interpolated, inside the clip
+    w = WindowSampler(cfg, [clip], seed=3, aug_speed=2.0).sample(256)
+    x = w.feats[:, :F, 0].double()
+    slopes = (x[:, 1:] - x[:, :-1]).numpy()
+    assert np.allclose(slopes, slopes[:, :1], atol=1e-4)  # constant speed within a window
+    v = slopes[:, 0]
+    assert v.min() >= 0.5 - 1e-6 and v.max() <= 2.0 + 1e-6 and v.min() < 0.7 and v.max() > 1.4
+    assert (x >= 0).all() and (x <= T - 1).all() and w.mask[:, :F].all()
+    # log-uniform: as many windows faster as slower
+    assert 0.35 < float(np.mean(v > 1.0)) < 0.65
+    # an invalid frame on either side of an interpolated sample masks it
+    valid2 = valid.clone()
+    valid2[100] = False
+    w2 = WindowSampler(cfg, [FeatureClip(feats, torch.zeros(10), valid2, "gap")], seed=4, aug_speed=2.0).sample(256)
+    x2, m2 = w2.feats[:, :F, 0], w2.mask[:, :F]
+    near = (x2 > 99) & (x2 < 101)
+    assert near.any() and not m2[near].any() and m2[~near].all()
+    with pytest.raises(InputError):
+        WindowSampler(cfg, [clip], aug_speed=0.5)
+
+
 def test_training_reduces_loss_and_resume_is_exact(tmp_path, monkeypatch):
     mc, _ = preset("tiny")
     data = []

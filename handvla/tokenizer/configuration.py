@@ -321,6 +321,12 @@ class TokenizerTrainConfig(ConfigModel):
     aug_shift_m: float = Field(
         0.05, ge=0, description="augmentation: random shift of the wrist path, metres per axis"
     )
+    aug_speed: float = Field(
+        1.0,
+        ge=1.0,
+        description="augmentation: each window plays its motion faster or slower by a factor drawn "
+        "log-uniformly from [1 / aug_speed, aug_speed] (features interpolated between frames); 1 = off",
+    )
     builtin_sequences: int = Field(256, ge=1, description="built-in motion: number of sequences")
     builtin_seconds: float = Field(10.0, gt=0, description="built-in motion: seconds per sequence")
     real_weight: float = Field(

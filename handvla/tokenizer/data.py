@@ -464,7 +464,10 @@ class Batch:
 
 class WindowSampler:
     """Random training windows: a clip (weighted by its frame count x weight), a random start, then
-    ``frames_per_block`` frames padded to ``window_frames``; optional scene augmentation.
+    ``frames_per_block`` frames padded to ``window_frames``; optional scene augmentation (yaw, shift) and
+    speed augmentation (``aug_speed`` > 1: each window plays its clip faster or slower by a factor drawn
+    log-uniformly from [1 / aug_speed, aug_speed], features interpolated linearly between neighbouring
+    frames).
 
     All randomness comes from ``self.rng`` (a numpy Generator), whose state is saved in checkpoints so a
     resumed run draws the same batches."""
@@ -476,6 +479,7 @@ class WindowSampler:
         seed: int = 0,
         aug_yaw_deg: float = 0.0,
         aug_shift_m: float = 0.0,
+        aug_speed: float = 1.0,
     ):
         if not clips:
             raise InputError("tokenizer training", "data", "at least one motion clip", "none")
@@ -484,6 +488,9 @@ class WindowSampler:
         self.F, self.W = config.frames_per_block, config.window_frames
         self.aug_yaw = np.deg2rad(aug_yaw_deg)
         self.aug_shift = aug_shift_m
+        if not aug_speed >= 1.0:
+            raise InputError("tokenizer training", "aug_speed", "a factor >= 1 (1 = off)", aug_speed)
+        self.aug_speed = float(aug_speed)
         self.rng = np.random.default_rng(seed)
         n_starts = np.array([max(len(c.feats) - self.F + 1, 1) for c in clips], np.float64)
         w = n_starts * np.array([c.weight for c in clips])
@@ -492,17 +499,34 @@ class WindowSampler:
 
     def sample(self, batch_size: int) -> Batch:
         ci = self.rng.choice(len(self.clips), size=batch_size, p=self.p)
-        starts = (self.rng.random(batch_size) * self.n_starts[ci]).astype(int)
+        if self.aug_speed > 1.0:
+            speed = np.exp(self.rng.uniform(-np.log(self.aug_speed), np.log(self.aug_speed), batch_size))
+            # a faster window spans more of its clip: its start leaves room for (F - 1) * speed frames
+            span = np.ceil((self.F - 1) * speed).astype(int) + 1
+            T = np.array([len(self.clips[c].feats) for c in ci])
+            starts = (self.rng.random(batch_size) * np.maximum(T - span + 1, 1)).astype(int)
+        else:
+            speed = np.ones(batch_size)
+            starts = (self.rng.random(batch_size) * self.n_starts[ci]).astype(int)
         feats, betas, mask = [], [], []
         k = np.arange(self.W)
-        for c, s in zip(ci, starts):
+        for c, s, v in zip(ci, starts, speed):
             clip = self.clips[c]
             T = len(clip.feats)
-            real = (k < self.F) & (s + k < T)  # padding: past the block, or past the clip's end
-            idx = np.minimum(s + np.minimum(k, self.F - 1), T - 1)
-            feats.append(clip.feats[idx])
+            pos = s + np.minimum(k, self.F - 1) * v  # padding repeats the block's last frame
+            real = (k < self.F) & (pos <= T - 1)  # padding: past the block, or past the clip's end
+            pos = np.minimum(pos, T - 1)
+            i0 = np.floor(pos).astype(int)
+            i1 = np.minimum(i0 + 1, T - 1)
+            w = torch.as_tensor(pos - i0, dtype=clip.feats.dtype)[:, None]
+            if v == 1.0:  # whole frames: no interpolation (the exact frames)
+                feats.append(clip.feats[i0])
+                mask.append(torch.from_numpy(real) & clip.valid[i0])
+            else:
+                feats.append(clip.feats[i0] * (1 - w) + clip.feats[i1] * w)
+                both = clip.valid[i0] & (clip.valid[i1] | torch.from_numpy(pos == i0))  # i1 weighs nothing
+                mask.append(torch.from_numpy(real) & both)
             betas.append(clip.betas)
-            mask.append(torch.from_numpy(real) & clip.valid[idx])
         batch = Batch(torch.stack(feats), torch.stack(betas), torch.stack(mask))
         if self.aug_yaw > 0:
             ang = self.rng.uniform(-self.aug_yaw, self.aug_yaw, batch_size)

@@ -377,7 +377,12 @@ def train(
     t_feat = time.perf_counter()
     clips = make_clips(model_config, train_motions, tc.real_weight)
     sampler = WindowSampler(
-        model_config, clips, seed=tc.seed, aug_yaw_deg=tc.aug_yaw_deg, aug_shift_m=tc.aug_shift_m
+        model_config,
+        clips,
+        seed=tc.seed,
+        aug_yaw_deg=tc.aug_yaw_deg,
+        aug_shift_m=tc.aug_shift_m,
+        aug_speed=tc.aug_speed,
     )
     model = MotionTokenizer(model_config)
     if tc.freeze_encoder:
