@@ -518,11 +518,11 @@ class WindowSampler:
             pos = np.minimum(pos, T - 1)
             i0 = np.floor(pos).astype(int)
             i1 = np.minimum(i0 + 1, T - 1)
-            w = torch.as_tensor(pos - i0, dtype=clip.feats.dtype)[:, None]
             if v == 1.0:  # whole frames: no interpolation (the exact frames)
                 feats.append(clip.feats[i0])
                 mask.append(torch.from_numpy(real) & clip.valid[i0])
-            else:
+            else:  # rotations too are interpolated in their feature form (neighbouring frames: close)
+                w = torch.as_tensor(pos - i0, dtype=clip.feats.dtype)[:, None]
                 feats.append(clip.feats[i0] * (1 - w) + clip.feats[i1] * w)
                 both = clip.valid[i0] & (clip.valid[i1] | torch.from_numpy(pos == i0))  # i1 weighs nothing
                 mask.append(torch.from_numpy(real) & both)
