@@ -14,10 +14,10 @@ training got, its final loss and whether it stopped early, and warns when a trai
 
 Reported per training (``aligned`` / ``unaligned``): the learning curve (loss and per-kind accuracies from
 ``metrics.jsonl``), and per evaluation store the target accuracy with its interval, final wrist error,
-MPJPE / MWTE, the baselines (constant output, per-template mean, per-template-and-camera-rig mean, retrieval by
-instruction text, tokenizer floor), the model with shuffled images (input sensitivity), the model asked for the scene's other objects
-(instruction following), motion translation (target object and direction named) and contextual prediction
-against a constant-velocity continuation.
+MPJPE / MWTE, the baselines (constant output, per-template mean, per-template-and-camera-rig mean,
+retrieval by instruction text, tokenizer floor), the model with shuffled images (input sensitivity), the
+model asked for the scene's other objects (instruction following), motion translation (target object and
+direction named) and contextual prediction against a constant-velocity continuation.
 """
 
 from __future__ import annotations

@@ -503,8 +503,8 @@ class WindowSampler:
             speed = np.exp(self.rng.uniform(-np.log(self.aug_speed), np.log(self.aug_speed), batch_size))
             # a faster window spans more of its clip: its start leaves room for (F - 1) * speed frames
             span = np.ceil((self.F - 1) * speed).astype(int) + 1
-            T = np.array([len(self.clips[c].feats) for c in ci])
-            starts = (self.rng.random(batch_size) * np.maximum(T - span + 1, 1)).astype(int)
+            lengths = np.array([len(self.clips[c].feats) for c in ci])
+            starts = (self.rng.random(batch_size) * np.maximum(lengths - span + 1, 1)).astype(int)
         else:
             speed = np.ones(batch_size)
             starts = (self.rng.random(batch_size) * self.n_starts[ci]).astype(int)
@@ -517,11 +517,11 @@ class WindowSampler:
             real = (k < self.F) & (pos <= T - 1)  # padding: past the block, or past the clip's end
             pos = np.minimum(pos, T - 1)
             i0 = np.floor(pos).astype(int)
-            i1 = np.minimum(i0 + 1, T - 1)
             if v == 1.0:  # whole frames: no interpolation (the exact frames)
                 feats.append(clip.feats[i0])
                 mask.append(torch.from_numpy(real) & clip.valid[i0])
             else:  # rotations too are interpolated in their feature form (neighbouring frames: close)
+                i1 = np.minimum(i0 + 1, T - 1)
                 w = torch.as_tensor(pos - i0, dtype=clip.feats.dtype)[:, None]
                 feats.append(clip.feats[i0] * (1 - w) + clip.feats[i1] * w)
                 both = clip.valid[i0] & (clip.valid[i1] | torch.from_numpy(pos == i0))  # i1 weighs nothing

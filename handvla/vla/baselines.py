@@ -160,6 +160,10 @@ def final_wrist_at(wrist: np.ndarray, valid: np.ndarray, num_frames: int) -> np.
     return None if len(ok) == 0 else np.asarray(wrist[int(ok[-1])], np.float64)
 
 
+#: the input-free baselines `handvla.vla.evaluate` scores from a `TrainingReference`, in report order
+INPUT_FREE_BASELINES = ("constant", "template", "rig_template", "retrieval")
+
+
 class TrainingReference:
     """Training episodes and the input-free predictions made from them (cached per query)."""
 
@@ -169,9 +173,7 @@ class TrainingReference:
         self.entries = list(entries)
         self.stores = [str(s) for s in stores]
         self.val_fraction = float(val_fraction)
-        self._const: dict[tuple[str, int], np.ndarray | None] = {}
-        self._tmpl: dict[tuple[str, str, int], np.ndarray | None] = {}
-        self._rig_tmpl: dict[tuple[str, str, str, int], np.ndarray | None] = {}
+        self._means: dict[tuple, np.ndarray | None] = {}  # (template or None, rig or None, side, frames)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -183,28 +185,31 @@ class TrainingReference:
             [e for e in self.entries if e.key not in drop], self.stores, self.val_fraction
         )
 
-    def _mean_final(self, entries: Iterable[TrainingEpisode], side: str, n: int) -> np.ndarray | None:
-        ps = [final_wrist_at(e.wrist[side], e.valid[side], n) for e in entries if side in e.acting]
-        ps = [p for p in ps if p is not None]
-        return np.mean(ps, axis=0) if ps else None
+    def _mean_final(self, template: str | None, rig: str | None, side: str, n: int) -> np.ndarray | None:
+        """Mean final wrist (3,) of ``side`` at frame ``n`` over the training episodes where it acts, of
+        ``template`` and ``rig`` (None: any), cached; None when there is no such episode."""
+        key = (template, rig, side, int(n))
+        if key not in self._means:
+            ps = [
+                final_wrist_at(e.wrist[side], e.valid[side], n)
+                for e in self.entries
+                if side in e.acting
+                and (template is None or e.template == template)
+                and (rig is None or e.rig == rig)
+            ]
+            ps = [p for p in ps if p is not None]
+            self._means[key] = np.mean(ps, axis=0) if ps else None
+        return self._means[key]
 
     def constant(self, side: str, num_frames: int) -> np.ndarray | None:
         """Mean final wrist (3,) of ``side`` over the training episodes where it acts, at the evaluated
         length ``num_frames``; None when no training episode has that hand acting."""
-        key = (side, int(num_frames))
-        if key not in self._const:
-            self._const[key] = self._mean_final(self.entries, side, num_frames)
-        return self._const[key]
+        return self._mean_final(None, None, side, num_frames)
 
     def template_mean(self, template: str, side: str, num_frames: int) -> tuple[np.ndarray | None, bool]:
         """(mean final wrist of the training episodes of ``template`` with ``side`` acting, True), or
         (`constant`, False) when the template (with that hand) was never seen."""
-        key = (template, side, int(num_frames))
-        if key not in self._tmpl:
-            self._tmpl[key] = self._mean_final(
-                (e for e in self.entries if e.template == template), side, num_frames
-            )
-        p = self._tmpl[key]
+        p = self._mean_final(template, None, side, num_frames)
         return (p, True) if p is not None else (self.constant(side, num_frames), False)
 
     def rig_template_mean(
@@ -215,14 +220,7 @@ class TrainingReference:
         (an unseen rig, or ``rig`` None). It knows what the image says about the camera (where the table
         sits in its frame) but nothing of the scene's layout: a model that beats ``template`` only by as
         much as this baseline does may have learnt the camera, not the objects."""
-        if rig is None:
-            return self.template_mean(template, side, num_frames)[0], False
-        key = (template, str(rig), side, int(num_frames))
-        if key not in self._rig_tmpl:
-            self._rig_tmpl[key] = self._mean_final(
-                (e for e in self.entries if e.template == template and e.rig == rig), side, num_frames
-            )
-        p = self._rig_tmpl[key]
+        p = None if rig is None else self._mean_final(template, str(rig), side, num_frames)
         return (p, True) if p is not None else (self.template_mean(template, side, num_frames)[0], False)
 
     def retrieve_nearest(self, text: str, side: str | None = None) -> int | None:

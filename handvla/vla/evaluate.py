@@ -67,6 +67,7 @@ from handvla.hand.metrics import mpjpe, mwte, pa_mpjpe
 from handvla.hand.motion import HandMotion
 from handvla.stats import paired_comparison, rate_summary
 from handvla.vla.baselines import (
+    INPUT_FREE_BASELINES,
     TrainingReference,
     checkpoint_training_stores,
     constant_velocity,
@@ -464,8 +465,7 @@ def evaluate_handworld(
         summary["train_reference"] = ref_info
     else:
         summary["baselines_skipped"] = (
-            "constant / template / rig_template / retrieval: no training stores given "
-            "(train_stores, --train-store)"
+            f"{' / '.join(INPUT_FREE_BASELINES)}: no training stores given (train_stores, --train-store)"
         )
     summary["per_rig"] = {
         rig: _summarise([r for r in rows if r["rig"] == rig], 0, 0.0)
@@ -708,8 +708,7 @@ def _score_input_free(row: dict[str, Any], ctx: dict[str, Any], ref: TrainingRef
     text, n, hands = row["task"], ctx["n"], ctx["hands"]
     template = instruction_template(text, ctx["ground_truth"])
     row["template"] = template
-    names = ("constant", "template", "rig_template", "retrieval")
-    preds: dict[str, dict[str, np.ndarray | None]] = {name: {} for name in names}
+    preds: dict[str, dict[str, np.ndarray | None]] = {name: {} for name in INPUT_FREE_BASELINES}
     fallbacks, retrieved = {"template": 0, "rig_template": 0}, []
     for h in hands:
         preds["constant"][h] = ref.constant(h, n)
@@ -1195,7 +1194,7 @@ def evaluate_checkpoint(
     for name, path in stores.items():
         out[name] = evaluate_handworld(bundle, path, train_stores=ref, **kwargs)
         if ref is None and note:
-            out[name]["summary"]["baselines_skipped"] = f"constant / template / rig_template / retrieval: {note}"
+            out[name]["summary"]["baselines_skipped"] = f"{' / '.join(INPUT_FREE_BASELINES)}: {note}"
     return out
 
 
