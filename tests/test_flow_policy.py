@@ -293,3 +293,50 @@ def test_context_in_norms_conditions_the_expert_on_the_context_mean():
     assert (out[True][0] - out[True][1]).abs().max() > 1e-3
     fresh = ActionExpert(A, H, NA, FlowSettings(width=32, layers=2, heads=4, context_in_norms=True))
     assert fresh.context_cond[-1].weight.abs().max() == 0 and fresh.context_cond[-1].bias.abs().max() == 0
+
+
+def test_residual_flow_is_regression_plus_what_the_mean_leaves_out(tmp_path):
+    """``flow.residual``: a regression head gives the chunk's mean and the expert generates the rest. Both
+    heads train (the expert's target detaches the mean, so its loss leaves fr alone), both save and load;
+    an expert at its zero start adds nothing but its starting noise; committed actions are kept exactly."""
+    ds = write_dataset(tmp_path / "ds", image_hw=None, episodes=2, T=10)
+    cfg = base_config(ds, tmp_path / "run", train__max_steps=12)
+    cfg["model"].update(
+        {"head": "flow", "flow": {"width": 32, "layers": 2, "heads": 4, "num_steps": 4, "residual": True}}
+    )
+    run_posttrain(load_posttrain_config(base=cfg), progress=False)
+    head = load_file(str(tmp_path / "run" / "final" / "policy_head.safetensors"))
+    assert any(k.startswith("action_expert.") for k in head) and any(k.startswith("action_head.") for k in head)
+    model = HandVLAPolicyModel.from_pretrained(tmp_path / "run" / "final")
+    assert model.config.flow.residual and model.has_regression_head
+
+    g = torch.Generator().manual_seed(0)
+    B, L, Hd = 3, 7, model.config.hidden_size
+    hidden = torch.randn(B, L, Hd, generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mean = torch.randn(B, model.config.chunk_size, model.config.model_action_dim, generator=g)
+    acts = mean + 0.1 * torch.randn(mean.shape, generator=g)
+    # the expert's loss does not reach the mean; the regression loss does
+    model.train()
+    m = mean.clone().requires_grad_(True)
+    out = model._flow_output(hidden, mask, acts, None, None, None, None, mean=m)
+    (g_vel,) = torch.autograd.grad(out.velocity_mse, m, retain_graph=True, allow_unused=True)
+    (g_all,) = torch.autograd.grad(out.loss, m)
+    assert (g_vel is None or g_vel.abs().max() == 0) and g_all.abs().max() > 0
+    # an expert at its zero start (v = 0) integrated from zero noise leaves the regression head's chunk
+    model.eval()
+    model.action_expert.reset_parameters()
+    model.action_expert.settings.noise_scale = 0.0
+    chunk = model._flow_output(hidden, mask, None, None, None, None, g, mean=mean).actions
+    torch.testing.assert_close(chunk, mean)
+    model.action_expert.settings.noise_scale = 0.5
+    prefix = torch.randn(B, 2, mean.shape[2], generator=g)
+    kept = model._flow_output(hidden, mask, None, None, prefix, torch.tensor([2, 1, 0]), g, mean=mean).actions
+    assert torch.equal(kept[0, :2], prefix[0]) and torch.equal(kept[1, :1], prefix[1, :1])
+    assert not torch.equal(kept[2, :1], prefix[2, :1])
+
+    policy = HandVLAPolicy.load(tmp_path / "run" / "final", device="cpu")
+    state = np.linspace(-1, 1, 7).astype(np.float32)
+    prev = np.arange(15, dtype=np.float32).reshape(3, 5)
+    d = policy.infer({"state": state, "prev_actions": prev, "inference_delay": np.int64(2)})
+    np.testing.assert_array_equal(d[:2], prev[:2])

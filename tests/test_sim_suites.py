@@ -16,7 +16,7 @@ pytest.importorskip("gymnasium_robotics")
 
 from handvla.cli import main  # noqa: E402
 from handvla.errors import ConfigError  # noqa: E402
-from handvla.robot.evaluate import evaluate_suite, suite_table  # noqa: E402
+from handvla.robot.evaluate import EVAL_SEED, evaluate_suite, suite_table  # noqa: E402
 from handvla.robot.lerobot_format import RobotDataset  # noqa: E402
 from handvla.robot.sim.expert import collect_demos, expert_rollouts, make_expert  # noqa: E402
 from handvla.robot.sim.metaworld import MT10, MetaWorldScriptedPolicy, MetaWorldSim  # noqa: E402
@@ -46,13 +46,13 @@ def test_metaworld_episodes_are_seeded_and_the_experts_solve_them():
 
 
 def test_metaworld_evaluation_seeds_use_placements_no_demonstration_seed_uses():
-    from handvla.robot.evaluate import EVAL_SEED
     from handvla.robot.sim.metaworld import EVAL_SEEDS_FROM, variation_index
 
     assert EVAL_SEEDS_FROM == EVAL_SEED
     demo = {variation_index(s) for s in range(300)}
     held = {variation_index(s) for s in range(EVAL_SEED, EVAL_SEED + 300)}
-    assert demo == set(range(25)) and held == set(range(25, 50))
+    assert demo == set(range(25)) | {None} and held == set(range(25, 50)) | {None}
+    assert variation_index(24) == 24 and variation_index(25) is None and variation_index(EVAL_SEED + 24) == 49
     # and in the simulator: the goal of an evaluation episode is none of the demonstration seeds' goals
     with MetaWorldSim("reach-v3") as sim:
         goals = {tuple(np.round(sim.reset(s)["state"][-3:], 5)) for s in range(25)}
@@ -60,6 +60,25 @@ def test_metaworld_evaluation_seeds_use_placements_no_demonstration_seed_uses():
     assert len(goals) == 25 and len(evals) == 25 and not goals & evals
     with pytest.raises(ConfigError, match="reach the evaluation seeds"):
         collect_demos("reach-v3", 5, "/nonexistent", seed=EVAL_SEED - 3, progress=False)
+
+
+def test_metaworld_seeds_past_the_benchmark_variations_are_new_episodes():
+    """Meta-World's reset ignores its seed: a variation replayed is the same episode. Seeds past the 25
+    variations of their range draw their own placement (seeded, so reproducible), and the scripted expert
+    still solves them; a drawn seed leaves the next variation seed's episode unchanged."""
+    from handvla.robot.sim.metaworld import placement_key
+
+    with MetaWorldSim("push-v3") as sim:
+        fixed = sim.reset(EVAL_SEED + 3)["state"]
+        variations = {tuple(np.round(sim.reset(s)["state"][4:7], 5)) for s in range(EVAL_SEED, EVAL_SEED + 25)}
+        variations |= {tuple(np.round(sim.reset(s)["state"][4:7], 5)) for s in range(25)}
+        drawn = [sim.reset(s)["state"] for s in (EVAL_SEED + 25, EVAL_SEED + 26, 25, EVAL_SEED + 25)]
+        np.testing.assert_array_equal(sim.reset(EVAL_SEED + 3)["state"], fixed)
+    np.testing.assert_array_equal(drawn[0], drawn[3])  # same seed, same episode
+    places = {tuple(np.round(d[4:7], 5)) for d in drawn[:3]} | {tuple(np.round(d[-3:], 5)) for d in drawn[:3]}
+    assert len(places) == 6 and not places & variations  # new puck and goal positions
+    assert placement_key(EVAL_SEED + 3) != placement_key(EVAL_SEED + 28)
+    assert all(r.success for r in expert_rollouts("push-v3", [25, 26, EVAL_SEED + 30]))
 
 
 def test_suites_name_their_tasks_and_experts():

@@ -115,6 +115,13 @@ class FlowSettings(ConfigModel):
         description="also condition the expert's adaptive norms on the mean of the VLA's context (beside the "
         "flow time), not only its cross-attention: a stronger hold on which task the chunk is for",
     )
+    residual: bool = Field(
+        False,
+        description="a regression head beside the expert (trained with the policy's ``loss``) gives the "
+        "chunk's mean; the expert generates only what the mean leaves out (action minus the regression "
+        "head's chunk, which the expert's loss does not train): regression's hold on which task the chunk "
+        "is for, flow's spread around it",
+    )
     rtc_guidance: float = Field(
         2.0,
         ge=0.0,

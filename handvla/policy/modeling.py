@@ -115,6 +115,15 @@ def masked_action_errors(
     return (err.abs() * m).sum() / denom, (err.square() * m).sum() / denom
 
 
+def _keep_prefix(chunk: torch.Tensor, prefix: torch.Tensor, prefix_len: torch.Tensor | None) -> torch.Tensor:
+    """``chunk`` (B, Na, A) with its first actions replaced by the committed ``prefix`` (B, d, A): row b's
+    first ``prefix_len[b]`` (default all d)."""
+    B, d = chunk.shape[0], prefix.shape[1]
+    lens = torch.full((B,), d) if prefix_len is None else prefix_len.cpu()
+    keep = (torch.arange(d)[None] < lens[:, None]).to(chunk.device)[..., None]
+    return torch.cat([torch.where(keep, prefix.to(chunk), chunk[:, :d]), chunk[:, d:]], dim=1)
+
+
 @torch.no_grad()
 def _init_rows_at_mean(weight: torch.Tensor, start: int, noise: float = 0.02, seed: int = 0) -> None:
     """Rows [start:] := mean of rows [:start] + noise * per-dimension std * N(0, 1)."""
@@ -159,7 +168,7 @@ class HandVLAPolicyModel(nn.Module):
         if config.head == "flow":
             config.flow.width = config.flow.width_for(H)  # the checkpoint says the width it was built with
             self.action_expert = ActionExpert(A, H, config.chunk_size, config.flow)
-        else:
+        if self.has_regression_head:
             self.action_head = mlp(H, config.head_hidden_size or H, A)  # fr
         self.processor = processor
         self.normalizer: Normalizer | None = None
@@ -196,12 +205,18 @@ class HandVLAPolicyModel(nn.Module):
         model.reset_heads(seed)
         return model
 
+    @property
+    def has_regression_head(self) -> bool:
+        """fr exists: the regression head, or the flow expert's mean (``flow.residual``)."""
+        return self.config.head == "regression" or self.config.flow.residual
+
     def head_modules(self) -> dict[str, nn.Module]:
-        """The modules beside the backbone and the queries, by checkpoint prefix: fp, and fr or the expert."""
+        """The modules beside the backbone and the queries, by checkpoint prefix: fp, and fr and / or the
+        expert."""
         heads: dict[str, nn.Module] = {"proprio": self.proprio}
         if self.config.head == "flow":
             heads["action_expert"] = self.action_expert
-        else:
+        if self.has_regression_head:
             heads["action_head"] = self.action_head
         return heads
 
@@ -211,7 +226,7 @@ class HandVLAPolicyModel(nn.Module):
         under ``seed``), and put the queries at the mean token embedding plus small noise, so they start in
         the range the LLM is used to."""
         g = torch.Generator().manual_seed(seed)
-        mlps = [self.proprio] + ([self.action_head] if self.config.head == "regression" else [])
+        mlps = [self.proprio] + ([self.action_head] if self.has_regression_head else [])
         for lin in [m for seq in mlps for m in seq if isinstance(m, nn.Linear)]:
             bound = 1.0 / lin.in_features**0.5
             lin.weight.copy_(torch.empty_like(lin.weight).uniform_(-bound, bound, generator=g))
@@ -340,16 +355,17 @@ class HandVLAPolicyModel(nn.Module):
         hidden = bb.language_model(
             inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state  # (B, L, H)
+        pred = None
+        if self.has_regression_head:
+            # the template writes the queries in order 0..Na-1, so position order is query order
+            hq = hidden[q_mask].reshape(B, Na, -1)
+            pred = self.action_head(hq.to(self.action_queries.dtype))  # (B, Na, A): fr
         if cfg.head == "flow":
-            return self._flow_output(hidden, attention_mask, actions, action_mask, prefix, prefix_len, generator)
-        # the template writes the queries in order 0..Na-1, so position order is query order
-        hq = hidden[q_mask].reshape(B, Na, -1)
-        pred = self.action_head(hq.to(self.action_queries.dtype))  # (B, Na, A): fr
+            return self._flow_output(
+                hidden, attention_mask, actions, action_mask, prefix, prefix_len, generator, mean=pred
+            )
         if prefix is not None:
-            d = prefix.shape[1]
-            lens = torch.full((B,), d) if prefix_len is None else prefix_len.cpu()
-            keep = (torch.arange(d)[None] < lens[:, None]).to(pred.device)[..., None]
-            pred = torch.cat([torch.where(keep, prefix.to(pred), pred[:, :d]), pred[:, d:]], dim=1)
+            pred = _keep_prefix(pred, prefix, prefix_len)
         out = PolicyOutput(actions=pred)
         if actions is not None:
             out.l1, out.mse = masked_action_errors(pred, actions, action_mask)
@@ -357,31 +373,48 @@ class HandVLAPolicyModel(nn.Module):
         return out
 
     def _flow_output(
-        self, hidden, attention_mask, actions, action_mask, prefix, prefix_len, generator
+        self, hidden, attention_mask, actions, action_mask, prefix, prefix_len, generator, mean=None
     ) -> PolicyOutput:
         """The flow head: in training mode with ``actions``, the flow-matching loss (and the one-step
-        estimate of the chunk); otherwise the integrated chunk (and its errors when ``actions`` are given)."""
+        estimate of the chunk); otherwise the integrated chunk (and its errors when ``actions`` are given).
+        ``mean`` (B, Na, A) (``flow.residual``): the regression head's chunk; the expert then generates
+        ``chunk - mean`` (its target uses ``mean`` detached, so the expert's loss does not move fr) and the
+        loss adds fr's own (``config.loss``)."""
         expert = self.action_expert
         ctx_mask = attention_mask.bool()
+        base = None if mean is None else mean.float()
+        reg_loss = None
+        if actions is not None and base is not None:
+            l1, mse = masked_action_errors(base, actions, action_mask)
+            reg_loss = l1 if self.config.loss == "l1" else mse
         if actions is not None and self.training:
             k = expert.settings.train_samples  # draws per chunk; the backbone's states are shared
             rep = (lambda z: z.repeat_interleave(k, dim=0)) if k > 1 else (lambda z: z)
             acts, amask = rep(actions), None if action_mask is None else rep(action_mask)
-            x_t, t, u = expert.training_targets(acts)
+            shift = 0.0 if base is None else rep(base.detach())
+            x_t, t, u = expert.training_targets(acts - shift)
             v = expert(x_t, t, rep(hidden), rep(ctx_mask))
-            est = x_t + (1 - t)[:, None, None] * v
+            est = x_t + (1 - t)[:, None, None] * v + shift
             _, vel_mse = masked_action_errors(v, u, amask)
-            out = PolicyOutput(actions=est[::k], loss=vel_mse, velocity_mse=vel_mse)
+            loss = vel_mse if reg_loss is None else vel_mse + reg_loss
+            out = PolicyOutput(actions=est[::k], loss=loss, velocity_mse=vel_mse)
             with torch.no_grad():
                 out.l1, out.mse = masked_action_errors(est, acts, amask)
             return out
+        committed = prefix
+        if prefix is not None and base is not None:
+            prefix = prefix.to(base) - base[:, : prefix.shape[1]]
         chunk = expert.sample(hidden, ctx_mask, prefix=prefix, generator=generator, prefix_len=prefix_len)
+        if base is not None:
+            chunk = chunk + base
+            if committed is not None:  # exactly the committed actions, not (prefix - mean) + mean
+                chunk = _keep_prefix(chunk, committed, prefix_len)
         out = PolicyOutput(actions=chunk)
         if actions is not None:
             out.l1, out.mse = masked_action_errors(chunk, actions, action_mask)
-            x_t, t, u = expert.training_targets(actions)
+            x_t, t, u = expert.training_targets(actions if base is None else actions - base)
             _, out.velocity_mse = masked_action_errors(expert(x_t, t, hidden, ctx_mask), u, action_mask)
-            out.loss = out.velocity_mse
+            out.loss = out.velocity_mse if reg_loss is None else out.velocity_mse + reg_loss
         return out
 
     # -- saving ---------------------------------------------------------------------------------------

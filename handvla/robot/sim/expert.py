@@ -23,7 +23,6 @@ mapped back to [-1, 1] (``(ctrl - act_mean) / act_rng``), i.e. exactly what the 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from handvla.data.lerobot import vector_feature, video_feature, video_key
 from handvla.errors import ConfigError
 from handvla.robot.lerobot_format import RobotDatasetWriter
 from handvla.robot.sim.adroit import AdroitSim, Rollout, rollout
-from handvla.robot.sim.metaworld import EVAL_SEEDS_FROM, MT10, VARIATIONS, MetaWorldExpert, variation_index
+from handvla.robot.sim.metaworld import EVAL_SEEDS_FROM, MT10, MetaWorldExpert, placement_key
 from handvla.robot.sim.suites import make_sim, task_spec
 
 # Closed-hand joint targets (rad), found during development by a random search over grasp poses (40 poses,
@@ -341,15 +340,7 @@ def collect_demos(
                     "expert_success_rate": float(np.mean(results)) if results else 0.0,
                 }
                 if spec.name in MT10:
-                    placements = len({variation_index(k) for k in kept})
-                    per_task[spec.name]["distinct_placements"] = placements
-                    if placements < written:
-                        print(
-                            f"warning: {spec.name}: {written} demonstrations on {placements} distinct "
-                            f"placements (Meta-World has {VARIATIONS // 2} for demonstrations; the scripted "
-                            "expert repeats itself on a placement)",
-                            file=sys.stderr,
-                        )
+                    per_task[spec.name]["distinct_placements"] = len({placement_key(k) for k in kept})
                 if written < n_episodes:
                     raise ConfigError(
                         f"{spec.name}: only {written} of {n_episodes} successful demonstrations in {attempts} "

@@ -7,12 +7,16 @@ Facts from Meta-World 3.1 (``metaworld`` on PyPI; its v3 environments):
   second object position (3) and quaternion (4), the same 18 values of the previous frame, goal position
   (3); action 4 in [-1, 1]: end-effector displacement (x, y, z) and gripper effort;
 - a control step is 5 MuJoCo steps of 2.5 ms (80 steps per second); episodes last at most 500 steps;
-- each task has 50 variations (object and goal placements): the benchmark's ``train_tasks`` (a reset
-  with another seed does not move them). Handvla splits them: demonstration seeds (below
-  ``EVAL_SEEDS_FROM`` = 10000, where ``handvla data sim-demos`` starts) use variations 0-24 (``s mod
-  25``), evaluation seeds (10000 and up, where ``handvla eval sim`` starts) variations 25-49 (``25 + s mod
-  25``), so a policy is scored on placements its demonstrations never showed; the benchmark is built
-  with seed 0 and the episode reset with seed ``s``: the same seed is the same episode on every machine;
+- each task has 50 variations (object and goal placements): the benchmark's ``train_tasks``. A reset
+  with another seed does not move them (``reset`` ignores its seed) and the arm starts in the same pose,
+  so two episodes on one variation are the same episode. Handvla splits them: demonstration seeds (below
+  ``EVAL_SEEDS_FROM`` = 10000, where ``handvla data sim-demos`` starts) 0-24 use variations 0-24,
+  evaluation seeds (10000 and up, where ``handvla eval sim`` starts) 10000-10024 variations 25-49, so a
+  policy is scored on placements its demonstrations never showed. Every later seed of either range draws
+  its own placement from the task's placement space, seeded by the seed (as the benchmark drew its
+  variations; `placement_key`), so 100 evaluation episodes of a task are 100 different episodes, not 25
+  repeated four times. The benchmark is built with seed 0: the same seed is the same episode on every
+  machine;
 - success: the environment's ``success`` flag at any step, i.e. ``success_min_steps`` = 1; as in
   Meta-World's own evaluation, an episode ends at its first success (demonstrations end there too);
 - scripted policies: ``metaworld.policies.Sawyer<Task>V3Policy`` for every task.
@@ -48,11 +52,22 @@ VARIATIONS = 50
 EVAL_SEEDS_FROM = 10_000
 
 
-def variation_index(seed: int, variations: int = VARIATIONS) -> int:
-    """The task variation of episode ``seed``: demonstration seeds (< EVAL_SEEDS_FROM) the first half of the
-    variations, evaluation seeds the second half (disjoint placements)."""
+def variation_index(seed: int, variations: int = VARIATIONS) -> int | None:
+    """The benchmark variation of episode ``seed``: the first ``variations // 2`` demonstration seeds (from
+    0) the first half of the variations, the first evaluation seeds (from ``EVAL_SEEDS_FROM``) the second
+    half (disjoint placements); None for every later seed, which draws its own placement."""
     half = variations // 2
-    return seed % half if seed < EVAL_SEEDS_FROM else half + seed % (variations - half)
+    k = seed if seed < EVAL_SEEDS_FROM else seed - EVAL_SEEDS_FROM
+    if not 0 <= k < variations - half:
+        return None
+    return k if seed < EVAL_SEEDS_FROM else half + k
+
+
+def placement_key(seed: int) -> tuple[str, int]:
+    """What decides the placement of episode ``seed``: ("variation", index) or ("drawn", seed). Episodes with
+    equal keys are the same episode."""
+    v = variation_index(seed)
+    return ("drawn", int(seed)) if v is None else ("variation", v)
 
 
 #: MT10: environment name -> (instruction, the package's scripted policy class)
@@ -145,12 +160,23 @@ class MetaWorldSim(GymSim):
 
     # -- episodes ------------------------------------------------------------------------------------------
     def reset(self, seed: int) -> dict[str, np.ndarray]:
-        """Start the episode of ``seed``: variation `variation_index` (seed), reset with ``seed``."""
+        """Start the episode of ``seed``: its benchmark variation (`variation_index`), or a placement drawn
+        from the task's placement space with the environment's generator seeded by ``seed``."""
         seed = int(seed)
+        v = variation_index(seed, len(self._variations))
+        env = self.env
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.env.set_task(self._variations[variation_index(seed, len(self._variations))])
-            self._obs, _ = self.env.reset(seed=seed)
+            env.set_task(self._variations[0 if v is None else v])  # the task's settings (and its placement)
+            if v is None:
+                # Meta-World 3.1's own way of drawing a placement (how it drew the benchmark's variations):
+                # an unfrozen placement vector, drawn at reset from the environment's seeded generator
+                env._freeze_rand_vec, env.seeded_rand_vec = False, True
+                env.seed(seed)
+            try:
+                self._obs, _ = env.reset(seed=seed)
+            finally:
+                env._freeze_rand_vec, env.seeded_rand_vec = True, False
         self.seed, self.t = seed, 0
         return self.observation()
 
