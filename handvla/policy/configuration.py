@@ -120,7 +120,9 @@ class FlowSettings(ConfigModel):
         description="a regression head beside the expert (trained with the policy's ``loss``) gives the "
         "chunk's mean; the expert generates only what the mean leaves out (action minus the regression "
         "head's chunk, which the expert's loss does not train): regression's hold on which task the chunk "
-        "is for, flow's spread around it",
+        "is for, flow's spread around it. Meta-World MT10 over three training seeds (README, robot suite): "
+        "no task behind regression (door-open 0.93 vs 0.95; the default expert 0.80, behind at every seed), "
+        "overall 0.885 vs 0.884 for the default expert; not yet measured on Adroit, so off by default",
     )
     rtc_guidance: float = Field(
         2.0,

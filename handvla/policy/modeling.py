@@ -15,6 +15,9 @@ Sequence (the VLA's chat template; ``<image>`` expands to InternVL image tokens 
   action each: an (Na, action_dim) chunk of normalised actions, predicted in one forward pass.
 - Loss: L1 (default) or MSE on normalised actions, padded chunk steps excluded; no language-model loss
   (the LM head is not even part of the policy).
+- ``head: flow`` replaces fr by the flow-matching action expert (`handvla.policy.flow`), which reads all
+  last-layer hidden states; with ``flow.residual`` fr stays and the expert generates the action minus fr's
+  chunk (both losses train).
 
 Both token kinds are added to the text tokenizer as special tokens and the embedding table grows to match
 (rows initialised at the mean embedding, like the motion tokens), so token ids stay below the table size
@@ -29,7 +32,7 @@ Checkpoint folder (`HandVLAPolicyModel.save_pretrained` / ``from_pretrained``; s
 
     config.json, model.safetensors (or shards)   the backbone (InternVLModel weights, HandVLAConfig)
     policy_config.json                           `PolicyConfig` (handvla.policy.configuration)
-    policy_head.safetensors                      fp, action_queries, fr
+    policy_head.safetensors                      fp, action_queries, fr and / or action_expert
     tokenizer.json, ...                          the text tokenizer with motion and policy tokens
     normalization.safetensors / .json            state and action statistics (handvla.policy.processing)
     motion_tokenizer/                            copied from the VLA checkpoint it started from, if any
