@@ -47,8 +47,9 @@ from handvla.robot.sim.adroit import (
 ROBOT_TYPE = "sawyer"
 DEFAULT_CAMERA = "corner2"
 VARIATIONS = 50
-#: the first evaluation seed (``handvla.robot.evaluate.EVAL_SEED``): seeds from here on use the second half
-#: of every task's variations, seeds below it (demonstrations) the first half
+#: the first evaluation seed (``handvla.robot.evaluate.EVAL_SEED``): its first 25 seeds use the second half
+#: of every task's variations, the first 25 seeds below it (demonstrations) the first half; later seeds of
+#: either range draw their own placements (`variation_index`)
 EVAL_SEEDS_FROM = 10_000
 
 
