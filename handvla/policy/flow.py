@@ -54,6 +54,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
     return F.pad(emb, (0, dim % 2))
 
 
+def committed_mask(batch: int, d: int, prefix_len: torch.Tensor | None, device) -> torch.Tensor:
+    """(batch, d, 1) bool: True where a committed prefix action is kept, row b's first ``prefix_len[b]``
+    of ``d`` (default all d)."""
+    lens = torch.full((batch,), d) if prefix_len is None else prefix_len.to("cpu").long()
+    return (torch.arange(d)[None] < lens[:, None]).to(device)[..., None]
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -226,8 +233,7 @@ class ActionExpert(nn.Module):
                     "ActionExpert.sample", "prefix", f"(B={B}, d <= {Na}, A={A})", str(tuple(prefix.shape))
                 )
             prefix = prefix.to(device, torch.float32)
-            lens = torch.full((B,), d) if prefix_len is None else prefix_len.to("cpu").long()
-            keep = (torch.arange(d)[None] < lens[:, None]).to(device)[..., None]  # (B, d, 1)
+            keep = committed_mask(B, d, prefix_len, device)
         encoded = self.encode_context(context, context_mask)
         w = float(self.settings.rtc_guidance if guidance is None else guidance)
         x, dt = x0.clone(), 1.0 / n

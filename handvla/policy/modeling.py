@@ -68,7 +68,7 @@ from handvla.policy.configuration import (
     PolicyConfig,
     load_policy_config,
 )
-from handvla.policy.flow import ActionExpert
+from handvla.policy.flow import ActionExpert, committed_mask
 from handvla.policy.processing import (
     PROP_CONTEXT_TOKEN,
     Normalizer,
@@ -121,9 +121,8 @@ def masked_action_errors(
 def _keep_prefix(chunk: torch.Tensor, prefix: torch.Tensor, prefix_len: torch.Tensor | None) -> torch.Tensor:
     """``chunk`` (B, Na, A) with its first actions replaced by the committed ``prefix`` (B, d, A): row b's
     first ``prefix_len[b]`` (default all d)."""
-    B, d = chunk.shape[0], prefix.shape[1]
-    lens = torch.full((B,), d) if prefix_len is None else prefix_len.cpu()
-    keep = (torch.arange(d)[None] < lens[:, None]).to(chunk.device)[..., None]
+    d = prefix.shape[1]
+    keep = committed_mask(chunk.shape[0], d, prefix_len, chunk.device)
     return torch.cat([torch.where(keep, prefix.to(chunk), chunk[:, :d]), chunk[:, d:]], dim=1)
 
 
