@@ -35,6 +35,10 @@ order), ``layer`` (the whole answer coarse to fine: every block's residual-layer
 finger) and ``part`` (every block's wrist ids, then every block's finger ids). Training progress goes to
 stderr.
 
+``--end-points ray|xyz``: the tokenizer's blocks also say where they end (three end-point ids first in each
+block, `handvla.tokenizer.with_end_points`), and decoding moves the path to end in the stated cell, so an
+answer's end is a few ids the LM can read off the place rather than the sum of residual codes.
+
 ``--rerank-samples 1,4,8,16``: also sample that many answers per prompt (``--temperature``) and keep the one
 whose decoded end lies nearest the place (``--rerank-place``): best of k as ``handvla.vla.rerank`` decodes
 the VLA, here with the told place in 3-D instead of the model's own box in the image; beside it one sample
@@ -126,6 +130,20 @@ def collect_pairs(paths, mt, seconds: int, limit: int | None = None) -> list[dic
     return rows
 
 
+def training_motions(paths, limit: int):
+    """Every hand track of the first ``limit`` episodes of the stores (the span of end-point bins)."""
+    from handvla.data.store import EpisodeStore
+
+    n = 0
+    for path in paths:
+        st = EpisodeStore(path)
+        for k in range(len(st)):
+            if n >= limit:
+                return
+            n += 1
+            yield from (m for m in st.load_episode(k, with_video=False).hands.values() if np.asarray(m.valid).any())
+
+
 class PromptCoder:
     """Prompt tokens for one ``condition``; the motion ids take the vocabulary's first ``motion_vocab`` ids."""
 
@@ -175,10 +193,12 @@ class PromptCoder:
 
 def answer_permutation(layout, blocks: int, order: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The order the LM says an answer's ids in: ``perm[j]`` = block-major position of the j-th id said, and
-    the residual layer and part index (0 = wrist) of every block-major position."""
+    the residual layer and part index (0 = wrist; -1 = end-point ids, which count as layer 0) of every
+    block-major position."""
     L = blocks * layout.tokens_per_block
     pos_layer = np.tile(layout.position_layers(), blocks)
-    pos_part = np.tile(np.repeat(np.arange(len(layout.parts)), layout.tokens_per_part), blocks)
+    one = np.concatenate([np.full(layout.end_point_tokens, -1), np.repeat(np.arange(len(layout.parts)), layout.tokens_per_part)])
+    pos_part = np.tile(one, blocks)  # -1: a block's end-point ids (said first of its layer)
     if order == "block":
         perm = np.arange(L)
     elif order == "layer":
@@ -324,6 +344,11 @@ def main(argv: list[str] | None = None) -> dict:
                    help="'block': block after block, each in the tokenizer's order (pretraining's); 'layer': the "
                    "whole answer coarse to fine, every block's residual-layer-0 ids first (wrist before finger); "
                    "'part': every block's wrist ids (block after block), then every block's finger ids")
+    p.add_argument("--end-points", default="none", choices=["none", "xyz", "ray"],
+                   help="the tokenizer's blocks also state where they end (TokenizerConfig.end_point_space, "
+                   "handvla.tokenizer.with_end_points: the span of the first 400 training episodes' block ends); "
+                   "each block's three end-point ids come first in block order, first of layer 0 otherwise")
+    p.add_argument("--end-point-bins", type=int, default=64)
     p.add_argument("--train-pairs", type=int, default=None, help="cap on training pairs")
     p.add_argument("--eval-pairs", type=int, default=400)
     p.add_argument("--eval-every", type=int, default=0, help="also score at these step intervals (0: end only)")
@@ -339,10 +364,12 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    from handvla.tokenizer import MotionTokenizer
+    from handvla.tokenizer import MotionTokenizer, with_end_points
 
     t0 = time.time()
     mt = MotionTokenizer.from_pretrained(a.tokenizer)
+    if a.end_points != "none":
+        mt = with_end_points(mt, a.end_points, a.end_point_bins, motions=list(training_motions(a.train, 400)))
     train = collect_pairs(a.train, mt, a.seconds, a.train_pairs)
     held = collect_pairs([a.eval], mt, a.seconds, a.eval_pairs)
     collect_s = time.time() - t0
@@ -387,7 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
             model.train()
         pred = logits.argmax(-1).numpy()[:, inv]
         true = Xev[:, P:].numpy()[:, inv]
-        wr = slice(0, mt.layout.tokens_per_part)  # the wrist part comes first in a block
+        wr = mt.layout.part_positions(mt.layout.parts[0])  # the wrist's positions in a block
         acc = {}
         for li in range(mt.layout.layers):
             m = np.zeros(L, bool)
@@ -435,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
     # pairs' most frequent id at its position): how much of the end point the coarse layers decide
     train_ids = Xtr[:, P:].numpy()[:, inv]
     mode = np.array([np.bincount(train_ids[:, j]).argmax() for j in range(L)])
-    wrist = pos_part == 0
+    wrist = pos_part <= 0  # the wrist's codes and the end-point ids
     coarse_floor = {}
     for k in range(mt.layout.layers):
         x = np.where(wrist & (pos_layer < k), true_ids, mode)
@@ -454,6 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
         "prompt_tokens": P,
         "answer_tokens": L,
         "answer_order": a.answer_order,
+        "end_points": {"space": a.end_points, "bins": a.end_point_bins,
+                       "span": mt.config.end_point_span if a.end_points != "none" else None},
         "steps": a.steps,
         "final_loss": curve[-1]["loss"],
         "train_seconds": round(train_s, 1),

@@ -204,3 +204,28 @@ def test_sampled_answers_stay_legal_and_the_nearest_one_is_kept(world, oracle):
     best = np.linalg.norm(finals - np.stack(places)[:, None], axis=-1).min(1)
     assert res["nearest_of_6"]["distance_to_place_cm"] == pytest.approx(100 * best.mean())
     assert mod.told_places(rows, "none") is None
+
+
+def test_end_point_ids_are_said_first_and_decide_the_end(world, oracle, capsys):
+    """``--end-points``: each block's three end-point ids come first (in block order at each block's start, in
+    the coarse-to-fine order before every other id), and the benchmark scores the end they state."""
+    from handvla.tokenizer import MotionTokenizer, with_end_points
+
+    mod = oracle
+    mt = MotionTokenizer.from_pretrained(world / "tok")
+    ep = with_end_points(mt, "ray", 8, motions=list(mod.training_motions([world / "train"], 10)))
+    lay, blocks = ep.layout, 2
+    T = lay.tokens_per_block
+    perm, pos_layer, pos_part = mod.answer_permutation(lay, blocks, "block")
+    assert list(pos_part[:4]) == [-1, -1, -1, 0] and list(pos_part[T : T + 4]) == [-1, -1, -1, 0]
+    perm, pos_layer, pos_part = mod.answer_permutation(lay, blocks, "layer")
+    assert sorted(perm[:6].tolist()) == [0, 1, 2, T, T + 1, T + 2]
+    res = mod.main(["--tokenizer", str(world / "tok"), "--train", str(world / "train"), "--eval", str(world / "heldout"),
+                    "--seconds", "1", "--steps", "2", "--batch-size", "4", "--hidden", "16", "--layers", "1",
+                    "--heads", "2", "--bins", "8", "--end-points", "ray", "--end-point-bins", "8"])  # fmt: skip
+    capsys.readouterr()
+    assert res["end_points"]["space"] == "ray" and res["answer_tokens"] == mt.layout.tokens_per_block + 3
+    # the floor with the true ids: the true end's cell; with only the end-point ids true, the same end cells
+    floor = res["baselines"]["tokenizer_floor"]
+    coarse = res["baselines"]["tokenizer_floor_coarse_wrist_only"]["wrist_layers_below_1"]
+    assert floor["pairs"] == res["generated"]["pairs"] and 0 <= coarse["target_accuracy"] <= 1

@@ -7,6 +7,7 @@ handvla tokenizer convert --from being-h0 --src WRIST_DIR+FINGER_DIR --out DIR [
 handvla tokenizer encode --ckpt DIR (--motion PARAMS.npz | --features FEATS.npy) --out IDS.npy [--mano-dir D]
 handvla tokenizer decode --ckpt DIR --ids IDS.npy --out PARAMS.npz [--side right] [--num-frames N]
                          [--features-out FEATS.npy]
+handvla tokenizer end-points --ckpt DIR [--space ray|xyz] [--bins 64] [--data PATH|STORE ...] --out DIR
 encode / decode take any tokenizer checkpoint (handvla's own or a converted one).
 """
 
@@ -270,8 +271,46 @@ def run_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_end_points(sub) -> argparse.ArgumentParser:
+    e = add_command(sub, "end-points", run_end_points,
+                    help="a copy of a tokenizer whose blocks also state where they end (end-point ids)")  # fmt: skip
+    e.add_argument("--ckpt", required=True, help="tokenizer checkpoint folder")
+    e.add_argument("--space", choices=["ray", "xyz"], default="ray",
+                   help="'ray': x / z, y / z, z (the place in the image, then depth); 'xyz': metres")  # fmt: skip
+    e.add_argument("--bins", type=int, default=64, help="bins per axis (default 64)")
+    e.add_argument("--data", nargs="+", action="extend",
+                   help="motion whose block ends set the bins' span (parameter or joint .npz files, folders, globs, "
+                   "episode stores); default: the space's fixed span (TokenizerConfig.end_point_range)")  # fmt: skip
+    e.add_argument("--max-motions", type=int, default=2000, help="at most this many hands of --data (default 2000)")
+    e.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    return e
+
+
+def run_end_points(args: argparse.Namespace) -> int:
+    from handvla.errors import InputError
+    from handvla.tokenizer.data import load_sources
+    from handvla.tokenizer.loading import load_tokenizer
+    from handvla.tokenizer.modeling import with_end_points
+
+    if args.bins < 2:
+        raise InputError("--bins", None, "a whole number >= 2", str(args.bins))
+    tok = load_tokenizer(args.ckpt)
+    if tok.config.end_point_space != "none":
+        raise InputError(args.ckpt, "end_point_space", "a tokenizer without end-point ids", tok.config.end_point_space)
+    motions = []
+    if args.data:
+        motions = [lm.motion for lm in load_sources(list(args.data), tok.config.fps)][: args.max_motions]
+    out = with_end_points(tok, args.space, args.bins, motions=motions)
+    out.save_pretrained(args.out)
+    lo, hi = out.config.end_point_span
+    print_json({"out": args.out, "space": args.space, "bins": args.bins, "span": {"lo": lo, "hi": hi},
+                "span_from": f"{len(motions)} motions" if motions else "the space's default",
+                "ids_per_block": out.layout.tokens_per_block, "vocab_size": out.layout.vocab_size})  # fmt: skip
+    return 0
+
+
 #: the ``handvla tokenizer`` actions, in help order
-SUBCOMMANDS = (add_train, add_eval, add_convert, add_encode, add_decode)
+SUBCOMMANDS = (add_train, add_eval, add_convert, add_encode, add_decode, add_end_points)
 
 
 def register(subparsers) -> None:

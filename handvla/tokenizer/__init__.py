@@ -14,7 +14,7 @@
 
 from handvla.tokenizer.configuration import TokenizerConfig, TokenizerTrainConfig, preset
 from handvla.tokenizer.layout import TokenLayout, token_layout
-from handvla.tokenizer.modeling import MotionTokenizer, MotionTokens
+from handvla.tokenizer.modeling import MotionTokenizer, MotionTokens, with_end_points
 
 __all__ = [
     "MotionTokenizer",
@@ -24,4 +24,5 @@ __all__ = [
     "TokenizerTrainConfig",
     "preset",
     "token_layout",
+    "with_end_points",
 ]

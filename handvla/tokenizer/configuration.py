@@ -36,6 +36,14 @@ MODEL_TYPE = "handvla-grq-vae-motion-tokenizer"
 WeightedField = Literal["hand_pose", "global_orient", "wrist_pos", "betas", "joints"]
 
 
+#: default spans of the end-point bins per space (tokenizer frame: camera, left hands mirrored): a wrist up to
+#: 1.5 m from the camera, within +-50 degrees of its axis ('ray': x / z, y / z up to tan 50 = 1.19)
+END_POINT_RANGES: dict[str, list[list[float]]] = {
+    "xyz": [[-0.9, -0.9, 0.1], [0.9, 0.9, 1.5]],
+    "ray": [[-1.2, -1.2, 0.1], [1.2, 1.2, 1.5]],
+}
+
+
 class TokenizerConfig(ConfigModel):
     """The model. Every field is saved in ``config.json`` next to the weights."""
 
@@ -79,6 +87,23 @@ class TokenizerConfig(ConfigModel):
         "group_time_layer",
         description="order of a part's ids inside a block: 'group_time_layer' (the reference) or "
         "'layer_group_time' (coarse first: all residual-layer-0 codes, then layer 1, ...)",
+    )
+    end_point_space: Literal["none", "xyz", "ray"] = Field(
+        "none",
+        description="each block also states where its wrist ends, as one id per axis and bin before the block's "
+        "codes, and decoding moves the wrist path so that every block ends there (a departure from the "
+        "reference, which has no such ids: 'none'). 'xyz': the wrist position in metres; 'ray': x / z, y / z "
+        "(where it is in the image) and z (its depth). In the tokenizer's frame: the camera frame, left hands "
+        "mirrored (x -> -x). A language model then says where the hand goes as a few ids it can read off a "
+        "place, not as the sum of residual codes (README, 'Does the VLA learn?' (18))",
+    )
+    end_point_bins: int = Field(64, ge=2, description="bins per axis of the end-point ids (end_point_space)")
+    end_point_range: list[list[float]] | None = Field(
+        None,
+        description="[[lo_0, lo_1, lo_2], [hi_0, hi_1, hi_2]]: the span the end-point bins divide evenly, per "
+        "axis of end_point_space (values outside go to the first / last bin). None: the defaults for the space "
+        "(END_POINT_RANGES: a hand within 1.5 m of the camera, 100 degrees across), or set from data with "
+        "handvla.tokenizer.with_end_points",
     )
     zero_init_residual: bool = Field(
         True,
@@ -181,6 +206,12 @@ class TokenizerConfig(ConfigModel):
             self.code_dim,
         )
         _check(self.id_layout in ID_LAYOUTS, "id_layout", " or ".join(map(repr, ID_LAYOUTS)), self.id_layout)
+        if self.end_point_range is not None:
+            r = self.end_point_range
+            ok = len(r) == 2 and all(len(v) == 3 for v in r) and all(
+                math.isfinite(lo) and math.isfinite(hi) and hi > lo for lo, hi in zip(r[0], r[1])
+            )
+            _check(ok, "end_point_range", "[[lo, lo, lo], [hi, hi, hi]] with finite hi > lo per axis", r)
         _check(
             self.token_order in TOKEN_ORDERS,
             "token_order",
@@ -190,6 +221,12 @@ class TokenizerConfig(ConfigModel):
         return self
 
     # --- derived sizes ---------------------------------------------------------------------------------
+    @property
+    def end_point_span(self) -> tuple[list[float], list[float]]:
+        """(lo, hi) per axis of the end-point bins: ``end_point_range`` or the space's default."""
+        r = self.end_point_range or END_POINT_RANGES[self.end_point_space]
+        return [float(v) for v in r[0]], [float(v) for v in r[1]]
+
     @property
     def spec(self):
         return feature_spec(self.features, self.joints_frame)

@@ -30,6 +30,8 @@ TOKEN_ORDERS: dict[str, tuple[str, str, str]] = {
 #: motion-id layouts: 'per_part' = one id range per part (codes of every layer share it); 'per_layer' =
 #: one id range per (part, residual layer), the reference release's arithmetic
 ID_LAYOUTS = ("per_part", "per_layer")
+#: axes of a block's end-point ids (``end_point_bins`` > 0): one id per axis, before the parts' ids
+END_POINT_AXES = 3
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class TokenLayout:
     ``code + p * codebook_size``; with 'per_layer' (the reference release) it is
     ``code + codebook_size * layer + part_base`` with ``part_base = p * codebook_size * layers``, so the id
     itself says its part and residual layer.
+
+    ``end_point_bins`` > 0 (not the reference: 0): each block starts with `END_POINT_AXES` ids that say where
+    the block's wrist ends, one per axis and bin (axis a, bin k -> ``parts_vocab + a * end_point_bins + k``,
+    after every part's ids); the tokenizer decodes the motion so that each block ends there
+    (``TokenizerConfig.end_point_space``). They count as residual layer 0 (the coarsest).
     """
 
     parts: tuple[str, ...]
@@ -51,8 +58,11 @@ class TokenLayout:
     codebook_size: int
     id_layout: str = "per_part"
     order: str = "group_time_layer"
+    end_point_bins: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.end_point_bins, bool) or not isinstance(self.end_point_bins, int) or self.end_point_bins < 0:
+            raise ConfigError(f"token layout: end_point_bins must be a whole number >= 0, got {self.end_point_bins!r}")
         if self.id_layout not in ID_LAYOUTS:
             raise ConfigError(f"token layout: id_layout must be one of {ID_LAYOUTS}, got {self.id_layout!r}")
         if self.order not in TOKEN_ORDERS:
@@ -63,8 +73,13 @@ class TokenLayout:
         return self.groups * self.latent_steps * self.layers
 
     @property
+    def end_point_tokens(self) -> int:
+        """End-point ids at the start of each block (`END_POINT_AXES`, or 0 without end points)."""
+        return END_POINT_AXES if self.end_point_bins else 0
+
+    @property
     def tokens_per_block(self) -> int:
-        return len(self.parts) * self.tokens_per_part
+        return self.end_point_tokens + len(self.parts) * self.tokens_per_part
 
     @property
     def ids_per_part(self) -> int:
@@ -72,9 +87,24 @@ class TokenLayout:
         return self.codebook_size * (self.layers if self.id_layout == "per_layer" else 1)
 
     @property
+    def parts_vocab_size(self) -> int:
+        """Distinct ids of the parts' codes (the end-point ids come after them)."""
+        return len(self.parts) * self.ids_per_part
+
+    @property
     def vocab_size(self) -> int:
         """Number of distinct motion ids (8192 for the default part-level tokenizer)."""
-        return len(self.parts) * self.ids_per_part
+        return self.parts_vocab_size + END_POINT_AXES * self.end_point_bins
+
+    @property
+    def end_point_id_range(self) -> tuple[int, int]:
+        """[lo, hi) of the end-point ids (empty without end points)."""
+        return self.parts_vocab_size, self.vocab_size
+
+    @property
+    def end_point_positions(self) -> slice:
+        """Positions of the end-point ids inside a block (the first `end_point_tokens`)."""
+        return slice(0, self.end_point_tokens)
 
     def part_offset(self, part: str) -> int:
         return self.parts.index(part) * self.ids_per_part
@@ -82,7 +112,8 @@ class TokenLayout:
     def part_positions(self, part: str) -> slice:
         """Positions of ``part``'s ids inside a block."""
         i = self.parts.index(part)
-        return slice(i * self.tokens_per_part, (i + 1) * self.tokens_per_part)
+        first = self.end_point_tokens + i * self.tokens_per_part
+        return slice(first, first + self.tokens_per_part)
 
     def id_range(self, part: str) -> tuple[int, int]:
         """[lo, hi) of ``part``'s ids."""
@@ -103,7 +134,7 @@ class TokenLayout:
         """(tokens_per_block,) residual layer of the code at each position of a block."""
         grid = torch.arange(self.layers).view(1, 1, 1, -1).expand(1, self.latent_steps, self.groups, -1)
         one = grid.permute(0, *self._axes()).reshape(-1).numpy()
-        return np.tile(one, len(self.parts)).astype(np.int64)
+        return np.concatenate([np.zeros(self.end_point_tokens), np.tile(one, len(self.parts))]).astype(np.int64)
 
     def position_id_ranges(self) -> np.ndarray:
         """(tokens_per_block, 2) legal [lo, hi) id range at each position of a block."""
@@ -117,6 +148,8 @@ class TokenLayout:
                 out[sl, 0], out[sl, 1] = lo_l, lo_l + self.codebook_size
             else:
                 out[sl, 0], out[sl, 1] = lo, hi
+        for a in range(self.end_point_tokens):
+            out[a] = self.parts_vocab_size + a * self.end_point_bins, self.parts_vocab_size + (a + 1) * self.end_point_bins
         return out
 
     # ----- the flat view the VLA uses ------------------------------------------------------------------
@@ -136,6 +169,7 @@ class TokenLayout:
         how a per-part block factors into groups, time steps and layers, which its ids do not show)."""
         return (
             self.parts == other.parts
+            and self.end_point_bins == other.end_point_bins
             and self.vocab_size == other.vocab_size
             and np.array_equal(self.position_id_ranges(), other.position_id_ranges())
         )
@@ -146,12 +180,15 @@ class TokenLayout:
         return self.id_layout == "per_layer"
 
     def id_kinds(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(part index, residual layer) of motion ids; layer -1 where ids do not say it (per-part ids)."""
+        """(part index, residual layer) of motion ids; layer -1 where ids do not say it (per-part ids). End-point
+        ids are part ``len(parts)`` (named 'end'), layer 0."""
         ids = np.asarray(ids, np.int64)
+        end = ids >= self.parts_vocab_size
         part = np.minimum(ids // self.ids_per_part, len(self.parts) - 1)
         if not self.ids_say_layer:
-            return part, np.full_like(ids, -1)
-        return part, (ids - part * self.ids_per_part) // self.codebook_size
+            return np.where(end, len(self.parts), part), np.where(end, 0, np.full_like(ids, -1))
+        layer = (ids - part * self.ids_per_part) // self.codebook_size
+        return np.where(end, len(self.parts), part), np.where(end, 0, layer)
 
     def check_layer_weights(self, weights: Any, where: str) -> list[float]:
         """``weights`` as one float >= 0 per residual layer, or a one-line ConfigError naming ``where``: the
@@ -177,7 +214,7 @@ class TokenLayout:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "motion token layout") -> TokenLayout:
-        fields = ("parts", "groups", "latent_steps", "layers", "codebook_size", "id_layout", "order")
+        fields = ("parts", "groups", "latent_steps", "layers", "codebook_size", "id_layout", "order", "end_point_bins")
         missing = [k for k in fields[:5] if k not in d]
         unknown = sorted(set(d) - set(fields))
         if missing or unknown:
@@ -237,9 +274,15 @@ class TokenLayout:
         return cls(parts, 1, wrist_ids_per_block, 1, per_part_ids)
 
 
-    def pack(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
-        """{part: (B, latent_steps, groups, layers) codes in [0, codebook_size)} -> (B, tokens_per_block)."""
+    def pack(self, codes: dict[str, torch.Tensor], end_point_bins: torch.Tensor | None = None) -> torch.Tensor:
+        """{part: (B, latent_steps, groups, layers) codes in [0, codebook_size)} -> (B, tokens_per_block).
+        With end points, ``end_point_bins`` (B, `END_POINT_AXES`) bins in [0, end_point_bins) come first."""
         out = []
+        if self.end_point_bins:
+            if end_point_bins is None or tuple(end_point_bins.shape[1:]) != (END_POINT_AXES,):
+                raise InputError("TokenLayout.pack", "end_point_bins", f"(B, {END_POINT_AXES}) bins", repr(end_point_bins)[:60])
+            axis = torch.arange(END_POINT_AXES, device=end_point_bins.device) * self.end_point_bins
+            out.append(end_point_bins.long() + axis + self.parts_vocab_size)
         for part in self.parts:
             c = codes[part]
             B = c.shape[0]
@@ -247,6 +290,17 @@ class TokenLayout:
             c = c.long() + self._layer_offsets().to(c.device)
             out.append(c.permute(0, *self._axes()).reshape(B, self.tokens_per_part) + self.part_offset(part))
         return torch.cat(out, 1)
+
+    def position_part(self, pos: int) -> str:
+        """The part a block position belongs to ('end point' for the end-point ids)."""
+        if pos < self.end_point_tokens:
+            return "end point"
+        return next(p for p in self.parts if self.part_positions(p).start <= pos < self.part_positions(p).stop)
+
+    def end_point_bins_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, tokens_per_block) validated ids -> (B, `END_POINT_AXES`) end-point bins (needs end points)."""
+        axis = torch.arange(END_POINT_AXES, device=ids.device) * self.end_point_bins
+        return ids[:, self.end_point_positions] - self.parts_vocab_size - axis
 
     def unpack(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, tokens_per_block) ids -> {part: (B, latent_steps, groups, layers) codes}. Validate first."""
@@ -282,7 +336,7 @@ class TokenLayout:
         bad = (t < rng[:, 0]) | (t >= rng[:, 1])
         if bad.any():
             b, pos = (int(v) for v in bad.nonzero()[0])
-            part = next(p for p in self.parts if self.part_positions(p).start <= pos < self.part_positions(p).stop)
+            part = self.position_part(pos)
             lo, hi = (int(v) for v in rng[pos])
             raise InputError(where, f"ids[{b}, {pos}]", f"a {part} id in [{lo}, {hi})", str(int(t[b, pos])))
         return t
@@ -298,4 +352,5 @@ def token_layout(config: TokenizerConfig) -> TokenLayout:
         codebook_size=config.codebook_size,
         id_layout=config.id_layout,
         order=config.token_order,
+        end_point_bins=config.end_point_bins if config.end_point_space != "none" else 0,
     )

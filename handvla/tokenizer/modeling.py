@@ -701,13 +701,78 @@ class MotionTokenizer(nn.Module):
 
     @torch.no_grad()
     def encode(self, feats: torch.Tensor) -> torch.Tensor:
-        """Raw features (B, window_frames, D) of B blocks -> motion ids (B, tokens_per_block) int64."""
-        return self.layout.pack(self.encode_codes(feats))
+        """Raw features (B, window_frames, D) of B blocks -> motion ids (B, tokens_per_block) int64 (with end
+        points, the bins of each block's wrist at its last real frame, ``frames_per_block - 1``, first)."""
+        codes = self.encode_codes(feats)
+        ends = None
+        if self.layout.end_point_bins:
+            wrist = feats[:, self.config.frames_per_block - 1, self.spec.slices()["wrist_pos"]]
+            ends = self.end_point_bins(torch.as_tensor(wrist, dtype=torch.float32))
+        return self.layout.pack(codes, ends)
+
+    # --- end points (config.end_point_space) ---------------------------------------------------------
+    def _end_point_coded(self, wrist: torch.Tensor) -> torch.Tensor:
+        return end_point_coded(self.config.end_point_space, wrist)
+
+    def end_point_bins(self, wrist: torch.Tensor) -> torch.Tensor:
+        """(..., 3) wrist positions in the tokenizer's frame (metres, left hands mirrored) -> (..., 3) bins of
+        ``config.end_point_space`` (values outside ``end_point_span`` go to the first / last bin)."""
+        lo, hi = (torch.tensor(v, dtype=torch.float32) for v in self.config.end_point_span)
+        n = self.config.end_point_bins
+        b = torch.floor((self._end_point_coded(wrist.float()) - lo) / (hi - lo) * n)
+        return b.clamp(0, n - 1).long()
+
+    def _end_point_uncoded(self, c: torch.Tensor) -> torch.Tensor:
+        if self.config.end_point_space == "xyz":
+            return c
+        z = c[..., 2]
+        return torch.stack([c[..., 0] * z, c[..., 1] * z, z], -1)  # the inverse of end_point_coded
+
+    def end_point_positions(self, bins: Any) -> torch.Tensor:
+        """(..., 3) end-point bins -> (..., 3) wrist positions at the bins' centres (tokenizer frame)."""
+        lo, hi = (torch.tensor(v, dtype=torch.float64) for v in self.config.end_point_span)
+        c = lo + (torch.as_tensor(bins).double() + 0.5) / self.config.end_point_bins * (hi - lo)
+        return self._end_point_uncoded(c)
+
+    def end_point_targets(self, decoded: torch.Tensor, bins: Any) -> torch.Tensor:
+        """Where blocks end once moved to their end-point ids: (..., 3) decoded block ends and their (..., 3)
+        bins -> the point of each bin's cell nearest the decoded end, per axis of the space (the decoded end
+        itself when it lies in the cell: the bins say which cell, the codes where inside it; the first and
+        last bins reach out to infinity, as encoding clips values beyond the span into them)."""
+        lo, hi = (torch.tensor(v, dtype=torch.float64) for v in self.config.end_point_span)
+        n = self.config.end_point_bins
+        b = torch.as_tensor(bins).double()
+        w = (hi - lo) / n
+        inset = 1e-3 * w  # inside the cell, so that encoding the moved end gives the same bin back
+        cell_lo = torch.where(b <= 0, torch.full_like(b, -torch.inf), lo + b * w + inset)
+        cell_hi = torch.where(b >= n - 1, torch.full_like(b, torch.inf), lo + (b + 1) * w - inset)
+        c = self._end_point_coded(torch.as_tensor(decoded).double())
+        return self._end_point_uncoded(torch.maximum(torch.minimum(c, cell_hi), cell_lo))
+
+    def _move_to_end_points(self, feats: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
+        """Shift the decoded wrist path (T, D) so that each block ends in its stated end point's cell
+        (`end_point_targets`): the shift is the target minus the decoded position at each block's last kept
+        frame, linear in time between those frames and from zero at the first frame (the decoded start is
+        kept)."""
+        F_ = self.config.frames_per_block
+        nb = math.ceil(n / F_)
+        knots = [min((b + 1) * F_, n) - 1 for b in range(nb)]
+        ws = self.spec.slices()["wrist_pos"]
+        ends = self.end_point_targets(feats[knots, ws], self.layout.end_point_bins_of(ids[:nb])).float()
+        shift = ends - feats[knots, ws]
+        xs = ([0] if knots[0] > 0 else []) + knots
+        ys = torch.cat([shift.new_zeros(1, 3), shift]) if knots[0] > 0 else shift
+        t = torch.arange(n, dtype=torch.float32)
+        out = feats.clone()
+        for a in range(3):
+            out[:n, ws.start + a] += torch.as_tensor(np.interp(t.numpy(), xs, ys[:, a].numpy()), dtype=feats.dtype)
+        return out
 
     @torch.no_grad()
     def decode(self, ids: Any) -> torch.Tensor:
         """Motion ids (B, tokens_per_block) -> raw features (B, window_frames, D) (the last
-        window_frames - frames_per_block frames are padding)."""
+        window_frames - frames_per_block frames are padding). The codes' reconstruction: end-point ids move
+        the wrist only where blocks are joined (`decode_sequence`)."""
         codes = self.layout.unpack(self.layout.validate(ids, "MotionTokenizer.decode"))
         parts = {}
         for part, c in codes.items():
@@ -742,7 +807,8 @@ class MotionTokenizer(nn.Module):
     @torch.no_grad()
     def decode_sequence(self, ids: Any, num_frames: int | None = None, batch_size: int = 256) -> torch.Tensor:
         """ids (blocks, tokens_per_block) -> raw features (T, D): each block's padding frames are dropped,
-        the blocks joined, then cut to ``num_frames`` (default: blocks x frames_per_block)."""
+        the blocks joined, then cut to ``num_frames`` (default: blocks x frames_per_block); with end points
+        the wrist path is then moved to end each block where its end-point ids say (`_move_to_end_points`)."""
         ids = self.layout.validate(ids, "decode_sequence")
         F_ = self.config.frames_per_block
         total = ids.shape[0] * F_
@@ -754,7 +820,10 @@ class MotionTokenizer(nn.Module):
                 str(num_frames),
             )
         feats = torch.cat([self.decode(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
-        return feats[:, :F_].reshape(total, -1)[: num_frames or total]
+        feats = feats[:, :F_].reshape(total, -1)[: num_frames or total]
+        if self.layout.end_point_bins:
+            feats = self._move_to_end_points(feats, ids, len(feats))
+        return feats
 
     # --- motion ----------------------------------------------------------------------------------------
     def _check_fps(self, fps: float, where: str) -> None:
@@ -833,7 +902,10 @@ class MotionTokenizer(nn.Module):
             raise InputError("final_wrist_positions", "sides", f"{len(ids)} of 'left' / 'right'", repr(sides)[:80])
         F_ = self.config.frames_per_block
         feats = torch.cat([self.decode(ids[i : i + batch_size])[:, F_ - 1] for i in range(0, len(ids), batch_size)])
-        wrist = features_to_params(self.spec, feats)["wrist_pos"].numpy().astype(np.float64)
+        wrist = features_to_params(self.spec, feats)["wrist_pos"]
+        if self.layout.end_point_bins:  # moved into the stated end point's cell, as decode_motion moves it
+            wrist = self.end_point_targets(wrist, self.layout.end_point_bins_of(ids))
+        wrist = wrist.numpy().astype(np.float64)
         wrist[:, 0] *= np.where(np.asarray(sides) == "left", -1.0, 1.0)
         return wrist
 
@@ -922,6 +994,42 @@ class MotionTokenizer(nn.Module):
                 q.ema_sum.copy_(q.codebook * q._smoothed_usage(q.ema_usage)[..., None])
 
 
+def end_point_coded(space: str, wrist: torch.Tensor) -> torch.Tensor:
+    """(..., 3) wrist positions (metres) -> the values end-point bins divide: themselves ('xyz'), or
+    x / z, y / z, z ('ray': where the point is in the image, then its depth; z floored at 1 mm)."""
+    if space == "xyz":
+        return wrist
+    z = wrist[..., 2].clamp_min(1e-3)
+    return torch.stack([wrist[..., 0] / z, wrist[..., 1] / z, wrist[..., 2]], -1)
+
+
+def with_end_points(
+    mt: MotionTokenizer, space: str = "ray", bins: int = 64, span: Sequence[Sequence[float]] | None = None,
+    motions: Sequence[HandMotion] = (), margin: float = 0.05,
+) -> MotionTokenizer:
+    """A copy of ``mt`` whose blocks also state where they end (``TokenizerConfig.end_point_space``): the same
+    weights and codes, ``3 x bins`` more ids. The bins divide ``span`` ([[lo x3], [hi x3]]), else the span of
+    the block ends of ``motions`` (0.5th to 99.5th percentile, widened by ``margin`` of it on each side), else
+    the space's default (`END_POINT_RANGES`)."""
+    if space not in ("xyz", "ray"):
+        raise InputError("with_end_points", "space", "'xyz' or 'ray'", repr(space))
+    if span is None and motions:
+        F_ = mt.config.frames_per_block
+        ws = mt.spec.slices()["wrist_pos"]
+        ends = torch.cat([mt.blocks_from_sequence(mt.motion_features(m))[:, F_ - 1, ws] for m in motions])
+        coded = end_point_coded(space, ends).numpy()
+        lo, hi = np.percentile(coded, 0.5, axis=0), np.percentile(coded, 99.5, axis=0)
+        pad = margin * np.maximum(hi - lo, 1e-3)
+        span = [(lo - pad).tolist(), (hi + pad).tolist()]
+    update = {"end_point_space": space, "end_point_bins": int(bins),
+              "end_point_range": None if span is None else [[float(v) for v in span[0]], [float(v) for v in span[1]]]}
+    config = TokenizerConfig(**{**mt.config.model_dump(), **update})
+    out = MotionTokenizer(config)
+    out.load_state_dict(mt.state_dict())
+    out._hand_models = dict(mt._hand_models)
+    return out.eval()
+
+
 @torch.no_grad()
 def calibrated_tokenizer(motions: list[HandMotion], config: TokenizerConfig, seed: int = 0) -> MotionTokenizer:
     """An UNTRAINED tokenizer whose feature normaliser and codebooks (k-means on its random encoder's latents)
@@ -949,4 +1057,5 @@ __all__ = [
     "MotionTokens",
     "calibrated_tokenizer",
     "fill_invalid",
+    "with_end_points",
 ]

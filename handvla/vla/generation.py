@@ -243,7 +243,7 @@ def _structure_error(
             bad = real & ((m < rng[:, 0]) | (m >= rng[:, 1]))
             if bad.any():
                 k = int(np.argmax(bad))
-                part = next(p for p in lay.parts if k < lay.part_positions(p).stop)
+                part = lay.position_part(k)
                 return f"block {b}: {part} position {k} holds id {int(m[k])}, expected one in [{rng[k, 0]}, {rng[k, 1]})"
     rest = tokens[blocks * L :]
     if len(rest) and rest[0] not in (vocab.eos_id, vocab.pad_id):

@@ -18,6 +18,7 @@ then read it, and a resumed run reuses it, so token ids never change between ses
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -30,7 +31,8 @@ from torch import nn
 from handvla.atomic import atomic_dir, atomic_write_text
 from handvla.errors import CheckpointError, ConfigError
 from handvla.tokenizer.loading import load_tokenizer
-from handvla.vla.modeling import VLABundle, build_vla, load_vla, vla_from_backbone
+from handvla.vla.modeling import VLABundle, build_vla, extend_vocabulary, load_vla, vla_from_backbone
+from handvla.vla.processing import HandVLAProcessor
 from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
 
 #: the random preset's text tokenizer, under the run's output folder
@@ -75,8 +77,7 @@ def load_initial_vla(
         load_mt = need_motion_tokenizer and mt is None
         bundle = load_vla(source.init_checkpoint, dtype=dtype, load_motion_tokenizer=load_mt)
         if mt is not None:
-            bundle.motion_tokenizer = mt
-            bundle.model.config.has_motion_tokenizer = True
+            _adopt_motion_tokenizer(bundle, mt, source.init_checkpoint, source.seed)
     elif source.backbone:
         bundle = vla_from_backbone(
             source.backbone, motion_tokenizer=mt, dtype=dtype, seed=source.seed, **(backbone_overrides or {})
@@ -105,6 +106,24 @@ def load_initial_vla(
             "model: no motion tokenizer (give model.motion_tokenizer or a checkpoint that holds motion_tokenizer/)"
         )
     return bundle
+
+
+def _adopt_motion_tokenizer(bundle: VLABundle, mt: Any, checkpoint: str, seed: int) -> None:
+    """Continue ``checkpoint`` with the motion tokenizer ``mt``: the same ids, or the same ids plus blocks'
+    end-point ids (`TokenLayout.end_point_bins`), which grow the vocabulary (`extend_vocabulary`: new rows at
+    the mean embedding); any other layout is a ConfigError."""
+    old, new = bundle.model.config.motion_layout, mt.layout
+    if not old.same_ids(new):
+        base = dataclasses.replace(new, end_point_bins=0)
+        if old.end_point_bins or not base.same_ids(old):
+            raise ConfigError(
+                f"model.motion_tokenizer: its ids ({new}) are not those of the init_checkpoint {checkpoint} "
+                f"({old}), nor those plus end-point ids"
+            )
+        extend_vocabulary(bundle.model, bundle.processor.tokenizer, new, seed=seed)
+        bundle.processor = HandVLAProcessor(bundle.processor.tokenizer, bundle.model.config)
+    bundle.motion_tokenizer = mt
+    bundle.model.config.has_motion_tokenizer = True
 
 
 def backbone_layer_types(model: nn.Module) -> tuple[type, ...]:

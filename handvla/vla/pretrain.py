@@ -288,12 +288,14 @@ def freeze_parameters(model: torch.nn.Module, prefixes: list[str], where: str) -
 def token_kinds(targets: torch.Tensor, config) -> tuple[torch.Tensor, list[str]]:
     """Kind index of each target token id and the kind names: 'text' (every non-motion token, block
     delimiters and end of turn included), then per part 'wrist' / 'finger' (or 'hand'), split by residual
-    layer ('wrist_l0', ...) when the ids say their layer."""
+    layer ('wrist_l0', ...) when the ids say their layer, and the blocks' end-point ids ('end_point')."""
     layout = config.motion_layout
     off = int(config.motion_token_offset)
     parts = layout.parts
     L = layout.layers if layout.ids_say_layer else 1
     names = ["text"] + [f"{p}_l{k}" if L > 1 else p for p in parts for k in range(L)]
+    if layout.end_point_bins:  # `TokenLayout.id_kinds` gives them part len(parts), layer 0
+        names.append("end_point")  # kind 1 + len(parts) * L
     ids = targets.detach().cpu().numpy() - off
     is_motion = (ids >= 0) & (ids < layout.vocab_size)
     part, layer = layout.id_kinds(np.where(is_motion, ids, 0))

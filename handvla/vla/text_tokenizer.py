@@ -268,12 +268,32 @@ def _range_str(arr: np.ndarray) -> str:
     return f"values in [{arr.min()}, {arr.max()}] (dtype {arr.dtype})"
 
 
+def _grow_motion_ids(tokenizer: PreTrainedTokenizerBase, layout: TokenLayout) -> None:
+    """A tokenizer with the motion ids of a smaller layout (e.g. a checkpoint trained before its tokenizer's
+    blocks gained end-point ids, ``TokenLayout.end_point_bins``) gets the missing ``<motion_id_k>`` after its
+    last one, which must be the tokenizer's last token so that the ids stay contiguous."""
+    vocab = tokenizer.get_vocab()
+    have = 0
+    while motion_token(have) in vocab:
+        have += 1
+    if have >= layout.vocab_size:
+        return
+    if int(vocab[motion_token(have - 1)]) != len(tokenizer) - 1:
+        raise ConfigError(
+            f"tokenizer: has {have} motion ids and the layout {layout.vocab_size}, but tokens follow "
+            f"<motion_id_{have - 1}>, so more motion ids would not be contiguous"
+        )
+    new = [motion_token(i) for i in range(have, layout.vocab_size)]
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+
+
 def add_motion_tokens(tokenizer: PreTrainedTokenizerBase, layout: TokenLayout) -> MotionVocab:
     """Add the image tokens (when absent) and the motion vocabulary to ``tokenizer`` in place.
 
     All added tokens are special (never split, dropped by ``decode(skip_special_tokens=True)``). The motion
     ids get contiguous token ids. Idempotent: a tokenizer that already has the full motion vocabulary is
-    only checked. Returns the `MotionVocab`.
+    only checked; one with fewer motion ids than ``layout`` (a layout that gained end-point ids) gets the
+    rest, contiguous after its last (`_grow_motion_ids`). Returns the `MotionVocab`.
     """
     vocab = tokenizer.get_vocab()
     for tok in (IM_START_TOKEN, IM_END_TOKEN):
@@ -304,6 +324,8 @@ def add_motion_tokens(tokenizer: PreTrainedTokenizerBase, layout: TokenLayout) -
         raise ConfigError(
             f"tokenizer: has only part of the motion vocabulary ({present}); expected all or none"
         )
+    else:
+        _grow_motion_ids(tokenizer, layout)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = ENDOFTEXT_TOKEN if ENDOFTEXT_TOKEN in tokenizer.get_vocab() else IM_END_TOKEN
     # Batched generation needs left padding (all prompts end at the same position).
