@@ -181,7 +181,7 @@ class TokenLayout:
 
     def id_kinds(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
         """(part index, residual layer) of motion ids; layer -1 where ids do not say it (per-part ids). End-point
-        ids are part ``len(parts)`` (named 'end'), layer 0."""
+        ids are part ``len(parts)`` ('end_point' in the VLA's metrics), layer 0."""
         ids = np.asarray(ids, np.int64)
         end = ids >= self.parts_vocab_size
         part = np.minimum(ids // self.ids_per_part, len(self.parts) - 1)
