@@ -224,6 +224,8 @@ class TokenizerConfig(ConfigModel):
     @property
     def end_point_span(self) -> tuple[list[float], list[float]]:
         """(lo, hi) per axis of the end-point bins: ``end_point_range`` or the space's default."""
+        if self.end_point_space == "none":
+            raise ConfigError("tokenizer config: field 'end_point_space' is 'none': this tokenizer has no end-point ids")
         r = self.end_point_range or END_POINT_RANGES[self.end_point_space]
         return [float(v) for v in r[0]], [float(v) for v in r[1]]
 
