@@ -130,18 +130,19 @@ def collect_pairs(paths, mt, seconds: int, limit: int | None = None) -> list[dic
     return rows
 
 
-def training_motions(paths, limit: int):
-    """Every hand track of the first ``limit`` episodes of the stores (the span of end-point bins)."""
+def training_motions(paths, limit: int, fps: float) -> list:
+    """The hand motions of the first ``limit`` episodes of the stores, in order (the span of end-point bins)."""
     from handvla.data.store import EpisodeStore
+    from handvla.tokenizer.data import load_store_motions
 
-    n = 0
+    out = []
     for path in paths:
-        st = EpisodeStore(path)
-        for k in range(len(st)):
-            if n >= limit:
-                return
-            n += 1
-            yield from (m for m in st.load_episode(k, with_video=False).hands.values() if np.asarray(m.valid).any())
+        n = min(len(EpisodeStore(path)), limit)
+        if n == 0:
+            break
+        out += [lm.motion for lm in load_store_motions(path, fps, max_episodes=n)]
+        limit -= n
+    return out
 
 
 class PromptCoder:
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     mt = MotionTokenizer.from_pretrained(a.tokenizer)
     if a.end_points != "none":
-        mt = with_end_points(mt, a.end_points, a.end_point_bins, motions=list(training_motions(a.train, 400)))
+        mt = with_end_points(mt, a.end_points, a.end_point_bins, motions=training_motions(a.train, 400, mt.config.fps))
     train = collect_pairs(a.train, mt, a.seconds, a.train_pairs)
     held = collect_pairs([a.eval], mt, a.seconds, a.eval_pairs)
     collect_s = time.time() - t0

@@ -104,9 +104,11 @@ def test_codes_unchanged_and_every_block_ends_in_its_cell(tokenizers, motions, s
         assert int(moved[0]) == int(other[-1, 0]) - ep.layout.position_id_ranges()[0, 0]
         step = np.linalg.norm(np.diff(d2.wrist_pos - d.wrist_pos, axis=0), axis=-1)
         assert step.max() < 0.5 * np.linalg.norm(d2.wrist_pos[-1] - d.wrist_pos[-1]) + 1e-6
-    # bins round-trip through their centres; the span is the data's, widened
-    centres = ep.end_point_positions(torch.arange(32).repeat(3, 1).T)
-    torch.testing.assert_close(ep.end_point_bins(centres.float()), torch.arange(32).repeat(3, 1).T)
+    # any decoded end, however far, is moved into the stated bin's cell (edge bins reach beyond the span)
+    grid = torch.arange(32).repeat(3, 1).T
+    for far in ([5.0, -5.0, 9.0], [-5.0, 5.0, 0.05]):
+        moved = ep.end_point_targets(torch.tensor([far]).repeat(32, 1), grid)
+        torch.testing.assert_close(ep.end_point_bins(moved.float()), grid)
     assert all(h > lo_ for lo_, h in zip(lo, hi))
     ep.save_pretrained(tmp_path / "ep")
     back = MotionTokenizer.from_pretrained(tmp_path / "ep")

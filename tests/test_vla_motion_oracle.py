@@ -213,7 +213,7 @@ def test_end_point_ids_are_said_first_and_decide_the_end(world, oracle, capsys):
 
     mod = oracle
     mt = MotionTokenizer.from_pretrained(world / "tok")
-    ep = with_end_points(mt, "ray", 8, motions=list(mod.training_motions([world / "train"], 10)))
+    ep = with_end_points(mt, "ray", 8, motions=mod.training_motions([world / "train"], 10, mt.config.fps))
     lay, blocks = ep.layout, 2
     T = lay.tokens_per_block
     perm, pos_layer, pos_part = mod.answer_permutation(lay, blocks, "block")

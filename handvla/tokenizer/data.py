@@ -284,12 +284,16 @@ def load_motion_file(path: str, fps: float, fit_cache: str | Path | None = None)
     return load_joint_file(path, fps, fit_cache)
 
 
-def load_store_motions(path: str | Path, fps: float, progress: bool = False) -> list[LoadedMotion]:
-    """Every hand with valid frames of every episode of an episode store, at ``fps`` (kind 'store'; the
-    group of both hands of an episode is the episode, so a split keeps them together)."""
+def load_store_motions(
+    path: str | Path, fps: float, progress: bool = False, max_episodes: int | None = None
+) -> list[LoadedMotion]:
+    """Every hand with valid frames of every episode of an episode store (of its first ``max_episodes``), at
+    ``fps`` (kind 'store'; the group of both hands of an episode is the episode, so a split keeps them
+    together)."""
     store = EpisodeStore(path)
     out = []
-    for k in tqdm(range(len(store)), desc=f"reading {Path(path).name}", disable=not progress, leave=False):
+    n = len(store) if max_episodes is None else min(len(store), max_episodes)
+    for k in tqdm(range(n), desc=f"reading {Path(path).name}", disable=not progress, leave=False):
         ep = store.load_episode(k, with_video=False)
         for side, m in ep.hands.items():
             if int(np.asarray(m.valid).sum()) < 2:

@@ -711,28 +711,13 @@ class MotionTokenizer(nn.Module):
         return self.layout.pack(codes, ends)
 
     # --- end points (config.end_point_space) ---------------------------------------------------------
-    def _end_point_coded(self, wrist: torch.Tensor) -> torch.Tensor:
-        return end_point_coded(self.config.end_point_space, wrist)
-
     def end_point_bins(self, wrist: torch.Tensor) -> torch.Tensor:
         """(..., 3) wrist positions in the tokenizer's frame (metres, left hands mirrored) -> (..., 3) bins of
         ``config.end_point_space`` (values outside ``end_point_span`` go to the first / last bin)."""
         lo, hi = (torch.tensor(v, dtype=torch.float32) for v in self.config.end_point_span)
         n = self.config.end_point_bins
-        b = torch.floor((self._end_point_coded(wrist.float()) - lo) / (hi - lo) * n)
+        b = torch.floor((end_point_coded(self.config.end_point_space, wrist.float()) - lo) / (hi - lo) * n)
         return b.clamp(0, n - 1).long()
-
-    def _end_point_uncoded(self, c: torch.Tensor) -> torch.Tensor:
-        if self.config.end_point_space == "xyz":
-            return c
-        z = c[..., 2]
-        return torch.stack([c[..., 0] * z, c[..., 1] * z, z], -1)  # the inverse of end_point_coded
-
-    def end_point_positions(self, bins: Any) -> torch.Tensor:
-        """(..., 3) end-point bins -> (..., 3) wrist positions at the bins' centres (tokenizer frame)."""
-        lo, hi = (torch.tensor(v, dtype=torch.float64) for v in self.config.end_point_span)
-        c = lo + (torch.as_tensor(bins).double() + 0.5) / self.config.end_point_bins * (hi - lo)
-        return self._end_point_uncoded(c)
 
     def end_point_targets(self, decoded: torch.Tensor, bins: Any) -> torch.Tensor:
         """Where blocks end once moved to their end-point ids: (..., 3) decoded block ends and their (..., 3)
@@ -746,8 +731,9 @@ class MotionTokenizer(nn.Module):
         inset = 1e-3 * w  # inside the cell, so that encoding the moved end gives the same bin back
         cell_lo = torch.where(b <= 0, torch.full_like(b, -torch.inf), lo + b * w + inset)
         cell_hi = torch.where(b >= n - 1, torch.full_like(b, torch.inf), lo + (b + 1) * w - inset)
-        c = self._end_point_coded(torch.as_tensor(decoded).double())
-        return self._end_point_uncoded(torch.maximum(torch.minimum(c, cell_hi), cell_lo))
+        space = self.config.end_point_space
+        c = end_point_coded(space, torch.as_tensor(decoded).double())
+        return end_point_uncoded(space, torch.maximum(torch.minimum(c, cell_hi), cell_lo))
 
     def _move_to_end_points(self, feats: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
         """Shift the decoded wrist path (T, D) so that each block ends in its stated end point's cell
@@ -1001,6 +987,14 @@ def end_point_coded(space: str, wrist: torch.Tensor) -> torch.Tensor:
         return wrist
     z = wrist[..., 2].clamp_min(1e-3)
     return torch.stack([wrist[..., 0] / z, wrist[..., 1] / z, wrist[..., 2]], -1)
+
+
+def end_point_uncoded(space: str, c: torch.Tensor) -> torch.Tensor:
+    """The inverse of `end_point_coded`: (..., 3) values of ``space`` -> positions in metres."""
+    if space == "xyz":
+        return c
+    z = c[..., 2]
+    return torch.stack([c[..., 0] * z, c[..., 1] * z, z], -1)
 
 
 def with_end_points(
