@@ -25,38 +25,19 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from handvla.atomic import atomic_write_json  # noqa: E402
 from handvla.commands._util import print_json  # noqa: E402
 from handvla.policy import HandVLAPolicy  # noqa: E402
-from handvla.robot.evaluate import EVAL_SEED, evaluate_suite  # noqa: E402
+from handvla.robot.evaluate import EVAL_SEED, MeanActionPolicy, evaluate_suite  # noqa: E402
 from handvla.robot.lerobot_format import RobotDataset  # noqa: E402
 from handvla.robot.posttrain import load_posttrain_config, run_posttrain  # noqa: E402
 from handvla.robot.sim.expert import collect_demos  # noqa: E402
 from handvla.robot.sim.metaworld import MetaWorldScriptedPolicy  # noqa: E402
 from handvla.robot.sim.suites import suite_tasks  # noqa: E402
 from handvla.stats import mcnemar_exact  # noqa: E402
-
-
-class MeanActionPolicy:
-    """Input-blind baseline: the training set's mean action at every step."""
-
-    def __init__(self, mean: np.ndarray, state_dim: int):
-        self.mean, self.state_dim = mean.astype(np.float32), state_dim
-
-    def metadata(self):
-        return {
-            "chunk_size": 1,
-            "action_dim": len(self.mean),
-            "observation": {"state": {"shape": [self.state_dim], "dtype": "float32"}},
-        }
-
-    def infer(self, obs):
-        return self.mean[None]
 
 
 def table(res: dict) -> dict:

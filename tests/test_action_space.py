@@ -159,7 +159,10 @@ def test_one_run_trains_two_embodiments(tmp_path):
     ]
     summary = run_posttrain(load_posttrain_config(base=cfg), progress=False)
     assert summary["frames"]["train"] == 48  # 24 frames of each dataset
-    assert summary["extra_datasets"] == [{"dataset": str(other), "embodiment": "gripper_bot", "episodes": 2}]
+    assert summary["extra_datasets"] == [
+        {"dataset": str(other), "embodiment": "gripper_bot", "episodes": 2, "sample_share": 0.5}
+    ]
+    assert summary["main_sample_share"] == 0.5
     from handvla.policy import Normalizer
 
     norm = Normalizer.load(tmp_path / "run" / "final")
@@ -170,6 +173,17 @@ def test_one_run_trains_two_embodiments(tmp_path):
     policy = HandVLAPolicy.load(tmp_path / "run" / "final", device="cpu")
     assert policy.infer({"state": np.zeros(7, np.float32)}).shape == (4, 5)
 
+    # a weight sets the extra dataset's share of the samples (the trainer shuffles; the run is the same size)
+    cfg["data"]["extra_datasets"][0]["weight"] = 0.25
+    cfg["train"]["output_dir"] = str(tmp_path / "run_w")
+    summary = run_posttrain(load_posttrain_config(base=cfg), progress=False)
+    assert summary["frames"]["train"] == 48
+    assert summary["extra_datasets"][0]["sample_share"] == 0.25 and summary["main_sample_share"] == 0.75
+    cfg["data"]["extra_datasets"][0]["weight"] = 1.0
+    with pytest.raises(ConfigError, match="weight"):
+        load_posttrain_config(base=cfg)
+    del cfg["data"]["extra_datasets"][0]["weight"]
+
     # names must differ (the statistics are keyed by them), and the main dataset needs a map too
     cfg["data"]["extra_datasets"][0]["embodiment"]["name"] = "arm"
     with pytest.raises(ConfigError, match="embodiment names must differ"):
@@ -177,6 +191,24 @@ def test_one_run_trains_two_embodiments(tmp_path):
     del cfg["data"]["embodiment"]
     with pytest.raises(ConfigError, match="needs an embodiment map too"):
         load_posttrain_config(base=cfg)
+
+
+def test_sample_shares_draw_each_part_as_often_as_asked():
+    from handvla.robot.posttrain import ConcatTrainDataset, _sample_shares
+
+    assert _sample_shares([10, 90], [None]) is None
+    assert _sample_shares([10, 90, 50], [0.5, None]) == pytest.approx([0.5 * 10 / 60, 0.5, 0.5 * 50 / 60])
+    parts = [list(range(10)), list(range(100, 190))]  # a small main part and a large extra one
+    data = ConcatTrainDataset(parts, _sample_shares([10, 90], [0.5]))
+    items = [data[i] for i in range(len(data))]
+    assert len(data) == 100
+    main = [x for x in items if x < 100]
+    extra = [x for x in items if x >= 100]
+    assert len(main) == len(extra) == 50
+    assert sorted(set(main)) == list(range(10)) and all(main.count(x) == 5 for x in range(10))  # repeated
+    assert len(set(extra)) == 50 and min(extra) == 100 and max(extra) >= 186  # spread over the whole part
+    plain = ConcatTrainDataset(parts)
+    assert [plain[i] for i in range(len(plain))] == parts[0] + parts[1]
 
 
 def test_human_hand_episodes_from_the_store_train_beside_a_robot(tmp_path):

@@ -150,6 +150,10 @@ def test_data_forms_and_builtin_only_when_asked(tmp_path):
     motions = load_sources([str(store)], FPS)
     assert sorted(m.motion.side for m in motions) == ["left", "left", "right", "right"]
     assert len({m.group for m in motions}) == 2  # both hands of an episode stay one unit of the split
+    # a limit reads no further than needed: one file, then of the store only its first episode
+    few = load_sources([str(a[0]), str(store)], FPS, max_motions=2)
+    assert len(few) == 2 and few[0].source == str(a[0]) and few[1].group == motions[0].group
+    assert [m.group for m in load_sources([str(store), str(a[0])], FPS, max_motions=2)] == [motions[0].group] * 2
     # several paths after one --data; no 'builtin' -> no built-in motion
     mc, _ = preset("tiny")
     out = tmp_path / "run"

@@ -11,6 +11,7 @@ to checking them.
     handvla data handworld --episodes N --out DIR     the built-in world's episodes
     handvla data view DIR --episode K --out F.mp4     an episode's stored hands drawn over its video
     handvla data sim-demos --episodes N --out DIR     Adroit expert demonstrations (needs the robot extra)
+    handvla data retarget --store DIR --out DIR       human carries retargeted to Adroit relocate demos
 
 Subcommands are registered as ``handvla/cli.py`` describes. Results are one JSON document on stdout
 (progress bars go to stderr). Reruns resume: annotate skips clips already annotated by that backend (and
@@ -722,6 +723,59 @@ def add_sim_demos(sub) -> argparse.ArgumentParser:
     return p
 
 
+# -- retarget ------------------------------------------------------------------------------------------------
+
+
+def run_retarget(args: argparse.Namespace) -> int:
+    from handvla.robot.sim.human_demos import collect_human_demos
+
+    summary = collect_human_demos(
+        args.store,
+        args.out,
+        max_episodes=args.episodes,
+        seed=args.seed,
+        image_size=None if args.image_size == 0 else int(args.image_size),
+        camera=args.camera,
+        only_successful=not args.keep_failures,
+        play_seconds=args.play_seconds,
+        clearance=args.clearance,
+        progress=not args.quiet,
+    )
+    summary.pop("per_episode")  # in OUT/human_demos.json
+    print_json(summary)
+    return 0
+
+
+def add_retarget(sub) -> argparse.ArgumentParser:
+    from handvla.robot.sim.human_demos import HUMAN_SEED_FROM
+
+    p = add_command(
+        sub,
+        "retarget",
+        run_retarget,
+        help="human pick-and-carry episodes retargeted to the Adroit hand and replayed: relocate demos",
+        description=(
+            "Retarget the human hands of an episode store's pick-and-carry episodes (ground truth naming the "
+            "grasped object, e.g. HandWorld pick_up / move) to the Adroit hand, replay them in the relocate "
+            "task (the ball where the human's object was, the target where it ended) and write the replays "
+            "that relocated the ball as a LeRobot v3 dataset with the scripted expert's features: a second "
+            "embodiment for post-training (data.extra_datasets). OUT/human_demos.json lists every replay."
+        ),
+    )
+    p.add_argument("--store", required=True, metavar="DIR", help="episode store with hand joints")
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created, or appended to)")
+    p.add_argument("--episodes", type=int, default=None, metavar="N", help="stop after writing N (default all)")
+    p.add_argument("--seed", type=int, default=HUMAN_SEED_FROM,
+                   help=f"simulator placement of store episode i: SEED + i (default {HUMAN_SEED_FROM})")  # fmt: skip
+    p.add_argument("--image-size", type=int, default=64, metavar="PX", help="square frames (0: no video)")
+    p.add_argument("--camera", default=None, help="camera name (default: the wrapper's 'front')")
+    p.add_argument("--play-seconds", type=float, default=1.5, help="longest replay of a carry (faster if longer)")
+    p.add_argument("--clearance", type=float, default=0.1, help="reach raised by this (m), gone at the grasp")
+    p.add_argument("--keep-failures", action="store_true", help="also write replays that did not relocate")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
 #: the ``handvla data`` subcommands, in help order
 SUBCOMMANDS = (
     add_stats,
@@ -733,6 +787,7 @@ SUBCOMMANDS = (
     add_handworld,
     add_view,
     add_sim_demos,
+    add_retarget,
 )
 
 

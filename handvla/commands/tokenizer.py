@@ -299,7 +299,7 @@ def run_end_points(args: argparse.Namespace) -> int:
         raise InputError(args.ckpt, "end_point_space", "a tokenizer without end-point ids", tok.config.end_point_space)
     motions = []
     if args.data:
-        motions = [lm.motion for lm in load_sources(list(args.data), tok.config.fps)][: args.max_motions]
+        motions = [lm.motion for lm in load_sources(list(args.data), tok.config.fps, max_motions=args.max_motions)]
     out = with_end_points(tok, args.space, args.bins, motions=motions)
     out.save_pretrained(args.out)
     lo, hi = out.config.end_point_span

@@ -112,6 +112,24 @@ def _image_spec(meta: dict[str, Any]) -> tuple[str | None, tuple[int, int] | Non
     return "image", None
 
 
+class MeanActionPolicy:
+    """The input-blind baseline of the benchmarks: one action (e.g. the training set's mean) at every step,
+    whatever the observation (``Policy`` protocol, state-only)."""
+
+    def __init__(self, mean: np.ndarray, state_dim: int):
+        self.mean, self.state_dim = np.asarray(mean, np.float32), int(state_dim)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "chunk_size": 1,
+            "action_dim": len(self.mean),
+            "observation": {"state": {"shape": [self.state_dim], "dtype": "float32"}},
+        }
+
+    def infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.mean[None]
+
+
 class PolicyController:
     """A policy driving the simulator (the ``Controller`` of ``handvla.robot.sim.adroit.rollout``)."""
 

@@ -76,6 +76,11 @@ class ExtraDataset(ConfigModel):
     action_key: str = ACTION_KEY
     task: str | None = None
     max_episodes: int | None = Field(None, gt=0)
+    weight: float | None = Field(
+        None, gt=0, lt=1,
+        description="fraction of the training samples drawn from this dataset (the main dataset and the "
+        "extras without a weight share the rest in proportion to their frames); None: by its frames",
+    )  # fmt: skip
 
 
 class PosttrainDataConfig(ConfigModel):
@@ -118,6 +123,8 @@ class PosttrainDataConfig(ConfigModel):
         names += [e.embodiment.name for e in self.extra_datasets]
         if len(set(names)) != len(names):
             raise ValueError(f"embodiment names must differ between datasets (their statistics are keyed by it): {names}")
+        if sum(e.weight or 0.0 for e in self.extra_datasets) >= 1.0:
+            raise ValueError("extra_datasets: the weights sum to 1 or more, leaving the main dataset nothing")
         return self
 
     @field_validator("image_keys", mode="before")
@@ -255,21 +262,42 @@ class PolicyTrainDataset:
 
 
 class ConcatTrainDataset:
-    """Several `PolicyTrainDataset` as one (frames in order; the trainer shuffles)."""
+    """Several `PolicyTrainDataset` as one (the trainer shuffles). ``shares``: the fraction of the samples
+    each part gives (None: in proportion to its size). With shares, part k takes ``share_k x`` the parts'
+    total size of positions, mapped evenly over its own items: a part drawn more often repeats items, a
+    part drawn less often gives an evenly spaced subset of its chunk starts."""
 
-    def __init__(self, parts: list[PolicyTrainDataset]):
+    def __init__(self, parts: list[PolicyTrainDataset], shares: list[float] | None = None):
         self.parts = parts
-        self._ends = np.cumsum([len(p) for p in parts])
+        sizes = np.array([len(p) for p in parts])
+        if shares is None:
+            self._sizes = sizes
+        else:
+            self._sizes = np.maximum(1, np.round(np.asarray(shares, float) * sizes.sum())).astype(int)
+        self._ends = np.cumsum(self._sizes)
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
 
     def __getitem__(self, i: int):
         k = int(np.searchsorted(self._ends, i, side="right"))
-        return self.parts[k][i - (int(self._ends[k - 1]) if k else 0)]
+        j = i - (int(self._ends[k - 1]) if k else 0)
+        return self.parts[k][j * len(self.parts[k]) // int(self._sizes[k])]
 
     def collate(self, samples):
         return self.parts[0].collate(samples)
+
+
+def _sample_shares(sizes: list[int], weights: list[float | None]) -> list[float] | None:
+    """Sample shares of [main, *extras]: the given extras' weights, the rest split by size; None if no
+    extra has a weight (every part by its size)."""
+    if all(w is None for w in weights):
+        return None
+    rest = 1.0 - sum(w for w in weights if w is not None)
+    free = [sizes[0]] + [n for n, w in zip(sizes[1:], weights) if w is None]
+    shares = [rest * sizes[0] / sum(free)]
+    shares += [w if w is not None else rest * n / sum(free) for n, w in zip(sizes[1:], weights)]
+    return shares
 
 
 class _PrefixedNormalizer:
@@ -442,6 +470,7 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
         )
 
     train_set = PolicyTrainDataset(chunks(train_eps), model.processor, d.task)
+    shares = [1.0]
     if extras:
         parts = [train_set]
         for e, ds_e, eps, um, cams in extras:
@@ -450,7 +479,10 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
                 _PrefixedNormalizer(normalizer, e.embodiment.name), eps, d.frame_cache_mb,
             )  # fmt: skip
             parts.append(PolicyTrainDataset(ch, model.processor, e.task, unified=um, image_keys=cams))
-        train_set = ConcatTrainDataset(parts)
+        shares = _sample_shares([len(p) for p in parts], [e.weight for e, *_ in extras])
+        train_set = ConcatTrainDataset(parts, shares)
+        if shares is None:
+            shares = [len(p) / len(train_set) for p in parts]
     val_set = PolicyTrainDataset(chunks(val_eps), model.processor, d.task) if val_eps else None
 
     def eval_fn(m, step):
@@ -478,9 +510,11 @@ def run_posttrain(cfg: PosttrainConfig, resume: bool = False, progress: bool = T
         "dataset": str(ds.root),
         "episodes": {"train": len(train_eps), "val": len(val_eps)},
         "extra_datasets": [
-            {"dataset": str(ds_e.root), "embodiment": e.embodiment.name, "episodes": len(eps)}
-            for e, ds_e, eps, _, _ in extras
-        ],
+            {"dataset": str(ds_e.root), "embodiment": e.embodiment.name, "episodes": len(eps),
+             "sample_share": round(share, 4)}
+            for (e, ds_e, eps, _, _), share in zip(extras, shares[1:])
+        ],  # fmt: skip
+        "main_sample_share": round(shares[0], 4),
         "frames": {"train": len(train_set), "val": len(val_set) if val_set else 0},
         "state_dim": pcfg.state_dim,
         "action_dim": pcfg.action_dim,

@@ -333,18 +333,26 @@ def load_sources(
     seed: int = 0,
     fit_cache: str | Path | None = None,
     progress: bool = False,
+    max_motions: int | None = None,
 ) -> list[LoadedMotion]:
     """Every source -> motions at ``fps``. ``builtin`` expands to ``builtin_sequences`` sequences; stores to
-    their episodes' hands. Motions far from the camera get a printed warning (``motion_range_warnings``)."""
+    their episodes' hands. Motions far from the camera get a printed warning (``motion_range_warnings``).
+    ``max_motions``: at most this many, reading no further (of a store, as many episodes as motions are
+    still needed: fewer motions if some of those episodes hold no valid hand)."""
 
     out: list[LoadedMotion] = []
     items = expand_sources(sources)
     for given, s in tqdm(items, desc="loading motion", disable=not progress or len(items) < 2, leave=False):
+        left = None if max_motions is None else max_motions - len(out)
+        if left is not None and left <= 0:
+            break
         if s == BUILTIN:
             out.extend(builtin_motions(builtin_sequences, builtin_seconds, seed, fps))
             continue
         loaded = (
-            load_store_motions(s, fps, progress) if is_store(s) else [load_motion_file(s, fps, fit_cache)]
+            load_store_motions(s, fps, progress, max_episodes=left)  # an episode gives at least one hand
+            if is_store(s)
+            else [load_motion_file(s, fps, fit_cache)]
         )
         for lm in loaded:
             lm.source = given
@@ -352,7 +360,7 @@ def load_sources(
             warn(extra)
             lm.warnings = lm.warnings + extra
         out.extend(loaded)
-    return out
+    return out if max_motions is None else out[:max_motions]
 
 
 def split_by_file(

@@ -289,6 +289,17 @@ class AdroitSim(GymSim):
         hw = size or self.image_hw or (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
         return self._renderer.render(self.data, self._camera, hw)
 
+    def set_target(self, position: np.ndarray) -> None:
+        """relocate: move the target (world frame, metres) after ``reset``; the observation follows."""
+        if self.spec.name != "relocate" or self._obs is None:
+            raise ConfigError(f"set_target: a relocate episode after reset (task {self.spec.name!r})")
+        p = np.asarray(position, np.float64).reshape(-1)
+        if p.shape != (3,) or not np.isfinite(p).all():
+            raise InputError("set_target", "position", "3 finite values (metres)", str(p))
+        self.model.site_pos[self.env.target_obj_site_id] = p
+        self._mujoco.mj_forward(self.model, self.data)
+        self._obs = self.env._get_obs()
+
     def privileged(self) -> dict[str, np.ndarray]:
         """Simulator state a scripted expert may use (world frame, metres): joint positions/velocities, the
         palm grasp site, and the task's object / target / handle positions."""
@@ -430,6 +441,8 @@ def rollout(
     """Run one episode of ``sim.max_steps`` steps with ``controller`` from the placement of ``seed``."""
     obs = sim.reset(seed)
     controller.reset(sim)
+    if getattr(controller, "moves_scene", False):  # its reset placed things (e.g. the target): observe again
+        obs = sim.observation()
     states, actions, rewards, achieved, images = [], [], [], [], []
     done = False
     while not done:

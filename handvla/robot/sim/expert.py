@@ -59,6 +59,16 @@ SLIDE_STIFFNESS = 200.0  # N/m and N m/rad: the arm actuators' bias (biasprm -20
 ARM_GAIN = 500.0  # ... and gain (gainprm 500): force = 500 ctrl - 200 q
 
 
+def arm_command(data, q_des: np.ndarray, kp: float, kd: float) -> np.ndarray:
+    """Commands (6,) for the Adroit arm's affine actuators (force ``500 ctrl - 200 q``) that make the force
+    a PD law towards the joint targets ``q_des`` (stiffness ``kp`` x 200, damping ``kd`` on the three
+    slides) plus gravity compensation (``qfrc_bias``)."""
+    q, qd = data.qpos[:6], data.qvel[:6]
+    force = SLIDE_STIFFNESS * kp * (np.asarray(q_des)[:6] - q) + data.qfrc_bias[:6]
+    force[:3] -= kd * qd[:3]
+    return (force + SLIDE_STIFFNESS * q) / ARM_GAIN
+
+
 class RelocateExpertConfig(ConfigModel):
     """Gains, speeds, heights and the grasp pose of the scripted relocate expert."""
 
@@ -192,12 +202,8 @@ class RelocateExpert:
         step = goal - self._ref
         n = np.linalg.norm(step)
         self._ref = self._ref + (step if n <= vmax else step * (vmax / n))
-        q_des = self._ik(self._ref)
-        q, qd = d.qpos[:6], d.qvel[:6]
-        force = SLIDE_STIFFNESS * cfg.kp * (q_des - q) + d.qfrc_bias[:6]
-        force[:3] -= cfg.kd * qd[:3]
         ctrl = self._act_mean.copy()
-        ctrl[:6] = (force + SLIDE_STIFFNESS * q) / ARM_GAIN
+        ctrl[:6] = arm_command(d, self._ik(self._ref), cfg.kp, cfg.kd)
         for joint, closed in cfg.grasp.items():
             ctrl[self._act[joint]] = closed * self._close
         self._t += 1
