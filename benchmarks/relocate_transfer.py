@@ -60,6 +60,8 @@ def run_cell(arm: str, demos: int, seed: int, args: dict, demos_dir: str) -> dic
 
     w = args["human_weight"]
     name = f"{arm}_w{w:g}" if arm == "human" and w else f"{arm}_wframes" if arm == "human" else arm
+    if arm == "human" and args["human_task"]:
+        name += "_task"
     run = Path(args["work"]) / f"{name}_d{demos}_s{args['steps']}_seed{seed}"
     sets = [
         f"data.dataset={demos_dir}", f"data.max_episodes={demos + VAL_EPISODES}",
@@ -72,7 +74,9 @@ def run_cell(arm: str, demos: int, seed: int, args: dict, demos_dir: str) -> dic
     base = yaml.safe_load(CONFIG.read_text())  # (resolves the config's YAML anchors)
     extra = base["data"].pop("extra_datasets")
     if arm == "human":
-        base["data"]["extra_datasets"] = [extra[0] | {"dataset": args["human"], "weight": w or None}]
+        base["data"]["extra_datasets"] = [
+            extra[0] | {"dataset": args["human"], "weight": w or None, "task": args["human_task"]}
+        ]
     summary_path = run / "posttrain_summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
@@ -103,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--human", default=None, help="retargeted human demonstrations (arm 'human')")
     ap.add_argument("--human-weight", type=float, default=0.5,
                     help="arm 'human': the share of samples from the human replays (0: by frames)")  # fmt: skip
+    ap.add_argument("--human-task", default=None,
+                    help="arm 'human': the replays' instruction instead of the task's own (tells the policy "
+                    "which data it is, as the two embodiments share every dimension)")  # fmt: skip
     ap.add_argument("--demos", default="10,30,100", help="robot demonstration counts (comma-separated)")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (comma-separated)")
     ap.add_argument("--steps", type=int, default=2500)
@@ -125,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
         collect_demos("relocate", max(counts) + VAL_EPISODES, demos_dir, seed=0, image_size=64, progress=False)
     shared = {"work": str(work), "steps": args.steps, "episodes": args.episodes,
-              "pretrained": args.pretrained, "human": args.human, "human_weight": args.human_weight}  # fmt: skip
+              "pretrained": args.pretrained, "human": args.human, "human_weight": args.human_weight,
+              "human_task": args.human_task}  # fmt: skip
     cells = [(a, d, s) for d in counts for s in seeds for a in arms]
     if args.jobs <= 1:
         results = [run_cell(a, d, s, shared, str(demos_dir)) for a, d, s in cells]
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     "mean_difference": round(float(np.mean(diffs)), 4),
                     "per_seed_difference": [round(x, 4) for x in diffs],
                     "episodes_only_this_arm": won, "episodes_only_plain": lost,
-                    "mcnemar_p": round(mcnemar_exact(won, lost), 4),
+                    "mcnemar_p": float(f"{mcnemar_exact(won, lost):.3g}"),
                 }  # fmt: skip
         out[f"demos_{d}"] = row
     print_json(out)
