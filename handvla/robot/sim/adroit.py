@@ -419,6 +419,15 @@ class Rollout:
         hit = np.flatnonzero(self.goal_achieved)
         return int(hit[0]) if len(hit) else None
 
+    def frames(self, image_key: str) -> dict[str, np.ndarray]:
+        """The episode as a demonstration dataset's columns (``demo_features``): state, action, reward,
+        success, and the images under ``image_key`` when recorded."""
+        out = {"observation.state": self.states, "action": self.actions, "next.reward": self.rewards,
+               "next.success": self.goal_achieved}  # fmt: skip
+        if self.images is not None:
+            out[image_key] = self.images
+        return out
+
     def summary(self) -> dict[str, Any]:
         return {
             "seed": self.seed,

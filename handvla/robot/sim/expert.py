@@ -326,15 +326,7 @@ def collect_demos(
                     results.append(ro.success)
                     if only_successful and not ro.success:
                         continue
-                    frames = {
-                        "observation.state": ro.states,
-                        "action": ro.actions,
-                        "next.reward": ro.rewards,
-                        "next.success": ro.goal_achieved,
-                    }
-                    if ro.images is not None:
-                        frames[key] = ro.images
-                    writer.add_episode(frames, spec.instruction)
+                    writer.add_episode(ro.frames(key), spec.instruction)
                     kept.append(s)
                     written += 1
                     if bar is not None:

@@ -216,7 +216,7 @@ def collect_human_demos(
     retargeter = AdroitRetargeter(blind.model)
     skipped: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
-    written = 0
+    written = read = 0
     bar = tqdm(total=len(st), desc="human replays", unit="ep") if progress else None
     try:
         for k in range(len(st)):
@@ -225,6 +225,7 @@ def collect_human_demos(
             if bar is not None:
                 bar.update(1)
             plan, why = relocate_plan(st.load_episode(k, with_video=False))
+            read += 1
             if plan is None:
                 skipped[why] = skipped.get(why, 0) + 1
                 continue
@@ -239,11 +240,7 @@ def collect_human_demos(
                 continue
             if sim.image_hw is not None:  # the same episode again (deterministic), now with its camera
                 ro = rollout(sim, ctl, seed + k, record_images=True)
-            frames = {"observation.state": ro.states, "action": ro.actions, "next.reward": ro.rewards,
-                      "next.success": ro.goal_achieved}  # fmt: skip
-            if ro.images is not None:
-                frames[key] = ro.images
-            writer.add_episode(frames, sim.instruction)
+            writer.add_episode(ro.frames(key), sim.instruction)
             written += 1
     except BaseException:
         writer.abort()
@@ -264,7 +261,7 @@ def collect_human_demos(
     summary = {
         "store": str(store),
         "out_dir": str(out_dir),
-        "episodes_read": min(len(st), rows[-1]["episode"] + 1 if rows else len(st)),
+        "episodes_read": read,
         "replayed": len(rows),
         "relocated_rate": float(np.mean([r["relocated"] for r in rows])) if rows else 0.0,
         "success_rule_rate": float(np.mean([r["success"] for r in rows])) if rows else 0.0,
