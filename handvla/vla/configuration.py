@@ -83,7 +83,7 @@ def check_film_options(
 
 
 #: what a motion answer says before its motion blocks (``HandVLAConfig.motion_answer_prefix``)
-MotionAnswerPrefix = Literal["none", "target_boxes"]
+MotionAnswerPrefix = Literal["none", "target_boxes", "target_places"]
 MOTION_ANSWER_PREFIXES: tuple[str, ...] = get_args(MotionAnswerPrefix)
 
 
@@ -161,6 +161,13 @@ class HandVLAConfig(InternVLConfig):
     nothing when no target is known), then the blocks: the model states where the named object is, and its
     motion ids can attend to that statement. Decoding lets text through until the first ``<mot>``
     (`handvla.vla.generation.MotionBlockConstraint`) and returns the text beside the motion.
+    ``"target_places"`` (needs a tokenizer with end-point ids, ``TokenLayout.end_point_bins``): first, for
+    each acting hand (left, then right) whose target object is known, the object's centre as three end-point
+    ids (the bins of `handvla.tokenizer.modeling.end_point_coded` in the camera frame, not mirrored:
+    `handvla.vla.grounding.place_ids`), then the blocks; grounding questions (``data.grounding``) are then
+    answered with the same three ids. Where the hand goes and where an object is are said with the very ids
+    that say where each block ends, so that the motion after a stated place is nearly a copy. Decoding
+    allows 0 to 2 places (three ids each, one per axis) before the first ``<mot>``.
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
@@ -261,6 +268,11 @@ class HandVLAConfig(InternVLConfig):
             raise ConfigError(
                 f"HandVLAConfig.motion_answer_prefix: expected one of {MOTION_ANSWER_PREFIXES}, got "
                 f"{self.motion_answer_prefix!r}"
+            )
+        if self.motion_answer_prefix == "target_places" and not self.motion_layout.end_point_bins:
+            raise ConfigError(
+                "HandVLAConfig.motion_answer_prefix: 'target_places' states places in end-point ids, but the "
+                "motion token layout has none (make the tokenizer with `handvla tokenizer end-points`)"
             )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")

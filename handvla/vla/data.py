@@ -55,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -82,11 +83,14 @@ from handvla.vla.grounding import (
     box_token_map,
     grounding_prefix,
     grounding_questions,
+    object_name,
     parse_grounding_answer,
+    scene_objects,
     stated_box,
     stated_places,
     target_grounding,
 )
+from handvla.vla.places import object_centre_in_camera, place_ids, place_text, target_centres
 from handvla.vla.processing import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -209,6 +213,10 @@ class VLADataConfig(ConfigModel):
         if v is not None and (v[0] < 8 or v[1] < 8):
             raise ValueError(f"expected (width, height) of at least 8 x 8 pixels, got {v}")
         return v
+
+
+#: the object a grounding question (`handvla.vla.grounding.grounding_prompt`) asks about
+_GROUNDING_NAME_RE = re.compile(r"where is the (.+?)\?$")
 
 
 @dataclass(frozen=True)
@@ -875,12 +883,44 @@ class VLAInstructionDataset(Dataset):
     def answer_text(self, s: SampleSpec) -> str:
         """Sample ``s``'s answer: its text, or for a motion answer the motion placeholder, after the boxes of
         its hands' targets when ``HandVLAConfig.motion_answer_prefix`` is "target_boxes" and it has an
-        image (`grounding_prefix`; nothing when no target is known)."""
+        image (`grounding_prefix`; nothing when no target is known). With "target_places" the motion answer
+        starts with its hands' target places and a grounding question is answered with the object's place
+        (`handvla.vla.places`)."""
+        places = self.answer_prefix == "target_places"
         if s.answer is not None:
-            return s.answer
+            return self.grounding_place(s) if places and s.task_type == "grounding" else s.answer
         if self.answer_prefix == "target_boxes" and s.image_s is not None:
             return grounding_prefix(self.targets(s, hands_for_mode(s.hand_mode))) + MOTION_PLACEHOLDER
+        if places and s.image_s is not None:
+            return self.target_places_text(s) + MOTION_PLACEHOLDER
         return MOTION_PLACEHOLDER
+
+    def _scene(self, s: SampleSpec) -> tuple[Any, Any, str]:
+        store = self.stores[s.dataset]
+        row = store.meta(s.episode)
+        return row.get("ground_truth"), camera_from_row(row), f"{store.root} episode {s.episode}"
+
+    def target_places_text(self, s: SampleSpec) -> str:
+        """The places (`handvla.vla.places.place_text`) of sample ``s``'s hands' first targets, left then
+        right ("" when none is known and in view)."""
+        hands = hands_for_mode(s.hand_mode)
+        key = ("places", s.dataset, s.episode, hands)
+        if key not in self._targets:
+            gt, camera, where = self._scene(s)
+            found = target_centres(gt, camera, self.align, where, hands)
+            pts = np.stack([c for _h, _n, c in found]) if found else np.zeros((0, 3))
+            self._targets[key] = place_text(place_ids(pts, self.cache.mt)) if found else ""
+        return self._targets[key]
+
+    def grounding_place(self, s: SampleSpec) -> str:
+        """A grounding question's answer as the asked object's place (its centre's end-point ids)."""
+        m = _GROUNDING_NAME_RE.search(s.prompt)
+        gt, camera, where = self._scene(s)
+        objs = scene_objects(gt, where)
+        obj = next((o for o in objs if m is not None and object_name(o) == m.group(1)), None)
+        if obj is None or camera is None or camera.extrinsics is None:
+            raise InputError(where, "ground_truth.scene", f"the object of the question {s.prompt!r}", "not found")
+        return place_text(place_ids(object_centre_in_camera(obj, camera), self.cache.mt))
 
     def answer_endpoint(self, s: SampleSpec) -> torch.Tensor:
         """(6,): where the wrists of sample ``s``'s answer motion end (left xyz, right xyz; camera frame,

@@ -84,6 +84,7 @@ from handvla.vla.generation import (
     _generate,
     is_valid_motion_output,
     parse_motion_output,
+    place_prefix_places,
     predict_motion,
     split_text_prefix,
     text_prefix_tokens,
@@ -101,6 +102,7 @@ from handvla.vla.grounding import (
     support_plane_in_camera,
 )
 from handvla.vla.modeling import load_vla
+from handvla.vla.places import nearest_object_by_ray, object_centre_in_camera, parse_places, place_point
 from handvla.vla.processing import generation_prompt, hands_for_mode
 from handvla.vla.rerank import (
     MOTION_SOURCES,
@@ -341,6 +343,7 @@ def evaluate_handworld(
     vocab = processor.vocab
     F = int(mt.config.frames_per_block)
     text_prefix = text_prefix_tokens(model.config)  # HandVLAConfig.motion_answer_prefix
+    place_prefix = place_prefix_places(model.config)
 
     # Requests: one per episode with ground truth and a whole second of motion.
     reqs = []
@@ -395,10 +398,14 @@ def evaluate_handworld(
 
             def head(prompt_length: int, blocks=blocks):
                 if constrained:
-                    return MotionBlockConstraint(vocab, prompt_length, blocks, text_prefix_tokens=text_prefix)
+                    return MotionBlockConstraint(
+                        vocab, prompt_length, blocks, text_prefix_tokens=text_prefix, place_prefix=place_prefix
+                    )
                 return _NoConstraint()
 
-            max_new = MotionBlockConstraint(vocab, 0, blocks, text_prefix_tokens=text_prefix).max_new_tokens
+            max_new = MotionBlockConstraint(
+                vocab, 0, blocks, text_prefix_tokens=text_prefix, place_prefix=place_prefix
+            ).max_new_tokens
             t0 = time.perf_counter()
             seqs, plen = _generate(model, processor, samples, head, max_new, do_sample, 1.0, 50, 1.0, seed)
         gen_s += time.perf_counter() - t0
@@ -409,11 +416,13 @@ def evaluate_handworld(
             eos = (row_tokens == vocab.eos_id).nonzero()
             tokens += int(eos[0, 0]) + 1 if len(eos) else len(row_tokens)
             said = None
-            if text_prefix:
+            if text_prefix or place_prefix:
                 head_ids, row_tokens = split_text_prefix(row_tokens, vocab)
                 said = processor.decode(head_ids.tolist(), skip_special_tokens=False)
             row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
-            if said is not None:
+            if said is not None and place_prefix:
+                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}")
+            elif said is not None:
                 _score_prefix(row, ctx, said, ep, align, f"{st.root} episode {k}")
             if grounded is not None:
                 _score_rerank(row, ctx, grounded, i, ep, align, object_centre_height_m, f"{st.root} episode {k}")
@@ -592,6 +601,27 @@ def _score_prefix(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, align
     objects, final = ctx["objects"], ctx.get("final_wrist")
     for h, oid in ctx["pairs"]:
         pointed = pointed_object(said, in_view[oid][0], boxes) if oid in in_view else None
+        row["prefix_hits"].append(pointed == oid)
+        follows = False
+        if pointed is not None and final is not None and pointed in objects:
+            follows = target_hit(final[h], pointed, objects)
+        row["motion_follows_prefix"].append(bool(follows))
+
+
+def _score_places(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, mt, align: bool, where: str) -> None:
+    """Score the places an answer stated before its motion (``HandVLAConfig.motion_answer_prefix``
+    "target_places", `handvla.vla.places`), in the keys of `_score_prefix`: the j-th scored (hand, target)
+    pair takes the j-th stated place; it points at the object in view whose image place (x / z, y / z) is
+    nearest the place's cell centre (``prefix_hits``: that is the target; ``motion_follows_prefix``: the
+    generated final wrist ends nearest that object)."""
+    row["answer_prefix"] = said
+    row["prefix_hits"], row["motion_follows_prefix"] = [], []
+    centres = {int(o["object_id"]): object_centre_in_camera(o, ep.camera)
+               for o, _box in objects_in_view(scene_objects(ctx["ground_truth"], where), ep.camera, align)}  # fmt: skip
+    places = [place_point(b, mt.config) for b in parse_places(said, mt.layout)]
+    objects, final = ctx["objects"], ctx.get("final_wrist")
+    for j, (h, oid) in enumerate(ctx["pairs"]):
+        pointed = nearest_object_by_ray(places[j], centres) if j < len(places) else None
         row["prefix_hits"].append(pointed == oid)
         follows = False
         if pointed is not None and final is not None and pointed in objects:
@@ -1007,7 +1037,30 @@ def evaluate_counterfactual(
     out.update(summary)
     if prefix:
         out.update(_counterfactual_prefix_scores(rows, reqs, said, stated, forced))
+    if place_prefix_places(model.config) and not rerank_samples:
+        out.update(_counterfactual_place_scores(rows, reqs, said, mt))
     return {"summary": out, "rows": rows}
+
+
+def _counterfactual_place_scores(rows, reqs, said, mt) -> dict[str, Any]:
+    """For a model that states places (``motion_answer_prefix`` "target_places"): whether each answer's first
+    stated place points at the asked object (the object whose image place is nearest, among the scene's,
+    `nearest_object_by_ray`), per request kind (``factual_place_accuracy``, ``counterfactual_...``), and
+    whether the motion ends at the object its place points at (``..._motion_follows_place_rate``)."""
+    out: dict[str, Any] = {}
+    for which in ("factual", "counterfactual"):
+        right, follows = [], []
+        for row, r, text in zip(rows, reqs, said):
+            if r["which"] != which:
+                continue
+            row["answer_prefix"] = text
+            places = parse_places(text, mt.layout)
+            pointed = nearest_object_by_ray(place_point(places[0], mt.config), r["objects"]) if places else None
+            right.append(pointed == r["object_id"])
+            follows.append(pointed is not None and row.get("nearest") == pointed)
+        out.update(rate_summary(right, f"{which}_place_accuracy"))
+        out.update(rate_summary(follows, f"{which}_motion_follows_place_rate"))
+    return out
 
 
 def _counterfactual_prefix_scores(rows, reqs, said, stated, forced) -> dict[str, Any]:

@@ -8,7 +8,9 @@ step has exactly one legal structure, the output parses for every seed, temperat
 not (Being-H0's 1B model produced parsable motion only 64.8% of the time without such a constraint).
 With ``text_prefix_tokens`` > 0 (a model whose ``motion_answer_prefix`` is "target_boxes") the answer may
 first say up to that many text tokens (no motion, image or end-of-turn token); the blocks start at the first
-``<mot>``, which is forced once the text reaches the cap.
+``<mot>``, which is forced once the text reaches the cap. With ``place_prefix`` > 0 (``motion_answer_prefix``
+"target_places") it may first state up to that many places, three end-point ids each in axis order
+(`handvla.vla.places`); ``<mot>`` may follow any whole place and is forced after the last.
 
 - `generate_motion`: image + task -> motion ids (seconds, hands, ids_per_block) per sample.
 - `predict_motion`: contextual prediction: history blocks in the prompt, the continuation is generated.
@@ -36,6 +38,7 @@ from transformers import (
 )
 
 from handvla.errors import InputError
+from handvla.vla.places import PLACE_IDS
 from handvla.vla.processing import (
     MOTION_PLACEHOLDER,
     EncodedSample,
@@ -59,8 +62,14 @@ TEXT_PREFIX_MAX_TOKENS = 96
 
 def text_prefix_tokens(config) -> int:
     """How many text tokens `MotionBlockConstraint` lets a motion answer start with for a model of ``config``:
-    `TEXT_PREFIX_MAX_TOKENS` when its ``motion_answer_prefix`` is not "none", else 0."""
-    return TEXT_PREFIX_MAX_TOKENS if getattr(config, "motion_answer_prefix", "none") != "none" else 0
+    `TEXT_PREFIX_MAX_TOKENS` when its ``motion_answer_prefix`` is "target_boxes", else 0."""
+    return TEXT_PREFIX_MAX_TOKENS if getattr(config, "motion_answer_prefix", "none") == "target_boxes" else 0
+
+
+def place_prefix_places(config) -> int:
+    """How many places (`handvla.vla.places`) a motion answer may start with for a model of ``config``: 2
+    (one per hand) when its ``motion_answer_prefix`` is "target_places", else 0."""
+    return 2 if getattr(config, "motion_answer_prefix", "none") == "target_places" else 0
 
 
 class MotionBlockConstraint(LogitsProcessor):
@@ -75,6 +84,9 @@ class MotionBlockConstraint(LogitsProcessor):
     ``text_prefix_tokens``: before the first block, each row may say up to this many text tokens (anything
     but motion, image, end-of-turn and padding tokens); its blocks start at its first ``<mot>``, forced once
     the cap is reached (0: the blocks start at once).
+    ``place_prefix``: before the first block, each row may state up to this many places (three end-point ids,
+    axis 0, 1, 2; the layout must have end points); ``<mot>`` may follow a whole place and is forced after
+    the last (0: none). Not with ``text_prefix_tokens``.
 
     The state is a function of the generated tokens only (the count, and with a text prefix where each row's
     first ``<mot>`` stands), so the processor needs no memory between calls and works with any cache or
@@ -89,6 +101,7 @@ class MotionBlockConstraint(LogitsProcessor):
         restrict_parts: bool = True,
         allow_noop: bool = False,
         text_prefix_tokens: int = 0,
+        place_prefix: int = 0,
     ):
         blocks_list = [blocks] if isinstance(blocks, (int, np.integer)) else list(blocks)
         if not blocks_list or any(int(b) <= 0 for b in blocks_list):
@@ -102,6 +115,15 @@ class MotionBlockConstraint(LogitsProcessor):
             raise InputError("MotionBlockConstraint", "text_prefix_tokens", "a whole number >= 0", repr(text_prefix_tokens))
         self.text_prefix_tokens = int(text_prefix_tokens)
         lay = vocab.layout
+        if isinstance(place_prefix, bool) or int(place_prefix) != place_prefix or place_prefix < 0:
+            raise InputError("MotionBlockConstraint", "place_prefix", "a whole number >= 0", repr(place_prefix))
+        if place_prefix and (self.text_prefix_tokens or not lay.end_point_bins):
+            raise InputError(
+                "MotionBlockConstraint", "place_prefix", "0 with a text prefix or a layout without end points",
+                repr(place_prefix),
+            )
+        self.place_prefix = int(place_prefix)
+        self._s_place0 = _S_POS0 + lay.tokens_per_block  # place states follow the block positions' states
         if restrict_parts:
             states = [_S_START] + [_S_POS0 + k for k in range(lay.tokens_per_block)] + [_S_END]
         else:
@@ -113,7 +135,8 @@ class MotionBlockConstraint(LogitsProcessor):
     @property
     def max_new_tokens(self) -> int:
         """Tokens the longest row generates: its text prefix, blocks and the end-of-turn token."""
-        return self.text_prefix_tokens + int(self.blocks.max()) * self.vocab.block_length + 1
+        prefix = self.text_prefix_tokens + PLACE_IDS * self.place_prefix
+        return prefix + int(self.blocks.max()) * self.vocab.block_length + 1
 
     def _build_table(self, V: int, device: torch.device) -> torch.Tensor:
         v = self.vocab
@@ -122,7 +145,12 @@ class MotionBlockConstraint(LogitsProcessor):
                 "MotionBlockConstraint", "scores", f"at least {v.motion_token_range[1]} logits", str(V)
             )
         ranges = v.layout.position_id_ranges() + v.motion_offset  # (tokens_per_block, 2) token-id ranges
-        t = torch.zeros((_S_POS0 + len(ranges), V), dtype=torch.bool)
+        t = torch.zeros((_S_POS0 + len(ranges) + PLACE_IDS, V), dtype=torch.bool)
+        if self.place_prefix:  # a place's id of axis a; <mot> only between whole places
+            ep_lo, nb = v.motion_offset + v.layout.end_point_id_range[0], v.layout.end_point_bins
+            for a in range(PLACE_IDS):
+                t[self._s_place0 + a, ep_lo + a * nb : ep_lo + (a + 1) * nb] = True
+            t[self._s_place0, v.mot_start_id] = True
         t[_S_START, v.mot_start_id] = True
         lo, hi = v.motion_token_range
         t[_S_ANY, lo:hi] = True
@@ -168,7 +196,15 @@ class MotionBlockConstraint(LogitsProcessor):
         L = self.vocab.block_length
         blocks = blocks.to(scores.device)
         states = self.block_states.to(scores.device)
-        if not self.text_prefix_tokens:
+        if self.place_prefix:  # count from each row's first <mot>; before it, the place ids said so far
+            starts = input_ids[:, self.prompt_length :] == self.vocab.mot_start_id
+            started = starts.any(dim=1)
+            first = starts.int().argmax(dim=1) if n else torch.zeros_like(blocks)
+            m = torch.where(started, n - first, torch.zeros_like(blocks))
+            in_block = torch.where(m >= blocks * L, torch.full_like(m, _S_EOS), states[m % L])
+            place = torch.full_like(m, _S_START if n >= PLACE_IDS * self.place_prefix else self._s_place0 + n % PLACE_IDS)
+            state = torch.where(started, in_block, place)
+        elif not self.text_prefix_tokens:
             in_block = states[n % L].expand(B)
             state = torch.where(n >= blocks * L, torch.full_like(in_block, _S_EOS), in_block)
         else:  # count from each row's first <mot> (m = 0 while the row is still in its text)
@@ -489,10 +525,12 @@ def generate_motion(
     )
     vocab = processor.vocab
     text = 0 if prefixes is not None else text_prefix_tokens(processor.config)
+    n_places = 0 if prefixes is not None else place_prefix_places(processor.config)
 
     def make(prompt_length: int) -> MotionBlockConstraint:
         return MotionBlockConstraint(
-            vocab, prompt_length, blocks, restrict_parts=restrict_parts, text_prefix_tokens=text
+            vocab, prompt_length, blocks, restrict_parts=restrict_parts, text_prefix_tokens=text,
+            place_prefix=n_places,
         )
 
     max_new = make(0).max_new_tokens

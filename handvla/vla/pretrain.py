@@ -131,7 +131,9 @@ class ModelConfig(ConfigModel):
         None,
         description="what motion answers say before their motion blocks: none (the reference) or target_boxes "
         "(the box of each object the instruction acts on, InternVL's <ref>..</ref><box>[[..]]</box>, from "
-        "episodes with a known scene); None: the checkpoint's or preset's",
+        "episodes with a known scene) or target_places (each acting hand's target centre as three end-point "
+        "ids, and grounding answers in the same ids; needs a tokenizer with end points); None: the "
+        "checkpoint's or preset's",
     )
 
     freeze: list[str] = Field(
@@ -258,6 +260,12 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     if m.image_position is not None:
         c.image_position = m.image_position
     if m.motion_answer_prefix is not None:
+        if m.motion_answer_prefix == "target_places" and not c.motion_layout.end_point_bins:
+            raise ConfigError(
+                "model.motion_answer_prefix: 'target_places' states places in end-point ids, but the motion "
+                "tokenizer's blocks have none: add them with `handvla tokenizer end-points` and set "
+                "model.motion_tokenizer to its output"
+            )
         c.motion_answer_prefix = m.motion_answer_prefix
     if m.binding_mark:
         set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)

@@ -1,0 +1,136 @@
+"""Places said in end-point ids: where an object is, in the ids that say where a motion block ends.
+
+A motion tokenizer with end points (``TokenizerConfig.end_point_space``, ``TokenLayout.end_point_bins``) starts
+every block with three ids, one per axis of its space (``ray``: x / z, y / z, then z; ``xyz``: metres), each
+the bin of the block's wrist end. A *place* is the same three ids for any camera-frame point: an object's
+centre, as the camera sees it (not mirrored for left hands, unlike the tokenizer's own frame, so that one
+object has one place whichever hand goes to it).
+
+With ``HandVLAConfig.motion_answer_prefix`` "target_places" (a departure from the reference, off by default)
+a motion answer first states the place of each acting hand's target (left, then right; `target_places`),
+then its blocks, and a grounding question ("In <image>, where is the red cube?") is answered with the
+object's place. Why: README "Does the VLA learn?" (18) measured that an LM told the target's place in these
+ids says motion that ends there 0.84-0.95 of the time, while the VLA's own statements of a place (boxes as
+digit strings) were not read by its motion; here the place is said, and asked about, in the motion's own
+vocabulary.
+
+Text form: each id as its added token (``<motion_id_k>``, `motion_token`), so places go through the
+processor's text path; `parse_places` reads them back from generated text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from handvla.camera import Camera
+from handvla.errors import InputError
+from handvla.vla.configuration import motion_token
+from handvla.vla.grounding import _ground_truth, object_name, objects_in_view, scene_objects
+
+#: ids of one place (one per axis of the end-point space)
+PLACE_IDS = 3
+
+_PLACE_TOKEN_RE = re.compile(r"<motion_id_(\d+)>")
+
+
+def object_centre_in_camera(obj: dict[str, Any], camera: Camera) -> np.ndarray:
+    """(3,) camera-frame centre (metres) of a scene object record (``pose``: object -> world) at its pose."""
+    if camera.extrinsics is None:
+        raise InputError("object_centre_in_camera", "camera.extrinsics", "a world->camera matrix", "None")
+    p = np.asarray(obj["pose"], np.float64).reshape(4, 4)[:3, 3]
+    E = np.asarray(camera.extrinsics, np.float64)
+    return E[:3, :3] @ p + E[:3, 3]
+
+
+def target_centres(
+    ground_truth: str | dict | None, camera: Camera | None, align: bool, where: str, hands: Sequence[str]
+) -> list[tuple[str, str, np.ndarray]]:
+    """(hand, object name, camera-frame centre) of each of ``hands``' first target (``ground_truth.targets``,
+    HandWorld's record), in the order of ``hands``, for targets in the model's view (as `target_grounding`
+    counts them); [] when the episode has no known scene."""
+    gt = _ground_truth(ground_truth, where)
+    if gt is None or camera is None:
+        return []
+    in_view = {obj["object_id"]: obj for obj, _box in objects_in_view(scene_objects(gt, where), camera, align)}
+    out = []
+    for h in hands:
+        ids = [t.get("object_id") for t in gt.get("targets") or [] if isinstance(t, dict) and t.get("hand") == h]
+        first = next((i for i in ids if i in in_view), None)
+        if first is not None:
+            obj = in_view[first]
+            out.append((h, object_name(obj), object_centre_in_camera(obj, camera)))
+    return out
+
+
+def place_ids(points: np.ndarray, motion_tokenizer) -> np.ndarray:
+    """(..., 3) camera-frame points (metres) -> (..., `PLACE_IDS`) motion ids: each axis's end-point bin
+    (`MotionTokenizer.end_point_bins`; outside the span: the first / last bin) as that axis's id."""
+    lay = motion_tokenizer.layout
+    if not lay.end_point_bins:
+        raise InputError("place_ids", "motion_tokenizer", "a tokenizer with end-point ids", "none")
+    bins = motion_tokenizer.end_point_bins(torch.as_tensor(np.asarray(points, np.float64), dtype=torch.float32))
+    axis = torch.arange(PLACE_IDS) * lay.end_point_bins
+    return (bins + axis + lay.end_point_id_range[0]).numpy().astype(np.int64)
+
+
+def place_text(ids: Sequence[int]) -> str:
+    """Motion ids of one or more places as their added tokens, e.g. "<motion_id_2100><motion_id_2170>..."."""
+    return "".join(motion_token(int(i)) for i in np.asarray(ids).reshape(-1))
+
+
+def parse_places(text: str, layout) -> list[np.ndarray]:
+    """The places a generated text states: its end-point-id tokens in runs of `PLACE_IDS` (axis 0, 1, 2 in
+    turn), each as (3,) bins; a run broken off or out of axis order ends the list."""
+    lo, hi = layout.end_point_id_range
+    out, cur = [], []
+    for m in _PLACE_TOKEN_RE.finditer(text or ""):
+        i = int(m.group(1))
+        if not lo <= i < hi:
+            continue
+        axis, b = divmod(i - lo, layout.end_point_bins)
+        if axis != len(cur):
+            break
+        cur.append(b)
+        if len(cur) == PLACE_IDS:
+            out.append(np.asarray(cur, np.int64))
+            cur = []
+    return out
+
+
+def place_point(bins: np.ndarray, tokenizer_config) -> np.ndarray:
+    """(3,) bins -> the camera-frame point (metres) at the centre of their cell (the first / last bin: its
+    inner edge's cell width inward, as for the others)."""
+    from handvla.tokenizer.modeling import end_point_uncoded
+
+    lo, hi = (np.asarray(v, np.float64) for v in tokenizer_config.end_point_span)
+    n = tokenizer_config.end_point_bins
+    coded = lo + (np.asarray(bins, np.float64) + 0.5) * (hi - lo) / n
+    return end_point_uncoded(tokenizer_config.end_point_space, torch.as_tensor(coded)).numpy()
+
+
+def nearest_object_by_ray(point: np.ndarray, centres: dict[int, np.ndarray]) -> int | None:
+    """Of ``centres`` ({object id: camera-frame centre}), the one whose image place (x / z, y / z) is nearest
+    ``point``'s; None when there is none. The image place, not 3-D distance: depth is the least certain
+    axis of a place stated from an image."""
+    if not centres:
+        return None
+    p = np.asarray(point, np.float64)
+    ray = p[:2] / max(p[2], 1e-3)
+    return min(centres, key=lambda k: float(np.linalg.norm(centres[k][:2] / max(centres[k][2], 1e-3) - ray)))
+
+
+__all__ = [
+    "PLACE_IDS",
+    "nearest_object_by_ray",
+    "object_centre_in_camera",
+    "parse_places",
+    "place_ids",
+    "place_point",
+    "place_text",
+    "target_centres",
+]

@@ -1,0 +1,217 @@
+"""Places said in end-point ids (``motion_answer_prefix: target_places``; `handvla.vla.places`).
+
+Checked: a place is the end-point bins of a camera-frame point (against the bins computed here from the
+tokenizer's span by hand), reads back from generated text and decodes to a point in its own cell; the answer
+of a generation sample starts with its hands' target places (the targets' centres recomputed here from the
+scene's poses and the camera's extrinsics), labelled, then its motion; a grounding question is answered with
+the object's place; decoding states whole places in axis order (at most one per hand) before the blocks,
+whatever the model; the evaluation scores the stated places; a layout without end points is refused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from handvla.errors import ConfigError, InputError
+from handvla.vla.processing import IGNORE_INDEX
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from handvla.synth.handworld.episodes import HandWorldConfig, generate_episodes
+
+    root = tmp_path_factory.mktemp("places")
+    cfg = HandWorldConfig(width=64, height=48, seconds=2.0, shadows=False, tasks=("reach", "both_pick_up", "wave"))
+    generate_episodes(8, root / "hw", seed=7, config=cfg, progress=False)
+    return root / "hw"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
+    from handvla.tokenizer.modeling import MotionTokenizer, with_end_points
+    from handvla.vla import build_vla
+
+    mt = with_end_points(MotionTokenizer(TokenizerConfig(**PRESETS["tiny"])), "ray", 16)
+    b = build_vla("tiny", motion_tokenizer=mt, seed=0)
+    b.model.config.motion_answer_prefix = "target_places"
+    return b
+
+
+def _bins_by_hand(p, cfg):
+    lo, hi = (np.asarray(v, np.float64) for v in cfg.end_point_span)
+    c = np.array([p[0] / p[2], p[1] / p[2], p[2]])
+    return np.clip(np.floor((c - lo) / (hi - lo) * cfg.end_point_bins), 0, cfg.end_point_bins - 1).astype(int)
+
+
+def test_places_are_end_point_bins_and_read_back(bundle):
+    from handvla.vla.places import nearest_object_by_ray, parse_places, place_ids, place_point, place_text
+
+    mt = bundle.motion_tokenizer
+    lay, cfg = mt.layout, mt.config
+    rng = np.random.default_rng(0)
+    pts = np.column_stack([rng.uniform(-0.3, 0.3, 20), rng.uniform(-0.2, 0.3, 20), rng.uniform(0.3, 0.9, 20)])
+    ids = place_ids(pts, mt)
+    lo = lay.end_point_id_range[0]
+    for p, row in zip(pts, ids):
+        want = _bins_by_hand(p, cfg)
+        np.testing.assert_array_equal(row - lo - np.arange(3) * lay.end_point_bins, want)
+    text = place_text(ids[:2])
+    assert text.count("<motion_id_") == 6
+    back = parse_places("noise " + text + "<motion_id_0>", lay)
+    assert len(back) == 2
+    for b, p in zip(back, pts[:2]):
+        q = place_point(b, cfg)
+        np.testing.assert_array_equal(_bins_by_hand(q, cfg), _bins_by_hand(p, cfg))  # its own cell
+    # a run out of axis order ends the list
+    assert parse_places(place_text(ids[0][[1, 0, 2]]), lay) == []
+    near = {1: np.array([0.1, 0.0, 0.5]), 2: np.array([-0.1, 0.0, 0.5])}
+    assert nearest_object_by_ray(np.array([0.18, 0.0, 0.9]), near) == 1  # by image place, not depth
+    assert nearest_object_by_ray(np.zeros(3), {}) is None
+
+
+def _centre(store, episode, object_id):
+    from handvla.data.schema import camera_from_row
+
+    row = store.meta(episode)
+    gt = json.loads(row["ground_truth"])
+    obj = next(o for o in gt["scene"]["objects"] if o["object_id"] == object_id)
+    E = camera_from_row(row).extrinsics
+    return E[:3, :3] @ np.asarray(obj["pose"]).reshape(4, 4)[:3, 3] + E[:3, 3]
+
+
+def test_answers_state_target_places_then_motion(world, bundle):
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
+    from handvla.vla.processing import hands_for_mode
+
+    specs, dirs, _ = collect_samples(VLADataConfig(stores=[str(world)], seconds=[1], align=False, grounding=1.0))
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, bundle.motion_tokenizer, align=False)
+    store, mt, vocab = EpisodeStore(world), bundle.motion_tokenizer, bundle.processor.vocab
+    lo = vocab.motion_offset + mt.layout.end_point_id_range[0]
+    nb = mt.layout.end_point_bins
+    checked = {"generation": 0, "grounding": 0, "none": 0}
+    for i, s in enumerate(ds.specs):
+        if s.task_type not in ("generation", "grounding"):
+            continue
+        enc = ds.encode(i)
+        ans = np.asarray(enc.input_ids)[np.asarray(enc.labels) != IGNORE_INDEX]
+        gt = json.loads(store.meta(s.episode)["ground_truth"])
+        if s.task_type == "grounding":  # its values: the next test
+            assert len(ans) == 4 and ans[-1] == vocab.eos_id  # three place ids, then the end of the turn
+            got = ans[:3] - lo - np.arange(3) * nb
+            assert ((got >= 0) & (got < nb)).all()
+            checked["grounding"] += 1
+            continue
+        hands = hands_for_mode(s.hand_mode)
+        wanted = []
+        for h in hands:
+            tids = [t["object_id"] for t in gt.get("targets") or [] if t["hand"] == h]
+            if tids:
+                wanted.append(_bins_by_hand(_centre(store, s.episode, tids[0]), mt.config))
+        k = 3 * len(wanted)
+        assert ans[k] == vocab.mot_start_id  # the blocks follow the places at once
+        if wanted:
+            got = (ans[:k] - lo).reshape(-1, 3) - np.arange(3) * nb
+            np.testing.assert_array_equal(got, np.stack(wanted))
+            checked["generation"] += 1
+        else:
+            checked["none"] += 1
+    assert checked["generation"] >= 3 and checked["grounding"] >= 3 and checked["none"] >= 1
+    batch = ds.collate([ds[0], ds[1]])
+    assert np.isfinite(float(bundle.model(**batch, answer_logits_only=True).loss.detach()))
+
+
+def test_grounding_answer_is_the_named_objects_place(world, bundle):
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
+    from handvla.vla.grounding import object_name
+
+    specs, dirs, _ = collect_samples(VLADataConfig(stores=[str(world)], seconds=[1], align=False, grounding=2.0))
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, bundle.motion_tokenizer, align=False)
+    store, mt = EpisodeStore(world), bundle.motion_tokenizer
+    n = 0
+    for s in ds.specs:
+        if s.task_type != "grounding":
+            continue
+        gt = json.loads(store.meta(s.episode)["ground_truth"])
+        obj = next(o for o in gt["scene"]["objects"] if f"where is the {object_name(o)}?" in s.prompt)
+        want = _bins_by_hand(_centre(store, s.episode, obj["object_id"]), mt.config)
+        ids = [int(t) for t in ds.answer_text(s).replace("<motion_id_", " ").replace(">", " ").split()]
+        np.testing.assert_array_equal(np.asarray(ids) - mt.layout.end_point_id_range[0] - np.arange(3) * 16, want)
+        n += 1
+    assert n >= 5
+
+
+def test_decoding_states_whole_places_before_the_blocks(world, bundle):
+    from handvla.data.store import EpisodeStore
+    from handvla.vla import generate_motion
+    from handvla.vla.data import prepare_image
+    from handvla.vla.generation import MotionBlockConstraint
+    from handvla.vla.places import parse_places
+
+    ep = EpisodeStore(world).load_episode(0, with_video=True)
+    image = prepare_image(ep.video[0], ep.camera.K, False, (56, 56))
+    model, proc = bundle.model, bundle.processor
+    lay = proc.vocab.layout
+    for seed in range(3):
+        g = generate_motion(model, proc, [image] * 2, ["reach for the red cube"] * 2, 1, ["right", "both"],
+                            do_sample=True, seed=seed)  # fmt: skip
+        for i, hands in enumerate((1, 2)):
+            assert g.motion[i].shape == (1, hands, lay.tokens_per_block)
+            places = parse_places(g.prefix_texts[i], lay)
+            assert len(places) <= 2 and g.prefix_texts[i].count("<motion_id_") == 3 * len(places)
+    # the automaton itself: axis order, <mot> only between whole places, forced after the last
+    v = proc.vocab
+    c = MotionBlockConstraint(v, 0, 1, place_prefix=2)
+    V = v.motion_token_range[1] + 4
+    ep_lo = v.motion_offset + lay.end_point_id_range[0]
+    seq: list[int] = []
+    for step in range(7):
+        allowed = torch.isfinite(c(torch.tensor([seq], dtype=torch.long), torch.zeros(1, V)))[0]
+        if step < 6:
+            a = step % 3
+            want = set(range(ep_lo + a * lay.end_point_bins, ep_lo + (a + 1) * lay.end_point_bins))
+            if a == 0:
+                want.add(v.mot_start_id)
+            assert set(torch.nonzero(allowed).flatten().tolist()) == want
+            seq.append(ep_lo + a * lay.end_point_bins)
+        else:
+            assert torch.nonzero(allowed).flatten().tolist() == [v.mot_start_id]
+    assert c.max_new_tokens == 6 + v.block_length + 1
+    with pytest.raises(InputError, match="place_prefix"):
+        MotionBlockConstraint(v, 0, 1, place_prefix=1, text_prefix_tokens=8)
+
+
+def test_evaluation_scores_the_stated_places(world, bundle):
+    from handvla.vla.evaluate import evaluate_handworld
+
+    res = evaluate_handworld(bundle, world, max_seconds=1)
+    scored = [r for r in res["episodes"] if r.get("prefix_hits")]
+    assert scored and "prefix_target_accuracy" in res["summary"]
+    for r in scored:
+        assert len(r["prefix_hits"]) == len(r["motion_follows_prefix"])
+
+
+def test_places_need_end_point_ids():
+    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
+    from handvla.tokenizer.layout import token_layout
+    from handvla.vla.configuration import HandVLAConfig
+
+    layout = token_layout(TokenizerConfig(**PRESETS["tiny"])).to_dict()
+    with pytest.raises(ConfigError, match="target_places"):
+        HandVLAConfig(motion_token_layout=layout, motion_answer_prefix="target_places")
+
+
+def test_counterfactual_evaluation_scores_the_stated_places(world, bundle):
+    from handvla.vla.evaluate import evaluate_counterfactual
+
+    res = evaluate_counterfactual(bundle, world, seconds=1)
+    s = res["summary"]
+    for which in ("factual", "counterfactual"):
+        assert f"{which}_place_accuracy" in s and f"{which}_motion_follows_place_rate" in s
+    assert all("answer_prefix" in r for r in res["rows"])
