@@ -215,3 +215,32 @@ def test_counterfactual_evaluation_scores_the_stated_places(world, bundle):
     for which in ("factual", "counterfactual"):
         assert f"{which}_place_accuracy" in s and f"{which}_motion_follows_place_rate" in s
     assert all("answer_prefix" in r for r in res["rows"])
+
+
+def test_generate_prints_the_stated_places(world, bundle, tmp_path, capsys):
+    from PIL import Image
+
+    from handvla.cli import main
+    from handvla.data.store import EpisodeStore
+    from handvla.vla import save_vla
+    from handvla.vla.places import parse_places, place_point
+
+    ckpt = save_vla(tmp_path / "ckpt", bundle)
+    ep = EpisodeStore(world).load_episode(0, with_video=True)
+    Image.fromarray(ep.video[0]).save(tmp_path / "frame.png")
+    c = ep.camera
+    stated = []
+    for seed in range(4):  # sampled, so that some answers state places
+        argv = ["generate", "--ckpt", str(ckpt), "--image", str(tmp_path / "frame.png"), "--intrinsics",
+                f"{c.fx},{c.fy},{c.cx},{c.cy}", "--instruction", "pick up the red cube", "--hands", "both",
+                "--seconds", "1", "--sample", "--seed", str(seed), "--no-video", "--out", str(tmp_path / f"g{seed}")]  # fmt: skip
+        assert main(argv) == 0
+        info = json.loads(capsys.readouterr().out)
+        want = [place_point(b, bundle.motion_tokenizer.config) for b in parse_places(info["answer_prefix"], bundle.motion_tokenizer.layout)]
+        got = info.get("stated_places_m", [])
+        assert len(got) == len(want)
+        np.testing.assert_allclose(np.asarray(got).reshape(-1, 3), np.asarray(want).reshape(-1, 3), atol=1e-4)
+        with np.load(tmp_path / f"g{seed}.npz") as d:
+            assert d["stated_places_m"].shape == (len(want), 3)
+        stated += got
+    assert stated  # at least one answer stated a place

@@ -247,6 +247,12 @@ def run_generate(args: argparse.Namespace) -> int:
         # what the answer said before its motion (motion_answer_prefix; boxes 0..1000 of the model's view)
         "answer_prefix": np.array(out.prefix_texts[0]),
     }
+    stated = []  # places a model with motion_answer_prefix "target_places" stated (camera frame, metres)
+    if getattr(bundle.model.config, "motion_answer_prefix", "none") == "target_places":
+        from handvla.vla.places import parse_places, place_point
+
+        stated = [place_point(b, mt.config).round(4).tolist() for b in parse_places(out.prefix_texts[0], mt.layout)]
+        arrays["stated_places_m"] = np.asarray(stated, np.float64).reshape(-1, 3)
     motions, info = {}, {}
     for j, side in enumerate(hands):
         m = mt.decode_motion(ids[:, j], side=side)
@@ -287,6 +293,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "generate_seconds": gen_s,
             "tokens_per_s": new_tokens / gen_s if gen_s > 0 else None,
             "answer_prefix": out.prefix_texts[0],
+            **({"stated_places_m": stated} if stated else {}),
             **({"rerank": rerank} if rerank is not None else {}),
             "motion": info,
         }
