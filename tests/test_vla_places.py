@@ -215,6 +215,9 @@ def test_counterfactual_evaluation_scores_the_stated_places(world, bundle):
     for which in ("factual", "counterfactual"):
         assert f"{which}_place_accuracy" in s and f"{which}_motion_follows_place_rate" in s
     assert all("answer_prefix" in r for r in res["rows"])
+    # the other object's true place forced as the answer's start: scored against both objects
+    assert s["stated_other_requests"] > 0
+    assert s["stated_object_accuracy_n"] == s["asked_object_accuracy_when_other_stated_n"] == s["stated_other_requests"]
 
 
 def test_generate_prints_the_stated_places(world, bundle, tmp_path, capsys):

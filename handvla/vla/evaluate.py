@@ -102,7 +102,14 @@ from handvla.vla.grounding import (
     support_plane_in_camera,
 )
 from handvla.vla.modeling import load_vla
-from handvla.vla.places import nearest_object_by_ray, object_centre_in_camera, parse_places, place_point
+from handvla.vla.places import (
+    nearest_object_by_ray,
+    object_centre_in_camera,
+    parse_places,
+    place_ids,
+    place_point,
+    place_text,
+)
 from handvla.vla.processing import generation_prompt, hands_for_mode
 from handvla.vla.rerank import (
     MOTION_SOURCES,
@@ -985,6 +992,7 @@ def evaluate_counterfactual(
     align = model_alignment(model.config) if align is None else bool(align)
     size = tuple(image_size) if image_size else model_image_size(model.config, processor)
     prefix = text_prefix_tokens(model.config) > 0 and not rerank_samples  # HandVLAConfig.motion_answer_prefix
+    places = place_prefix_places(model.config) > 0 and not rerank_samples
     reqs, stated = [], []
     for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
         ep = st.load_episode(k, with_video=True)
@@ -1005,6 +1013,9 @@ def evaluate_counterfactual(
         if prefix and other in boxes:  # the own target asked for, the other object's box stated
             stated.append({**reqs[-2], "which": "stated_other", "object_id": other, "asked_id": tg,
                            "prefix": grounding_prefix([(object_name(objs[other]), boxes[other])])})  # fmt: skip
+        elif places and other in boxes:  # the own target asked for, the other object's place stated
+            stated.append({**reqs[-2], "which": "stated_other", "object_id": other, "asked_id": tg,
+                           "prefix": place_text(place_ids(positions[other], mt))})  # fmt: skip
     was = model.training
     model.eval()
     said: list[str] = []
@@ -1037,17 +1048,24 @@ def evaluate_counterfactual(
     out.update(summary)
     if prefix:
         out.update(_counterfactual_prefix_scores(rows, reqs, said, stated, forced))
-    if place_prefix_places(model.config) and not rerank_samples:
-        out.update(_counterfactual_place_scores(rows, reqs, said, mt))
+    if places:
+        out.update(_counterfactual_place_scores(rows, reqs, said, mt, stated, forced))
     return {"summary": out, "rows": rows}
 
 
-def _counterfactual_place_scores(rows, reqs, said, mt) -> dict[str, Any]:
+def _counterfactual_place_scores(rows, reqs, said, mt, stated, forced) -> dict[str, Any]:
     """For a model that states places (``motion_answer_prefix`` "target_places"): whether each answer's first
     stated place points at the asked object (the object whose image place is nearest, among the scene's,
     `nearest_object_by_ray`), per request kind (``factual_place_accuracy``, ``counterfactual_...``), and
-    whether the motion ends at the object its place points at (``..._motion_follows_place_rate``)."""
-    out: dict[str, Any] = {}
+    whether the motion ends at the object its place points at (``..._motion_follows_place_rate``); over the
+    ``stated`` requests (the episode's own target asked for, the OTHER object's true place made the answer's
+    start), how often the motion ends at the stated object (``stated_object_accuracy``) and at the asked one
+    (``asked_object_accuracy_when_other_stated``)."""
+    out: dict[str, Any] = {"stated_other_requests": len(stated)}
+    out.update(rate_summary([target_hit(w, r["object_id"], r["objects"]) for r, w in zip(stated, forced)],
+                            "stated_object_accuracy"))  # fmt: skip
+    out.update(rate_summary([target_hit(w, r["asked_id"], r["objects"]) for r, w in zip(stated, forced)],
+                            "asked_object_accuracy_when_other_stated"))  # fmt: skip
     for which in ("factual", "counterfactual"):
         right, follows = [], []
         for row, r, text in zip(rows, reqs, said):
