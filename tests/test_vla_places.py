@@ -10,6 +10,7 @@ whatever the model; the evaluation scores the stated places; a layout without en
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -247,3 +248,34 @@ def test_generate_prints_the_stated_places(world, bundle, tmp_path, capsys):
             assert d["stated_places_m"].shape == (len(want), 3)
         stated += got
     assert stated  # at least one answer stated a place
+
+
+def test_places_without_image_state_the_places_and_show_no_image(world, bundle):
+    from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
+
+    base = VLADataConfig(stores=[str(world)], seconds=[1], align=False)
+    specs0, _, _ = collect_samples(base)
+    specs, dirs, rep = collect_samples(base.model_copy(update={"places_without_image": 1.0}))
+    assert specs[: len(specs0)] == specs0
+    added = specs[len(specs0) :]
+    assert added and rep["places_without_image"]["samples"] == len(added)
+    assert all(s.state_places and s.image_s is None and "<image>" not in s.prompt and "the scene" in s.prompt for s in added)
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, bundle.motion_tokenizer, align=False)
+    vocab, lay = bundle.processor.vocab, bundle.motion_tokenizer.layout
+    for i, s in enumerate(ds.specs):
+        if not s.state_places:
+            continue
+        twin = next(j for j, t in enumerate(ds.specs) if not t.state_places and t.image_s is not None
+                    and (t.episode, t.hand_mode, t.start_s, t.task_type) == (s.episode, s.hand_mode, s.start_s, s.task_type))  # fmt: skip
+        enc, ref = ds.encode(i), ds.encode(twin)
+        assert enc.pixel_values is None
+        a = np.asarray(enc.input_ids)[np.asarray(enc.labels) != IGNORE_INDEX]
+        b = np.asarray(ref.input_ids)[np.asarray(ref.labels) != IGNORE_INDEX]
+        np.testing.assert_array_equal(a, b)  # the same answer: places, then motion
+        lo = vocab.motion_offset + lay.end_point_id_range[0]
+        assert lo <= a[0] < lo + lay.end_point_bins  # it starts with a place
+    cfg = copy.deepcopy(bundle.model.config)
+    cfg.motion_answer_prefix = "none"
+    plain = type(bundle.processor)(bundle.processor.tokenizer, cfg)
+    with pytest.raises(ConfigError, match="places_without_image"):
+        VLAInstructionDataset(added[:2], dirs, plain, bundle.motion_tokenizer, align=False)

@@ -165,6 +165,14 @@ class VLADataConfig(ConfigModel):
         "(processing.place_prompt), the same motion answer, so that the motion must be read off the stated "
         "place (decoded by generate_motion(places=...)); 0: none (the reference)",
     )
+    places_without_image: float = Field(
+        0.0,
+        ge=0.0,
+        description="with model.motion_answer_prefix target_places: image-free copies per generation sample whose "
+        "targets are known (HandWorld), the prompt's image replaced by the words 'the scene', the answer still "
+        "stating the targets' places before the motion, so that the motion must be read off the stated places "
+        "(handvla.vla.places); 0: none",
+    )
     place_view: str = Field(
         "model",
         description="the view whose boxes the motion-from-places prompts state (grounding.PLACE_VIEWS): 'model' "
@@ -241,6 +249,9 @@ class SampleSpec:
     prompt: str
     answer: str | None = None
     history_start_s: float | None = None
+    #: a motion answer that states its targets' places although the prompt has no image
+    #: (``VLADataConfig.places_without_image``)
+    state_places: bool = False
 
 
 # ---- images -------------------------------------------------------------------------------------------
@@ -348,8 +359,10 @@ def collect_samples(
         raise ConfigError(f"collect_samples: split must be 'train', 'val' or 'all', got {split!r}")
     if cfg.manifest:
         specs, dirs, report = _manifest_samples(cfg, split)
-        stores = _open_stores(dirs) if cfg.place_motion > 0 or cfg.grounding > 0 else None
+        need = cfg.place_motion > 0 or cfg.grounding > 0 or cfg.places_without_image > 0
+        stores = _open_stores(dirs) if need else None
         specs, report = _with_place_motion(specs, stores, report, cfg)
+        specs, report = _with_places_without_image(specs, stores, report, cfg)
         return _with_grounding(specs, dirs, report, cfg, split, stores)
     if not cfg.stores:
         raise ConfigError("data: give 'stores' (episode store folders) or a 'manifest'")
@@ -385,7 +398,44 @@ def collect_samples(
     report["samples"] = len(specs)
     report["task_types"] = {t: sum(1 for s in specs if s.task_type == t) for t in ALL_TASK_TYPES}
     specs, report = _with_place_motion(specs, stores, report, cfg)
+    specs, report = _with_places_without_image(specs, stores, report, cfg)
     return _with_grounding(specs, [str(Path(p)) for p in cfg.stores], report, cfg, split, stores)
+
+
+def _with_places_without_image(
+    specs: list[SampleSpec], stores: list | None, report: dict[str, Any], cfg: VLADataConfig
+) -> tuple[list[SampleSpec], dict[str, Any]]:
+    """``specs`` plus ``round(cfg.places_without_image * n)`` image-free copies (seeded, each once before any
+    repeats) of the n generation samples with one image whose hands' targets are known and in view: the
+    prompt's ``<image>`` replaced by "the scene", ``state_places`` set, so that the answer states the places
+    (`VLAInstructionDataset.answer_text`) and its motion has nothing else to find the target by."""
+    if cfg.places_without_image <= 0:
+        return specs, report
+    pool: list[SampleSpec] = []
+    known: dict[tuple, bool] = {}
+    for s in specs:
+        if s.task_type != "generation" or s.image_s is None or s.prompt.count(IMAGE_PLACEHOLDER) != 1:
+            continue
+        key = (s.dataset, s.episode, s.hand_mode)
+        if key not in known:
+            store = stores[s.dataset]
+            row = store.meta(s.episode)
+            found = target_centres(row.get("ground_truth"), camera_from_row(row), cfg.align,
+                                   f"{store.root} episode {s.episode}", hands_for_mode(s.hand_mode))  # fmt: skip
+            known[key] = bool(found)
+        if known[key]:
+            pool.append(replace(s, image_s=None, prompt=s.prompt.replace(IMAGE_PLACEHOLDER, "the scene"), state_places=True))
+    if not pool:
+        raise ConfigError(
+            f"data.places_without_image = {cfg.places_without_image}: no generation sample with an image has "
+            "known targets in view (ground_truth.targets and scene, as HandWorld writes): set it to 0"
+        )
+    n = int(round(cfg.places_without_image * len(pool)))
+    rng = np.random.default_rng([int(cfg.seed), 0x91ACF])
+    order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))])[:n]
+    report = dict(report, places_without_image={"samples": n, "distinct": len(pool)})
+    report["samples"] = report.get("samples", len(specs)) + n
+    return specs + [pool[i] for i in order.tolist()], report
 
 
 def target_places(
@@ -891,8 +941,13 @@ class VLAInstructionDataset(Dataset):
             return self.grounding_place(s) if places and s.task_type == "grounding" else s.answer
         if self.answer_prefix == "target_boxes" and s.image_s is not None:
             return grounding_prefix(self.targets(s, hands_for_mode(s.hand_mode))) + MOTION_PLACEHOLDER
-        if places and s.image_s is not None:
+        if places and (s.image_s is not None or s.state_places):
             return self.target_places_text(s) + MOTION_PLACEHOLDER
+        if s.state_places:
+            raise ConfigError(
+                "data.places_without_image: its samples state places, which needs model.motion_answer_prefix "
+                f"'target_places' (this model's: {self.answer_prefix!r})"
+            )
         return MOTION_PLACEHOLDER
 
     def _scene(self, s: SampleSpec) -> tuple[Any, Any, str]:
