@@ -279,3 +279,20 @@ def test_places_without_image_state_the_places_and_show_no_image(world, bundle):
     plain = type(bundle.processor)(bundle.processor.tokenizer, cfg)
     with pytest.raises(ConfigError, match="places_without_image"):
         VLAInstructionDataset(added[:2], dirs, plain, bundle.motion_tokenizer, align=False)
+
+
+def test_places_probe_benchmark(world, bundle, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from handvla.vla import save_vla
+
+    ckpt = save_vla(tmp_path / "ckpt", bundle)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vla_places_probe.py"
+    spec = importlib.util.spec_from_file_location("vla_places_probe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--ckpt", str(ckpt), "--store", str(world), "--seconds", "1"])
+    assert out["scenes"] >= 1
+    assert out["own_place_at_own_n"] == out["other_place_at_other_n"] == out["other_place_at_asked_n"] == out["scenes"]
+    assert 0 < out["chance"] <= 0.5
