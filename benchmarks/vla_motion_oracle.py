@@ -75,6 +75,9 @@ CONDITION_ROLES = {
     "target_only": ("target",),
     "target_uv": ("target_uv",),
     "start_target_uv": ("start", "target_uv"),
+    # the target's centre as the tokenizer's own three end-point ids, camera frame, not mirrored: the place a
+    # VLA with motion_answer_prefix target_places states (needs --end-points)
+    "target_place_ids": ("target",),
 }
 
 
@@ -148,8 +151,8 @@ def training_motions(paths, limit: int, fps: float) -> list:
 class PromptCoder:
     """Prompt tokens for one ``condition``; the motion ids take the vocabulary's first ``motion_vocab`` ids."""
 
-    def __init__(self, condition: str, motion_vocab: int, train_rows: list[dict], bins: int):
-        self.condition, self.bins, self.base = condition, bins, motion_vocab
+    def __init__(self, condition: str, motion_vocab: int, train_rows: list[dict], bins: int, mt=None):
+        self.condition, self.bins, self.base, self.mt = condition, bins, motion_vocab, mt
         self.roles = CONDITION_ROLES[condition]
         pos3 = np.stack([r[role] for r in train_rows for role in ROLES if ROLE_DIMS[role] == 3])
         uv = np.stack([r["target_uv"] for r in train_rows])
@@ -180,6 +183,11 @@ class PromptCoder:
 
     def prompt(self, row: dict) -> list[int]:
         out = [self.side_tok[row["side"]]]
+        if self.condition == "target_place_ids":
+            from handvla.vla.places import place_ids
+
+            centre = row["objects"][row["targets"][0]]  # camera frame, as the VLA states it
+            return out + place_ids(np.asarray(centre), self.mt).tolist() + [self.mot_tok]
         for role in self.roles:
             if self.condition == "target_digits":
                 out.append(self.role_tok[role])
@@ -383,7 +391,9 @@ def main(argv: list[str] | None = None) -> dict:
     samples = sorted({int(v) for v in a.rerank_samples.split(",") if v.strip()})
     if samples and min(samples) < 1:
         p.error(f"--rerank-samples: expected comma-separated counts >= 1, got {a.rerank_samples!r}")
-    coder = PromptCoder(a.condition, mt.layout.vocab_size, train, a.bins)
+    if a.condition == "target_place_ids" and not mt.layout.end_point_bins:
+        p.error("--condition target_place_ids states places in end-point ids: give --end-points ray or xyz")
+    coder = PromptCoder(a.condition, mt.layout.vocab_size, train, a.bins, mt)
     blocks, T = a.seconds, mt.layout.tokens_per_block
     L = blocks * T
     P = len(coder.prompt(train[0]))

@@ -229,3 +229,28 @@ def test_end_point_ids_are_said_first_and_decide_the_end(world, oracle, capsys):
     floor = res["baselines"]["tokenizer_floor"]
     coarse = res["baselines"]["tokenizer_floor_coarse_wrist_only"]["wrist_layers_below_1"]
     assert floor["pairs"] == res["generated"]["pairs"] and 0 <= coarse["target_accuracy"] <= 1
+
+
+def test_target_place_ids_prompt_is_the_vla_place(world, oracle, capsys):
+    """``--condition target_place_ids``: the prompt is the side, the target centre's three end-point ids
+    (`handvla.vla.places.place_ids`, camera frame, not mirrored) and the motion start; it needs end points."""
+    from handvla.tokenizer import MotionTokenizer, with_end_points
+    from handvla.vla.places import place_ids
+
+    mod = oracle
+    base = ["--tokenizer", str(world / "tok"), "--train", str(world / "train"), "--eval", str(world / "heldout"),
+            "--seconds", "1", "--steps", "2", "--batch-size", "4", "--hidden", "16", "--layers", "1", "--heads", "2",
+            "--condition", "target_place_ids"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        mod.main(base)
+    assert "target_place_ids states places in end-point ids" in capsys.readouterr().err
+    mt = MotionTokenizer.from_pretrained(world / "tok")
+    ep = with_end_points(mt, "ray", 8, motions=mod.training_motions([world / "train"], 10, mt.config.fps))
+    rows = mod.collect_pairs([world / "train"], ep, 1)
+    coder = mod.PromptCoder("target_place_ids", ep.layout.vocab_size, rows, 8, ep)
+    r = rows[0]
+    want = place_ids(np.asarray(r["objects"][r["targets"][0]]), ep).tolist()
+    assert coder.prompt(r) == [coder.side_tok[r["side"]], *want, coder.mot_tok]
+    res = mod.main(base + ["--end-points", "ray", "--end-point-bins", "8"])
+    capsys.readouterr()
+    assert res["generated"]["pairs"] > 0
