@@ -55,7 +55,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -82,6 +81,7 @@ from handvla.vla.grounding import (
     PLACE_VIEWS,
     box_token_map,
     grounding_prefix,
+    grounding_question_name,
     grounding_questions,
     object_name,
     parse_grounding_answer,
@@ -221,10 +221,6 @@ class VLADataConfig(ConfigModel):
         if v is not None and (v[0] < 8 or v[1] < 8):
             raise ValueError(f"expected (width, height) of at least 8 x 8 pixels, got {v}")
         return v
-
-
-#: the object a grounding question (`handvla.vla.grounding.grounding_prompt`) asks about
-_GROUNDING_NAME_RE = re.compile(r"where is the (.+?)\?$")
 
 
 @dataclass(frozen=True)
@@ -963,16 +959,16 @@ class VLAInstructionDataset(Dataset):
         if key not in self._targets:
             gt, camera, where = self._scene(s)
             found = target_centres(gt, camera, self.align, where, hands)
-            pts = np.stack([c for _h, _n, c in found]) if found else np.zeros((0, 3))
-            self._targets[key] = place_text(place_ids(pts, self.cache.mt)) if found else ""
+            pts = [c for _h, _n, c in found]
+            self._targets[key] = place_text(place_ids(np.stack(pts), self.cache.mt)) if pts else ""
         return self._targets[key]
 
     def grounding_place(self, s: SampleSpec) -> str:
         """A grounding question's answer as the asked object's place (its centre's end-point ids)."""
-        m = _GROUNDING_NAME_RE.search(s.prompt)
+        name = grounding_question_name(s.prompt)
         gt, camera, where = self._scene(s)
         objs = scene_objects(gt, where)
-        obj = next((o for o in objs if m is not None and object_name(o) == m.group(1)), None)
+        obj = next((o for o in objs if name is not None and object_name(o) == name), None)
         if obj is None or camera is None or camera.extrinsics is None:
             raise InputError(where, "ground_truth.scene", f"the object of the question {s.prompt!r}", "not found")
         return place_text(place_ids(object_centre_in_camera(obj, camera), self.cache.mt))

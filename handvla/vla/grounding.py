@@ -45,6 +45,15 @@ def grounding_prompt(name: str) -> str:
     return f"In {IMAGE_PLACEHOLDER}, where is the {name}?"
 
 
+_QUESTION_NAME_RE = re.compile(r"where is the (.+?)\?$")
+
+
+def grounding_question_name(prompt: str) -> str | None:
+    """The object a `grounding_prompt` asks about ("red cube"), or None when ``prompt`` is not one."""
+    m = _QUESTION_NAME_RE.search(prompt)
+    return None if m is None else m.group(1)
+
+
 def grounding_answer(name: str, box: tuple[int, int, int, int]) -> str:
     """InternVL's referring-expression answer: "<ref>the red cube</ref><box>[[x1, y1, x2, y2]]</box>"."""
     x1, y1, x2, y2 = (int(v) for v in box)
@@ -438,6 +447,7 @@ __all__ = [
     "evaluate_grounding",
     "grounding_answer",
     "grounding_prefix",
+    "grounding_question_name",
     "stated_box",
     "stated_places",
     "grounding_prompt",
