@@ -398,42 +398,6 @@ def collect_samples(
     return _with_grounding(specs, [str(Path(p)) for p in cfg.stores], report, cfg, split, stores)
 
 
-def _with_places_without_image(
-    specs: list[SampleSpec], stores: list | None, report: dict[str, Any], cfg: VLADataConfig
-) -> tuple[list[SampleSpec], dict[str, Any]]:
-    """``specs`` plus ``round(cfg.places_without_image * n)`` image-free copies (seeded, each once before any
-    repeats) of the n generation samples with one image whose hands' targets are known and in view: the
-    prompt's ``<image>`` replaced by "the scene", ``state_places`` set, so that the answer states the places
-    (`VLAInstructionDataset.answer_text`) and its motion has nothing else to find the target by."""
-    if cfg.places_without_image <= 0:
-        return specs, report
-    pool: list[SampleSpec] = []
-    known: dict[tuple, bool] = {}
-    for s in specs:
-        if s.task_type != "generation" or s.image_s is None or s.prompt.count(IMAGE_PLACEHOLDER) != 1:
-            continue
-        key = (s.dataset, s.episode, s.hand_mode)
-        if key not in known:
-            store = stores[s.dataset]
-            row = store.meta(s.episode)
-            found = target_centres(row.get("ground_truth"), camera_from_row(row), cfg.align,
-                                   f"{store.root} episode {s.episode}", hands_for_mode(s.hand_mode))  # fmt: skip
-            known[key] = bool(found)
-        if known[key]:
-            pool.append(replace(s, image_s=None, prompt=s.prompt.replace(IMAGE_PLACEHOLDER, "the scene"), state_places=True))
-    if not pool:
-        raise ConfigError(
-            f"data.places_without_image = {cfg.places_without_image}: no generation sample with an image has "
-            "known targets in view (ground_truth.targets and scene, as HandWorld writes): set it to 0"
-        )
-    n = int(round(cfg.places_without_image * len(pool)))
-    rng = np.random.default_rng([int(cfg.seed), 0x91ACF])
-    order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))])[:n]
-    report = dict(report, places_without_image={"samples": n, "distinct": len(pool)})
-    report["samples"] = report.get("samples", len(specs)) + n
-    return specs + [pool[i] for i in order.tolist()], report
-
-
 def target_places(
     ground_truth, camera, align: bool, where: str, hands: Sequence[str], place_view: str = "model"
 ) -> str:
@@ -447,6 +411,53 @@ def target_places(
     )
 
 
+def _draw_each_once(pool: list, n: int, seed: int, tag: int) -> list:
+    """``n`` items of ``pool`` drawn seeded by (``seed``, ``tag``): a permutation of the pool, repeated until
+    ``n`` are drawn, so each item is drawn once before any repeats."""
+    rng = np.random.default_rng([int(seed), tag])
+    order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))])[:n]
+    return [pool[i] for i in order.tolist()]
+
+
+def _with_image_free_copies(
+    specs: list[SampleSpec],
+    stores: list,
+    report: dict[str, Any],
+    cfg: VLADataConfig,
+    option: str,
+    tag: int,
+    lookup,
+    copy,
+) -> tuple[list[SampleSpec], dict[str, Any]]:
+    """``specs`` plus ``round(share * n)`` image-free copies (``share``: ``cfg.<option>``; drawn seeded, each
+    once before any repeats) of the n generation samples with one image whose targets are known:
+    ``lookup(ground_truth, camera, where, hands)`` says what an episode's targets give (falsy: nothing; once
+    per episode and hand mode), ``copy(sample, looked_up)`` makes the copy. The report gains ``option``."""
+    share = getattr(cfg, option)
+    pool: list[SampleSpec] = []
+    found: dict[tuple, Any] = {}
+    for s in specs:
+        if s.task_type != "generation" or s.image_s is None or s.prompt.count(IMAGE_PLACEHOLDER) != 1:
+            continue
+        key = (s.dataset, s.episode, s.hand_mode)
+        if key not in found:
+            store = stores[s.dataset]
+            row = store.meta(s.episode)
+            where = f"{store.root} episode {s.episode}"
+            found[key] = lookup(row.get("ground_truth"), camera_from_row(row), where, hands_for_mode(s.hand_mode))
+        if found[key]:
+            pool.append(copy(s, found[key]))
+    if not pool:
+        raise ConfigError(
+            f"data.{option} = {share}: no generation sample with an image has known targets in "
+            f"view (ground_truth.targets and scene, as HandWorld writes): set data.{option} to 0"
+        )
+    n = int(round(share * len(pool)))
+    report = dict(report, **{option: {"samples": n, "distinct": len(pool)}})
+    report["samples"] = report.get("samples", len(specs)) + n
+    return specs + _draw_each_once(pool, n, cfg.seed, tag), report
+
+
 def _with_place_motion(
     specs: list[SampleSpec], stores: list | None, report: dict[str, Any], cfg: VLADataConfig
 ) -> tuple[list[SampleSpec], dict[str, Any]]:
@@ -456,33 +467,28 @@ def _with_place_motion(
     ``stores``: the opened stores ``specs`` index (None only when ``cfg.place_motion`` is 0)."""
     if cfg.place_motion <= 0:
         return specs, report
-    pool: list[SampleSpec] = []
-    places: dict[tuple, str] = {}
-    for s in specs:
-        if s.task_type != "generation" or s.image_s is None or s.prompt.count(IMAGE_PLACEHOLDER) != 1:
-            continue
-        key = (s.dataset, s.episode, s.hand_mode)
-        if key not in places:
-            store = stores[s.dataset]
-            row = store.meta(s.episode)
-            where = f"{store.root} episode {s.episode}"
-            places[key] = target_places(
-                row.get("ground_truth"), camera_from_row(row), cfg.align, where, hands_for_mode(s.hand_mode),
-                cfg.place_view,
-            )  # fmt: skip
-        if places[key]:
-            pool.append(replace(s, image_s=None, prompt=place_prompt(s.prompt, places[key])))
-    if not pool:
-        raise ConfigError(
-            f"data.place_motion = {cfg.place_motion}: no generation sample with an image has known targets in "
-            "view (ground_truth.targets and scene, as HandWorld writes): set data.place_motion to 0"
-        )
-    n = int(round(cfg.place_motion * len(pool)))
-    rng = np.random.default_rng([int(cfg.seed), 0x91ACE])
-    order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))])[:n]
-    report = dict(report, place_motion={"samples": n, "distinct": len(pool)})
-    report["samples"] = report.get("samples", len(specs)) + n
-    return specs + [pool[i] for i in order.tolist()], report
+    return _with_image_free_copies(
+        specs, stores, report, cfg, "place_motion", 0x91ACE,
+        lambda gt, camera, where, hands: target_places(gt, camera, cfg.align, where, hands, cfg.place_view),
+        lambda s, places: replace(s, image_s=None, prompt=place_prompt(s.prompt, places)),
+    )  # fmt: skip
+
+
+def _with_places_without_image(
+    specs: list[SampleSpec], stores: list | None, report: dict[str, Any], cfg: VLADataConfig
+) -> tuple[list[SampleSpec], dict[str, Any]]:
+    """``specs`` plus ``round(cfg.places_without_image * n)`` image-free copies (seeded, each once before any
+    repeats) of the n generation samples with one image whose hands' targets are known and in view: the
+    prompt's ``<image>`` replaced by "the scene", ``state_places`` set, so that the answer states the places
+    (`VLAInstructionDataset.answer_text`) and its motion has nothing else to find the target by."""
+    if cfg.places_without_image <= 0:
+        return specs, report
+    return _with_image_free_copies(
+        specs, stores, report, cfg, "places_without_image", 0x91ACF,
+        lambda gt, camera, where, hands: target_centres(gt, camera, cfg.align, where, hands),
+        lambda s, _found: replace(s, image_s=None, prompt=s.prompt.replace(IMAGE_PLACEHOLDER, "the scene"),
+                                  state_places=True),
+    )  # fmt: skip
 
 
 def _with_grounding(
@@ -515,12 +521,10 @@ def _with_grounding(
             f"data.grounding = {cfg.grounding}: no episode of {store_dirs} with video has a known scene "
             "(ground_truth.scene with objects in view, as HandWorld writes): set data.grounding to 0"
         )
-    rng = np.random.default_rng([int(cfg.seed), 0x6120])
-    order = np.concatenate([rng.permutation(len(pool)) for _ in range(-(-n // len(pool)))])[:n]
     report = dict(report, grounding={"questions": n, "distinct": len(pool)})
     report["samples"] = len(specs) + n
     report["task_types"] = dict(report["task_types"], grounding=n)
-    return specs + [pool[i] for i in order.tolist()], store_dirs, report
+    return specs + _draw_each_once(pool, n, cfg.seed, 0x6120), store_dirs, report
 
 
 def _manifest_samples(cfg: VLADataConfig, split: str) -> tuple[list[SampleSpec], list[str], dict[str, Any]]:
