@@ -33,7 +33,13 @@ def main(argv: list[str] | None = None) -> dict:
     from handvla.data.store import EpisodeStore
     from handvla.errors import ConfigError
     from handvla.stats import rate_summary
-    from handvla.vla.evaluate import _object_phrase, counterfactual_scene, object_positions_camera, target_hit
+    from handvla.vla.evaluate import (
+        counterfactual_other,
+        counterfactual_scene,
+        counterfactual_task,
+        object_positions_camera,
+        target_hit,
+    )
     from handvla.vla.generation import MotionBlockConstraint, _generate, parse_motion_output
     from handvla.vla.modeling import load_vla
     from handvla.vla.places import place_ids, place_text
@@ -52,11 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
         if scene is None:
             continue
         objs, tg, hand = scene
-        ids = sorted(objs)
-        other = ids[(ids.index(tg) + 1) % len(ids)]
         pos = object_positions_camera(ep, 0)
-        task = f"move your {hand} hand to {_object_phrase(objs[tg])}"
-        reqs += [(hand, task, pos, tg, tg), (hand, task, pos, other, tg)]
+        task = counterfactual_task(hand, objs[tg])
+        reqs += [(hand, task, pos, tg, tg), (hand, task, pos, counterfactual_other(objs, tg), tg)]
     own, at_other, at_asked, chance = [], [], [], []
     for i in range(0, len(reqs), a.batch_size):
         part = reqs[i : i + a.batch_size]

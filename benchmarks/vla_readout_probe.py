@@ -47,7 +47,12 @@ def scene_requests(store, limit: int | None, every_object: bool, align: bool, si
     uniquely named objects: every object named in turn (``every_object``) or the episode's own target then
     the next other object (the counterfactual evaluation's pair)."""
     from handvla.vla.data import prepare_image
-    from handvla.vla.evaluate import _object_phrase, counterfactual_scene, object_positions_camera
+    from handvla.vla.evaluate import (
+        counterfactual_other,
+        counterfactual_scene,
+        counterfactual_task,
+        object_positions_camera,
+    )
     from handvla.vla.grounding import objects_in_view
 
     reqs, scenes = [], 0
@@ -59,8 +64,7 @@ def scene_requests(store, limit: int | None, every_object: bool, align: bool, si
         if scene is None:
             continue
         objs, tg, hand = scene
-        ids = sorted(objs)
-        named = ids if every_object else [tg, ids[(ids.index(tg) + 1) % len(ids)]]
+        named = sorted(objs) if every_object else [tg, counterfactual_other(objs, tg)]
         positions = object_positions_camera(ep, 0)
         boxes = {int(o["object_id"]): box for o, box in objects_in_view(list(objs.values()), ep.camera, align)}
         image = prepare_image(ep.video[0], ep.camera.K, align, size)
@@ -70,7 +74,7 @@ def scene_requests(store, limit: int | None, every_object: bool, align: bool, si
                     "scene": scenes,
                     "which": "factual" if oid == tg else "counterfactual",
                     "object_id": oid,
-                    "task": f"move your {hand} hand to {_object_phrase(objs[oid])}",
+                    "task": counterfactual_task(hand, objs[oid]),
                     "hand": hand,
                     "image": image,
                     "objects": positions,

@@ -948,6 +948,17 @@ def counterfactual_scene(ground_truth: dict | None) -> tuple[dict[int, dict[str,
     return objs, int(targets[0]["object_id"]), targets[0]["hand"]
 
 
+def counterfactual_other(objs: dict[int, Any], target: int) -> int:
+    """The other object a counterfactual request names: the next object id after the target's (cyclic)."""
+    ids = sorted(objs)
+    return ids[(ids.index(target) + 1) % len(ids)]
+
+
+def counterfactual_task(hand: str, obj: dict[str, Any]) -> str:
+    """The counterfactual evaluation's instruction: "move your left hand to the red cube"."""
+    return f"move your {hand} hand to {_object_phrase(obj)}"
+
+
 @torch.no_grad()
 def evaluate_counterfactual(
     bundle,
@@ -1000,13 +1011,12 @@ def evaluate_counterfactual(
         if scene is None:
             continue
         objs, tg, hand = scene
-        ids = sorted(objs)
-        other = ids[(ids.index(tg) + 1) % len(ids)]
+        other = counterfactual_other(objs, tg)
         positions = object_positions_camera(ep, 0)
         image = prepare_image(ep.video[0], ep.camera.K, align, size)
         boxes = {int(o["object_id"]): box for o, box in objects_in_view(list(objs.values()), ep.camera, align)}
         for which, oid in (("factual", tg), ("counterfactual", other)):
-            task = f"move your {hand} hand to {_object_phrase(objs[oid])}"
+            task = counterfactual_task(hand, objs[oid])
             reqs.append({"episode": k, "rig": ep.rig, "which": which, "object_id": oid, "hand": hand, "task": task,
                          "image": image, "objects": positions, "boxes": boxes,
                          "name": object_name(objs[oid]), "camera": ep.camera})  # fmt: skip
@@ -1270,6 +1280,9 @@ def evaluate_checkpoint(
 
 
 __all__ = [
+    "counterfactual_other",
+    "counterfactual_scene",
+    "counterfactual_task",
     "evaluate_checkpoint",
     "evaluate_counterfactual",
     "evaluate_handworld",
