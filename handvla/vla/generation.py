@@ -196,25 +196,21 @@ class MotionBlockConstraint(LogitsProcessor):
         L = self.vocab.block_length
         blocks = blocks.to(scores.device)
         states = self.block_states.to(scores.device)
-        if self.place_prefix:  # count from each row's first <mot>; before it, the place ids said so far
-            starts = input_ids[:, self.prompt_length :] == self.vocab.mot_start_id
-            started = starts.any(dim=1)
-            first = starts.int().argmax(dim=1) if n else torch.zeros_like(blocks)
-            m = torch.where(started, n - first, torch.zeros_like(blocks))
-            in_block = torch.where(m >= blocks * L, torch.full_like(m, _S_EOS), states[m % L])
-            place = torch.full_like(m, _S_START if n >= PLACE_IDS * self.place_prefix else self._s_place0 + n % PLACE_IDS)
-            state = torch.where(started, in_block, place)
-        elif not self.text_prefix_tokens:
+        if not (self.text_prefix_tokens or self.place_prefix):
             in_block = states[n % L].expand(B)
             state = torch.where(n >= blocks * L, torch.full_like(in_block, _S_EOS), in_block)
-        else:  # count from each row's first <mot> (m = 0 while the row is still in its text)
+        else:  # count from each row's first <mot> (m = 0 while the row is still in its prefix)
             starts = input_ids[:, self.prompt_length :] == self.vocab.mot_start_id
             started = starts.any(dim=1)
             first = starts.int().argmax(dim=1) if n else torch.zeros_like(blocks)
             m = torch.where(started, n - first, torch.zeros_like(blocks))
             in_block = torch.where(m >= blocks * L, torch.full_like(m, _S_EOS), states[m % L])
-            text = torch.full_like(m, _S_TEXT if n < self.text_prefix_tokens else _S_START)
-            state = torch.where(started, in_block, text)
+            if self.place_prefix:  # before it, the place ids said so far
+                cap, before = PLACE_IDS * self.place_prefix, self._s_place0 + n % PLACE_IDS
+            else:
+                cap, before = self.text_prefix_tokens, _S_TEXT
+            prefix = torch.full_like(m, before if n < cap else _S_START)
+            state = torch.where(started, in_block, prefix)
         allowed = self._table[state]  # (B, V)
         return scores.masked_fill(~allowed, float("-inf"))
 
