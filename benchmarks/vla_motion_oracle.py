@@ -15,7 +15,10 @@ of the hand that goes there. Prompts (``--condition``):
 - ``target_only``: the target object's centre alone (3-D, no start);
 - ``target_uv``: where the target's centre is in the image alone (x / z, y / z: the place a stated box gives,
   without depth or start);
-- ``start_target_uv``: the start (3-D) and the target's place in the image.
+- ``start_target_uv``: the start (3-D) and the target's place in the image;
+- ``target_place_ids``: the target's centre as the tokenizer's own three end-point ids, camera frame (the
+  place a VLA with ``motion_answer_prefix: target_places`` states; needs ``--end-points``);
+- ``target_place_ids_hand``: the same ids in the hand's own frame (left hands mirrored, ``hand_places``).
 
 Location tokens: one token per (role, axis, bin), ``--bins`` uniform bins between the 1st and 99th
 percentile of the training values. Positions are in the camera frame, mirrored for left hands (x -> -x), as
@@ -29,6 +32,10 @@ floor (true ids decoded; and with only the wrist's first k residual layers true,
 pairs' most frequent id: how much of the end point the coarse layers decide), a constant end point (the
 training pairs' mean final wrist per side) and the told place itself as the end point (the ceiling of the
 ``target`` condition).
+
+Conditions that tell a target are also scored told ANOTHER object of the scene (``counterfactual``: the next
+object id after the target's, the told place moved there): the rate at which the motion ends at the told
+object (it reads the place) and at the true target (it follows a prior, e.g. the acting hand's side).
 
 Answer orders (``--answer-order``): ``block`` (pretraining's: block after block, each in the tokenizer's
 order), ``layer`` (the whole answer coarse to fine: every block's residual-layer-0 ids first, wrist before
@@ -78,6 +85,9 @@ CONDITION_ROLES = {
     # the target's centre as the tokenizer's own three end-point ids, camera frame, not mirrored: the place a
     # VLA with motion_answer_prefix target_places states (needs --end-points)
     "target_place_ids": ("target",),
+    # the same ids in the hand's own frame (left hands mirrored, x -> -x), as the blocks' end-point ids say
+    # where a block ends
+    "target_place_ids_hand": ("target",),
 }
 
 
@@ -183,10 +193,11 @@ class PromptCoder:
 
     def prompt(self, row: dict) -> list[int]:
         out = [self.side_tok[row["side"]]]
-        if self.condition == "target_place_ids":
+        if self.condition in ("target_place_ids", "target_place_ids_hand"):
             from handvla.vla.places import place_ids
 
-            centre = row["objects"][row["targets"][0]]  # camera frame, as the VLA states it
+            # camera frame, as the VLA states it; or the hand's mirrored frame (row["target"])
+            centre = row["target"] if self.condition.endswith("_hand") else row["objects"][row["targets"][0]]
             return out + place_ids(np.asarray(centre), self.mt).tolist() + [self.mot_tok]
         for role in self.roles:
             if self.condition == "target_digits":
@@ -298,6 +309,22 @@ def decode_finals(mt, ids: np.ndarray, rows: list[dict], blocks: int) -> list[np
     return list(mt.final_wrist_positions(last, [r["side"] for r in rows]))
 
 
+def counterfactual_rows(rows: list[dict]) -> list[dict]:
+    """Each row told ANOTHER object of its scene as the target (`handvla.vla.evaluate.counterfactual_other`:
+    the next object id after the true target's): ``targets`` = [that object], ``asked`` = the true one; the
+    told places (``target``, ``target_uv``) move with it. Does the motion follow what it is told, or a prior
+    (the acting hand's side says roughly where its true target lies)?"""
+    from handvla.vla.evaluate import counterfactual_other
+
+    out = []
+    for r in rows:
+        other = counterfactual_other(r["objects"], r["targets"][0])
+        sign = np.array([-1.0 if r["side"] == "left" else 1.0, 1.0, 1.0])
+        p = np.asarray(r["objects"][other], np.float64)
+        out.append(dict(r, targets=[other], asked=r["targets"][0], target=p * sign, target_uv=(p * sign)[:2] / p[2]))
+    return out
+
+
 def told_places(rows: list[dict], condition: str) -> list[np.ndarray] | None:
     """The place the prompt tells, in the camera frame (None for conditions that tell no end place)."""
     if condition in ("target", "target_digits", "target_only", "target_uv", "start_target_uv"):
@@ -391,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
     samples = sorted({int(v) for v in a.rerank_samples.split(",") if v.strip()})
     if samples and min(samples) < 1:
         p.error(f"--rerank-samples: expected comma-separated counts >= 1, got {a.rerank_samples!r}")
-    if a.condition == "target_place_ids" and not mt.layout.end_point_bins:
+    if a.condition.startswith("target_place_ids") and not mt.layout.end_point_bins:
         p.error("--condition target_place_ids states places in end-point ids: give --end-points ray or xyz")
     coder = PromptCoder(a.condition, mt.layout.vocab_size, train, a.bins, mt)
     blocks, T = a.seconds, mt.layout.tokens_per_block
@@ -459,6 +486,21 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"step {step}: {curve[-1]['eval']}", file=sys.stderr, flush=True)
     train_s = time.time() - t_train
     result = evaluate()
+    if CONDITION_ROLES[a.condition] and "target" in "".join(CONDITION_ROLES[a.condition]):
+        # told another object of the scene: followed (at the told object) or ignored (at the true target)?
+        cf = counterfactual_rows(held)
+        x_cf = torch.tensor([coder.prompt(r) for r in cf], dtype=torch.long)
+        finals = decode_finals(mt, generate(model, x_cf, ranges)[:, inv], cf, blocks)
+        from handvla.stats import rate_summary
+        from handvla.vla.evaluate import target_hit
+
+        told = rate_summary(target_hit(f, r["targets"][0], r["objects"]) for f, r in zip(finals, cf))
+        true = rate_summary(target_hit(f, r["asked"], r["objects"]) for f, r in zip(finals, cf))
+        result["counterfactual"] = {
+            "at_told_object": told["rate"], "at_told_object_ci95": told["ci95"],
+            "at_true_target": true["rate"], "at_true_target_ci95": true["ci95"], "pairs": told["n"],
+            "chance": float(np.mean([1.0 / len(r["objects"]) for r in cf])),
+        }  # fmt: skip
     if samples:
         t_rr = time.time()
         result["reranked"] = rerank_by_place(mt, model, Xev[:, :P], ranges, inv, held, blocks,

@@ -1,9 +1,9 @@
 """Does a places model's motion read a stated place when nothing else says where to go? (README "Does the VLA
 learn?" (19).) For each counterfactual scene of a HandWorld store (`counterfactual_scene`: the episode's hand
-and target, another object of the scene), a checkpoint trained with ``motion_answer_prefix: target_places`` is
+and target, another object of the scene), a checkpoint trained with ``motion_answer_prefix: target_places`` (or ``hand_places``) is
 asked "move your <hand> hand to <target>" with NO image (the prompt's ``<image>`` replaced by "the scene", as
 ``data.places_without_image`` trains it) and its answer made to start with a TRUE place (the target's centre,
-then the other object's). Scored as every motion is: the decoded final wrist nearest the object.
+then the other object's; in the model's place frame). Scored as every motion is: the decoded final wrist nearest the object.
 Prints one JSON object: ``own_place_at_own`` (told the asked object's place), ``other_place_at_other`` and
 ``other_place_at_asked`` (told the other object's place), each with its Wilson 95 % interval, and ``chance``.
 
@@ -42,13 +42,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     from handvla.vla.generation import MotionBlockConstraint, _generate, parse_motion_output
     from handvla.vla.modeling import load_vla
-    from handvla.vla.places import place_ids, place_text
+    from handvla.vla.places import in_place_frame, place_frame, place_ids, place_text
     from handvla.vla.processing import IMAGE_PLACEHOLDER, generation_prompt
 
     bundle = load_vla(a.ckpt)
     model, proc, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
-    if getattr(model.config, "motion_answer_prefix", "none") != "target_places" or mt is None:
-        raise ConfigError(f"{a.ckpt}: expected a checkpoint with motion_answer_prefix 'target_places' and its tokenizer")
+    frame = place_frame(model.config)
+    if frame is None or mt is None:
+        raise ConfigError(f"{a.ckpt}: expected a checkpoint that states places (motion_answer_prefix 'target_places' "
+                          "or 'hand_places') and its tokenizer")
     model.eval()
     st = EpisodeStore(a.store)
     reqs = []  # (hand, task, object positions, stated object, asked object)
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
         samples = []
         for hand, task, pos, stated, _asked in part:
             prompt = generation_prompt(task, a.seconds, hand, int(mt.config.fps)).replace(IMAGE_PLACEHOLDER, "the scene")
-            samples.append(proc.start_answer(proc.encode(prompt), place_text(place_ids(pos[stated], mt))))
+            place = place_ids(in_place_frame(pos[stated], hand, frame), mt)
+            samples.append(proc.start_answer(proc.encode(prompt), place_text(place)))
         blocks = [a.seconds] * len(part)
 
         def head(prompt_length: int, blocks=blocks) -> MotionBlockConstraint:

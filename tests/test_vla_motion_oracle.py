@@ -251,6 +251,18 @@ def test_target_place_ids_prompt_is_the_vla_place(world, oracle, capsys):
     r = rows[0]
     want = place_ids(np.asarray(r["objects"][r["targets"][0]]), ep).tolist()
     assert coder.prompt(r) == [coder.side_tok[r["side"]], *want, coder.mot_tok]
+    # target_place_ids_hand: the same ids of the centre in the hand's own frame (left hands mirrored)
+    hand = mod.PromptCoder("target_place_ids_hand", ep.layout.vocab_size, rows, 8, ep)
+    for r in rows:
+        c = np.asarray(r["objects"][r["targets"][0]]) * (np.array([-1.0, 1.0, 1.0]) if r["side"] == "left" else 1.0)
+        assert hand.prompt(r) == [hand.side_tok[r["side"]], *place_ids(c, ep).tolist(), hand.mot_tok]
+    # told another object: the counterfactual rows move the told place and keep the true target as "asked"
+    for r, cf in zip(rows, mod.counterfactual_rows(rows)):
+        if len(r["objects"]) > 1:
+            assert cf["targets"][0] != r["targets"][0] and cf["asked"] == r["targets"][0]
+            assert hand.prompt(cf) != hand.prompt(r)
     res = mod.main(base + ["--end-points", "ray", "--end-point-bins", "8"])
     capsys.readouterr()
     assert res["generated"]["pairs"] > 0
+    cf = res["generated"]["counterfactual"]
+    assert cf["pairs"] > 0 and 0 <= cf["at_told_object"] <= 1 and 0 <= cf["at_true_target"] <= 1

@@ -1,11 +1,13 @@
-"""Places said in end-point ids (``motion_answer_prefix: target_places``; `handvla.vla.places`).
+"""Places said in end-point ids (``motion_answer_prefix: target_places`` / ``hand_places``; `handvla.vla.places`).
 
 Checked: a place is the end-point bins of a camera-frame point (against the bins computed here from the
 tokenizer's span by hand), reads back from generated text and decodes to a point in its own cell; the answer
 of a generation sample starts with its hands' target places (the targets' centres recomputed here from the
 scene's poses and the camera's extrinsics), labelled, then its motion; a grounding question is answered with
 the object's place; decoding states whole places in axis order (at most one per hand) before the blocks,
-whatever the model; the evaluation scores the stated places; a layout without end points is refused.
+whatever the model; the evaluation scores the stated places; a layout without end points is refused. With
+``hand_places`` a left hand's place is mirrored (the tokenizer's frame) and mapped back when scored, while
+grounding answers stay in the camera frame.
 """
 
 from __future__ import annotations
@@ -85,13 +87,24 @@ def _centre(store, episode, object_id):
     return E[:3, :3] @ np.asarray(obj["pose"]).reshape(4, 4)[:3, 3] + E[:3, 3]
 
 
-def test_answers_state_target_places_then_motion(world, bundle):
+@pytest.fixture
+def prefix(request, bundle):
+    """The bundle's motion_answer_prefix set to ``request.param`` for one test, then restored."""
+    old = bundle.model.config.motion_answer_prefix
+    bundle.model.config.motion_answer_prefix = request.param
+    yield request.param
+    bundle.model.config.motion_answer_prefix = old
+
+
+@pytest.mark.parametrize("prefix", ["target_places", "hand_places"], indirect=True)
+def test_answers_state_target_places_then_motion(world, bundle, prefix):
     from handvla.data.store import EpisodeStore
     from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
     from handvla.vla.processing import hands_for_mode
 
     specs, dirs, _ = collect_samples(VLADataConfig(stores=[str(world)], seconds=[1], align=False, grounding=1.0))
     ds = VLAInstructionDataset(specs, dirs, bundle.processor, bundle.motion_tokenizer, align=False)
+    assert bundle.processor.config.motion_answer_prefix == prefix  # the dataset reads the model's config
     store, mt, vocab = EpisodeStore(world), bundle.motion_tokenizer, bundle.processor.vocab
     lo = vocab.motion_offset + mt.layout.end_point_id_range[0]
     nb = mt.layout.end_point_bins
@@ -113,7 +126,10 @@ def test_answers_state_target_places_then_motion(world, bundle):
         for h in hands:
             tids = [t["object_id"] for t in gt.get("targets") or [] if t["hand"] == h]
             if tids:
-                wanted.append(_bins_by_hand(_centre(store, s.episode, tids[0]), mt.config))
+                c = _centre(store, s.episode, tids[0])
+                if prefix == "hand_places" and h == "left":  # the hand's own frame: mirrored, as the tokenizer
+                    c = c * np.array([-1.0, 1.0, 1.0])
+                wanted.append(_bins_by_hand(c, mt.config))
         k = 3 * len(wanted)
         assert ans[k] == vocab.mot_start_id  # the blocks follow the places at once
         if wanted:
@@ -127,7 +143,8 @@ def test_answers_state_target_places_then_motion(world, bundle):
     assert np.isfinite(float(bundle.model(**batch, answer_logits_only=True).loss.detach()))
 
 
-def test_grounding_answer_is_the_named_objects_place(world, bundle):
+@pytest.mark.parametrize("prefix", ["target_places", "hand_places"], indirect=True)
+def test_grounding_answer_is_the_named_objects_place(world, bundle, prefix):
     from handvla.data.store import EpisodeStore
     from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
     from handvla.vla.grounding import object_name
@@ -204,8 +221,45 @@ def test_places_need_end_point_ids():
     from handvla.vla.configuration import HandVLAConfig
 
     layout = token_layout(TokenizerConfig(**PRESETS["tiny"])).to_dict()
-    with pytest.raises(ConfigError, match="target_places"):
-        HandVLAConfig(motion_token_layout=layout, motion_answer_prefix="target_places")
+    for prefix in ("target_places", "hand_places"):
+        with pytest.raises(ConfigError, match=prefix):
+            HandVLAConfig(motion_token_layout=layout, motion_answer_prefix=prefix)
+
+
+def test_hand_frame_places_are_mirrored_for_left_hands_and_scored_back(world, bundle):
+    """hand_places: a left hand's place is its target's centre with x negated (the tokenizer's frame), and the
+    evaluation maps it back before asking which object it points at."""
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.evaluate import _score_places, object_positions_camera
+    from handvla.vla.places import in_place_frame, nearest_object_by_ray, place_frame, place_ids, place_text
+
+    p = np.array([[0.2, -0.1, 0.7], [-0.3, 0.05, 0.9]])
+    np.testing.assert_array_equal(in_place_frame(p, "left", "hand"), p * [-1, 1, 1])
+    np.testing.assert_array_equal(in_place_frame(in_place_frame(p, "left", "hand"), "left", "hand"), p)
+    for hand, frame in (("right", "hand"), ("left", "camera"), ("left", None)):
+        np.testing.assert_array_equal(in_place_frame(p, hand, frame), p)
+    assert [place_frame(type("C", (), {"motion_answer_prefix": v})) for v in ("target_places", "hand_places", "none")] == [
+        "camera", "hand", None]
+
+    store, mt = EpisodeStore(world), bundle.motion_tokenizer
+    found = None  # an object whose mirrored centre would point at another object (so a missing map-back fails)
+    for k in range(len(store)):
+        ep = store.load_episode(k, with_video=False)
+        pos = object_positions_camera(ep, 0)
+        for oid, c in pos.items():
+            if len(pos) > 1 and nearest_object_by_ray(c * [-1, 1, 1], pos) != oid:
+                found = (ep, pos, oid)
+                break
+        if found:
+            break
+    assert found is not None
+    ep, pos, oid = found
+    ctx = {"ground_truth": ep.ground_truth, "objects": pos, "pairs": [("left", oid)], "final_wrist": {"left": pos[oid]}}
+    said = place_text(place_ids(in_place_frame(pos[oid], "left", "hand"), mt))
+    for frame, hit in (("hand", True), ("camera", False)):
+        row: dict = {}
+        _score_places(row, ctx, said, ep, mt, False, "test", frame)
+        assert row["prefix_hits"] == [hit]
 
 
 def test_counterfactual_evaluation_scores_the_stated_places(world, bundle):

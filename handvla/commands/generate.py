@@ -171,6 +171,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from handvla.vla.evaluate import model_alignment, model_image_size
     from handvla.vla.generation import generate_motion
     from handvla.vla.modeling import load_vla
+    from handvla.vla.places import in_place_frame, parse_places, place_frame, place_point
 
     set_threads(args)
     hf_logging.disable_progress_bar()  # one JSON document on stdout, one error line on stderr
@@ -247,11 +248,12 @@ def run_generate(args: argparse.Namespace) -> int:
         # what the answer said before its motion (motion_answer_prefix; boxes 0..1000 of the model's view)
         "answer_prefix": np.array(out.prefix_texts[0]),
     }
-    stated = []  # places a model with motion_answer_prefix "target_places" stated (camera frame, metres)
-    if getattr(bundle.model.config, "motion_answer_prefix", "none") == "target_places":
-        from handvla.vla.places import parse_places, place_point
-
-        stated = [place_point(b, mt.config).round(4).tolist() for b in parse_places(out.prefix_texts[0], mt.layout)]
+    stated = []  # places a model with motion_answer_prefix target_places / hand_places stated (camera frame, m)
+    frame = place_frame(bundle.model.config)
+    if frame is not None:
+        # the j-th place is the j-th hand's (left, then right); hand-frame places are mirrored back for left
+        stated = [in_place_frame(place_point(b, mt.config), hands[min(j, len(hands) - 1)], frame).round(4).tolist()
+                  for j, b in enumerate(parse_places(out.prefix_texts[0], mt.layout))]  # fmt: skip
         arrays["stated_places_m"] = np.asarray(stated, np.float64).reshape(-1, 3)
     motions, info = {}, {}
     for j, side in enumerate(hands):

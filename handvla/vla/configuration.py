@@ -83,8 +83,11 @@ def check_film_options(
 
 
 #: what a motion answer says before its motion blocks (``HandVLAConfig.motion_answer_prefix``)
-MotionAnswerPrefix = Literal["none", "target_boxes", "target_places"]
+MotionAnswerPrefix = Literal["none", "target_boxes", "target_places", "hand_places"]
 MOTION_ANSWER_PREFIXES: tuple[str, ...] = get_args(MotionAnswerPrefix)
+#: the prefixes that state places (three end-point ids each, `handvla.vla.places`) and the frame of a motion
+#: answer's places: the camera's, or the acting hand's own (left hands mirrored, as the tokenizer mirrors them)
+PLACE_FRAMES: dict[str, str] = {"target_places": "camera", "hand_places": "hand"}
 
 
 # ImageNet statistics: InternViT was trained on them (InternVL's own preprocessing).
@@ -167,7 +170,10 @@ class HandVLAConfig(InternVLConfig):
     `handvla.vla.grounding.place_ids`), then the blocks; grounding questions (``data.grounding``) are then
     answered with the same three ids. Where the hand goes and where an object is are said with the very ids
     that say where each block ends, so that the motion after a stated place is nearly a copy. Decoding
-    allows 0 to 2 places (three ids each, one per axis) before the first ``<mot>``.
+    allows 0 to 2 places (three ids each, one per axis) before the first ``<mot>``. ``"hand_places"``: the
+    same, each motion answer's place in the acting hand's own frame (left hands mirrored, x -> -x: the frame of
+    the tokenizer and of the blocks' end-point ids; grounding answers stay in the camera frame). Measured:
+    README "Does the VLA learn?" (20).
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
@@ -269,9 +275,9 @@ class HandVLAConfig(InternVLConfig):
                 f"HandVLAConfig.motion_answer_prefix: expected one of {MOTION_ANSWER_PREFIXES}, got "
                 f"{self.motion_answer_prefix!r}"
             )
-        if self.motion_answer_prefix == "target_places" and not self.motion_layout.end_point_bins:
+        if self.motion_answer_prefix in PLACE_FRAMES and not self.motion_layout.end_point_bins:
             raise ConfigError(
-                "HandVLAConfig.motion_answer_prefix: 'target_places' states places in end-point ids, but the "
+                f"HandVLAConfig.motion_answer_prefix: {self.motion_answer_prefix!r} states places in end-point ids, but the "
                 "motion token layout has none (make the tokenizer with `handvla tokenizer end-points`)"
             )
         if self.motion_fps <= 0:

@@ -90,7 +90,14 @@ from handvla.vla.grounding import (
     stated_places,
     target_grounding,
 )
-from handvla.vla.places import object_centre_in_camera, place_ids, place_text, target_centres
+from handvla.vla.places import (
+    in_place_frame,
+    object_centre_in_camera,
+    place_frame,
+    place_ids,
+    place_text,
+    target_centres,
+)
 from handvla.vla.processing import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -168,7 +175,7 @@ class VLADataConfig(ConfigModel):
     places_without_image: float = Field(
         0.0,
         ge=0.0,
-        description="with model.motion_answer_prefix target_places: image-free copies per generation sample whose "
+        description="with model.motion_answer_prefix target_places or hand_places: image-free copies per generation sample whose "
         "targets are known (HandWorld), the prompt's image replaced by the words 'the scene', the answer still "
         "stating the targets' places before the motion, so that the motion must be read off the stated places "
         "(handvla.vla.places); 0: none",
@@ -798,6 +805,7 @@ class VLAInstructionDataset(Dataset):
         # the target boxes of an episode (per hand set): the binding loss's truth and the answer prefix
         self._targets: dict[tuple, list] = {}
         self.answer_prefix = getattr(processor.config, "motion_answer_prefix", "none")
+        self.place_frame = place_frame(processor.config)  # None: the answers state no places
         kept, lengths = [], []
         self.report: dict[str, Any] = {"absent_hand": 0, "too_long": 0, "motion_only": 0}
         for s in specs:
@@ -933,10 +941,10 @@ class VLAInstructionDataset(Dataset):
     def answer_text(self, s: SampleSpec) -> str:
         """Sample ``s``'s answer: its text, or for a motion answer the motion placeholder, after the boxes of
         its hands' targets when ``HandVLAConfig.motion_answer_prefix`` is "target_boxes" and it has an
-        image (`grounding_prefix`; nothing when no target is known). With "target_places" the motion answer
-        starts with its hands' target places and a grounding question is answered with the object's place
+        image (`grounding_prefix`; nothing when no target is known). With "target_places" / "hand_places" the
+        motion answer starts with its hands' target places and a grounding question is answered with the object's place
         (`handvla.vla.places`)."""
-        places = self.answer_prefix == "target_places"
+        places = self.place_frame is not None
         if s.answer is not None:
             return self.grounding_place(s) if places and s.task_type == "grounding" else s.answer
         if self.answer_prefix == "target_boxes" and s.image_s is not None:
@@ -946,7 +954,7 @@ class VLAInstructionDataset(Dataset):
         if s.state_places:
             raise ConfigError(
                 "data.places_without_image: its samples state places, which needs model.motion_answer_prefix "
-                f"'target_places' (this model's: {self.answer_prefix!r})"
+                f"'target_places' or 'hand_places' (this model's: {self.answer_prefix!r})"
             )
         return MOTION_PLACEHOLDER
 
@@ -957,13 +965,14 @@ class VLAInstructionDataset(Dataset):
 
     def target_places_text(self, s: SampleSpec) -> str:
         """The places (`handvla.vla.places.place_text`) of sample ``s``'s hands' first targets, left then
-        right ("" when none is known and in view)."""
+        right, each in the model's place frame (`handvla.vla.places.in_place_frame`; "" when none is known and
+        in view)."""
         hands = hands_for_mode(s.hand_mode)
         key = ("places", s.dataset, s.episode, hands)
         if key not in self._targets:
             gt, camera, where = self._scene(s)
             found = target_centres(gt, camera, self.align, where, hands)
-            pts = [c for _h, _n, c in found]
+            pts = [in_place_frame(c, h, self.place_frame) for h, _n, c in found]
             self._targets[key] = place_text(place_ids(np.stack(pts), self.cache.mt)) if pts else ""
         return self._targets[key]
 

@@ -103,9 +103,11 @@ from handvla.vla.grounding import (
 )
 from handvla.vla.modeling import load_vla
 from handvla.vla.places import (
+    in_place_frame,
     nearest_object_by_ray,
     object_centre_in_camera,
     parse_places,
+    place_frame,
     place_ids,
     place_point,
     place_text,
@@ -428,7 +430,7 @@ def evaluate_handworld(
                 said = processor.decode(head_ids.tolist(), skip_special_tokens=False)
             row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
             if said is not None and place_prefix:
-                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}")
+                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}", place_frame(model.config))
             elif said is not None:
                 _score_prefix(row, ctx, said, ep, align, f"{st.root} episode {k}")
             if grounded is not None:
@@ -615,11 +617,13 @@ def _score_prefix(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, align
         row["motion_follows_prefix"].append(bool(follows))
 
 
-def _score_places(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, mt, align: bool, where: str) -> None:
+def _score_places(
+    row: dict[str, Any], ctx: dict[str, Any], said: str, ep, mt, align: bool, where: str, frame: str | None
+) -> None:
     """Score the places an answer stated before its motion (``HandVLAConfig.motion_answer_prefix``
     "target_places", `handvla.vla.places`), in the keys of `_score_prefix`: the j-th scored (hand, target)
     pair takes the j-th stated place; it points at the object in view whose image place (x / z, y / z) is
-    nearest the place's cell centre (``prefix_hits``: that is the target; ``motion_follows_prefix``: the
+    nearest the place's cell centre, back in the camera frame from ``frame`` (`place_frame`; ``prefix_hits``: that is the target; ``motion_follows_prefix``: the
     generated final wrist ends nearest that object)."""
     row["answer_prefix"] = said
     row["prefix_hits"], row["motion_follows_prefix"] = [], []
@@ -628,7 +632,7 @@ def _score_places(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, mt, a
     places = [place_point(b, mt.config) for b in parse_places(said, mt.layout)]
     objects, final = ctx["objects"], ctx.get("final_wrist")
     for j, (h, oid) in enumerate(ctx["pairs"]):
-        pointed = nearest_object_by_ray(places[j], centres) if j < len(places) else None
+        pointed = nearest_object_by_ray(in_place_frame(places[j], h, frame), centres) if j < len(places) else None
         row["prefix_hits"].append(pointed == oid)
         follows = False
         if pointed is not None and final is not None and pointed in objects:
@@ -1004,6 +1008,7 @@ def evaluate_counterfactual(
     size = tuple(image_size) if image_size else model_image_size(model.config, processor)
     prefix = text_prefix_tokens(model.config) > 0 and not rerank_samples  # HandVLAConfig.motion_answer_prefix
     places = place_prefix_places(model.config) > 0 and not rerank_samples
+    frame = place_frame(model.config)
     reqs, stated = [], []
     for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
         ep = st.load_episode(k, with_video=True)
@@ -1025,7 +1030,7 @@ def evaluate_counterfactual(
                            "prefix": grounding_prefix([(object_name(objs[other]), boxes[other])])})  # fmt: skip
         elif places and other in boxes:  # the own target asked for, the other object's place stated
             stated.append({**reqs[-2], "which": "stated_other", "object_id": other, "asked_id": tg,
-                           "prefix": place_text(place_ids(positions[other], mt))})  # fmt: skip
+                           "prefix": place_text(place_ids(in_place_frame(positions[other], hand, frame), mt))})  # fmt: skip
     was = model.training
     model.eval()
     said: list[str] = []
@@ -1059,13 +1064,13 @@ def evaluate_counterfactual(
     if prefix:
         out.update(_counterfactual_prefix_scores(rows, reqs, said, stated, forced))
     if places:
-        out.update(_counterfactual_place_scores(rows, reqs, said, mt, stated, forced))
+        out.update(_counterfactual_place_scores(rows, reqs, said, mt, stated, forced, frame))
     return {"summary": out, "rows": rows}
 
 
-def _counterfactual_place_scores(rows, reqs, said, mt, stated, forced) -> dict[str, Any]:
-    """For a model that states places (``motion_answer_prefix`` "target_places"): whether each answer's first
-    stated place points at the asked object (the object whose image place is nearest, among the scene's,
+def _counterfactual_place_scores(rows, reqs, said, mt, stated, forced, frame) -> dict[str, Any]:
+    """For a model that states places (``motion_answer_prefix`` "target_places" / "hand_places", their frame
+    ``frame``): whether each answer's first stated place points at the asked object (the object whose image place is nearest, among the scene's,
     `nearest_object_by_ray`), per request kind (``factual_place_accuracy``, ``counterfactual_...``), and
     whether the motion ends at the object its place points at (``..._motion_follows_place_rate``); over the
     ``stated`` requests (the episode's own target asked for, the OTHER object's true place made the answer's
@@ -1083,7 +1088,8 @@ def _counterfactual_place_scores(rows, reqs, said, mt, stated, forced) -> dict[s
                 continue
             row["answer_prefix"] = text
             places = parse_places(text, mt.layout)
-            pointed = nearest_object_by_ray(place_point(places[0], mt.config), r["objects"]) if places else None
+            point = in_place_frame(place_point(places[0], mt.config), r["hand"], frame) if places else None
+            pointed = nearest_object_by_ray(point, r["objects"]) if places else None
             right.append(pointed == r["object_id"])
             follows.append(pointed is not None and row.get("nearest") == pointed)
         out.update(rate_summary(right, f"{which}_place_accuracy"))

@@ -38,6 +38,7 @@ from transformers import (
 )
 
 from handvla.errors import InputError
+from handvla.vla.configuration import PLACE_FRAMES
 from handvla.vla.places import PLACE_IDS
 from handvla.vla.processing import (
     MOTION_PLACEHOLDER,
@@ -68,8 +69,8 @@ def text_prefix_tokens(config) -> int:
 
 def place_prefix_places(config) -> int:
     """How many places (`handvla.vla.places`) a motion answer may start with for a model of ``config``: 2
-    (one per hand) when its ``motion_answer_prefix`` is "target_places", else 0."""
-    return 2 if getattr(config, "motion_answer_prefix", "none") == "target_places" else 0
+    (one per hand) when its ``motion_answer_prefix`` states places (`PLACE_FRAMES`), else 0."""
+    return 2 if getattr(config, "motion_answer_prefix", "none") in PLACE_FRAMES else 0
 
 
 class MotionBlockConstraint(LogitsProcessor):

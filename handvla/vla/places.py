@@ -6,13 +6,20 @@ the bin of the block's wrist end. A *place* is the same three ids for any camera
 centre, as the camera sees it (not mirrored for left hands, unlike the tokenizer's own frame, so that one
 object has one place whichever hand goes to it).
 
-With ``HandVLAConfig.motion_answer_prefix`` "target_places" (a departure from the reference, off by default)
-a motion answer first states the place of each acting hand's target (left, then right; `target_places`),
-then its blocks, and a grounding question ("In <image>, where is the red cube?") is answered with the
+With ``HandVLAConfig.motion_answer_prefix`` "target_places" or "hand_places" (departures from the reference,
+off by default) a motion answer first states the place of each acting hand's target (left, then right), then
+its blocks, and a grounding question ("In <image>, where is the red cube?") is answered with the
 object's place. Why: README "Does the VLA learn?" (18) measured that an LM told the target's place in these
 ids says motion that ends there 0.84-0.95 of the time, while the VLA's own statements of a place (boxes as
 digit strings) were not read by its motion; here the place is said, and asked about, in the motion's own
 vocabulary.
+
+The two prefixes differ in the frame of a motion answer's places (`place_frame`): "target_places" states
+them in the camera frame, "hand_places" in the acting hand's own frame (left hands mirrored, x -> -x), the
+frame of the tokenizer and so of the blocks' own end-point ids: the last block's end point is then nearly a
+copy of the stated place. README "Does the VLA learn?" (20): an LM told the target's place in the hand's
+frame follows it (0.97 at the target; told another object's place, 0.88 at that object), in the camera
+frame much less (0.78; 0.48). Grounding answers (no hand) stay in the camera frame.
 
 Text form: each id as its added token (``<motion_id_k>``, `motion_token`), so places go through the
 processor's text path; `parse_places` reads them back from generated text.
@@ -29,7 +36,7 @@ import torch
 
 from handvla.camera import Camera
 from handvla.errors import InputError
-from handvla.vla.configuration import motion_token
+from handvla.vla.configuration import PLACE_FRAMES, motion_token
 from handvla.vla.grounding import _ground_truth, object_name, objects_in_view, scene_objects
 
 #: ids of one place (one per axis of the end-point space)
@@ -76,6 +83,22 @@ def place_ids(points: np.ndarray, motion_tokenizer) -> np.ndarray:
     bins = motion_tokenizer.end_point_bins(torch.as_tensor(np.asarray(points, np.float64), dtype=torch.float32))
     axis = torch.arange(PLACE_IDS) * lay.end_point_bins
     return (bins + axis + lay.end_point_id_range[0]).numpy().astype(np.int64)
+
+
+def place_frame(config) -> str | None:
+    """The frame a model's motion answers state places in ('camera' or 'hand', `PLACE_FRAMES`), None when its
+    ``motion_answer_prefix`` states none."""
+    return PLACE_FRAMES.get(getattr(config, "motion_answer_prefix", "none"))
+
+
+def in_place_frame(points: np.ndarray, hand: str, frame: str | None) -> np.ndarray:
+    """(..., 3) camera-frame points -> the frame a motion answer states ``hand``'s place in (and back: the map
+    is its own inverse): in the 'hand' frame a left hand's x is negated, as the tokenizer mirrors left hands;
+    otherwise unchanged."""
+    p = np.array(points, np.float64)
+    if frame == "hand" and hand == "left":
+        p[..., 0] = -p[..., 0]
+    return p
 
 
 def place_text(ids: Sequence[int]) -> str:
@@ -125,7 +148,10 @@ def nearest_object_by_ray(point: np.ndarray, centres: dict[int, np.ndarray]) -> 
 
 
 __all__ = [
+    "PLACE_FRAMES",
     "PLACE_IDS",
+    "in_place_frame",
+    "place_frame",
     "nearest_object_by_ray",
     "object_centre_in_camera",
     "parse_places",

@@ -38,7 +38,7 @@ from handvla.hand.registry import load_hand_model
 from handvla.hand.topology import SIDES
 from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
-from handvla.vla.configuration import ImagePosition, MotionAnswerPrefix, check_film_options
+from handvla.vla.configuration import PLACE_FRAMES, ImagePosition, MotionAnswerPrefix, check_film_options
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
 from handvla.vla.evaluate import evaluate_handworld
 from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_summary
@@ -132,8 +132,9 @@ class ModelConfig(ConfigModel):
         description="what motion answers say before their motion blocks: none (the reference) or target_boxes "
         "(the box of each object the instruction acts on, InternVL's <ref>..</ref><box>[[..]]</box>, from "
         "episodes with a known scene) or target_places (each acting hand's target centre as three end-point "
-        "ids, and grounding answers in the same ids; needs a tokenizer with end points); None: the "
-        "checkpoint's or preset's",
+        "ids, camera frame, and grounding answers in the same ids; needs a tokenizer with end points) or "
+        "hand_places (the same, each motion answer's place in the acting hand's own frame, left hands mirrored "
+        "as the tokenizer mirrors them); None: the checkpoint's or preset's",
     )
 
     freeze: list[str] = Field(
@@ -260,9 +261,9 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     if m.image_position is not None:
         c.image_position = m.image_position
     if m.motion_answer_prefix is not None:
-        if m.motion_answer_prefix == "target_places" and not c.motion_layout.end_point_bins:
+        if m.motion_answer_prefix in PLACE_FRAMES and not c.motion_layout.end_point_bins:
             raise ConfigError(
-                "model.motion_answer_prefix: 'target_places' states places in end-point ids, but the motion "
+                f"model.motion_answer_prefix: {m.motion_answer_prefix!r} states places in end-point ids, but the motion "
                 "tokenizer's blocks have none: add them with `handvla tokenizer end-points` and set "
                 "model.motion_tokenizer to its output"
             )
