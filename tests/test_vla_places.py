@@ -201,6 +201,14 @@ def test_decoding_states_whole_places_before_the_blocks(world, bundle):
         else:
             assert torch.nonzero(allowed).flatten().tolist() == [v.mot_start_id]
     assert c.max_new_tokens == 6 + v.block_length + 1
+    # one cap per row (one place per hand of the row's request): after one place, row 0 (one hand) must start
+    # its blocks, row 1 (two hands) may state a second place
+    c = MotionBlockConstraint(v, 0, [1, 2], place_prefix=[1, 2])
+    seq = [[ep_lo + a * lay.end_point_bins for a in range(3)]] * 2
+    allowed = torch.isfinite(c(torch.tensor(seq, dtype=torch.long), torch.zeros(2, V)))
+    assert torch.nonzero(allowed[0]).flatten().tolist() == [v.mot_start_id]
+    assert allowed[1, v.mot_start_id] and allowed[1, ep_lo] and int(allowed[1].sum()) == lay.end_point_bins + 1
+    assert c.max_new_tokens == 6 + 2 * v.block_length + 1
     with pytest.raises(InputError, match="place_prefix"):
         MotionBlockConstraint(v, 0, 1, place_prefix=1, text_prefix_tokens=8)
 

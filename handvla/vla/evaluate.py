@@ -399,21 +399,22 @@ def evaluate_handworld(
             )  # fmt: skip
             seqs, plen = grounded.sequences, grounded.prompt_length
         else:
-            samples, blocks = [], []
+            samples, blocks, n_places = [], [], []
             for _k, ep, mode, seconds, image in batch:
                 prompt = generation_prompt(ep.tasks[0], seconds, mode, int(fps))
                 samples.append(processor.encode(prompt, images=[image]))
                 blocks.append(seconds * len(hands_for_mode(mode)))
+                n_places.append(place_prefix_places(model.config, len(hands_for_mode(mode))))
 
-            def head(prompt_length: int, blocks=blocks):
+            def head(prompt_length: int, blocks=blocks, n_places=n_places):
                 if constrained:
                     return MotionBlockConstraint(
-                        vocab, prompt_length, blocks, text_prefix_tokens=text_prefix, place_prefix=place_prefix
+                        vocab, prompt_length, blocks, text_prefix_tokens=text_prefix, place_prefix=n_places
                     )
                 return _NoConstraint()
 
             max_new = MotionBlockConstraint(
-                vocab, 0, blocks, text_prefix_tokens=text_prefix, place_prefix=place_prefix
+                vocab, 0, blocks, text_prefix_tokens=text_prefix, place_prefix=n_places
             ).max_new_tokens
             t0 = time.perf_counter()
             seqs, plen = _generate(model, processor, samples, head, max_new, do_sample, 1.0, 50, 1.0, seed)

@@ -67,10 +67,22 @@ def text_prefix_tokens(config) -> int:
     return TEXT_PREFIX_MAX_TOKENS if getattr(config, "motion_answer_prefix", "none") == "target_boxes" else 0
 
 
-def place_prefix_places(config) -> int:
-    """How many places (`handvla.vla.places`) a motion answer may start with for a model of ``config``: 2
-    (one per hand) when its ``motion_answer_prefix`` states places (`PLACE_FRAMES`), else 0."""
-    return 2 if getattr(config, "motion_answer_prefix", "none") in PLACE_FRAMES else 0
+def place_prefix_places(config, hands: int = 2) -> int:
+    """How many places (`handvla.vla.places`) a motion answer for ``hands`` hands may start with for a model
+    of ``config``: one per hand when its ``motion_answer_prefix`` states places (`PLACE_FRAMES`), else 0."""
+    return int(hands) if getattr(config, "motion_answer_prefix", "none") in PLACE_FRAMES else 0
+
+
+def _per_row(values: torch.Tensor, B: int, name: str) -> torch.Tensor:
+    """(B,) one value per row from one value, one per row, or one per group of rows (num_return_sequences /
+    beams expand each row into consecutive rows)."""
+    if values.numel() == B:
+        return values
+    if values.numel() == 1:
+        return values.expand(B)
+    if B % values.numel() == 0:
+        return values.repeat_interleave(B // values.numel())
+    raise InputError("MotionBlockConstraint", name, f"1 or {B} values (or a divisor of {B})", str(values.numel()))
 
 
 class MotionBlockConstraint(LogitsProcessor):
@@ -85,9 +97,10 @@ class MotionBlockConstraint(LogitsProcessor):
     ``text_prefix_tokens``: before the first block, each row may say up to this many text tokens (anything
     but motion, image, end-of-turn and padding tokens); its blocks start at its first ``<mot>``, forced once
     the cap is reached (0: the blocks start at once).
-    ``place_prefix``: before the first block, each row may state up to this many places (three end-point ids,
-    axis 0, 1, 2; the layout must have end points); ``<mot>`` may follow a whole place and is forced after
-    the last (0: none). Not with ``text_prefix_tokens``.
+    ``place_prefix``: before the first block, each row may state up to this many places (one number, or one per
+    row: e.g. one per hand of the row's request; three end-point ids each, axis 0, 1, 2; the layout must have
+    end points); ``<mot>`` may follow a whole place and is forced after the row's last (0: none). Not with
+    ``text_prefix_tokens``.
 
     The state is a function of the generated tokens only (the count, and with a text prefix where each row's
     first ``<mot>`` stands), so the processor needs no memory between calls and works with any cache or
@@ -116,14 +129,17 @@ class MotionBlockConstraint(LogitsProcessor):
             raise InputError("MotionBlockConstraint", "text_prefix_tokens", "a whole number >= 0", repr(text_prefix_tokens))
         self.text_prefix_tokens = int(text_prefix_tokens)
         lay = vocab.layout
-        if isinstance(place_prefix, bool) or int(place_prefix) != place_prefix or place_prefix < 0:
-            raise InputError("MotionBlockConstraint", "place_prefix", "a whole number >= 0", repr(place_prefix))
-        if place_prefix and (self.text_prefix_tokens or not lay.end_point_bins):
+        places_list = [place_prefix] if isinstance(place_prefix, (int, np.integer)) else list(place_prefix)
+        if not places_list or any(isinstance(p, bool) or int(p) != p or p < 0 for p in places_list):
+            raise InputError(
+                "MotionBlockConstraint", "place_prefix", "whole numbers >= 0 (one, or one per row)", repr(place_prefix)
+            )
+        self.place_prefix = torch.tensor([int(p) for p in places_list], dtype=torch.long)
+        if self.place_prefix.any() and (self.text_prefix_tokens or not lay.end_point_bins):
             raise InputError(
                 "MotionBlockConstraint", "place_prefix", "0 with a text prefix or a layout without end points",
                 repr(place_prefix),
             )
-        self.place_prefix = int(place_prefix)
         self._s_place0 = _S_POS0 + lay.tokens_per_block  # place states follow the block positions' states
         if restrict_parts:
             states = [_S_START] + [_S_POS0 + k for k in range(lay.tokens_per_block)] + [_S_END]
@@ -136,7 +152,7 @@ class MotionBlockConstraint(LogitsProcessor):
     @property
     def max_new_tokens(self) -> int:
         """Tokens the longest row generates: its text prefix, blocks and the end-of-turn token."""
-        prefix = self.text_prefix_tokens + PLACE_IDS * self.place_prefix
+        prefix = self.text_prefix_tokens + PLACE_IDS * int(self.place_prefix.max())
         return prefix + int(self.blocks.max()) * self.vocab.block_length + 1
 
     def _build_table(self, V: int, device: torch.device) -> torch.Tensor:
@@ -147,7 +163,7 @@ class MotionBlockConstraint(LogitsProcessor):
             )
         ranges = v.layout.position_id_ranges() + v.motion_offset  # (tokens_per_block, 2) token-id ranges
         t = torch.zeros((_S_POS0 + len(ranges) + PLACE_IDS, V), dtype=torch.bool)
-        if self.place_prefix:  # a place's id of axis a; <mot> only between whole places
+        if self.place_prefix.any():  # a place's id of axis a; <mot> only between whole places
             ep_lo, nb = v.motion_offset + v.layout.end_point_id_range[0], v.layout.end_point_bins
             for a in range(PLACE_IDS):
                 t[self._s_place0 + a, ep_lo + a * nb : ep_lo + (a + 1) * nb] = True
@@ -181,23 +197,10 @@ class MotionBlockConstraint(LogitsProcessor):
                 f"<= the sequence length {input_ids.shape[1]}",
                 str(self.prompt_length),
             )
-        blocks = self.blocks
-        if blocks.numel() != B:
-            if blocks.numel() == 1 or B % blocks.numel() == 0:  # num_return_sequences / beams expand rows
-                blocks = (
-                    blocks.repeat_interleave(B // blocks.numel()) if blocks.numel() > 1 else blocks.expand(B)
-                )
-            else:
-                raise InputError(
-                    "MotionBlockConstraint",
-                    "blocks",
-                    f"1 or {B} block counts (or a divisor of {B})",
-                    str(blocks.numel()),
-                )
+        blocks = _per_row(self.blocks, B, "blocks").to(scores.device)
         L = self.vocab.block_length
-        blocks = blocks.to(scores.device)
         states = self.block_states.to(scores.device)
-        if not (self.text_prefix_tokens or self.place_prefix):
+        if not (self.text_prefix_tokens or self.place_prefix.any()):
             in_block = states[n % L].expand(B)
             state = torch.where(n >= blocks * L, torch.full_like(in_block, _S_EOS), in_block)
         else:  # count from each row's first <mot> (m = 0 while the row is still in its prefix)
@@ -206,11 +209,12 @@ class MotionBlockConstraint(LogitsProcessor):
             first = starts.int().argmax(dim=1) if n else torch.zeros_like(blocks)
             m = torch.where(started, n - first, torch.zeros_like(blocks))
             in_block = torch.where(m >= blocks * L, torch.full_like(m, _S_EOS), states[m % L])
-            if self.place_prefix:  # before it, the place ids said so far
-                cap, before = PLACE_IDS * self.place_prefix, self._s_place0 + n % PLACE_IDS
+            if self.place_prefix.any():  # before it, the place ids said so far (each row: up to its cap)
+                cap = PLACE_IDS * _per_row(self.place_prefix, B, "place_prefix").to(scores.device)
+                before = self._s_place0 + n % PLACE_IDS
             else:
-                cap, before = self.text_prefix_tokens, _S_TEXT
-            prefix = torch.full_like(m, before if n < cap else _S_START)
+                cap, before = torch.full_like(m, self.text_prefix_tokens), _S_TEXT
+            prefix = torch.where(n < cap, torch.full_like(m, before), torch.full_like(m, _S_START))
             state = torch.where(started, in_block, prefix)
         allowed = self._table[state]  # (B, V)
         return scores.masked_fill(~allowed, float("-inf"))
@@ -522,7 +526,7 @@ def generate_motion(
     )
     vocab = processor.vocab
     text = 0 if prefixes is not None else text_prefix_tokens(processor.config)
-    n_places = 0 if prefixes is not None else place_prefix_places(processor.config)
+    n_places = [0 if prefixes is not None else place_prefix_places(processor.config, len(h)) for h in hands]
 
     def make(prompt_length: int) -> MotionBlockConstraint:
         return MotionBlockConstraint(
