@@ -97,6 +97,7 @@ def collect_pairs(paths, mt, seconds: int, limit: int | None = None) -> list[dic
     frame, metres, at the window's last frame)."""
     from handvla.data.store import EpisodeStore
     from handvla.vla.evaluate import object_positions_camera
+    from handvla.vla.places import in_place_frame
 
     F = int(mt.config.frames_per_block)
     n = seconds * F
@@ -121,7 +122,6 @@ def collect_pairs(paths, mt, seconds: int, limit: int | None = None) -> list[dic
                 valid = np.flatnonzero(m.valid)
                 if len(valid) == 0:
                     continue
-                sign = np.array([-1.0 if h == "left" else 1.0, 1.0, 1.0])
                 rows.append(
                     {
                         "store": str(path),
@@ -134,13 +134,21 @@ def collect_pairs(paths, mt, seconds: int, limit: int | None = None) -> list[dic
                         "objects": objects,
                         "final_cam": np.asarray(m.wrist_pos[valid[-1]], np.float64),
                         # the prompt's places, in the ids' (mirrored) frame
-                        "start": np.asarray(m.wrist_pos[valid[0]], np.float64) * sign,
-                        "target": objects[tgs[0]] * sign,
-                        "final": np.asarray(m.wrist_pos[valid[-1]], np.float64) * sign,
-                        "target_uv": (objects[tgs[0]] * sign)[:2] / objects[tgs[0]][2],
+                        "start": in_place_frame(m.wrist_pos[valid[0]], h, "hand"),
+                        "final": in_place_frame(m.wrist_pos[valid[-1]], h, "hand"),
+                        **told_target(objects[tgs[0]], h),
                     }
                 )
     return rows
+
+
+def told_target(centre: np.ndarray, side: str) -> dict[str, np.ndarray]:
+    """A target's camera-frame ``centre`` as the prompt roles tell it, in the ids' frame (``side``'s own,
+    `handvla.vla.places.in_place_frame`): ``target`` (3-D) and ``target_uv`` (x / z, y / z)."""
+    from handvla.vla.places import in_place_frame
+
+    p = in_place_frame(centre, side, "hand")
+    return {"target": p, "target_uv": p[:2] / p[2]}
 
 
 def training_motions(paths, limit: int, fps: float) -> list:
@@ -319,9 +327,7 @@ def counterfactual_rows(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         other = counterfactual_other(r["objects"], r["targets"][0])
-        sign = np.array([-1.0 if r["side"] == "left" else 1.0, 1.0, 1.0])
-        p = np.asarray(r["objects"][other], np.float64)
-        out.append(dict(r, targets=[other], asked=r["targets"][0], target=p * sign, target_uv=(p * sign)[:2] / p[2]))
+        out.append(dict(r, targets=[other], asked=r["targets"][0], **told_target(r["objects"][other], r["side"])))
     return out
 
 
@@ -486,7 +492,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"step {step}: {curve[-1]['eval']}", file=sys.stderr, flush=True)
     train_s = time.time() - t_train
     result = evaluate()
-    if CONDITION_ROLES[a.condition] and "target" in "".join(CONDITION_ROLES[a.condition]):
+    if any(role.startswith("target") for role in CONDITION_ROLES[a.condition]):
         # told another object of the scene: followed (at the told object) or ignored (at the true target)?
         cf = counterfactual_rows(held)
         x_cf = torch.tensor([coder.prompt(r) for r in cf], dtype=torch.long)

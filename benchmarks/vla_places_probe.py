@@ -1,9 +1,10 @@
 """Does a places model's motion read a stated place when nothing else says where to go? (README "Does the VLA
 learn?" (19).) For each counterfactual scene of a HandWorld store (`counterfactual_scene`: the episode's hand
-and target, another object of the scene), a checkpoint trained with ``motion_answer_prefix: target_places`` (or ``hand_places``) is
-asked "move your <hand> hand to <target>" with NO image (the prompt's ``<image>`` replaced by "the scene", as
-``data.places_without_image`` trains it) and its answer made to start with a TRUE place (the target's centre,
-then the other object's; in the model's place frame). Scored as every motion is: the decoded final wrist nearest the object.
+and target, another object of the scene), a checkpoint trained with ``motion_answer_prefix: target_places``
+(or ``hand_places``) is asked "move your <hand> hand to <target>" with NO image (the prompt's ``<image>``
+replaced by "the scene", as ``data.places_without_image`` trains it) and its answer made to start with a TRUE
+place (the target's centre, then the other object's; in the model's place frame). Scored as every motion is:
+the decoded final wrist nearest the object.
 Prints one JSON object: ``own_place_at_own`` (told the asked object's place), ``other_place_at_other`` and
 ``other_place_at_asked`` (told the other object's place), each with its Wilson 95 % interval, and ``chance``.
 

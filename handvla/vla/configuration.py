@@ -277,8 +277,8 @@ class HandVLAConfig(InternVLConfig):
             )
         if self.motion_answer_prefix in PLACE_FRAMES and not self.motion_layout.end_point_bins:
             raise ConfigError(
-                f"HandVLAConfig.motion_answer_prefix: {self.motion_answer_prefix!r} states places in end-point ids, but the "
-                "motion token layout has none (make the tokenizer with `handvla tokenizer end-points`)"
+                f"HandVLAConfig.motion_answer_prefix: {self.motion_answer_prefix!r} states places in end-point "
+                "ids, but the motion token layout has none (make the tokenizer with `handvla tokenizer end-points`)"
             )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")

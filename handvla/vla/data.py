@@ -175,10 +175,10 @@ class VLADataConfig(ConfigModel):
     places_without_image: float = Field(
         0.0,
         ge=0.0,
-        description="with model.motion_answer_prefix target_places or hand_places: image-free copies per generation sample whose "
-        "targets are known (HandWorld), the prompt's image replaced by the words 'the scene', the answer still "
-        "stating the targets' places before the motion, so that the motion must be read off the stated places "
-        "(handvla.vla.places); 0: none",
+        description="with model.motion_answer_prefix target_places or hand_places: image-free copies per "
+        "generation sample whose targets are known (HandWorld), the prompt's image replaced by the words 'the "
+        "scene', the answer still stating the targets' places before the motion, so that the motion must be read "
+        "off the stated places (handvla.vla.places); 0: none",
     )
     place_view: str = Field(
         "model",
@@ -942,8 +942,8 @@ class VLAInstructionDataset(Dataset):
         """Sample ``s``'s answer: its text, or for a motion answer the motion placeholder, after the boxes of
         its hands' targets when ``HandVLAConfig.motion_answer_prefix`` is "target_boxes" and it has an
         image (`grounding_prefix`; nothing when no target is known). With "target_places" / "hand_places" the
-        motion answer starts with its hands' target places and a grounding question is answered with the object's place
-        (`handvla.vla.places`)."""
+        motion answer starts with its hands' target places and a grounding question is answered with the
+        object's place (`handvla.vla.places`)."""
         places = self.place_frame is not None
         if s.answer is not None:
             return self.grounding_place(s) if places and s.task_type == "grounding" else s.answer

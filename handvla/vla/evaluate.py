@@ -352,7 +352,7 @@ def evaluate_handworld(
     vocab = processor.vocab
     F = int(mt.config.frames_per_block)
     text_prefix = text_prefix_tokens(model.config)  # HandVLAConfig.motion_answer_prefix
-    place_prefix = place_prefix_places(model.config)
+    place_prefix, frame = place_prefix_places(model.config), place_frame(model.config)
 
     # Requests: one per episode with ground truth and a whole second of motion.
     reqs = []
@@ -431,7 +431,7 @@ def evaluate_handworld(
                 said = processor.decode(head_ids.tolist(), skip_special_tokens=False)
             row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
             if said is not None and place_prefix:
-                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}", place_frame(model.config))
+                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}", frame)
             elif said is not None:
                 _score_prefix(row, ctx, said, ep, align, f"{st.root} episode {k}")
             if grounded is not None:
@@ -624,8 +624,9 @@ def _score_places(
     """Score the places an answer stated before its motion (``HandVLAConfig.motion_answer_prefix``
     "target_places", `handvla.vla.places`), in the keys of `_score_prefix`: the j-th scored (hand, target)
     pair takes the j-th stated place; it points at the object in view whose image place (x / z, y / z) is
-    nearest the place's cell centre, back in the camera frame from ``frame`` (`place_frame`; ``prefix_hits``: that is the target; ``motion_follows_prefix``: the
-    generated final wrist ends nearest that object)."""
+    nearest the place's cell centre, mapped back to the camera frame from ``frame`` (`place_frame`)
+    (``prefix_hits``: that is the target; ``motion_follows_prefix``: the generated final wrist ends nearest
+    that object)."""
     row["answer_prefix"] = said
     row["prefix_hits"], row["motion_follows_prefix"] = [], []
     centres = {int(o["object_id"]): object_centre_in_camera(o, ep.camera)
@@ -1071,7 +1072,8 @@ def evaluate_counterfactual(
 
 def _counterfactual_place_scores(rows, reqs, said, mt, stated, forced, frame) -> dict[str, Any]:
     """For a model that states places (``motion_answer_prefix`` "target_places" / "hand_places", their frame
-    ``frame``): whether each answer's first stated place points at the asked object (the object whose image place is nearest, among the scene's,
+    ``frame``): whether each answer's first stated place points at the asked object (the object whose image
+    place is nearest, among the scene's,
     `nearest_object_by_ray`), per request kind (``factual_place_accuracy``, ``counterfactual_...``), and
     whether the motion ends at the object its place points at (``..._motion_follows_place_rate``); over the
     ``stated`` requests (the episode's own target asked for, the OTHER object's true place made the answer's

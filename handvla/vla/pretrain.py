@@ -263,8 +263,8 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     if m.motion_answer_prefix is not None:
         if m.motion_answer_prefix in PLACE_FRAMES and not c.motion_layout.end_point_bins:
             raise ConfigError(
-                f"model.motion_answer_prefix: {m.motion_answer_prefix!r} states places in end-point ids, but the motion "
-                "tokenizer's blocks have none: add them with `handvla tokenizer end-points` and set "
+                f"model.motion_answer_prefix: {m.motion_answer_prefix!r} states places in end-point ids, but "
+                "the motion tokenizer's blocks have none: add them with `handvla tokenizer end-points` and set "
                 "model.motion_tokenizer to its output"
             )
         c.motion_answer_prefix = m.motion_answer_prefix
