@@ -391,6 +391,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "handvla.tokenizer.with_end_points: the span of the first 400 training episodes' block ends); "
                    "each block's three end-point ids come first in block order, first of layer 0 otherwise")
     p.add_argument("--end-point-bins", type=int, default=64)
+    p.add_argument("--end-point-frame", default="hand", choices=["hand", "camera"],
+                   help="the frame of the end-point ids (TokenizerConfig.end_point_frame): 'hand' mirrored for "
+                   "left hands as the codes are, 'camera' not (the frame of target_place_ids)")  # fmt: skip
     p.add_argument("--train-pairs", type=int, default=None, help="cap on training pairs")
     p.add_argument("--eval-pairs", type=int, default=400)
     p.add_argument("--eval-every", type=int, default=0, help="also score at these step intervals (0: end only)")
@@ -411,7 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     mt = MotionTokenizer.from_pretrained(a.tokenizer)
     if a.end_points != "none":
-        mt = with_end_points(mt, a.end_points, a.end_point_bins, motions=training_motions(a.train, 400, mt.config.fps))
+        mt = with_end_points(mt, a.end_points, a.end_point_bins, motions=training_motions(a.train, 400, mt.config.fps),
+                             frame=a.end_point_frame)  # fmt: skip
     train = collect_pairs(a.train, mt, a.seconds, a.train_pairs)
     held = collect_pairs([a.eval], mt, a.seconds, a.eval_pairs)
     collect_s = time.time() - t0
@@ -540,7 +544,7 @@ def main(argv: list[str] | None = None) -> dict:
         "prompt_tokens": P,
         "answer_tokens": L,
         "answer_order": a.answer_order,
-        "end_points": {"space": a.end_points, "bins": a.end_point_bins,
+        "end_points": {"space": a.end_points, "bins": a.end_point_bins, "frame": a.end_point_frame,
                        "span": mt.config.end_point_span if a.end_points != "none" else None},
         "steps": a.steps,
         "final_loss": curve[-1]["loss"],

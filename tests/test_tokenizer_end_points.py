@@ -68,12 +68,13 @@ def test_layout_puts_three_end_ids_first():
         TokenLayout(("wrist",), 1, 1, 1, 4, end_point_bins=-1)
 
 
-@pytest.mark.parametrize("space", ["ray", "xyz"])
-def test_codes_unchanged_and_every_block_ends_in_its_cell(tokenizers, motions, space, tmp_path):
+@pytest.mark.parametrize("space,frame", [("ray", "hand"), ("xyz", "hand"), ("ray", "camera")])
+def test_codes_unchanged_and_every_block_ends_in_its_cell(tokenizers, motions, space, frame, tmp_path):
     from handvla.tokenizer import MotionTokenizer, with_end_points
 
     mt = tokenizers
-    ep = with_end_points(mt, space, 32, motions=motions)
+    ep = with_end_points(mt, space, 32, motions=motions, frame=frame)
+    assert ep.config.end_point_frame == frame
     assert ep.layout.tokens_per_block == mt.layout.tokens_per_block + 3
     lo, hi = ep.config.end_point_span
     F = mt.config.frames_per_block
@@ -81,8 +82,9 @@ def test_codes_unchanged_and_every_block_ends_in_its_cell(tokenizers, motions, s
         t, t0 = ep.encode_motion(m), mt.encode_motion(m)
         np.testing.assert_array_equal(t.ids[:, 3:], t0.ids)  # the codes are the tokenizer's own
         bins = ep.layout.end_point_bins_of(torch.as_tensor(t.ids))
-        # the bins are those of the true wrist at each block's last frame (mirrored for left hands)
-        sign = np.array([-1.0 if m.side == "left" else 1.0, 1, 1])
+        # the bins are those of the true wrist at each block's last frame (in the 'hand' frame mirrored for
+        # left hands; binned here as a right hand's, which no frame changes)
+        sign = np.array([-1.0 if m.side == "left" and frame == "hand" else 1.0, 1, 1])
         last = [min((b + 1) * F, len(m)) - 1 for b in range(len(t.ids))]
         filled = np.asarray(m.wrist_pos)[last] * sign  # the HandWorld tracks are valid throughout
         torch.testing.assert_close(ep.end_point_bins(torch.as_tensor(filled, dtype=torch.float32)), bins)
@@ -114,6 +116,35 @@ def test_codes_unchanged_and_every_block_ends_in_its_cell(tokenizers, motions, s
     back = MotionTokenizer.from_pretrained(tmp_path / "ep")
     assert back.config == ep.config
     np.testing.assert_array_equal(back.encode_motion(motions[0]).ids, ep.encode_motion(motions[0]).ids)
+
+
+def test_camera_frame_end_points_are_one_place_for_either_hand(tokenizers, motions):
+    """With ``end_point_frame: camera`` a left hand's blocks state their end in the camera frame: the last
+    block's end-point ids are the place (`place_ids`) of where the motion ends, for either hand, while the
+    codes stay those of the mirrored hand; the hand-frame tokenizer states the mirrored place for a left hand."""
+    from handvla.tokenizer import with_end_points
+    from handvla.vla.places import place_ids
+
+    cam = with_end_points(tokenizers, "ray", 32, motions=motions, frame="camera")
+    hand = with_end_points(tokenizers, "ray", 32, span=cam.config.end_point_span)
+    left = [m for m in motions if m.side == "left"][:3]
+    assert left
+    for m in left:
+        t, th = cam.encode_motion(m), hand.encode_motion(m)
+        np.testing.assert_array_equal(t.ids[:, 3:], th.ids[:, 3:])
+        end = np.asarray(m.wrist_pos)[len(m) - 1]
+        np.testing.assert_array_equal(t.ids[-1, :3], place_ids(end, cam))
+        np.testing.assert_array_equal(th.ids[-1, :3], place_ids(end * [-1, 1, 1], hand))
+        # decoding un-mirrors the stated end: the motion ends in the place's cell, and the last block alone
+        # says so (final_wrist_positions, per-row sides)
+        d = cam.decode_motion(t, betas=m.betas)
+        np.testing.assert_array_equal(place_ids(d.wrist_pos[-1], cam), t.ids[-1, :3])
+        fin = cam.final_wrist_positions(np.stack([t.ids[-1], t.ids[-1]]), ["left", "right"])
+        np.testing.assert_allclose(fin[0], d.wrist_pos[-1], atol=1e-5)
+        # the same ids read as a right hand's end in the same camera cell, on the other side of the codes
+        np.testing.assert_array_equal(place_ids(fin[1], cam), t.ids[-1, :3])
+    with pytest.raises(Exception, match="side"):
+        cam.end_point_bins(torch.zeros(2, 3), ["left"])
 
 
 def test_config_checks_the_span():
@@ -182,6 +213,11 @@ def test_cli_adds_end_points_from_a_store(tokenizers, world, tmp_path, capsys):
     ep = MotionTokenizer.from_pretrained(tmp_path / "ep")
     assert ep.config.end_point_bins == 16
     np.testing.assert_allclose(ep.config.end_point_span, [out["span"]["lo"], out["span"]["hi"]], atol=1e-4)
+    rc = main(["tokenizer", "end-points", "--ckpt", str(tmp_path / "tok"), "--data", str(world), "--bins", "16",
+               "--frame", "camera", "--out", str(tmp_path / "epc")])  # fmt: skip
+    assert rc == 0 and json.loads(capsys.readouterr().out)["frame"] == "camera"
+    assert MotionTokenizer.from_pretrained(tmp_path / "epc").config.end_point_frame == "camera"
+    assert ep.config.end_point_frame == "hand"
     # a second time is refused with the field named
     rc = main(["tokenizer", "end-points", "--ckpt", str(tmp_path / "ep"), "--out", str(tmp_path / "ep2")])
     assert rc == 2 and "end_point_space" in capsys.readouterr().err and not (tmp_path / "ep2").exists()

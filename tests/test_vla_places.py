@@ -358,3 +358,23 @@ def test_places_probe_benchmark(world, bundle, tmp_path):
     assert out["scenes"] >= 1
     assert out["own_place_at_own_n"] == out["other_place_at_other_n"] == out["other_place_at_asked_n"] == out["scenes"]
     assert 0 < out["chance"] <= 0.5
+
+
+def test_hand_places_refuse_a_camera_frame_tokenizer(tmp_path):
+    """A tokenizer whose end-point ids are in the camera frame (``end_point_frame: camera``) already states a
+    left hand's end unmirrored: ``hand_places`` (mirrored places) would contradict its blocks, so pretraining
+    refuses it and names the prefix to use."""
+    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
+    from handvla.tokenizer.modeling import MotionTokenizer, with_end_points
+    from handvla.vla.pretrain import PretrainConfig, build_model
+
+    with_end_points(MotionTokenizer(TokenizerConfig(**PRESETS["tiny"])), "ray", 8, frame="camera").save_pretrained(
+        tmp_path / "tok"
+    )
+    model = {"preset": "tiny", "motion_tokenizer": str(tmp_path / "tok"), "text_vocab_size": 300}
+    cfg = PretrainConfig(data={"stores": [str(tmp_path)]}, train={"output_dir": str(tmp_path / "x")},
+                         model={**model, "motion_answer_prefix": "hand_places"})  # fmt: skip
+    with pytest.raises(ConfigError, match="target_places"):
+        build_model(cfg, ["a b c"] * 50, tmp_path / "x", True, lambda: None)
+    cfg.model.motion_answer_prefix = "target_places"
+    assert build_model(cfg, ["a b c"] * 50, tmp_path / "y", True, lambda: None).model.config.motion_answer_prefix == "target_places"

@@ -151,6 +151,9 @@ def add_encode(sub) -> argparse.ArgumentParser:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--motion", help="hand-parameter .npz (handvla.hand.io) at the tokenizer's fps")
     src.add_argument("--features", help=".npy of raw features (T, D) in the tokenizer's feature set and fps")
+    e.add_argument("--side", choices=["right", "left"], default="right",
+                   help="with --features: the hand they are of (they are in the tokenizer's frame, left hands "
+                   "mirrored); it changes only end-point ids in the camera frame. --motion files carry their side")  # fmt: skip
     e.add_argument("--out", required=True, help=".npy of ids (blocks, ids per block), int64")
     e.add_argument(
         "--mano-dir", help="MANO model folder, for --motion with a tokenizer whose hand model is MANO"
@@ -248,8 +251,8 @@ def run_encode(args: argparse.Namespace) -> int:
             )
         if not np.isfinite(feats).all():
             raise InputError(args.features, None, "finite values", "NaN or inf")
-        ids = tok.encode_sequence(torch.from_numpy(feats.astype(np.float32))).numpy()
-        info = {"num_frames": int(feats.shape[0])}
+        ids = tok.encode_sequence(torch.from_numpy(feats.astype(np.float32)), side=args.side).numpy()
+        info = {"num_frames": int(feats.shape[0]), "side": args.side}
     _write_npy(args.out, np.asarray(ids, np.int64))
     print_json({"out": args.out, "blocks": int(ids.shape[0]), "ids_per_block": int(ids.shape[1]), **info})
     return 0
@@ -266,7 +269,7 @@ def run_decode(args: argparse.Namespace) -> int:
     motion = tok.decode_motion(ids, side=args.side, num_frames=args.num_frames)
     save_motion(args.out, motion)
     if args.features_out:
-        _write_npy(args.features_out, tok.decode_sequence(ids, args.num_frames).numpy().astype(np.float32))
+        _write_npy(args.features_out, tok.decode_sequence(ids, args.num_frames, side=args.side).numpy().astype(np.float32))
     print_json({"out": args.out, "blocks": int(ids.shape[0]), "num_frames": len(motion), "side": motion.side})
     return 0
 
@@ -278,6 +281,9 @@ def add_end_points(sub) -> argparse.ArgumentParser:
     e.add_argument("--space", choices=["ray", "xyz"], default="ray",
                    help="'ray': x / z, y / z, z (the place in the image, then depth); 'xyz': metres")  # fmt: skip
     e.add_argument("--bins", type=int, default=64, help="bins per axis (default 64)")
+    e.add_argument("--frame", choices=["hand", "camera"], default="hand",
+                   help="'hand': the tokenizer's frame (left hands mirrored, as the codes); 'camera': not mirrored, "
+                   "so a place has the same ids whichever hand ends there (TokenizerConfig.end_point_frame)")  # fmt: skip
     e.add_argument("--data", nargs="+", action="extend",
                    help="motion whose block ends set the bins' span (parameter or joint .npz files, folders, globs, "
                    "episode stores); default: the space's fixed span (TokenizerConfig.end_point_range)")  # fmt: skip
@@ -300,10 +306,10 @@ def run_end_points(args: argparse.Namespace) -> int:
     motions = []
     if args.data:
         motions = [lm.motion for lm in load_sources(list(args.data), tok.config.fps, max_motions=args.max_motions)]
-    out = with_end_points(tok, args.space, args.bins, motions=motions)
+    out = with_end_points(tok, args.space, args.bins, motions=motions, frame=args.frame)
     out.save_pretrained(args.out)
     lo, hi = out.config.end_point_span
-    print_json({"out": args.out, "space": args.space, "bins": args.bins, "span": {"lo": lo, "hi": hi},
+    print_json({"out": args.out, "space": args.space, "frame": args.frame, "bins": args.bins, "span": {"lo": lo, "hi": hi},
                 "span_from": f"{len(motions)} motions" if motions else "the space's default",
                 "ids_per_block": out.layout.tokens_per_block, "vocab_size": out.layout.vocab_size})  # fmt: skip
     return 0

@@ -700,30 +700,52 @@ class MotionTokenizer(nn.Module):
         return codes
 
     @torch.no_grad()
-    def encode(self, feats: torch.Tensor) -> torch.Tensor:
-        """Raw features (B, window_frames, D) of B blocks -> motion ids (B, tokens_per_block) int64 (with end
-        points, the bins of each block's wrist at its last real frame, ``frames_per_block - 1``, first)."""
+    def encode(self, feats: torch.Tensor, side: str | Sequence[str] = "right") -> torch.Tensor:
+        """Raw features (B, window_frames, D) of B blocks of ``side``'s hand (the tokenizer's frame: left hands
+        mirrored) -> motion ids (B, tokens_per_block) int64 (with end points, the bins of each block's wrist
+        at its last real frame, ``frames_per_block - 1``, first; the side matters only to end points in the
+        camera frame, ``config.end_point_frame``)."""
         codes = self.encode_codes(feats)
         ends = None
         if self.layout.end_point_bins:
             wrist = feats[:, self.config.frames_per_block - 1, self.spec.slices()["wrist_pos"]]
-            ends = self.end_point_bins(torch.as_tensor(wrist, dtype=torch.float32))
+            ends = self.end_point_bins(torch.as_tensor(wrist, dtype=torch.float32), side)
         return self.layout.pack(codes, ends)
 
-    # --- end points (config.end_point_space) ---------------------------------------------------------
-    def end_point_bins(self, wrist: torch.Tensor) -> torch.Tensor:
-        """(..., 3) wrist positions in the tokenizer's frame (metres, left hands mirrored) -> (..., 3) bins of
-        ``config.end_point_space`` (values outside ``end_point_span`` go to the first / last bin)."""
+    # --- end points (config.end_point_space, config.end_point_frame) ---------------------------------
+    def _to_end_point_frame(self, wrist: torch.Tensor, side: str | Sequence[str]) -> torch.Tensor:
+        """(..., 3) positions in the tokenizer's frame of ``side`` (one side, or one per leading row) -> the
+        frame of the end-point ids, and back (the map is its own inverse): unchanged unless the ids are in the
+        camera frame, where a left hand's x is negated (un-mirrored)."""
+        if self.config.end_point_frame != "camera":
+            return wrist
+        per_row = not isinstance(side, str)
+        sides = list(side) if per_row else [side]
+        if not set(sides) <= {"left", "right"} or (per_row and (wrist.dim() < 2 or len(sides) != len(wrist))):
+            raise InputError("end points", "side", f"'left' / 'right', or one per row of {tuple(wrist.shape)}",
+                             repr(side)[:80])  # fmt: skip
+        sign = torch.tensor([-1.0 if s == "left" else 1.0 for s in sides], dtype=wrist.dtype)
+        if per_row:
+            sign = sign.reshape(-1, *([1] * (wrist.dim() - 1)))
+        return torch.cat([wrist[..., :1] * sign, wrist[..., 1:]], -1)
+
+    def end_point_bins(self, wrist: torch.Tensor, side: str | Sequence[str] = "right") -> torch.Tensor:
+        """(..., 3) wrist positions of ``side``'s hand in the tokenizer's frame (metres, left hands mirrored;
+        ``side`` one for all or one per leading row) -> (..., 3) bins of ``config.end_point_space`` in
+        ``config.end_point_frame`` (values outside ``end_point_span`` go to the first / last bin). A
+        camera-frame point as "right": its place, the ids any hand ending there states in the camera frame."""
         lo, hi = (torch.tensor(v, dtype=torch.float32) for v in self.config.end_point_span)
         n = self.config.end_point_bins
-        b = torch.floor((end_point_coded(self.config.end_point_space, wrist.float()) - lo) / (hi - lo) * n)
+        w = self._to_end_point_frame(wrist.float(), side)
+        b = torch.floor((end_point_coded(self.config.end_point_space, w) - lo) / (hi - lo) * n)
         return b.clamp(0, n - 1).long()
 
-    def end_point_targets(self, decoded: torch.Tensor, bins: Any) -> torch.Tensor:
-        """Where blocks end once moved to their end-point ids: (..., 3) decoded block ends and their (..., 3)
-        bins -> the point of each bin's cell nearest the decoded end, per axis of the space (the decoded end
-        itself when it lies in the cell: the bins say which cell, the codes where inside it; the first and
-        last bins reach out to infinity, as encoding clips values beyond the span into them)."""
+    def end_point_targets(self, decoded: torch.Tensor, bins: Any, side: str | Sequence[str] = "right") -> torch.Tensor:
+        """Where blocks end once moved to their end-point ids: (..., 3) decoded block ends of ``side``'s hand
+        (tokenizer frame) and their (..., 3) bins -> the point of each bin's cell nearest the decoded end, per
+        axis of the space, in the tokenizer's frame (the decoded end itself when it lies in the cell: the bins
+        say which cell, the codes where inside it; the first and last bins reach out to infinity, as encoding
+        clips values beyond the span into them)."""
         lo, hi = (torch.tensor(v, dtype=torch.float64) for v in self.config.end_point_span)
         n = self.config.end_point_bins
         b = torch.as_tensor(bins).double()
@@ -732,10 +754,11 @@ class MotionTokenizer(nn.Module):
         cell_lo = torch.where(b <= 0, torch.full_like(b, -torch.inf), lo + b * w + inset)
         cell_hi = torch.where(b >= n - 1, torch.full_like(b, torch.inf), lo + (b + 1) * w - inset)
         space = self.config.end_point_space
-        c = end_point_coded(space, torch.as_tensor(decoded).double())
-        return end_point_uncoded(space, torch.maximum(torch.minimum(c, cell_hi), cell_lo))
+        c = end_point_coded(space, self._to_end_point_frame(torch.as_tensor(decoded).double(), side))
+        moved = end_point_uncoded(space, torch.maximum(torch.minimum(c, cell_hi), cell_lo))
+        return self._to_end_point_frame(moved, side)
 
-    def _move_to_end_points(self, feats: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
+    def _move_to_end_points(self, feats: torch.Tensor, ids: torch.Tensor, n: int, side: str = "right") -> torch.Tensor:
         """Shift the decoded wrist path (T, D) so that each block ends in its stated end point's cell
         (`end_point_targets`): the shift is the target minus the decoded position at each block's last kept
         frame, linear in time between those frames and from zero at the first frame (the decoded start is
@@ -744,7 +767,7 @@ class MotionTokenizer(nn.Module):
         nb = math.ceil(n / F_)
         knots = [min((b + 1) * F_, n) - 1 for b in range(nb)]
         ws = self.spec.slices()["wrist_pos"]
-        ends = self.end_point_targets(feats[knots, ws], self.layout.end_point_bins_of(ids[:nb])).float()
+        ends = self.end_point_targets(feats[knots, ws], self.layout.end_point_bins_of(ids[:nb]), side).float()
         shift = ends - feats[knots, ws]
         xs = ([0] if knots[0] > 0 else []) + knots
         ys = torch.cat([shift.new_zeros(1, 3), shift]) if knots[0] > 0 else shift
@@ -779,8 +802,9 @@ class MotionTokenizer(nn.Module):
         return torch.stack([pad_frames(feats[i * F_ : (i + 1) * F_], W) for i in range(n)])
 
     @torch.no_grad()
-    def encode_sequence(self, feats: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Raw features (T, D) at the tokenizer's fps -> ids (ceil(T / frames_per_block), tokens_per_block)."""
+    def encode_sequence(self, feats: torch.Tensor, batch_size: int = 256, side: str = "right") -> torch.Tensor:
+        """Raw features (T, D) of ``side``'s hand (tokenizer frame) at the tokenizer's fps -> ids
+        (ceil(T / frames_per_block), tokens_per_block)."""
         if not isinstance(feats, torch.Tensor):
             feats = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
         if feats.dim() != 2 or feats.shape[1] != self.spec.dim:
@@ -788,13 +812,16 @@ class MotionTokenizer(nn.Module):
                 "encode_sequence", "features", f"shape (T, {self.spec.dim})", str(tuple(feats.shape))
             )
         blocks = self.blocks_from_sequence(feats.float())
-        return torch.cat([self.encode(blocks[i : i + batch_size]) for i in range(0, len(blocks), batch_size)])
+        return torch.cat([self.encode(blocks[i : i + batch_size], side) for i in range(0, len(blocks), batch_size)])
 
     @torch.no_grad()
-    def decode_sequence(self, ids: Any, num_frames: int | None = None, batch_size: int = 256) -> torch.Tensor:
-        """ids (blocks, tokens_per_block) -> raw features (T, D): each block's padding frames are dropped,
-        the blocks joined, then cut to ``num_frames`` (default: blocks x frames_per_block); with end points
-        the wrist path is then moved to end each block where its end-point ids say (`_move_to_end_points`)."""
+    def decode_sequence(
+        self, ids: Any, num_frames: int | None = None, batch_size: int = 256, side: str = "right"
+    ) -> torch.Tensor:
+        """ids (blocks, tokens_per_block) of ``side``'s hand -> raw features (T, D) in the tokenizer's frame:
+        each block's padding frames are dropped, the blocks joined, then cut to ``num_frames`` (default: blocks
+        x frames_per_block); with end points the wrist path is then moved to end each block where its
+        end-point ids say (`_move_to_end_points`; the side matters only to ids in the camera frame)."""
         ids = self.layout.validate(ids, "decode_sequence")
         F_ = self.config.frames_per_block
         total = ids.shape[0] * F_
@@ -808,7 +835,7 @@ class MotionTokenizer(nn.Module):
         feats = torch.cat([self.decode(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
         feats = feats[:, :F_].reshape(total, -1)[: num_frames or total]
         if self.layout.end_point_bins:
-            feats = self._move_to_end_points(feats, ids, len(feats))
+            feats = self._move_to_end_points(feats, ids, len(feats), side)
         return feats
 
     # --- motion ----------------------------------------------------------------------------------------
@@ -837,7 +864,7 @@ class MotionTokenizer(nn.Module):
         if not isinstance(motion, HandMotion):
             raise InputError("encode_motion", "motion", "a HandMotion", type(motion).__name__)
         self._check_fps(motion.fps, "encode_motion")
-        ids = self.encode_sequence(self.motion_features(motion))
+        ids = self.encode_sequence(self.motion_features(motion), side=motion.side)
         return MotionTokens(ids.numpy().astype(np.int64), len(motion), motion.side, self.config.fps)
 
     @torch.no_grad()
@@ -863,7 +890,7 @@ class MotionTokenizer(nn.Module):
         betas = np.zeros(10, np.float32) if betas is None else np.asarray(betas, np.float32)
         if betas.shape != (10,):
             raise InputError("decode_motion", "betas", "shape (10,)", str(betas.shape))
-        feats = self.decode_sequence(ids, num_frames)
+        feats = self.decode_sequence(ids, num_frames, side=side)
         p = features_to_params(self.spec, feats)
         motion = HandMotion(
             global_orient=p["global_orient"].numpy(),
@@ -890,7 +917,7 @@ class MotionTokenizer(nn.Module):
         feats = torch.cat([self.decode(ids[i : i + batch_size])[:, F_ - 1] for i in range(0, len(ids), batch_size)])
         wrist = features_to_params(self.spec, feats)["wrist_pos"]
         if self.layout.end_point_bins:  # moved into the stated end point's cell, as decode_motion moves it
-            wrist = self.end_point_targets(wrist, self.layout.end_point_bins_of(ids))
+            wrist = self.end_point_targets(wrist, self.layout.end_point_bins_of(ids), sides)
         wrist = wrist.numpy().astype(np.float64)
         wrist[:, 0] *= np.where(np.asarray(sides) == "left", -1.0, 1.0)
         return wrist
@@ -999,23 +1026,29 @@ def end_point_uncoded(space: str, c: torch.Tensor) -> torch.Tensor:
 
 def with_end_points(
     mt: MotionTokenizer, space: str = "ray", bins: int = 64, span: Sequence[Sequence[float]] | None = None,
-    motions: Sequence[HandMotion] = (), margin: float = 0.05,
+    motions: Sequence[HandMotion] = (), margin: float = 0.05, frame: str = "hand",
 ) -> MotionTokenizer:
-    """A copy of ``mt`` whose blocks also state where they end (``TokenizerConfig.end_point_space``): the same
-    weights and codes, ``3 x bins`` more ids. The bins divide ``span`` ([[lo x3], [hi x3]]), else the span of
-    the block ends of ``motions`` (0.5th to 99.5th percentile, widened by ``margin`` of it on each side), else
-    the space's default (`END_POINT_RANGES`)."""
+    """A copy of ``mt`` whose blocks also state where they end (``TokenizerConfig.end_point_space``, in
+    ``frame``: ``TokenizerConfig.end_point_frame``): the same weights and codes, ``3 x bins`` more ids. The
+    bins divide ``span`` ([[lo x3], [hi x3]]), else the span of the block ends of ``motions`` in ``frame``
+    (0.5th to 99.5th percentile, widened by ``margin`` of it on each side), else the space's default
+    (`END_POINT_RANGES`)."""
     if space not in ("xyz", "ray"):
         raise InputError("with_end_points", "space", "'xyz' or 'ray'", repr(space))
+    if frame not in ("hand", "camera"):
+        raise InputError("with_end_points", "frame", "'hand' or 'camera'", repr(frame))
     if span is None and motions:
         F_ = mt.config.frames_per_block
         ws = mt.spec.slices()["wrist_pos"]
-        ends = torch.cat([mt.blocks_from_sequence(mt.motion_features(m))[:, F_ - 1, ws] for m in motions])
-        coded = end_point_coded(space, ends).numpy()
+        ends = []
+        for m in motions:
+            e = mt.blocks_from_sequence(mt.motion_features(m))[:, F_ - 1, ws]
+            ends.append(torch.cat([-e[:, :1], e[:, 1:]], 1) if frame == "camera" and m.side == "left" else e)
+        coded = end_point_coded(space, torch.cat(ends)).numpy()
         lo, hi = np.percentile(coded, 0.5, axis=0), np.percentile(coded, 99.5, axis=0)
         pad = margin * np.maximum(hi - lo, 1e-3)
         span = [(lo - pad).tolist(), (hi + pad).tolist()]
-    update = {"end_point_space": space, "end_point_bins": int(bins),
+    update = {"end_point_space": space, "end_point_bins": int(bins), "end_point_frame": frame,
               "end_point_range": None if span is None else [[float(v) for v in span[0]], [float(v) for v in span[1]]]}
     config = TokenizerConfig(**{**mt.config.model_dump(), **update})
     out = MotionTokenizer(config)

@@ -173,7 +173,8 @@ class HandVLAConfig(InternVLConfig):
     allows 0 to 2 places (three ids each, one per axis) before the first ``<mot>``. ``"hand_places"``: the
     same, each motion answer's place in the acting hand's own frame (left hands mirrored, x -> -x: the frame of
     the tokenizer and of the blocks' end-point ids; grounding answers stay in the camera frame). Measured:
-    README "Does the VLA learn?" (20).
+    README "Does the VLA learn?" (20). With a tokenizer whose end-point ids are in the camera frame
+    (``TokenizerConfig.end_point_frame``, (21)) "target_places" states the ids the blocks' end points say.
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from

@@ -711,7 +711,7 @@ class MotionTokenCache:
                         idx = np.minimum(np.arange(f, f + self.W), min(f + self.F, T) - 1)
                         windows.append(feats[idx])
                     ids = torch.cat(
-                        [self.mt.encode(torch.stack(windows[i : i + 256])) for i in range(0, len(ok), 256)]
+                        [self.mt.encode(torch.stack(windows[i : i + 256]), side) for i in range(0, len(ok), 256)]
                     )
                     for f, row in zip(ok, ids.numpy()):
                         self.blocks[(di, k, f, SIDE_CODE[side])] = row.astype(np.int64)

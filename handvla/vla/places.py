@@ -3,8 +3,10 @@
 A motion tokenizer with end points (``TokenizerConfig.end_point_space``, ``TokenLayout.end_point_bins``) starts
 every block with three ids, one per axis of its space (``ray``: x / z, y / z, then z; ``xyz``: metres), each
 the bin of the block's wrist end. A *place* is the same three ids for any camera-frame point: an object's
-centre, as the camera sees it (not mirrored for left hands, unlike the tokenizer's own frame, so that one
-object has one place whichever hand goes to it).
+centre, as the camera sees it (not mirrored for left hands, so that one object has one place whichever hand
+goes to it). The blocks' own end-point ids are in the tokenizer's frame (left hands mirrored) unless the
+tokenizer was made with ``end_point_frame: camera``; then a place is exactly what the last block of a motion
+ending there says, for either hand.
 
 With ``HandVLAConfig.motion_answer_prefix`` "target_places" or "hand_places" (departures from the reference,
 off by default) a motion answer first states the place of each acting hand's target (left, then right), then

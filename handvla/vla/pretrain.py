@@ -267,6 +267,13 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
                 "the motion tokenizer's blocks have none: add them with `handvla tokenizer end-points` and set "
                 "model.motion_tokenizer to its output"
             )
+        if m.motion_answer_prefix == "hand_places" and mt is not None and mt.config.end_point_frame == "camera":
+            raise ConfigError(
+                "model.motion_answer_prefix: 'hand_places' states places in the hand's own frame (left hands "
+                "mirrored), the frame of a tokenizer's end points made with --frame hand, but this tokenizer's "
+                "end-point ids are in the camera frame: use 'target_places' (its places then are the ids the "
+                "motion's end points say, for either hand)"
+            )
         c.motion_answer_prefix = m.motion_answer_prefix
     if m.binding_mark:
         set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)
