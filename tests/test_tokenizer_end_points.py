@@ -197,6 +197,20 @@ def test_a_vla_continues_with_end_point_ids(tokenizers, motions, tmp_path):
     with pytest.raises(ConfigError, match="end-point ids"):
         load_initial_vla(ModelConfig(init_checkpoint=str(tmp_path / "vla"), preset=None), [], tmp_path, True,
                          lambda: None, motion_tokenizer=tmp_path / "bad", need_motion_tokenizer=True)
+    # continuing the end-point model with the same layout: silent for the same ids' meaning, a warning that
+    # names the field when the ids stand for other places (here the camera frame)
+    save_vla(tmp_path / "vla_ep", bundle)
+    src2 = ModelConfig(init_checkpoint=str(tmp_path / "vla_ep"), preset=None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*end-point ids have")
+        load_initial_vla(src2, [], tmp_path, True, lambda: None, motion_tokenizer=tmp_path / "ep",
+                         need_motion_tokenizer=True)  # fmt: skip
+    with_end_points(mt, "ray", 16, span=ep.config.end_point_span, frame="camera").save_pretrained(tmp_path / "epc")
+    with pytest.warns(UserWarning, match="end_point_frame: 'hand' -> 'camera'"):
+        load_initial_vla(src2, [], tmp_path, True, lambda: None, motion_tokenizer=tmp_path / "epc",
+                         need_motion_tokenizer=True)  # fmt: skip
 
 
 def test_cli_adds_end_points_from_a_store(tokenizers, world, tmp_path, capsys):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +32,14 @@ from torch import nn
 from handvla.atomic import atomic_dir, atomic_write_text
 from handvla.errors import CheckpointError, ConfigError
 from handvla.tokenizer.loading import load_tokenizer
-from handvla.vla.modeling import VLABundle, build_vla, extend_vocabulary, load_vla, vla_from_backbone
+from handvla.vla.modeling import (
+    MOTION_TOKENIZER_DIR,
+    VLABundle,
+    build_vla,
+    extend_vocabulary,
+    load_vla,
+    vla_from_backbone,
+)
 from handvla.vla.processing import HandVLAProcessor
 from handvla.vla.text_tokenizer import DEFAULT_CORPUS, build_text_tokenizer, load_text_tokenizer
 
@@ -122,8 +130,36 @@ def _adopt_motion_tokenizer(bundle: VLABundle, mt: Any, checkpoint: str, seed: i
             )
         extend_vocabulary(bundle.model, bundle.processor.tokenizer, new, seed=seed)
         bundle.processor = HandVLAProcessor(bundle.processor.tokenizer, bundle.model.config)
+    elif old.end_point_bins:
+        _warn_if_end_points_differ(mt, checkpoint)
     bundle.motion_tokenizer = mt
     bundle.model.config.has_motion_tokenizer = True
+
+
+#: the tokenizer fields that say which place an end-point id stands for
+END_POINT_MEANING = ("end_point_space", "end_point_range", "end_point_frame")
+
+
+def _warn_if_end_points_differ(mt: Any, checkpoint: str) -> None:
+    """Warn when ``mt``'s end-point ids (same layout as ``checkpoint``'s tokenizer) stand for other places than
+    those the checkpoint learned (another span, space or frame, `END_POINT_MEANING`): the model's place ids
+    must then be relearned."""
+    path = Path(checkpoint) / MOTION_TOKENIZER_DIR / "config.json"
+    if not path.is_file():
+        return
+    try:
+        was = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    now = mt.config.model_dump()
+    differ = [k for k in END_POINT_MEANING if was.get(k, "hand" if k == "end_point_frame" else None) != now.get(k)]
+    if differ:
+        warnings.warn(
+            f"model.motion_tokenizer: its end-point ids have the init_checkpoint {checkpoint}'s layout but other "
+            f"meanings ({', '.join(f'{k}: {was.get(k)!r} -> {now.get(k)!r}' for k in differ)}): the place each "
+            "id stands for changes, and the model learns it anew",
+            stacklevel=3,
+        )
 
 
 def backbone_layer_types(model: nn.Module) -> tuple[type, ...]:
