@@ -252,6 +252,36 @@ def test_pretrain_freezes_named_parameters(world):
         P.run_pretrain(_pretrain_cfg(root, store, "f2", ["model.freeze=[model.vision]"], max_steps=1), progress=False)
 
 
+def test_reinit_draws_the_named_parts_afresh(world):
+    """``model.reinit``: the named modules' weights are drawn as a new model's (normal with the text config's
+    initializer_range, norms 1); everything else keeps the checkpoint's values; a prefix that names nothing
+    and a run with nothing to re-initialise are config errors."""
+    root, store, mt = world
+    import handvla.vla.pretrain as P
+    from handvla.vla import build_vla
+
+    model = build_vla("tiny", motion_tokenizer=mt, seed=0).model
+    with torch.no_grad():  # a "trained" checkpoint: every weight away from any initialisation
+        for p in model.parameters():
+            p.add_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    parts = ["model.language_model.layers", "model.language_model.norm"]
+    n = P.reinitialize_parameters(model, parts, "model.reinit", seed=1)
+    after = model.state_dict()
+    drawn = [k for k in before if k.startswith(tuple(parts))]
+    assert n == len(drawn) > 0
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in drawn)
+    std = model.config.get_text_config().initializer_range
+    lin = torch.cat([after[k].flatten() for k in drawn if k.endswith("proj.weight")])
+    assert abs(float(lin.std()) - std) < 0.1 * std and abs(float(lin.mean())) < 0.1 * std
+    assert all(torch.all(after[k] == 1) for k in drawn if "norm" in k and k.endswith("weight"))
+    assert all(torch.all(after[k] == 0) for k in drawn if k.endswith("bias"))
+    with pytest.raises(ConfigError, match="model.reinit: 'model.language'"):
+        P.reinitialize_parameters(model, ["model.language"], "model.reinit")
+    with pytest.raises(ConfigError, match="init_checkpoint"):
+        _pretrain_cfg(root, store, "r", ["model.reinit=[model.language_model.layers]"])
+
+
 def test_pretrain_command_joins_the_process_group_once(world, tmp_path, monkeypatch, capsys):
     """``handvla pretrain``: the job sets up distributed once and hands it to the trainer; the command
     decides whether to print from that state, without setting it up again."""

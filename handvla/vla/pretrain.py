@@ -143,6 +143,15 @@ class ModelConfig(ConfigModel):
         "model.multi_modal_projector, model.instruction_film] to keep a vision path trained on grounding "
         "questions (an init_checkpoint) while the LLM learns motion; each must name at least one parameter",
     )
+    reinit: list[str] = Field(
+        default_factory=list,
+        description="module-name prefixes drawn afresh after loading the init_checkpoint (linear and embedding "
+        "weights normal with the text config's initializer_range, biases 0, norms 1), e.g. "
+        "[model.language_model.layers, model.language_model.norm] to start stage 2 from a grounding checkpoint's "
+        "vision path with a fresh LLM: the LLM that grounding questions left behind learns motion more slowly "
+        "and its motion does not follow a stated place (README 'Does the VLA learn?' (20), (21)); each must name "
+        "at least one parameter",
+    )
 
     @model_validator(mode="after")
     def _check_film(self):  # before any work; unset, image_position follows vision_film (film_overrides)
@@ -150,6 +159,8 @@ class ModelConfig(ConfigModel):
         check_film_options(
             self.vision_film, position, self.binding_loss_weight, "model", self.binding_mark, self.binding_pool
         )
+        if self.reinit and not self.init_checkpoint:
+            raise ConfigError("model.reinit: re-initialises parts of an init_checkpoint, and this run starts from none")
         return self
 
     def film_overrides(self) -> dict[str, Any]:
@@ -278,10 +289,51 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
     if m.binding_mark:
         set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)
     set_endpoint_loss(bundle.model, m.endpoint_loss_weight, seed=m.seed)
+    if m.reinit:
+        reinitialize_parameters(bundle.model, m.reinit, "model.reinit", seed=m.seed)
     freeze_parameters(bundle.model, m.freeze, "model.freeze")
     c.image_alignment = "canonical" if cfg.data.align else "none"
     c.place_view = cfg.data.place_view
     return bundle
+
+
+def _matching(model: torch.nn.Module, prefix: str, where: str) -> list[str]:
+    """Names of ``model``'s parameters under ``prefix`` (whole name parts: ``model.vision_tower`` matches
+    ``model.vision_tower.x`` but not ``model.vision_towerx``); none is a ConfigError that lists the model's parts
+    (modules, two levels deep)."""
+    named = [n for n, _ in model.named_parameters()]
+    hits = [n for n in named if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
+    if not hits:
+        parts = sorted({".".join(n.split(".")[:-1][:2]) or n for n in named})
+        raise ConfigError(f"{where}: {prefix!r} names no parameter of the model (its parts: {', '.join(parts)})")
+    return hits
+
+
+@torch.no_grad()
+def reinitialize_parameters(model: torch.nn.Module, prefixes: list[str], where: str, seed: int = 0) -> int:
+    """Draw the weights of every module under ``prefixes`` afresh, as a new model of the same config starts:
+    linear and embedding weights normal with std = the text config's ``initializer_range`` (0.02 if unset),
+    biases 0, norm weights 1 and their biases 0. Returns how many parameters were drawn; a prefix that names no
+    parameter is a ConfigError (`_matching`)."""
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    std = float(getattr(text, "initializer_range", None) or 0.02)
+    gen = torch.Generator().manual_seed(int(seed))
+    names = {n for prefix in prefixes for n in _matching(model, prefix, where)}
+    done = 0
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if full not in names:
+                continue
+            if "Norm" in type(module).__name__ or isinstance(module, torch.nn.LayerNorm):
+                p.fill_(1.0 if p_name == "weight" else 0.0)
+            elif p_name == "bias":
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std).to(p.dtype))
+            done += 1
+    return done
 
 
 def freeze_parameters(model: torch.nn.Module, prefixes: list[str], where: str) -> None:
@@ -290,11 +342,7 @@ def freeze_parameters(model: torch.nn.Module, prefixes: list[str], where: str) -
     A prefix that names none is a ConfigError that lists the model's parts (modules, two levels deep)."""
     named = dict(model.named_parameters())
     for prefix in prefixes:
-        hits = [n for n in named if n == prefix or n.startswith(prefix.rstrip(".") + ".")]
-        if not hits:
-            parts = sorted({".".join(n.split(".")[:-1][:2]) or n for n in named})
-            raise ConfigError(f"{where}: {prefix!r} names no parameter of the model (its parts: {', '.join(parts)})")
-        for n in hits:
+        for n in _matching(model, prefix, where):
             named[n].requires_grad_(False)
 
 
