@@ -378,3 +378,60 @@ def test_hand_places_refuse_a_camera_frame_tokenizer(tmp_path):
         build_model(cfg, ["a b c"] * 50, tmp_path / "x", True, lambda: None)
     cfg.model.motion_answer_prefix = "target_places"
     assert build_model(cfg, ["a b c"] * 50, tmp_path / "y", True, lambda: None).model.config.motion_answer_prefix == "target_places"
+
+
+@pytest.mark.parametrize("prefix", ["target_places", "hand_places"], indirect=True)
+def test_ground_then_act_states_the_grounded_places(world, bundle, prefix, monkeypatch):
+    """``places_from="grounding"``: each named hand's place is the model's own answer to the grounding question
+    (exactly one place, `answer_places`), stated in the model's place frame (a left hand's mirrored with
+    hand_places) as the start of its motion answer; a request that names no object for every hand states its
+    own; the evaluation scores the stated places."""
+    import handvla.vla.evaluate as E
+    from handvla.vla.generation import answer_places, generate_motion
+    from handvla.vla.grounding import grounding_prompt
+    from handvla.vla.places import grounded_place_prefixes, parse_places, place_point
+
+    mt = bundle.motion_tokenizer
+    lay, cfg = mt.layout, mt.config
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    bins = answer_places(bundle.model, bundle.processor, imgs, [grounding_prompt("red cube")] * 3)
+    assert bins.shape == (3, 3) and bins.min() >= 0 and bins.max() < lay.end_point_bins
+    objects = [{"left": "red cube"}, {}, {"left": "red cube", "right": "blue ball"}]
+    starts, points = grounded_place_prefixes(bundle.model, bundle.processor, mt, imgs, objects, ["left", "right", "both"])
+    assert starts[1] is None and points[1] == {}
+    for i in (0, 2):
+        stated = parse_places(starts[i], lay)
+        assert len(stated) == len(objects[i])
+        for (h, point), b in zip(sorted(points[i].items()), stated):
+            q = np.array(point)
+            if prefix == "hand_places" and h == "left":
+                q[0] = -q[0]
+            np.testing.assert_array_equal(b, _bins_by_hand(q, cfg))
+    # camera frame: the stated place is the grounding answer itself
+    if prefix == "target_places":
+        np.testing.assert_array_equal(parse_places(starts[0], lay)[0], bins[0])
+        np.testing.assert_allclose(points[0]["left"], place_point(bins[0], cfg))
+    gen = generate_motion(bundle.model, bundle.processor, imgs[:2], ["pick up the red cube"] * 2, 1, ["left", "right"],
+                          prefixes=starts[:2])  # fmt: skip
+    assert gen.prefix_texts[0] == starts[0] and len(parse_places(gen.prefix_texts[1], lay)) <= 1
+    assert all(m.shape == (1, 1, lay.tokens_per_block) for m in gen.motion)
+    # the evaluation states them and scores them
+    seen = []
+
+    def recording(*args, **kwargs):
+        out = grounded_place_prefixes(*args, **kwargs)
+        seen.extend(out[0])
+        return out
+
+    monkeypatch.setattr(E, "grounded_place_prefixes", recording)
+    res = E.evaluate_handworld(bundle, world, max_seconds=1, places_from="grounding")
+    forced = [s for s in seen if s is not None]
+    assert forced and "prefix_target_accuracy" in res["summary"]
+    assert [r["answer_prefix"] for r in res["episodes"] if r["answer_prefix"] in forced]
+    cf = E.evaluate_counterfactual(bundle, world, places_from="grounding")["summary"]
+    assert cf["episodes"] > 0 and "factual_place_accuracy" in cf
+    with pytest.raises(ConfigError, match="places_from"):
+        E.evaluate_handworld(bundle, world, max_seconds=1, places_from="grounding", rerank_samples=2)
+    with pytest.raises(ConfigError, match="places_from"):
+        E.evaluate_handworld(bundle, world, max_seconds=1, places_from="boxes")

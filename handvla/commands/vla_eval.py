@@ -103,6 +103,17 @@ def run_vla_eval(args: argparse.Namespace) -> int:
             } | {"temperature": args.rerank_temperature, "space": args.rerank_space, "motion_from": args.motion_from,
                  # the same pairs decoded both ways: won / lost against the greedy answer, exact McNemar p
                  "paired_vs_greedy": paired_target_hits(res["episodes"], rr_all["episodes"])}
+        if args.ground_then_act:  # the places the model grounds for the named objects, stated for its motion
+            ga_all = evaluate_handworld(
+                bundle, path, max_episodes=args.episodes, max_seconds=args.max_seconds, align=align,
+                seed=args.seed, batch_size=args.batch_size, places_from="grounding",
+            )  # fmt: skip
+            ga = ga_all["summary"]
+            res["ground_then_act_episodes"] = ga_all["episodes"]
+            res["summary"]["ground_then_act"] = {
+                k: ga.get(k) for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m",
+                                       "prefix_target_accuracy", "motion_follows_prefix_rate")
+            } | {"paired_vs_greedy": paired_target_hits(res["episodes"], ga_all["episodes"])}  # fmt: skip
         if args.counterfactual:  # instruction following: the same image, another object named
             res["summary"]["counterfactual"] = evaluate_counterfactual(
                 bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2, batch_size=args.batch_size,
@@ -114,6 +125,11 @@ def run_vla_eval(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, align=align, rerank_samples=args.rerank_samples,
                     rerank_temperature=args.rerank_temperature, rerank_space=args.rerank_space, seed=args.seed,
                     motion_from=args.motion_from,
+                )["summary"]  # fmt: skip
+            if args.ground_then_act:
+                res["summary"]["counterfactual_ground_then_act"] = evaluate_counterfactual(
+                    bundle, path, max_episodes=args.episodes, seconds=args.max_seconds or 2,
+                    batch_size=args.batch_size, align=align, places_from="grounding",
                 )["summary"]  # fmt: skip
         if args.grounding:  # "where is the red cube?": object grounding in the model's view
             res["summary"]["grounding"] = evaluate_grounding(
@@ -215,6 +231,15 @@ def register(subparsers) -> None:
         help="what the --rerank-samples answers are made from: 'image' (the reference), or 'places': the model is "
         "asked where the named objects are and the motion is made from its boxes instead of the image (models "
         "trained with data.place_motion; --rerank-samples 1 gives the greedy answer from the places)",
+    )
+    e.add_argument(
+        "--ground-then-act",
+        action="store_true",
+        help="also decode with each acting hand's place stated as the model's own answer to the grounding question "
+        "about the object the instruction names for it (models whose motion answers state places, "
+        "motion_answer_prefix target_places / hand_places; handvla.vla.places.grounded_place_prefixes); scored "
+        "beside the greedy answer (summary.ground_then_act, and summary.counterfactual_ground_then_act with "
+        "--counterfactual)",
     )
     e.add_argument(
         "--counterfactual",

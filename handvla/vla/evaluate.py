@@ -103,6 +103,7 @@ from handvla.vla.grounding import (
 )
 from handvla.vla.modeling import load_vla
 from handvla.vla.places import (
+    grounded_place_prefixes,
     in_place_frame,
     nearest_object_by_ray,
     object_centre_in_camera,
@@ -293,6 +294,7 @@ def evaluate_handworld(
     rerank_space: str = "table",
     object_centre_height_m: float = 0.03,
     motion_from: str = "image",
+    places_from: str = "answer",
 ) -> dict[str, Any]:
     """Generate and score motion on HandWorld episodes of ``store`` (a folder or an ``EpisodeStore``).
 
@@ -315,7 +317,11 @@ def evaluate_handworld(
     known from the episode's extrinsics) with their centres ``object_centre_height_m`` above it; "view" in
     the image. ``motion_from`` "places" (with ``rerank_samples`` >= 1; 1 = greedy): the motion answers are
     made from where the model's grounding answers put the named objects instead of from the image
-    (`generate_motion_grounded`, "where, then how").
+    (`generate_motion_grounded`, "where, then how"). ``places_from`` (models that state places, greedy, not
+    with ``rerank_samples``): "answer", the motion answer states its own places; "grounding", each acting
+    hand's place is the model's own answer to the grounding question about the object the instruction names
+    for it (`instruction_object_names`, the text only), stated for it (`grounded_place_prefixes`: ground, then
+    act); requests that name no object for every hand state their own.
 
     Returns {"summary": overall + ``per_rig`` + ``baselines`` (+ ``translation``, ``prediction``),
     "episodes": one row per episode, "translation_episodes", "prediction_episodes": their rows}.
@@ -336,6 +342,7 @@ def evaluate_handworld(
     if rerank_samples and not constrained:
         raise ConfigError("evaluate_handworld: rerank_samples decodes under the block constraint; constrained=False")
     _check_motion_from("evaluate_handworld", motion_from, rerank_samples)
+    _check_places_from("evaluate_handworld", places_from, model.config, rerank_samples)
     if isinstance(translation_max_tokens, bool) or int(translation_max_tokens) < 1:
         raise ConfigError(
             f"evaluate_handworld: translation_max_tokens: expected a whole number >= 1, got {translation_max_tokens!r}"
@@ -400,11 +407,18 @@ def evaluate_handworld(
             seqs, plen = grounded.sequences, grounded.prompt_length
         else:
             samples, blocks, n_places = [], [], []
-            for _k, ep, mode, seconds, image in batch:
+            forced = [None] * len(batch)
+            if places_from == "grounding":
+                forced = grounded_place_prefixes(
+                    model, processor, mt, [r[4] for r in batch],
+                    [instruction_object_names(r[1].tasks[0], hands_for_mode(r[2])) for r in batch], [r[2] for r in batch],
+                )[0]  # fmt: skip
+            for (_k, ep, mode, seconds, image), start in zip(batch, forced):
                 prompt = generation_prompt(ep.tasks[0], seconds, mode, int(fps))
-                samples.append(processor.encode(prompt, images=[image]))
+                sample = processor.encode(prompt, images=[image])
+                samples.append(sample if start is None else processor.start_answer(sample, start))
                 blocks.append(seconds * len(hands_for_mode(mode)))
-                n_places.append(place_prefix_places(model.config, len(hands_for_mode(mode))))
+                n_places.append(0 if start is not None else place_prefix_places(model.config, len(hands_for_mode(mode))))
 
             def head(prompt_length: int, blocks=blocks, n_places=n_places):
                 if constrained:
@@ -429,6 +443,8 @@ def evaluate_handworld(
             if text_prefix or place_prefix:
                 head_ids, row_tokens = split_text_prefix(row_tokens, vocab)
                 said = processor.decode(head_ids.tolist(), skip_special_tokens=False)
+                if grounded is None and forced[i] is not None:  # the places were stated for it (ground, then act)
+                    said = forced[i]
             row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
             if said is not None and place_prefix:
                 _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}", frame)
@@ -692,6 +708,23 @@ def _score_rerank(
         hit["true_centre"] = target_hit(ends[k, j], oid, objects)
         for key in keys:
             row[f"rerank_{key}_hits"].append(bool(hit[key]))
+
+
+#: where `evaluate_handworld` / `evaluate_counterfactual` take a place-stating model's places from
+PLACES_FROM = ("answer", "grounding")
+
+
+def _check_places_from(where: str, places_from: str, config, rerank_samples: int) -> None:
+    """The evaluations' ``places_from``: one of `PLACES_FROM`; "grounding" needs a model that states places
+    and greedy decoding."""
+    if places_from not in PLACES_FROM:
+        raise ConfigError(f"{where}: places_from: expected one of {PLACES_FROM}, got {places_from!r}")
+    if places_from == "grounding" and (place_frame(config) is None or rerank_samples):
+        raise ConfigError(
+            f"{where}: places_from='grounding' states the places a model answers to grounding questions: it needs "
+            "a model whose motion answers state places (motion_answer_prefix target_places / hand_places) and "
+            "greedy decoding (rerank_samples 0)"
+        )
 
 
 def _check_motion_from(where: str, motion_from: str, rerank_samples: int) -> None:
@@ -980,6 +1013,7 @@ def evaluate_counterfactual(
     object_centre_height_m: float = 0.03,
     seed: int | None = 0,
     motion_from: str = "image",
+    places_from: str = "answer",
 ) -> dict[str, Any]:
     """Instruction following, measured by asking for ANOTHER object of the same scene.
 
@@ -996,7 +1030,9 @@ def evaluate_counterfactual(
     decoded best of that many by the model's own box for the asked object (`generate_motion_grounded`, as
     `evaluate_handworld`'s options of the same names) instead of greedily (no prefix scores then);
     ``motion_from`` "places" makes each request's motion from the model's box for the asked object instead of
-    the image (``rerank_samples`` 1: greedily).
+    the image (``rerank_samples`` 1: greedily). ``places_from`` "grounding" (a model that states places): each
+    request's answer states the place the model answers to the grounding question about the asked object
+    (`grounded_place_prefixes`: ground, then act).
     """
 
     model, processor, mt = bundle.model, bundle.processor, bundle.motion_tokenizer
@@ -1005,6 +1041,7 @@ def evaluate_counterfactual(
     if rerank_space not in RERANK_SPACES:
         raise ConfigError(f"evaluate_counterfactual: rerank_space: expected one of {RERANK_SPACES}, got {rerank_space!r}")
     _check_motion_from("evaluate_counterfactual", motion_from, rerank_samples)
+    _check_places_from("evaluate_counterfactual", places_from, bundle.model.config, rerank_samples)
     st = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
     align = model_alignment(model.config) if align is None else bool(align)
     size = tuple(image_size) if image_size else model_image_size(model.config, processor)
@@ -1051,8 +1088,15 @@ def evaluate_counterfactual(
             wrists_l += [g.candidate_ends[i][g.chosen[i], 0] for i in range(len(part))]
         wrists = np.stack(wrists_l)
     else:
+        starts = None
+        if places_from == "grounding":  # each request's place: the model's grounding answer for the object it names
+            starts = []
+            for b in range(0, len(reqs), batch_size):
+                part = reqs[b : b + batch_size]
+                starts += grounded_place_prefixes(model, processor, mt, [r["image"] for r in part],
+                                                  [{r["hand"]: r["name"]} for r in part], [r["hand"] for r in part])[0]  # fmt: skip
         wrists, said = final_wrists_and_texts(bundle, [r["image"] for r in reqs], [r["task"] for r in reqs],
-                                              [r["hand"] for r in reqs], seconds, batch_size)  # fmt: skip
+                                              [r["hand"] for r in reqs], seconds, batch_size, prefixes=starts)  # fmt: skip
     forced = final_wrist_positions(bundle, [r["image"] for r in stated], [r["task"] for r in stated],
                                    [r["hand"] for r in stated], seconds, batch_size,
                                    prefixes=[r["prefix"] for r in stated]) if stated else []  # fmt: skip

@@ -479,8 +479,10 @@ def _motion_request(
         samples.append(processor.encode(prompt, images=[images_l[i]], prompt_motions=motions, system=system))
     if prefixes is not None:
         for i, text in enumerate(_broadcast(prefixes, n, "prefixes")):
+            if text is None:  # this request's answer starts as the model says
+                continue
             if not isinstance(text, str):
-                raise InputError("generation request", f"prefixes[{i}]", "text", repr(text))
+                raise InputError("generation request", f"prefixes[{i}]", "text or None", repr(text))
             samples[i] = processor.start_answer(samples[i], text)
     blocks = [s * len(h) for s, h in zip(secs, hands)]
     return samples, secs, blocks, hands
@@ -514,7 +516,9 @@ def generate_motion(
     A model whose ``motion_answer_prefix`` is not "none" first says its text (up to
     `TEXT_PREFIX_MAX_TOKENS`), returned in ``prefix_texts``. ``prefixes``: per task (or one for all), text
     the answer is made to start with instead (e.g. the box of another object, to see whether the motion
-    follows what the answer says); the motion blocks then follow it at once.
+    follows what the answer says; or the places the model grounds, `handvla.vla.places.grounded_place_prefixes`);
+    the motion blocks then follow it at once. A None entry leaves that answer's start to a model that states
+    places (a text-prefix model needs text for every task).
 
     ``places``: per task (or one for all; None: none), where the objects the motion acts on are, in InternVL's
     grounding format ("<ref>the red cube</ref><box>[[x1, y1, x2, y2]]</box>", boxes 0..1000 of the model's
@@ -525,8 +529,13 @@ def generate_motion(
         processor, images, tasks, seconds, hand_mode, history, system, prefixes, places
     )
     vocab = processor.vocab
+    forced = [True] * len(samples) if prefixes is not None else [False] * len(samples)
+    if prefixes is not None:
+        forced = [t is not None for t in _broadcast(prefixes, len(samples), "prefixes")]
+        if not all(forced) and text_prefix_tokens(processor.config):
+            raise InputError("generate_motion", "prefixes", "text for every task (this model starts with text)", "None")
     text = 0 if prefixes is not None else text_prefix_tokens(processor.config)
-    n_places = [0 if prefixes is not None else place_prefix_places(processor.config, len(h)) for h in hands]
+    n_places = [0 if f else place_prefix_places(processor.config, len(h)) for f, h in zip(forced, hands)]
 
     def make(prompt_length: int) -> MotionBlockConstraint:
         return MotionBlockConstraint(
@@ -545,7 +554,7 @@ def generate_motion(
         motion.append(parse_motion_output(rest, vocab, secs[i], len(hands[i]), check_parts=restrict_parts))
         said.append(processor.decode(head.tolist(), skip_special_tokens=False) if len(head) else "")
     if prefixes is not None:
-        said = [str(t) for t in _broadcast(prefixes, len(samples), "prefixes")]
+        said = [str(t) if t is not None else own for t, own in zip(_broadcast(prefixes, len(samples), "prefixes"), said)]
     return MotionGeneration(motion=motion, hands=hands, sequences=seqs.cpu(), prompt_length=plen, prefix_texts=said)
 
 
@@ -605,6 +614,48 @@ def answer_questions(
         model, processor, samples, lambda _: head, max_new_tokens, False, 1.0, None, 1.0, None
     )
     return _decode_answers(processor, seqs, plen)[0]
+
+
+class PlaceAnswerConstraint(LogitsProcessor):
+    """Force exactly one place (`handvla.vla.places.PLACE_IDS` end-point ids, axis 0, 1, 2) then the end of
+    turn after a prompt of ``prompt_length`` tokens: a grounding question's answer for a model that answers
+    them in places (``motion_answer_prefix`` "target_places" / "hand_places")."""
+
+    def __init__(self, vocab: MotionVocab, prompt_length: int):
+        if not vocab.layout.end_point_bins:
+            raise InputError("PlaceAnswerConstraint", "vocab", "a motion layout with end-point ids", "none")
+        self.vocab, self.prompt_length = vocab, int(prompt_length)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        n = input_ids.shape[1] - self.prompt_length
+        v = self.vocab
+        allowed = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+        if n < PLACE_IDS:
+            lo = v.motion_offset + v.layout.end_point_id_range[0] + n * v.layout.end_point_bins
+            allowed[lo : lo + v.layout.end_point_bins] = True
+        else:
+            allowed[v.eos_id] = True
+        return scores.masked_fill(~allowed, float("-inf"))
+
+
+@torch.no_grad()
+def answer_places(
+    model, processor: HandVLAProcessor, images: Sequence, prompts: Sequence[str], *, system=..., batch_size: int = 16
+) -> np.ndarray:
+    """Image + question -> one place, greedy under `PlaceAnswerConstraint` (the grounding questions of a model
+    that answers them in end-point ids): (N, `PLACE_IDS`) bins, one row per prompt."""
+    if len(images) != len(prompts) or not prompts:
+        raise InputError("answer_places", "images", f"one image per prompt ({len(prompts)})", str(len(images)))
+    lay = processor.vocab.layout
+    out = []
+    for b in range(0, len(prompts), batch_size):
+        samples = [processor.encode(q, images=[im], system=system)
+                   for im, q in zip(images[b : b + batch_size], prompts[b : b + batch_size])]  # fmt: skip
+        seqs, plen = _generate(model, processor, samples, lambda pl: PlaceAnswerConstraint(processor.vocab, pl),
+                               PLACE_IDS + 1, False, 1.0, None, 1.0, None)  # fmt: skip
+        ids = seqs[:, plen : plen + PLACE_IDS].cpu() - processor.vocab.motion_offset - lay.end_point_id_range[0]
+        out.append((ids - torch.arange(PLACE_IDS) * lay.end_point_bins).numpy())
+    return np.concatenate(out).astype(np.int64)
 
 
 def translate_motion(

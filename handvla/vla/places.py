@@ -149,9 +149,49 @@ def nearest_object_by_ray(point: np.ndarray, centres: dict[int, np.ndarray]) -> 
     return min(centres, key=lambda k: float(np.linalg.norm(centres[k][:2] / max(centres[k][2], 1e-3) - ray)))
 
 
+def grounded_place_prefixes(
+    model, processor, motion_tokenizer, images: Sequence, objects: Sequence[dict[str, str]], hand_modes: Sequence[str]
+) -> tuple[list[str | None], list[dict[str, np.ndarray]]]:
+    """Ground, then act: per request, the start of a motion answer that states each acting hand's place as the
+    model's own answer to the grounding question about the object named for that hand (``objects[i]``: hand ->
+    name, e.g. from `handvla.vla.grounding.instruction_object_names`; `handvla.vla.generation.answer_places`),
+    in the model's place frame (`in_place_frame`), hands in the request's order; None for a request that does
+    not name an object for every acting hand (its answer then starts as the model says). Also returns, per
+    request, hand -> the grounded place's point (camera frame, metres, `place_point`).
+
+    Why: a model that states places answers "where is the red cube?" right far more often than the place its
+    motion answers state, and its motion follows a stated place (README "Does the VLA learn?" (21))."""
+    from handvla.vla.generation import answer_places
+    from handvla.vla.grounding import grounding_prompt
+    from handvla.vla.processing import hands_for_mode
+
+    if len(objects) != len(images) or len(hand_modes) != len(images):
+        raise InputError("grounded_place_prefixes", "objects", f"one dict per image ({len(images)})", str(len(objects)))
+    frame = place_frame(model.config)
+    if frame is None:
+        raise InputError("grounded_place_prefixes", "model", "a model that states places (motion_answer_prefix "
+                         "target_places / hand_places)", getattr(model.config, "motion_answer_prefix", "none"))  # fmt: skip
+    hands = [hands_for_mode(m) for m in hand_modes]
+    asked = [(i, h) for i, o in enumerate(objects) if o and set(o) == set(hands[i]) for h in hands[i]]
+    bins = answer_places(model, processor, [images[i] for i, _ in asked],
+                         [grounding_prompt(objects[i][h]) for i, h in asked]) if asked else []  # fmt: skip
+    points: list[dict[str, np.ndarray]] = [{} for _ in images]
+    for (i, h), b in zip(asked, bins):
+        points[i][h] = place_point(b, motion_tokenizer.config)
+    prefixes: list[str | None] = []
+    for i, pts in enumerate(points):
+        if not pts:
+            prefixes.append(None)
+            continue
+        ids = [place_ids(in_place_frame(pts[h], h, frame), motion_tokenizer) for h in hands[i]]
+        prefixes.append(place_text(np.concatenate(ids)))
+    return prefixes, points
+
+
 __all__ = [
     "PLACE_FRAMES",
     "PLACE_IDS",
+    "grounded_place_prefixes",
     "in_place_frame",
     "place_frame",
     "nearest_object_by_ray",
