@@ -261,8 +261,8 @@ def test_target_place_ids_prompt_is_the_vla_place(world, oracle, capsys):
         if len(r["objects"]) > 1:
             assert cf["targets"][0] != r["targets"][0] and cf["asked"] == r["targets"][0]
             assert hand.prompt(cf) != hand.prompt(r)
-    res = mod.main(base + ["--end-points", "ray", "--end-point-bins", "8"])
+    res = mod.main(base + ["--end-points", "ray", "--end-point-bins", "8", "--end-point-frame", "camera"])
     capsys.readouterr()
-    assert res["generated"]["pairs"] > 0
+    assert res["generated"]["pairs"] > 0 and res["end_points"]["frame"] == "camera"
     cf = res["generated"]["counterfactual"]
     assert cf["pairs"] > 0 and 0 <= cf["at_told_object"] <= 1 and 0 <= cf["at_true_target"] <= 1
