@@ -310,6 +310,17 @@ def test_generate_prints_the_stated_places(world, bundle, tmp_path, capsys):
             assert d["stated_places_m"].shape == (len(want), 3)
         stated += got
     assert stated  # at least one answer stated a place
+    # ground, then act: the stated place is the model's grounding answer for the instruction's object
+    argv = ["generate", "--ckpt", str(ckpt), "--image", str(tmp_path / "frame.png"), "--instruction",
+            "pick up the red cube", "--hands", "right", "--seconds", "1", "--ground-then-act", "--no-video",
+            "--out", str(tmp_path / "gta")]  # fmt: skip
+    assert main(argv) == 0
+    info = json.loads(capsys.readouterr().out)
+    g = info["ground_then_act"]
+    assert g["objects"] == {"right": "red cube"} and g["stated"]
+    np.testing.assert_allclose(info["stated_places_m"], [g["places_m"]["right"]], atol=1e-4)
+    assert main(argv[:-2] + ["--rerank-samples", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--ground-then-act" in capsys.readouterr().err
 
 
 def test_places_without_image_state_the_places_and_show_no_image(world, bundle):

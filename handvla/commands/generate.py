@@ -156,6 +156,8 @@ def run_generate(args: argparse.Namespace) -> int:
     plane = parse_plane(args.table_plane)
     if args.motion_from != "image" and not args.rerank_samples:
         raise InputError("--motion-from", None, "--rerank-samples K as well (1: greedy from the places)", "alone")
+    if args.ground_then_act and args.rerank_samples:
+        raise InputError("--ground-then-act", None, "greedy or --sample decoding, not --rerank-samples", "both")
     if plane is not None and not args.rerank_samples:
         raise InputError("--table-plane", None, "--rerank-samples K as well (it places the objects of the choice)", "alone")
     image = read_image(args.image)
@@ -193,8 +195,9 @@ def run_generate(args: argparse.Namespace) -> int:
     cam = K if K is not None else canonical_camera_for(W, H)
     view = prepare_image(image, K if align else None, align, size)
 
+    frame = place_frame(bundle.model.config)
     t0 = time.perf_counter()
-    rerank = None
+    rerank, grounded = None, None
     if args.rerank_samples:  # best of K by the model's own boxes for the named objects (handvla.vla.rerank)
         from handvla.vla.grounding import instruction_object_names
         from handvla.vla.rerank import generate_motion_grounded
@@ -223,6 +226,19 @@ def run_generate(args: argparse.Namespace) -> int:
             rerank["object_distance_m"] = [None if not np.isfinite(d) else round(float(d), 4)
                                            for d in out.object_distance_m[0]]  # fmt: skip
     else:
+        starts, grounded = None, None
+        if args.ground_then_act:  # each hand's place: the model's grounding answer for its named object
+            from handvla.vla.grounding import instruction_object_names
+            from handvla.vla.places import grounded_place_prefixes
+
+            if frame is None:
+                raise InputError("--ground-then-act", None, "a checkpoint whose motion answers state places "
+                                 "(motion_answer_prefix target_places / hand_places)",
+                                 bundle.model.config.motion_answer_prefix)  # fmt: skip
+            objects = objects_arg if objects_arg is not None else instruction_object_names(args.instruction, hands)
+            starts, points = grounded_place_prefixes(bundle.model, bundle.processor, mt, [view], [objects], [args.hands])
+            grounded = {"objects": objects, "places_m": {h: p.round(4).tolist() for h, p in points[0].items()},
+                        "stated": starts[0] is not None}  # fmt: skip
         out = generate_motion(
             bundle.model,
             bundle.processor,
@@ -235,6 +251,7 @@ def run_generate(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             top_p=args.top_p,
             seed=args.seed,
+            prefixes=starts,
         )
     gen_s = time.perf_counter() - t0
     ids = out.motion[0]  # (seconds, hands, ids_per_block)
@@ -249,7 +266,6 @@ def run_generate(args: argparse.Namespace) -> int:
         "answer_prefix": np.array(out.prefix_texts[0]),
     }
     stated = []  # places a model with motion_answer_prefix target_places / hand_places stated (camera frame, m)
-    frame = place_frame(bundle.model.config)
     if frame is not None:
         # the j-th place is the j-th hand's (left, then right); hand-frame places are mirrored back for left
         stated = [in_place_frame(place_point(b, mt.config), hands[min(j, len(hands) - 1)], frame).round(4).tolist()
@@ -297,6 +313,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "answer_prefix": out.prefix_texts[0],
             **({"stated_places_m": stated} if stated else {}),
             **({"rerank": rerank} if rerank is not None else {}),
+            **({"ground_then_act": grounded} if grounded is not None else {}),
             "motion": info,
         }
     )
@@ -338,7 +355,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--objects",
         default=None,
-        help='with --rerank-samples: the object each hand goes to, "red cube" or "left=red cube,right=blue ball" '
+        help='with --rerank-samples or --ground-then-act: the object each hand goes to, "red cube" or "left=red cube,right=blue ball" '
         "(default: read off the instruction in HandWorld's grammar, colour + shape)",
     )
     p.add_argument(
@@ -355,6 +372,13 @@ def register(subparsers) -> None:
         help="with --rerank-samples: make the motion from the image (default) or from the boxes the model answers "
         "for the named objects ('places': the image is only used to ask where they are; models trained with "
         "data.place_motion; --rerank-samples 1 is the greedy answer)",
+    )
+    p.add_argument(
+        "--ground-then-act",
+        action="store_true",
+        help="a checkpoint whose answers state places: ask it first where the object each hand goes to is (the "
+        "grounding question; objects from --objects or the instruction) and state those places before its "
+        "motion (handvla.vla.places.grounded_place_prefixes; README 'Does the VLA learn?' (21))",
     )
     p.add_argument("--no-video", action="store_true", help="write only the npz")
     p.add_argument("--mano-dir", help="MANO model folder, for a motion tokenizer whose hand model is MANO")
