@@ -529,7 +529,7 @@ def generate_motion(
         processor, images, tasks, seconds, hand_mode, history, system, prefixes, places
     )
     vocab = processor.vocab
-    forced = [True] * len(samples) if prefixes is not None else [False] * len(samples)
+    forced = [False] * len(samples)  # answers whose start is given
     if prefixes is not None:
         forced = [t is not None for t in _broadcast(prefixes, len(samples), "prefixes")]
         if not all(forced) and text_prefix_tokens(processor.config):
