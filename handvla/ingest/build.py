@@ -661,7 +661,10 @@ def build(
             _worker_init(cfg_json, str(tmp_dir))
             results = (process_job(j) for j in todo)
         else:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            # not "fork": a child forked from a process that already decoded video (PyAV / FFmpeg keep scaler
+            # thread pools) can hang for good in sws_scale (seen in the test suite); forkserver children start
+            # from a clean server process
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             pool = mp.get_context(method).Pool(
                 n_workers, initializer=_worker_init, initargs=(cfg_json, str(tmp_dir))
             )
