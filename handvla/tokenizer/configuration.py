@@ -93,8 +93,9 @@ class TokenizerConfig(ConfigModel):
         description="each block also states where its wrist ends, as one id per axis and bin before the block's "
         "codes, and decoding moves the wrist path so that every block ends there (a departure from the "
         "reference, which has no such ids: 'none'). 'xyz': the wrist position in metres; 'ray': x / z, y / z "
-        "(where it is in the image) and z (its depth), in the frame end_point_frame names. A language model then says where the hand goes as a few ids it can read off a "
-        "place, not as the sum of residual codes (README, 'Does the VLA learn?' (18))",
+        "(where it is in the image) and z (its depth), in the frame end_point_frame names. A language model "
+        "then says where the hand goes as a few ids it can read off a place, not as the sum of residual codes "
+        "(README, 'Does the VLA learn?' (18))",
     )
     end_point_frame: Literal["hand", "camera"] = Field(
         "hand",

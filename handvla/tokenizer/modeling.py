@@ -714,20 +714,8 @@ class MotionTokenizer(nn.Module):
 
     # --- end points (config.end_point_space, config.end_point_frame) ---------------------------------
     def _to_end_point_frame(self, wrist: torch.Tensor, side: str | Sequence[str]) -> torch.Tensor:
-        """(..., 3) positions in the tokenizer's frame of ``side`` (one side, or one per leading row) -> the
-        frame of the end-point ids, and back (the map is its own inverse): unchanged unless the ids are in the
-        camera frame, where a left hand's x is negated (un-mirrored)."""
-        if self.config.end_point_frame != "camera":
-            return wrist
-        per_row = not isinstance(side, str)
-        sides = list(side) if per_row else [side]
-        if not set(sides) <= {"left", "right"} or (per_row and (wrist.dim() < 2 or len(sides) != len(wrist))):
-            raise InputError("end points", "side", f"'left' / 'right', or one per row of {tuple(wrist.shape)}",
-                             repr(side)[:80])  # fmt: skip
-        sign = torch.tensor([-1.0 if s == "left" else 1.0 for s in sides], dtype=wrist.dtype)
-        if per_row:
-            sign = sign.reshape(-1, *([1] * (wrist.dim() - 1)))
-        return torch.cat([wrist[..., :1] * sign, wrist[..., 1:]], -1)
+        """`in_end_point_frame` in this tokenizer's ``config.end_point_frame``."""
+        return in_end_point_frame(wrist, side, self.config.end_point_frame)
 
     def end_point_bins(self, wrist: torch.Tensor, side: str | Sequence[str] = "right") -> torch.Tensor:
         """(..., 3) wrist positions of ``side``'s hand in the tokenizer's frame (metres, left hands mirrored;
@@ -1007,6 +995,23 @@ class MotionTokenizer(nn.Module):
                 q.ema_sum.copy_(q.codebook * q._smoothed_usage(q.ema_usage)[..., None])
 
 
+def in_end_point_frame(wrist: torch.Tensor, side: str | Sequence[str], frame: str) -> torch.Tensor:
+    """(..., 3) positions in the tokenizer's frame of ``side``'s hand (one side, or one per leading row) -> the
+    frame of end-point ids ``frame`` (``TokenizerConfig.end_point_frame``), and back (the map is its own
+    inverse): unchanged in the 'hand' frame; in the 'camera' frame a left hand's x is negated (un-mirrored)."""
+    if frame != "camera":
+        return wrist
+    per_row = not isinstance(side, str)
+    sides = list(side) if per_row else [side]
+    if not set(sides) <= {"left", "right"} or (per_row and (wrist.dim() < 2 or len(sides) != len(wrist))):
+        raise InputError("end points", "side", f"'left' / 'right', or one per row of {tuple(wrist.shape)}",
+                         repr(side)[:80])  # fmt: skip
+    sign = torch.tensor([-1.0 if s == "left" else 1.0 for s in sides], dtype=wrist.dtype)
+    if per_row:
+        sign = sign.reshape(-1, *([1] * (wrist.dim() - 1)))
+    return torch.cat([wrist[..., :1] * sign, wrist[..., 1:]], -1)
+
+
 def end_point_coded(space: str, wrist: torch.Tensor) -> torch.Tensor:
     """(..., 3) wrist positions (metres) -> the values end-point bins divide: themselves ('xyz'), or
     x / z, y / z, z ('ray': where the point is in the image, then its depth; z floored at 1 mm)."""
@@ -1040,10 +1045,8 @@ def with_end_points(
     if span is None and motions:
         F_ = mt.config.frames_per_block
         ws = mt.spec.slices()["wrist_pos"]
-        ends = []
-        for m in motions:
-            e = mt.blocks_from_sequence(mt.motion_features(m))[:, F_ - 1, ws]
-            ends.append(torch.cat([-e[:, :1], e[:, 1:]], 1) if frame == "camera" and m.side == "left" else e)
+        ends = [in_end_point_frame(mt.blocks_from_sequence(mt.motion_features(m))[:, F_ - 1, ws], m.side, frame)
+                for m in motions]  # fmt: skip
         coded = end_point_coded(space, torch.cat(ends)).numpy()
         lo, hi = np.percentile(coded, 0.5, axis=0), np.percentile(coded, 99.5, axis=0)
         pad = margin * np.maximum(hi - lo, 1e-3)

@@ -170,7 +170,7 @@ class HandVLAConfig(InternVLConfig):
     `handvla.vla.grounding.place_ids`), then the blocks; grounding questions (``data.grounding``) are then
     answered with the same three ids. Where the hand goes and where an object is are said with the very ids
     that say where each block ends, so that the motion after a stated place is nearly a copy. Decoding
-    allows 0 to 2 places (three ids each, one per axis) before the first ``<mot>``. ``"hand_places"``: the
+    allows up to one place per hand of the request (three ids each, one per axis) before the first ``<mot>``. ``"hand_places"``: the
     same, each motion answer's place in the acting hand's own frame (left hands mirrored, x -> -x: the frame of
     the tokenizer and of the blocks' end-point ids; grounding answers stay in the camera frame). Measured:
     README "Does the VLA learn?" (20). With a tokenizer whose end-point ids are in the camera frame

@@ -1090,11 +1090,8 @@ def evaluate_counterfactual(
     else:
         starts = None
         if places_from == "grounding":  # each request's place: the model's grounding answer for the object it names
-            starts = []
-            for b in range(0, len(reqs), batch_size):
-                part = reqs[b : b + batch_size]
-                starts += grounded_place_prefixes(model, processor, mt, [r["image"] for r in part],
-                                                  [{r["hand"]: r["name"]} for r in part], [r["hand"] for r in part])[0]  # fmt: skip
+            starts = grounded_place_prefixes(model, processor, mt, [r["image"] for r in reqs],
+                                             [{r["hand"]: r["name"]} for r in reqs], [r["hand"] for r in reqs])[0]  # fmt: skip
         wrists, said = final_wrists_and_texts(bundle, [r["image"] for r in reqs], [r["task"] for r in reqs],
                                               [r["hand"] for r in reqs], seconds, batch_size, prefixes=starts)  # fmt: skip
     forced = final_wrist_positions(bundle, [r["image"] for r in stated], [r["task"] for r in stated],
