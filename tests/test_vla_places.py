@@ -7,7 +7,8 @@ scene's poses and the camera's extrinsics), labelled, then its motion; a groundi
 the object's place; decoding states whole places in axis order (at most one per hand) before the blocks,
 whatever the model; the evaluation scores the stated places; a layout without end points is refused. With
 ``hand_places`` a left hand's place is mirrored (the tokenizer's frame) and mapped back when scored, while
-grounding answers stay in the camera frame.
+grounding answers stay in the camera frame. With ``place_names`` each place comes after its object's name
+(written, read back, decoded under the automaton, scored, forced, printed).
 """
 
 from __future__ import annotations
@@ -446,3 +447,175 @@ def test_ground_then_act_states_the_grounded_places(world, bundle, prefix, monke
         E.evaluate_handworld(bundle, world, max_seconds=1, places_from="grounding", rerank_samples=2)
     with pytest.raises(ConfigError, match="places_from"):
         E.evaluate_handworld(bundle, world, max_seconds=1, places_from="boxes")
+
+
+@pytest.fixture
+def named(bundle):
+    """The bundle's answers state each place after its object's name (``place_names``) for one test."""
+    bundle.model.config.place_names = True
+    yield
+    bundle.model.config.place_names = False
+
+
+def test_named_places_are_written_and_read_back(bundle):
+    from handvla.vla.places import parse_named_places, parse_places, place_ids, place_text, stated_places_text
+
+    mt = bundle.motion_tokenizer
+    ids = place_ids(np.array([[0.1, 0.0, 0.5], [-0.2, 0.1, 0.8]]), mt)
+    text = stated_places_text(list(ids), ["red cube", "blue ball"])
+    assert text == "red cube" + place_text(ids[0]) + "blue ball" + place_text(ids[1])
+    got = parse_named_places(text + "<motion_id_0>", mt.layout)
+    assert [n for n, _ in got] == ["red cube", "blue ball"]
+    np.testing.assert_array_equal(np.stack([b for _, b in got]), np.stack(parse_places(text, mt.layout)))
+    assert [n for n, _ in parse_named_places(stated_places_text(list(ids)), mt.layout)] == ["", ""]
+    with pytest.raises(InputError, match="names"):
+        stated_places_text(list(ids), ["red cube"])
+
+
+@pytest.mark.parametrize("prefix", ["target_places", "hand_places"], indirect=True)
+def test_named_answers_say_each_targets_name_then_its_place(world, bundle, prefix, named):
+    """With place_names a generation answer is, per acting hand, its target's name then the same place ids as
+    without names; grounding answers stay three ids."""
+    from handvla.data.store import EpisodeStore
+    from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
+    from handvla.vla.grounding import object_name
+    from handvla.vla.places import parse_named_places
+    from handvla.vla.processing import MOTION_PLACEHOLDER, hands_for_mode
+
+    specs, dirs, _ = collect_samples(VLADataConfig(stores=[str(world)], seconds=[1], align=False, grounding=1.0))
+    ds = VLAInstructionDataset(specs, dirs, bundle.processor, bundle.motion_tokenizer, align=False)
+    store, mt = EpisodeStore(world), bundle.motion_tokenizer
+    n = 0
+    for i, s in enumerate(ds.specs):
+        if s.task_type == "grounding":
+            assert ds.answer_text(s).count("<motion_id_") == 3 and "<motion_id_" == ds.answer_text(s)[:11]
+            continue
+        if s.task_type != "generation" or s.image_s is None:
+            continue
+        text = ds.answer_text(s)
+        assert text.endswith(MOTION_PLACEHOLDER)
+        gt = json.loads(store.meta(s.episode)["ground_truth"])
+        names = {o["object_id"]: object_name(o) for o in gt["scene"]["objects"]}
+        want = []
+        for h in hands_for_mode(s.hand_mode):
+            tids = [t["object_id"] for t in gt.get("targets") or [] if t["hand"] == h]
+            if tids:
+                c = _centre(store, s.episode, tids[0])
+                if prefix == "hand_places" and h == "left":
+                    c = c * np.array([-1.0, 1.0, 1.0])
+                want.append((names[tids[0]], _bins_by_hand(c, mt.config)))
+        got = parse_named_places(text, mt.layout)
+        assert [g[0] for g in got] == [w[0] for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g[1], w[1])
+        n += bool(want)
+        # the encoded answer: the name's tokens are labels too (the model learns to say it)
+        enc = ds.encode(i)
+        ans = np.asarray(enc.input_ids)[np.asarray(enc.labels) != IGNORE_INDEX]
+        if want:
+            assert ans[0] < bundle.processor.vocab.motion_offset  # a text token first
+    assert n >= 3
+
+
+def test_named_place_decoding_automaton(bundle):
+    """Before the blocks: a name (1 to PLACE_NAME_MAX_TOKENS text tokens), then its place in axis order, per
+    place up to the row's cap; <mot> only after a whole place, forced after the last."""
+    from handvla.vla.generation import PLACE_NAME_MAX_TOKENS, MotionBlockConstraint
+
+    v, lay = bundle.processor.vocab, bundle.processor.vocab.layout
+    V = v.motion_token_range[1] + 4
+    ep_lo = v.motion_offset + lay.end_point_id_range[0]
+    place = [ep_lo + a * lay.end_point_bins for a in range(3)]
+    text = 100  # some text token (byte-level BPE: below the added tokens)
+    c = MotionBlockConstraint(v, 0, [1, 2], place_prefix=[1, 2], place_names=True)
+
+    def allowed(seq):
+        return torch.isfinite(c(torch.tensor(seq, dtype=torch.long).reshape(len(seq), -1), torch.zeros(len(seq), V)))
+
+    a = allowed([[], []])  # a name must come first: text only
+    assert a[:, text].all() and not a[:, ep_lo].any() and not a[:, v.mot_start_id].any()
+    assert not a[:, v.motion_offset].any() and not a[:, v.eos_id].any()
+    a = allowed([[text], [text]])  # within a name: more text or the place's first id, no <mot>
+    assert a[:, text].all() and a[:, ep_lo].all() and not a[:, ep_lo + lay.end_point_bins].any()
+    assert not a[:, v.mot_start_id].any()
+    a = allowed([[text, place[0]], [text, place[0]]])  # within a place: its next axis only
+    assert set(torch.nonzero(a[0]).flatten().tolist()) == set(range(place[1], place[1] + lay.end_point_bins))
+    a = allowed([[text] + place, [text] + place])  # after a whole place: row 0 is at its cap, row 1 may go on
+    assert torch.nonzero(a[0]).flatten().tolist() == [v.mot_start_id]
+    assert a[1, v.mot_start_id] and a[1, text] and not a[1, ep_lo]
+    long_name = [[text] * PLACE_NAME_MAX_TOKENS] * 2  # a name at the cap: its place must start
+    a = allowed(long_name)
+    assert not a[:, text].any() and a[:, ep_lo].all() and not a[:, v.mot_start_id].any()
+    assert c.max_new_tokens == 2 * (3 + PLACE_NAME_MAX_TOKENS) + 2 * v.block_length + 1
+
+
+def test_named_place_generation_and_evaluation(world, bundle, named):
+    """A model that names its places: sampled answers parse into at most one named place per hand; the
+    evaluation scores the names (stated_name_accuracy); the counterfactual's forced other place comes with
+    that object's name; ground, then act states the instruction's names before the grounded places."""
+    from handvla.data.store import EpisodeStore
+    from handvla.vla import generate_motion
+    from handvla.vla.data import prepare_image
+    from handvla.vla.evaluate import evaluate_counterfactual, evaluate_handworld
+    from handvla.vla.places import grounded_place_prefixes, parse_named_places
+
+    mt, lay = bundle.motion_tokenizer, bundle.motion_tokenizer.layout
+    ep = EpisodeStore(world).load_episode(0, with_video=True)
+    image = prepare_image(ep.video[0], ep.camera.K, False, (56, 56))
+    for seed in range(3):
+        g = generate_motion(bundle.model, bundle.processor, [image] * 2, ["reach for the red cube"] * 2, 1,
+                            ["right", "both"], do_sample=True, seed=seed)  # fmt: skip
+        for i, hands in enumerate((1, 2)):
+            assert g.motion[i].shape == (1, hands, lay.tokens_per_block)
+            got = parse_named_places(g.prefix_texts[i], lay)
+            assert 1 <= len(got) <= hands and all(name for name, _ in got)
+    res = evaluate_handworld(bundle, world, max_seconds=1)
+    scored = [r for r in res["episodes"] if r.get("prefix_hits")]
+    assert scored and all(len(r["stated_name_hits"]) == len(r["prefix_hits"]) for r in scored)
+    hits = [h for r in scored for h in r["stated_name_hits"]]
+    assert res["summary"]["stated_name_accuracy"] == pytest.approx(sum(hits) / len(hits))
+    cf = evaluate_counterfactual(bundle, world, seconds=1)
+    assert cf["summary"]["stated_other_requests"] > 0
+    starts, _ = grounded_place_prefixes(bundle.model, bundle.processor, mt, [image] * 2,
+                                        [{"left": "red cube", "right": "blue ball"}, {"right": "red cube"}],
+                                        ["both", "right"])  # fmt: skip
+    assert [n for n, _ in parse_named_places(starts[0], lay)] == ["red cube", "blue ball"]
+    assert [n for n, _ in parse_named_places(starts[1], lay)] == ["red cube"]
+    res = evaluate_handworld(bundle, world, max_seconds=1, places_from="grounding")
+    hits = [h for r in res["episodes"] for h in r.get("stated_name_hits", [])]
+    assert hits and all(hits)  # the grammar's names are the targets' names
+
+
+def test_generate_prints_the_named_places(world, bundle, named, tmp_path, capsys):
+    from PIL import Image
+
+    from handvla.cli import main
+    from handvla.data.store import EpisodeStore
+    from handvla.vla import save_vla
+
+    ckpt = save_vla(tmp_path / "ckpt", bundle)
+    ep = EpisodeStore(world).load_episode(0, with_video=True)
+    Image.fromarray(ep.video[0]).save(tmp_path / "frame.png")
+    base = ["generate", "--ckpt", str(ckpt), "--image", str(tmp_path / "frame.png"), "--instruction",
+            "pick up the red cube with your left hand and the blue ball with your right hand", "--hands", "both",
+            "--seconds", "1", "--no-video"]  # fmt: skip
+    assert main(base + ["--ground-then-act", "--out", str(tmp_path / "gta")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["stated_place_names"] == ["red cube", "blue ball"] and len(info["stated_places_m"]) == 2
+    assert main(base + ["--sample", "--seed", "0", "--out", str(tmp_path / "own")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert 1 <= len(info["stated_place_names"]) == len(info["stated_places_m"]) <= 2
+
+
+def test_place_names_need_stated_places(tmp_path):
+    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
+    from handvla.tokenizer.layout import token_layout
+    from handvla.vla.configuration import HandVLAConfig
+    from handvla.vla.pretrain import ModelConfig
+
+    layout = token_layout(TokenizerConfig(**PRESETS["tiny"])).to_dict()
+    with pytest.raises(ConfigError, match="place_names"):
+        HandVLAConfig(motion_token_layout=layout, place_names=True)
+    with pytest.raises(ConfigError, match="place_names"):
+        ModelConfig(place_names=True, motion_answer_prefix="target_boxes")
+    assert ModelConfig(place_names=True, motion_answer_prefix="hand_places").place_names

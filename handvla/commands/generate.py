@@ -173,7 +173,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from handvla.vla.evaluate import model_alignment, model_image_size
     from handvla.vla.generation import generate_motion
     from handvla.vla.modeling import load_vla
-    from handvla.vla.places import in_place_frame, parse_places, place_frame, place_point
+    from handvla.vla.places import in_place_frame, parse_named_places, place_frame, place_point
 
     set_threads(args)
     hf_logging.disable_progress_bar()  # one JSON document on stdout, one error line on stderr
@@ -266,11 +266,15 @@ def run_generate(args: argparse.Namespace) -> int:
         "answer_prefix": np.array(out.prefix_texts[0]),
     }
     stated = []  # places a model with motion_answer_prefix target_places / hand_places stated (camera frame, m)
+    stated_names = None  # and with place_names, the object names it said before them
     if frame is not None:
         # the j-th place is the j-th hand's (left, then right); hand-frame places are mirrored back for left
+        named = parse_named_places(out.prefix_texts[0], mt.layout)
         stated = [in_place_frame(place_point(b, mt.config), hands[min(j, len(hands) - 1)], frame).round(4).tolist()
-                  for j, b in enumerate(parse_places(out.prefix_texts[0], mt.layout))]  # fmt: skip
+                  for j, (_name, b) in enumerate(named)]  # fmt: skip
         arrays["stated_places_m"] = np.asarray(stated, np.float64).reshape(-1, 3)
+        if getattr(bundle.model.config, "place_names", False):  # the object each place was said for
+            stated_names = [name for name, _b in named]
     motions, info = {}, {}
     for j, side in enumerate(hands):
         m = mt.decode_motion(ids[:, j], side=side)
@@ -312,6 +316,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "tokens_per_s": new_tokens / gen_s if gen_s > 0 else None,
             "answer_prefix": out.prefix_texts[0],
             **({"stated_places_m": stated} if stated else {}),
+            **({"stated_place_names": stated_names} if stated_names is not None else {}),
             **({"rerank": rerank} if rerank is not None else {}),
             **({"ground_then_act": grounded} if grounded is not None else {}),
             "motion": info,

@@ -175,6 +175,9 @@ class HandVLAConfig(InternVLConfig):
     the tokenizer and of the blocks' end-point ids; grounding answers stay in the camera frame). Measured:
     README "Does the VLA learn?" (20). With a tokenizer whose end-point ids are in the camera frame
     (``TokenizerConfig.end_point_frame``, (21)) "target_places" states the ids the blocks' end points say.
+    ``place_names`` (with "target_places" / "hand_places"; off by default): each stated place comes after its
+    object's name in text ("red cube<motion_id_..>x3"), so the model names the instruction's object for
+    each hand itself, then says where it is, then the motion (README "Does the VLA learn?" (22)).
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
@@ -213,6 +216,7 @@ class HandVLAConfig(InternVLConfig):
     binding_pool: bool = False
     endpoint_loss_weight: float = 0.0
     motion_answer_prefix: str = "none"
+    place_names: bool = False
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     has_motion_tokenizer: bool = False
@@ -280,6 +284,11 @@ class HandVLAConfig(InternVLConfig):
             raise ConfigError(
                 f"HandVLAConfig.motion_answer_prefix: {self.motion_answer_prefix!r} states places in end-point "
                 "ids, but the motion token layout has none (make the tokenizer with `handvla tokenizer end-points`)"
+            )
+        if self.place_names and self.motion_answer_prefix not in PLACE_FRAMES:
+            raise ConfigError(
+                "HandVLAConfig.place_names: names stated places, but motion_answer_prefix "
+                f"{self.motion_answer_prefix!r} states none (expected one of {sorted(PLACE_FRAMES)})"
             )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")

@@ -96,6 +96,7 @@ from handvla.vla.places import (
     place_frame,
     place_ids,
     place_text,
+    stated_places_text,
     target_centres,
 )
 from handvla.vla.processing import (
@@ -806,6 +807,7 @@ class VLAInstructionDataset(Dataset):
         self._targets: dict[tuple, list] = {}
         self.answer_prefix = getattr(processor.config, "motion_answer_prefix", "none")
         self.place_frame = place_frame(processor.config)  # None: the answers state no places
+        self.place_names = bool(getattr(processor.config, "place_names", False))  # each place after its name
         kept, lengths = [], []
         self.report: dict[str, Any] = {"absent_hand": 0, "too_long": 0, "motion_only": 0}
         for s in specs:
@@ -965,15 +967,17 @@ class VLAInstructionDataset(Dataset):
 
     def target_places_text(self, s: SampleSpec) -> str:
         """The places (`handvla.vla.places.place_text`) of sample ``s``'s hands' first targets, left then
-        right, each in the model's place frame (`handvla.vla.places.in_place_frame`; "" when none is known and
-        in view)."""
+        right, each in the model's place frame (`handvla.vla.places.in_place_frame`) and after its object's
+        name when the model names its places (``HandVLAConfig.place_names``); "" when none is known and in
+        view."""
         hands = hands_for_mode(s.hand_mode)
         key = ("places", s.dataset, s.episode, hands)
         if key not in self._targets:
             gt, camera, where = self._scene(s)
             found = target_centres(gt, camera, self.align, where, hands)
-            pts = [in_place_frame(c, h, self.place_frame) for h, _n, c in found]
-            self._targets[key] = place_text(place_ids(np.stack(pts), self.cache.mt)) if pts else ""
+            ids = [place_ids(in_place_frame(c, h, self.place_frame), self.cache.mt) for h, _n, c in found]
+            names = [n for _h, n, _c in found] if self.place_names else None
+            self._targets[key] = stated_places_text(ids, names)
         return self._targets[key]
 
     def grounding_place(self, s: SampleSpec) -> str:

@@ -107,11 +107,12 @@ from handvla.vla.places import (
     in_place_frame,
     nearest_object_by_ray,
     object_centre_in_camera,
+    parse_named_places,
     parse_places,
     place_frame,
     place_ids,
     place_point,
-    place_text,
+    stated_places_text,
 )
 from handvla.vla.processing import generation_prompt, hands_for_mode
 from handvla.vla.rerank import (
@@ -254,6 +255,8 @@ def _summarise_prefix(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         **_rate([h for r in scored for h in r["prefix_hits"]], "prefix_target_accuracy"),
         **_rate([h for r in scored for h in r["motion_follows_prefix"]], "motion_follows_prefix_rate"),
+        **({} if not any("stated_name_hits" in r for r in scored) else
+           _rate([h for r in scored for h in r.get("stated_name_hits", [])], "stated_name_accuracy")),  # fmt: skip
     }
 
 
@@ -360,6 +363,7 @@ def evaluate_handworld(
     F = int(mt.config.frames_per_block)
     text_prefix = text_prefix_tokens(model.config)  # HandVLAConfig.motion_answer_prefix
     place_prefix, frame = place_prefix_places(model.config), place_frame(model.config)
+    names = bool(getattr(model.config, "place_names", False))  # each stated place after its object's name
 
     # Requests: one per episode with ground truth and a whole second of motion.
     reqs = []
@@ -423,12 +427,13 @@ def evaluate_handworld(
             def head(prompt_length: int, blocks=blocks, n_places=n_places):
                 if constrained:
                     return MotionBlockConstraint(
-                        vocab, prompt_length, blocks, text_prefix_tokens=text_prefix, place_prefix=n_places
+                        vocab, prompt_length, blocks, text_prefix_tokens=text_prefix, place_prefix=n_places,
+                        place_names=names,
                     )
                 return _NoConstraint()
 
             max_new = MotionBlockConstraint(
-                vocab, 0, blocks, text_prefix_tokens=text_prefix, place_prefix=n_places
+                vocab, 0, blocks, text_prefix_tokens=text_prefix, place_prefix=n_places, place_names=names
             ).max_new_tokens
             t0 = time.perf_counter()
             seqs, plen = _generate(model, processor, samples, head, max_new, do_sample, 1.0, 50, 1.0, seed)
@@ -447,7 +452,7 @@ def evaluate_handworld(
                     said = forced[i]
             row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
             if said is not None and place_prefix:
-                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}", frame)
+                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}", frame, names)
             elif said is not None:
                 _score_prefix(row, ctx, said, ep, align, f"{st.root} episode {k}")
             if grounded is not None:
@@ -635,23 +640,31 @@ def _score_prefix(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, align
 
 
 def _score_places(
-    row: dict[str, Any], ctx: dict[str, Any], said: str, ep, mt, align: bool, where: str, frame: str | None
+    row: dict[str, Any], ctx: dict[str, Any], said: str, ep, mt, align: bool, where: str, frame: str | None,
+    names: bool = False,
 ) -> None:
     """Score the places an answer stated before its motion (``HandVLAConfig.motion_answer_prefix``
     "target_places", `handvla.vla.places`), in the keys of `_score_prefix`: the j-th scored (hand, target)
     pair takes the j-th stated place; it points at the object in view whose image place (x / z, y / z) is
     nearest the place's cell centre, mapped back to the camera frame from ``frame`` (`place_frame`)
     (``prefix_hits``: that is the target; ``motion_follows_prefix``: the generated final wrist ends nearest
-    that object)."""
+    that object). ``names``: the places were said after names (``HandVLAConfig.place_names``);
+    ``stated_name_hits``: the name before the j-th place is the target's."""
     row["answer_prefix"] = said
     row["prefix_hits"], row["motion_follows_prefix"] = [], []
     centres = {int(o["object_id"]): object_centre_in_camera(o, ep.camera)
                for o, _box in objects_in_view(scene_objects(ctx["ground_truth"], where), ep.camera, align)}  # fmt: skip
-    places = [place_point(b, mt.config) for b in parse_places(said, mt.layout)]
+    stated = parse_named_places(said, mt.layout)
+    places = [place_point(b, mt.config) for _name, b in stated]
     objects, final = ctx["objects"], ctx.get("final_wrist")
+    if names:
+        row["stated_name_hits"] = []
+        by_id = {int(o["object_id"]): object_name(o) for o in scene_objects(ctx["ground_truth"], where)}
     for j, (h, oid) in enumerate(ctx["pairs"]):
         pointed = nearest_object_by_ray(in_place_frame(places[j], h, frame), centres) if j < len(places) else None
         row["prefix_hits"].append(pointed == oid)
+        if names:
+            row["stated_name_hits"].append(j < len(stated) and stated[j][0] == by_id.get(oid))
         follows = False
         if pointed is not None and final is not None and pointed in objects:
             follows = target_hit(final[h], pointed, objects)
@@ -1048,6 +1061,7 @@ def evaluate_counterfactual(
     prefix = text_prefix_tokens(model.config) > 0 and not rerank_samples  # HandVLAConfig.motion_answer_prefix
     places = place_prefix_places(model.config) > 0 and not rerank_samples
     frame = place_frame(model.config)
+    names = bool(getattr(model.config, "place_names", False))  # the stated place after the object's name
     reqs, stated = [], []
     for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
         ep = st.load_episode(k, with_video=True)
@@ -1069,7 +1083,8 @@ def evaluate_counterfactual(
                            "prefix": grounding_prefix([(object_name(objs[other]), boxes[other])])})  # fmt: skip
         elif places and other in boxes:  # the own target asked for, the other object's place stated
             stated.append({**reqs[-2], "which": "stated_other", "object_id": other, "asked_id": tg,
-                           "prefix": place_text(place_ids(in_place_frame(positions[other], hand, frame), mt))})  # fmt: skip
+                           "prefix": stated_places_text([place_ids(in_place_frame(positions[other], hand, frame), mt)],
+                                                        [object_name(objs[other])] if names else None)})  # fmt: skip
     was = model.training
     model.eval()
     said: list[str] = []
@@ -1238,6 +1253,7 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
     for key, label in (
         ("prefix_target_accuracy", "stated box right"),
         ("motion_follows_prefix_rate", "motion at the box"),
+        ("stated_name_accuracy", "stated name right"),
     ):  # models whose answers state their targets first (HandVLAConfig.motion_answer_prefix)
         if key in summary:
             line(label, summary[key], summary.get(f"{key}_ci95"))

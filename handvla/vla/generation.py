@@ -59,6 +59,8 @@ _S_START, _S_ANY, _S_END, _S_EOS, _S_TEXT, _S_POS0 = range(6)
 #: the most text tokens a motion answer may start with (``HandVLAConfig.motion_answer_prefix``): two targets'
 #: "<ref>the red cube</ref><box>[[x1, y1, x2, y2]]</box>" take about 60 tokens of a small byte-level BPE
 TEXT_PREFIX_MAX_TOKENS = 96
+#: the most text tokens a stated place's name may take (``HandVLAConfig.place_names``) before its place is forced
+PLACE_NAME_MAX_TOKENS = 24
 
 
 def text_prefix_tokens(config) -> int:
@@ -100,7 +102,8 @@ class MotionBlockConstraint(LogitsProcessor):
     ``place_prefix``: before the first block, each row may state up to this many places (one number, or one per
     row: e.g. one per hand of the row's request; three end-point ids each, axis 0, 1, 2; the layout must have
     end points); ``<mot>`` may follow a whole place and is forced after the row's last (0: none). Not with
-    ``text_prefix_tokens``.
+    ``text_prefix_tokens``. ``place_names`` (``HandVLAConfig.place_names``): each place comes after a name of
+    1 to `PLACE_NAME_MAX_TOKENS` text tokens (its first id is forced at the cap).
 
     The state is a function of the generated tokens only (the count, and with a text prefix where each row's
     first ``<mot>`` stands), so the processor needs no memory between calls and works with any cache or
@@ -116,6 +119,7 @@ class MotionBlockConstraint(LogitsProcessor):
         allow_noop: bool = False,
         text_prefix_tokens: int = 0,
         place_prefix: int = 0,
+        place_names: bool = False,
     ):
         blocks_list = [blocks] if isinstance(blocks, (int, np.integer)) else list(blocks)
         if not blocks_list or any(int(b) <= 0 for b in blocks_list):
@@ -140,7 +144,13 @@ class MotionBlockConstraint(LogitsProcessor):
                 "MotionBlockConstraint", "place_prefix", "0 with a text prefix or a layout without end points",
                 repr(place_prefix),
             )
+        self.place_names = bool(place_names) and bool(self.place_prefix.any())
         self._s_place0 = _S_POS0 + lay.tokens_per_block  # place states follow the block positions' states
+        # a name's states follow them: its first token (text only), after a whole place (text or <mot>),
+        # within it (text or its place's first id), and at its cap (the place's first id only)
+        self._s_name_first, self._s_name_next, self._s_name_in, self._s_name_cap = (
+            self._s_place0 + PLACE_IDS + j for j in range(4)
+        )
         if restrict_parts:
             states = [_S_START] + [_S_POS0 + k for k in range(lay.tokens_per_block)] + [_S_END]
         else:
@@ -152,7 +162,8 @@ class MotionBlockConstraint(LogitsProcessor):
     @property
     def max_new_tokens(self) -> int:
         """Tokens the longest row generates: its text prefix, blocks and the end-of-turn token."""
-        prefix = self.text_prefix_tokens + PLACE_IDS * int(self.place_prefix.max())
+        per_place = PLACE_IDS + (PLACE_NAME_MAX_TOKENS if self.place_names else 0)
+        prefix = self.text_prefix_tokens + per_place * int(self.place_prefix.max())
         return prefix + int(self.blocks.max()) * self.vocab.block_length + 1
 
     def _build_table(self, V: int, device: torch.device) -> torch.Tensor:
@@ -162,7 +173,7 @@ class MotionBlockConstraint(LogitsProcessor):
                 "MotionBlockConstraint", "scores", f"at least {v.motion_token_range[1]} logits", str(V)
             )
         ranges = v.layout.position_id_ranges() + v.motion_offset  # (tokens_per_block, 2) token-id ranges
-        t = torch.zeros((_S_POS0 + len(ranges) + PLACE_IDS, V), dtype=torch.bool)
+        t = torch.zeros((self._s_name_cap + 1, V), dtype=torch.bool)
         if self.place_prefix.any():  # a place's id of axis a; <mot> only between whole places
             ep_lo, nb = v.motion_offset + v.layout.end_point_id_range[0], v.layout.end_point_bins
             for a in range(PLACE_IDS):
@@ -183,6 +194,14 @@ class MotionBlockConstraint(LogitsProcessor):
         t[_S_TEXT, lo:hi] = False
         no_text = [v.mot_end_id, v.mot_noop_id, v.img_start_id, v.img_end_id, v.img_context_id, v.eos_id, v.pad_id]
         t[_S_TEXT, no_text] = False
+        if self.place_names:
+            for state in (self._s_name_first, self._s_name_next, self._s_name_in):
+                t[state] = t[_S_TEXT]
+                t[state, v.mot_start_id] = False
+            t[self._s_name_next, v.mot_start_id] = True
+            t[self._s_name_cap] = t[self._s_place0]
+            t[self._s_name_cap, v.mot_start_id] = False
+            t[self._s_name_in] |= t[self._s_name_cap]
         return t.to(device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -214,10 +233,34 @@ class MotionBlockConstraint(LogitsProcessor):
                 before = self._s_place0 + n % PLACE_IDS
             else:
                 cap, before = torch.full_like(m, self.text_prefix_tokens), _S_TEXT
-            prefix = torch.where(n < cap, torch.full_like(m, before), torch.full_like(m, _S_START))
+            if self.place_names:  # names between the places: the state follows the place ids said so far
+                prefix = self._named_place_state(input_ids[:, self.prompt_length :], cap)
+            else:
+                prefix = torch.where(n < cap, torch.full_like(m, before), torch.full_like(m, _S_START))
             state = torch.where(started, in_block, prefix)
         allowed = self._table[state]  # (B, V)
         return scores.masked_fill(~allowed, float("-inf"))
+
+    def _named_place_state(self, generated: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+        """(B,) the state of each row still before its first ``<mot>`` under ``place_names``, from its generated
+        tokens (B, n): within a place its next axis; after ``cap`` place ids ``<mot>``; else a name's first
+        token, the next token of a name, or (a name at `PLACE_NAME_MAX_TOKENS`) the next place's first id."""
+        v = self.vocab
+        lo = v.motion_offset + v.layout.end_point_id_range[0]
+        is_place = (generated >= lo) & (generated < lo + PLACE_IDS * v.layout.end_point_bins)
+        said = is_place.sum(dim=1)  # place ids said so far
+        n = generated.shape[1]
+        pos = torch.arange(n, device=generated.device).expand_as(generated)
+        last = torch.where(is_place, pos, torch.full_like(pos, -1)).amax(dim=1) if n else torch.full_like(said, -1)
+        name_len = n - 1 - last  # text tokens since the last place id (or the start)
+        full = lambda x: torch.full_like(said, x)  # noqa: E731
+        at_boundary = torch.where(
+            name_len == 0,
+            torch.where(said == 0, full(self._s_name_first), full(self._s_name_next)),
+            torch.where(name_len >= PLACE_NAME_MAX_TOKENS, full(self._s_name_cap), full(self._s_name_in)),
+        )
+        state = torch.where(said >= cap, full(_S_START), at_boundary)
+        return torch.where(said % PLACE_IDS != 0, self._s_place0 + said % PLACE_IDS, state)
 
 
 class SuppressTokenRanges(LogitsProcessor):
@@ -540,7 +583,7 @@ def generate_motion(
     def make(prompt_length: int) -> MotionBlockConstraint:
         return MotionBlockConstraint(
             vocab, prompt_length, blocks, restrict_parts=restrict_parts, text_prefix_tokens=text,
-            place_prefix=n_places,
+            place_prefix=n_places, place_names=getattr(processor.config, "place_names", False),
         )
 
     max_new = make(0).max_new_tokens

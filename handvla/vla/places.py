@@ -108,12 +108,25 @@ def place_text(ids: Sequence[int]) -> str:
     return "".join(motion_token(int(i)) for i in np.asarray(ids).reshape(-1))
 
 
-def parse_places(text: str, layout) -> list[np.ndarray]:
-    """The places a generated text states: its end-point-id tokens in runs of `PLACE_IDS` (axis 0, 1, 2 in
+def stated_places_text(ids: Sequence[np.ndarray], names: Sequence[str] | None = None) -> str:
+    """The start of a motion answer that states places: each place's ids (`place_text`), after its object's
+    name when ``names`` is given (one per place; ``HandVLAConfig.place_names``), e.g. "red cube<motion_id_..>"."""
+    if names is not None and len(names) != len(ids):
+        raise InputError("stated_places_text", "names", f"one name per place ({len(ids)})", str(len(names)))
+    return "".join((names[j] if names is not None else "") + place_text(p) for j, p in enumerate(ids))
+
+
+def parse_named_places(text: str, layout) -> list[tuple[str, np.ndarray]]:
+    """The places a generated text states, each with the text said before it (its object's name for a model
+    with ``place_names``; "" when nothing was): end-point-id tokens in runs of `PLACE_IDS` (axis 0, 1, 2 in
     turn), each as (3,) bins; a run broken off or out of axis order ends the list."""
     lo, hi = layout.end_point_id_range
-    out, cur = [], []
-    for m in _PLACE_TOKEN_RE.finditer(text or ""):
+    text = text or ""
+    out, cur, said, pos = [], [], [], 0
+    for m in _PLACE_TOKEN_RE.finditer(text):
+        if not cur:
+            said.append(text[pos : m.start()])
+        pos = m.end()
         i = int(m.group(1))
         if not lo <= i < hi:
             continue
@@ -122,9 +135,14 @@ def parse_places(text: str, layout) -> list[np.ndarray]:
             break
         cur.append(b)
         if len(cur) == PLACE_IDS:
-            out.append(np.asarray(cur, np.int64))
-            cur = []
+            out.append(("".join(said).strip(), np.asarray(cur, np.int64)))
+            cur, said = [], []
     return out
+
+
+def parse_places(text: str, layout) -> list[np.ndarray]:
+    """The places a generated text states, as (3,) bins each (`parse_named_places` without the names)."""
+    return [bins for _name, bins in parse_named_places(text, layout)]
 
 
 def place_point(bins: np.ndarray, tokenizer_config) -> np.ndarray:
@@ -155,7 +173,8 @@ def grounded_place_prefixes(
     """Ground, then act: per request, the start of a motion answer that states each acting hand's place as the
     model's own answer to the grounding question about the object named for that hand (``objects[i]``: hand ->
     name, e.g. from `handvla.vla.grounding.instruction_object_names`; `handvla.vla.generation.answer_places`),
-    in the model's place frame (`in_place_frame`), hands in the request's order; None for a request that does
+    in the model's place frame (`in_place_frame`), hands in the request's order, each after the object's name
+    when the model names its places (``place_names``); None for a request that does
     not name an object for every acting hand (its answer then starts as the model says). Also returns, per
     request, hand -> the grounded place's point (camera frame, metres, `place_point`).
 
@@ -184,7 +203,8 @@ def grounded_place_prefixes(
             prefixes.append(None)
             continue
         ids = [place_ids(in_place_frame(pts[h], h, frame), motion_tokenizer) for h in hands[i]]
-        prefixes.append(place_text(np.concatenate(ids)))
+        names = [objects[i][h] for h in hands[i]] if getattr(model.config, "place_names", False) else None
+        prefixes.append(stated_places_text(ids, names))
     return prefixes, points
 
 
@@ -196,9 +216,11 @@ __all__ = [
     "place_frame",
     "nearest_object_by_ray",
     "object_centre_in_camera",
+    "parse_named_places",
     "parse_places",
     "place_ids",
     "place_point",
     "place_text",
+    "stated_places_text",
     "target_centres",
 ]

@@ -137,6 +137,13 @@ class ModelConfig(ConfigModel):
         "as the tokenizer mirrors them); None: the checkpoint's or preset's",
     )
 
+    place_names: bool | None = Field(
+        None,
+        description="with motion_answer_prefix target_places / hand_places: each stated place comes after its "
+        "object's name in text, so the model names the instruction's object itself before saying where it is; "
+        "None: the checkpoint's or preset's (off)",
+    )
+
     freeze: list[str] = Field(
         default_factory=list,
         description="parameter-name prefixes kept fixed during training, e.g. [model.vision_tower, "
@@ -161,6 +168,11 @@ class ModelConfig(ConfigModel):
         )
         if self.reinit and not self.init_checkpoint:
             raise ConfigError("model.reinit: re-initialises parts of an init_checkpoint, and this run starts from none")
+        if self.place_names and self.motion_answer_prefix is not None and self.motion_answer_prefix not in PLACE_FRAMES:
+            raise ConfigError(
+                f"model.place_names: names stated places, but model.motion_answer_prefix {self.motion_answer_prefix!r} "
+                "states none: set it to target_places or hand_places"
+            )
         return self
 
     def film_overrides(self) -> dict[str, Any]:
@@ -286,6 +298,13 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
                 "motion's end points say, for either hand)"
             )
         c.motion_answer_prefix = m.motion_answer_prefix
+    if m.place_names is not None:
+        if m.place_names and c.motion_answer_prefix not in PLACE_FRAMES:
+            raise ConfigError(
+                "model.place_names: names the places a motion answer states, but its motion_answer_prefix is "
+                f"{c.motion_answer_prefix!r}: set model.motion_answer_prefix to target_places or hand_places"
+            )
+        c.place_names = bool(m.place_names)
     if m.binding_mark:
         set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)
     set_endpoint_loss(bundle.model, m.endpoint_loss_weight, seed=m.seed)
