@@ -326,6 +326,16 @@ def test_summary_keys_and_intervals(result):
     assert s["baselines"]["tokenizer_floor"]["mpjpe_mm"] == s["tokenizer_mpjpe_mm"]
     for rig in s["per_rig"].values():
         assert "target_accuracy_ci95" in rig and "constant" in rig["baselines"]
+    # per task type: the pairs split by HandWorld's task name, each rate recomputed from the rows
+    rows = [r for r in result["episodes"] if r["target_hits"]]
+    assert sum(t["target_pairs"] for t in s["per_task"].values()) == s["target_pairs"]
+    for name, t in s["per_task"].items():
+        part = [r for r in rows if r["task_type"] == name]
+        hits = [h for r in part for h in r["target_hits"]]
+        assert part and t["target_accuracy"] == pytest.approx(sum(hits) / len(hits))
+        assert t["target_accuracy_ci95"][0] <= t["target_accuracy"] <= t["target_accuracy_ci95"][1]
+        oracle = [h for r in part for h in r["oracle_hits"]]
+        assert t["oracle_target_accuracy"] == pytest.approx(sum(oracle) / len(oracle))
     t = s["translation"]
     assert t["episodes"] == 2 and len(result["translation_episodes"]) == 2
     for key in (

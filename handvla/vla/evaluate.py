@@ -260,6 +260,22 @@ def _summarise_prefix(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def per_task_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Target accuracy per task type (``task_type``, HandWorld's task name) of the rows with scored pairs,
+    with its Wilson interval, the oracle's (the true motion's end) and, for a model that states places, how
+    often the stated place is right and the motion ends at it: where the end is not the object's place
+    (carry it somewhere, set it down by another) the motion has to go further than what it stated."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in sorted({r.get("task_type") or "unknown" for r in rows if r["target_hits"]}):
+        part = [r for r in rows if (r.get("task_type") or "unknown") == t and r["target_hits"]]
+        d: dict[str, Any] = {"target_pairs": sum(len(r["target_hits"]) for r in part)}
+        d.update(_rate([h for r in part for h in r["target_hits"]], "target_accuracy"))
+        d["oracle_target_accuracy"] = _rate([h for r in part for h in r["oracle_hits"]], "a")["a"]
+        d.update({k: v for k, v in _summarise_prefix(part).items() if not k.endswith("_ci95")})
+        out[t] = d
+    return out
+
+
 def _training_reference(
     train_stores: Sequence[str | Path] | TrainingReference | None, val_fraction: float, progress: bool
 ) -> TrainingReference | None:
@@ -514,6 +530,7 @@ def evaluate_handworld(
     for v in summary["per_rig"].values():
         for key in ("generated_tokens", "generate_seconds", "tokens_per_s"):
             v.pop(key)
+    summary["per_task"] = per_task_summary(rows)
     if trans_summary is not None:
         summary["translation"] = trans_summary
     if pred_summary is not None:
@@ -539,6 +556,7 @@ def _score(
         "key": ep.key,
         "rig": ep.rig,
         "task": ep.tasks[0],
+        "task_type": (ep.ground_truth or {}).get("task"),  # HandWorld's task name (pick_up, place, ...)
         "hands": mode,
         "seconds": seconds,
         "valid": bool(is_valid_motion_output(new_tokens, vocab, seconds, len(hands))),
@@ -1257,6 +1275,8 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
     ):  # models whose answers state their targets first (HandVLAConfig.motion_answer_prefix)
         if key in summary:
             line(label, summary[key], summary.get(f"{key}_ci95"))
+    for task, t in (summary.get("per_task") or {}).items():  # by HandWorld task type (oracle: the true end)
+        line(f"  {task} ({t['target_pairs']})", t.get("target_accuracy"), t.get("target_accuracy_ci95"))
     rr = summary.get("reranked")  # handvla vla-eval --rerank-samples
     if rr:
         k = (rr.get("rerank") or {}).get("samples")
