@@ -619,3 +619,20 @@ def test_place_names_need_stated_places(tmp_path):
     with pytest.raises(ConfigError, match="place_names"):
         ModelConfig(place_names=True, motion_answer_prefix="target_boxes")
     assert ModelConfig(place_names=True, motion_answer_prefix="hand_places").place_names
+    # built: the names reach the model's config; a checkpoint that names its places continued without places is
+    # refused, naming both fields
+    from handvla.tokenizer.modeling import MotionTokenizer, with_end_points
+    from handvla.vla import save_vla
+    from handvla.vla.pretrain import PretrainConfig, build_model
+
+    with_end_points(MotionTokenizer(TokenizerConfig(**PRESETS["tiny"])), "ray", 8).save_pretrained(tmp_path / "tok")
+    model = {"preset": "tiny", "motion_tokenizer": str(tmp_path / "tok"), "text_vocab_size": 300}
+    cfg = PretrainConfig(data={"stores": [str(tmp_path)]}, train={"output_dir": str(tmp_path / "x")},
+                         model={**model, "motion_answer_prefix": "target_places", "place_names": True})  # fmt: skip
+    b = build_model(cfg, ["a b c"] * 50, tmp_path / "x", True, lambda: None)
+    assert b.model.config.place_names
+    save_vla(tmp_path / "named", b)
+    cfg = PretrainConfig(data={"stores": [str(tmp_path)]}, train={"output_dir": str(tmp_path / "y")},
+                         model={"init_checkpoint": str(tmp_path / "named"), "motion_answer_prefix": "none"})  # fmt: skip
+    with pytest.raises(ConfigError, match="place_names"):
+        build_model(cfg, ["a b c"] * 50, tmp_path / "y", True, lambda: None)

@@ -156,7 +156,7 @@ class ModelConfig(ConfigModel):
         "weights normal with the text config's initializer_range, biases 0, norms 1), e.g. "
         "[model.language_model.layers, model.language_model.norm] to start stage 2 from a grounding checkpoint's "
         "vision path with a fresh LLM: the LLM that grounding questions left behind learns motion more slowly "
-        "and its motion does not follow a stated place (README 'Does the VLA learn?' (20), (21)); each must name "
+        "and its motion does not follow a stated place (docs/vla-learning.md (20), (21)); each must name "
         "at least one parameter",
     )
 
@@ -299,12 +299,13 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
             )
         c.motion_answer_prefix = m.motion_answer_prefix
     if m.place_names is not None:
-        if m.place_names and c.motion_answer_prefix not in PLACE_FRAMES:
-            raise ConfigError(
-                "model.place_names: names the places a motion answer states, but its motion_answer_prefix is "
-                f"{c.motion_answer_prefix!r}: set model.motion_answer_prefix to target_places or hand_places"
-            )
         c.place_names = bool(m.place_names)
+    if getattr(c, "place_names", False) and c.motion_answer_prefix not in PLACE_FRAMES:
+        raise ConfigError(
+            "model.place_names: names the places a motion answer states, but its motion_answer_prefix is "
+            f"{c.motion_answer_prefix!r}: set model.motion_answer_prefix to target_places or hand_places, or "
+            "model.place_names to false"
+        )
     if m.binding_mark:
         set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)
     set_endpoint_loss(bundle.model, m.endpoint_loss_weight, seed=m.seed)
