@@ -463,7 +463,14 @@ def test_named_places_are_written_and_read_back(bundle):
     mt = bundle.motion_tokenizer
     ids = place_ids(np.array([[0.1, 0.0, 0.5], [-0.2, 0.1, 0.8]]), mt)
     text = stated_places_text(list(ids), ["red cube", "blue ball"])
-    assert text == "red cube" + place_text(ids[0]) + "blue ball" + place_text(ids[1])
+    assert text == " red cube" + place_text(ids[0]) + " blue ball" + place_text(ids[1])
+    # said after a space, a name is the instruction's own tokens (a copy), not other pieces of the same letters
+    tok = bundle.processor.tokenizer
+    said = tok(text, add_special_tokens=False)["input_ids"]
+    inside = tok("pick up the red cube", add_special_tokens=False)["input_ids"]
+    cube = tok(" red cube", add_special_tokens=False)["input_ids"]
+    assert said[: len(cube)] == cube and inside[-len(cube):] == cube
+    assert tok("red cube", add_special_tokens=False)["input_ids"] != cube  # without the space: other tokens
     got = parse_named_places(text + "<motion_id_0>", mt.layout)
     assert [n for n, _ in got] == ["red cube", "blue ball"]
     np.testing.assert_array_equal(np.stack([b for _, b in got]), np.stack(parse_places(text, mt.layout)))

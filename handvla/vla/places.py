@@ -11,7 +11,7 @@ ending there says, for either hand.
 With ``HandVLAConfig.motion_answer_prefix`` "target_places" or "hand_places" (departures from the reference,
 off by default) a motion answer first states the place of each acting hand's target (left, then right), then
 its blocks, and a grounding question ("In <image>, where is the red cube?") is answered with the
-object's place. Why: README "Does the VLA learn?" (18) measured that an LM told the target's place in these
+object's place. Why: docs/vla-learning.md (18) measured that an LM told the target's place in these
 ids says motion that ends there 0.84-0.95 of the time, while the VLA's own statements of a place (boxes as
 digit strings) were not read by its motion; here the place is said, and asked about, in the motion's own
 vocabulary.
@@ -19,7 +19,7 @@ vocabulary.
 The two prefixes differ in the frame of a motion answer's places (`place_frame`): "target_places" states
 them in the camera frame, "hand_places" in the acting hand's own frame (left hands mirrored, x -> -x), the
 frame of the tokenizer and so of the blocks' own end-point ids: the last block's end point is then nearly a
-copy of the stated place. README "Does the VLA learn?" (20): an LM told the target's place in the hand's
+copy of the stated place. docs/vla-learning.md (20): an LM told the target's place in the hand's
 frame follows it (0.97 at the target; told another object's place, 0.88 at that object), in the camera
 frame much less (0.78; 0.48). Grounding answers (no hand) stay in the camera frame.
 
@@ -110,10 +110,15 @@ def place_text(ids: Sequence[int]) -> str:
 
 def stated_places_text(ids: Sequence[np.ndarray], names: Sequence[str] | None = None) -> str:
     """The start of a motion answer that states places: each place's ids (`place_text`), after its object's
-    name when ``names`` is given (one per place; ``HandVLAConfig.place_names``), e.g. "red cube<motion_id_..>"."""
+    name when ``names`` is given (one per place; ``HandVLAConfig.place_names``), e.g. " red cube<motion_id_..>".
+
+    A name is said after a space, as it stands inside the instruction ("... the red cube ..."), so that a
+    byte-level BPE gives it the instruction's very tokens ("Ġred", "Ġcube") and saying it is a copy; at the
+    start of the answer without the space "red" would be other tokens ("r", "ed"), which a model trained at
+    CPU budgets named right 0.19 of the time (docs/vla-learning.md (22))."""
     if names is not None and len(names) != len(ids):
         raise InputError("stated_places_text", "names", f"one name per place ({len(ids)})", str(len(names)))
-    return "".join((names[j] if names is not None else "") + place_text(p) for j, p in enumerate(ids))
+    return "".join((f" {names[j]}" if names is not None else "") + place_text(p) for j, p in enumerate(ids))
 
 
 def parse_named_places(text: str, layout) -> list[tuple[str, np.ndarray]]:
@@ -179,7 +184,7 @@ def grounded_place_prefixes(
     request, hand -> the grounded place's point (camera frame, metres, `place_point`).
 
     Why: a model that states places answers "where is the red cube?" right far more often than the place its
-    motion answers state, and its motion follows a stated place (README "Does the VLA learn?" (21))."""
+    motion answers state, and its motion follows a stated place (docs/vla-learning.md (21))."""
     from handvla.vla.generation import answer_places
     from handvla.vla.grounding import grounding_prompt
     from handvla.vla.processing import hands_for_mode
