@@ -1,7 +1,7 @@
 """Can next-token training over motion ids learn to end a wrist path at a place it is TOLD? A text-only probe.
 
 The VLA's motion answers reach about half of the held-out targets and do not follow the named object, even
-when the answer itself states the target's box first (README, "Does the VLA learn?" (11)). This benchmark
+when the answer itself states the target's box first (docs/vla-learning.md (11)). This benchmark
 takes the image, the instruction and the vision path out of the question: a small causal LM of the tiny
 preset's LLM shape (Qwen2 from transformers, random init) is given the place directly as its prompt and is
 trained, with the same next-token loss and per-layer weights as pretraining, to produce the true motion ids

@@ -1,5 +1,5 @@
-"""Does a places model's motion read a stated place when nothing else says where to go? (README "Does the VLA
-learn?" (19).) For each counterfactual scene of a HandWorld store (`counterfactual_scene`: the episode's hand
+"""Does a places model's motion read a stated place when nothing else says where to go? (docs/vla-learning.md
+(19).) For each counterfactual scene of a HandWorld store (`counterfactual_scene`: the episode's hand
 and target, another object of the scene), a checkpoint trained with ``motion_answer_prefix: target_places``
 (or ``hand_places``) is asked "move your <hand> hand to <target>" with NO image (the prompt's ``<image>``
 replaced by "the scene", as ``data.places_without_image`` trains it) and its answer made to start with a TRUE

@@ -1,7 +1,7 @@
 """Where does a trained VLA lose the named object? Linear and small-MLP read-outs of a checkpoint's states.
 
 The motion answer of a HandWorld-pretrained VLA can go to the same place whichever object the instruction
-names (README, "Does the VLA learn?"). This benchmark asks, for one checkpoint, which of its states still
+names (docs/vla-learning.md). This benchmark asks, for one checkpoint, which of its states still
 say where the NAMED object is:
 
 - ``visual_tokens``: the visual tokens as the LLM receives them (after the projector and, with

@@ -1,4 +1,4 @@
-"""End-point ids (``TokenizerConfig.end_point_space``, README "Does the VLA learn?" (18)): each block starts with
+"""End-point ids (``TokenizerConfig.end_point_space``, docs/vla-learning.md (18)): each block starts with
 three ids that say where its wrist ends; the codes are those of the tokenizer without them, decoding moves the
 path so that every block ends in its stated cell, the stated end of the last block is where
 ``final_wrist_positions`` says the motion ends, and a VLA trained without them continues with them."""

@@ -1,4 +1,4 @@
-"""benchmarks/vla_motion_oracle.py (README, "Does the VLA learn?" (12)): the told place reaches the prompt in
+"""benchmarks/vla_motion_oracle.py (docs/vla-learning.md (12)): the told place reaches the prompt in
 the ids' own frame, every answer order is a permutation that decoding undoes, generation keeps each position
 in its residual layer's id range, and the benchmark runs end to end on a tiny HandWorld store with scores that
 follow their definitions."""

@@ -1,4 +1,4 @@
-"""Motion from stated places ("where, then how"; README "Does the VLA learn?" (15)).
+"""Motion from stated places ("where, then how"; docs/vla-learning.md (15)).
 
 Checked: `place_prompt` puts the places where the image was and refuses prompts without exactly one image;
 ``data.place_motion`` adds image-free copies of the generation samples whose places are the true boxes of

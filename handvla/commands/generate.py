@@ -383,7 +383,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="a checkpoint whose answers state places: ask it first where the object each hand goes to is (the "
         "grounding question; objects from --objects or the instruction) and state those places before its "
-        "motion (handvla.vla.places.grounded_place_prefixes; README 'Does the VLA learn?' (21))",
+        "motion (handvla.vla.places.grounded_place_prefixes; docs/vla-learning.md (21))",
     )
     p.add_argument("--no-video", action="store_true", help="write only the npz")
     p.add_argument("--mano-dir", help="MANO model folder, for a motion tokenizer whose hand model is MANO")

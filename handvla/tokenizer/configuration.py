@@ -95,13 +95,13 @@ class TokenizerConfig(ConfigModel):
         "reference, which has no such ids: 'none'). 'xyz': the wrist position in metres; 'ray': x / z, y / z "
         "(where it is in the image) and z (its depth), in the frame end_point_frame names. A language model "
         "then says where the hand goes as a few ids it can read off a place, not as the sum of residual codes "
-        "(README, 'Does the VLA learn?' (18))",
+        "(docs/vla-learning.md (18))",
     )
     end_point_frame: Literal["hand", "camera"] = Field(
         "hand",
         description="the frame of the end-point ids (end_point_space): 'hand', the tokenizer's own (left hands "
         "mirrored, as their codes are), or 'camera' (left hands not mirrored: a place has the same ids whichever "
-        "hand ends there, the ids a VLA states for an object's place; README 'Does the VLA learn?' (21)). The "
+        "hand ends there, the ids a VLA states for an object's place; docs/vla-learning.md (21)). The "
         "codes stay in the tokenizer's frame either way",
     )
     end_point_bins: int = Field(64, ge=2, description="bins per axis of the end-point ids (end_point_space)")

@@ -173,11 +173,11 @@ class HandVLAConfig(InternVLConfig):
     allows up to one place per hand of the request (three ids each, one per axis) before the first ``<mot>``. ``"hand_places"``: the
     same, each motion answer's place in the acting hand's own frame (left hands mirrored, x -> -x: the frame of
     the tokenizer and of the blocks' end-point ids; grounding answers stay in the camera frame). Measured:
-    README "Does the VLA learn?" (20). With a tokenizer whose end-point ids are in the camera frame
+    docs/vla-learning.md (20). With a tokenizer whose end-point ids are in the camera frame
     (``TokenizerConfig.end_point_frame``, (21)) "target_places" states the ids the blocks' end points say.
     ``place_names`` (with "target_places" / "hand_places"; off by default): each stated place comes after its
     object's name in text ("red cube<motion_id_..>x3"), so the model names the instruction's object for
-    each hand itself, then says where it is, then the motion (README "Does the VLA learn?" (22)).
+    each hand itself, then says where it is, then the motion (docs/vla-learning.md (22)).
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from

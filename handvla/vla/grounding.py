@@ -5,11 +5,11 @@ object in the image the model sees (after the canonical warp when alignment is o
 grounding convention: whole numbers 0..1000 across the image's width and height.
 
 Why: a pretrained InternVL3 already grounds referring expressions; a randomly initialised backbone does not,
-and measured on HandWorld it does not learn to from motion answers at CPU budgets (README, "Does the VLA
-learn?"). These short text answers ask for the colour/shape words -> image location binding that
+and measured on HandWorld it does not learn to from motion answers at CPU budgets (docs/vla-learning.md).
+These short text answers ask for the colour/shape words -> image location binding that
 instructed motion needs, at a small fraction of a motion sample's cost, and measure it directly
 (`evaluate_grounding`). Measured so far: the tiny preset learns to point at an object but not at the named
-one at CPU budgets, mixed into pretraining or alone (README, (5)). Off by default (``data.grounding: 0``):
+one at CPU budgets, mixed into pretraining or alone (docs/vla-learning.md (5)). Off by default (``data.grounding: 0``):
 the reference's three task types only.
 
 Truth: HandWorld episodes carry their scene (``ground_truth.scene``: objects with pose and extents) and a

@@ -1,7 +1,7 @@
 """Best-of-k motion chosen by the model's own grounding (a decoding option; the reference decodes greedily).
 
 Why: told exactly where to go, a small LM over the motion ids still ends the wrist at the place only 0.68-0.79
-of the time, while some of its samples do end there (README, "Does the VLA learn?" (12), (13)). The same
+of the time, while some of its samples do end there (docs/vla-learning.md (12), (13)). The same
 VLA answers "where is the red cube?" right far more often than its motion goes there ((10)). This decoder
 uses the one to pick the other:
 
@@ -21,12 +21,12 @@ uses the one to pick the other:
      table raised by ``object_centre_height_m`` (objects a hand grasps are 4-8 cm tall), which places the
      object in 3-D, and the wrists are compared with that point in metres along the table (the height above
      it left out: how high the wrist ends over an object depends on the grasp, not on which object it is;
-     measured, README "Does the VLA learn?" (14)).
+     measured, docs/vla-learning.md (14)).
 
 With ``motion_from="places"`` step 2 draws the answers from the boxes instead of the image: each prompt's
 image is replaced by the named objects' boxes in InternVL's grounding format (`generate_motion`'s
 ``places``), so the motion is made from where the model says the objects are ("where, then how"; for models
-trained with ``VLADataConfig.place_motion``; README "Does the VLA learn?" (15)).
+trained with ``VLADataConfig.place_motion``; docs/vla-learning.md (15)).
 
 A request that names no object is sampled once; one whose answers give no box keeps its first sample. The choice
 uses nothing the model did not say itself besides the camera (needed to relate a 3-D end point and the
