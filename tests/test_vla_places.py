@@ -324,6 +324,28 @@ def test_generate_prints_the_stated_places(world, bundle, tmp_path, capsys):
     assert "--ground-then-act" in capsys.readouterr().err
 
 
+def test_vla_eval_ground_then_act(world, bundle, tmp_path, capsys):
+    """``handvla vla-eval --ground-then-act --counterfactual``: beside the greedy answers, the grounded ones
+    (paired against them, per task) and the counterfactual requests the same way; per-episode rows in --out."""
+    from handvla.cli import main
+    from handvla.vla import save_vla
+
+    ckpt = save_vla(tmp_path / "ckpt", bundle)
+    argv = ["vla-eval", "--ckpt", str(ckpt), "--store", f"seen={world}", "--episodes", "6", "--max-seconds", "1",
+            "--translation-episodes", "0", "--prediction-episodes", "0", "--ground-then-act", "--counterfactual",
+            "--quiet", "--out", str(tmp_path / "eval.json")]  # fmt: skip
+    assert main(argv) == 0
+    s = json.loads(capsys.readouterr().out)["seen"]
+    g = s["ground_then_act"]
+    assert g["target_pairs"] == s["target_pairs"] > 0
+    pv = g["paired_vs_greedy"]
+    assert pv["n"] == s["target_pairs"] and 0 <= pv["won"] + pv["lost"] <= pv["n"]
+    assert sum(t["target_pairs"] for t in g["per_task"].values()) == g["target_pairs"]
+    assert "factual_place_accuracy" in s["counterfactual_ground_then_act"]
+    rows = json.loads((tmp_path / "eval.json").read_text())["seen"]["ground_then_act_episodes"]
+    assert len(rows) == 6 and all("answer_prefix" in r for r in rows if r["target_hits"])
+
+
 def test_places_without_image_state_the_places_and_show_no_image(world, bundle):
     from handvla.vla.data import VLADataConfig, VLAInstructionDataset, collect_samples
 
