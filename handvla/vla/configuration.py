@@ -176,8 +176,9 @@ class HandVLAConfig(InternVLConfig):
     docs/vla-learning.md (20). With a tokenizer whose end-point ids are in the camera frame
     (``TokenizerConfig.end_point_frame``, (21)) "target_places" states the ids the blocks' end points say.
     ``place_names`` (with "target_places" / "hand_places"; off by default): each stated place comes after its
-    object's name in text ("red cube<motion_id_..>x3"), so the model names the instruction's object for
-    each hand itself, then says where it is, then the motion (docs/vla-learning.md (22)).
+    object's name in text (" red cube" then three ids, the name after a space as in the instruction), so the
+    model names the instruction's object for each hand itself, then says where it is, then the motion
+    (docs/vla-learning.md (22)).
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
