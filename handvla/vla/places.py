@@ -113,9 +113,9 @@ def stated_places_text(ids: Sequence[np.ndarray], names: Sequence[str] | None = 
     name when ``names`` is given (one per place; ``HandVLAConfig.place_names``), e.g. " red cube<motion_id_..>".
 
     A name is said after a space, as it stands inside the instruction ("... the red cube ..."), so that a
-    byte-level BPE gives it the instruction's very tokens ("Ġred", "Ġcube") and saying it is a copy; at the
-    start of the answer without the space "red" would be other tokens ("r", "ed"), which a model trained at
-    CPU budgets named right 0.19 of the time (docs/vla-learning.md (22))."""
+    byte-level BPE gives it the instruction's very tokens ("Ġred", "Ġcube") and saying it can be a copy (at
+    the start of the answer without the space "red" is other tokens, "r" "ed"). Measured either way at CPU
+    budgets, the models copied the shape and not the colour (docs/vla-learning.md (22))."""
     if names is not None and len(names) != len(ids):
         raise InputError("stated_places_text", "names", f"one name per place ({len(ids)})", str(len(names)))
     return "".join((f" {names[j]}" if names is not None else "") + place_text(p) for j, p in enumerate(ids))
