@@ -173,7 +173,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from handvla.vla.evaluate import model_alignment, model_image_size
     from handvla.vla.generation import generate_motion
     from handvla.vla.modeling import load_vla
-    from handvla.vla.places import in_place_frame, parse_named_places, place_frame, place_point
+    from handvla.vla.places import in_place_frame, names_places, parse_named_places, place_frame, place_point
 
     set_threads(args)
     hf_logging.disable_progress_bar()  # one JSON document on stdout, one error line on stderr
@@ -273,7 +273,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stated = [in_place_frame(place_point(b, mt.config), hands[min(j, len(hands) - 1)], frame).round(4).tolist()
                   for j, (_name, b) in enumerate(named)]  # fmt: skip
         arrays["stated_places_m"] = np.asarray(stated, np.float64).reshape(-1, 3)
-        if getattr(bundle.model.config, "place_names", False):  # the object each place was said for
+        if names_places(bundle.model.config):  # the object each place was said for
             stated_names = [name for name, _b in named]
     motions, info = {}, {}
     for j, side in enumerate(hands):

@@ -92,6 +92,7 @@ from handvla.vla.grounding import (
 )
 from handvla.vla.places import (
     in_place_frame,
+    names_places,
     object_centre_in_camera,
     place_frame,
     place_ids,
@@ -807,7 +808,7 @@ class VLAInstructionDataset(Dataset):
         self._targets: dict[tuple, list] = {}
         self.answer_prefix = getattr(processor.config, "motion_answer_prefix", "none")
         self.place_frame = place_frame(processor.config)  # None: the answers state no places
-        self.place_names = bool(getattr(processor.config, "place_names", False))  # each place after its name
+        self.place_names = names_places(processor.config)  # each place after its name
         kept, lengths = [], []
         self.report: dict[str, Any] = {"absent_hand": 0, "too_long": 0, "motion_only": 0}
         for s in specs:

@@ -105,6 +105,7 @@ from handvla.vla.modeling import load_vla
 from handvla.vla.places import (
     grounded_place_prefixes,
     in_place_frame,
+    names_places,
     nearest_object_by_ray,
     object_centre_in_camera,
     parse_named_places,
@@ -379,7 +380,7 @@ def evaluate_handworld(
     F = int(mt.config.frames_per_block)
     text_prefix = text_prefix_tokens(model.config)  # HandVLAConfig.motion_answer_prefix
     place_prefix, frame = place_prefix_places(model.config), place_frame(model.config)
-    names = bool(getattr(model.config, "place_names", False))  # each stated place after its object's name
+    names = names_places(model.config)  # each stated place after its object's name
 
     # Requests: one per episode with ground truth and a whole second of motion.
     reqs = []
@@ -1079,7 +1080,7 @@ def evaluate_counterfactual(
     prefix = text_prefix_tokens(model.config) > 0 and not rerank_samples  # HandVLAConfig.motion_answer_prefix
     places = place_prefix_places(model.config) > 0 and not rerank_samples
     frame = place_frame(model.config)
-    names = bool(getattr(model.config, "place_names", False))  # the stated place after the object's name
+    names = names_places(model.config)  # the stated place after the object's name
     reqs, stated = [], []
     for k in range(len(st) if max_episodes is None else min(len(st), int(max_episodes))):
         ep = st.load_episode(k, with_video=True)

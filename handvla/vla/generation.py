@@ -39,7 +39,7 @@ from transformers import (
 
 from handvla.errors import InputError
 from handvla.vla.configuration import PLACE_FRAMES
-from handvla.vla.places import PLACE_IDS
+from handvla.vla.places import PLACE_IDS, names_places
 from handvla.vla.processing import (
     MOTION_PLACEHOLDER,
     EncodedSample,
@@ -583,7 +583,7 @@ def generate_motion(
     def make(prompt_length: int) -> MotionBlockConstraint:
         return MotionBlockConstraint(
             vocab, prompt_length, blocks, restrict_parts=restrict_parts, text_prefix_tokens=text,
-            place_prefix=n_places, place_names=getattr(processor.config, "place_names", False),
+            place_prefix=n_places, place_names=names_places(processor.config),
         )
 
     max_new = make(0).max_new_tokens

@@ -93,6 +93,12 @@ def place_frame(config) -> str | None:
     return PLACE_FRAMES.get(getattr(config, "motion_answer_prefix", "none"))
 
 
+def names_places(config) -> bool:
+    """Whether a model of ``config`` says each stated place after its object's name (``place_names``, for a model
+    whose ``motion_answer_prefix`` states places)."""
+    return bool(getattr(config, "place_names", False)) and place_frame(config) is not None
+
+
 def in_place_frame(points: np.ndarray, hand: str, frame: str | None) -> np.ndarray:
     """(..., 3) camera-frame points -> the frame a motion answer states ``hand``'s place in (and back: the map
     is its own inverse): in the 'hand' frame a left hand's x is negated, as the tokenizer mirrors left hands;
@@ -208,7 +214,7 @@ def grounded_place_prefixes(
             prefixes.append(None)
             continue
         ids = [place_ids(in_place_frame(pts[h], h, frame), motion_tokenizer) for h in hands[i]]
-        names = [objects[i][h] for h in hands[i]] if getattr(model.config, "place_names", False) else None
+        names = [objects[i][h] for h in hands[i]] if names_places(model.config) else None
         prefixes.append(stated_places_text(ids, names))
     return prefixes, points
 
@@ -218,6 +224,7 @@ __all__ = [
     "PLACE_IDS",
     "grounded_place_prefixes",
     "in_place_frame",
+    "names_places",
     "place_frame",
     "nearest_object_by_ray",
     "object_centre_in_camera",
