@@ -173,7 +173,15 @@ def run_generate(args: argparse.Namespace) -> int:
     from handvla.vla.evaluate import model_alignment, model_image_size
     from handvla.vla.generation import generate_motion
     from handvla.vla.modeling import load_vla
-    from handvla.vla.places import in_place_frame, names_places, parse_named_places, place_frame, place_point
+    from handvla.vla.places import (
+        in_place_frame,
+        names_places,
+        parse_named_places,
+        place_frame,
+        place_point,
+        split_end_places,
+        states_end_places,
+    )
 
     set_threads(args)
     hf_logging.disable_progress_bar()  # one JSON document on stdout, one error line on stderr
@@ -197,7 +205,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     frame = place_frame(bundle.model.config)
     t0 = time.perf_counter()
-    rerank, grounded = None, None
+    rerank, grounded, starts = None, None, None
     if args.rerank_samples:  # best of K by the model's own boxes for the named objects (handvla.vla.rerank)
         from handvla.vla.grounding import instruction_object_names
         from handvla.vla.rerank import generate_motion_grounded
@@ -226,7 +234,6 @@ def run_generate(args: argparse.Namespace) -> int:
             rerank["object_distance_m"] = [None if not np.isfinite(d) else round(float(d), 4)
                                            for d in out.object_distance_m[0]]  # fmt: skip
     else:
-        starts, grounded = None, None
         if args.ground_then_act:  # each hand's place: the model's grounding answer for its named object
             from handvla.vla.grounding import instruction_object_names
             from handvla.vla.places import grounded_place_prefixes
@@ -267,11 +274,16 @@ def run_generate(args: argparse.Namespace) -> int:
     }
     stated = []  # places a model with motion_answer_prefix target_places / hand_places stated (camera frame, m)
     stated_names = None  # and with place_names, the object names it said before them
+    stated_ends = None  # and with end_places, where it says each target ends (after the targets' places)
     if frame is not None:
-        # the j-th place is the j-th hand's (left, then right); hand-frame places are mirrored back for left
+        # the j-th place is the j-th hand's (left, then right; with end places, then their ends in the same
+        # order); hand-frame places are mirrored back for left hands
         named = parse_named_places(out.prefix_texts[0], mt.layout)
-        stated = [in_place_frame(place_point(b, mt.config), hands[min(j, len(hands) - 1)], frame).round(4).tolist()
+        stated = [in_place_frame(place_point(b, mt.config), hands[j % len(hands)], frame).round(4).tolist()
                   for j, (_name, b) in enumerate(named)]  # fmt: skip
+        if states_end_places(bundle.model.config):  # given (ground, then act): the grounded places
+            stated, stated_ends = split_end_places(stated, None if starts is None or starts[0] is None else len(hands))
+            arrays["stated_end_places_m"] = np.asarray(stated_ends, np.float64).reshape(-1, 3)
         arrays["stated_places_m"] = np.asarray(stated, np.float64).reshape(-1, 3)
         if names_places(bundle.model.config):  # the object each place was said for
             stated_names = [name for name, _b in named]
@@ -317,6 +329,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "answer_prefix": out.prefix_texts[0],
             **({"stated_places_m": stated} if stated else {}),
             **({"stated_place_names": stated_names} if stated_names is not None else {}),
+            **({"stated_end_places_m": stated_ends} if stated_ends is not None else {}),
             **({"rerank": rerank} if rerank is not None else {}),
             **({"ground_then_act": grounded} if grounded is not None else {}),
             "motion": info,

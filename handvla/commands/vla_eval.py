@@ -112,7 +112,8 @@ def run_vla_eval(args: argparse.Namespace) -> int:
             res["ground_then_act_episodes"] = ga_all["episodes"]
             res["summary"]["ground_then_act"] = {
                 k: ga.get(k) for k in ("target_pairs", "target_accuracy", "target_accuracy_ci95", "final_wrist_error_m",
-                                       "prefix_target_accuracy", "motion_follows_prefix_rate", "per_task")
+                                       "prefix_target_accuracy", "motion_follows_prefix_rate", "end_place_accuracy",
+                                       "motion_follows_end_place_rate", "per_task")
             } | {"paired_vs_greedy": paired_target_hits(res["episodes"], ga_all["episodes"])}  # fmt: skip
         if args.counterfactual:  # instruction following: the same image, another object named
             res["summary"]["counterfactual"] = evaluate_counterfactual(

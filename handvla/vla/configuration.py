@@ -179,6 +179,13 @@ class HandVLAConfig(InternVLConfig):
     object's name in text (" red cube" then three ids, the name after a space as in the instruction), so the
     model names the instruction's object for each hand itself, then says where it is, then the motion
     (docs/vla-learning.md (22)).
+    ``end_places`` (with "target_places" / "hand_places"; off by default): after the targets' places (one per
+    acting hand), the answer states where each of those targets is when the answer's motion ends (its object
+    track at the span's last frame; the same place for an object that does not move), so that the model says
+    where a carried object is going before the motion that carries it (move it left, put it behind the X).
+    Ground, then act grounds the first places and the model completes the ends. Not with ``place_names``.
+    Measured at CPU budgets (docs/vla-learning.md (23)): no gain; the ends of objects set down beside
+    another were right 0.19 of the time.
 
     ``system_prompt``: the chat's system turn (None: no system turn). ``has_motion_tokenizer``: the
     checkpoint folder holds ``motion_tokenizer/``. ``preset``: name of the preset this config came from
@@ -218,6 +225,7 @@ class HandVLAConfig(InternVLConfig):
     endpoint_loss_weight: float = 0.0
     motion_answer_prefix: str = "none"
     place_names: bool = False
+    end_places: bool = False
 
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     has_motion_tokenizer: bool = False
@@ -290,6 +298,12 @@ class HandVLAConfig(InternVLConfig):
             raise ConfigError(
                 "HandVLAConfig.place_names: names stated places, but motion_answer_prefix "
                 f"{self.motion_answer_prefix!r} states none (expected one of {sorted(PLACE_FRAMES)})"
+            )
+        if self.end_places and (self.motion_answer_prefix not in PLACE_FRAMES or self.place_names):
+            raise ConfigError(
+                "HandVLAConfig.end_places: states where the targets end after their places, which needs "
+                f"motion_answer_prefix one of {sorted(PLACE_FRAMES)} (this: {self.motion_answer_prefix!r}) and "
+                f"place_names off (this: {self.place_names})"
             )
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")

@@ -98,6 +98,7 @@ from handvla.vla.places import (
     place_ids,
     place_text,
     stated_places_text,
+    states_end_places,
     target_centres,
 )
 from handvla.vla.processing import (
@@ -809,6 +810,7 @@ class VLAInstructionDataset(Dataset):
         self.answer_prefix = getattr(processor.config, "motion_answer_prefix", "none")
         self.place_frame = place_frame(processor.config)  # None: the answers state no places
         self.place_names = names_places(processor.config)  # each place after its name
+        self.end_places = states_end_places(processor.config)  # then where each target ends
         kept, lengths = [], []
         self.report: dict[str, Any] = {"absent_hand": 0, "too_long": 0, "motion_only": 0}
         for s in specs:
@@ -969,13 +971,19 @@ class VLAInstructionDataset(Dataset):
     def target_places_text(self, s: SampleSpec) -> str:
         """The places (`handvla.vla.places.place_text`) of sample ``s``'s hands' first targets, left then
         right, each in the model's place frame (`handvla.vla.places.in_place_frame`) and after its object's
-        name when the model names its places (``HandVLAConfig.place_names``); "" when none is known and in
-        view."""
+        name when the model names its places (``HandVLAConfig.place_names``); then, when it states end places
+        (``HandVLAConfig.end_places``), where the same targets are at the answer span's last frame, in the
+        same order; "" when none is known and in view."""
         hands = hands_for_mode(s.hand_mode)
-        key = ("places", s.dataset, s.episode, hands)
+        end = None
+        if self.end_places:
+            end = int(round(s.end_s * self.fps[s.dataset])) - 1
+        key = ("places", s.dataset, s.episode, hands, end)
         if key not in self._targets:
             gt, camera, where = self._scene(s)
             found = target_centres(gt, camera, self.align, where, hands)
+            if end is not None:
+                found += target_centres(gt, camera, self.align, where, hands, at_frame=end)
             ids = [place_ids(in_place_frame(c, h, self.place_frame), self.cache.mt) for h, _n, c in found]
             names = [n for _h, n, _c in found] if self.place_names else None
             self._targets[key] = stated_places_text(ids, names)

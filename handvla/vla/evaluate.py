@@ -113,7 +113,9 @@ from handvla.vla.places import (
     place_frame,
     place_ids,
     place_point,
+    split_end_places,
     stated_places_text,
+    states_end_places,
 )
 from handvla.vla.processing import generation_prompt, hands_for_mode
 from handvla.vla.rerank import (
@@ -258,6 +260,10 @@ def _summarise_prefix(rows: list[dict[str, Any]]) -> dict[str, Any]:
         **_rate([h for r in scored for h in r["motion_follows_prefix"]], "motion_follows_prefix_rate"),
         **({} if not any("stated_name_hits" in r for r in scored) else
            _rate([h for r in scored for h in r.get("stated_name_hits", [])], "stated_name_accuracy")),  # fmt: skip
+        **({} if not any("end_place_hits" in r for r in scored) else {
+            **_rate([h for r in scored for h in r.get("end_place_hits", [])], "end_place_accuracy"),
+            **_rate([h for r in scored for h in r.get("motion_follows_end_place", [])], "motion_follows_end_place_rate"),
+        }),  # fmt: skip
     }
 
 
@@ -439,7 +445,7 @@ def evaluate_handworld(
                 sample = processor.encode(prompt, images=[image])
                 samples.append(sample if start is None else processor.start_answer(sample, start))
                 blocks.append(seconds * len(hands_for_mode(mode)))
-                n_places.append(0 if start is not None else place_prefix_places(model.config, len(hands_for_mode(mode))))
+                n_places.append(place_prefix_places(model.config, len(hands_for_mode(mode)), given=start is not None))
 
             def head(prompt_length: int, blocks=blocks, n_places=n_places):
                 if constrained:
@@ -466,10 +472,12 @@ def evaluate_handworld(
                 head_ids, row_tokens = split_text_prefix(row_tokens, vocab)
                 said = processor.decode(head_ids.tolist(), skip_special_tokens=False)
                 if grounded is None and forced[i] is not None:  # the places were stated for it (ground, then act)
-                    said = forced[i]
+                    said = forced[i] + said  # then the end places the model said, if it states them
             row, ctx = _score(ep, k, mode, hands, seconds, row_tokens, vocab, mt, fps)
             if said is not None and place_prefix:
-                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}", frame, names)
+                given = None if grounded is not None or forced[i] is None else len(parse_places(forced[i], mt.layout))
+                _score_places(row, ctx, said, ep, mt, align, f"{st.root} episode {k}", frame, names,
+                              states_end_places(model.config), given)
             elif said is not None:
                 _score_prefix(row, ctx, said, ep, align, f"{st.root} episode {k}")
             if grounded is not None:
@@ -661,6 +669,8 @@ def _score_prefix(row: dict[str, Any], ctx: dict[str, Any], said: str, ep, align
 def _score_places(
     row: dict[str, Any], ctx: dict[str, Any], said: str, ep, mt, align: bool, where: str, frame: str | None,
     names: bool = False,
+    ends: bool = False,
+    given: int | None = None,
 ) -> None:
     """Score the places an answer stated before its motion (``HandVLAConfig.motion_answer_prefix``
     "target_places", `handvla.vla.places`), in the keys of `_score_prefix`: the j-th scored (hand, target)
@@ -668,7 +678,11 @@ def _score_places(
     nearest the place's cell centre, mapped back to the camera frame from ``frame`` (`place_frame`)
     (``prefix_hits``: that is the target; ``motion_follows_prefix``: the generated final wrist ends nearest
     that object). ``names``: the places were said after names (``HandVLAConfig.place_names``);
-    ``stated_name_hits``: the name before the j-th place is the target's."""
+    ``stated_name_hits``: the name before the j-th place is the target's. ``ends``: the answer then states
+    where each target ends (``HandVLAConfig.end_places``: `split_end_places`, ``given`` the number of target
+    places given to it, in the same order);
+    ``end_place_hits``: the j-th end place points (by image place) at the target where the objects are at the
+    evaluated span's end; ``motion_follows_end_place``: the generated final wrist ends nearest that object."""
     row["answer_prefix"] = said
     row["prefix_hits"], row["motion_follows_prefix"] = [], []
     centres = {int(o["object_id"]): object_centre_in_camera(o, ep.camera)
@@ -679,6 +693,15 @@ def _score_places(
     if names:
         row["stated_name_hits"] = []
         by_id = {int(o["object_id"]): object_name(o) for o in scene_objects(ctx["ground_truth"], where)}
+    if ends:  # the second half: where each target ends, scored among the objects where they are then
+        places, end_places = split_end_places(places, given)
+        row["end_place_hits"], row["motion_follows_end_place"] = [], []
+        for j, (h, oid) in enumerate(ctx["pairs"]):
+            at = nearest_object_by_ray(in_place_frame(end_places[j], h, frame), objects) if j < len(end_places) else None
+            row["end_place_hits"].append(at == oid)
+            row["motion_follows_end_place"].append(
+                bool(at is not None and final is not None and target_hit(final[h], at, objects))
+            )
     for j, (h, oid) in enumerate(ctx["pairs"]):
         pointed = nearest_object_by_ray(in_place_frame(places[j], h, frame), centres) if j < len(places) else None
         row["prefix_hits"].append(pointed == oid)
@@ -1273,6 +1296,8 @@ def format_summary_table(name: str, summary: dict[str, Any]) -> str:
         ("prefix_target_accuracy", "stated box right"),
         ("motion_follows_prefix_rate", "motion at the box"),
         ("stated_name_accuracy", "stated name right"),
+        ("end_place_accuracy", "stated end right"),
+        ("motion_follows_end_place_rate", "motion at the end"),
     ):  # models whose answers state their targets first (HandVLAConfig.motion_answer_prefix)
         if key in summary:
             line(label, summary[key], summary.get(f"{key}_ci95"))

@@ -39,7 +39,7 @@ from transformers import (
 
 from handvla.errors import InputError
 from handvla.vla.configuration import PLACE_FRAMES
-from handvla.vla.places import PLACE_IDS, names_places
+from handvla.vla.places import PLACE_IDS, names_places, states_end_places
 from handvla.vla.processing import (
     MOTION_PLACEHOLDER,
     EncodedSample,
@@ -69,10 +69,15 @@ def text_prefix_tokens(config) -> int:
     return TEXT_PREFIX_MAX_TOKENS if getattr(config, "motion_answer_prefix", "none") == "target_boxes" else 0
 
 
-def place_prefix_places(config, hands: int = 2) -> int:
+def place_prefix_places(config, hands: int = 2, given: bool = False) -> int:
     """How many places (`handvla.vla.places`) a motion answer for ``hands`` hands may start with for a model
-    of ``config``: one per hand when its ``motion_answer_prefix`` states places (`PLACE_FRAMES`), else 0."""
-    return int(hands) if getattr(config, "motion_answer_prefix", "none") in PLACE_FRAMES else 0
+    of ``config``: one per hand when its ``motion_answer_prefix`` states places (`PLACE_FRAMES`), two per hand
+    when it also states where the targets end (``end_places``), else 0. ``given``: the answer's start (its
+    targets' places, e.g. ground, then act) is given, and what it may still say are the end places."""
+    if getattr(config, "motion_answer_prefix", "none") not in PLACE_FRAMES:
+        return 0
+    ends = int(hands) if states_end_places(config) else 0
+    return ends if given else int(hands) + ends
 
 
 def _per_row(values: torch.Tensor, B: int, name: str) -> torch.Tensor:
@@ -578,7 +583,7 @@ def generate_motion(
         if not all(forced) and text_prefix_tokens(processor.config):
             raise InputError("generate_motion", "prefixes", "text for every task (this model starts with text)", "None")
     text = 0 if prefixes is not None else text_prefix_tokens(processor.config)
-    n_places = [0 if f else place_prefix_places(processor.config, len(h)) for f, h in zip(forced, hands)]
+    n_places = [place_prefix_places(processor.config, len(h), given=f) for f, h in zip(forced, hands)]
 
     def make(prompt_length: int) -> MotionBlockConstraint:
         return MotionBlockConstraint(
@@ -597,7 +602,8 @@ def generate_motion(
         motion.append(parse_motion_output(rest, vocab, secs[i], len(hands[i]), check_parts=restrict_parts))
         said.append(processor.decode(head.tolist(), skip_special_tokens=False) if len(head) else "")
     if prefixes is not None:
-        said = [str(t) if t is not None else own for t, own in zip(_broadcast(prefixes, len(samples), "prefixes"), said)]
+        # a given start, then what the model said after it (its end places, for a model that states them)
+        said = [str(t) + own if t is not None else own for t, own in zip(_broadcast(prefixes, len(samples), "prefixes"), said)]
     return MotionGeneration(motion=motion, hands=hands, sequences=seqs.cpu(), prompt_length=plen, prefix_texts=said)
 
 

@@ -57,11 +57,18 @@ def object_centre_in_camera(obj: dict[str, Any], camera: Camera) -> np.ndarray:
 
 
 def target_centres(
-    ground_truth: str | dict | None, camera: Camera | None, align: bool, where: str, hands: Sequence[str]
+    ground_truth: str | dict | None,
+    camera: Camera | None,
+    align: bool,
+    where: str,
+    hands: Sequence[str],
+    at_frame: int | None = None,
 ) -> list[tuple[str, str, np.ndarray]]:
     """(hand, object name, camera-frame centre) of each of ``hands``' first target (``ground_truth.targets``,
     HandWorld's record), in the order of ``hands``, for targets in the model's view (as `target_grounding`
-    counts them); [] when the episode has no known scene."""
+    counts them); [] when the episode has no known scene. The centre is the object's scene pose, or with
+    ``at_frame`` where it is at that episode frame (``ground_truth.object_tracks``, clipped to the track's
+    end; an object without a track stays at its pose)."""
     gt = _ground_truth(ground_truth, where)
     if gt is None or camera is None:
         return []
@@ -72,6 +79,12 @@ def target_centres(
         first = next((i for i in ids if i in in_view), None)
         if first is not None:
             obj = in_view[first]
+            track = (gt.get("object_tracks") or {}).get(str(first)) if at_frame is not None else None
+            if track is not None:
+                p = np.asarray(track["position_world"], np.float64).reshape(-1, 3)
+                pose = np.asarray(obj["pose"], np.float64).reshape(4, 4).copy()
+                pose[:3, 3] = p[min(max(int(at_frame), 0), len(p) - 1)]
+                obj = {**obj, "pose": pose}
             out.append((h, object_name(obj), object_centre_in_camera(obj, camera)))
     return out
 
@@ -97,6 +110,21 @@ def names_places(config) -> bool:
     """Whether a model of ``config`` says each stated place after its object's name (``place_names``, for a model
     whose ``motion_answer_prefix`` states places)."""
     return bool(getattr(config, "place_names", False)) and place_frame(config) is not None
+
+
+def states_end_places(config) -> bool:
+    """Whether a model of ``config`` states, after its targets' places, where each target is when the motion
+    ends (``HandVLAConfig.end_places``, for a model whose ``motion_answer_prefix`` states places)."""
+    return bool(getattr(config, "end_places", False)) and place_frame(config) is not None
+
+
+def split_end_places(places: Sequence, given: int | None = None) -> tuple[list, list]:
+    """The places an answer of a model with ``end_places`` stated, split into (its targets' places, where they
+    end): it says as many ends as targets, so the first half (rounded up, for an answer cut short) are the
+    targets'; ``given``: how many target places were given to it (ground, then act), the rest its ends.
+    Why not one per hand: a two-hand request may act on one target (a one-hand task with both hands in view)."""
+    k = (len(places) + 1) // 2 if given is None else min(int(given), len(places))
+    return list(places[:k]), list(places[k:])
 
 
 def in_place_frame(points: np.ndarray, hand: str, frame: str | None) -> np.ndarray:
@@ -234,5 +262,7 @@ __all__ = [
     "place_point",
     "place_text",
     "stated_places_text",
+    "split_end_places",
+    "states_end_places",
     "target_centres",
 ]

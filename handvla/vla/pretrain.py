@@ -143,6 +143,12 @@ class ModelConfig(ConfigModel):
         "object's name in text, so the model names the instruction's object itself before saying where it is; "
         "None: the checkpoint's or preset's (off)",
     )
+    end_places: bool | None = Field(
+        None,
+        description="with motion_answer_prefix target_places / hand_places: after the targets' places the answer "
+        "states where each target is when the motion ends (a carried object's destination), before the motion; "
+        "not with place_names; None: the checkpoint's or preset's (off)",
+    )
 
     freeze: list[str] = Field(
         default_factory=list,
@@ -173,6 +179,13 @@ class ModelConfig(ConfigModel):
                 f"model.place_names: names stated places, but model.motion_answer_prefix {self.motion_answer_prefix!r} "
                 "states none: set it to target_places or hand_places"
             )
+        if self.end_places and self.motion_answer_prefix is not None and self.motion_answer_prefix not in PLACE_FRAMES:
+            raise ConfigError(
+                f"model.end_places: states where targets end after their places, but model.motion_answer_prefix "
+                f"{self.motion_answer_prefix!r} states none: set it to target_places or hand_places"
+            )
+        if self.end_places and self.place_names:
+            raise ConfigError("model.end_places: not with model.place_names (set one of them to false)")
         return self
 
     def film_overrides(self) -> dict[str, Any]:
@@ -305,6 +318,14 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
             "model.place_names: names the places a motion answer states, but its motion_answer_prefix is "
             f"{c.motion_answer_prefix!r}: set model.motion_answer_prefix to target_places or hand_places, or "
             "model.place_names to false"
+        )
+    if m.end_places is not None:
+        c.end_places = bool(m.end_places)
+    if getattr(c, "end_places", False) and (c.motion_answer_prefix not in PLACE_FRAMES or getattr(c, "place_names", False)):
+        raise ConfigError(
+            "model.end_places: states where the targets end after their places, but this model's "
+            f"motion_answer_prefix is {c.motion_answer_prefix!r} and place_names {getattr(c, 'place_names', False)}: "
+            "it needs target_places or hand_places without place_names (or set model.end_places to false)"
         )
     if m.binding_mark:
         set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)
