@@ -1,13 +1,16 @@
-"""Does human-hand data help a robot learn? Adroit Relocate, closed loop, three arms at equal budget, several
+"""Does human-hand data help a robot learn? Adroit Relocate, closed loop, four arms at equal budget, several
 demonstration counts and training seeds, paired tests.
 
     python benchmarks/relocate_transfer.py --pretrained runs/demo/vla/final --human runs/human_relocate
-        [--demos 10,30,100] [--seeds 0,1,2] [--steps 2500] [--episodes 100] [--arms plain,pretrained,human]
+        [--demos 10,30,100] [--seeds 0,1,2] [--steps 2500] [--episodes 100] [--arms plain,scratch,pretrained,human]
         [--jobs 2] [--work runs/relocate_transfer]
 
 Arms (all: the tiny preset, ``configs/posttrain_relocate_human.yaml``: image 64 px + 39-d state, chunk 16,
 batch 32, the same steps, learning rate and seed, the Adroit embodiment map of that config):
     plain       random init, the robot demonstrations only
+    scratch     ``--pretrained``'s architecture (its config and tokenizers) with weights drawn afresh
+                (`handvla.vla.fresh_weights`, seed 0, written once to WORK/scratch_init): what the
+                pretrained checkpoint's architecture does without its training
     pretrained  ``--pretrained``: a handvla VLA pretrained on human-hand motion (e.g. the demo's vla/final)
     human       random init, the robot demonstrations plus ``--human``: human carries retargeted to the
                 Adroit hand and replayed (``handvla data retarget``) as a second embodiment, drawn for
@@ -18,9 +21,10 @@ validation, collected once); ``--demos N`` uses the first N. Every run is evalua
 episodes (10000 ..). Finished runs and evaluations are reused when the script is run again.
 
 Prints one JSON document: per demonstration count and arm, success per training seed and pooled over seeds
-(Wilson 95 % interval), training steps done, final loss and minutes; per count, each arm against ``plain``:
-the mean difference over training seeds with the per-seed differences, and the exact McNemar test pooled
-over the seeds' paired episodes (the same evaluation episode, the same training seed); the input-blind
+(Wilson 95 % interval), training steps done, final loss and minutes; per count, each arm against ``plain``
+(and ``pretrained`` against ``scratch``: what pretraining adds to the same architecture): the mean difference
+over training seeds with the per-seed differences, and the exact McNemar test pooled over the seeds' paired
+episodes (the same evaluation episode, the same training seed); the input-blind
 baseline (the demonstrations' mean action at every step).
 """
 
@@ -45,7 +49,7 @@ from handvla.stats import mcnemar_exact, rate_summary  # noqa: E402
 
 CONFIG = ROOT / "configs" / "posttrain_relocate_human.yaml"
 VAL_EPISODES = 5
-ARMS = ("plain", "pretrained", "human")
+ARMS = ("plain", "scratch", "pretrained", "human")
 
 
 def run_cell(arm: str, demos: int, seed: int, args: dict, demos_dir: str) -> dict:
@@ -71,6 +75,8 @@ def run_cell(arm: str, demos: int, seed: int, args: dict, demos_dir: str) -> dic
     ]  # fmt: skip
     if arm == "pretrained":
         sets.append(f"model.init_checkpoint={args['pretrained']}")
+    if arm == "scratch":
+        sets.append(f"model.init_checkpoint={Path(args['work']) / 'scratch_init'}")
     base = yaml.safe_load(CONFIG.read_text())  # (resolves the config's YAML anchors)
     extra = base["data"].pop("extra_datasets")
     if arm == "human":
@@ -101,6 +107,39 @@ def run_cell(arm: str, demos: int, seed: int, args: dict, demos_dir: str) -> dic
     }  # fmt: skip
 
 
+def _write_scratch_init(pretrained: Path, out: Path) -> None:
+    """Arm 'scratch': ``pretrained``'s architecture with fresh weights, written once to ``out`` (again when
+    ``--pretrained`` names another checkpoint)."""
+    from handvla.vla import fresh_weights, load_vla, save_vla
+
+    source = out / "source.json"
+    want = {"pretrained": str(pretrained.resolve()), "seed": 0}
+    if source.is_file() and json.loads(source.read_text()) == want:
+        return
+    save_vla(out, fresh_weights(load_vla(pretrained), seed=0))
+    atomic_write_json(source, want)
+
+
+def _paired(by: dict, a: str, b: str, d: int, seeds: list[int]) -> dict:
+    """Arm ``a`` against arm ``b`` at ``d`` demonstrations: the mean and per-seed differences in success, the
+    episodes only one of them solved (the same evaluation episode, the same training seed) and the exact
+    McNemar test over them."""
+    won = lost = 0
+    diffs = []
+    for s in seeds:
+        x, p = by[(a, d, s)]["success"], by[(b, d, s)]["success"]
+        common = sorted(set(x) & set(p))
+        won += sum(x[e] and not p[e] for e in common)
+        lost += sum(p[e] and not x[e] for e in common)
+        diffs.append(by[(a, d, s)]["success_rate"] - by[(b, d, s)]["success_rate"])
+    return {
+        "mean_difference": round(float(np.mean(diffs)), 4),
+        "per_seed_difference": [round(x, 4) for x in diffs],
+        "episodes_only_this_arm": won, f"episodes_only_{b}": lost,
+        "mcnemar_p": float(f"{mcnemar_exact(won, lost):.3g}"),
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pretrained", default=None, help="handvla VLA checkpoint folder (arm 'pretrained')")
@@ -120,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     bad = [a for a in arms if a not in ARMS]
-    if bad or (("pretrained" in arms) and not args.pretrained) or (("human" in arms) and not args.human):
-        ap.error(f"--arms from {ARMS}; 'pretrained' needs --pretrained, 'human' needs --human (got {arms})")
+    need = (("pretrained" in arms or "scratch" in arms) and not args.pretrained) or ("human" in arms and not args.human)
+    if bad or need:
+        ap.error(f"--arms from {ARMS}; 'pretrained' and 'scratch' need --pretrained, 'human' needs --human (got {arms})")
     counts = sorted(int(d) for d in args.demos.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work)
@@ -131,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         from handvla.robot.sim.expert import collect_demos
 
         collect_demos("relocate", max(counts) + VAL_EPISODES, demos_dir, seed=0, image_size=64, progress=False)
+    if "scratch" in arms:
+        _write_scratch_init(Path(args.pretrained), work / "scratch_init")
     shared = {"work": str(work), "steps": args.steps, "episodes": args.episodes,
               "pretrained": args.pretrained, "human": args.human, "human_weight": args.human_weight,
               "human_task": args.human_task}  # fmt: skip
@@ -169,22 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             if a == "human":
                 row[a]["human_episodes"] = rs[0]["human_episodes"]
                 row[a]["human_sample_share"] = rs[0]["human_sample_share"]
-        if "plain" in arms:
-            for a in [x for x in arms if x != "plain"]:
-                won = lost = 0
-                diffs = []
-                for s in seeds:
-                    x, p = by[(a, d, s)]["success"], by[("plain", d, s)]["success"]
-                    common = sorted(set(x) & set(p))
-                    won += sum(x[e] and not p[e] for e in common)
-                    lost += sum(p[e] and not x[e] for e in common)
-                    diffs.append(by[(a, d, s)]["success_rate"] - by[("plain", d, s)]["success_rate"])
-                row[f"{a}_vs_plain"] = {
-                    "mean_difference": round(float(np.mean(diffs)), 4),
-                    "per_seed_difference": [round(x, 4) for x in diffs],
-                    "episodes_only_this_arm": won, "episodes_only_plain": lost,
-                    "mcnemar_p": float(f"{mcnemar_exact(won, lost):.3g}"),
-                }  # fmt: skip
+        pairs = [(a, "plain") for a in arms if a != "plain" and "plain" in arms]
+        if "pretrained" in arms and "scratch" in arms:
+            pairs.append(("pretrained", "scratch"))
+        for a, b in pairs:
+            row[f"{a}_vs_{b}"] = _paired(by, a, b, d, seeds)
         out[f"demos_{d}"] = row
     print_json(out)
     return 0

@@ -127,8 +127,9 @@ def test_retarget_cli_and_the_two_embodiment_config(carries, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_transfer_benchmark_runs_every_arm_and_pairs_them(carries, tmp_path, capsys, benchmark_script):
-    """benchmarks/relocate_transfer.py end to end at toy sizes: three arms (one from a motion-pretrained
-    checkpoint, one with the human replays as a second embodiment), paired against the plain arm."""
+    """benchmarks/relocate_transfer.py end to end at toy sizes: four arms (one from a motion-pretrained
+    checkpoint, one from that checkpoint's architecture with fresh weights, one with the human replays as a
+    second embodiment), paired against the plain arm, and the pretrained arm against the fresh one."""
     from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
     from handvla.tokenizer.modeling import MotionTokenizer
     from handvla.vla import build_vla, save_vla
@@ -142,12 +143,21 @@ def test_transfer_benchmark_runs_every_arm_and_pairs_them(carries, tmp_path, cap
     assert mod.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     row = out["demos_2"]
-    for arm in ("plain", "pretrained", "human"):
+    for arm in ("plain", "scratch", "pretrained", "human"):
         assert row[arm]["success_n"] == 2 and row[arm]["train_steps"] == [3]
     assert row["human"]["human_episodes"] == 2 and row["human"]["human_sample_share"] == 0.5
-    for arm in ("pretrained", "human"):
-        pair = row[f"{arm}_vs_plain"]
-        assert pair["episodes_only_this_arm"] + pair["episodes_only_plain"] <= 2 and 0 <= pair["mcnemar_p"] <= 1
+    for arm, other in (("scratch", "plain"), ("pretrained", "plain"), ("human", "plain"), ("pretrained", "scratch")):
+        pair = row[f"{arm}_vs_{other}"]
+        assert pair["episodes_only_this_arm"] + pair[f"episodes_only_{other}"] <= 2 and 0 <= pair["mcnemar_p"] <= 1
+    # the fresh copy: the pretrained checkpoint's architecture and tokenizers, none of its weights
+    import torch
+    from safetensors.torch import load_file
+
+    fresh, pre = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "work" / "scratch_init", tmp_path / "vla"))
+    assert fresh.keys() == pre.keys() and all(fresh[k].shape == pre[k].shape for k in pre)
+    fixed = ("position", "lambda")  # sin-cos positions and layer scales start the same in every new model
+    drawn = [k for k in pre if pre[k].numel() > 1 and pre[k].float().std() > 0 and not any(f in k for f in fixed)]
+    assert drawn and not any(torch.equal(fresh[k], pre[k]) for k in drawn)
     assert out["mean_action_baseline"]["n"] == 2
     # a rerun reuses every finished run
     assert mod.main(argv) == 0 and json.loads(capsys.readouterr().out)["demos_2"] == row

@@ -17,6 +17,7 @@ Entry points (each returns a `VLABundle` = model + processor + motion tokenizer 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -739,6 +740,19 @@ def build_vla(
     model.config.has_motion_tokenizer = motion_tokenizer is not None
     model.eval()
     return VLABundle(model, HandVLAProcessor(tokenizer, model.config), motion_tokenizer)
+
+
+def fresh_weights(bundle: VLABundle, seed: int = 0) -> VLABundle:
+    """A bundle of ``bundle``'s architecture (its config, text tokenizer and motion tokenizer) whose weights are
+    drawn afresh, as a new model of that config starts: the control that tells what a checkpoint's training
+    adds from what its architecture does (benchmarks/relocate_transfer.py, arm 'scratch')."""
+    torch.manual_seed(int(seed))
+    config = copy.deepcopy(bundle.model.config)
+    model = HandVLAForConditionalGeneration(config)
+    if config.vision_position_init == "sincos":
+        init_vision_positions(model)
+    dtype = next(bundle.model.parameters()).dtype
+    return VLABundle(model.to(dtype).eval(), bundle.processor, bundle.motion_tokenizer)
 
 
 def _check_motion_fps(config: HandVLAConfig, motion_tokenizer: Any, where: str) -> None:
