@@ -108,6 +108,7 @@ from handvla.vla.places import (
     names_places,
     nearest_object_by_ray,
     object_centre_in_camera,
+    object_position_world,
     parse_named_places,
     parse_places,
     place_frame,
@@ -156,18 +157,8 @@ def object_positions_camera(ep, frame: int) -> dict[int, np.ndarray]:
         raise InputError(f"episode '{ep.key}'", "ground_truth.scene", "a HandWorld episode", "missing")
     if ep.camera.extrinsics is None:
         raise InputError(f"episode '{ep.key}'", "camera.extrinsics", "world -> camera extrinsics", "None")
-    tracks = gt.get("object_tracks", {})
-    out = {}
-    for o in gt["scene"]["objects"]:
-        oid = int(o["object_id"])
-        tr = tracks.get(str(oid))
-        if tr is not None:
-            p = np.asarray(tr["position_world"], np.float64)
-            pw = p[min(frame, len(p) - 1)]
-        else:
-            pw = np.asarray(o["pose"], np.float64)[:3, 3]
-        out[oid] = ep.camera.world_to_camera(pw)
-    return out
+    return {int(o["object_id"]): ep.camera.world_to_camera(object_position_world(o, gt, frame))
+            for o in gt["scene"]["objects"]}  # fmt: skip
 
 
 def target_hit(wrist_cam: np.ndarray, target_id: int, objects: dict[int, np.ndarray]) -> bool:

@@ -47,11 +47,25 @@ PLACE_IDS = 3
 _PLACE_TOKEN_RE = re.compile(r"<motion_id_(\d+)>")
 
 
-def object_centre_in_camera(obj: dict[str, Any], camera: Camera) -> np.ndarray:
-    """(3,) camera-frame centre (metres) of a scene object record (``pose``: object -> world) at its pose."""
+def object_position_world(obj: dict[str, Any], ground_truth: dict | None = None, frame: int | None = None) -> np.ndarray:
+    """(3,) world position (metres) of a scene object record (``pose``: object -> world): its scene pose, or
+    with ``frame`` where ``ground_truth.object_tracks`` has it at that episode frame (clipped to the track; an
+    object without a track stays at its pose)."""
+    track = ((ground_truth or {}).get("object_tracks") or {}).get(str(obj["object_id"])) if frame is not None else None
+    if track is None:
+        return np.asarray(obj["pose"], np.float64).reshape(4, 4)[:3, 3]
+    p = np.asarray(track["position_world"], np.float64).reshape(-1, 3)
+    return p[min(max(int(frame), 0), len(p) - 1)]
+
+
+def object_centre_in_camera(
+    obj: dict[str, Any], camera: Camera, ground_truth: dict | None = None, frame: int | None = None
+) -> np.ndarray:
+    """(3,) camera-frame centre (metres) of a scene object record at its pose, or at episode frame ``frame``
+    (`object_position_world`)."""
     if camera.extrinsics is None:
         raise InputError("object_centre_in_camera", "camera.extrinsics", "a world->camera matrix", "None")
-    p = np.asarray(obj["pose"], np.float64).reshape(4, 4)[:3, 3]
+    p = object_position_world(obj, ground_truth, frame)
     E = np.asarray(camera.extrinsics, np.float64)
     return E[:3, :3] @ p + E[:3, 3]
 
@@ -79,13 +93,7 @@ def target_centres(
         first = next((i for i in ids if i in in_view), None)
         if first is not None:
             obj = in_view[first]
-            track = (gt.get("object_tracks") or {}).get(str(first)) if at_frame is not None else None
-            if track is not None:
-                p = np.asarray(track["position_world"], np.float64).reshape(-1, 3)
-                pose = np.asarray(obj["pose"], np.float64).reshape(4, 4).copy()
-                pose[:3, 3] = p[min(max(int(at_frame), 0), len(p) - 1)]
-                obj = {**obj, "pose": pose}
-            out.append((h, object_name(obj), object_centre_in_camera(obj, camera)))
+            out.append((h, object_name(obj), object_centre_in_camera(obj, camera, gt, at_frame)))
     return out
 
 
@@ -256,6 +264,7 @@ __all__ = [
     "place_frame",
     "nearest_object_by_ray",
     "object_centre_in_camera",
+    "object_position_world",
     "parse_named_places",
     "parse_places",
     "place_ids",
