@@ -90,6 +90,23 @@ MOTION_ANSWER_PREFIXES: tuple[str, ...] = get_args(MotionAnswerPrefix)
 PLACE_FRAMES: dict[str, str] = {"target_places": "camera", "hand_places": "hand"}
 
 
+def check_place_options(prefix: str | None, place_names: bool, end_places: bool, where: str) -> None:
+    """ConfigError unless the options about stated places fit together: ``place_names`` and ``end_places``
+    need a ``motion_answer_prefix`` that states places (`PLACE_FRAMES`; ``prefix`` None: not known yet, not
+    checked), and not both at once. ``where``: the options' prefix in the message ("model.",
+    "HandVLAConfig.")."""
+    wanted = f"set {where}motion_answer_prefix to target_places or hand_places"
+    if place_names and prefix is not None and prefix not in PLACE_FRAMES:
+        raise ConfigError(f"{where}place_names: names stated places, but {where}motion_answer_prefix {prefix!r} "
+                          f"states none: {wanted}, or {where}place_names to false")  # fmt: skip
+    if end_places and prefix is not None and prefix not in PLACE_FRAMES:
+        raise ConfigError(f"{where}end_places: states where the targets end after their places, but "
+                          f"{where}motion_answer_prefix {prefix!r} states none: {wanted}, or {where}end_places "
+                          "to false")  # fmt: skip
+    if end_places and place_names:
+        raise ConfigError(f"{where}end_places: not with {where}place_names (set one of them to false)")
+
+
 # ImageNet statistics: InternViT was trained on them (InternVL's own preprocessing).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -294,17 +311,7 @@ class HandVLAConfig(InternVLConfig):
                 f"HandVLAConfig.motion_answer_prefix: {self.motion_answer_prefix!r} states places in end-point "
                 "ids, but the motion token layout has none (make the tokenizer with `handvla tokenizer end-points`)"
             )
-        if self.place_names and self.motion_answer_prefix not in PLACE_FRAMES:
-            raise ConfigError(
-                "HandVLAConfig.place_names: names stated places, but motion_answer_prefix "
-                f"{self.motion_answer_prefix!r} states none (expected one of {sorted(PLACE_FRAMES)})"
-            )
-        if self.end_places and (self.motion_answer_prefix not in PLACE_FRAMES or self.place_names):
-            raise ConfigError(
-                "HandVLAConfig.end_places: states where the targets end after their places, which needs "
-                f"motion_answer_prefix one of {sorted(PLACE_FRAMES)} (this: {self.motion_answer_prefix!r}) and "
-                f"place_names off (this: {self.place_names})"
-            )
+        check_place_options(self.motion_answer_prefix, self.place_names, self.end_places, "HandVLAConfig.")
         if self.motion_fps <= 0:
             raise ConfigError(f"HandVLAConfig.motion_fps: expected a positive integer, got {self.motion_fps}")
         side, patch = self.vision_config.image_size[0], self.vision_config.patch_size[0]

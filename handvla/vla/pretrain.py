@@ -38,7 +38,13 @@ from handvla.hand.registry import load_hand_model
 from handvla.hand.topology import SIDES
 from handvla.train.distributed import barrier, init_distributed, unwrap
 from handvla.train.trainer import TrainConfig, Trainer
-from handvla.vla.configuration import PLACE_FRAMES, ImagePosition, MotionAnswerPrefix, check_film_options
+from handvla.vla.configuration import (
+    PLACE_FRAMES,
+    ImagePosition,
+    MotionAnswerPrefix,
+    check_film_options,
+    check_place_options,
+)
 from handvla.vla.data import VLADataConfig, build_datasets, collect_samples, sample_texts
 from handvla.vla.evaluate import evaluate_handworld
 from handvla.vla.loading import backbone_layer_types, load_initial_vla, write_summary
@@ -174,18 +180,7 @@ class ModelConfig(ConfigModel):
         )
         if self.reinit and not self.init_checkpoint:
             raise ConfigError("model.reinit: re-initialises parts of an init_checkpoint, and this run starts from none")
-        if self.place_names and self.motion_answer_prefix is not None and self.motion_answer_prefix not in PLACE_FRAMES:
-            raise ConfigError(
-                f"model.place_names: names stated places, but model.motion_answer_prefix {self.motion_answer_prefix!r} "
-                "states none: set it to target_places or hand_places"
-            )
-        if self.end_places and self.motion_answer_prefix is not None and self.motion_answer_prefix not in PLACE_FRAMES:
-            raise ConfigError(
-                f"model.end_places: states where targets end after their places, but model.motion_answer_prefix "
-                f"{self.motion_answer_prefix!r} states none: set it to target_places or hand_places"
-            )
-        if self.end_places and self.place_names:
-            raise ConfigError("model.end_places: not with model.place_names (set one of them to false)")
+        check_place_options(self.motion_answer_prefix, bool(self.place_names), bool(self.end_places), "model.")
         return self
 
     def film_overrides(self) -> dict[str, Any]:
@@ -313,20 +308,10 @@ def build_model(cfg: PretrainConfig, corpus: list[str], out_dir: Path, is_main: 
         c.motion_answer_prefix = m.motion_answer_prefix
     if m.place_names is not None:
         c.place_names = bool(m.place_names)
-    if getattr(c, "place_names", False) and c.motion_answer_prefix not in PLACE_FRAMES:
-        raise ConfigError(
-            "model.place_names: names the places a motion answer states, but its motion_answer_prefix is "
-            f"{c.motion_answer_prefix!r}: set model.motion_answer_prefix to target_places or hand_places, or "
-            "model.place_names to false"
-        )
     if m.end_places is not None:
         c.end_places = bool(m.end_places)
-    if getattr(c, "end_places", False) and (c.motion_answer_prefix not in PLACE_FRAMES or getattr(c, "place_names", False)):
-        raise ConfigError(
-            "model.end_places: states where the targets end after their places, but this model's "
-            f"motion_answer_prefix is {c.motion_answer_prefix!r} and place_names {getattr(c, 'place_names', False)}: "
-            "it needs target_places or hand_places without place_names (or set model.end_places to false)"
-        )
+    # the checkpoint's own settings with these options on top
+    check_place_options(c.motion_answer_prefix, getattr(c, "place_names", False), getattr(c, "end_places", False), "model.")
     if m.binding_mark:
         set_binding_mark(bundle.model, seed=m.seed, pool=m.binding_pool)
     set_endpoint_loss(bundle.model, m.endpoint_loss_weight, seed=m.seed)
