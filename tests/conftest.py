@@ -49,3 +49,27 @@ def calibrated_tokenizer(store_dir: Path, **overrides):
     store = EpisodeStore(store_dir)
     motions = [m for k in range(len(store)) for m in store.load_episode(k, with_video=False).hands.values()]
     return calibrate(motions, TokenizerConfig(**{**PRESETS["tiny"], **overrides}))
+
+
+def places_bundle(**config):
+    """A tiny random-init VLA whose tokenizer has 16 ray end-point bins and whose motion answers state places
+    (``motion_answer_prefix`` target_places), with ``config`` (HandVLAConfig fields) set on top."""
+    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
+    from handvla.tokenizer.modeling import MotionTokenizer, with_end_points
+    from handvla.vla import build_vla
+
+    mt = with_end_points(MotionTokenizer(TokenizerConfig(**PRESETS["tiny"])), "ray", 16)
+    b = build_vla("tiny", motion_tokenizer=mt, seed=0)
+    for k, v in {"motion_answer_prefix": "target_places", **config}.items():
+        setattr(b.model.config, k, v)
+    return b
+
+
+def end_point_bins(p, cfg):
+    """(3,) bins of camera-frame point ``p`` in a ray end-point space, computed here by hand from the
+    tokenizer config's span (x / z, y / z, z; clipped to the first / last bin)."""
+    import numpy as np
+
+    lo, hi = (np.asarray(v, np.float64) for v in cfg.end_point_span)
+    c = np.array([p[0] / p[2], p[1] / p[2], p[2]])
+    return np.clip(np.floor((c - lo) / (hi - lo) * cfg.end_point_bins), 0, cfg.end_point_bins - 1).astype(int)

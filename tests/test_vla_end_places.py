@@ -16,6 +16,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import end_point_bins, places_bundle
 
 from handvla.errors import ConfigError
 
@@ -32,21 +33,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle():
-    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
-    from handvla.tokenizer.modeling import MotionTokenizer, with_end_points
-    from handvla.vla import build_vla
-
-    mt = with_end_points(MotionTokenizer(TokenizerConfig(**PRESETS["tiny"])), "ray", 16)
-    b = build_vla("tiny", motion_tokenizer=mt, seed=0)
-    b.model.config.motion_answer_prefix = "target_places"
-    b.model.config.end_places = True
-    return b
-
-
-def _bins(p, cfg):
-    lo, hi = (np.asarray(v, np.float64) for v in cfg.end_point_span)
-    c = np.array([p[0] / p[2], p[1] / p[2], p[2]])
-    return np.clip(np.floor((c - lo) / (hi - lo) * cfg.end_point_bins), 0, cfg.end_point_bins - 1).astype(int)
+    return places_bundle(end_places=True)
 
 
 def _in_camera(row, p_world):
@@ -81,10 +68,10 @@ def test_answers_state_the_targets_places_then_where_they_end(world, bundle):
             if not tids:
                 continue
             pose = np.asarray(objs[tids[0]]["pose"]).reshape(4, 4)
-            starts.append(_bins(_in_camera(row, pose[:3, 3]), cfg))
+            starts.append(end_point_bins(_in_camera(row, pose[:3, 3]), cfg))
             track = gt["object_tracks"].get(str(tids[0]))
             p = pose[:3, 3] if track is None else np.asarray(track["position_world"])[min(last, len(track["position_world"]) - 1)]
-            ends.append(_bins(_in_camera(row, p), cfg))
+            ends.append(end_point_bins(_in_camera(row, p), cfg))
         got = parse_places(text, bundle.motion_tokenizer.layout)
         assert len(got) == 2 * len(starts)
         np.testing.assert_array_equal(np.reshape(got, (-1, 3)), np.reshape(starts + ends, (-1, 3)))

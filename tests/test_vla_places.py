@@ -19,6 +19,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import end_point_bins, places_bundle
 
 from handvla.errors import ConfigError, InputError
 from handvla.vla.processing import IGNORE_INDEX
@@ -36,20 +37,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle():
-    from handvla.tokenizer.configuration import PRESETS, TokenizerConfig
-    from handvla.tokenizer.modeling import MotionTokenizer, with_end_points
-    from handvla.vla import build_vla
-
-    mt = with_end_points(MotionTokenizer(TokenizerConfig(**PRESETS["tiny"])), "ray", 16)
-    b = build_vla("tiny", motion_tokenizer=mt, seed=0)
-    b.model.config.motion_answer_prefix = "target_places"
-    return b
-
-
-def _bins_by_hand(p, cfg):
-    lo, hi = (np.asarray(v, np.float64) for v in cfg.end_point_span)
-    c = np.array([p[0] / p[2], p[1] / p[2], p[2]])
-    return np.clip(np.floor((c - lo) / (hi - lo) * cfg.end_point_bins), 0, cfg.end_point_bins - 1).astype(int)
+    return places_bundle()
 
 
 def test_places_are_end_point_bins_and_read_back(bundle):
@@ -62,7 +50,7 @@ def test_places_are_end_point_bins_and_read_back(bundle):
     ids = place_ids(pts, mt)
     lo = lay.end_point_id_range[0]
     for p, row in zip(pts, ids):
-        want = _bins_by_hand(p, cfg)
+        want = end_point_bins(p, cfg)
         np.testing.assert_array_equal(row - lo - np.arange(3) * lay.end_point_bins, want)
     text = place_text(ids[:2])
     assert text.count("<motion_id_") == 6
@@ -70,7 +58,7 @@ def test_places_are_end_point_bins_and_read_back(bundle):
     assert len(back) == 2
     for b, p in zip(back, pts[:2]):
         q = place_point(b, cfg)
-        np.testing.assert_array_equal(_bins_by_hand(q, cfg), _bins_by_hand(p, cfg))  # its own cell
+        np.testing.assert_array_equal(end_point_bins(q, cfg), end_point_bins(p, cfg))  # its own cell
     # a run out of axis order ends the list
     assert parse_places(place_text(ids[0][[1, 0, 2]]), lay) == []
     near = {1: np.array([0.1, 0.0, 0.5]), 2: np.array([-0.1, 0.0, 0.5])}
@@ -130,7 +118,7 @@ def test_answers_state_target_places_then_motion(world, bundle, prefix):
                 c = _centre(store, s.episode, tids[0])
                 if prefix == "hand_places" and h == "left":  # the hand's own frame: mirrored, as the tokenizer
                     c = c * np.array([-1.0, 1.0, 1.0])
-                wanted.append(_bins_by_hand(c, mt.config))
+                wanted.append(end_point_bins(c, mt.config))
         k = 3 * len(wanted)
         assert ans[k] == vocab.mot_start_id  # the blocks follow the places at once
         if wanted:
@@ -159,7 +147,7 @@ def test_grounding_answer_is_the_named_objects_place(world, bundle, prefix):
             continue
         gt = json.loads(store.meta(s.episode)["ground_truth"])
         obj = next(o for o in gt["scene"]["objects"] if f"where is the {object_name(o)}?" in s.prompt)
-        want = _bins_by_hand(_centre(store, s.episode, obj["object_id"]), mt.config)
+        want = end_point_bins(_centre(store, s.episode, obj["object_id"]), mt.config)
         ids = [int(t) for t in ds.answer_text(s).replace("<motion_id_", " ").replace(">", " ").split()]
         np.testing.assert_array_equal(np.asarray(ids) - mt.layout.end_point_id_range[0] - np.arange(3) * 16, want)
         n += 1
@@ -441,7 +429,7 @@ def test_ground_then_act_states_the_grounded_places(world, bundle, prefix, monke
             q = np.array(point)
             if prefix == "hand_places" and h == "left":
                 q[0] = -q[0]
-            np.testing.assert_array_equal(b, _bins_by_hand(q, cfg))
+            np.testing.assert_array_equal(b, end_point_bins(q, cfg))
     # camera frame: the stated place is the grounding answer itself
     if prefix == "target_places":
         np.testing.assert_array_equal(parse_places(starts[0], lay)[0], bins[0])
@@ -532,7 +520,7 @@ def test_named_answers_say_each_targets_name_then_its_place(world, bundle, prefi
                 c = _centre(store, s.episode, tids[0])
                 if prefix == "hand_places" and h == "left":
                     c = c * np.array([-1.0, 1.0, 1.0])
-                want.append((names[tids[0]], _bins_by_hand(c, mt.config)))
+                want.append((names[tids[0]], end_point_bins(c, mt.config)))
         got = parse_named_places(text, mt.layout)
         assert [g[0] for g in got] == [w[0] for w in want]
         for g, w in zip(got, want):
